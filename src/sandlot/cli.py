@@ -1,0 +1,223 @@
+"""The ``sandlot`` command: thin commands that call the layers.
+
+Exit codes: the program's own code (128+N when it died of signal N), 1 for a
+compile error, 2 for anything that is not the program's doing (bad input, a
+sandbox failure), always with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+
+from sandlot import __version__
+from sandlot.config import LimitRequest, Settings, load_settings
+from sandlot.engine import Engine, rejected
+from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
+from sandlot.languages import LanguageRegistry
+from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
+
+EXIT_NOT_PROGRAM = 2
+EXIT_COMPILE_ERROR = 1
+
+
+class _UsageFailure(Exception):
+    """A user mistake found after parsing: one line on stderr, exit 2."""
+
+
+def _settings(ctx: click.Context) -> Settings:
+    config: Path | None = ctx.obj.get("config") if ctx.obj else None
+    return load_settings(config)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sandlot")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """sandlot: run untrusted code safely and fast."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension).")
+@click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin.")
+@click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds.")
+@click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds.")
+@click.option("--memory-limit", type=int, default=None, help="Memory limit, MB.")
+@click.option("--max-processes", type=int, default=None, help="Processes and threads.")
+@click.option("--max-file-size", type=int, default=None, help="Largest file the program may write, KB.")
+@click.option("--max-output", type=int, default=None, help="stdout+stderr cap, KB.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    file: Path,
+    args: tuple[str, ...],
+    language: str | None,
+    stdin_path: str | None,
+    time_limit: float | None,
+    wall_time_limit: float | None,
+    memory_limit: int | None,
+    max_processes: int | None,
+    max_file_size: int | None,
+    max_output: int | None,
+    as_json: bool,
+) -> None:
+    """Run FILE in a fresh sandbox; ARGS after -- go to the program."""
+    limits = LimitRequest(time_limit, wall_time_limit, memory_limit, max_processes, max_file_size, max_output)
+    try:
+        settings = _settings(ctx)
+        languages = LanguageRegistry.load(settings.languages_file)
+        lang = languages.get(language) if language else languages.for_file(file.name)
+        source = _read_input(file, "FILE")
+        stdin = (
+            b""
+            if stdin_path is None
+            else (sys.stdin.buffer.read() if stdin_path == "-" else _read_input(Path(stdin_path), "--stdin"))
+        )
+        job = Job(
+            language=lang.name, files=(SourceFile(file.name, source),), stdin=stdin, args=args, user_file_name=file.name
+        )
+        engine = Engine(settings, languages)
+        prepared = engine.prepare(job, limits)
+    except RejectedError as exc:
+        _finish_rejected(str(exc), language or "", as_json)
+        return
+    except ConfigError as exc:
+        _fail(f"sandlot: configuration error: {exc}")
+        return
+    result = asyncio.run(_run_streaming(engine, prepared, as_json))
+    _finish(result, as_json)
+
+
+def _read_input(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise RejectedError(f"{what}: no such file: {path}") from exc
+    except IsADirectoryError as exc:
+        raise RejectedError(f"{what}: is a directory: {path}") from exc
+    except OSError as exc:
+        raise RejectedError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+async def _run_streaming(engine: Engine, prepared: Any, as_json: bool) -> Result:
+    from sandlot.sandbox import Sandbox
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        sandbox = Sandbox(engine.settings)
+        box = await asyncio.to_thread(sandbox.open_box)
+    except (ConfigError, SandboxError) as exc:
+        return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
+    out: BinaryIO = sys.stdout.buffer
+    err: BinaryIO = sys.stderr.buffer
+    result: Result | None = None
+    try:
+        async for event in engine.execute(prepared, box):
+            if isinstance(event, OutputEvent) and not as_json:
+                stream = out if event.stream == "stdout" and event.stage == "run" else err
+                stream.write(event.data)
+                stream.flush()
+            elif isinstance(event, ExitEvent):
+                result = event.result
+    except RejectedError as exc:
+        result = rejected(str(exc), prepared.language.name)
+    except SandlotError as exc:
+        result = Result(
+            status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name
+        )
+    finally:
+        await asyncio.to_thread(box.close)
+    assert result is not None
+    return result
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(EXIT_NOT_PROGRAM)
+
+
+def _finish_rejected(message: str, language: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rejected(message, language).to_dict()))
+    click.echo(f"sandlot: {message}", err=True)
+    sys.exit(EXIT_NOT_PROGRAM)
+
+
+def _finish(result: Result, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        sys.stdout.flush()
+    if result.status in (Status.INTERNAL_ERROR, Status.REJECTED):
+        click.echo(f"sandlot: {result.message}", err=True)
+        sys.exit(EXIT_NOT_PROGRAM)
+    if result.status is Status.COMPILE_ERROR:
+        if not as_json and not result.compile_output:
+            click.echo(f"sandlot: {result.message}", err=True)
+        sys.exit(EXIT_COMPILE_ERROR)
+    if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT) and not as_json:
+        click.echo(f"sandlot: {result.status.value}: {result.message}", err=True)
+    sys.exit(result.shell_exit_code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def languages(ctx: click.Context, as_json: bool) -> None:
+    """List the offered languages and their toolchain versions."""
+    try:
+        settings = _settings(ctx)
+        registry = LanguageRegistry.load(settings.languages_file)
+    except ConfigError as exc:
+        _fail(f"sandlot: configuration error: {exc}")
+        return
+    versions = asyncio.run(registry.probe_versions())
+    rows = [
+        {
+            "name": lang.name,
+            "display_name": lang.display_name,
+            "version": versions[lang.name],
+            "aliases": list(lang.aliases),
+            "extensions": list(lang.extensions),
+            "compiled": lang.compile is not None,
+        }
+        for lang in registry.offered()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<12} {row['version']:<12} {row['display_name']}")
+
+
+def entrypoint() -> None:
+    """Console script: click's usage errors become one line on stderr and exit 2."""
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("sandlot: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(f"sandlot: {exc.format_message()}", err=True)
+        sys.exit(EXIT_NOT_PROGRAM)
+    except click.ClickException as exc:
+        click.echo(f"sandlot: {exc.format_message()}", err=True)
+        sys.exit(EXIT_NOT_PROGRAM)
+    except _UsageFailure as exc:
+        click.echo(f"sandlot: {exc}", err=True)
+        sys.exit(EXIT_NOT_PROGRAM)

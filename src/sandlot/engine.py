@@ -1,0 +1,173 @@
+"""The engine: turns a Job into stages on a Box and one ordered event stream.
+
+validate (RejectedError on bad input) -> write sources -> compile stage (own
+limits; its output is rewritten to the user's file name) -> run stage (output
+streams live) -> one ExitEvent whose Result carries the status model. Every
+event is sequence-numbered and timestamped here, once, for every door.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandlot.config import LimitRequest, Settings
+from sandlot.errors import RejectedError
+from sandlot.languages import Language, LanguageRegistry, warm_cache
+from sandlot.models import (
+    Event,
+    ExitEvent,
+    Job,
+    Limits,
+    OutputEvent,
+    Result,
+    SourceFile,
+    StageEvent,
+    StageResultEvent,
+    Status,
+)
+from sandlot.sandbox import BOX_WORKDIR, Bind, Box
+
+MAX_FILES = 64
+MAX_ARGS = 256
+MAX_ARG_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    job: Job
+    language: Language
+    limits: Limits
+    compile_limits: Limits
+
+
+def rejected(message: str, language: str = "") -> Result:
+    return Result(status=Status.REJECTED, message=message, language=language)
+
+
+class Engine:
+    """Stateless apart from its collaborators; one per process."""
+
+    def __init__(self, settings: Settings, languages: LanguageRegistry) -> None:
+        self.settings = settings
+        self.languages = languages
+
+    def prepare(
+        self,
+        job: Job,
+        limits: LimitRequest | None = None,
+        compile_limits: LimitRequest | None = None,
+    ) -> PreparedJob:
+        """Validate everything a door accepted; raises RejectedError naming the field."""
+        language = self.languages.get(job.language)
+        if not job.files:
+            raise RejectedError("no source given", field="code")
+        if len(job.files) > MAX_FILES:
+            raise RejectedError(f"too many files ({len(job.files)} > {MAX_FILES})", field="files")
+        total = sum(len(f.content) for f in job.files)
+        if total > self.settings.max_source_bytes:
+            raise RejectedError(
+                f"source too large ({total} bytes; max_source_bytes is {self.settings.max_source_bytes})", field="code"
+            )
+        main = job.files[0]
+        if not main.content.strip():
+            raise RejectedError("source is empty", field="code")
+        try:
+            main.content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RejectedError(f"source is not valid UTF-8 (byte {exc.start})", field="code") from exc
+        if len(job.args) > MAX_ARGS or sum(len(a.encode()) for a in job.args) > MAX_ARG_BYTES:
+            raise RejectedError("too many or too long args", field="args")
+        if any("\x00" in a for a in job.args):
+            raise RejectedError("args must not contain NUL", field="args")
+        if len(job.stdin) > self.settings.run_maxima.max_output_bytes * 4:
+            raise RejectedError("stdin too large", field="stdin")
+        return PreparedJob(
+            job=job,
+            language=language,
+            limits=job.limits or self.settings.resolve_limits(limits, stage="run"),
+            compile_limits=job.compile_limits or self.settings.resolve_limits(compile_limits, stage="compile"),
+        )
+
+    async def execute(self, prepared: PreparedJob, box: Box) -> AsyncIterator[Event]:
+        """Run a prepared job in box; yields stamped events ending with exactly one ExitEvent."""
+        seq = itertools.count(1)
+
+        def stamp(event: Event) -> Event:
+            return dataclasses.replace(event, seq=next(seq), time=time.time())
+
+        lang = prepared.language
+        job = prepared.job
+        user_name = job.user_file_name or lang.source_file
+        self._write_sources(box, lang, job.files)
+        binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
+        if lang.cache is not None:
+            lower = warm_cache(lang, self.settings.state_dir / "cache")
+            binds.append(box.cow_bind(lang.cache.name, lower, lang.cache.dest))
+
+        compile_output = b""
+        if lang.compile is not None:
+            yield stamp(StageEvent("compile"))
+            compiled: Result | None = None
+            async for item in box.run(
+                lang.compile, limits=prepared.compile_limits, env=lang.env, binds=binds, stage="compile"
+            ):
+                if isinstance(item, Result):
+                    compiled = item
+            assert compiled is not None
+            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, user_name)
+            compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
+            if compile_output:
+                yield stamp(OutputEvent("stderr", compile_output, stage="compile"))
+            yield stamp(StageResultEvent("compile", compiled))
+            if compiled.status is not Status.OK:
+                yield stamp(ExitEvent(_compile_failure(compiled)))
+                return
+
+        yield stamp(StageEvent("run"))
+        final: Result | None = None
+        async for item in box.run(
+            [*lang.run, *job.args], limits=prepared.limits, stdin=job.stdin, env=lang.env, binds=binds, stage="run"
+        ):
+            if isinstance(item, Result):
+                final = item
+            else:
+                yield stamp(item)
+        assert final is not None
+        yield stamp(ExitEvent(dataclasses.replace(final, language=lang.name, compile_output=compile_output)))
+
+    def _write_sources(self, box: Box, lang: Language, files: tuple[SourceFile, ...]) -> None:
+        names = [lang.source_file] + [f.name for f in files[1:]]
+        if len(set(names)) != len(names):
+            raise RejectedError(f"duplicate file names (the main file is stored as {lang.source_file})", field="files")
+        for name, f in zip(names, files, strict=False):
+            box.write_file(name, f.content)
+
+
+def _compile_failure(compiled: Result) -> Result:
+    if compiled.status is Status.INTERNAL_ERROR:
+        return compiled
+    reason = compiled.message if compiled.status is not Status.RUNTIME_ERROR else "compilation failed"
+    if compiled.status is not Status.RUNTIME_ERROR:
+        reason = f"compilation failed: {reason}"
+    return dataclasses.replace(
+        compiled, status=Status.COMPILE_ERROR, stdout=b"", stderr=b"", message=reason, exit_code=compiled.exit_code
+    )
+
+
+def _rewrite_compile_output(raw: bytes, lang: Language, user_name: str) -> bytes:
+    """Show the user's file name instead of our paths; drop lines that only show internals."""
+    text = raw.decode("utf-8", "replace")
+    src = lang.source_file
+    for internal in (f"{BOX_WORKDIR}/{src}", f"./{src}"):
+        text = text.replace(internal, user_name)
+    if user_name != src:
+        text = re.sub(rf"(?<![\w/.-]){re.escape(src)}(?=:)", user_name, text)
+    drops = [re.compile(p) for p in lang.drop_compile_lines]
+    lines = [line for line in text.splitlines(keepends=True) if not any(d.match(line.rstrip("\n")) for d in drops)]
+    return "".join(lines).encode()

@@ -1,0 +1,230 @@
+"""Languages as data: ``languages.toml`` declares them, this module loads and probes them.
+
+A language whose ``requires`` executables are missing is simply not offered.
+A language may declare a ``cache``: a host directory warmed once (by running
+``warm`` on the language's sample, on the host, as root) and then shown to each
+box as a copy-on-write overlay, so builds start warm but no box can write into
+what other boxes read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sandlot.errors import ConfigError, RejectedError
+
+_VERSION_TIMEOUT_S = 20
+_WARM_TIMEOUT_S = 300
+_SAFE_ENV_KEYS = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    name: str
+    dest: str
+    warm: tuple[str, ...]
+    warm_stdout: str | None = None  # save warm's stdout here, host cache path rewritten to dest
+
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    display_name: str
+    source_file: str
+    run: tuple[str, ...]
+    compile: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    version_command: tuple[str, ...] = ()
+    version_regex: str = r"(\S+)"
+    env: Mapping[str, str] = field(default_factory=dict)
+    binds: tuple[str, ...] = ()
+    cache: CacheSpec | None = None
+    drop_compile_lines: tuple[str, ...] = ()
+    sample: str = ""
+
+    @property
+    def installed(self) -> bool:
+        return all(os.access(path, os.X_OK) for path in self.requires)
+
+    def probe_version(self) -> str:
+        """Ask the toolchain for its version (on the host; trusted binaries only)."""
+        if not self.version_command:
+            return "unknown"
+        try:
+            proc = subprocess.run(
+                list(self.version_command),
+                capture_output=True,
+                timeout=_VERSION_TIMEOUT_S,
+                check=False,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"},
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        match = re.search(self.version_regex, text)
+        return match.group(1) if match else text.strip().splitlines()[0] if text.strip() else "unknown"
+
+
+def _tuple(data: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key}: must be a list of strings")
+    return tuple(value)
+
+
+def _parse(name: str, data: Mapping[str, Any]) -> Language:
+    where = f"languages.{name}"
+    for key in ("source_file", "run"):
+        if key not in data:
+            raise ConfigError(f"{where}: missing {key}")
+    env = data.get("env", {})
+    if not isinstance(env, dict) or not all(_SAFE_ENV_KEYS.match(k) and isinstance(v, str) for k, v in env.items()):
+        raise ConfigError(f"{where}.env: must map UPPER_CASE names to strings")
+    cache = None
+    if "cache" in data:
+        raw = data["cache"]
+        if not isinstance(raw, dict) or not {"name", "dest", "warm"} <= raw.keys():
+            raise ConfigError(f"{where}.cache: needs name, dest and warm")
+        stdout_name = raw.get("warm_stdout")
+        cache = CacheSpec(
+            str(raw["name"]),
+            str(raw["dest"]),
+            _tuple(raw, "warm", where + ".cache"),
+            str(stdout_name) if stdout_name else None,
+        )
+    compile_cmd = _tuple(data, "compile", where) or None
+    return Language(
+        name=name,
+        display_name=str(data.get("display_name", name)),
+        source_file=str(data["source_file"]),
+        run=_tuple(data, "run", where),
+        compile=compile_cmd,
+        aliases=_tuple(data, "aliases", where),
+        extensions=_tuple(data, "extensions", where),
+        requires=_tuple(data, "requires", where),
+        version_command=_tuple(data, "version", where),
+        version_regex=str(data.get("version_regex", r"(\S+)")),
+        env=dict(env),
+        binds=_tuple(data, "binds", where),
+        cache=cache,
+        drop_compile_lines=_tuple(data, "drop_compile_lines", where),
+        sample=str(data.get("sample", "")).lstrip("\n"),
+    )
+
+
+class LanguageRegistry:
+    """The declared languages and which of them this host offers."""
+
+    def __init__(self, languages: Mapping[str, Language]) -> None:
+        self._all = dict(languages)
+        self._versions: dict[str, str] = {}
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> LanguageRegistry:
+        try:
+            text = path.read_text() if path else resources.files(__name__).joinpath("languages.toml").read_text()
+            data = tomllib.loads(text)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"languages file {path or 'languages.toml'}: {exc}") from exc
+        return cls({name: _parse(name, spec) for name, spec in data.items() if isinstance(spec, dict)})
+
+    def offered(self) -> list[Language]:
+        return [lang for lang in self._all.values() if lang.installed]
+
+    def get(self, name: str) -> Language:
+        """Resolve a name or alias to an offered language, or reject with a clear message."""
+        key = name.strip().lower()
+        for lang in self._all.values():
+            if key == lang.name or key in lang.aliases:
+                if not lang.installed:
+                    raise RejectedError(f"language {lang.name!r} is not installed on this server", field="language")
+                return lang
+        offered = ", ".join(sorted(lang.name for lang in self.offered()))
+        raise RejectedError(f"unknown language {name!r}; offered: {offered}", field="language")
+
+    def for_file(self, filename: str) -> Language:
+        suffix = Path(filename).suffix.lower()
+        for lang in self._all.values():
+            if suffix and suffix in lang.extensions:
+                return self.get(lang.name)
+        raise RejectedError(
+            f"cannot tell the language of {filename!r} from its extension; use -l LANG", field="language"
+        )
+
+    def version(self, lang: Language) -> str:
+        if lang.name not in self._versions:
+            self._versions[lang.name] = lang.probe_version()
+        return self._versions[lang.name]
+
+    async def probe_versions(self) -> dict[str, str]:
+        """Probe every offered language's version concurrently (once; cached)."""
+        missing = [lang for lang in self.offered() if lang.name not in self._versions]
+        results = await asyncio.gather(*(asyncio.to_thread(lang.probe_version) for lang in missing))
+        for lang, version in zip(missing, results, strict=False):
+            self._versions[lang.name] = version
+        return {lang.name: self._versions[lang.name] for lang in self.offered()}
+
+
+def warm_cache(lang: Language, cache_root: Path) -> Path:
+    """Return the language's warm cache directory, warming it once per host (flock-guarded)."""
+    assert lang.cache is not None
+    cache_root.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache_root, 0o700)  # only root (and overlays it mounts) reach the caches
+    target = cache_root / lang.cache.name
+    marker = cache_root / f"{lang.cache.name}.warm"
+    if marker.exists():
+        return target
+    with open(cache_root / f"{lang.cache.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return target
+        target.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sandlot-warm-") as tmp:
+            Path(tmp, lang.source_file).write_text(lang.sample)
+            env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "LANG": "C.UTF-8", "TMPDIR": tmp, **lang.env}
+            env[_cache_env_key(lang)] = str(target)
+            try:
+                proc = subprocess.run(
+                    list(lang.cache.warm), cwd=tmp, env=env, capture_output=True, timeout=_WARM_TIMEOUT_S, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ConfigError(f"warming the {lang.name} cache failed: {exc}") from exc
+            if proc.returncode != 0:
+                raise ConfigError(f"warming the {lang.name} cache failed: {proc.stderr.decode(errors='replace')}")
+            if lang.cache.warm_stdout:
+                text = proc.stdout.decode().replace(str(target), lang.cache.dest)
+                (target / lang.cache.warm_stdout).write_text(text)
+        # Boxes create entries through their overlay, which checks these modes.
+        for dirpath, _dirnames, filenames in os.walk(target):
+            os.chmod(dirpath, 0o777)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        marker.write_text(lang.probe_version())
+    return target
+
+
+def _cache_env_key(lang: Language) -> str:
+    """The env var that points the toolchain at its cache (the one whose value is the cache's dest)."""
+    assert lang.cache is not None
+    for key, value in lang.env.items():
+        if value == lang.cache.dest:
+            return key
+    raise ConfigError(f"languages.{lang.name}.cache: no env var points at {lang.cache.dest}")
+
+
+def remove_caches(cache_root: Path) -> None:
+    shutil.rmtree(cache_root, ignore_errors=True)

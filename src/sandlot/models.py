@@ -1,0 +1,166 @@
+"""The typed vocabulary every layer shares: status, limits, results, events, jobs.
+
+Nothing here does I/O. Every door renders these types; no raw dict crosses a
+module boundary.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+StreamName = Literal["stdout", "stderr"]
+
+
+class Status(enum.StrEnum):
+    """The outcome of an execution; one enum, every door maps it."""
+
+    OK = "ok"
+    RUNTIME_ERROR = "runtime_error"  # the program exited non-zero
+    SIGNALED = "signaled"  # the program died of a signal we did not send
+    TIMEOUT = "timeout"  # CPU or wall-clock limit; the message says which
+    MEMORY_LIMIT = "memory_limit"  # the cgroup OOM killer fired
+    OUTPUT_LIMIT = "output_limit"  # stdout+stderr exceeded max_output_bytes
+    COMPILE_ERROR = "compile_error"
+    INTERNAL_ERROR = "internal_error"  # the sandbox failed, never the program
+    REJECTED = "rejected"  # bad input
+
+    @property
+    def is_program_failure(self) -> bool:
+        return self not in (Status.OK, Status.INTERNAL_ERROR, Status.REJECTED)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one stage, each named with its unit."""
+
+    time_limit_s: float  # CPU time, summed over every process of the run
+    wall_time_limit_s: float
+    memory_limit_bytes: int  # RAM, swap disallowed
+    max_processes: int  # processes and threads together
+    max_file_size_bytes: int  # RLIMIT_FSIZE: the largest file one write may create
+    max_output_bytes: int  # stdout + stderr together
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one stage, or of a whole job (then with compile_output)."""
+
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    compile_output: bytes = b""
+    wall_time: float = 0.0  # seconds
+    cpu_time: float = 0.0  # seconds, from the cgroup
+    memory_peak: int = 0  # bytes, from the cgroup
+    truncated: bool = False
+    language: str = ""
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the CLI contract; undecodable bytes become U+FFFD."""
+        return {
+            "status": self.status.value,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "stdout": self.stdout.decode("utf-8", "replace"),
+            "stderr": self.stderr.decode("utf-8", "replace"),
+            "compile_output": self.compile_output.decode("utf-8", "replace"),
+            "wall_time": round(self.wall_time, 6),
+            "cpu_time": round(self.cpu_time, 6),
+            "memory_peak": self.memory_peak,
+            "truncated": self.truncated,
+            "language": self.language,
+            "message": self.message,
+        }
+
+    @property
+    def shell_exit_code(self) -> int:
+        """The exit code a shell would report: the program's, or 128+N for signal N."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code if self.exit_code is not None else 1
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file placed in the workdir before the first stage."""
+
+    name: str
+    content: bytes
+
+    @classmethod
+    def from_text(cls, name: str, text: str) -> SourceFile:
+        return cls(name, text.encode())
+
+    @classmethod
+    def from_base64(cls, name: str, data: str) -> SourceFile:
+        return cls(name, base64.b64decode(data, validate=True))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One execution request, whichever door it came through."""
+
+    language: str
+    files: tuple[SourceFile, ...]  # the first file is the program
+    stdin: bytes = b""
+    args: tuple[str, ...] = ()
+    limits: Limits | None = None  # None: the configured defaults
+    compile_limits: Limits | None = None
+    user_file_name: str | None = None  # the name compiler messages should show
+
+
+# ---------------------------------------------------------------- events
+# Ordered, sequence-numbered, timestamped. The engine stamps seq and time.
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """A stage (compile, run, a command) begins."""
+
+    stage: str
+    seq: int = 0
+    time: float = field(default_factory=time.time)
+    kind: Literal["stage"] = "stage"
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """A chunk of the program's output, as it was produced."""
+
+    stream: StreamName
+    data: bytes
+    stage: str = "run"
+    seq: int = 0
+    time: float = field(default_factory=time.time)
+    kind: Literal["output"] = "output"
+
+
+@dataclass(frozen=True)
+class StageResultEvent:
+    """A stage ended (compile or command); its own Result."""
+
+    stage: str
+    result: Result
+    seq: int = 0
+    time: float = field(default_factory=time.time)
+    kind: Literal["stage_result"] = "stage_result"
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """The job ended; always the last event."""
+
+    result: Result
+    seq: int = 0
+    time: float = field(default_factory=time.time)
+    kind: Literal["exit"] = "exit"
+
+
+Event = StageEvent | OutputEvent | StageResultEvent | ExitEvent

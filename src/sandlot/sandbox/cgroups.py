@@ -1,0 +1,418 @@
+"""cgroups v1 and v2 behind one interface.
+
+A box gets a fresh cgroup per run, named ``<group>/box-<slot>``, so accounting
+starts at zero and nothing of a previous run lingers. The helper process writes
+its own pid into every ``procs_files`` entry before it execs bubblewrap, so
+every process of the run is accounted from its first instruction.
+
+v1 ("legacy" or "hybrid" hosts) uses the memory, pids, cpu, cpuacct and freezer
+hierarchies wherever they are mounted (co-mounted or not). v2 uses one unified
+directory with the memory, pids and cpu controllers enabled for our subtree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sandlot.errors import ConfigError, SandboxError
+
+CPU_PERIOD_US = 100_000
+FREEZE_TIMEOUT_S = 1.0
+EMPTY_TIMEOUT_S = 5.0
+_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+_V1_REQUIRED = ("memory", "pids", "cpuacct")
+_V2_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    memory_bytes: int
+    max_pids: int
+    cpu_cores: float
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    cpu_time_s: float
+    memory_peak_bytes: int
+    oom_kills: int
+
+
+class Cgroup(Protocol):
+    """One box's cgroup for one run."""
+
+    @property
+    def procs_files(self) -> tuple[Path, ...]: ...
+
+    def cpu_time_s(self) -> float: ...
+
+    def stats(self) -> CgroupStats: ...
+
+    def pids(self) -> list[int]: ...
+
+    def kill(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+
+class CgroupDriver(Protocol):
+    version: int
+
+    def create(self, name: str, limits: CgroupLimits) -> Cgroup: ...
+
+    def open_existing(self, name: str) -> Cgroup | None: ...
+
+    def existing_names(self) -> list[str]: ...
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise SandboxError(f"cgroup: cannot write {value!r} to {path}: {exc.strerror}") from exc
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise SandboxError(f"cgroup: cannot read {path}: {exc.strerror}") from exc
+
+
+def _keyed(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _read_pids(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SandboxError(f"cgroup: cannot read {path}: {exc.strerror}") from exc
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _rmdir(path: Path) -> None:
+    """Remove one cgroup directory, waiting briefly for exiting tasks to leave."""
+    deadline = time.monotonic() + EMPTY_TIMEOUT_S
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise SandboxError(f"cgroup: cannot remove {path}: {exc.strerror}") from exc
+            pids = _read_pids(path / "cgroup.procs")
+            _kill_all(pids)
+            _wait_pids_gone(pids, deadline - time.monotonic())
+
+
+def _wait_pids_gone(pids: list[int], timeout_s: float) -> None:
+    """Block until the given processes are gone, on pidfds (no polling loop)."""
+    import select
+
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], max(timeout_s, 0.0))
+        finally:
+            os.close(fd)
+    if not pids:
+        # Exited tasks can take a scheduler tick to leave the cgroup.
+        time.sleep(0.001)
+
+
+async def wait_empty(cgroup: Cgroup, timeout_s: float = EMPTY_TIMEOUT_S) -> bool:
+    """Wait (on pidfds) until no process is left in the cgroup."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        pids = cgroup.pids()
+        if not pids:
+            return True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await loop.run_in_executor(None, _wait_pids_gone, pids, min(remaining, 0.5))
+
+
+# ----------------------------------------------------------------------- v1
+
+
+class _V1Cgroup:
+    def __init__(self, dirs: dict[str, Path]) -> None:
+        self._dirs = dirs
+        # Co-mounted controllers share a directory; join each directory once.
+        unique: dict[Path, None] = dict.fromkeys(dirs.values())
+        self._unique_dirs = tuple(unique)
+
+    @property
+    def procs_files(self) -> tuple[Path, ...]:
+        return tuple(d / "cgroup.procs" for d in self._unique_dirs)
+
+    def cpu_time_s(self) -> float:
+        return int(_read(self._dirs["cpuacct"] / "cpuacct.usage")) / 1e9
+
+    def stats(self) -> CgroupStats:
+        mem = self._dirs["memory"]
+        oom = _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
+        return CgroupStats(
+            cpu_time_s=self.cpu_time_s(),
+            memory_peak_bytes=int(_read(mem / "memory.max_usage_in_bytes")),
+            oom_kills=oom,
+        )
+
+    def pids(self) -> list[int]:
+        return _read_pids(self._dirs["pids"] / "cgroup.procs")
+
+    def kill(self) -> None:
+        freezer = self._dirs.get("freezer")
+        if freezer is None:
+            # Without a freezer, repeat until no new process appears (pids.max bounds it).
+            for _ in range(64):
+                pids = self.pids()
+                if not pids:
+                    return
+                _kill_all(pids)
+            return
+        state = freezer / "freezer.state"
+        _write(state, "FROZEN")
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        try:
+            _kill_all(_read_pids(freezer / "cgroup.procs"))
+        finally:
+            _write(state, "THAWED")
+
+    def remove(self) -> None:
+        for d in self._unique_dirs:
+            _rmdir(d)
+
+
+class CgroupV1Driver:
+    """Legacy and hybrid hierarchies: one directory per controller mount."""
+
+    version = 1
+
+    def __init__(self, mounts: dict[str, Path], group: str) -> None:
+        missing = [c for c in _V1_REQUIRED if c not in mounts]
+        if missing:
+            raise ConfigError(f"cgroup v1: controllers not mounted: {', '.join(missing)}")
+        self._mounts = {c: p for c, p in mounts.items() if c in _V1_CONTROLLERS}
+        self._group = group
+        for base in set(self._mounts.values()):
+            try:
+                (base / group).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cgroup v1: cannot create {base / group}: {exc.strerror}") from exc
+
+    def _dirs(self, name: str) -> dict[str, Path]:
+        return {c: base / self._group / name for c, base in self._mounts.items()}
+
+    def create(self, name: str, limits: CgroupLimits) -> Cgroup:
+        stale = self.open_existing(name)
+        if stale is not None:
+            stale.kill()
+            stale.remove()
+        dirs = self._dirs(name)
+        created: list[Path] = []
+        try:
+            for d in dict.fromkeys(dirs.values()):
+                d.mkdir()
+                created.append(d)
+            mem = dirs["memory"]
+            _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+            memsw = mem / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # swap accounting on: forbid swap entirely
+                _write(memsw, str(limits.memory_bytes))
+            _write(dirs["pids"] / "pids.max", str(limits.max_pids))
+            if "cpu" in dirs:
+                _write(dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                _write(dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US))))
+        except (OSError, SandboxError) as exc:
+            for d in created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            if isinstance(exc, SandboxError):
+                raise
+            raise SandboxError(f"cgroup: cannot create {name}: {exc.strerror}") from exc
+        return _V1Cgroup(dirs)
+
+    def open_existing(self, name: str) -> Cgroup | None:
+        dirs = self._dirs(name)
+        if not any(d.exists() for d in dirs.values()):
+            return None
+        return _V1Cgroup({c: d for c, d in dirs.items() if d.exists()} | {"pids": dirs["pids"]})
+
+    def existing_names(self) -> list[str]:
+        names: set[str] = set()
+        for base in set(self._mounts.values()):
+            with contextlib.suppress(FileNotFoundError):
+                names.update(p.name for p in (base / self._group).iterdir() if p.is_dir())
+        return sorted(names)
+
+
+# ----------------------------------------------------------------------- v2
+
+
+class _V2Cgroup:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    @property
+    def procs_files(self) -> tuple[Path, ...]:
+        return (self._path / "cgroup.procs",)
+
+    def cpu_time_s(self) -> float:
+        return _keyed(_read(self._path / "cpu.stat")).get("usage_usec", 0) / 1e6
+
+    def stats(self) -> CgroupStats:
+        peak_file = self._path / "memory.peak"
+        peak = int(_read(peak_file)) if peak_file.exists() else int(_read(self._path / "memory.current"))
+        return CgroupStats(
+            cpu_time_s=self.cpu_time_s(),
+            memory_peak_bytes=peak,
+            oom_kills=_keyed(_read(self._path / "memory.events")).get("oom_kill", 0),
+        )
+
+    def pids(self) -> list[int]:
+        return _read_pids(self._path / "cgroup.procs")
+
+    def kill(self) -> None:
+        kill_file = self._path / "cgroup.kill"
+        if kill_file.exists():
+            _write(kill_file, "1")
+            return
+        _write(self._path / "cgroup.freeze", "1")
+        try:
+            _kill_all(self.pids())
+        finally:
+            _write(self._path / "cgroup.freeze", "0")
+
+    def remove(self) -> None:
+        _rmdir(self._path)
+
+
+class CgroupV2Driver:
+    """The unified hierarchy: memory, pids and cpu enabled for our subtree."""
+
+    version = 2
+
+    def __init__(self, root: Path, group: str) -> None:
+        self._base = root / group
+        try:
+            available = _read(root / "cgroup.controllers").split()
+        except SandboxError as exc:
+            raise ConfigError(f"cgroup v2: {exc}") from exc
+        missing = [c for c in _V2_CONTROLLERS if c not in available]
+        if missing:
+            raise ConfigError(f"cgroup v2 at {root}: controllers not available: {', '.join(missing)}")
+        try:
+            self._base.mkdir(exist_ok=True)
+            enabled = set(_read(root / "cgroup.subtree_control").split())
+            if not set(_V2_CONTROLLERS) <= enabled:
+                _write(root / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
+            _write(self._base / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
+        except (OSError, SandboxError) as exc:
+            raise ConfigError(f"cgroup v2: cannot prepare {self._base}: {exc}") from exc
+
+    def create(self, name: str, limits: CgroupLimits) -> Cgroup:
+        stale = self.open_existing(name)
+        if stale is not None:
+            stale.kill()
+            stale.remove()
+        path = self._base / name
+        try:
+            path.mkdir()
+        except OSError as exc:
+            raise SandboxError(f"cgroup: cannot create {path}: {exc.strerror}") from exc
+        _write(path / "memory.max", str(limits.memory_bytes))
+        _write(path / "memory.swap.max", "0")
+        _write(path / "memory.oom.group", "1")  # an OOM ends the whole run
+        _write(path / "pids.max", str(limits.max_pids))
+        _write(path / "cpu.max", f"{max(1000, int(limits.cpu_cores * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+        return _V2Cgroup(path)
+
+    def open_existing(self, name: str) -> Cgroup | None:
+        path = self._base / name
+        return _V2Cgroup(path) if path.is_dir() else None
+
+    def existing_names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self._base.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+
+# ------------------------------------------------------------------ detect
+
+
+def _v1_mounts(mountinfo: str) -> dict[str, Path]:
+    mounts: dict[str, Path] = {}
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = right.split()
+        if len(fields) < 3 or fields[0] != "cgroup":
+            continue
+        mount_point = Path(left.split()[4])
+        for option in fields[2].split(","):
+            if option in _V1_CONTROLLERS:
+                mounts.setdefault(option, mount_point)
+    return mounts
+
+
+def _v2_root(mountinfo: str) -> Path | None:
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split()[:1] == ["cgroup2"]:
+            root = Path(left.split()[4])
+            try:
+                if set(_V2_CONTROLLERS) <= set((root / "cgroup.controllers").read_text().split()):
+                    return root
+            except OSError:
+                continue
+    return None
+
+
+def detect_driver(group: str, mountinfo_path: Path = Path("/proc/self/mountinfo")) -> CgroupDriver:
+    """Pick v2 when the unified hierarchy has our controllers, else v1."""
+    try:
+        mountinfo = mountinfo_path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {mountinfo_path}: {exc.strerror}") from exc
+    v2 = _v2_root(mountinfo)
+    if v2 is not None:
+        return CgroupV2Driver(v2, group)
+    mounts = _v1_mounts(mountinfo)
+    if mounts:
+        return CgroupV1Driver(mounts, group)
+    raise ConfigError("no usable cgroup hierarchy: mount cgroup2 with memory, pids and cpu, or cgroup v1")

@@ -1,0 +1,216 @@
+/*
+ * sandlot-helper: the two privileged-boundary steps that Python cannot do
+ * without a window of exposure. Built once (static) by sandlot/sandbox/helper.py.
+ *
+ * Theory of operation
+ *
+ *   sandlot (root, host)
+ *     `- sandlot-helper launch   (root)  joins the box's cgroups, drops to the
+ *          |                              box uid, then execs bwrap; so every
+ *          |                              process of the run is accounted from
+ *          |                              its first instruction.
+ *          `- bwrap              (box uid) builds the namespaces and mounts,
+ *               |                          loads seccomp, execs:
+ *               `- sandlot-helper init  (pid 1 of the box) forks the program,
+ *                    |                   reports "S" (setup complete) and the
+ *                    |                   program's exact wait status over a
+ *                    |                   private pipe, kills every survivor.
+ *                    `- the program
+ *
+ * Errors of the helper itself are reported on stderr prefixed with
+ * "sandlot-helper:" and exit code 125; sandlot tells them apart from the
+ * program's own failures because the init never wrote "S".
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define HELPER_FAILURE 125
+#define MAX_ITEMS 16
+
+static void die(const char *what, const char *arg) {
+    int saved = errno;
+    fprintf(stderr, "sandlot-helper: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "",
+            saved ? strerror(saved) : "invalid usage");
+    _exit(HELPER_FAILURE);
+}
+
+static long parse_long(const char *s, const char *what) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || !end || *end != '\0' || v < 0) {
+        errno = EINVAL;
+        die(what, s);
+    }
+    return v;
+}
+
+/* Restore default dispositions and an empty mask: the parent (Python) ignores
+ * SIGPIPE, and ignored signals survive exec. */
+static void reset_signals(void) {
+    sigset_t none;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+    }
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static void close_fds_from(int first, int keep) {
+    /* close_range(2) exists since 5.9; fall back to a loop on older kernels. */
+    if (keep >= first) {
+        if (keep > first && syscall(SYS_close_range, first, keep - 1, 0) != 0)
+            for (int fd = first; fd < keep; fd++) close(fd);
+        first = keep + 1;
+    }
+    if (syscall(SYS_close_range, first, ~0U, 0) != 0)
+        for (int fd = first; fd < 4096; fd++) close(fd);
+}
+
+/* launch --uid U --gid G [--cgroup PROCS_FILE]... -- PROGRAM ARGS... */
+static int do_launch(int argc, char **argv) {
+    long uid = -1, gid = -1;
+    const char *cgroups[MAX_ITEMS];
+    int ncg = 0, i = 2;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (i + 1 >= argc) die("missing value for", argv[i]);
+        if (!strcmp(argv[i], "--uid")) uid = parse_long(argv[i + 1], "bad uid");
+        else if (!strcmp(argv[i], "--gid")) gid = parse_long(argv[i + 1], "bad gid");
+        else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_ITEMS) cgroups[ncg++] = argv[i + 1];
+        else { errno = EINVAL; die("unknown option", argv[i]); }
+    }
+    if (i + 1 >= argc || uid <= 0 || gid <= 0) { errno = EINVAL; die("usage: launch --uid U --gid G -- PROGRAM", NULL); }
+
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%d", getpid());
+    for (int c = 0; c < ncg; c++) {
+        int fd = open(cgroups[c], O_WRONLY | O_CLOEXEC);
+        if (fd < 0) die("cannot open cgroup", cgroups[c]);
+        if (write(fd, pid, len) != len) die("cannot join cgroup", cgroups[c]);
+        close(fd);
+    }
+    reset_signals();
+    if (setgroups(0, NULL) != 0) die("setgroups", NULL);
+    if (setresgid(gid, gid, gid) != 0) die("setresgid", argv[i + 1]);
+    if (setresuid(uid, uid, uid) != 0) die("setresuid", argv[i + 1]);
+    /* After the uid change (which clears it): die with sandlot. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die("prctl(PDEATHSIG)", NULL);
+    if (getppid() == 1) { errno = ESRCH; die("parent died before launch", NULL); }
+    execv(argv[i + 1], &argv[i + 1]);
+    die("cannot execute", argv[i + 1]);
+    return HELPER_FAILURE;
+}
+
+struct rl { int resource; rlim_t value; };
+
+static int parse_rlimit(const char *spec, struct rl *out) {
+    static const struct { const char *name; int resource; } names[] = {
+        {"fsize", RLIMIT_FSIZE}, {"core", RLIMIT_CORE}, {"nofile", RLIMIT_NOFILE},
+        {"stack", RLIMIT_STACK}, {"cpu", RLIMIT_CPU}, {"memlock", RLIMIT_MEMLOCK},
+        {"msgqueue", RLIMIT_MSGQUEUE}, {"nproc", RLIMIT_NPROC},
+    };
+    const char *eq = strchr(spec, '=');
+    if (!eq) return -1;
+    for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
+        if (strlen(names[n].name) == (size_t)(eq - spec) && !strncmp(spec, names[n].name, eq - spec)) {
+            out->resource = names[n].resource;
+            out->value = (rlim_t)parse_long(eq + 1, "bad rlimit");
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void report(int fd, const char *line) {
+    size_t len = strlen(line);
+    while (len > 0) {
+        ssize_t n = write(fd, line, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        line += n;
+        len -= (size_t)n;
+    }
+}
+
+/* init --status-fd N [--rlimit NAME=VALUE]... -- PROGRAM ARGS...   (pid 1 in the box) */
+static int do_init(int argc, char **argv) {
+    int status_fd = -1, nrl = 0, i = 2;
+    struct rl limits[MAX_ITEMS];
+    for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (i + 1 >= argc) die("missing value for", argv[i]);
+        if (!strcmp(argv[i], "--status-fd")) status_fd = (int)parse_long(argv[i + 1], "bad fd");
+        else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_ITEMS) {
+            if (parse_rlimit(argv[i + 1], &limits[nrl++]) != 0) { errno = EINVAL; die("bad rlimit", argv[i + 1]); }
+        } else { errno = EINVAL; die("unknown option", argv[i]); }
+    }
+    if (i + 1 >= argc || status_fd < 3) { errno = EINVAL; die("usage: init --status-fd N -- PROGRAM", NULL); }
+    char **program = &argv[i + 1];
+
+    /* Nothing but stdio and the status pipe survives; the status pipe never
+     * reaches the program (close-on-exec), and a non-dumpable init cannot be
+     * inspected through /proc by the program running under the same uid. */
+    close_fds_from(3, status_fd);
+    if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) die("status fd", NULL);
+    prctl(PR_SET_DUMPABLE, 0);
+    reset_signals();
+
+    pid_t child = fork();
+    if (child < 0) die("fork", NULL);
+    if (child == 0) {
+        for (int r = 0; r < nrl; r++) {
+            struct rlimit lim = {limits[r].value, limits[r].value};
+            if (limits[r].resource == RLIMIT_CPU) lim.rlim_max = limits[r].value + 1;
+            if (setrlimit(limits[r].resource, &lim) != 0) {
+                char line[64];
+                snprintf(line, sizeof line, "E %d rlimit\n", errno);
+                report(status_fd, line);
+                _exit(127);
+            }
+        }
+        execvp(program[0], program);
+        char line[64];
+        snprintf(line, sizeof line, "E %d exec\n", errno);
+        report(status_fd, line);
+        _exit(127);
+    }
+    report(status_fd, "S\n");
+
+    int main_status = 0, have_main = 0;
+    for (;;) {
+        int st;
+        pid_t got = waitpid(-1, &st, __WALL);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            break; /* ECHILD: everyone is reaped */
+        }
+        if (got == child) {
+            main_status = st;
+            have_main = 1;
+            /* The program is done: nothing it started may outlive it. */
+            kill(-1, SIGKILL);
+        }
+    }
+    char line[64];
+    snprintf(line, sizeof line, "X %d %d\n", have_main, main_status);
+    report(status_fd, line);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "launch")) return do_launch(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "init")) return do_init(argc, argv);
+    fprintf(stderr, "usage: sandlot-helper launch|init ...\n");
+    return HELPER_FAILURE;
+}

@@ -1,0 +1,153 @@
+"""The jail policy: what the box sees, written as bubblewrap arguments.
+
+Read-only system directories, a synthetic /etc, the box's own workdir at /box,
+size-capped tmpfs /tmp and /dev/shm, a private /proc, no /sys, and fresh user,
+mount, pid, net, ipc, uts and cgroup namespaces. Nothing of sandlot itself
+(its code, config or state directory) is mounted; the only sandlot file in the
+box is the static init helper at ``INIT_PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BOX_WORKDIR = "/box"
+INIT_PATH = "/.init"
+BOX_UID = 1000  # the uid the program sees; the host uid is unique per box
+BOX_HOSTNAME = "sandlot"
+SECCOMP_FD = 3
+STATUS_FD = 4
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# Host files from /etc the toolchains need; everything else of /etc stays out.
+_ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/localtime",
+)
+_TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+PASSWD = f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{BOX_UID}:{BOX_UID}:sandbox:{BOX_WORKDIR}:/bin/bash\n"
+PASSWD += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+GROUP = f"root:x:0:\nsandbox:x:{BOX_UID}:\nnogroup:x:65534:\n"
+HOSTS = f"127.0.0.1 localhost {BOX_HOSTNAME}\n::1 localhost ip6-localhost ip6-loopback\n"
+NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: Path
+    dest: str
+    writable: bool = False
+    optional: bool = False
+
+
+def write_synthetic_etc(etc_dir: Path) -> None:
+    """The /etc files the box gets instead of the host's (no shadow, no real users)."""
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS), ("nsswitch.conf", NSSWITCH)):
+        path = etc_dir / name
+        if not path.exists() or path.read_text() != content:
+            tmp = etc_dir / f".{name}.tmp"
+            tmp.write_text(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+
+
+def _top_level_args() -> list[str]:
+    args: list[str] = []
+    for path in _TOP_LEVEL:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def bwrap_argv(
+    *,
+    bwrap: Path,
+    helper: Path,
+    workdir: Path,
+    etc_dir: Path,
+    tmp_size_bytes: int,
+    binds: Sequence[Bind],
+    env: Mapping[str, str],
+    rlimits: Mapping[str, int],
+    command: Sequence[str],
+) -> list[str]:
+    """The full argv after the launcher: bwrap, its options, then init and the command."""
+    argv = [
+        str(bwrap),
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(BOX_UID),
+        "--gid",
+        str(BOX_UID),
+        "--hostname",
+        BOX_HOSTNAME,
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--tmpfs",
+        "/usr/local",
+        "--remount-ro",
+        "/usr/local",
+        *_top_level_args(),
+    ]
+    argv += ["--perms", "0755", "--dir", "/etc"]
+    for path in _ETC_FILES:
+        argv += ["--ro-bind-try", path, path]
+    for etc_name in ("passwd", "group", "hosts", "nsswitch.conf"):
+        argv += ["--ro-bind", str(etc_dir / etc_name), f"/etc/{etc_name}"]
+    argv += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(tmp_size_bytes),
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "1777",
+        "--size",
+        str(tmp_size_bytes),
+        "--tmpfs",
+        "/dev/shm",
+        "--bind",
+        str(workdir),
+        BOX_WORKDIR,
+    ]
+    for bind in binds:
+        if bind.writable:
+            flag = "--bind-try" if bind.optional else "--bind"
+        else:
+            flag = "--ro-bind-try" if bind.optional else "--ro-bind"
+        argv += [flag, str(bind.source), bind.dest]
+    argv += ["--ro-bind", str(helper), INIT_PATH, "--chdir", BOX_WORKDIR, "--clearenv"]
+    for key, env_value in env.items():
+        argv += ["--setenv", key, env_value]
+    argv += ["--seccomp", str(SECCOMP_FD), "--", INIT_PATH, "init", "--status-fd", str(STATUS_FD)]
+    for resource, amount in rlimits.items():
+        argv += ["--rlimit", f"{resource}={amount}"]
+    argv += ["--", *command]
+    return argv

@@ -1,0 +1,168 @@
+"""The seccomp policy, compiled with libseccomp into a BPF program bwrap loads.
+
+Default allow, with a deny list of the syscalls a sandboxed program has no
+business making. Denied calls fail with EPERM (so programs get an error, not a
+mysterious death); any foreign ABI (32-bit x86 via int 0x80, x32) kills the
+process, since it would bypass every per-syscall rule.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from functools import lru_cache
+
+from sandlot.errors import ConfigError
+
+# libseccomp constants (seccomp.h)
+_SCMP_ACT_KILL_PROCESS = 0x80000000
+_SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_FLTATR_ACT_BADARCH = 2
+_SCMP_CMP_MASKED_EQ = 7
+
+
+def _act_errno(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+# Each rule: syscall -> the reason it is denied.
+DENIED_SYSCALLS: dict[str, str] = {
+    "ptrace": "inspecting or controlling other processes",
+    "process_vm_readv": "reading another process's memory",
+    "process_vm_writev": "writing another process's memory",
+    "mount": "changing the filesystem layout",
+    "umount2": "changing the filesystem layout",
+    "pivot_root": "changing the filesystem root",
+    "chroot": "changing the filesystem root",
+    "move_mount": "new mount API",
+    "open_tree": "new mount API",
+    "fsopen": "new mount API",
+    "fsmount": "new mount API",
+    "fsconfig": "new mount API",
+    "fspick": "new mount API",
+    "mount_setattr": "new mount API",
+    "unshare": "new namespaces escape our accounting and policy",
+    "setns": "joining other namespaces",
+    "bpf": "loading kernel programs",
+    "perf_event_open": "kernel profiling, a rich side channel",
+    "keyctl": "the kernel keyring is not namespaced",
+    "add_key": "the kernel keyring is not namespaced",
+    "request_key": "the kernel keyring is not namespaced",
+    "userfaultfd": "a common primitive in kernel exploits",
+    "io_uring_setup": "io_uring bypasses syscall filtering and has a long CVE history",
+    "io_uring_enter": "io_uring bypasses syscall filtering",
+    "io_uring_register": "io_uring bypasses syscall filtering",
+    "kexec_load": "replacing the kernel",
+    "kexec_file_load": "replacing the kernel",
+    "init_module": "loading kernel modules",
+    "finit_module": "loading kernel modules",
+    "delete_module": "unloading kernel modules",
+    "open_by_handle_at": "opening files by handle escapes the mount namespace",
+    "name_to_handle_at": "pairs with open_by_handle_at",
+    "reboot": "host control",
+    "swapon": "host control",
+    "swapoff": "host control",
+    "acct": "host control",
+    "quotactl": "host control",
+    "syslog": "reading the kernel log",
+    "lookup_dcookie": "kernel internals",
+    "vhangup": "terminal control",
+    "iopl": "raw port I/O",
+    "ioperm": "raw port I/O",
+    "settimeofday": "setting the clock",
+    "clock_settime": "setting the clock",
+    "clock_adjtime": "setting the clock",
+    "adjtimex": "setting the clock",
+    "fanotify_init": "watching the filesystem globally",
+    "nfsservctl": "kernel services",
+    "migrate_pages": "NUMA policy",
+    "move_pages": "NUMA policy",
+}
+
+# clone(2) with any namespace flag: same reason as unshare.
+_CLONE_NAMESPACE_FLAGS = (
+    0x00020000  # CLONE_NEWNS
+    | 0x02000000  # CLONE_NEWCGROUP
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x10000000  # CLONE_NEWUSER
+    | 0x20000000  # CLONE_NEWPID
+    | 0x40000000  # CLONE_NEWNET
+)
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+def _load_libseccomp() -> ctypes.CDLL:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise ConfigError(f"libseccomp not found ({exc}); install libseccomp2") from exc
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        raise ConfigError(f"libseccomp: {what}: {os.strerror(-rc)}")
+
+
+@lru_cache(maxsize=1)
+def compile_filter() -> bytes:
+    """Build the policy and return it as a BPF program (what bwrap --seccomp reads)."""
+    lib = _load_libseccomp()
+    ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
+    if not ctx:
+        raise ConfigError("libseccomp: seccomp_init failed")
+    try:
+        _check(lib.seccomp_attr_set(ctx, _SCMP_FLTATR_ACT_BADARCH, _SCMP_ACT_KILL_PROCESS), "bad-arch action")
+        deny = _act_errno(errno.EPERM)
+        for name in DENIED_SYSCALLS:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:  # not a syscall on this architecture
+                continue
+            _check(lib.seccomp_rule_add_array(ctx, deny, nr, 0, None), f"deny {name}")
+        clone_nr = lib.seccomp_syscall_resolve_name(b"clone")
+        cmp = (_ArgCmp * 1)(_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_NAMESPACE_FLAGS, 0))
+        # MASKED_EQ(flags & NS, 0) allows; so deny each flag separately.
+        for bit in range(32):
+            flag = 1 << bit
+            if _CLONE_NAMESPACE_FLAGS & flag:
+                cmp[0] = _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag)
+                _check(lib.seccomp_rule_add_array(ctx, deny, clone_nr, 1, cmp), "deny clone namespaces")
+        # clone3 passes flags in memory seccomp cannot read: ENOSYS makes libc fall back to clone.
+        clone3_nr = lib.seccomp_syscall_resolve_name(b"clone3")
+        if clone3_nr >= 0:
+            _check(lib.seccomp_rule_add_array(ctx, _act_errno(errno.ENOSYS), clone3_nr, 0, None), "clone3")
+        fd = os.memfd_create("sandlot-seccomp", os.MFD_CLOEXEC)
+        try:
+            _check(lib.seccomp_export_bpf(ctx, fd), "export")
+            size = os.lseek(fd, 0, os.SEEK_CUR)
+            return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+    finally:
+        lib.seccomp_release(ctx)
