@@ -1,0 +1,145 @@
+"""Shared fixtures: a real Sandbox in test-only state, cgroup and lock locations.
+
+Everything runs for real (bubblewrap, cgroups, seccomp); tests need root. The
+state directory is not under pytest's tmp_path because box uids must be able
+to traverse to their workdir, and pytest's tmp dirs are mode 0700.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sandlot.config import LimitRequest, Settings, load_settings
+from sandlot.engine import Engine
+from sandlot.languages import LanguageRegistry
+from sandlot.models import Event, ExitEvent, Job, Limits, OutputEvent, Result, SourceFile
+from sandlot.sandbox import Box, Sandbox
+from sandlot.sandbox.hostfs import mounts_below, unmount
+
+TEST_STATE_DIR = Path("/var/lib/sandlot-test")
+TEST_RUN_DIR = Path("/run/sandlot-test")
+TEST_CGROUP = "sandlot-test"
+
+if os.geteuid() != 0:  # pragma: no cover - the suite is meaningless without root
+    pytest.exit("sandlot's tests run real sandboxes and need root", returncode=2)
+
+
+def make_settings(**overrides: object) -> Settings:
+    base = load_settings(environ={})
+    return dataclasses.replace(
+        base,
+        state_dir=TEST_STATE_DIR,
+        run_dir=TEST_RUN_DIR,
+        cgroup_name=TEST_CGROUP,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(scope="session")
+def sandbox(settings: Settings) -> Iterator[Sandbox]:
+    sb = Sandbox(settings)
+    sb.sweep_stale()
+    yield sb
+    sb.sweep_stale()
+
+
+@pytest.fixture(scope="session")
+def languages(settings: Settings) -> LanguageRegistry:
+    return LanguageRegistry.load(settings.languages_file)
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings, languages: LanguageRegistry) -> Engine:
+    return Engine(settings, languages)
+
+
+@pytest.fixture
+def box(sandbox: Sandbox) -> Iterator[Box]:
+    b = sandbox.open_box()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@dataclass
+class Run:
+    """Everything one job produced."""
+
+    result: Result
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def stdout(self) -> str:
+        return self.result.stdout.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.result.stderr.decode("utf-8", "replace")
+
+    @property
+    def output_events(self) -> list[OutputEvent]:
+        return [e for e in self.events if isinstance(e, OutputEvent)]
+
+
+async def run_job(
+    engine: Engine,
+    box: Box,
+    language: str,
+    code: str | bytes,
+    *,
+    stdin: bytes = b"",
+    args: tuple[str, ...] = (),
+    limits: LimitRequest | None = None,
+    exact_limits: Limits | None = None,
+    extra_files: tuple[SourceFile, ...] = (),
+) -> Run:
+    """Validate and run one job in box, collecting every event."""
+    content = code.encode() if isinstance(code, str) else code
+    job = Job(
+        language=language,
+        files=(SourceFile("main", content), *extra_files),
+        stdin=stdin,
+        args=args,
+        limits=exact_limits,
+    )
+    prepared = engine.prepare(job, limits)
+    events: list[Event] = []
+    async for event in engine.execute(prepared, box):
+        events.append(event)
+    last = events[-1]
+    assert isinstance(last, ExitEvent)
+    return Run(last.result, events)
+
+
+async def run_in(box: Box, command: list[str], limits: Limits, *, stdin: bytes = b"") -> Result:
+    """Run a raw command in a box (no language), returning its Result."""
+    result: Result | None = None
+    async for item in box.run(command, limits=limits, stdin=stdin):
+        if isinstance(item, Result):
+            result = item
+    assert result is not None
+    return result
+
+
+def leftover_mounts() -> list[Path]:
+    return mounts_below(TEST_STATE_DIR / "boxes")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave nothing behind even if a test died mid-run."""
+    for mount in leftover_mounts():
+        unmount(mount)
+    shutil.rmtree(TEST_RUN_DIR, ignore_errors=True)
