@@ -156,6 +156,8 @@ static int do_init(int argc, char **argv) {
         } else { errno = EINVAL; die("unknown option", argv[i]); }
     }
     if (i + 1 >= argc || status_fd < 3) { errno = EINVAL; die("usage: init --status-fd N -- PROGRAM", NULL); }
+    /* kill(-1) below must only ever reach the box's own pid namespace. */
+    if (getpid() != 1) { errno = EPERM; die("init must be pid 1 of a fresh pid namespace", NULL); }
     char **program = &argv[i + 1];
 
     /* Nothing but stdio and the status pipe survives; the status pipe never
