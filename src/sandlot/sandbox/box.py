@@ -45,6 +45,9 @@ from sandlot.sandbox import hostfs, policy, seccomp, slots
 from sandlot.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits, detect_driver, wait_empty
 from sandlot.sandbox.helper import helper_path
 
+# stdin is either all of it up front, or a stream (interactive doors): chunks, then None to close.
+StdinSource = bytes | AsyncIterator[bytes | None]
+
 _READ_CHUNK = 64 * 1024
 _MIN_CPU_CHECK_S = 0.002
 _DRAIN_GRACE_S = 0.5
@@ -130,6 +133,7 @@ class Box:
         self.root = sandbox.boxes_dir / str(slot.index)
         self.workdir = self.root / "work"
         self._closed = False
+        self._running_pid: int | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -203,6 +207,26 @@ class Box:
             hostfs.mount_overlay(lower=lower, upper=base / "upper", work=base / "work", target=merged)
         return policy.Bind(merged, dest, writable=True)
 
+    def send_signal(self, sig: int) -> bool:
+        """Deliver sig to the running program's process group (an interactive door's Ctrl-C).
+
+        The program is the child of the box's init, which is the child of the
+        bwrap process we spawned; the init ignores signals sent from outside.
+        Returns False when nothing is running.
+        """
+        pid = self._running_pid
+        if pid is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return False
+        for child in children:  # the box's init (pid 1 inside): its group holds the program
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(child), sig)
+        return bool(children)
+
     # ------------------------------------------------------------- run
 
     async def run(
@@ -210,7 +234,7 @@ class Box:
         command: Sequence[str],
         *,
         limits: Limits,
-        stdin: bytes = b"",
+        stdin: StdinSource = b"",
         env: Mapping[str, str] | None = None,
         binds: Sequence[policy.Bind] = (),
         stage: str = "run",
@@ -242,7 +266,7 @@ class Box:
         cgroup: Cgroup,
         command: Sequence[str],
         limits: Limits,
-        stdin: bytes,
+        stdin: StdinSource,
         env: Mapping[str, str],
         binds: Sequence[policy.Bind],
         stage: str,
@@ -261,6 +285,7 @@ class Box:
             fds.close_all()
             raise SandboxError(f"cannot start the sandbox helper: {exc}") from exc
         fds.close_child_ends()
+        self._running_pid = pid
         pidfd = os.pidfd_open(pid)
         exited: asyncio.Future[int] = loop.create_future()
         open_streams = {"stdout", "stderr", "status"}
@@ -357,6 +382,7 @@ class Box:
                 kill("cancelled")
                 loop.remove_reader(pidfd)
                 await loop.run_in_executor(None, os.waitpid, pid, 0)
+            self._running_pid = None
             pump.cancel()
             stdin_task.cancel()
             for fd in (fds.stdout, fds.stderr, fds.status):
@@ -475,28 +501,37 @@ class _Pipes:
             self._close(fd)
 
 
-async def _feed_stdin(fd: int, data: bytes) -> None:
+async def _feed_stdin(fd: int, source: StdinSource) -> None:
     """Write stdin without blocking the loop; a program that never reads it is fine."""
-    loop = asyncio.get_running_loop()
     try:
-        if not data:
-            return
         os.set_blocking(fd, False)
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(fd, view) :]
-            except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_writer(fd, ready.set_result, None)
-                try:
-                    await ready
-                finally:
-                    loop.remove_writer(fd)
-            except (BrokenPipeError, ConnectionResetError):
+        if isinstance(source, bytes):
+            await _write_all(fd, source)
+            return
+        async for chunk in source:
+            if chunk is None or not await _write_all(fd, chunk):
                 return
     finally:
         os.close(fd)
+
+
+async def _write_all(fd: int, data: bytes) -> bool:
+    """Write data to a non-blocking pipe; False once the reader has gone."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_writer(fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+    return True
 
 
 def _parse_status(raw: bytes) -> tuple[bool, int | None, str | None]:
