@@ -32,10 +32,16 @@ from sandlot.models import (
     Status,
 )
 from sandlot.sandbox import BOX_WORKDIR, Bind, Box
+from sandlot.sandbox.box import StdinSource
+from sandlot.sandbox.hostfs import validate_relative_path
 
 MAX_FILES = 64
 MAX_ARGS = 256
 MAX_ARG_BYTES = 64 * 1024
+MAX_COMMANDS = 32
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_FETCH_FILES = 64
+MAX_FETCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,15 @@ class Engine:
             raise RejectedError("args must not contain NUL", field="args")
         if len(job.stdin) > self.settings.run_maxima.max_output_bytes * 4:
             raise RejectedError("stdin too large", field="stdin")
+        if len(job.commands) > MAX_COMMANDS:
+            raise RejectedError(f"too many commands (max {MAX_COMMANDS})", field="commands")
+        for i, command in enumerate(job.commands):
+            if not command.strip() or "\x00" in command or len(command.encode()) > MAX_COMMAND_BYTES:
+                raise RejectedError(f"commands[{i}]: must be a non-empty shell command without NUL", field="commands")
+        if len(job.fetch_files) > MAX_FETCH_FILES:
+            raise RejectedError(f"too many fetch_files (max {MAX_FETCH_FILES})", field="fetch_files")
+        for path in job.fetch_files:
+            validate_relative_path(path, field="fetch_files")
         return PreparedJob(
             job=job,
             language=language,
@@ -94,8 +109,13 @@ class Engine:
             compile_limits=job.compile_limits or self.settings.resolve_limits(compile_limits, stage="compile"),
         )
 
-    async def execute(self, prepared: PreparedJob, box: Box) -> AsyncIterator[Event]:
-        """Run a prepared job in box; yields stamped events ending with exactly one ExitEvent."""
+    async def execute(
+        self, prepared: PreparedJob, box: Box, *, stdin: StdinSource | None = None
+    ) -> AsyncIterator[Event]:
+        """Run a prepared job in box; yields stamped events ending with exactly one ExitEvent.
+
+        ``stdin`` overrides the job's own stdin bytes with a stream (interactive doors).
+        """
         seq = itertools.count(1)
 
         def stamp(event: Event) -> Event:
@@ -109,6 +129,7 @@ class Engine:
         if lang.cache is not None:
             lower = warm_cache(lang, self.settings.state_dir / "cache")
             binds.append(box.cow_bind(lang.cache.name, lower, lang.cache.dest))
+        stages: list[tuple[str, Result]] = []
 
         compile_output = b""
         if lang.compile is not None:
@@ -122,24 +143,52 @@ class Engine:
             assert compiled is not None
             compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, user_name)
             compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
+            stages.append(("compile", compiled))
             if compile_output:
                 yield stamp(OutputEvent("stderr", compile_output, stage="compile"))
             yield stamp(StageResultEvent("compile", compiled))
             if compiled.status is not Status.OK:
-                yield stamp(ExitEvent(_compile_failure(compiled)))
+                yield stamp(ExitEvent(_compile_failure(compiled), stages=tuple(stages)))
                 return
 
-        yield stamp(StageEvent("run"))
+        if job.commands:
+            plan = [(f"command {i + 1}", ["/bin/bash", "-c", cmd]) for i, cmd in enumerate(job.commands)]
+        else:
+            plan = [("run", [*lang.run, *job.args])]
         final: Result | None = None
-        async for item in box.run(
-            [*lang.run, *job.args], limits=prepared.limits, stdin=job.stdin, env=lang.env, binds=binds, stage="run"
-        ):
-            if isinstance(item, Result):
-                final = item
-            else:
-                yield stamp(item)
+        for name, argv in plan:
+            yield stamp(StageEvent(name))
+            stage_result: Result | None = None
+            stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
+            async for item in box.run(
+                argv, limits=prepared.limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name
+            ):
+                if isinstance(item, Result):
+                    stage_result = item
+                else:
+                    yield stamp(item)
+            assert stage_result is not None
+            final = dataclasses.replace(stage_result, language=lang.name, compile_output=compile_output)
+            if job.commands:
+                stages.append((name, final))
+                yield stamp(StageResultEvent(name, final))
+                if final.status is not Status.OK:
+                    break
         assert final is not None
-        yield stamp(ExitEvent(dataclasses.replace(final, language=lang.name, compile_output=compile_output)))
+        files = tuple(self._fetch(box, job.fetch_files))
+        yield stamp(ExitEvent(final, stages=tuple(stages), files=files))
+
+    def _fetch(self, box: Box, paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
+        fetched: list[tuple[str, bytes]] = []
+        budget = MAX_FETCH_BYTES
+        for path in paths:
+            try:
+                content = box.read_file(path, max_bytes=budget)
+            except RejectedError:
+                continue  # missing, a link or special file, or over budget: not returned
+            budget -= len(content)
+            fetched.append((path, content))
+        return fetched
 
     def _write_sources(self, box: Box, lang: Language, files: tuple[SourceFile, ...]) -> None:
         names = [lang.source_file] + [f.name for f in files[1:]]

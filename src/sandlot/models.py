@@ -114,6 +114,8 @@ class Job:
     limits: Limits | None = None  # None: the configured defaults
     compile_limits: Limits | None = None
     user_file_name: str | None = None  # the name compiler messages should show
+    commands: tuple[str, ...] = ()  # CI-like: shell commands run in order instead of the program
+    fetch_files: tuple[str, ...] = ()  # workspace files to return with the result
 
 
 # ---------------------------------------------------------------- events
@@ -158,6 +160,8 @@ class ExitEvent:
     """The job ended; always the last event."""
 
     result: Result
+    stages: tuple[tuple[str, Result], ...] = ()  # compile and each command, in order
+    files: tuple[tuple[str, bytes], ...] = ()  # fetch_files: workspace files returned with the result
     seq: int = 0
     time: float = field(default_factory=time.time)
     kind: Literal["exit"] = "exit"

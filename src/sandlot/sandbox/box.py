@@ -34,7 +34,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +134,8 @@ class Box:
         self.workdir = self.root / "work"
         self._closed = False
         self._running_pid: int | None = None
+        self._kill_running: Callable[[str], None] | None = None
+        self._cancel_requested = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -206,6 +208,17 @@ class Box:
             os.chmod(base, 0o711)
             hostfs.mount_overlay(lower=lower, upper=base / "upper", work=base / "work", target=merged)
         return policy.Bind(merged, dest, writable=True)
+
+    def cancel_run(self) -> None:
+        """Kill the running command, and any this lease starts later; Results say "cancelled by request"."""
+        self._cancel_requested = True
+        kill = self._kill_running
+        if kill is not None:
+            kill("cancelled")
+
+    def clear_cancel(self) -> None:
+        """Forget a cancel request (a new lease of this box begins)."""
+        self._cancel_requested = False
 
     def send_signal(self, sig: int) -> bool:
         """Deliver sig to the running program's process group (an interactive door's Ctrl-C).
@@ -331,6 +344,9 @@ class Box:
             if state.truncated:
                 kill("output")
 
+        self._kill_running = kill
+        if self._cancel_requested:
+            kill("cancelled")
         loop.add_reader(pidfd, on_exit)
         loop.add_reader(fds.stdout, reader, "stdout", fds.stdout)
         loop.add_reader(fds.stderr, reader, "stderr", fds.stderr)
@@ -383,6 +399,7 @@ class Box:
                 loop.remove_reader(pidfd)
                 await loop.run_in_executor(None, os.waitpid, pid, 0)
             self._running_pid = None
+            self._kill_running = None
             pump.cancel()
             stdin_task.cancel()
             for fd in (fds.stdout, fds.stderr, fds.status):
@@ -597,6 +614,8 @@ def _classify(
         return with_status(Status.TIMEOUT, f"CPU time limit exceeded ({limits.time_limit_s:g} s)")
     if state.kill_reason == "wall":
         return with_status(Status.TIMEOUT, f"wall-clock time limit exceeded ({limits.wall_time_limit_s:g} s)")
+    if state.kill_reason == "cancelled":
+        return with_status(Status.SIGNALED, "cancelled by request")
     if state.kill_reason == "output":
         return with_status(Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.max_output_bytes} bytes)")
     if oom_kills:

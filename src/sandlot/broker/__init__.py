@@ -1,0 +1,219 @@
+"""The broker: how a task travels from a door to a worker and its events travel back.
+
+Theory of operation
+-------------------
+A door validates a request into a ``TaskSpec`` and ``submit``s it (bounded:
+``QueueFull`` past the limit; an idempotency key returns the earlier task). A
+worker ``claim``s tasks fairly across tenants, marks them running, ``publish``es
+every event of the run and ``finish``es with the final ``ExitEvent``; results
+are kept for a TTL. Any door can ``subscribe`` to a task's events: it gets the
+whole history from the start, then live events, ending with the exit event.
+Doors steer a running task through ``control`` messages (stdin, close-stdin, a
+signal, cancel) that the worker running it receives.
+
+Two implementations share this protocol: ``memory.MemoryBroker`` (embedded
+mode, one process) and, for the distributed mode, a Redis Streams broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from sandlot.config import LimitRequest
+from sandlot.errors import SandlotError
+from sandlot.models import (
+    Event,
+    ExitEvent,
+    OutputEvent,
+    Result,
+    SourceFile,
+    StageEvent,
+    StageResultEvent,
+    Status,
+    StreamName,
+)
+
+TaskStatus = Literal["queued", "running", "done"]
+DEFAULT_RESULT_TTL_S = 600.0
+
+
+class QueueFull(SandlotError):
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BrokerUnavailable(SandlotError):
+    """The broker's backing store cannot be reached (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated execution request, as it travels to a worker."""
+
+    id: str
+    tenant: str
+    language: str
+    files: tuple[SourceFile, ...]
+    stdin: bytes = b""
+    args: tuple[str, ...] = ()
+    limits: LimitRequest | None = None
+    compile_limits: LimitRequest | None = None
+    session_id: str | None = None
+    isolation: str = "jail"
+    commands: tuple[str, ...] = ()
+    fetch_files: tuple[str, ...] = ()
+    interactive: bool = False  # stdin arrives through control messages
+    user_file_name: str | None = None
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["files"] = [{"name": f.name, "content": base64.b64encode(f.content).decode()} for f in self.files]
+        data["stdin"] = base64.b64encode(self.stdin).decode()
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskSpec:
+        data = json.loads(text)
+        return cls(
+            id=str(data["id"]),
+            tenant=str(data["tenant"]),
+            language=str(data["language"]),
+            files=tuple(SourceFile(f["name"], base64.b64decode(f["content"])) for f in data["files"]),
+            stdin=base64.b64decode(data.get("stdin", "")),
+            args=tuple(data.get("args", ())),
+            limits=LimitRequest(**data["limits"]) if data.get("limits") else None,
+            compile_limits=LimitRequest(**data["compile_limits"]) if data.get("compile_limits") else None,
+            session_id=data.get("session_id"),
+            isolation=str(data.get("isolation", "jail")),
+            commands=tuple(data.get("commands", ())),
+            fetch_files=tuple(data.get("fetch_files", ())),
+            interactive=bool(data.get("interactive", False)),
+            user_file_name=data.get("user_file_name"),
+            created=float(data.get("created", time.time())),
+        )
+
+
+@dataclass(frozen=True)
+class TaskState:
+    id: str
+    tenant: str
+    status: TaskStatus
+    created: float
+    exit: ExitEvent | None = None  # set when done
+
+
+@dataclass(frozen=True)
+class Control:
+    """A message from a door to the worker running a task."""
+
+    kind: Literal["stdin", "close_stdin", "signal", "cancel"]
+    data: bytes = b""
+    signal: int = 0
+
+
+class Broker(Protocol):
+    async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec: ...
+
+    async def claim(self) -> TaskSpec: ...
+
+    async def mark_running(self, task_id: str) -> None: ...
+
+    async def publish(self, task_id: str, event: Event) -> None: ...
+
+    async def finish(self, task_id: str, exit_event: ExitEvent) -> None: ...
+
+    async def get(self, tenant: str, task_id: str) -> TaskState | None: ...
+
+    def subscribe(self, tenant: str, task_id: str) -> AsyncIterator[Event]: ...
+
+    async def control(self, tenant: str, task_id: str, message: Control) -> bool: ...
+
+    def controls(self, task_id: str) -> AsyncIterator[Control]: ...
+
+    async def cancel(self, tenant: str, task_id: str) -> bool: ...
+
+    def queue_depth(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def cancelled_before_start(spec: TaskSpec) -> ExitEvent:
+    """The exit event of a task cancelled while it was still queued."""
+    return ExitEvent(
+        Result(status=Status.SIGNALED, signal=9, language=spec.language, message="cancelled before it started"),
+        seq=1,
+        time=time.time(),
+    )
+
+
+# --------------------------------------------------------------- event codec
+
+
+def _result_to_wire(result: Result) -> dict[str, Any]:
+    data = result.to_dict()
+    for key in ("stdout", "stderr", "compile_output"):
+        data[key + "_b64"] = base64.b64encode(getattr(result, key)).decode()
+    return data
+
+
+def _result_from_wire(data: dict[str, Any]) -> Result:
+    return Result(
+        status=Status(data["status"]),
+        exit_code=data.get("exit_code"),
+        signal=data.get("signal"),
+        stdout=base64.b64decode(data.get("stdout_b64", "")),
+        stderr=base64.b64decode(data.get("stderr_b64", "")),
+        compile_output=base64.b64decode(data.get("compile_output_b64", "")),
+        wall_time=float(data.get("wall_time", 0.0)),
+        cpu_time=float(data.get("cpu_time", 0.0)),
+        memory_peak=int(data.get("memory_peak", 0)),
+        truncated=bool(data.get("truncated", False)),
+        language=str(data.get("language", "")),
+        message=str(data.get("message", "")),
+    )
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """A lossless JSON-able form of an event (bytes as base64), for the Redis broker."""
+    base: dict[str, Any] = {"kind": event.kind, "seq": event.seq, "time": event.time}
+    if isinstance(event, StageEvent):
+        base["stage"] = event.stage
+    elif isinstance(event, OutputEvent):
+        base.update(stream=event.stream, stage=event.stage, data=base64.b64encode(event.data).decode())
+    elif isinstance(event, StageResultEvent):
+        base.update(stage=event.stage, result=_result_to_wire(event.result))
+    else:
+        base.update(
+            result=_result_to_wire(event.result),
+            stages=[[name, _result_to_wire(r)] for name, r in event.stages],
+            files=[[name, base64.b64encode(content).decode()] for name, content in event.files],
+        )
+    return base
+
+
+def event_from_wire(data: dict[str, Any]) -> Event:
+    kind = data["kind"]
+    seq, at = int(data["seq"]), float(data["time"])
+    if kind == "stage":
+        return StageEvent(str(data["stage"]), seq=seq, time=at)
+    if kind == "output":
+        stream: StreamName = "stdout" if data["stream"] == "stdout" else "stderr"
+        return OutputEvent(stream, base64.b64decode(data["data"]), stage=str(data["stage"]), seq=seq, time=at)
+    if kind == "stage_result":
+        return StageResultEvent(str(data["stage"]), _result_from_wire(data["result"]), seq=seq, time=at)
+    if kind == "exit":
+        return ExitEvent(
+            _result_from_wire(data["result"]),
+            stages=tuple((str(n), _result_from_wire(r)) for n, r in data.get("stages", [])),
+            files=tuple((str(n), base64.b64decode(c)) for n, c in data.get("files", [])),
+            seq=seq,
+            time=at,
+        )
+    raise ValueError(f"unknown event kind {kind!r}")

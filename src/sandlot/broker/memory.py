@@ -1,0 +1,191 @@
+"""The embedded broker: everything in this process, no Redis needed.
+
+Queued tasks wait in per-tenant FIFOs served in rotation; each task keeps its
+event history (for replay) and a condition that wakes subscribers; results are
+dropped ``result_ttl_s`` after the task ends, by one timer per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sandlot.broker import (
+    DEFAULT_RESULT_TTL_S,
+    Control,
+    QueueFull,
+    TaskSpec,
+    TaskState,
+    TaskStatus,
+    cancelled_before_start,
+)
+from sandlot.models import Event, ExitEvent
+
+
+@dataclass
+class _Task:
+    spec: TaskSpec
+    status: TaskStatus = "queued"
+    events: list[Event] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    controls: asyncio.Queue[Control] = field(default_factory=asyncio.Queue)
+    exit: ExitEvent | None = None
+    idempotency_key: str | None = None
+
+
+class MemoryBroker:
+    def __init__(self, *, max_queued: int, result_ttl_s: float = DEFAULT_RESULT_TTL_S) -> None:
+        self.max_queued = max_queued
+        self.result_ttl_s = result_ttl_s
+        self._tasks: dict[str, _Task] = {}
+        self._queues: dict[str, collections.deque[str]] = {}
+        self._rotation: collections.deque[str] = collections.deque()
+        self._queued = 0
+        self._available = asyncio.Condition()
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+
+    # ------------------------------------------------------------ doors
+
+    async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+        if idempotency_key is not None:
+            earlier = self._idempotency.get((spec.tenant, idempotency_key))
+            if earlier is not None and earlier in self._tasks:
+                return self._tasks[earlier].spec
+        if self._queued >= self.max_queued:
+            raise QueueFull(f"{self._queued} executions are already queued")
+        task = _Task(spec, idempotency_key=idempotency_key)
+        self._tasks[spec.id] = task
+        if idempotency_key is not None:
+            self._idempotency[(spec.tenant, idempotency_key)] = spec.id
+        queue = self._queues.setdefault(spec.tenant, collections.deque())
+        queue.append(spec.id)
+        if spec.tenant not in self._rotation:
+            self._rotation.append(spec.tenant)
+        self._queued += 1
+        async with self._available:
+            self._available.notify()
+        return spec
+
+    async def get(self, tenant: str, task_id: str) -> TaskState | None:
+        task = self._tasks.get(task_id)
+        if task is None or task.spec.tenant != tenant:
+            return None
+        return TaskState(task.spec.id, tenant, task.status, task.spec.created, task.exit)
+
+    async def subscribe(self, tenant: str, task_id: str) -> AsyncIterator[Event]:
+        """Replay from the first event, then follow live until the exit event."""
+        task = self._tasks.get(task_id)
+        if task is None or task.spec.tenant != tenant:
+            return
+        sent = 0
+        while True:
+            async with task.changed:
+                await task.changed.wait_for(functools.partial(_has_more, task, sent))
+                batch = task.events[sent:]
+            for event in batch:
+                yield event
+                if isinstance(event, ExitEvent):
+                    return
+            sent += len(batch)
+
+    async def control(self, tenant: str, task_id: str, message: Control) -> bool:
+        task = self._tasks.get(task_id)
+        if task is None or task.spec.tenant != tenant or task.status == "done":
+            return False
+        task.controls.put_nowait(message)
+        return True
+
+    async def cancel(self, tenant: str, task_id: str) -> bool:
+        """Cancel a queued task at once, or ask the worker to kill a running one."""
+        task = self._tasks.get(task_id)
+        if task is None or task.spec.tenant != tenant or task.status == "done":
+            return False
+        if task.status == "queued":
+            queue = self._queues.get(tenant)
+            if queue is not None and task_id in queue:
+                queue.remove(task_id)
+                self._queued -= 1
+                if not queue:
+                    del self._queues[tenant]
+                    self._rotation.remove(tenant)
+            await self.finish(task_id, cancelled_before_start(task.spec))
+            return True
+        task.controls.put_nowait(Control("cancel"))
+        return True
+
+    def queue_depth(self) -> int:
+        return self._queued
+
+    # ----------------------------------------------------------- workers
+
+    async def claim(self) -> TaskSpec:
+        async with self._available:
+            await self._available.wait_for(lambda: self._queued > 0)
+            while True:
+                tenant = self._rotation.popleft()
+                queue = self._queues.get(tenant)
+                if not queue:
+                    self._queues.pop(tenant, None)
+                    continue
+                task_id = queue.popleft()
+                if queue:
+                    self._rotation.append(tenant)
+                else:
+                    del self._queues[tenant]
+                self._queued -= 1
+                return self._tasks[task_id].spec
+
+    async def mark_running(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.status = "running"
+
+    async def publish(self, task_id: str, event: Event) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        async with task.changed:
+            task.events.append(event)
+            task.changed.notify_all()
+
+    async def finish(self, task_id: str, exit_event: ExitEvent) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        task.exit = exit_event
+        task.status = "done"
+        async with task.changed:
+            task.events.append(exit_event)
+            task.changed.notify_all()
+        loop = asyncio.get_running_loop()
+        self._expiry[task_id] = loop.call_later(self.result_ttl_s, self._forget, task_id)
+
+    async def controls(self, task_id: str) -> AsyncIterator[Control]:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        while True:
+            yield await task.controls.get()
+
+    def _forget(self, task_id: str) -> None:
+        self._expiry.pop(task_id, None)
+        task = self._tasks.pop(task_id, None)
+        if task is not None and task.idempotency_key is not None:
+            self._idempotency.pop((task.spec.tenant, task.idempotency_key), None)
+
+    async def close(self) -> None:
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        with contextlib.suppress(Exception):
+            async with self._available:
+                self._available.notify_all()
+
+
+def _has_more(task: _Task, sent: int) -> bool:
+    return len(task.events) > sent

@@ -1,0 +1,298 @@
+"""The box pool: N boxes, fair bounded waiting, and tenant-scoped sessions.
+
+Theory of operation
+-------------------
+The pool opens ``size`` boxes at start-up (each a slot: uid, cgroup, tmpfs) and
+hands them out through ``lease``. A lease without a session gets any free box
+and, when it ends, the box is reset (a fresh tmpfs, so nothing of the run is
+visible to the next one) before it is offered again.
+
+Waiters queue per tenant; a freed box goes to the oldest waiter of the next
+tenant in rotation, so one tenant's burst cannot starve another. The total
+number of waiters is bounded: past it ``PoolFull`` is raised at once (HTTP 429,
+gRPC RESOURCE_EXHAUSTED). A waiter that is cancelled (its client went away)
+simply leaves the queue.
+
+A session pins one box to a (tenant, session id) pair so its files survive
+between runs; runs of one session are serialised on that box. Ids are random
+and looked up together with the tenant, so another tenant's id finds nothing.
+Sessions end by ``end_session``, by their absolute TTL, or after an idle
+period; one background task sleeps until the next such deadline (re-armed when
+sessions change), resets expired boxes and returns them to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sandlot.errors import RejectedError, SandlotError
+from sandlot.sandbox import Box, Sandbox
+
+DEFAULT_SESSION_TTL_S = 30 * 60.0
+DEFAULT_SESSION_IDLE_S = 20 * 60.0
+
+
+class PoolFull(SandlotError):
+    """Too many executions are already waiting; retry later."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SessionNotFound(RejectedError):
+    """No such session for this tenant (or it expired)."""
+
+
+@dataclass
+class Session:
+    id: str
+    tenant: str
+    box: Box
+    created: float
+    last_used: float
+    expires_at: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    active_runs: int = 0
+
+    def deadline(self, idle_s: float) -> float:
+        return min(self.expires_at, self.last_used + idle_s)
+
+
+@dataclass
+class _Waiter:
+    tenant: str
+    future: asyncio.Future[Box]
+
+
+class BoxPool:
+    """Created once at start-up and passed in; never a global."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        size: int,
+        *,
+        max_waiting: int,
+        max_sessions: int | None = None,
+        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+        session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if size < 1:
+            raise ValueError("pool size must be at least 1")
+        self.sandbox = sandbox
+        self.size = size
+        self.max_waiting = max_waiting
+        self.max_sessions = max(1, size // 2) if max_sessions is None else max_sessions
+        self.session_ttl_s = session_ttl_s
+        self.session_idle_s = session_idle_s
+        self._clock = clock
+        self._boxes: list[Box] = []
+        self._free: collections.deque[Box] = collections.deque()
+        self._waiting: dict[str, collections.deque[_Waiter]] = {}
+        self._rotation: collections.deque[str] = collections.deque()
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._busy = 0
+        self._expiry_wakeup = asyncio.Event()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    # ----------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.sandbox.sweep_stale)
+        for _ in range(self.size):
+            box = await asyncio.to_thread(self.sandbox.open_box)
+            self._boxes.append(box)
+            self._free.append(box)
+        self._expiry_task = asyncio.create_task(self._expire_sessions(), name="sandlot-session-expiry")
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        for queue in self._waiting.values():
+            for waiter in queue:
+                if not waiter.future.done():
+                    waiter.future.set_exception(PoolFull("the server is shutting down"))
+        self._waiting.clear()
+        self._sessions.clear()
+        boxes, self._boxes = self._boxes, []
+        self._free.clear()
+        for box in boxes:
+            await asyncio.to_thread(box.close)
+
+    # --------------------------------------------------------------- stats
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def available(self) -> int:
+        return len(self._free)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # --------------------------------------------------------------- leases
+
+    @contextlib.asynccontextmanager
+    async def lease(self, tenant: str, session_id: str | None = None) -> AsyncIterator[Box]:
+        """A box for one execution: the session's own, or any fresh one."""
+        if session_id is not None:
+            session = self.get_session(tenant, session_id)
+            async with session.lock:
+                session.active_runs += 1
+                self._busy += 1
+                try:
+                    yield session.box
+                finally:
+                    session.active_runs -= 1
+                    self._busy -= 1
+                    session.last_used = self._clock()
+                    self._expiry_wakeup.set()
+            return
+        box = await self._take(tenant)
+        self._busy += 1
+        try:
+            yield box
+        finally:
+            self._busy -= 1
+            await self._give_back(box)
+
+    async def _take(self, tenant: str) -> Box:
+        if not self.ready:
+            raise PoolFull("the pool is not ready")
+        if self._free and not self._rotation:
+            return self._free.popleft()
+        if self.waiting >= self.max_waiting:
+            raise PoolFull(f"{self.waiting} executions are already waiting for a box")
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(tenant, loop.create_future())
+        queue = self._waiting.setdefault(tenant, collections.deque())
+        queue.append(waiter)
+        if tenant not in self._rotation:
+            self._rotation.append(tenant)
+        self._dispatch()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                # We were handed a box just as we were cancelled: pass it on.
+                self._free.append(waiter.future.result())
+                self._dispatch()
+            else:
+                self._forget(waiter)
+            raise
+
+    def _forget(self, waiter: _Waiter) -> None:
+        queue = self._waiting.get(waiter.tenant)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            if not queue:
+                del self._waiting[waiter.tenant]
+                with contextlib.suppress(ValueError):
+                    self._rotation.remove(waiter.tenant)
+
+    def _dispatch(self) -> None:
+        """Hand free boxes to waiters, one tenant at a time in rotation."""
+        while self._free and self._rotation:
+            tenant = self._rotation.popleft()
+            queue = self._waiting.get(tenant)
+            if not queue:
+                self._waiting.pop(tenant, None)
+                continue
+            waiter = queue.popleft()
+            if queue:
+                self._rotation.append(tenant)
+            else:
+                del self._waiting[tenant]
+            if waiter.future.done():
+                continue
+            waiter.future.set_result(self._free.popleft())
+
+    async def _give_back(self, box: Box) -> None:
+        try:
+            await asyncio.to_thread(box.reset)
+        except SandlotError:
+            # A box that cannot be reset is replaced by a fresh slot.
+            await asyncio.to_thread(box.close)
+            if box in self._boxes:
+                self._boxes.remove(box)
+            if not self.ready:
+                return
+            box = await asyncio.to_thread(self.sandbox.open_box)
+            self._boxes.append(box)
+        if not self.ready:
+            return
+        self._free.append(box)
+        self._dispatch()
+
+    # ------------------------------------------------------------- sessions
+
+    async def create_session(self, tenant: str) -> Session:
+        if len(self._sessions) >= self.max_sessions:
+            raise PoolFull(f"the session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
+        box = await self._take(tenant)
+        now = self._clock()
+        session = Session(
+            id=secrets.token_urlsafe(24),
+            tenant=tenant,
+            box=box,
+            created=now,
+            last_used=now,
+            expires_at=now + self.session_ttl_s,
+        )
+        self._sessions[(tenant, session.id)] = session
+        self._expiry_wakeup.set()
+        return session
+
+    def get_session(self, tenant: str, session_id: str) -> Session:
+        session = self._sessions.get((tenant, session_id))
+        if session is None or session.deadline(self.session_idle_s) <= self._clock():
+            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+        return session
+
+    async def end_session(self, tenant: str, session_id: str) -> None:
+        session = self._sessions.pop((tenant, session_id), None)
+        if session is None:
+            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+        await self._retire(session)
+
+    async def _retire(self, session: Session) -> None:
+        async with session.lock:  # let a running execution finish first
+            await self._give_back(session.box)
+
+    async def _expire_sessions(self) -> None:
+        while True:
+            self._expiry_wakeup.clear()
+            now = self._clock()
+            expired = [
+                key
+                for key, s in self._sessions.items()
+                if s.active_runs == 0 and s.deadline(self.session_idle_s) <= now
+            ]
+            for key in expired:
+                session = self._sessions.pop(key)
+                await self._retire(session)
+            deadlines = [s.deadline(self.session_idle_s) for s in self._sessions.values()]
+            timeout = max(0.0, min(deadlines) - self._clock()) if deadlines else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._expiry_wakeup.wait(), timeout)

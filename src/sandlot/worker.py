@@ -1,0 +1,175 @@
+"""The worker: claims tasks from the broker and runs them on the engine in pool boxes.
+
+Theory of operation
+-------------------
+``concurrency`` loops each claim one task at a time (the broker serves tenants
+in rotation), lease a box from the pool (the session's own, or a fresh one),
+run the job on the engine and publish every event as it happens; the exit
+event is stored with ``finish`` in a ``finally`` so that every claimed task
+reaches exactly one terminal result, whatever failed. While a task runs, a
+companion task follows the doors' control messages: stdin chunks feed the
+program, a signal reaches its process group, cancel kills the box.
+
+``drain`` stops claiming, lets running tasks finish until a deadline, then
+cancels the rest (their boxes are killed and their exit events say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from sandlot.broker import Broker, Control, TaskSpec
+from sandlot.engine import Engine, rejected
+from sandlot.errors import RejectedError, SandlotError
+from sandlot.metrics import Metrics
+from sandlot.models import ExitEvent, Job, Result, Status
+from sandlot.pool import BoxPool, PoolFull
+from sandlot.sandbox import Box
+
+SUPPORTED_ISOLATION = ("jail",)
+
+
+class Worker:
+    def __init__(
+        self, broker: Broker, engine: Engine, pool: BoxPool, *, concurrency: int, metrics: Metrics | None = None
+    ) -> None:
+        self.broker = broker
+        self.engine = engine
+        self.pool = pool
+        self.concurrency = concurrency
+        self.metrics = metrics
+        self._loops: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._loop(), name=f"sandlot-worker-{i}") for i in range(self.concurrency)]
+
+    async def drain(self, deadline_s: float) -> None:
+        """Stop claiming; give running tasks until the deadline, then cancel them."""
+        self._stopping = True
+        for loop_task in self._loops:
+            if loop_task not in self._running:
+                loop_task.cancel()
+        running = [t for t in self._loops if not t.done()]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=deadline_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+
+    async def _loop(self) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        while not self._stopping:
+            spec = await self.broker.claim()
+            self._running.add(current)
+            try:
+                await self.run_task(spec)
+            finally:
+                self._running.discard(current)
+
+    async def run_task(self, spec: TaskSpec) -> None:
+        """Run one claimed task to exactly one terminal result."""
+        await self.broker.mark_running(spec.id)
+        exit_event: ExitEvent | None = None
+        try:
+            exit_event = await self._execute(spec)
+        except asyncio.CancelledError:
+            exit_event = ExitEvent(
+                Result(Status.INTERNAL_ERROR, language=spec.language, message="the server shut down during the run"),
+                time=time.time(),
+            )
+            raise
+        except RejectedError as exc:
+            exit_event = ExitEvent(rejected(str(exc), spec.language), time=time.time())
+        except SandlotError as exc:
+            exit_event = ExitEvent(
+                Result(Status.INTERNAL_ERROR, language=spec.language, message=f"sandbox failure: {exc}"),
+                time=time.time(),
+            )
+        finally:
+            if exit_event is None:
+                exit_event = ExitEvent(
+                    Result(Status.INTERNAL_ERROR, language=spec.language, message="sandbox failure: unexpected error"),
+                    time=time.time(),
+                )
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.broker.finish(spec.id, exit_event))
+            if self.metrics is not None:
+                self.metrics.record(exit_event.result)
+
+    async def _execute(self, spec: TaskSpec) -> ExitEvent:
+        if spec.isolation not in SUPPORTED_ISOLATION:
+            raise RejectedError(
+                f"isolation {spec.isolation!r} is not available here; offered: {', '.join(SUPPORTED_ISOLATION)}",
+                field="isolation",
+            )
+        job = Job(
+            language=spec.language,
+            files=spec.files,
+            stdin=spec.stdin,
+            args=spec.args,
+            user_file_name=spec.user_file_name,
+            commands=spec.commands,
+            fetch_files=spec.fetch_files,
+        )
+        prepared = self.engine.prepare(job, spec.limits, spec.compile_limits)
+        waited_from = time.monotonic()
+        try:
+            lease = self.pool.lease(spec.tenant, spec.session_id)
+            box = await lease.__aenter__()
+        except PoolFull as exc:
+            raise SandlotError(str(exc)) from exc
+        if self.metrics is not None:
+            self.metrics.box_wait.observe(time.monotonic() - waited_from)
+        box.clear_cancel()
+        stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        follower = asyncio.create_task(self._follow_controls(spec.id, box, stdin_queue))
+        if self.metrics is not None:
+            self.metrics.active_workers.inc()
+        exit_event: ExitEvent | None = None
+        try:
+            stdin = _drain_queue(stdin_queue) if spec.interactive else None
+            async for event in self.engine.execute(prepared, box, stdin=stdin):
+                if isinstance(event, ExitEvent):
+                    exit_event = event
+                else:
+                    await self.broker.publish(spec.id, event)
+        finally:
+            if self.metrics is not None:
+                self.metrics.active_workers.dec()
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await lease.__aexit__(None, None, None)
+        assert exit_event is not None
+        return exit_event
+
+    async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
+        async for message in self.broker.controls(task_id):
+            _apply(message, box, stdin)
+
+
+def _apply(message: Control, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
+    if message.kind == "stdin":
+        stdin.put_nowait(message.data)
+    elif message.kind == "close_stdin":
+        stdin.put_nowait(None)
+    elif message.kind == "signal":
+        box.send_signal(message.signal)
+    elif message.kind == "cancel":
+        box.cancel_run()
+        stdin.put_nowait(None)
+
+
+async def _drain_queue(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes | None]:
+    while True:
+        chunk = await queue.get()
+        yield chunk
+        if chunk is None:
+            return
