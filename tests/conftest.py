@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,12 @@ from sandlot.engine import Engine
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Event, ExitEvent, Job, Limits, OutputEvent, Result, SourceFile
 from sandlot.sandbox import Box, Sandbox
-from sandlot.sandbox.hostfs import mounts_below, unmount
+from sandlot.sandbox.hostfs import mounts_below
 
 TEST_STATE_DIR = Path("/var/lib/sandlot-test")
 TEST_RUN_DIR = Path("/run/sandlot-test")
 TEST_CGROUP = "sandlot-test"
+TEST_UID_BASE = 910_000_000  # apart from a real install's boxes on the same host
 
 if os.geteuid() != 0:  # pragma: no cover - the suite is meaningless without root
     pytest.exit("sandlot's tests run real sandboxes and need root", returncode=2)
@@ -38,6 +38,7 @@ def make_settings(**overrides: object) -> Settings:
         state_dir=TEST_STATE_DIR,
         run_dir=TEST_RUN_DIR,
         cgroup_name=TEST_CGROUP,
+        box_uid_base=TEST_UID_BASE,
         **overrides,  # type: ignore[arg-type]
     )
 
@@ -139,7 +140,9 @@ def leftover_mounts() -> list[Path]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Leave nothing behind even if a test died mid-run."""
-    for mount in leftover_mounts():
-        unmount(mount)
-    shutil.rmtree(TEST_RUN_DIR, ignore_errors=True)
+    """Leave nothing behind even if a test died mid-run.
+
+    Only slots no live process holds are cleaned (a concurrent test session may
+    still be using others), and the lock directory stays.
+    """
+    Sandbox(make_settings()).sweep_stale()

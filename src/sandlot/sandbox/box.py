@@ -333,7 +333,10 @@ class Box:
                 state.status_lines += data
                 return
             if state.output_left <= 0:
-                return  # over the cap: drain and drop until the kill lands
+                # The cap is full and the program still writes: that is the limit, not a quiet drop.
+                state.truncated = True
+                kill("output")
+                return
             if len(data) > state.output_left:
                 data = data[: state.output_left]
                 state.truncated = True

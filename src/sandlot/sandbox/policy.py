@@ -143,7 +143,9 @@ def bwrap_argv(
         else:
             flag = "--ro-bind-try" if bind.optional else "--ro-bind"
         argv += [flag, str(bind.source), bind.dest]
-    argv += ["--ro-bind", str(helper), INIT_PATH, "--chdir", BOX_WORKDIR, "--clearenv"]
+    argv += ["--ro-bind", str(helper), INIT_PATH]
+    # bwrap's own root and /dev are tmpfs; freeze them so only /box, /tmp and /dev/shm take writes.
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX_WORKDIR, "--clearenv"]
     for key, env_value in env.items():
         argv += ["--setenv", key, env_value]
     argv += ["--seccomp", str(SECCOMP_FD), "--", INIT_PATH, "init", "--status-fd", str(STATUS_FD)]

@@ -1,0 +1,138 @@
+"""Door-neutral parsing of an execution request into a TaskSpec.
+
+HTTP JSON, the WebSocket's first message and the MCP tools all send the same
+shape; every mistake is a RejectedError naming the field, never a traceback.
+
+    {"language": "python", "code": "print(1)"            # or "files": [{name, content, encoding}]
+     "stdin": "", "args": [], "limits": {...}, "compile_limits": {...},
+     "session_id": null, "isolation": "jail", "commands": [], "fetch_files": []}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from sandlot.broker import TaskSpec
+from sandlot.config import LimitRequest
+from sandlot.errors import RejectedError
+from sandlot.models import SourceFile
+
+_FIELDS = {
+    "language",
+    "code",
+    "files",
+    "stdin",
+    "args",
+    "limits",
+    "compile_limits",
+    "session_id",
+    "isolation",
+    "commands",
+    "fetch_files",
+}
+
+
+def new_task_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RejectedError(f"{key}: must be a string", field=key)
+    return value
+
+
+def _str_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RejectedError(f"{key}: must be a list of strings", field=key)
+    return tuple(value)
+
+
+def _files(raw: Any) -> tuple[SourceFile, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise RejectedError("files: must be a non-empty list", field="files")
+    files: list[SourceFile] = []
+    for i, item in enumerate(raw):
+        where = f"files[{i}]"
+        if not isinstance(item, dict):
+            raise RejectedError(f"{where}: must be an object", field=where)
+        name = item.get("name")
+        content = item.get("content")
+        encoding = item.get("encoding", "utf8")
+        if not isinstance(name, str) or not name:
+            raise RejectedError(f"{where}.name: must be a non-empty string", field=f"{where}.name")
+        if not isinstance(content, str):
+            raise RejectedError(f"{where}.content: must be a string", field=f"{where}.content")
+        if encoding in ("utf8", "utf-8"):
+            data = content.encode()
+        elif encoding == "base64":
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise RejectedError(f"{where}.content: invalid base64", field=f"{where}.content") from exc
+        else:
+            raise RejectedError(f"{where}.encoding: must be utf8 or base64", field=f"{where}.encoding")
+        files.append(SourceFile(name, data))
+    # The file named main (any extension), else the first, is the program.
+    main = next((i for i, f in enumerate(files) if f.name.rsplit(".", 1)[0] == "main"), 0)
+    files.insert(0, files.pop(main))
+    return tuple(files)
+
+
+def parse_execution(
+    data: Any,
+    *,
+    tenant: str,
+    default_language: str | None = None,
+    default_isolation: str = "jail",
+    interactive: bool = False,
+) -> TaskSpec:
+    if not isinstance(data, dict):
+        raise RejectedError("the request body must be a JSON object", field="body")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise RejectedError(f"{unknown[0]}: unknown field", field=unknown[0])
+    language = _str(data, "language", default_language)
+    if not language:
+        raise RejectedError("language: required", field="language")
+    code = _str(data, "code")
+    if code is not None and data.get("files") is not None:
+        raise RejectedError("code: give either code or files, not both", field="code")
+    if code is not None:
+        files: tuple[SourceFile, ...] = (SourceFile("main", code.encode()),)
+        user_file_name = None
+    elif data.get("files") is not None:
+        files = _files(data["files"])
+        user_file_name = files[0].name
+    else:
+        raise RejectedError("code: required (or files)", field="code")
+    stdin = _str(data, "stdin", "") or ""
+    limits = data.get("limits")
+    compile_limits = data.get("compile_limits")
+    for key, value in (("limits", limits), ("compile_limits", compile_limits)):
+        if value is not None and not isinstance(value, dict):
+            raise RejectedError(f"{key}: must be an object", field=key)
+    return TaskSpec(
+        id=new_task_id(),
+        tenant=tenant,
+        language=language,
+        files=files,
+        stdin=stdin.encode(),
+        args=_str_list(data, "args"),
+        limits=LimitRequest.from_mapping(limits, where="limits") if limits else None,
+        compile_limits=LimitRequest.from_mapping(compile_limits, where="compile_limits") if compile_limits else None,
+        session_id=_str(data, "session_id"),
+        isolation=_str(data, "isolation", default_isolation) or default_isolation,
+        commands=_str_list(data, "commands"),
+        fetch_files=_str_list(data, "fetch_files"),
+        interactive=interactive,
+        user_file_name=user_file_name,
+    )

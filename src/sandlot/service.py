@@ -1,0 +1,167 @@
+"""Wiring: every long-lived object of a serving process, created once and passed to the doors.
+
+``Service.start`` builds sandbox -> pool -> broker -> engine -> worker -> metrics
+in that order; ``stop`` drains in reverse: stop accepting, let running
+executions finish until the deadline, release the boxes (cgroups, mounts).
+Doors get the Service and never build any of these themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sandlot.broker import Broker, BrokerUnavailable, TaskSpec
+from sandlot.broker.memory import MemoryBroker
+from sandlot.config import Settings
+from sandlot.engine import Engine
+from sandlot.errors import RejectedError
+from sandlot.languages import LanguageRegistry
+from sandlot.metrics import Metrics
+from sandlot.pool import BoxPool
+from sandlot.sandbox import Sandbox
+from sandlot.worker import Worker
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    tenant: str
+    max_concurrent: int = 0  # 0: unlimited
+    requests_per_minute: int = 0  # 0: unlimited
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The serving process's own knobs (limits and paths stay in Settings)."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 50051
+    pool_size: int = 0  # 0: derived from the core count
+    max_queued: int = 64  # tasks waiting for a worker before 429
+    result_ttl_s: float = 600.0
+    session_ttl_s: float = 30 * 60.0
+    session_idle_s: float = 20 * 60.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    drain_deadline_s: float = 30.0
+    api_keys: tuple[ApiKey, ...] = ()
+    start_worker: bool = True
+
+    @property
+    def effective_pool_size(self) -> int:
+        return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
+
+
+def server_settings_from(settings: Settings, **overrides: object) -> ServerSettings:
+    """Read [server] and [api_keys] from the TOML extras and SANDLOT_* variables; overrides win."""
+    raw = dict(settings.extra.get("server", {}))
+    env = os.environ
+    values: dict[str, object] = {}
+    defaults = ServerSettings()
+    for name in ServerSettings.__dataclass_fields__:
+        if name == "api_keys":
+            continue
+        value: object = raw.get(name, env.get("SANDLOT_" + name.upper()))
+        if value is None:
+            continue
+        default = getattr(defaults, name)
+        try:
+            if isinstance(default, bool):
+                values[name] = str(value).lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                values[name] = int(str(value))
+            elif isinstance(default, float):
+                values[name] = float(str(value))
+            else:
+                values[name] = str(value)
+        except (TypeError, ValueError) as exc:
+            raise RejectedError(f"server setting {name}: cannot use {value!r}") from exc
+    keys: list[ApiKey] = []
+    for key, spec in dict(settings.extra.get("api_keys", {})).items():
+        if isinstance(spec, str):
+            keys.append(ApiKey(key, spec))
+        elif isinstance(spec, dict):
+            keys.append(
+                ApiKey(
+                    key,
+                    str(spec.get("tenant", key)),
+                    int(spec.get("max_concurrent", 0)),
+                    int(spec.get("requests_per_minute", 0)),
+                )
+            )
+    for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
+        key, _, tenant = pair.partition(":")
+        keys.append(ApiKey(key.strip(), tenant.strip() or key.strip()))
+    values["api_keys"] = tuple(keys)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ServerSettings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class Service:
+    settings: Settings
+    server: ServerSettings
+    languages: LanguageRegistry
+    sandbox: Sandbox
+    pool: BoxPool
+    broker: Broker
+    engine: Engine
+    metrics: Metrics
+    worker: Worker | None
+    accepting: bool = True
+    _versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
+        languages = LanguageRegistry.load(settings.languages_file)
+        sandbox = Sandbox(settings)
+        size = server.effective_pool_size
+        pool = BoxPool(
+            sandbox,
+            size,
+            max_waiting=max(size * 4, server.max_queued),
+            session_ttl_s=server.session_ttl_s,
+            session_idle_s=server.session_idle_s,
+        )
+        await pool.start()
+        the_broker = broker or MemoryBroker(max_queued=server.max_queued, result_ttl_s=server.result_ttl_s)
+        engine = Engine(settings, languages)
+        metrics = Metrics()
+        metrics.watch(
+            queue_depth=lambda: float(the_broker.queue_depth()),
+            pool_busy=lambda: float(pool.busy),
+            pool_available=lambda: float(pool.available),
+            sessions=lambda: float(pool.session_count),
+        )
+        worker = None
+        if server.start_worker:
+            worker = Worker(the_broker, engine, pool, concurrency=size, metrics=metrics)
+            worker.start()
+        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker)
+        service._versions = await languages.probe_versions()
+        return service
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.pool.ready
+
+    def versions(self) -> dict[str, str]:
+        return dict(self._versions)
+
+    async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+        if not self.accepting:
+            raise BrokerUnavailable("the server is shutting down")
+        # Cheap checks up front so a bad request is a 4xx now, not a failed task later.
+        self.languages.get(spec.language)
+        if spec.session_id is not None:
+            self.pool.get_session(spec.tenant, spec.session_id)
+        return await self.broker.submit(spec, idempotency_key=idempotency_key)
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, finish or cancel running work, release every box."""
+        self.accepting = False
+        if self.worker is not None:
+            await self.worker.drain(self.server.drain_deadline_s)
+        await self.broker.close()
+        await self.pool.close()
