@@ -205,6 +205,12 @@ def languages(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{row['name']:<12} {row['version']:<12} {row['display_name']}")
 
 
+def _wants_json(argv: list[str]) -> bool:
+    """Did a `run` command line ask for --json (before the program's own args)?"""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return "run" in head and "--json" in head
+
+
 def entrypoint() -> None:
     """Console script: click's usage errors become one line on stderr and exit 2."""
     try:
@@ -212,11 +218,11 @@ def entrypoint() -> None:
     except click.exceptions.Abort:
         click.echo("sandlot: aborted", err=True)
         sys.exit(130)
-    except click.UsageError as exc:
-        click.echo(f"sandlot: {exc.format_message()}", err=True)
-        sys.exit(EXIT_NOT_PROGRAM)
     except click.ClickException as exc:
-        click.echo(f"sandlot: {exc.format_message()}", err=True)
+        message = " ".join(exc.format_message().split())
+        if _wants_json(sys.argv[1:]):
+            click.echo(json.dumps(rejected(message).to_dict()))
+        click.echo(f"sandlot: {message}", err=True)
         sys.exit(EXIT_NOT_PROGRAM)
     except _UsageFailure as exc:
         click.echo(f"sandlot: {exc}", err=True)

@@ -198,6 +198,9 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         for key, raw in data.items():
             if key in _LIMIT_SECTIONS and isinstance(raw, dict):
                 current: Limits = getattr(base, key)
+                unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(Limits)})
+                if unknown:
+                    raise ConfigError(f"config section [{key}]: unknown limit {unknown[0]!r}")
                 try:
                     values[key] = dataclasses.replace(
                         current, **{k: _coerce(k, v, getattr(current, k)) for k, v in raw.items()}

@@ -87,10 +87,13 @@ class Engine:
             main.content.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RejectedError(f"source is not valid UTF-8 (byte {exc.start})", field="code") from exc
-        if len(job.args) > MAX_ARGS or sum(len(a.encode()) for a in job.args) > MAX_ARG_BYTES:
+        if len(job.args) > MAX_ARGS or sum(len(a.encode(errors="surrogateescape")) for a in job.args) > MAX_ARG_BYTES:
             raise RejectedError("too many or too long args", field="args")
-        if any("\x00" in a for a in job.args):
-            raise RejectedError("args must not contain NUL", field="args")
+        for i, arg in enumerate(job.args):
+            if "\x00" in arg:
+                raise RejectedError(f"args[{i}]: must not contain NUL", field="args")
+            if not _is_utf8(arg):
+                raise RejectedError(f"args[{i}]: is not valid UTF-8", field="args")
         if len(job.stdin) > self.settings.run_maxima.max_output_bytes * 4:
             raise RejectedError("stdin too large", field="stdin")
         if len(job.commands) > MAX_COMMANDS:
@@ -123,7 +126,7 @@ class Engine:
 
         lang = prepared.language
         job = prepared.job
-        user_name = job.user_file_name or lang.source_file
+        user_name = _printable_name(job.user_file_name or lang.source_file)
         self._write_sources(box, lang, job.files)
         binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
         if lang.cache is not None:
@@ -198,6 +201,19 @@ class Engine:
             box.write_file(name, f.content)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes from the command line
+        return False
+    return True
+
+
+def _printable_name(name: str) -> str:
+    """A file name as messages can show it (undecodable bytes become U+FFFD)."""
+    return name if _is_utf8(name) else name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _compile_failure(compiled: Result) -> Result:
     if compiled.status is Status.INTERNAL_ERROR:
         return compiled
@@ -219,4 +235,4 @@ def _rewrite_compile_output(raw: bytes, lang: Language, user_name: str) -> bytes
         text = re.sub(rf"(?<![\w/.-]){re.escape(src)}(?=:)", user_name, text)
     drops = [re.compile(p) for p in lang.drop_compile_lines]
     lines = [line for line in text.splitlines(keepends=True) if not any(d.match(line.rstrip("\n")) for d in drops)]
-    return "".join(lines).encode()
+    return "".join(lines).encode("utf-8", "replace")

@@ -269,7 +269,10 @@ class Box:
             await self._finish_cgroup(cgroup)
 
     async def _finish_cgroup(self, cgroup: Cgroup) -> None:
-        cgroup.kill()
+        # Normally the box's init already ended everything; the freeze-and-kill
+        # is for whatever did not go with it.
+        if cgroup.pids():
+            cgroup.kill()
         if not await wait_empty(cgroup):
             raise SandboxError(f"processes survived in {self.slot.cgroup_name} after kill")
         cgroup.remove()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandlot.errors import ConfigError, SandboxError
+from sandlot.sandbox.hostfs import unescape_mountinfo
 
 CPU_PERIOD_US = 100_000
 FREEZE_TIMEOUT_S = 1.0
@@ -383,7 +384,7 @@ def _v1_mounts(mountinfo: str) -> dict[str, Path]:
         fields = right.split()
         if len(fields) < 3 or fields[0] != "cgroup":
             continue
-        mount_point = Path(left.split()[4])
+        mount_point = Path(unescape_mountinfo(left.split()[4]))
         for option in fields[2].split(","):
             if option in _V1_CONTROLLERS:
                 mounts.setdefault(option, mount_point)
@@ -394,7 +395,7 @@ def _v2_root(mountinfo: str) -> Path | None:
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
         if right.split()[:1] == ["cgroup2"]:
-            root = Path(left.split()[4])
+            root = Path(unescape_mountinfo(left.split()[4]))
             try:
                 if set(_V2_CONTROLLERS) <= set((root / "cgroup.controllers").read_text().split()):
                     return root

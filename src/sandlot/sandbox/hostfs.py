@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +63,18 @@ def is_mount_point(path: Path) -> bool:
         return False
 
 
+def unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mounts_below(prefix: Path) -> list[Path]:
     """Mount points at or below prefix, deepest first (from /proc/self/mountinfo)."""
     found: list[Path] = []
     prefix_s = str(prefix).rstrip("/")
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = line.split()[4].replace("\\040", " ")
+            point = unescape_mountinfo(line.split()[4])
             if point == prefix_s or point.startswith(prefix_s + "/"):
                 found.append(Path(point))
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
