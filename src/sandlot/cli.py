@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -203,6 +204,38 @@ def languages(ctx: click.Context, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']:<12} {row['version']:<12} {row['display_name']}")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
+@click.option("--grpc-port", type=int, default=None, help="gRPC port (default 50051).")
+@click.option("--pool-size", type=int, default=None, help="Boxes in the pool (default: twice the cores).")
+@click.pass_context
+def serve(
+    ctx: click.Context, host: str | None, http_port: int | None, grpc_port: int | None, pool_size: int | None
+) -> None:
+    """Serve HTTP (with the API and metrics) and gRPC from one process, embedded mode."""
+    from sandlot.api.server import serve as run_server
+    from sandlot.service import server_settings_from
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = _settings(ctx)
+        server = server_settings_from(
+            settings, host=host, http_port=http_port, grpc_port=grpc_port, pool_size=pool_size
+        )
+    except (ConfigError, RejectedError) as exc:
+        _fail(f"sandlot: configuration error: {exc}")
+        return
+    if server.effective_pool_size < 1:
+        _fail("sandlot: --pool-size must be at least 1")
+    try:
+        asyncio.run(run_server(settings, server))
+    except (ConfigError, SandboxError) as exc:
+        _fail(f"sandlot: cannot serve: {exc}")
+    except OSError as exc:
+        _fail(f"sandlot: cannot serve: {exc.strerror or exc}")
 
 
 def _wants_json(argv: list[str]) -> bool:

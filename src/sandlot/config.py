@@ -112,14 +112,15 @@ class Settings:
     languages_file: Path | None = None  # None: the built-in languages.toml
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections other layers own
 
-    def resolve_limits(self, request: LimitRequest | None, *, stage: str = "run") -> Limits:
-        """Fill defaults and reject values out of range, naming the limit."""
+    def resolve_limits(self, request: LimitRequest | None, *, stage: str = "run", where: str | None = None) -> Limits:
+        """Fill defaults and reject values out of range, naming the limit (``where.name`` if given)."""
         defaults, maxima = (
             (self.compile_defaults, self.compile_maxima) if stage == "compile" else (self.run_defaults, self.run_maxima)
         )
         req = request or LimitRequest()
 
         def pick(name: str, given: float | None, default: float, maximum: float, unit: str, scale: int) -> float:
+            name = f"{where}.{name}" if where else name
             if given is None:
                 return default
             if not math.isfinite(given) or given <= 0:

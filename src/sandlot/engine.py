@@ -35,6 +35,7 @@ from sandlot.sandbox import BOX_WORKDIR, Bind, Box
 from sandlot.sandbox.box import StdinSource
 from sandlot.sandbox.hostfs import validate_relative_path
 
+ISOLATION_LEVELS = ("jail",)  # gvisor arrives as a second backend
 MAX_FILES = 64
 MAX_ARGS = 256
 MAX_ARG_BYTES = 64 * 1024
@@ -50,6 +51,12 @@ class PreparedJob:
     language: Language
     limits: Limits
     compile_limits: Limits
+
+
+def check_isolation(level: str) -> None:
+    if level not in ISOLATION_LEVELS:
+        offered = ", ".join(ISOLATION_LEVELS)
+        raise RejectedError(f"isolation {level!r} is not available here; offered: {offered}", field="isolation")
 
 
 def rejected(message: str, language: str = "") -> Result:
@@ -68,8 +75,14 @@ class Engine:
         job: Job,
         limits: LimitRequest | None = None,
         compile_limits: LimitRequest | None = None,
+        *,
+        qualify_fields: bool = False,
     ) -> PreparedJob:
-        """Validate everything a door accepted; raises RejectedError naming the field."""
+        """Validate everything a door accepted; raises RejectedError naming the field.
+
+        With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
+        (request doors); without, just ``x`` (the CLI's flags).
+        """
         language = self.languages.get(job.language)
         if not job.files:
             raise RejectedError("no source given", field="code")
@@ -108,8 +121,12 @@ class Engine:
         return PreparedJob(
             job=job,
             language=language,
-            limits=job.limits or self.settings.resolve_limits(limits, stage="run"),
-            compile_limits=job.compile_limits or self.settings.resolve_limits(compile_limits, stage="compile"),
+            limits=job.limits
+            or self.settings.resolve_limits(limits, stage="run", where="limits" if qualify_fields else None),
+            compile_limits=job.compile_limits
+            or self.settings.resolve_limits(
+                compile_limits, stage="compile", where="compile_limits" if qualify_fields else None
+            ),
         )
 
     async def execute(
@@ -128,10 +145,7 @@ class Engine:
         job = prepared.job
         user_name = _printable_name(job.user_file_name or lang.source_file)
         self._write_sources(box, lang, job.files)
-        binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
-        if lang.cache is not None:
-            lower = warm_cache(lang, self.settings.state_dir / "cache")
-            binds.append(box.cow_bind(lang.cache.name, lower, lang.cache.dest))
+        binds = self._binds(lang, box)
         stages: list[tuple[str, Result]] = []
 
         compile_output = b""
@@ -158,28 +172,51 @@ class Engine:
             plan = [(f"command {i + 1}", ["/bin/bash", "-c", cmd]) for i, cmd in enumerate(job.commands)]
         else:
             plan = [("run", [*lang.run, *job.args])]
-        final: Result | None = None
-        for name, argv in plan:
+        for index, (name, argv) in enumerate(plan):
             yield stamp(StageEvent(name))
-            stage_result: Result | None = None
             stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
+            finished = False
             async for item in box.run(
                 argv, limits=prepared.limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name
             ):
-                if isinstance(item, Result):
-                    stage_result = item
-                else:
+                if not isinstance(item, Result):
                     yield stamp(item)
-            assert stage_result is not None
-            final = dataclasses.replace(stage_result, language=lang.name, compile_output=compile_output)
-            if job.commands:
-                stages.append((name, final))
-                yield stamp(StageResultEvent(name, final))
-                if final.status is not Status.OK:
-                    break
-        assert final is not None
-        files = tuple(self._fetch(box, job.fetch_files))
-        yield stamp(ExitEvent(final, stages=tuple(stages), files=files))
+                    continue
+                final = dataclasses.replace(item, language=lang.name, compile_output=compile_output)
+                if job.commands:
+                    stages.append((name, final))
+                    yield stamp(StageResultEvent(name, final))
+                finished = index == len(plan) - 1 or final.status is not Status.OK
+                if finished:
+                    # Answer now: the box's teardown (still inside box.run) happens after.
+                    files = tuple(self._fetch(box, job.fetch_files))
+                    yield stamp(ExitEvent(final, stages=tuple(stages), files=files))
+            if finished:
+                return
+
+    def warm_caches(self) -> None:
+        """Warm every offered language's shared cache now (start-up), not on a first request."""
+        for lang in self.languages.offered():
+            if lang.cache is not None:
+                warm_cache(lang, self.settings.state_dir / "cache")
+
+    def prelaunch_binds(self, box: Box) -> list[Bind]:
+        """Every bind any offered language needs, so one pre-launched jail serves them all.
+
+        (A Python run then also sees, read-only, e.g. Java's /etc config and its own
+        copy-on-write view of the Go cache: nothing it could not read in a Go or Java run.)
+        """
+        binds: list[Bind] = []
+        for lang in self.languages.offered():
+            binds += self._binds(lang, box)
+        return list(dict.fromkeys(binds))
+
+    def _binds(self, lang: Language, box: Box) -> list[Bind]:
+        binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
+        if lang.cache is not None:
+            lower = warm_cache(lang, self.settings.state_dir / "cache")
+            binds.append(box.cow_bind(lang.cache.name, lower, lang.cache.dest))
+        return binds
 
     def _fetch(self, box: Box, paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
         fetched: list[tuple[str, bytes]] = []

@@ -16,7 +16,9 @@ simply leaves the queue.
 A session pins one box to a (tenant, session id) pair so its files survive
 between runs; runs of one session are serialised on that box. Ids are random
 and looked up together with the tenant, so another tenant's id finds nothing.
-Sessions end by ``end_session``, by their absolute TTL, or after an idle
+Every box waiting in the pool has its next jail already launched (fresh
+namespaces and cgroup, the init waiting for a command; see sandbox/box.py), so
+a request does not wait for bubblewrap. Sessions end by ``end_session``, by their absolute TTL, or after an idle
 period; one background task sleeps until the next such deadline (re-armed when
 sessions change), resets expired boxes and returns them to the pool.
 """
@@ -28,11 +30,11 @@ import collections
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sandlot.errors import RejectedError, SandlotError
-from sandlot.sandbox import Box, Sandbox
+from sandlot.sandbox import Bind, Box, Sandbox
 
 DEFAULT_SESSION_TTL_S = 30 * 60.0
 DEFAULT_SESSION_IDLE_S = 20 * 60.0
@@ -84,6 +86,7 @@ class BoxPool:
         session_ttl_s: float = DEFAULT_SESSION_TTL_S,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
+        prelaunch_binds: Callable[[Box], Sequence[Bind]] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1")
@@ -94,6 +97,7 @@ class BoxPool:
         self.session_ttl_s = session_ttl_s
         self.session_idle_s = session_idle_s
         self._clock = clock
+        self._prelaunch_binds = prelaunch_binds
         self._boxes: list[Box] = []
         self._free: collections.deque[Box] = collections.deque()
         self._waiting: dict[str, collections.deque[_Waiter]] = {}
@@ -111,6 +115,7 @@ class BoxPool:
         for _ in range(self.size):
             box = await asyncio.to_thread(self.sandbox.open_box)
             self._boxes.append(box)
+            self._prelaunch(box)
             self._free.append(box)
         self._expiry_task = asyncio.create_task(self._expire_sessions(), name="sandlot-session-expiry")
         self.ready = True
@@ -131,6 +136,7 @@ class BoxPool:
         self._free.clear()
         for box in boxes:
             await asyncio.to_thread(box.close)
+        self.sandbox.driver.remove_group()
 
     # --------------------------------------------------------------- stats
 
@@ -167,6 +173,7 @@ class BoxPool:
                     self._busy -= 1
                     session.last_used = self._clock()
                     self._expiry_wakeup.set()
+                    self._prelaunch(session.box)  # same workdir, fresh jail
             return
         box = await self._take(tenant)
         self._busy += 1
@@ -242,15 +249,24 @@ class BoxPool:
             self._boxes.append(box)
         if not self.ready:
             return
+        self._prelaunch(box)
         self._free.append(box)
         self._dispatch()
+
+    def _prelaunch(self, box: Box) -> None:
+        """Launch the box's next jail now, off the next request's path (see Box.prelaunch)."""
+        if self._prelaunch_binds is not None:
+            box.prelaunch(self._prelaunch_binds(box))
 
     # ------------------------------------------------------------- sessions
 
     async def create_session(self, tenant: str) -> Session:
         if len(self._sessions) >= self.max_sessions:
             raise PoolFull(f"the session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
-        box = await self._take(tenant)
+        if not self._free or self._rotation:
+            # A session pins a box for minutes: never queue for one, ask to retry instead.
+            raise PoolFull("no box is free for a new session right now", retry_after_s=5.0)
+        box = self._free.popleft()
         now = self._clock()
         session = Session(
             id=secrets.token_urlsafe(24),
@@ -294,5 +310,8 @@ class BoxPool:
                 await self._retire(session)
             deadlines = [s.deadline(self.session_idle_s) for s in self._sessions.values()]
             timeout = max(0.0, min(deadlines) - self._clock()) if deadlines else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # arrives as the event is set, and this task would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._expiry_wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._expiry_wakeup.wait()

@@ -8,13 +8,14 @@ Doors get the Service and never build any of these themselves.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, BrokerUnavailable, TaskSpec
 from sandlot.broker.memory import MemoryBroker
 from sandlot.config import Settings
-from sandlot.engine import Engine
+from sandlot.engine import Engine, check_isolation
 from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
@@ -47,6 +48,7 @@ class ServerSettings:
     drain_deadline_s: float = 30.0
     api_keys: tuple[ApiKey, ...] = ()
     start_worker: bool = True
+    prelaunch: bool = True  # keep each idle box's next jail launched ahead of time
 
     @property
     def effective_pool_size(self) -> int:
@@ -116,6 +118,8 @@ class Service:
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
+        engine = Engine(settings, languages)
+        await asyncio.to_thread(engine.warm_caches)
         size = server.effective_pool_size
         pool = BoxPool(
             sandbox,
@@ -123,10 +127,10 @@ class Service:
             max_waiting=max(size * 4, server.max_queued),
             session_ttl_s=server.session_ttl_s,
             session_idle_s=server.session_idle_s,
+            prelaunch_binds=engine.prelaunch_binds if server.prelaunch else None,
         )
         await pool.start()
         the_broker = broker or MemoryBroker(max_queued=server.max_queued, result_ttl_s=server.result_ttl_s)
-        engine = Engine(settings, languages)
         metrics = Metrics()
         metrics.watch(
             queue_depth=lambda: float(the_broker.queue_depth()),
@@ -149,13 +153,17 @@ class Service:
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
 
+    def validate(self, spec: TaskSpec) -> None:
+        """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task."""
+        check_isolation(spec.isolation)
+        self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
+        if spec.session_id is not None:
+            self.pool.get_session(spec.tenant, spec.session_id)
+
     async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
-        # Cheap checks up front so a bad request is a 4xx now, not a failed task later.
-        self.languages.get(spec.language)
-        if spec.session_id is not None:
-            self.pool.get_session(spec.tenant, spec.session_id)
+        self.validate(spec)
         return await self.broker.submit(spec, idempotency_key=idempotency_key)
 
     async def stop(self) -> None:

@@ -22,14 +22,12 @@ import time
 from collections.abc import AsyncIterator
 
 from sandlot.broker import Broker, Control, TaskSpec
-from sandlot.engine import Engine, rejected
+from sandlot.engine import Engine, check_isolation, rejected
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.metrics import Metrics
-from sandlot.models import ExitEvent, Job, Result, Status
+from sandlot.models import ExitEvent, Result, Status
 from sandlot.pool import BoxPool, PoolFull
 from sandlot.sandbox import Box
-
-SUPPORTED_ISOLATION = ("jail",)
 
 
 class Worker:
@@ -76,49 +74,34 @@ class Worker:
     async def run_task(self, spec: TaskSpec) -> None:
         """Run one claimed task to exactly one terminal result."""
         await self.broker.mark_running(spec.id)
-        exit_event: ExitEvent | None = None
+        published: list[ExitEvent] = []
+        failure: ExitEvent | None = None
         try:
-            exit_event = await self._execute(spec)
+            await self._execute(spec, published)
         except asyncio.CancelledError:
-            exit_event = ExitEvent(
-                Result(Status.INTERNAL_ERROR, language=spec.language, message="the server shut down during the run"),
-                time=time.time(),
-            )
+            failure = _failure(spec, Status.INTERNAL_ERROR, "the server shut down during the run")
             raise
         except RejectedError as exc:
-            exit_event = ExitEvent(rejected(str(exc), spec.language), time=time.time())
+            failure = ExitEvent(rejected(str(exc), spec.language), time=time.time())
         except SandlotError as exc:
-            exit_event = ExitEvent(
-                Result(Status.INTERNAL_ERROR, language=spec.language, message=f"sandbox failure: {exc}"),
-                time=time.time(),
-            )
+            failure = _failure(spec, Status.INTERNAL_ERROR, f"sandbox failure: {exc}")
         finally:
-            if exit_event is None:
-                exit_event = ExitEvent(
-                    Result(Status.INTERNAL_ERROR, language=spec.language, message="sandbox failure: unexpected error"),
-                    time=time.time(),
+            if not published:
+                await self._publish_exit(
+                    spec, failure or _failure(spec, Status.INTERNAL_ERROR, "unexpected error"), published
                 )
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.broker.finish(spec.id, exit_event))
-            if self.metrics is not None:
-                self.metrics.record(exit_event.result)
 
-    async def _execute(self, spec: TaskSpec) -> ExitEvent:
-        if spec.isolation not in SUPPORTED_ISOLATION:
-            raise RejectedError(
-                f"isolation {spec.isolation!r} is not available here; offered: {', '.join(SUPPORTED_ISOLATION)}",
-                field="isolation",
-            )
-        job = Job(
-            language=spec.language,
-            files=spec.files,
-            stdin=spec.stdin,
-            args=spec.args,
-            user_file_name=spec.user_file_name,
-            commands=spec.commands,
-            fetch_files=spec.fetch_files,
-        )
-        prepared = self.engine.prepare(job, spec.limits, spec.compile_limits)
+    async def _publish_exit(self, spec: TaskSpec, exit_event: ExitEvent, published: list[ExitEvent]) -> None:
+        """Store the task's one terminal result (shielded: a shutdown must not lose it)."""
+        published.append(exit_event)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.broker.finish(spec.id, exit_event))
+        if self.metrics is not None:
+            self.metrics.record(exit_event.result)
+
+    async def _execute(self, spec: TaskSpec, published: list[ExitEvent]) -> None:
+        check_isolation(spec.isolation)
+        prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
             lease = self.pool.lease(spec.tenant, spec.session_id)
@@ -132,12 +115,12 @@ class Worker:
         follower = asyncio.create_task(self._follow_controls(spec.id, box, stdin_queue))
         if self.metrics is not None:
             self.metrics.active_workers.inc()
-        exit_event: ExitEvent | None = None
         try:
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
             async for event in self.engine.execute(prepared, box, stdin=stdin):
                 if isinstance(event, ExitEvent):
-                    exit_event = event
+                    # Publish at once; the box's teardown and reset follow, off the client's path.
+                    await self._publish_exit(spec, event, published)
                 else:
                     await self.broker.publish(spec.id, event)
         finally:
@@ -147,12 +130,14 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             await lease.__aexit__(None, None, None)
-        assert exit_event is not None
-        return exit_event
 
     async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
         async for message in self.broker.controls(task_id):
             _apply(message, box, stdin)
+
+
+def _failure(spec: TaskSpec, status: Status, message: str) -> ExitEvent:
+    return ExitEvent(Result(status, language=spec.language, message=message), time=time.time())
 
 
 def _apply(message: Control, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:

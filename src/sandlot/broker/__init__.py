@@ -29,6 +29,7 @@ from sandlot.errors import SandlotError
 from sandlot.models import (
     Event,
     ExitEvent,
+    Job,
     OutputEvent,
     Result,
     SourceFile,
@@ -71,6 +72,17 @@ class TaskSpec:
     interactive: bool = False  # stdin arrives through control messages
     user_file_name: str | None = None
     created: float = field(default_factory=time.time)
+
+    def to_job(self) -> Job:
+        return Job(
+            language=self.language,
+            files=self.files,
+            stdin=self.stdin,
+            args=self.args,
+            user_file_name=self.user_file_name,
+            commands=self.commands,
+            fetch_files=self.fetch_files,
+        )
 
     def to_json(self) -> str:
         data = asdict(self)

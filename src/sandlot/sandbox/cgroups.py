@@ -63,6 +63,10 @@ class Cgroup(Protocol):
 
     def remove(self) -> None: ...
 
+    def set_limits(self, limits: CgroupLimits) -> None: ...
+
+    def reset_peak(self) -> None: ...
+
 
 class CgroupDriver(Protocol):
     version: int
@@ -72,6 +76,8 @@ class CgroupDriver(Protocol):
     def open_existing(self, name: str) -> Cgroup | None: ...
 
     def existing_names(self) -> list[str]: ...
+
+    def remove_group(self) -> None: ...
 
 
 # ------------------------------------------------------------------ helpers
@@ -218,6 +224,27 @@ class _V1Cgroup:
         for d in self._unique_dirs:
             _rmdir(d)
 
+    def set_limits(self, limits: CgroupLimits) -> None:
+        mem = self._dirs["memory"]
+        limit_file = mem / "memory.limit_in_bytes"
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        value = str(limits.memory_bytes)
+        # memsw (memory+swap) may never be below the memory limit: raise it first, lower it last.
+        if memsw.exists() and limits.memory_bytes > int(_read(memsw)):
+            _write(memsw, value)
+            _write(limit_file, value)
+        else:
+            _write(limit_file, value)
+            if memsw.exists():  # swap accounting on: equal to the limit forbids swap entirely
+                _write(memsw, value)
+        _write(self._dirs["pids"] / "pids.max", str(limits.max_pids))
+        if "cpu" in self._dirs:
+            _write(self._dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(self._dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US))))
+
+    def reset_peak(self) -> None:
+        _write(self._dirs["memory"] / "memory.max_usage_in_bytes", "0")  # resets to current usage
+
 
 class CgroupV1Driver:
     """Legacy and hybrid hierarchies: one directory per controller mount."""
@@ -230,11 +257,15 @@ class CgroupV1Driver:
             raise ConfigError(f"cgroup v1: controllers not mounted: {', '.join(missing)}")
         self._mounts = {c: p for c, p in mounts.items() if c in _V1_CONTROLLERS}
         self._group = group
+        try:
+            self._ensure_group()
+        except OSError as exc:
+            raise ConfigError(f"cgroup v1: cannot create {group}: {exc.strerror}") from exc
+
+    def _ensure_group(self) -> None:
+        # Another sandlot process sharing the group may have removed it when it stopped.
         for base in set(self._mounts.values()):
-            try:
-                (base / group).mkdir(exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cgroup v1: cannot create {base / group}: {exc.strerror}") from exc
+            (base / self._group).mkdir(exist_ok=True)
 
     def _dirs(self, name: str) -> dict[str, Path]:
         return {c: base / self._group / name for c, base in self._mounts.items()}
@@ -247,18 +278,12 @@ class CgroupV1Driver:
         dirs = self._dirs(name)
         created: list[Path] = []
         try:
+            self._ensure_group()
             for d in dict.fromkeys(dirs.values()):
                 d.mkdir()
                 created.append(d)
-            mem = dirs["memory"]
-            _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
-            memsw = mem / "memory.memsw.limit_in_bytes"
-            if memsw.exists():  # swap accounting on: forbid swap entirely
-                _write(memsw, str(limits.memory_bytes))
-            _write(dirs["pids"] / "pids.max", str(limits.max_pids))
-            if "cpu" in dirs:
-                _write(dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-                _write(dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US))))
+            # Swap accounting on: memsw equal to the limit forbids swap entirely.
+            _V1Cgroup(dirs).set_limits(limits)
         except (OSError, SandboxError) as exc:
             for d in created:
                 with contextlib.suppress(OSError):
@@ -273,6 +298,12 @@ class CgroupV1Driver:
         if not any(d.exists() for d in dirs.values()):
             return None
         return _V1Cgroup({c: d for c, d in dirs.items() if d.exists()} | {"pids": dirs["pids"]})
+
+    def remove_group(self) -> None:
+        """Remove our parent group if no box is left in it (another process may still use it)."""
+        for base in set(self._mounts.values()):
+            with contextlib.suppress(OSError):
+                os.rmdir(base / self._group)
 
     def existing_names(self) -> list[str]:
         names: set[str] = set()
@@ -322,6 +353,17 @@ class _V2Cgroup:
     def remove(self) -> None:
         _rmdir(self._path)
 
+    def set_limits(self, limits: CgroupLimits) -> None:
+        _write(self._path / "memory.max", str(limits.memory_bytes))
+        _write(self._path / "memory.swap.max", "0")
+        _write(self._path / "pids.max", str(limits.max_pids))
+        _write(self._path / "cpu.max", f"{max(1000, int(limits.cpu_cores * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+
+    def reset_peak(self) -> None:
+        # v2 resets memory.peak only per open file (kernel 6.12+); the peak then
+        # includes the jail's own start-up, a few hundred KiB.
+        return
+
 
 class CgroupV2Driver:
     """The unified hierarchy: memory, pids and cpu enabled for our subtree."""
@@ -337,14 +379,21 @@ class CgroupV2Driver:
         missing = [c for c in _V2_CONTROLLERS if c not in available]
         if missing:
             raise ConfigError(f"cgroup v2 at {root}: controllers not available: {', '.join(missing)}")
+        self._root = root
         try:
-            self._base.mkdir(exist_ok=True)
-            enabled = set(_read(root / "cgroup.subtree_control").split())
-            if not set(_V2_CONTROLLERS) <= enabled:
-                _write(root / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
-            _write(self._base / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
+            self._ensure_group()
         except (OSError, SandboxError) as exc:
             raise ConfigError(f"cgroup v2: cannot prepare {self._base}: {exc}") from exc
+
+    def _ensure_group(self) -> None:
+        # Another sandlot process sharing the group may have removed it when it stopped.
+        if self._base.is_dir():
+            return
+        enabled = set(_read(self._root / "cgroup.subtree_control").split())
+        if not set(_V2_CONTROLLERS) <= enabled:
+            _write(self._root / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
+        self._base.mkdir(exist_ok=True)
+        _write(self._base / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
 
     def create(self, name: str, limits: CgroupLimits) -> Cgroup:
         stale = self.open_existing(name)
@@ -353,19 +402,23 @@ class CgroupV2Driver:
             stale.remove()
         path = self._base / name
         try:
+            self._ensure_group()
             path.mkdir()
         except OSError as exc:
             raise SandboxError(f"cgroup: cannot create {path}: {exc.strerror}") from exc
-        _write(path / "memory.max", str(limits.memory_bytes))
-        _write(path / "memory.swap.max", "0")
+        cgroup = _V2Cgroup(path)
         _write(path / "memory.oom.group", "1")  # an OOM ends the whole run
-        _write(path / "pids.max", str(limits.max_pids))
-        _write(path / "cpu.max", f"{max(1000, int(limits.cpu_cores * CPU_PERIOD_US))} {CPU_PERIOD_US}")
-        return _V2Cgroup(path)
+        cgroup.set_limits(limits)
+        return cgroup
 
     def open_existing(self, name: str) -> Cgroup | None:
         path = self._base / name
         return _V2Cgroup(path) if path.is_dir() else None
+
+    def remove_group(self) -> None:
+        """Remove our parent group if no box is left in it (another process may still use it)."""
+        with contextlib.suppress(OSError):
+            os.rmdir(self._base)
 
     def existing_names(self) -> list[str]:
         try:

@@ -36,6 +36,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+extern char **environ;
+
 #define HELPER_FAILURE 125
 #define MAX_ITEMS 16
 
@@ -68,12 +70,15 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static void close_fds_from(int first, int keep) {
-    /* close_range(2) exists since 5.9; fall back to a loop on older kernels. */
-    if (keep >= first) {
-        if (keep > first && syscall(SYS_close_range, first, keep - 1, 0) != 0)
-            for (int fd = first; fd < keep; fd++) close(fd);
-        first = keep + 1;
+/* Close every fd from 3 up, except the (up to two) given ones (-1: none). */
+static void close_other_fds(int keep_a, int keep_b) {
+    int keep[2] = {keep_a < keep_b ? keep_a : keep_b, keep_a < keep_b ? keep_b : keep_a};
+    int first = 3;
+    for (int k = 0; k < 2; k++) {
+        if (keep[k] < first) continue;
+        if (keep[k] > first && syscall(SYS_close_range, first, keep[k] - 1, 0) != 0)
+            for (int fd = first; fd < keep[k]; fd++) close(fd);
+        first = keep[k] + 1;
     }
     if (syscall(SYS_close_range, first, ~0U, 0) != 0)
         for (int fd = first; fd < 4096; fd++) close(fd);
@@ -144,29 +149,98 @@ static void report(int fd, const char *line) {
     }
 }
 
-/* init --status-fd N [--rlimit NAME=VALUE]... -- PROGRAM ARGS...   (pid 1 in the box) */
+#define MAX_COMMAND_BYTES (1 << 20)
+#define MAX_COMMAND_ITEMS 4096
+
+/* A command sent by the host to a pre-launched box: NUL-terminated strings,
+ *   <argc> argv... <envc> env... [<nrl> NAME=VALUE...]
+ * read until EOF. Returns 0, or -1 with errno set. */
+static int read_command(int fd, char ***argv_out, char ***env_out, struct rl *limits, int max_rl, int *nrl) {
+    static char buf[MAX_COMMAND_BYTES];
+    static char *items[MAX_COMMAND_ITEMS];
+    static char *argv_copy[MAX_COMMAND_ITEMS + 1], *env_copy[MAX_COMMAND_ITEMS + 1];
+    size_t len = 0, count = 0, at = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) break;
+        len += (size_t)n;
+        if (len == sizeof buf) { errno = E2BIG; return -1; }
+    }
+    if (len == 0 || buf[len - 1] != '\0') { errno = EINVAL; return -1; }
+    for (size_t off = 0; off < len; off += strlen(buf + off) + 1) {
+        if (count == MAX_COMMAND_ITEMS) { errno = E2BIG; return -1; }
+        items[count++] = buf + off;
+    }
+    char **groups[2] = {argv_copy, env_copy};
+    for (int g = 0; g < 2; g++) {
+        char *end = NULL;
+        long k = at < count ? strtol(items[at], &end, 10) : -1;
+        if (k < 0 || *end != '\0' || (size_t)k > count - at - 1 || (g == 0 && k == 0)) { errno = EINVAL; return -1; }
+        at++;
+        for (long j = 0; j < k; j++) groups[g][j] = items[at++];
+        groups[g][k] = NULL;
+    }
+    *nrl = 0;
+    if (at < count) {
+        char *end = NULL;
+        long k = strtol(items[at], &end, 10);
+        if (k < 0 || *end != '\0' || k > max_rl || (size_t)k > count - at - 1) { errno = EINVAL; return -1; }
+        at++;
+        for (long j = 0; j < k; j++)
+            if (parse_rlimit(items[at++], &limits[j]) != 0) { errno = EINVAL; return -1; }
+        *nrl = (int)k;
+    }
+    if (at != count) { errno = EINVAL; return -1; }
+    *argv_out = argv_copy;
+    *env_out = env_copy;
+    return 0;
+}
+
+/* init --status-fd N [--command-fd M] [--rlimit NAME=VALUE]... [-- PROGRAM ARGS...]   (pid 1 in the box)
+ * With --command-fd the box was launched ahead of time: init reports "R" (ready)
+ * and waits for the command, its environment and its rlimits on that fd. */
 static int do_init(int argc, char **argv) {
-    int status_fd = -1, nrl = 0, i = 2;
+    int status_fd = -1, command_fd = -1, nrl = 0, i = 2;
     struct rl limits[MAX_ITEMS];
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc) die("missing value for", argv[i]);
         if (!strcmp(argv[i], "--status-fd")) status_fd = (int)parse_long(argv[i + 1], "bad fd");
+        else if (!strcmp(argv[i], "--command-fd")) command_fd = (int)parse_long(argv[i + 1], "bad fd");
         else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_ITEMS) {
             if (parse_rlimit(argv[i + 1], &limits[nrl++]) != 0) { errno = EINVAL; die("bad rlimit", argv[i + 1]); }
         } else { errno = EINVAL; die("unknown option", argv[i]); }
     }
-    if (i + 1 >= argc || status_fd < 3) { errno = EINVAL; die("usage: init --status-fd N -- PROGRAM", NULL); }
+    if (status_fd < 3 || (command_fd < 0 && i + 1 >= argc)) {
+        errno = EINVAL;
+        die("usage: init --status-fd N [--command-fd M] [-- PROGRAM]", NULL);
+    }
     /* kill(-1) below must only ever reach the box's own pid namespace. */
     if (getpid() != 1) { errno = EPERM; die("init must be pid 1 of a fresh pid namespace", NULL); }
-    char **program = &argv[i + 1];
+    char **program = i + 1 < argc ? &argv[i + 1] : NULL;
+    char **program_env = NULL;
 
-    /* Nothing but stdio and the status pipe survives; the status pipe never
-     * reaches the program (close-on-exec), and a non-dumpable init cannot be
+    /* Nothing but stdio, the status pipe and the command pipe survives; neither
+     * pipe reaches the program (close-on-exec), and a non-dumpable init cannot be
      * inspected through /proc by the program running under the same uid. */
-    close_fds_from(3, status_fd);
+    close_other_fds(status_fd, command_fd);
     if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) die("status fd", NULL);
     prctl(PR_SET_DUMPABLE, 0);
     reset_signals();
+    if (command_fd >= 0) {
+        fcntl(command_fd, F_SETFD, FD_CLOEXEC);
+        report(status_fd, "R\n");
+        int more = 0;
+        if (read_command(command_fd, &program, &program_env, &limits[nrl], MAX_ITEMS - nrl, &more) != 0) {
+            char line[64];
+            snprintf(line, sizeof line, "E %d command\n", errno);
+            report(status_fd, line);
+            return 0;
+        }
+        nrl += more;
+        close(command_fd);
+    }
 
     pid_t child = fork();
     if (child < 0) die("fork", NULL);
@@ -181,6 +255,7 @@ static int do_init(int argc, char **argv) {
                 _exit(127);
             }
         }
+        if (program_env != NULL) environ = program_env;
         execvp(program[0], program);
         char line[64];
         snprintf(line, sizeof line, "E %d exec\n", errno);

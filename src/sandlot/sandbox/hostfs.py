@@ -154,6 +154,10 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
         os.close(root_fd)
 
 
+class FileMissing(RejectedError):
+    """The path names nothing in the workdir (a door's 404, not a refusal)."""
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str
@@ -168,12 +172,12 @@ def read_file(root: Path, name: str, *, max_bytes: int) -> bytes:
         try:
             dir_fd = _open_dir_beneath(root_fd, parts[:-1], create=False, uid=0, gid=0)
         except OSError as exc:
-            raise RejectedError(f"{name}: no such file") from exc
+            raise FileMissing(f"{name}: no such file") from exc
         try:
             try:
                 fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
             except FileNotFoundError as exc:
-                raise RejectedError(f"{name}: no such file") from exc
+                raise FileMissing(f"{name}: no such file") from exc
             except OSError as exc:  # ELOOP: a symlink
                 raise RejectedError(f"{name}: not a regular file ({exc.strerror})") from exc
             try:

@@ -20,6 +20,7 @@ BOX_UID = 1000  # the uid the program sees; the host uid is unique per box
 BOX_HOSTNAME = "sandlot"
 SECCOMP_FD = 3
 STATUS_FD = 4
+COMMAND_FD = 5  # only for jails launched ahead of time
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Host files from /etc the toolchains need; everything else of /etc stays out.
@@ -79,9 +80,12 @@ def bwrap_argv(
     binds: Sequence[Bind],
     env: Mapping[str, str],
     rlimits: Mapping[str, int],
-    command: Sequence[str],
+    command: Sequence[str] | None,
 ) -> list[str]:
-    """The full argv after the launcher: bwrap, its options, then init and the command."""
+    """The full argv after the launcher: bwrap, its options, then init and the command.
+
+    Without a command the init reads it later from COMMAND_FD (a jail launched ahead of time).
+    """
     argv = [
         str(bwrap),
         "--unshare-user",
@@ -149,7 +153,10 @@ def bwrap_argv(
     for key, env_value in env.items():
         argv += ["--setenv", key, env_value]
     argv += ["--seccomp", str(SECCOMP_FD), "--", INIT_PATH, "init", "--status-fd", str(STATUS_FD)]
+    if command is None:
+        argv += ["--command-fd", str(COMMAND_FD)]
     for resource, amount in rlimits.items():
         argv += ["--rlimit", f"{resource}={amount}"]
-    argv += ["--", *command]
+    if command is not None:
+        argv += ["--", *command]
     return argv

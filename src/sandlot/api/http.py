@@ -1,0 +1,107 @@
+"""The HTTP door: ``create_app(service)`` builds the FastAPI application. Wiring only.
+
+Theory of operation
+-------------------
+The app is a thin shell around the ``Service`` it is given: it parses requests
+into ``TaskSpec``s (``sandlot.requests``), submits them to the broker, and
+renders the task's event stream as JSON, Server-Sent Events, WebSocket messages
+or plain text. It never runs a process; the worker does.
+
+Routes (one module each)::
+
+    http_tasks     POST /api/v1/run  POST /api/v1/execute  GET|DELETE /api/v1/tasks/{id}
+                   GET /api/v1/tasks/{id}/events (SSE)
+    http_text      POST /run (the Go code runner's text door)
+    http_ws        GET /api/v1/ws (interactive WebSocket)
+    http_sessions  /api/v1/sessions[/{id}[/files[/{path}]]]
+    here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs)
+
+Every route but the last four (and the docs) needs ``Authorization: Bearer
+KEY`` when the server has API keys (``auth``). Errors are always
+``{"error": {"code", "message", "field"}}``; the mapping from exceptions to
+statuses lives in ``http_errors`` (bad input is 400 whatever its kind, type
+errors included; an unknown or foreign task or session is 404). Two pure ASGI
+middlewares wrap everything: ``CountResponses`` (``sandlot_requests_total`` by
+door and code; 499 when the client left before an answer) outermost, so it
+also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
+buffering them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import sandlot
+from sandlot.api import http_sessions, http_tasks, http_text, http_ws
+from sandlot.api.auth import Authenticator
+from sandlot.api.http_common import Door, DoorDep, PrincipalDep
+from sandlot.api.http_errors import install_handlers
+from sandlot.api.http_middleware import BodyLimit, CountResponses
+from sandlot.service import Service
+
+_service_routes = APIRouter(tags=["service"])
+
+
+def create_app(service: Service, *, authenticator: Authenticator | None = None) -> FastAPI:
+    """The HTTP application over a started Service (which the caller starts and stops)."""
+    app = FastAPI(
+        title="sandlot",
+        version=sandlot.__version__,
+        summary="Run untrusted code in hardened sandboxes.",
+    )
+    # One Authenticator per process, shared with the gRPC door, so a key's quotas are one budget.
+    app.state.door = Door(service, authenticator or Authenticator(service.server.api_keys))
+    install_handlers(app)
+    for router in (
+        http_tasks.router,
+        http_text.router,
+        http_ws.router,
+        http_sessions.router,
+        _service_routes,
+    ):
+        app.include_router(router)
+    # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
+    app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
+    app.add_middleware(CountResponses, metrics=service.metrics)
+    return app
+
+
+@_service_routes.get("/api/v1/languages", summary="The languages this server offers")
+async def languages(door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
+    registry = door.service.languages
+    versions = door.service.versions()
+    return {
+        "languages": [
+            {
+                "name": lang.name,
+                "display_name": lang.display_name,
+                "version": versions.get(lang.name, "unknown"),
+                "aliases": list(lang.aliases),
+                "extensions": list(lang.extensions),
+                "compiled": lang.compile is not None,
+                "sample": lang.sample,
+            }
+            for lang in registry.offered()
+        ]
+    }
+
+
+@_service_routes.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@_service_routes.get("/readyz", summary="The pool is ready and the server accepts work")
+async def readyz(door: DoorDep) -> JSONResponse:
+    if door.service.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not_ready"}, status_code=503)
+
+
+@_service_routes.get("/metrics", response_class=Response, summary="Prometheus metrics")
+async def metrics(door: DoorDep) -> Response:
+    return Response(generate_latest(door.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

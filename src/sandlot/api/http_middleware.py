@@ -1,0 +1,134 @@
+"""Pure ASGI middleware: the body cap and the per-response counter.
+
+Both are plain ASGI wrappers rather than ``BaseHTTPMiddleware`` so that they
+see the raw message flow: the body cap refuses a request before any of its
+body is buffered, and neither breaks streaming responses or WebSockets.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandlot.api.http_errors import ApiError
+from sandlot.metrics import Metrics
+
+# A response we never sent because the client went away first (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+_WS_ABNORMAL_CLOSE = 1006
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_body_bytes`` with 413, declared or chunked."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await _send_too_large(send, self.max_body_bytes)  # before reading a single byte of it
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _too_large(self.max_body_bytes)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except ApiError as exc:
+            # Routes render ApiError themselves; this catches a chunked overflow noticed outside a route.
+            if exc.status != 413 or started:
+                raise
+            await _send_too_large(send, self.max_body_bytes)
+
+
+class CountResponses:
+    """Count every response in ``sandlot_requests_total`` by door and status code."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        code: int | None = None
+        client_code: int | None = None  # a WebSocket close code the client sent
+
+        async def watching_receive() -> Message:
+            nonlocal client_code
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                client_code = int(message.get("code", _WS_ABNORMAL_CLOSE))
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal code
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                code = int(message["status"])
+            elif message["type"] == "websocket.close" and code is None:
+                code = int(message.get("code", 1000))
+            await send(message)
+
+        try:
+            await self.app(scope, watching_receive, watching_send)
+        except BaseException:
+            code = code or 500
+            raise
+        finally:
+            if code is None:
+                code = client_code or (CLIENT_CLOSED_REQUEST if scope["type"] == "http" else _WS_ABNORMAL_CLOSE)
+            self.metrics.requests.labels(door=door_of(scope), code=str(code)).inc()
+
+
+def door_of(scope: Scope) -> str:
+    """The door label of a request: the text runner, SSE, WebSocket, or the JSON API."""
+    if scope["type"] == "websocket":
+        return "ws"
+    path = str(scope.get("path", ""))
+    if path == "/run":
+        return "run_text"
+    if path.startswith("/api/v1/tasks/") and path.endswith("/events"):
+        return "sse"
+    return "http"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server rejects a malformed length itself
+    return None
+
+
+def _too_large(max_body_bytes: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the request body is over {max_body_bytes} bytes", field="body")
+
+
+async def _send_too_large(send: Send, max_body_bytes: int) -> None:
+    body = json.dumps(_too_large(max_body_bytes).body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,89 @@
+"""Sessions: a box pinned to a tenant, whose workdir files survive between runs.
+
+Runs name the session with ``session_id``; these routes create and end
+sessions and move files in and out of the workdir. The file operations are
+``Box.write_file/read_file/list_files``, which never follow what a program
+planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
+here is a 400, a missing file a 404. They do not wait for a running execution
+of the session; a program sees a file appear or change as it would on any disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from sandlot.api.http_common import DoorDep, PrincipalDep
+from sandlot.api.http_errors import ApiError
+from sandlot.errors import RejectedError
+from sandlot.pool import Session
+from sandlot.sandbox.hostfs import FileMissing
+
+MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
+
+_RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string"}}}}}
+_RAW_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
+
+
+@router.post("", status_code=201, summary="Create a session (a box kept for this tenant)")
+async def create_session(door: DoorDep, principal: PrincipalDep) -> JSONResponse:
+    session = await door.service.pool.create_session(principal.tenant)
+    return JSONResponse(
+        {"session_id": session.id, "expires_in_s": round(session.expires_at - session.created, 3)}, status_code=201
+    )
+
+
+@router.delete("/{session_id}", status_code=204, summary="End a session and wipe its box")
+async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
+    await door.service.pool.end_session(principal.tenant, session_id)
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/files", summary="The regular files of the session's workdir")
+async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
+    session = door.service.pool.get_session(principal.tenant, session_id)
+    files = await asyncio.to_thread(session.box.list_files)
+    return {"files": [{"path": f.path, "size": f.size} for f in files]}
+
+
+@router.put("/{session_id}/files/{path:path}", status_code=201, openapi_extra=_RAW_BODY, summary="Upload a file")
+async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
+    session = door.service.pool.get_session(principal.tenant, session_id)
+    data = await request.body()
+    try:
+        await asyncio.to_thread(session.box.write_file, path, data)
+    except RejectedError as exc:
+        raise RejectedError(str(exc), field="path") from exc
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise ApiError(507, "workspace_full", f"{path}: the session's workdir is full", field="path") from exc
+        raise
+    return JSONResponse({"path": path, "size": len(data)}, status_code=201)
+
+
+@router.get(
+    "/{session_id}/files/{path:path}",
+    response_class=Response,
+    responses=_RAW_ANSWER,
+    summary="Download a file",
+)
+async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:
+    session = door.service.pool.get_session(principal.tenant, session_id)
+    data = await _read(session, path)
+    return Response(data, media_type="application/octet-stream")
+
+
+async def _read(session: Session, path: str) -> bytes:
+    try:
+        return await asyncio.to_thread(session.box.read_file, path, MAX_DOWNLOAD_BYTES)
+    except FileMissing as exc:
+        raise ApiError(404, "not_found", str(exc), field="path") from exc
+    except RejectedError as exc:  # a link, fifo or other refusal
+        raise RejectedError(str(exc), field="path") from exc

@@ -1,0 +1,100 @@
+"""Run the HTTP and gRPC doors in one process, and drain cleanly on SIGTERM.
+
+Drain order: stop accepting new executions (readyz and submits answer 503),
+let running executions finish until the deadline (then kill them), close the
+listeners (in-flight responses are delivered first), and finally release every
+box: cgroups removed, workdirs unmounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from sandlot.config import Settings
+from sandlot.service import ServerSettings, Service
+
+log = logging.getLogger("sandlot.server")
+_LISTENER_GRACE_S = 5.0
+
+
+class _QuietSignalsServer(uvicorn.Server):
+    """uvicorn, minus its signal handling (this module owns SIGTERM and SIGINT), plus a started event."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.started_event.set()
+
+
+async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
+    from sandlot.api.auth import Authenticator
+    from sandlot.api.grpc_server import create_grpc_server
+    from sandlot.api.http import create_app
+
+    service = await Service.start(settings, server)
+    authenticator = Authenticator(server.api_keys)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    grpc_server = create_grpc_server(service, f"{server.host}:{server.grpc_port}", authenticator=authenticator)
+    http = _QuietSignalsServer(
+        uvicorn.Config(
+            create_app(service, authenticator=authenticator),
+            host=server.host,
+            port=server.http_port,
+            lifespan="off",
+            log_level="warning",
+            timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
+        )
+    )
+    try:
+        await grpc_server.start()
+        http_task = asyncio.create_task(http.serve(), name="sandlot-http")
+        started = asyncio.create_task(http.started_event.wait())
+        await asyncio.wait({started, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if http_task.done():
+            await http_task  # surfaces a bind error
+            return
+        log.warning(
+            "sandlot serving http://%s:%d and grpc %s:%d with %d boxes",
+            server.host,
+            server.http_port,
+            server.host,
+            server.grpc_port,
+            service.pool.size,
+        )
+        if ready is not None:
+            ready.set()
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait({stop_wait, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        log.warning("sandlot draining (deadline %.0f s)", server.drain_deadline_s)
+        service.accepting = False
+        if service.worker is not None:
+            await service.worker.drain(server.drain_deadline_s)
+        http.should_exit = True
+        await grpc_server.stop(_LISTENER_GRACE_S)
+        with contextlib.suppress(asyncio.CancelledError):
+            await http_task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await grpc_server.stop(None)
+        await service.stop()
+        log.warning("sandlot stopped; boxes released")
