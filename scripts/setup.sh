@@ -18,7 +18,8 @@ APT_PACKAGES=(
     bubblewrap libseccomp2 gcc g++ libc6-dev   # the jail and the static helper
     python3 python3-venv python3-dev            # sandlot itself
     golang-go nodejs default-jdk-headless bash  # languages offered out of the box
-    procps iproute2
+    procps iproute2 util-linux curl
+    prometheus                                  # the metrics test scrapes a real server
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -39,8 +40,9 @@ fi
 
 case "$MODE" in
     run)
-        # Until `sandlot serve` lands, the main job runs the example program in a sandbox.
-        exec "$VENV/bin/sandlot" run "$REPO/examples/hello.py" --stdin "$REPO/examples/hello.stdin"
+        # The main job: the server (HTTP on :8080, gRPC on :50051), embedded mode.
+        # Listens on loopback unless SANDLOT_HOST says otherwise; stop it with Ctrl-C or SIGTERM.
+        exec "$VENV/bin/sandlot" serve "${@:2}"
         ;;
     test)
         cd "$REPO"

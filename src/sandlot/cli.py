@@ -211,11 +211,19 @@ def languages(ctx: click.Context, as_json: bool) -> None:
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
 @click.option("--grpc-port", type=int, default=None, help="gRPC port (default 50051).")
 @click.option("--pool-size", type=int, default=None, help="Boxes in the pool (default: twice the cores).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
 @click.pass_context
 def serve(
-    ctx: click.Context, host: str | None, http_port: int | None, grpc_port: int | None, pool_size: int | None
+    ctx: click.Context,
+    host: str | None,
+    http_port: int | None,
+    grpc_port: int | None,
+    pool_size: int | None,
+    config_file: Path | None,
 ) -> None:
     """Serve HTTP (with the API and metrics) and gRPC from one process, embedded mode."""
+    if config_file is not None:
+        ctx.obj["config"] = config_file
     from sandlot.api.server import serve as run_server
     from sandlot.service import server_settings_from
 
