@@ -7,7 +7,7 @@ import os
 import signal
 
 from sandlot.config import Settings
-from sandlot.models import Limits, Status
+from sandlot.models import Limits, Result, Status
 from sandlot.sandbox import Bind, Box
 
 from .conftest import run_in
@@ -75,7 +75,10 @@ async def test_the_runs_own_limits_apply(box: Box, settings: Settings) -> None:
     assert memory.memory_peak <= (64 << 20) + (1 << 20)
 
     box.prelaunch()
-    forks = "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(5)\n        n += 1\nexcept OSError:\n    print(n)\n"
+    forks = (
+        "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+        "            import time; time.sleep(5)\n        n += 1\nexcept OSError:\n    print(n)\n"
+    )
     capped = await run_in(box, [_PY, "-c", forks], _limits(settings, max_processes=10))
     assert capped.stdout.strip() and int(capped.stdout) < 10
 
@@ -89,7 +92,8 @@ async def test_the_runs_own_limits_apply(box: Box, settings: Settings) -> None:
 async def test_accounting_starts_when_the_command_is_sent(box: Box, settings: Settings) -> None:
     box.prelaunch()
     result = await run_in(
-        box, [_PY, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"],
+        box,
+        [_PY, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"],
         settings.run_defaults,
     )
     assert result.status is Status.OK
@@ -122,9 +126,7 @@ async def test_a_dead_prelaunched_jail_falls_back_to_cold(box: Box, settings: Se
     assert result.stdout == b"ok\n"
 
 
-async def run_in_with_binds(box: Box, command: list[str], limits: Limits, binds: list[Bind]) -> "object":
-    from sandlot.models import Result
-
+async def run_in_with_binds(box: Box, command: list[str], limits: Limits, binds: list[Bind]) -> Result:
     result = None
     async for item in box.run(command, limits=limits, binds=binds):
         if isinstance(item, Result):
