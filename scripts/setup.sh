@@ -20,6 +20,7 @@ APT_PACKAGES=(
     golang-go nodejs default-jdk-headless bash  # languages offered out of the box
     procps iproute2 util-linux curl
     prometheus                                  # the metrics test scrapes a real server
+    chromium                                    # the playground tests drive it (via Playwright)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -15,6 +15,8 @@ Routes (one module each)::
     http_ws        GET /api/v1/ws (interactive WebSocket)
     http_sessions  /api/v1/sessions[/{id}[/files[/{path}]]]
     here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs)
+    playground     GET /  /static/{name} (the web page)
+    piston         GET /api/v2/runtimes  POST /api/v2/execute (Piston-compatible)
 
 Every route but the last four (and the docs) needs ``Authorization: Bearer
 KEY`` when the server has API keys (``auth``). Errors are always
@@ -36,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import sandlot
-from sandlot.api import http_sessions, http_tasks, http_text, http_ws
+from sandlot.api import http_sessions, http_tasks, http_text, http_ws, piston, playground
 from sandlot.api.auth import Authenticator
 from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
@@ -64,6 +66,8 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         _service_routes,
     ):
         app.include_router(router)
+    playground.install(app, service)
+    piston.install(app, service)
     # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)

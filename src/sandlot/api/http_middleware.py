@@ -102,7 +102,7 @@ class CountResponses:
 
 
 def door_of(scope: Scope) -> str:
-    """The door label of a request: the text runner, SSE, WebSocket, or the JSON API."""
+    """The door label of a request: each compatible API, the playground, SSE, WebSocket, or the JSON API."""
     if scope["type"] == "websocket":
         return "ws"
     path = str(scope.get("path", ""))
@@ -110,6 +110,14 @@ def door_of(scope: Scope) -> str:
         return "run_text"
     if path.startswith("/api/v1/tasks/") and path.endswith("/events"):
         return "sse"
+    if path.startswith("/api/v2/"):
+        return "piston"
+    if path.startswith("/judge0/") or path == "/judge0":
+        return "judge0"
+    if path.startswith("/mcp"):
+        return "mcp"
+    if path == "/" or path.startswith("/static/"):
+        return "playground"
     return "http"
 
 
