@@ -25,7 +25,7 @@ from sandlot.broker import Broker, Control, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.metrics import Metrics
-from sandlot.models import ExitEvent, Result, Status
+from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import BoxPool, PoolFull
 from sandlot.sandbox import Box
 
@@ -75,11 +75,22 @@ class Worker:
         """Run one claimed task to exactly one terminal result."""
         await self.broker.mark_running(spec.id)
         published: list[ExitEvent] = []
+        output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
-            await self._execute(spec, published)
+            await self._execute(spec, published, output)
         except asyncio.CancelledError:
-            failure = _failure(spec, Status.INTERNAL_ERROR, "the server shut down during the run")
+            # Keep what the program had printed: it was already streamed to the client.
+            failure = ExitEvent(
+                Result(
+                    Status.INTERNAL_ERROR,
+                    stdout=bytes(output["stdout"]),
+                    stderr=bytes(output["stderr"]),
+                    language=spec.language,
+                    message="the server shut down during the run",
+                ),
+                time=time.time(),
+            )
             raise
         except RejectedError as exc:
             failure = ExitEvent(rejected(str(exc), spec.language), time=time.time())
@@ -99,7 +110,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.record(exit_event.result)
 
-    async def _execute(self, spec: TaskSpec, published: list[ExitEvent]) -> None:
+    async def _execute(self, spec: TaskSpec, published: list[ExitEvent], output: dict[str, bytearray]) -> None:
         check_isolation(spec.isolation)
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
@@ -121,8 +132,10 @@ class Worker:
                 if isinstance(event, ExitEvent):
                     # Publish at once; the box's teardown and reset follow, off the client's path.
                     await self._publish_exit(spec, event, published)
-                else:
-                    await self.broker.publish(spec.id, event)
+                    continue
+                if isinstance(event, OutputEvent) and event.stage != "compile":
+                    output[event.stream] += event.data
+                await self.broker.publish(spec.id, event)
         finally:
             if self.metrics is not None:
                 self.metrics.active_workers.dec()

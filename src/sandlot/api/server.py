@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
 from collections.abc import Iterator
 
+import grpc
 import uvicorn
 
 from sandlot.config import Settings
@@ -40,36 +42,68 @@ class _QuietSignalsServer(uvicorn.Server):
         self.started_event.set()
 
 
+def _listen(door: str, host: str, port: int) -> socket.socket:
+    """Bind a listening socket now, so a busy port fails before any box exists."""
+    try:
+        return socket.create_server((host, port), backlog=1024)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{door} {host}:{port}: {exc.strerror}") from exc
+
+
 async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
     from sandlot.api.auth import Authenticator
     from sandlot.api.grpc_server import create_grpc_server
     from sandlot.api.http import create_app
 
-    service = await Service.start(settings, server)
-    authenticator = Authenticator(server.api_keys)
+    http_socket = _listen("HTTP", server.host, server.http_port)
+    try:
+        _listen("gRPC", server.host, server.grpc_port).close()  # grpc binds its own; fail early if it cannot
+        service = await Service.start(settings, server)
+        try:
+            authenticator = Authenticator(server.api_keys)
+            try:
+                grpc_server = create_grpc_server(
+                    service, f"{server.host}:{server.grpc_port}", authenticator=authenticator
+                )
+            except RuntimeError as exc:  # grpc's way of saying the port is taken
+                raise OSError(errno.EADDRINUSE, f"gRPC {server.host}:{server.grpc_port}: {exc}") from exc
+            http = _QuietSignalsServer(
+                uvicorn.Config(
+                    create_app(service, authenticator=authenticator),
+                    lifespan="off",
+                    log_level="warning",
+                    timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
+                )
+            )
+            await _run(service, server, grpc_server, http, http_socket, ready)
+        finally:
+            await service.stop()
+            log.warning("sandlot stopped; boxes released")
+    finally:
+        http_socket.close()
+
+
+async def _run(
+    service: Service,
+    server: ServerSettings,
+    grpc_server: grpc.aio.Server,
+    http: _QuietSignalsServer,
+    http_socket: socket.socket,
+    ready: asyncio.Event | None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: refuse new work, finish running work, close the listeners."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    grpc_server = create_grpc_server(service, f"{server.host}:{server.grpc_port}", authenticator=authenticator)
-    http = _QuietSignalsServer(
-        uvicorn.Config(
-            create_app(service, authenticator=authenticator),
-            host=server.host,
-            port=server.http_port,
-            lifespan="off",
-            log_level="warning",
-            timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
-        )
-    )
     try:
         await grpc_server.start()
-        http_task = asyncio.create_task(http.serve(), name="sandlot-http")
+        http_task = asyncio.create_task(http.serve(sockets=[http_socket]), name="sandlot-http")
         started = asyncio.create_task(http.started_event.wait())
         await asyncio.wait({started, http_task}, return_when=asyncio.FIRST_COMPLETED)
         started.cancel()
         if http_task.done():
-            await http_task  # surfaces a bind error
+            await http_task
             return
         log.warning(
             "sandlot serving http://%s:%d and grpc %s:%d with %d boxes",
@@ -96,5 +130,3 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await grpc_server.stop(None)
-        await service.stop()
-        log.warning("sandlot stopped; boxes released")
