@@ -22,7 +22,6 @@ from fastapi import FastAPI
 from pyston import File, PystonClient, http_handler
 
 from sandlot.api.http import create_app
-from sandlot.api.piston import install
 from sandlot.api.semver import satisfies
 from sandlot.broker import TaskSpec
 from sandlot.config import DEFAULT_RUN_LIMITS, MIB
@@ -62,9 +61,7 @@ async def pyston_client(base_url: str, api_key: str | None = None) -> AsyncItera
 
 
 def piston_app(service: Service) -> FastAPI:
-    app = create_app(service)
-    install(app, service)
-    return app
+    return create_app(service)
 
 
 def recorded_submits(service: Service, monkeypatch: pytest.MonkeyPatch) -> tuple[list[TaskSpec], asyncio.Event]:

@@ -22,7 +22,6 @@ import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
 
 from sandlot.api.http import create_app
-from sandlot.api.playground import install
 from sandlot.service import Service
 
 from .test_http import live_server, running_service
@@ -78,7 +77,6 @@ class Visit:
 async def served_fixture() -> AsyncIterator[Served]:
     async with running_service(pool_size=3) as service:
         app = create_app(service)
-        install(app, service)
         async with live_server(app) as address:
             yield Served(service, address)
 

@@ -17,6 +17,8 @@ Routes (one module each)::
     here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs)
     playground     GET /  /static/{name} (the web page)
     piston         GET /api/v2/runtimes  POST /api/v2/execute (Piston-compatible)
+    judge0         /judge0/submissions[/batch]  /languages  /statuses  ... (Judge0-compatible)
+    mcp_server     /mcp (MCP streamable HTTP: run code, languages, session files)
 
 Every route but the last four (and the docs) needs ``Authorization: Bearer
 KEY`` when the server has API keys (``auth``). Errors are always
@@ -38,7 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import sandlot
-from sandlot.api import http_sessions, http_tasks, http_text, http_ws, piston, playground
+from sandlot.api import http_sessions, http_tasks, http_text, http_ws, judge0, mcp_server, piston, playground
 from sandlot.api.auth import Authenticator
 from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
@@ -68,6 +70,8 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         app.include_router(router)
     playground.install(app, service)
     piston.install(app, service)
+    judge0.install(app, service)
+    mcp_server.install(app, service)
     # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)

@@ -18,7 +18,9 @@ from collections.abc import Iterator
 
 import grpc
 import uvicorn
+from fastapi import FastAPI
 
+from sandlot.api import mcp_server
 from sandlot.config import Settings
 from sandlot.service import ServerSettings, Service
 
@@ -67,15 +69,16 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
                 )
             except RuntimeError as exc:  # grpc's way of saying the port is taken
                 raise OSError(errno.EADDRINUSE, f"gRPC {server.host}:{server.grpc_port}: {exc}") from exc
+            app = create_app(service, authenticator=authenticator)
             http = _QuietSignalsServer(
                 uvicorn.Config(
-                    create_app(service, authenticator=authenticator),
+                    app,
                     lifespan="off",
                     log_level="warning",
                     timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
                 )
             )
-            await _run(service, server, grpc_server, http, http_socket, ready)
+            await _run(service, server, grpc_server, http, http_socket, ready, app)
         finally:
             await service.stop()
             log.warning("sandlot stopped; boxes released")
@@ -90,6 +93,7 @@ async def _run(
     http: _QuietSignalsServer,
     http_socket: socket.socket,
     ready: asyncio.Event | None,
+    app: FastAPI,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain: refuse new work, finish running work, close the listeners."""
     stop = asyncio.Event()
@@ -122,6 +126,7 @@ async def _run(
         service.accepting = False
         if service.worker is not None:
             await service.worker.drain(server.drain_deadline_s)
+        await mcp_server.shutdown(app)  # its open streams would otherwise hold the listener
         http.should_exit = True
         await grpc_server.stop(_LISTENER_GRACE_S)
         with contextlib.suppress(asyncio.CancelledError):
@@ -130,3 +135,4 @@ async def _run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await grpc_server.stop(None)
+        await mcp_server.shutdown(app)

@@ -1,0 +1,200 @@
+"""The MCP tools' definitions: descriptions, input and output JSON Schemas, annotations.
+
+Written by hand rather than derived from signatures: they are the contract a
+model reads, so each argument says its unit and the limits say their default
+and maximum (from the settings). Arguments are checked against the names here
+(``mcp_tools``); the output schemas describe the structured content, which
+clients validate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp import types
+
+from sandlot.config import Settings
+from sandlot.models import Status
+
+_MIB = 1024 * 1024
+
+_SESSION_ID = {"type": "string", "description": "A session id from create_session."}
+_PATH = {"type": "string", "description": "A path relative to the session's workdir, e.g. data/input.txt."}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+def _input_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
+    defaults, maxima = settings.run_defaults, settings.run_maxima
+    return {
+        "run_code": _object(
+            {
+                "language": {"type": "string", "description": "A language name or alias from list_languages."},
+                "code": {"type": "string", "description": "The program's source code."},
+                "stdin": {"type": "string", "description": "Text fed to the program's standard input."},
+                "args": {"type": "array", "items": {"type": "string"}, "description": "Command-line arguments."},
+                "session_id": {
+                    **_SESSION_ID,
+                    "description": "Run in this session's box, where files written earlier are found.",
+                },
+                "time_limit": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": f"CPU time limit in seconds (default {defaults.time_limit_s:g}, "
+                    f"at most {maxima.time_limit_s:g}).",
+                },
+                "memory_limit": {
+                    "type": "integer",
+                    "exclusiveMinimum": 0,
+                    "description": f"Memory limit in MB (default {defaults.memory_limit_bytes // _MIB}, "
+                    f"at most {maxima.memory_limit_bytes // _MIB}).",
+                },
+            },
+            ("language", "code"),
+        ),
+        "list_languages": _object({}),
+        "create_session": _object({}),
+        "end_session": _object({"session_id": _SESSION_ID}, ("session_id",)),
+        "write_file": _object(
+            {
+                "session_id": _SESSION_ID,
+                "path": _PATH,
+                "content": {"type": "string", "description": "The file's content, as text or base64."},
+                "encoding": {"enum": ["utf8", "base64"], "default": "utf8", "description": "How content is encoded."},
+            },
+            ("session_id", "path", "content"),
+        ),
+        "read_file": _object({"session_id": _SESSION_ID, "path": _PATH}, ("session_id", "path")),
+        "list_files": _object({"session_id": _SESSION_ID}, ("session_id",)),
+    }
+
+
+_STRING = {"type": "string"}
+_RESULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": [status.value for status in Status]},
+        "exit_code": {"type": ["integer", "null"]},
+        "signal": {"type": ["integer", "null"]},
+        "stdout": _STRING,
+        "stderr": _STRING,
+        "compile_output": _STRING,
+        "wall_time": {"type": "number", "description": "seconds"},
+        "cpu_time": {"type": "number", "description": "seconds"},
+        "memory_peak": {"type": "integer", "description": "bytes"},
+        "truncated": {"type": "boolean"},
+        "language": _STRING,
+        "message": _STRING,
+    },
+    "required": [
+        "status",
+        "exit_code",
+        "signal",
+        "stdout",
+        "stderr",
+        "compile_output",
+        "wall_time",
+        "cpu_time",
+        "memory_peak",
+        "truncated",
+        "language",
+        "message",
+    ],
+}
+_OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "run_code": _RESULT_SCHEMA,
+    "list_languages": {
+        "type": "object",
+        "properties": {
+            "languages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": _STRING,
+                        "display_name": _STRING,
+                        "version": _STRING,
+                        "aliases": {"type": "array", "items": _STRING},
+                        "extensions": {"type": "array", "items": _STRING},
+                        "compiled": {"type": "boolean"},
+                    },
+                    "required": ["name", "display_name", "version", "aliases", "extensions", "compiled"],
+                },
+            }
+        },
+        "required": ["languages"],
+    },
+    "create_session": {
+        "type": "object",
+        "properties": {"session_id": _STRING, "expires_in_s": {"type": "number"}},
+        "required": ["session_id", "expires_in_s"],
+    },
+    "end_session": {
+        "type": "object",
+        "properties": {"session_id": _STRING, "ended": {"type": "boolean"}},
+        "required": ["session_id", "ended"],
+    },
+    "write_file": {
+        "type": "object",
+        "properties": {"path": _STRING, "size": {"type": "integer"}},
+        "required": ["path", "size"],
+    },
+    "read_file": {
+        "type": "object",
+        "properties": {
+            "path": _STRING,
+            "size": {"type": "integer"},
+            "encoding": {"enum": ["utf8", "base64"]},
+            "content": _STRING,
+        },
+        "required": ["path", "size", "encoding", "content"],
+    },
+    "list_files": {
+        "type": "object",
+        "properties": {
+            "files": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"path": _STRING, "size": {"type": "integer"}},
+                    "required": ["path", "size"],
+                },
+            }
+        },
+        "required": ["files"],
+    },
+}
+_DESCRIPTIONS = {
+    "run_code": "Run a program in a fresh, isolated sandbox (no network) and return its result: status "
+    "(ok, runtime_error, compile_error, timeout, memory_limit, ...), exit code, stdout, stderr, compiler output, "
+    "times and peak memory. Output is also reported as progress while the program runs. Pass session_id to run "
+    "in a session's box, next to the files written there.",
+    "list_languages": "The languages run_code accepts, with their versions and aliases.",
+    "create_session": "Create a session: a sandbox box kept for you, whose files persist between run_code calls "
+    "until end_session or expiry.",
+    "end_session": "End a session and wipe its files.",
+    "write_file": "Write a file into a session's workdir (text, or base64 for binary content).",
+    "read_file": "Read a file from a session's workdir (text, or base64 when it is not UTF-8).",
+    "list_files": "List the files in a session's workdir with their sizes.",
+}
+_READ_ONLY = frozenset({"list_languages", "read_file", "list_files"})
+
+
+def tool_definitions(settings: Settings) -> list[types.Tool]:
+    """Every tool: name, description, input and output schemas (limits described from settings), hints."""
+    return [
+        types.Tool(
+            name=name,
+            description=_DESCRIPTIONS[name],
+            input_schema=schema,
+            output_schema=_OUTPUT_SCHEMAS[name],
+            annotations=types.ToolAnnotations(
+                read_only_hint=name in _READ_ONLY,
+                destructive_hint=name == "end_session",
+                open_world_hint=False,
+            ),
+        )
+        for name, schema in _input_schemas(settings).items()
+    ]
