@@ -495,3 +495,18 @@ def test_configuration_error_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stdout == b""
     assert "missing.toml" in _assert_one_line(proc.stderr)
+
+
+def test_a_reader_that_leaves_early_is_sigpipe_not_a_traceback(tmp_path: Path) -> None:
+    prog = tmp_path / "many.py"
+    prog.write_text("for i in range(200000):\n    print(i)\n")
+    proc = subprocess.Popen(
+        [str(_SANDLOT), "run", str(prog)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"0\n"
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=_TIMEOUT_S) == 128 + 13  # SIGPIPE, as a shell reports it
+    assert b"Traceback" not in err

@@ -1,32 +1,33 @@
 """The ``sandlot`` command: thin commands that call the layers.
 
-Exit codes: the program's own code (128+N when it died of signal N), 1 for a
-compile error, 2 for anything that is not the program's doing (bad input, a
-sandbox failure), always with a one-line message on stderr.
+Local commands live here (run, languages, serve, mcp); the client commands
+(submit, result) in cli_client.py; the exit-code contract they all share in
+cli_output.py: the program's own code (128+N for signal N), 1 for a compile
+error, 2 for anything not the program's doing (one line on stderr), 3 from
+``result`` while a task is not done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
 import click
 
 from sandlot import __version__
-from sandlot.client import DEFAULT_SERVER, ClientError, Output, SandlotClient, language_for_file
+from sandlot.cli_client import result, submit
+from sandlot.cli_output import EXIT_NOT_PROGRAM, fail, finish, finish_rejected, read_input, reader_left, wants_json
 from sandlot.config import LimitRequest, Settings, load_settings
 from sandlot.engine import Engine, rejected
 from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
-
-EXIT_NOT_PROGRAM = 2
-EXIT_COMPILE_ERROR = 1
 
 
 class _UsageFailure(Exception):
@@ -81,11 +82,11 @@ def run(
         settings = _settings(ctx)
         languages = LanguageRegistry.load(settings.languages_file)
         lang = languages.get(language) if language else languages.for_file(file.name)
-        source = _read_input(file, "FILE")
+        source = read_input(file, "FILE")
         stdin = (
             b""
             if stdin_path is None
-            else (sys.stdin.buffer.read() if stdin_path == "-" else _read_input(Path(stdin_path), "--stdin"))
+            else (sys.stdin.buffer.read() if stdin_path == "-" else read_input(Path(stdin_path), "--stdin"))
         )
         job = Job(
             language=lang.name, files=(SourceFile(file.name, source),), stdin=stdin, args=args, user_file_name=file.name
@@ -93,24 +94,16 @@ def run(
         engine = Engine(settings, languages)
         prepared = engine.prepare(job, limits)
     except RejectedError as exc:
-        _finish_rejected(str(exc), language or "", as_json)
+        finish_rejected(str(exc), language or "", as_json)
         return
     except ConfigError as exc:
-        _fail(f"sandlot: configuration error: {exc}")
+        fail(f"sandlot: configuration error: {exc}")
         return
-    result = asyncio.run(_run_streaming(engine, prepared, as_json))
-    _finish(result, as_json)
-
-
-def _read_input(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise RejectedError(f"{what}: no such file: {path}") from exc
-    except IsADirectoryError as exc:
-        raise RejectedError(f"{what}: is a directory: {path}") from exc
-    except OSError as exc:
-        raise RejectedError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+        result = asyncio.run(_run_streaming(engine, prepared, as_json))
+    except BrokenPipeError:
+        reader_left()  # the run was already ended and its box released on the way out
+    finish(result, as_json)
 
 
 async def _run_streaming(engine: Engine, prepared: Any, as_json: bool) -> Result:
@@ -130,13 +123,16 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool) -> Result
     err: BinaryIO = sys.stderr.buffer
     result: Result | None = None
     try:
-        async for event in engine.execute(prepared, box):
-            if isinstance(event, OutputEvent) and not as_json:
-                stream = out if event.stream == "stdout" and event.stage == "run" else err
-                stream.write(event.data)
-                stream.flush()
-            elif isinstance(event, ExitEvent):
-                result = event.result
+        # aclosing: if writing fails (a closed pipe), the run is ended and its cgroup
+        # released here, before the box is closed below.
+        async with contextlib.aclosing(engine.execute(prepared, box)) as events:
+            async for event in events:
+                if isinstance(event, OutputEvent) and not as_json:
+                    stream = out if event.stream == "stdout" and event.stage == "run" else err
+                    stream.write(event.data)
+                    stream.flush()
+                elif isinstance(event, ExitEvent):
+                    result = event.result
     except RejectedError as exc:
         result = rejected(str(exc), prepared.language.name)
     except SandlotError as exc:
@@ -149,34 +145,6 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool) -> Result
     return result
 
 
-def _fail(message: str) -> None:
-    click.echo(message, err=True)
-    sys.exit(EXIT_NOT_PROGRAM)
-
-
-def _finish_rejected(message: str, language: str, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rejected(message, language).to_dict()))
-    click.echo(f"sandlot: {message}", err=True)
-    sys.exit(EXIT_NOT_PROGRAM)
-
-
-def _finish(result: Result, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
-        sys.stdout.flush()
-    if result.status in (Status.INTERNAL_ERROR, Status.REJECTED):
-        click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_NOT_PROGRAM)
-    if result.status is Status.COMPILE_ERROR:
-        if not as_json and not result.compile_output:
-            click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_COMPILE_ERROR)
-    if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT) and not as_json:
-        click.echo(f"sandlot: {result.status.value}: {result.message}", err=True)
-    sys.exit(result.shell_exit_code)
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -186,7 +154,7 @@ def languages(ctx: click.Context, as_json: bool) -> None:
         settings = _settings(ctx)
         registry = LanguageRegistry.load(settings.languages_file)
     except ConfigError as exc:
-        _fail(f"sandlot: configuration error: {exc}")
+        fail(f"sandlot: configuration error: {exc}")
         return
     versions = asyncio.run(registry.probe_versions())
     rows = [
@@ -235,16 +203,16 @@ def serve(
             settings, host=host, http_port=http_port, grpc_port=grpc_port, pool_size=pool_size
         )
     except (ConfigError, RejectedError) as exc:
-        _fail(f"sandlot: configuration error: {exc}")
+        fail(f"sandlot: configuration error: {exc}")
         return
     if server.effective_pool_size < 1:
-        _fail("sandlot: --pool-size must be at least 1")
+        fail("sandlot: --pool-size must be at least 1")
     try:
         asyncio.run(run_server(settings, server))
     except (ConfigError, SandboxError) as exc:
-        _fail(f"sandlot: cannot serve: {exc}")
+        fail(f"sandlot: cannot serve: {exc}")
     except OSError as exc:
-        _fail(f"sandlot: cannot serve: {exc.strerror or exc}")
+        fail(f"sandlot: cannot serve: {exc.strerror or exc}")
 
 
 @main.command()
@@ -260,218 +228,20 @@ def mcp(ctx: click.Context, pool_size: int | None) -> None:
         settings = _settings(ctx)
         server = stdio_server_settings(settings, pool_size=pool_size)
     except (ConfigError, RejectedError) as exc:
-        _fail(f"sandlot: configuration error: {exc}")
+        fail(f"sandlot: configuration error: {exc}")
         return
     if server.effective_pool_size < 1:
-        _fail("sandlot: --pool-size must be at least 1")
+        fail("sandlot: --pool-size must be at least 1")
     try:
         asyncio.run(serve_stdio(settings, server))
     except (ConfigError, SandboxError) as exc:
-        _fail(f"sandlot: cannot serve MCP: {exc}")
+        fail(f"sandlot: cannot serve MCP: {exc}")
 
 
 # ------------------------------------------------------ a server's client
 
-EXIT_NOT_DONE = 3  # `sandlot result`: the task is still queued or running
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_CANCEL_TIMEOUT_S = 5.0  # after Ctrl-C, how long the DELETE may take before we give up on it
-
-
-class _Interrupted(BaseException):
-    """A signal asked us to stop while following a task (BaseException: nothing on the way may swallow it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option(
-    "--server", envvar="SANDLOT_SERVER", show_envvar=True, default=DEFAULT_SERVER, show_default=True, help="Server URL."
-)
-@click.option("--session", "session_id", default=None, help="Run in this session's box (its files persist).")
-@click.option("--async", "detach", is_flag=True, help="Print the task id and exit 0; see `sandlot result`.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
-@click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension).")
-@click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin.")
-@click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds.")
-@click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds.")
-@click.option("--memory-limit", type=int, default=None, help="Memory limit, MB.")
-@click.option("--max-processes", type=int, default=None, help="Processes and threads.")
-@click.option("--max-file-size", type=int, default=None, help="Largest file the program may write, KB.")
-@click.option("--max-output", type=int, default=None, help="stdout+stderr cap, KB.")
-@click.option(
-    "--api-key",
-    envvar="SANDLOT_API_KEY",
-    show_envvar=True,
-    default=None,
-    help="API key, sent as Authorization: Bearer.",
-)
-def submit(
-    file: Path,
-    args: tuple[str, ...],
-    server: str,
-    session_id: str | None,
-    detach: bool,
-    as_json: bool,
-    language: str | None,
-    stdin_path: str | None,
-    time_limit: float | None,
-    wall_time_limit: float | None,
-    memory_limit: int | None,
-    max_processes: int | None,
-    max_file_size: int | None,
-    max_output: int | None,
-    api_key: str | None,
-) -> None:
-    """Run FILE on a sandlot server, streaming its output; ARGS after -- go to the program.
-
-    Exits like `sandlot run`: the program's code, 128+N for signal N, 1 for a
-    compile error, 2 for anything not the program's doing (the server refused
-    or could not be reached). --json adds task_id to run's JSON. Ctrl-C
-    (or SIGTERM, SIGHUP) cancels the task and exits 128+N.
-    """
-    limits = LimitRequest(time_limit, wall_time_limit, memory_limit, max_processes, max_file_size, max_output)
-    lang = language or ""
-    try:
-        lang = language or language_for_file(file.name)
-        source = _read_input(file, "FILE")
-        stdin = (
-            b""
-            if stdin_path is None
-            else (sys.stdin.buffer.read() if stdin_path == "-" else _read_input(Path(stdin_path), "--stdin"))
-        )
-        client = SandlotClient(server, api_key)
-    except RejectedError as exc:
-        _finish_failure(Status.REJECTED, str(exc), lang, None, as_json)
-    except ClientError as exc:
-        _finish_failure(exc.status, str(exc), lang, None, as_json)
-    with client:
-        try:
-            task = client.submit(
-                lang, [SourceFile(file.name, source)], stdin=stdin, args=args, limits=limits, session_id=session_id
-            )
-        except ClientError as exc:
-            _finish_failure(exc.status, str(exc), lang, None, as_json)
-        if detach:
-            click.echo(json.dumps({"task_id": task.task_id, "status": task.status}) if as_json else task.task_id)
-            return
-        _finish_task(task.task_id, _follow(client, task.task_id, lang, as_json, cancel=True), as_json)
-
-
-@main.command()
-@click.argument("task_id")
-@click.option(
-    "--server", envvar="SANDLOT_SERVER", show_envvar=True, default=DEFAULT_SERVER, show_default=True, help="Server URL."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else on stdout.")
-@click.option("--wait", is_flag=True, help="If the task is not done, stream its output until it is.")
-@click.option(
-    "--api-key",
-    envvar="SANDLOT_API_KEY",
-    show_envvar=True,
-    default=None,
-    help="API key, sent as Authorization: Bearer.",
-)
-def result(task_id: str, server: str, as_json: bool, wait: bool, api_key: str | None) -> None:
-    """Show the output of a task sent with `submit --async`, and exit as `sandlot run` would.
-
-    A task still queued or running: without --wait, print its state (queued or
-    running) on stderr and exit 3 (--json: {"task_id", "status"} on stdout);
-    with --wait, stream its output until it ends. An unknown task exits 2.
-    """
-    try:
-        client = SandlotClient(server, api_key)
-    except ClientError as exc:
-        _finish_failure(exc.status, str(exc), "", task_id, as_json)
-    with client:
-        try:
-            state = client.get(task_id)
-        except ClientError as exc:
-            _finish_failure(exc.status, str(exc), "", task_id, as_json)
-        if state.result is not None:
-            if not as_json:
-                for stream, data in (
-                    (sys.stderr.buffer, state.result.compile_output),
-                    (sys.stdout.buffer, state.result.stdout),
-                    (sys.stderr.buffer, state.result.stderr),
-                ):
-                    stream.write(data)
-                    stream.flush()
-            _finish_task(task_id, state.result, as_json)
-        if not wait:
-            if as_json:
-                click.echo(json.dumps({"task_id": task_id, "status": state.status}))
-            click.echo(state.status, err=True)
-            sys.exit(EXIT_NOT_DONE)
-        _finish_task(task_id, _follow(client, task_id, "", as_json, cancel=False), as_json)
-
-
-def _follow(client: SandlotClient, task_id: str, language: str, as_json: bool, *, cancel: bool) -> Result:
-    """Stream the task's output until its result; a signal ends the wait (and the task, if ``cancel``)."""
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise _Interrupted(signum)
-
-    previous = {sig: signal.getsignal(sig) for sig in _INTERRUPTS}
-    for sig, handler in previous.items():
-        if handler not in (signal.SIG_IGN, None):  # what was ignored (nohup, a background job) stays ignored
-            signal.signal(sig, interrupted)
-    try:
-        return client.wait(task_id, None if as_json else _write_output)
-    except _Interrupted as exc:
-        for sig in _INTERRUPTS:  # a second Ctrl-C must not cut the cancel short
-            signal.signal(sig, signal.SIG_IGN)
-        fate = "keeps running"
-        if cancel:
-            try:
-                client.cancel(task_id, timeout_s=_CANCEL_TIMEOUT_S)
-                fate = "cancelled"
-            except ClientError as failure:
-                fate = f"may still be running: {failure}"
-        click.echo(f"sandlot: interrupted; task {task_id} {fate}", err=True)
-        sys.exit(128 + exc.signum)
-    except ClientError as exc:
-        _finish_failure(exc.status, str(exc), language, task_id, as_json)
-    finally:
-        for sig, handler in previous.items():
-            if handler not in (signal.SIG_IGN, None):
-                signal.signal(sig, handler)
-
-
-def _write_output(output: Output) -> None:
-    stream = sys.stdout.buffer if output.stream == "stdout" and output.stage == "run" else sys.stderr.buffer
-    stream.write(output.text.encode())
-    stream.flush()
-
-
-def _finish_task(task_id: str, result: Result, as_json: bool) -> NoReturn:
-    """Exit as `run` does; with --json, run's object plus task_id."""
-    if not as_json:
-        _finish(result, as_json=False)  # exits
-    click.echo(json.dumps({**result.to_dict(), "task_id": task_id}))
-    if result.status in (Status.INTERNAL_ERROR, Status.REJECTED):
-        click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_NOT_PROGRAM)
-    sys.exit(EXIT_COMPILE_ERROR if result.status is Status.COMPILE_ERROR else result.shell_exit_code)
-
-
-def _finish_failure(status: Status, message: str, language: str, task_id: str | None, as_json: bool) -> NoReturn:
-    """The server refused, failed or was out of reach: one line on stderr (and one JSON object), exit 2."""
-    if as_json:
-        click.echo(
-            json.dumps({**Result(status=status, language=language, message=message).to_dict(), "task_id": task_id})
-        )
-    click.echo(f"sandlot: {message}", err=True)
-    sys.exit(EXIT_NOT_PROGRAM)
-
-
-def _wants_json(argv: list[str]) -> bool:
-    """Did a `run` command line ask for --json (before the program's own args)?"""
-    head = argv[: argv.index("--")] if "--" in argv else argv
-    return "run" in head and "--json" in head
+main.add_command(submit)
+main.add_command(result)
 
 
 def entrypoint() -> None:
@@ -483,7 +253,7 @@ def entrypoint() -> None:
         sys.exit(130)
     except click.ClickException as exc:
         message = " ".join(exc.format_message().split())
-        if _wants_json(sys.argv[1:]):
+        if wants_json(sys.argv[1:]):
             click.echo(json.dumps(rejected(message).to_dict()))
         click.echo(f"sandlot: {message}", err=True)
         sys.exit(EXIT_NOT_PROGRAM)

@@ -8,11 +8,12 @@ event is sequence-numbered and timestamped here, once, for every door.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,7 @@ class Engine:
 
     async def execute(
         self, prepared: PreparedJob, box: Box, *, stdin: StdinSource | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run a prepared job in box; yields stamped events ending with exactly one ExitEvent.
 
         ``stdin`` overrides the job's own stdin bytes with a stream (interactive doors).
@@ -152,11 +153,13 @@ class Engine:
         if lang.compile is not None:
             yield stamp(StageEvent("compile"))
             compiled: Result | None = None
-            async for item in box.run(
+            compile_run = box.run(
                 lang.compile, limits=prepared.compile_limits, env=lang.env, binds=binds, stage="compile"
-            ):
-                if isinstance(item, Result):
-                    compiled = item
+            )
+            async with contextlib.aclosing(compile_run) as items:
+                async for item in items:
+                    if isinstance(item, Result):
+                        compiled = item
             assert compiled is not None
             compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, user_name)
             compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
@@ -176,21 +179,22 @@ class Engine:
             yield stamp(StageEvent(name))
             stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
             finished = False
-            async for item in box.run(
-                argv, limits=prepared.limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name
-            ):
-                if not isinstance(item, Result):
-                    yield stamp(item)
-                    continue
-                final = dataclasses.replace(item, language=lang.name, compile_output=compile_output)
-                if job.commands:
-                    stages.append((name, final))
-                    yield stamp(StageResultEvent(name, final))
-                finished = index == len(plan) - 1 or final.status is not Status.OK
-                if finished:
-                    # Answer now: the box's teardown (still inside box.run) happens after.
-                    files = tuple(self._fetch(box, job.fetch_files))
-                    yield stamp(ExitEvent(final, stages=tuple(stages), files=files))
+            stage_run = box.run(argv, limits=prepared.limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name)
+            # aclosing: a consumer that stops early ends the run here, not in a GC finaliser later.
+            async with contextlib.aclosing(stage_run) as items:
+                async for item in items:
+                    if not isinstance(item, Result):
+                        yield stamp(item)
+                        continue
+                    final = dataclasses.replace(item, language=lang.name, compile_output=compile_output)
+                    if job.commands:
+                        stages.append((name, final))
+                        yield stamp(StageResultEvent(name, final))
+                    finished = index == len(plan) - 1 or final.status is not Status.OK
+                    if finished:
+                        # Answer now: the box's teardown (still inside box.run) happens after.
+                        files = tuple(self._fetch(box, job.fetch_files))
+                        yield stamp(ExitEvent(final, stages=tuple(stages), files=files))
             if finished:
                 return
 

@@ -106,6 +106,7 @@ class BoxPool:
         self._busy = 0
         self._expiry_wakeup = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._closed = False
         self.ready = False
 
     # ----------------------------------------------------------- lifecycle
@@ -122,6 +123,7 @@ class BoxPool:
 
     async def close(self) -> None:
         self.ready = False
+        self._closed = True
         if self._expiry_task is not None:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +238,8 @@ class BoxPool:
             waiter.future.set_result(self._free.popleft())
 
     async def _give_back(self, box: Box) -> None:
+        if self._closed:
+            return  # close() releases every box itself, leased ones included
         try:
             await asyncio.to_thread(box.reset)
         except SandlotError:
@@ -255,7 +259,7 @@ class BoxPool:
 
     def _prelaunch(self, box: Box) -> None:
         """Launch the box's next jail now, off the next request's path (see Box.prelaunch)."""
-        if self._prelaunch_binds is not None:
+        if self._prelaunch_binds is not None and not self._closed:
             box.prelaunch(self._prelaunch_binds(box))
 
     # ------------------------------------------------------------- sessions
@@ -308,7 +312,9 @@ class BoxPool:
             for key in expired:
                 session = self._sessions.pop(key)
                 await self._retire(session)
-            deadlines = [s.deadline(self.session_idle_s) for s in self._sessions.values()]
+            # A session still running past its deadline is not a deadline to sleep towards:
+            # the end of its run sets the wake-up event, and it expires then.
+            deadlines = [s.deadline(self.session_idle_s) for s in self._sessions.values() if s.active_runs == 0]
             timeout = max(0.0, min(deadlines) - self._clock()) if deadlines else None
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
             # arrives as the event is set, and this task would never stop.

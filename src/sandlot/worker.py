@@ -128,14 +128,15 @@ class Worker:
             self.metrics.active_workers.inc()
         try:
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
-            async for event in self.engine.execute(prepared, box, stdin=stdin):
-                if isinstance(event, ExitEvent):
-                    # Publish at once; the box's teardown and reset follow, off the client's path.
-                    await self._publish_exit(spec, event, published)
-                    continue
-                if isinstance(event, OutputEvent) and event.stage != "compile":
-                    output[event.stream] += event.data
-                await self.broker.publish(spec.id, event)
+            async with contextlib.aclosing(self.engine.execute(prepared, box, stdin=stdin)) as events:
+                async for event in events:
+                    if isinstance(event, ExitEvent):
+                        # Publish at once; the box's teardown and reset follow, off the client's path.
+                        await self._publish_exit(spec, event, published)
+                        continue
+                    if isinstance(event, OutputEvent) and event.stage != "compile":
+                        output[event.stream] += event.data
+                    await self.broker.publish(spec.id, event)
         finally:
             if self.metrics is not None:
                 self.metrics.active_workers.dec()

@@ -30,7 +30,7 @@ import contextlib
 import math
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,7 +298,7 @@ class Box:
         env: Mapping[str, str] | None = None,
         binds: Sequence[policy.Bind] = (),
         stage: str = "run",
-    ) -> AsyncIterator[OutputEvent | Result]:
+    ) -> AsyncGenerator[OutputEvent | Result, None]:
         """Run command in the box: yields OutputEvents as produced, then exactly one Result."""
         warm = self._take_warm(binds)
         baseline: CgroupStats | None = None
@@ -339,8 +339,9 @@ class Box:
                 monitor.kill("cancelled")
             if warm is not None:
                 await self._send_command(launched, command, limits, env or {})
-            async for item in monitor.events(stdin):
-                yield item
+            async with contextlib.aclosing(monitor.events(stdin)) as items:
+                async for item in items:
+                    yield item
         finally:
             self._current = None
             await self._finish_cgroup(cgroup)

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ class RunMonitor:
             self.cgroup.kill()
         self.launched.kill()  # in case the launcher has not joined the cgroup yet
 
-    async def events(self, stdin: StdinSource) -> AsyncIterator[OutputEvent | Result]:
+    async def events(self, stdin: StdinSource) -> AsyncGenerator[OutputEvent | Result, None]:
         """Yield OutputEvents as produced, then exactly one Result."""
         loop = asyncio.get_running_loop()
         state = self.state

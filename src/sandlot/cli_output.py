@@ -1,0 +1,80 @@
+"""The exit-code and rendering contract every sandlot command shares.
+
+The program's own exit code (128+N when it died of signal N); 1 for a compile
+error; 2 for anything that is not the program's doing (bad input, a sandbox or
+server failure), always with one line on stderr; with --json, exactly one JSON
+object on stdout. ``sandlot result`` adds 3: the task is not done yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from sandlot.engine import rejected
+from sandlot.errors import RejectedError
+from sandlot.models import Result, Status
+
+EXIT_NOT_PROGRAM = 2
+EXIT_COMPILE_ERROR = 1
+
+
+def fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(EXIT_NOT_PROGRAM)
+
+
+def finish_rejected(message: str, language: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rejected(message, language).to_dict()))
+    click.echo(f"sandlot: {message}", err=True)
+    sys.exit(EXIT_NOT_PROGRAM)
+
+
+def finish(result: Result, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        sys.stdout.flush()
+    if result.status in (Status.INTERNAL_ERROR, Status.REJECTED):
+        click.echo(f"sandlot: {result.message}", err=True)
+        sys.exit(EXIT_NOT_PROGRAM)
+    if result.status is Status.COMPILE_ERROR:
+        if not as_json and not result.compile_output:
+            click.echo(f"sandlot: {result.message}", err=True)
+        sys.exit(EXIT_COMPILE_ERROR)
+    if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT) and not as_json:
+        click.echo(f"sandlot: {result.status.value}: {result.message}", err=True)
+    sys.exit(result.shell_exit_code)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Did a run/submit/result command line ask for --json (before the program's own args)?"""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return any(command in head for command in ("run", "submit", "result")) and "--json" in head
+
+
+def read_input(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise RejectedError(f"{what}: no such file: {path}") from exc
+    except IsADirectoryError as exc:
+        raise RejectedError(f"{what}: is a directory: {path}") from exc
+    except OSError as exc:
+        raise RejectedError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+def reader_left() -> NoReturn:
+    """stdout's reader went away (`sandlot run x.py | head`): exit as a shell's SIGPIPE would.
+
+    stdout is pointed at /dev/null first, so Python's final flush cannot fail a second time.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
