@@ -57,6 +57,7 @@ async def asgi_client(app: FastAPI, **headers: str) -> AsyncIterator[httpx.Async
 async def live_server(app: FastAPI) -> AsyncIterator[str]:
     """Serve app with uvicorn on a free loopback port for the duration; yields host:port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as sandlot serve does
     sock.bind(("127.0.0.1", 0))
     sock.listen()  # connections queue from now on, so nothing needs to wait for start-up
     config = uvicorn.Config(

@@ -47,9 +47,13 @@ class _QuietSignalsServer(uvicorn.Server):
 def _listen(door: str, host: str, port: int) -> socket.socket:
     """Bind a listening socket now, so a busy port fails before any box exists."""
     try:
-        return socket.create_server((host, port), backlog=1024)
+        sock = socket.create_server((host, port), backlog=1024)
     except OSError as exc:
         raise OSError(exc.errno, f"{door} {host}:{port}: {exc.strerror}") from exc
+    # create_server leaves proto 0, so asyncio skips TCP_NODELAY on the accepted sockets; without it
+    # a response's second write waits for the client's delayed ACK (40 ms). Accepted sockets inherit it.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Event | None = None) -> None:

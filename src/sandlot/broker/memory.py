@@ -139,7 +139,9 @@ class MemoryBroker:
                 else:
                     del self._queues[tenant]
                 self._queued -= 1
-                return self._tasks[task_id].spec
+                task = self._tasks[task_id]
+                task.status = "running"  # claimed: from now on a cancel goes to the worker
+                return task.spec
 
     async def mark_running(self, task_id: str) -> None:
         task = self._tasks.get(task_id)
@@ -156,8 +158,8 @@ class MemoryBroker:
 
     async def finish(self, task_id: str, exit_event: ExitEvent) -> None:
         task = self._tasks.get(task_id)
-        if task is None:
-            return
+        if task is None or task.status == "done":
+            return  # exactly one terminal result per task
         last = task.events[-1].seq if task.events else 0
         if exit_event.seq <= last:  # built outside the engine (a failure): it still comes last
             exit_event = dataclasses.replace(exit_event, seq=last + 1)
