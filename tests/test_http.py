@@ -371,3 +371,15 @@ async def test_openapi_lists_the_routes(client: httpx.AsyncClient) -> None:
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+async def test_docs_page_uses_only_local_assets(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text
+    script = await client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert (await client.get("/docs-assets/../pyproject.toml")).status_code == 404
+    assert (await client.get("/docs-assets/index.html")).status_code == 404

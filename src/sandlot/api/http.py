@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import sandlot
-from sandlot.api import http_sessions, http_tasks, http_text, http_ws, judge0, mcp_server, piston, playground
+from sandlot.api import docs_page, http_sessions, http_tasks, http_text, http_ws, judge0, mcp_server, piston, playground
 from sandlot.api.auth import Authenticator
 from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
@@ -56,6 +56,8 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         title="sandlot",
         version=sandlot.__version__,
         summary="Run untrusted code in hardened sandboxes.",
+        docs_url=None,  # docs_page serves /docs with local assets
+        redoc_url=None,
     )
     # One Authenticator per process, shared with the gRPC door, so a key's quotas are one budget.
     app.state.door = Door(service, authenticator or Authenticator(service.server.api_keys))
@@ -69,6 +71,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     ):
         app.include_router(router)
     playground.install(app, service)
+    docs_page.install(app)
     piston.install(app, service)
     judge0.install(app, service)
     mcp_server.install(app, service)
