@@ -21,6 +21,7 @@ APT_PACKAGES=(
     procps iproute2 util-linux curl
     prometheus                                  # the metrics test scrapes a real server
     chromium                                    # the playground tests drive it (via Playwright)
+    redis-server                                # the Redis broker's tests start their own
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,9 @@ from sandlot.metrics import Metrics
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import BoxPool, PoolFull
 from sandlot.sandbox import Box
+
+log = logging.getLogger("sandlot.worker")
+_CLAIM_RETRY_S = 1.0
 
 
 class Worker:
@@ -64,7 +68,14 @@ class Worker:
         current = asyncio.current_task()
         assert current is not None
         while not self._stopping:
-            spec = await self.broker.claim()
+            try:
+                spec = await self.broker.claim()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a broker error must not end this claim loop for good
+                log.exception("claiming a task failed; retrying")
+                await asyncio.sleep(_CLAIM_RETRY_S)
+                continue
             self._running.add(current)
             try:
                 await self.run_task(spec)
@@ -141,7 +152,8 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.active_workers.dec()
             follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Whatever ended the follower, the lease below must still be released.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             await lease.__aexit__(None, None, None)
 

@@ -1,0 +1,577 @@
+"""The Redis broker: the memory broker's contract, plus what only a shared store has.
+
+A real ``redis-server`` runs for the session on a free loopback port, without
+persistence, in a temp dir; it is stopped (and restarted, for the outage test)
+by PID. The contract tests run against both brokers, so the two cannot drift
+apart unnoticed. The Redis-only tests cover redelivery of a lost worker's job,
+the ``max_deliveries`` cut-off, dead-lettering, two nodes sharing one Redis,
+and an outage with recovery. Orders are asserted, never durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sandlot.broker import Broker, BrokerUnavailable, Control, QueueFull, TaskSpec
+from sandlot.broker.keys import WORKERS_GROUP, Keys
+from sandlot.broker.memory import MemoryBroker
+from sandlot.broker.redis import RedisBroker
+from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, StageEvent, Status
+
+_WAIT_S = 5.0  # a bound for what should happen promptly, never a measurement
+_IDLE_MS = 200  # claim_idle_ms of the redelivery tests
+_KEYS = Keys()
+
+
+# -------------------------------------------------------------- the server
+
+
+class _RedisServer:
+    """One redis-server on a loopback port, without persistence; started and stopped by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *("--dir", str(self.workdir), "--logfile", "", "--daemonize", "no"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # blocks on the server's own log, no polling
+            if "Ready to accept connections" in line:
+                break
+        else:
+            raise RuntimeError(f"redis-server exited with {self.proc.wait()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=_WAIT_S)
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_RedisServer]:
+    server = _RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def raw(redis_server: _RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on a flushed server."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+MakeRedis = Callable[..., RedisBroker]
+
+
+@pytest.fixture
+async def make_redis(redis_server: _RedisServer, raw: aioredis.Redis) -> AsyncIterator[MakeRedis]:
+    """Redis brokers on the flushed server ("nodes"), closed at the end."""
+    made: list[RedisBroker] = []
+
+    def make(**options: Any) -> RedisBroker:
+        options.setdefault("max_queued", 4)
+        broker = RedisBroker(redis_server.url, **options)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+MakeBroker = Callable[..., Broker]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make(request: pytest.FixtureRequest) -> MakeBroker:
+    """The contract's broker, either implementation."""
+    if request.param == "memory":
+        return MemoryBroker
+    factory: MakeRedis = request.getfixturevalue("make_redis")
+    return factory
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _spec(tenant: str = "a", **changes: object) -> TaskSpec:
+    fields: dict[str, object] = {
+        "id": uuid.uuid4().hex,
+        "tenant": tenant,
+        "language": "python",
+        "files": (SourceFile("main.py", b"print('hi')\n"),),
+    }
+    fields.update(changes)
+    return TaskSpec(**fields)  # type: ignore[arg-type]
+
+
+def _ok(stdout: bytes = b"") -> ExitEvent:
+    return ExitEvent(Result(Status.OK, exit_code=0, stdout=stdout, language="python"))
+
+
+async def _collect(events: AsyncIterator[Event]) -> list[Event]:
+    async with asyncio.timeout(_WAIT_S):
+        return [event async for event in events]
+
+
+async def _within(awaitable: Awaitable[Any]) -> Any:
+    async with asyncio.timeout(_WAIT_S):
+        return await awaitable
+
+
+async def _claim(broker: Broker) -> TaskSpec:
+    spec: TaskSpec = await _within(broker.claim())
+    return spec
+
+
+async def _running(broker: Broker, spec: TaskSpec) -> None:
+    await broker.submit(spec)
+    assert (await _claim(broker)).id == spec.id
+    await broker.mark_running(spec.id)
+
+
+async def _pending(raw: aioredis.Redis) -> int:
+    summary = await raw.xpending(_KEYS.jobs, WORKERS_GROUP)
+    return int(summary["pending"])
+
+
+# ------------------------------------------------- the contract, both brokers
+
+
+async def test_submit_then_claim_round_trip(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec = _spec()
+    assert await broker.submit(spec) == spec
+    assert broker.queue_depth() == 1
+    state = await broker.get("a", spec.id)
+    assert state is not None
+    assert (state.id, state.tenant, state.status, state.exit) == (spec.id, "a", "queued", None)
+    assert await _claim(broker) == spec
+    assert broker.queue_depth() == 0
+    await broker.mark_running(spec.id)
+    state = await broker.get("a", spec.id)
+    assert state is not None
+    assert state.status == "running"
+    await broker.finish(spec.id, _ok(b"hi\n"))
+    state = await broker.get("a", spec.id)
+    assert state is not None
+    assert state.status == "done"
+    assert state.exit is not None
+    assert state.exit.result.stdout == b"hi\n"
+    await broker.close()
+
+
+async def test_claim_waits_for_a_submit(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    claiming = asyncio.create_task(_claim(broker))
+    await asyncio.sleep(0)
+    assert not claiming.done()
+    spec = _spec()
+    await broker.submit(spec)
+    assert await claiming == spec
+    await broker.close()
+
+
+async def test_claims_rotate_across_tenants_and_keep_each_tenants_order(
+    make: MakeBroker, request: pytest.FixtureRequest
+) -> None:
+    if request.node.callspec.params["make"] == "redis":
+        request.applymarker(
+            pytest.mark.xfail(reason="first version: one jobs stream, FIFO across tenants", strict=True)
+        )
+    broker = make(max_queued=8)
+    submitted = [_spec(name[0], id=name) for name in ("a1", "a2", "a3", "b1", "c1")]
+    for spec in submitted:
+        await broker.submit(spec)
+    claimed = [(await _claim(broker)).id for _ in submitted]
+    assert broker.queue_depth() == 0
+    await broker.close()
+    assert claimed == ["a1", "b1", "c1", "a2", "a3"]
+
+
+async def test_submit_past_max_queued_raises_queue_full(make: MakeBroker) -> None:
+    broker = make(max_queued=2)
+    await broker.submit(_spec("a"))
+    await broker.submit(_spec("b"))
+    with pytest.raises(QueueFull) as refused:
+        await broker.submit(_spec("c"))
+    assert refused.value.retry_after_s > 0
+    assert broker.queue_depth() == 2
+    await _claim(broker)
+    await broker.submit(_spec("c"))
+    assert broker.queue_depth() == 2
+    await broker.close()
+
+
+async def test_an_idempotency_key_returns_the_earlier_task(make: MakeBroker) -> None:
+    broker = make(max_queued=1)
+    first = await broker.submit(_spec("a"), idempotency_key="k")
+    again = await broker.submit(_spec("a"), idempotency_key="k")  # even with the queue full
+    assert again == first
+    assert broker.queue_depth() == 1
+    with pytest.raises(QueueFull):
+        await broker.submit(_spec("a"), idempotency_key="other")
+    await broker.close()
+
+
+async def test_idempotency_keys_are_scoped_per_tenant(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    alice = await broker.submit(_spec("alice"), idempotency_key="k")
+    bob = await broker.submit(_spec("bob"), idempotency_key="k")
+    assert bob.id != alice.id
+    assert bob.tenant == "bob"
+    assert broker.queue_depth() == 2
+    assert await broker.submit(_spec("bob"), idempotency_key="k") == bob
+    # Key names cannot be forged across tenants with separators.
+    forged = await broker.submit(_spec("bob:idem:k"), idempotency_key="x")
+    assert forged.id not in (alice.id, bob.id)
+    assert await broker.submit(_spec("bob"), idempotency_key="k:idem:x") != forged
+    await broker.close()
+
+
+async def test_subscribers_get_the_history_then_live_events_until_the_exit(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec = _spec()
+    await _running(broker, spec)
+    early: list[Event] = [StageEvent("run", seq=1), OutputEvent("stdout", b"one\n", seq=2)]
+    for event in early:
+        await broker.publish(spec.id, event)
+    replayed = [asyncio.Event(), asyncio.Event()]
+    seen: list[list[Event]] = [[], []]
+
+    async def follow(index: int) -> None:
+        async for event in broker.subscribe("a", spec.id):
+            seen[index].append(event)
+            if len(seen[index]) == len(early):
+                replayed[index].set()
+
+    followers = [asyncio.create_task(follow(i)) for i in range(2)]
+    await _within(asyncio.gather(*(r.wait() for r in replayed)))
+    assert seen == [early, early]
+    assert not any(f.done() for f in followers)
+
+    late = OutputEvent("stderr", b"two\n", seq=3)
+    await broker.publish(spec.id, late)
+    await broker.finish(spec.id, _ok())
+    await _within(asyncio.gather(*followers))
+    for events in seen:
+        assert events[:3] == [*early, late]
+        assert len(events) == 4
+        assert isinstance(events[3], ExitEvent)
+        assert events[3].seq == 4
+    assert await _collect(broker.subscribe("a", spec.id)) == seen[0]
+    await broker.close()
+
+
+async def test_another_tenant_sees_nothing(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec = _spec("alice")
+    await broker.submit(spec)
+    await broker.publish(spec.id, StageEvent("run", seq=1))
+    assert await broker.get("bob", spec.id) is None
+    assert await _collect(broker.subscribe("bob", spec.id)) == []
+    assert await broker.cancel("bob", spec.id) is False
+    assert await broker.control("bob", spec.id, Control("stdin", b"x")) is False
+    state = await broker.get("alice", spec.id)
+    assert state is not None
+    assert state.status == "queued"
+    assert (await _claim(broker)).id == spec.id
+    await broker.close()
+
+
+async def test_unknown_tasks_are_nothing(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    assert await broker.get("a", "nope") is None
+    assert await _collect(broker.subscribe("a", "nope")) == []
+    assert await broker.cancel("a", "nope") is False
+    assert await broker.control("a", "nope", Control("close_stdin")) is False
+    await broker.close()
+
+
+async def test_cancelling_a_queued_task_finishes_it_at_once(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec, other = _spec(), _spec()
+    await broker.submit(spec)
+    await broker.submit(other)
+    await broker.publish(spec.id, StageEvent("queued", seq=1))
+    await broker.publish(spec.id, OutputEvent("stdout", b"x", seq=2))
+
+    assert await broker.cancel("a", spec.id) is True
+    assert broker.queue_depth() == 1
+    state = await broker.get("a", spec.id)
+    assert state is not None
+    assert state.status == "done"
+    assert state.exit is not None
+    assert state.exit.result.status is Status.SIGNALED
+    assert state.exit.result.message == "cancelled before it started"
+    assert state.exit.seq > 2
+    events = await _collect(broker.subscribe("a", spec.id))
+    assert events[-1] == state.exit
+    assert [e.seq for e in events] == sorted({e.seq for e in events})
+
+    assert (await _claim(broker)).id == other.id  # never handed to a worker
+    assert broker.queue_depth() == 0
+    assert await broker.cancel("a", spec.id) is False
+    await broker.close()
+
+
+async def test_cancelling_a_queued_task_without_events_gives_one_exit_event(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec = _spec()
+    await broker.submit(spec)
+    assert await broker.cancel("a", spec.id) is True
+    events = await _collect(broker.subscribe("a", spec.id))
+    assert len(events) == 1
+    assert isinstance(events[0], ExitEvent)
+    assert events[0].seq >= 1
+    assert events[0].result.status is Status.SIGNALED
+    later = _spec()
+    await broker.submit(later)
+    assert (await _claim(broker)).id == later.id
+    await broker.close()
+
+
+async def test_cancelling_a_running_task_asks_its_worker(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec = _spec()
+    await _running(broker, spec)
+    controls = broker.controls(spec.id)
+    assert await broker.control("a", spec.id, Control("stdin", b"line\n")) is True
+    assert await broker.cancel("a", spec.id) is True
+    assert await _within(anext(controls)) == Control("stdin", b"line\n")
+    assert await _within(anext(controls)) == Control("cancel")
+    state = await broker.get("a", spec.id)
+    assert state is not None
+    assert state.status == "running"
+    await broker.finish(spec.id, ExitEvent(Result(Status.SIGNALED, signal=9, message="cancelled by request")))
+    assert await broker.control("a", spec.id, Control("close_stdin")) is False
+    await controls.aclose()  # type: ignore[attr-defined]
+    await broker.close()
+
+
+async def test_finish_stamps_the_exit_after_the_last_event(make: MakeBroker) -> None:
+    broker = make(max_queued=4)
+    spec = _spec()
+    await _running(broker, spec)
+    for seq in (1, 2, 3):
+        await broker.publish(spec.id, OutputEvent("stdout", b"x", seq=seq))
+    await broker.finish(spec.id, _ok())
+    events = await _collect(broker.subscribe("a", spec.id))
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    state = await broker.get("a", spec.id)
+    assert state is not None
+    assert state.exit == events[-1]
+
+    stamped = _spec()
+    await _running(broker, stamped)
+    await broker.publish(stamped.id, StageEvent("run", seq=1))
+    await broker.finish(stamped.id, ExitEvent(Result(Status.OK), seq=7))
+    assert [e.seq for e in await _collect(broker.subscribe("a", stamped.id))] == [1, 7]
+    await broker.close()
+
+
+async def test_results_are_forgotten_after_their_ttl(make: MakeBroker) -> None:
+    broker = make(max_queued=4, result_ttl_s=0.2)
+    spec = await broker.submit(_spec(), idempotency_key="k")
+    await _claim(broker)
+    await broker.finish(spec.id, _ok())
+    assert await broker.get("a", spec.id) is not None
+    async with asyncio.timeout(_WAIT_S):
+        while await broker.get("a", spec.id) is not None:
+            await asyncio.sleep(0.02)
+    assert await _collect(broker.subscribe("a", spec.id)) == []
+    again = await broker.submit(_spec(), idempotency_key="k")
+    assert again.id != spec.id
+    await broker.close()
+
+
+# ------------------------------------------------------------ Redis only
+
+
+async def test_a_finished_job_is_acknowledged_and_its_keys_expire(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    broker = make_redis(result_ttl_s=30)
+    spec = _spec()
+    await _running(broker, spec)
+    assert await _pending(raw) == 1  # claimed, not yet acknowledged
+    await broker.publish(spec.id, StageEvent("run", seq=1))
+    await broker.control("a", spec.id, Control("stdin", b"x"))
+    await broker.finish(spec.id, _ok())
+    assert await _pending(raw) == 0
+    assert await raw.xlen(_KEYS.jobs) == 0
+    for key in (_KEYS.state(spec.id), _KEYS.events(spec.id), _KEYS.control(spec.id)):
+        assert 0 < await raw.ttl(key) <= 30
+
+
+async def test_a_lost_workers_job_is_reclaimed_by_another(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    lost = make_redis(consumer_name="lost", claim_idle_ms=_IDLE_MS)
+    rescuer = make_redis(consumer_name="rescuer", claim_idle_ms=_IDLE_MS)
+    spec = _spec()
+    await _running(lost, spec)
+    await lost.publish(spec.id, OutputEvent("stdout", b"partial", seq=1))
+    # "lost" never finishes; "rescuer" gets the job once it was idle for claim_idle_ms.
+    assert await _claim(rescuer) == spec
+    await rescuer.mark_running(spec.id)
+    await rescuer.publish(spec.id, OutputEvent("stdout", b"again", seq=1))  # the retry starts over
+    await rescuer.finish(spec.id, _ok())
+    events = await _collect(rescuer.subscribe("a", spec.id))
+    assert [e.seq for e in events] == [1, 2, 3]  # still strictly increasing
+    assert await _pending(raw) == 0
+    await lost.finish(spec.id, ExitEvent(Result(Status.OK, message="late")))  # the slow one: ignored
+    state = await rescuer.get("a", spec.id)
+    assert state is not None
+    assert state.exit is not None
+    assert state.exit.result.message == ""
+
+
+async def test_past_max_deliveries_the_task_ends_as_worker_lost(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    first = make_redis(consumer_name="first", claim_idle_ms=_IDLE_MS, max_deliveries=2)
+    second = make_redis(consumer_name="second", claim_idle_ms=_IDLE_MS, max_deliveries=2)
+    third = make_redis(consumer_name="third", claim_idle_ms=_IDLE_MS, max_deliveries=2)
+    spec = _spec()
+    await _running(first, spec)
+    assert await _claim(second) == spec  # delivery 2 of 2, and that worker dies too
+    waiting = asyncio.create_task(third.claim())
+    events = await _collect(third.subscribe("a", spec.id))
+    waiting.cancel()
+    assert len(events) == 1
+    assert isinstance(events[0], ExitEvent)
+    assert events[0].result.status is Status.INTERNAL_ERROR
+    assert events[0].result.message == "worker lost"
+    assert await _pending(raw) == 0
+
+
+async def test_malformed_and_foreign_entries_are_dead_lettered(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    broker = make_redis()
+    await raw.xadd(_KEYS.jobs, {"junk": "1"})
+    await raw.xadd(_KEYS.jobs, {"task": "not-ours"})
+    spec = _spec()
+    await broker.submit(spec)
+    assert await _claim(broker) == spec  # the claim went on past both
+    letters: Any = await raw.xrange(_KEYS.deadletter)
+    reasons = [fields[b"reason"].decode() for _, fields in letters]
+    assert reasons == ["malformed entry: no task id", "missing task 'not-ours'"]
+    assert await _pending(raw) == 1  # only the real one
+
+
+async def test_an_interrupted_claim_is_reclaimed_not_dead_lettered(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    broker = make_redis(consumer_name="rescuer", claim_idle_ms=_IDLE_MS)
+    spec = _spec()
+    await broker.submit(spec)
+    # A worker read the entry, then died before taking the task.
+    await raw.xgroup_create(_KEYS.jobs, WORKERS_GROUP, id="0", mkstream=True)
+    await raw.xreadgroup(WORKERS_GROUP, "dead", {_KEYS.jobs: ">"}, count=1)
+    assert await _claim(broker) == spec
+    assert broker.queue_depth() == 0
+    assert await raw.xlen(_KEYS.deadletter) == 0
+
+
+async def test_two_nodes_share_tasks_and_events(make_redis: MakeRedis) -> None:
+    node_a, node_b = make_redis(), make_redis()
+    spec = _spec()
+
+    async def worker_on_a() -> None:
+        claimed = await node_a.claim()
+        await node_a.mark_running(claimed.id)
+        async for message in node_a.controls(claimed.id):
+            await node_a.publish(claimed.id, OutputEvent("stdout", message.data, seq=1))
+            break
+        await node_a.finish(claimed.id, _ok(b"done"))
+
+    worker = asyncio.create_task(worker_on_a())
+    await node_a.submit(spec, idempotency_key="once")
+    assert await node_b.submit(_spec(), idempotency_key="once") == spec  # the key is shared too
+    following = asyncio.create_task(_collect(node_b.subscribe("a", spec.id)))
+    # Sent whether or not A's worker has claimed it yet: the worker reads its controls from the first.
+    assert await node_b.control("a", spec.id, Control("stdin", b"from b")) is True
+    events = await following
+    await _within(worker)
+    assert [type(e) for e in events] == [OutputEvent, ExitEvent]
+    assert isinstance(events[0], OutputEvent)
+    assert events[0].data == b"from b"
+    state = await node_b.get("a", spec.id)
+    assert state is not None
+    assert state.exit is not None
+    assert state.exit.result.stdout == b"done"
+
+
+async def test_unavailable_redis_raises_then_recovers(make_redis: MakeRedis, redis_server: _RedisServer) -> None:
+    api, worker = make_redis(), make_redis()
+    spec = _spec()
+    await api.submit(spec)
+    assert await _claim(worker) == spec
+    claiming = asyncio.create_task(worker.claim())  # blocked in XREADGROUP when the server goes
+    await asyncio.sleep(0.05)
+    redis_server.stop()
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await api.get("a", spec.id)
+        with pytest.raises(BrokerUnavailable, match="next attempt"):  # fails fast inside the backoff
+            await api.submit(_spec())
+        assert not claiming.done()  # the worker's wait rides the outage out
+    finally:
+        redis_server.start()
+    # Same port, empty server: calls work again once the backoff has passed.
+    after = _spec()
+    async with asyncio.timeout(_WAIT_S):
+        while True:
+            try:
+                await api.submit(after)
+                break
+            except BrokerUnavailable:
+                await asyncio.sleep(0.05)
+    assert await _within(claiming) == after
+    assert await api.get("a", spec.id) is None  # the data went with the server
+
+
+# ------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+async def test_a_service_on_redis_runs_python_and_another_node_sees_it(make_redis: MakeRedis) -> None:
+    from sandlot.service import ServerSettings, Service
+    from tests.conftest import make_settings
+
+    service = await Service.start(
+        make_settings(), ServerSettings(pool_size=1, drain_deadline_s=2.0), broker=make_redis(max_queued=8)
+    )
+    try:
+        spec = await service.submit(_spec(files=(SourceFile("main.py", b"print('hello from redis')\n"),)))
+        events = await _collect(make_redis().subscribe("a", spec.id))  # another node
+    finally:
+        await service.stop()
+    assert isinstance(events[-1], ExitEvent)
+    assert events[-1].result.status is Status.OK, events[-1].result
+    assert events[-1].result.stdout == b"hello from redis\n"
+    assert [e.seq for e in events] == sorted({e.seq for e in events})
