@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ _STALE_SLOTS = range(900, 1000)
 
 _SPAWNER = """
 import subprocess
+import time
 subprocess.Popen(["sleep", "300"], start_new_session=True)
 print("spawned", flush=True)
 """
@@ -279,3 +282,24 @@ def test_uid_scan_finds_a_process_of_the_box_uid(high_box: Box) -> None:
         proc.kill()
         proc.wait()
     assert proc.pid not in _host_pids_of_uid(high_box.slot.uid)
+
+
+def test_taking_a_slot_kills_any_process_left_with_its_uid(sandbox: Sandbox) -> None:
+    """A process of a slot's uid that escaped every cgroup (a leak) dies when the slot is next taken."""
+    index = 951
+    uid = sandbox.settings.box_uid_base + index
+    stray = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "300"])
+    try:
+        for _ in range(500):  # bounded: until setpriv has switched to the slot's uid
+            if Path(f"/proc/{stray.pid}").stat().st_uid == uid:
+                break
+            time.sleep(0.01)
+        box = sandbox.open_box(index)
+        try:
+            assert stray.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            box.close()
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()

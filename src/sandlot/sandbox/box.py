@@ -30,6 +30,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,37 @@ class Sandbox:
         return cleaned
 
 
+def kill_uid(uid: int) -> int:
+    """SIGKILL every live process whose real uid is ``uid`` (zombies are already dead). Returns how many."""
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:  # /proc/<pid> belongs to the process's (effective) uid
+                continue
+            with open(f"/proc/{entry.name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue  # gone already
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        uids = fields.get("Uid", "").split()
+        if uids and int(uids[0]) == uid:
+            try:
+                fd = os.pidfd_open(int(entry.name))
+            except OSError:
+                continue
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return killed
+
+
 class Box:
     """One isolated execution environment; not safe for concurrent runs."""
 
@@ -137,6 +169,10 @@ class Box:
             found = 1
             stale.kill()
             stale.remove()
+        # The slot's uid belongs to this slot alone: any live process with it now is a leftover,
+        # whatever cgroup it is (or is not yet) in.
+        if kill_uid(self.slot.uid):
+            found = 1
         for mount in hostfs.mounts_below(self.root):
             found = 1
             hostfs.unmount(mount)
