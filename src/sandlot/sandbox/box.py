@@ -195,6 +195,8 @@ class Box:
 
     def reset(self) -> None:
         """Forget everything a previous run left: a new tmpfs, not a tree walk."""
+        if self._closed:
+            raise SandboxError(f"box {self.slot.index} is closed")
         self._discard_warm()  # it binds the old workdir
         for mount in hostfs.mounts_below(self.root):
             hostfs.unmount(mount)
@@ -276,6 +278,8 @@ class Box:
         starts cold. Failures here are not fatal: the next run starts cold.
         """
         self._discard_warm()
+        if self._closed:
+            return
         s = self.sandbox.settings
         try:
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(s.run_maxima))
@@ -336,6 +340,8 @@ class Box:
         stage: str = "run",
     ) -> AsyncGenerator[OutputEvent | Result, None]:
         """Run command in the box: yields OutputEvents as produced, then exactly one Result."""
+        if self._closed:  # its slot (uid, cgroup) may already belong to another box
+            raise SandboxError(f"box {self.slot.index} is closed")
         warm = self._take_warm(binds)
         baseline: CgroupStats | None = None
         if warm is not None:
