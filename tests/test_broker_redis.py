@@ -4,7 +4,7 @@ A real ``redis-server`` runs for the session on a free loopback port, without
 persistence, in a temp dir; it is stopped (and restarted, for the outage test)
 by PID. The contract tests run against both brokers, so the two cannot drift
 apart unnoticed. The Redis-only tests cover redelivery of a lost worker's job,
-the ``max_deliveries`` cut-off, dead-lettering, two nodes sharing one Redis,
+the ``max_deliveries`` cut-off, heartbeats that keep a live worker's job, dead-lettering, two nodes sharing one Redis,
 and an outage with recovery. Orders are asserted, never durations.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, QueueFull, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Control, Heartbeating, QueueFull, TaskSpec
 from sandlot.broker.keys import WORKERS_GROUP, Keys
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
@@ -453,6 +453,27 @@ async def test_a_lost_workers_job_is_reclaimed_by_another(make_redis: MakeRedis,
     assert state is not None
     assert state.exit is not None
     assert state.exit.result.message == ""
+
+
+async def test_a_heartbeating_workers_job_is_never_reclaimed(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    holder = make_redis(consumer_name="holder", claim_idle_ms=_IDLE_MS)
+    other = make_redis(consumer_name="other", claim_idle_ms=_IDLE_MS)
+    assert isinstance(holder, Heartbeating)
+    assert not isinstance(MemoryBroker(max_queued=1), Heartbeating)  # the embedded path has no heartbeats
+    spec = _spec()
+    await _running(holder, spec)
+    for _ in range(6):  # twice claim_idle_ms in all, one heartbeat interval at a time
+        await asyncio.sleep(holder.heartbeat_interval_s)
+        assert await holder.heartbeat(spec.id)
+        assert await other.reclaim() == []
+    # Silent from here on: the job is taken over, and a late heartbeat does not take it back.
+    assert await _claim(other) == spec
+    assert not await holder.heartbeat(spec.id)
+    (entry,) = await raw.xpending_range(_KEYS.jobs, WORKERS_GROUP, min="-", max="+", count=10)
+    assert entry["consumer"] == b"other"
+    await other.finish(spec.id, _ok())
+    assert not await other.heartbeat(spec.id)  # acknowledged: nothing left to keep
+    assert await _pending(raw) == 0
 
 
 async def test_past_max_deliveries_the_task_ends_as_worker_lost(make_redis: MakeRedis, raw: aioredis.Redis) -> None:

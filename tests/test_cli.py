@@ -510,3 +510,14 @@ def test_a_reader_that_leaves_early_is_sigpipe_not_a_traceback(tmp_path: Path) -
     proc.stderr.close()
     assert proc.wait(timeout=_TIMEOUT_S) == 128 + 13  # SIGPIPE, as a shell reports it
     assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needs"),
+    [(("serve", "--no-worker"), "--no-worker needs --redis"), (("worker",), "worker needs --redis")],
+)
+def test_distributed_commands_without_redis_are_usage_errors(args: tuple[str, ...], needs: str) -> None:
+    proc = _sandlot(*args)
+    lines = proc.stderr.decode().splitlines()
+    assert (proc.returncode, len(lines)) == (2, 1), proc.stderr
+    assert lines[0].startswith("sandlot: " + needs), lines[0]

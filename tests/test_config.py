@@ -262,3 +262,17 @@ def test_from_mapping_where_prefix() -> None:
     with pytest.raises(RejectedError) as info:
         LimitRequest.from_mapping({"bogus": 1}, where="compile_limits")
     assert info.value.field == "compile_limits.bogus"
+
+
+def test_distributed_server_settings_and_the_derived_claim_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandlot.service import CLAIM_GRACE_S, effective_claim_idle_ms, server_settings_from
+
+    settings = load_settings(environ={})
+    monkeypatch.setenv("SANDLOT_REDIS_URL", "redis://127.0.0.1:6390/0")
+    monkeypatch.setenv("SANDLOT_MAX_DELIVERIES", "5")
+    server = server_settings_from(settings, start_worker=False)
+    assert (server.redis_url, server.max_deliveries, server.start_worker) == ("redis://127.0.0.1:6390/0", 5, False)
+    longest_s = settings.run_maxima.wall_time_limit_s + settings.compile_maxima.wall_time_limit_s
+    assert effective_claim_idle_ms(settings, server) == int((longest_s + CLAIM_GRACE_S) * 1000)
+    monkeypatch.setenv("SANDLOT_CLAIM_IDLE_MS", "2000")
+    assert effective_claim_idle_ms(settings, server_settings_from(settings)) == 2000

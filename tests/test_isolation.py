@@ -80,6 +80,12 @@ def _live_pids_with_uid(uid: int) -> dict[int, dict[str, str]]:
     return found
 
 
+def _run_descendants(before: set[int]) -> set[int]:
+    """This process's descendants that the run started (others, like a session-wide redis-server
+    fixture, existed before it)."""
+    return _descendants(os.getpid()) - before
+
+
 def _descendants(pid: int) -> set[int]:
     """All descendants of pid, from /proc/<pid>/task/*/children."""
     found: set[int] = set()
@@ -423,9 +429,10 @@ async def test_two_open_boxes_get_different_host_uids(sandbox: Sandbox, settings
 
 async def test_host_sees_box_processes_as_the_slot_uid(box: Box, settings: Settings) -> None:
     uid = box.slot.uid
+    before = _descendants(os.getpid())
     async with _running(box, _SLEEP_200, settings.run_defaults):
         owned = _live_pids_with_uid(uid)
-        ours = _descendants(os.getpid())
+        ours = _run_descendants(before)
         # Every process the run started is the box's uid, and nothing else runs as it.
         assert set(owned) == ours
         names = sorted(f["Name"] for f in owned.values())
@@ -703,8 +710,9 @@ def _cgroup_dirs(sandbox: Sandbox, box: Box) -> list[Path]:
 
 async def test_every_process_of_a_run_is_in_the_box_cgroup(sandbox: Sandbox, box: Box, settings: Settings) -> None:
     limits = settings.run_defaults
+    before = _descendants(os.getpid())
     async with _running(box, _SLEEP_200, limits):
-        ours = _descendants(os.getpid())
+        ours = _run_descendants(before)
         cgroup = sandbox.driver.open_existing(box.slot.cgroup_name)
         assert cgroup is not None
         members = set(cgroup.pids())

@@ -1,6 +1,6 @@
 """The ``sandlot`` command: thin commands that call the layers.
 
-Local commands live here (run, languages, serve, mcp); the client commands
+Local commands live here (run, languages, serve, worker, mcp); the client commands
 (submit, result) in cli_client.py; the exit-code contract they all share in
 cli_output.py: the program's own code (128+N for signal N), 1 for a compile
 error, 2 for anything not the program's doing (one line on stderr), 3 from
@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -28,6 +28,9 @@ from sandlot.engine import Engine, rejected
 from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
+
+if TYPE_CHECKING:
+    from sandlot.service import ServerSettings
 
 
 class _UsageFailure(Exception):
@@ -175,11 +178,16 @@ def languages(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{row['name']:<12} {row['version']:<12} {row['display_name']}")
 
 
+_REDIS_HELP = "Redis URL of the distributed mode's broker (env SANDLOT_REDIS_URL)."
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
 @click.option("--grpc-port", type=int, default=None, help="gRPC port (default 50051).")
 @click.option("--pool-size", type=int, default=None, help="Boxes in the pool (default: twice the cores).")
+@click.option("--redis", "redis_url", default=None, help=_REDIS_HELP)
+@click.option("--no-worker", is_flag=True, help="Run no jobs here, only the doors (needs --redis).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
 @click.pass_context
 def serve(
@@ -188,31 +196,73 @@ def serve(
     http_port: int | None,
     grpc_port: int | None,
     pool_size: int | None,
+    redis_url: str | None,
+    no_worker: bool,
     config_file: Path | None,
 ) -> None:
-    """Serve HTTP (with the API and metrics) and gRPC from one process, embedded mode."""
-    if config_file is not None:
-        ctx.obj["config"] = config_file
-    from sandlot.api.server import serve as run_server
-    from sandlot.service import server_settings_from
+    """Serve HTTP (with the API and metrics) and gRPC from one process.
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = _settings(ctx)
-        server = server_settings_from(
-            settings, host=host, http_port=http_port, grpc_port=grpc_port, pool_size=pool_size
-        )
-    except (ConfigError, RejectedError) as exc:
-        fail(f"sandlot: configuration error: {exc}")
-        return
-    if server.effective_pool_size < 1:
-        fail("sandlot: --pool-size must be at least 1")
+    Embedded mode by default; with --redis, an API node of the distributed mode
+    (with its own worker unless --no-worker).
+    """
+    from sandlot.api.server import serve as run_server
+
+    settings, server = _server_settings(
+        ctx,
+        config_file,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        pool_size=pool_size,
+        redis_url=redis_url,
+        start_worker=False if no_worker else None,
+    )
+    if no_worker and not server.redis_url:
+        fail("sandlot: --no-worker needs --redis (or SANDLOT_REDIS_URL): nothing else would run the jobs")
     try:
         asyncio.run(run_server(settings, server))
     except (ConfigError, SandboxError) as exc:
         fail(f"sandlot: cannot serve: {exc}")
     except OSError as exc:
         fail(f"sandlot: cannot serve: {exc.strerror or exc}")
+
+
+@main.command()
+@click.option("--redis", "redis_url", default=None, help=_REDIS_HELP)
+@click.option("--pool-size", type=int, default=None, help="Boxes in the pool (default: twice the cores).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
+@click.pass_context
+def worker(ctx: click.Context, redis_url: str | None, pool_size: int | None, config_file: Path | None) -> None:
+    """Run jobs from the shared Redis broker (distributed mode), with no listener of its own."""
+    from sandlot.worker_process import run_worker
+
+    settings, server = _server_settings(ctx, config_file, pool_size=pool_size, redis_url=redis_url, start_worker=True)
+    if not server.redis_url:
+        fail("sandlot: worker needs --redis URL (or SANDLOT_REDIS_URL)")
+    try:
+        asyncio.run(run_worker(settings, server))
+    except (ConfigError, SandboxError) as exc:
+        fail(f"sandlot: cannot run the worker: {exc}")
+
+
+def _server_settings(
+    ctx: click.Context, config_file: Path | None, **overrides: object
+) -> tuple[Settings, ServerSettings]:
+    """Settings and server settings for a serving command (flags win); exits 2 on a mistake."""
+    from sandlot.service import server_settings_from
+
+    if config_file is not None:
+        ctx.obj["config"] = config_file
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = _settings(ctx)
+        server = server_settings_from(settings, **overrides)
+    except (ConfigError, RejectedError) as exc:
+        fail(f"sandlot: configuration error: {exc}")
+        raise  # not reached: fail exits
+    if server.effective_pool_size < 1:
+        fail("sandlot: --pool-size must be at least 1")
+    return settings, server
 
 
 @main.command()

@@ -1,7 +1,9 @@
 """Wiring: every long-lived object of a serving process, created once and passed to the doors.
 
 ``Service.start`` builds sandbox -> pool -> broker -> engine -> worker -> metrics
-in that order; ``stop`` drains in reverse: stop accepting, let running
+in that order; the broker is the embedded memory one, or the Redis one when
+``redis_url`` is set (distributed mode: API nodes and workers share it, and
+an API node may run without a worker); ``stop`` drains in reverse: stop accepting, let running
 executions finish until the deadline, release the boxes (cgroups, mounts).
 Doors get the Service and never build any of these themselves.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, BrokerUnavailable, TaskSpec
 from sandlot.broker.memory import MemoryBroker
+from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, RedisBroker
 from sandlot.config import Settings
 from sandlot.engine import Engine, check_isolation
 from sandlot.errors import RejectedError
@@ -22,6 +25,8 @@ from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.worker import Worker
+
+CLAIM_GRACE_S = 30.0  # on top of the longest compile + run, before a silent worker's job is taken over
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,42 @@ class ServerSettings:
     api_keys: tuple[ApiKey, ...] = ()
     start_worker: bool = True
     prelaunch: bool = True  # keep each idle box's next jail launched ahead of time
+    redis_url: str = ""  # distributed mode's broker; "": the embedded memory broker
+    claim_idle_ms: int = 0  # a job unacknowledged this long, without heartbeats, is taken over; 0: derived
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES  # runs of one job before it ends as "worker lost"
+    events_maxlen: int = DEFAULT_EVENTS_MAXLEN  # events kept per task stream (approximate trim)
+    worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
 
     @property
     def effective_pool_size(self) -> int:
         return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
+
+
+def effective_claim_idle_ms(settings: Settings, server: ServerSettings) -> int:
+    """The set ``claim_idle_ms``, else the longest compile + run wall limit plus a grace.
+
+    Heartbeats keep a live worker's job from being reclaimed whatever this is;
+    the derived default also covers a worker too wedged to heartbeat but still
+    running, so its job is not run twice before its own deadline has passed.
+    """
+    if server.claim_idle_ms > 0:
+        return server.claim_idle_ms
+    longest_s = settings.run_maxima.wall_time_limit_s + settings.compile_maxima.wall_time_limit_s
+    return int((longest_s + CLAIM_GRACE_S) * 1000)
+
+
+def _make_broker(settings: Settings, server: ServerSettings) -> Broker:
+    if not server.redis_url:
+        return MemoryBroker(max_queued=server.max_queued, result_ttl_s=server.result_ttl_s)
+    return RedisBroker(
+        server.redis_url,
+        max_queued=server.max_queued,
+        result_ttl_s=server.result_ttl_s,
+        consumer_name=server.worker_name or None,
+        claim_idle_ms=effective_claim_idle_ms(settings, server),
+        max_deliveries=server.max_deliveries,
+        events_maxlen=server.events_maxlen,
+    )
 
 
 def server_settings_from(settings: Settings, **overrides: object) -> ServerSettings:
@@ -130,7 +167,7 @@ class Service:
             prelaunch_binds=engine.prelaunch_binds if server.prelaunch else None,
         )
         await pool.start()
-        the_broker = broker or MemoryBroker(max_queued=server.max_queued, result_ttl_s=server.result_ttl_s)
+        the_broker = broker or _make_broker(settings, server)
         metrics = Metrics()
         metrics.watch(
             queue_depth=lambda: float(the_broker.queue_depth()),

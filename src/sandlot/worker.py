@@ -12,6 +12,13 @@ program, a signal reaches its process group, cancel kills the box.
 
 ``drain`` stops claiming, lets running tasks finish until a deadline, then
 cancels the rest (their boxes are killed and their exit events say so).
+
+With a broker whose jobs are taken over from silent workers (``Heartbeating``:
+Redis), a third task per claimed job heartbeats until its exit is stored, so a
+run longer than the broker's claim timeout is never handed to a second worker
+while this one lives. Stale jobs of dead workers are reclaimed by the broker's
+own ``claim`` (see ``sandlot.broker.redis``): only a loop with a free slot
+takes one, so a busy worker never hoards jobs it cannot start.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from sandlot.broker import Broker, Control, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Control, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.metrics import Metrics
@@ -84,11 +91,24 @@ class Worker:
 
     async def run_task(self, spec: TaskSpec) -> None:
         """Run one claimed task to exactly one terminal result."""
-        await self.broker.mark_running(spec.id)
         published: list[ExitEvent] = []
+        heart = None
+        if isinstance(self.broker, Heartbeating):
+            heart = asyncio.create_task(self._heartbeat(self.broker, spec.id, published), name=f"heartbeat-{spec.id}")
+        try:
+            await self._run_claimed(spec, published)
+        finally:
+            if heart is not None:
+                heart.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await heart
+
+    async def _run_claimed(self, spec: TaskSpec, published: list[ExitEvent]) -> None:
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
+            # Inside the try: a broker outage here (Redis) must end in a result too, not end the claim loop.
+            await self.broker.mark_running(spec.id)
             await self._execute(spec, published, output)
         except asyncio.CancelledError:
             # Keep what the program had printed: it was already streamed to the client.
@@ -156,6 +176,20 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             await lease.__aexit__(None, None, None)
+
+    async def _heartbeat(self, broker: Heartbeating, task_id: str, published: list[ExitEvent]) -> None:
+        """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""
+        while True:
+            await asyncio.sleep(broker.heartbeat_interval_s)
+            try:
+                still_ours = await broker.heartbeat(task_id)
+            except BrokerUnavailable as exc:
+                log.warning("heartbeat of %s: %s", task_id, exc)
+                continue
+            if not still_ours:
+                if not published:  # after the exit, the job is simply acknowledged
+                    log.warning("task %s was taken over by another worker while this one ran it", task_id)
+                return
 
     async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
         async for message in self.broker.controls(task_id):

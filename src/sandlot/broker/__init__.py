@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from sandlot.config import LimitRequest
 from sandlot.errors import SandlotError
@@ -154,6 +154,21 @@ class Broker(Protocol):
     def queue_depth(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Heartbeating(Protocol):
+    """A broker whose claimed jobs are taken over unless their worker keeps saying it is alive (Redis).
+
+    The worker calls ``heartbeat`` every ``heartbeat_interval_s`` while it holds a
+    task; False means the job is no longer this worker's (another took it over).
+    The memory broker has no such thing: its worker cannot die without its queue.
+    """
+
+    @property
+    def heartbeat_interval_s(self) -> float: ...
+
+    async def heartbeat(self, task_id: str) -> bool: ...
 
 
 def cancelled_before_start(spec: TaskSpec) -> ExitEvent:

@@ -14,7 +14,11 @@ entry that is not ours). The entry stays pending until ``finish`` has stored
 the exit event: only then is it XACKed and XDELed, so a worker that dies
 leaves its job pending, and ``reclaim`` (run by ``claim`` every
 ``claim_idle_ms``) takes it over with XAUTOCLAIM; past ``max_deliveries`` the
-task ends as internal_error "worker lost" instead.
+task ends as internal_error "worker lost" instead. A live worker's job is never
+taken: while it runs, the worker calls ``heartbeat`` every third of
+``claim_idle_ms``, which resets the entry's idle time (XCLAIM with min-idle 0,
+only if the entry is still this consumer's), so ``claim_idle_ms`` bounds how
+long a dead worker's job waits, not how long a job may run.
 
 Events go to the task's stream through a script that keeps ``seq`` strictly
 increasing (an event or exit built outside the engine, or a retried run, is
@@ -153,6 +157,15 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2], 'data'
 return 1
 """
 
+# KEYS: jobs. ARGV: entry id, consumer, group. -> 1 refreshed, 0 no longer ours (taken over, or acknowledged)
+# Checked and claimed in one step, so a heartbeat never takes back a job another worker has reclaimed.
+_HEARTBEAT = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[3], ARGV[1], ARGV[1], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[3], ARGV[2], 0, ARGV[1], 'JUSTID')
+return 1
+"""
+
 # KEYS: idempotency key. ARGV: task id. Give the key back only if it still names this task.
 _RELEASE_KEY = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -194,6 +207,8 @@ class RedisBroker:
         self._finish = self._redis.register_script(_FINISH)
         self._control = self._redis.register_script(_CONTROL)
         self._release_key = self._redis.register_script(_RELEASE_KEY)
+        self._heartbeat = self._redis.register_script(_HEARTBEAT)
+        self._held: dict[str, str] = {}  # task id -> jobs entry id, for the tasks this consumer runs
         self._depth = 0  # the global counter as this process last saw it
         self._group_ready = False
         self._next_reclaim = 0.0
@@ -348,6 +363,33 @@ class RedisBroker:
                     break
         return specs
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """A third of ``claim_idle_ms``: two heartbeats can be lost before the job looks abandoned."""
+        return self.claim_idle_ms / 3000
+
+    async def heartbeat(self, task_id: str) -> bool:
+        """Reset the idle time of a job this consumer holds, so ``reclaim`` leaves it alone.
+
+        False once the job is no longer ours: acknowledged, or taken over after we
+        were silent too long. Raises ``BrokerUnavailable`` in an outage.
+        """
+        async with self._reachable():
+            entry = self._held.get(task_id)
+            if entry is None:
+                raw = await self._redis.hget(self.keys.state(task_id), "entry")
+                if raw is None:
+                    return False
+                entry = self._held[task_id] = _str(raw)
+            try:
+                refreshed = await self._heartbeat(
+                    keys=[self.keys.jobs], args=[entry, self.consumer_name, WORKERS_GROUP]
+                )
+            except ResponseError as exc:
+                self._lost_group(exc)  # Redis lost its data: the job went with it
+                return False
+        return bool(refreshed)
+
     async def mark_running(self, task_id: str) -> None:
         async with self._reachable():
             await self._run(keys=[self.keys.state(task_id)])
@@ -360,8 +402,11 @@ class RedisBroker:
             )
 
     async def finish(self, task_id: str, exit_event: ExitEvent) -> None:
-        async with self._reachable():
-            await self._store_exit(task_id, exit_event, only_if_unclaimed=False)
+        try:
+            async with self._reachable():
+                await self._store_exit(task_id, exit_event, only_if_unclaimed=False)
+        finally:
+            self._held.pop(task_id, None)
 
     async def controls(self, task_id: str) -> AsyncIterator[Control]:
         """Every control message for the task, from the first; waits out a Redis outage."""
@@ -448,6 +493,7 @@ class RedisBroker:
             lost = _internal("worker lost", language=spec.language)
             await self._store_exit(task_id, lost, only_if_unclaimed=False)
             return None
+        self._held[task_id] = entry_id
         return spec
 
     async def _store_exit(self, task_id: str, exit_event: ExitEvent, *, only_if_unclaimed: bool) -> bool:

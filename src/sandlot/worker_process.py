@@ -1,0 +1,58 @@
+"""``sandlot worker``: a process that only runs jobs, claimed from the shared Redis broker.
+
+Theory of operation
+-------------------
+A worker node is the Service of an API node minus the doors: the pool, the
+engine and the worker loops, wired to the ``RedisBroker`` (``Service.start``).
+It opens no listener; it is found through Redis alone. On SIGTERM or SIGINT it
+drains like ``sandlot serve``: it stops claiming at once, lets its running jobs
+finish until ``drain_deadline_s`` (then kills them, and their results say so),
+closes the broker and releases every box (cgroups, mounts) before it exits 0.
+A job it had claimed but not started stays pending in the group and is taken
+over by another worker after ``claim_idle_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from urllib.parse import urlsplit
+
+from sandlot.config import Settings
+from sandlot.service import ServerSettings, Service, effective_claim_idle_ms
+
+log = logging.getLogger("sandlot.worker_process")
+
+
+async def run_worker(settings: Settings, server: ServerSettings) -> None:
+    """Run jobs until SIGTERM/SIGINT, then drain and release every box."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        service = await Service.start(settings, server)
+        try:
+            log.warning(
+                "sandlot worker running %d boxes on %s (claim timeout %d ms)",
+                service.pool.size,
+                _redacted(server.redis_url),
+                effective_claim_idle_ms(settings, server),
+            )
+            await stop.wait()
+            log.warning("sandlot worker draining (deadline %.0f s)", server.drain_deadline_s)
+        finally:
+            await service.stop()  # stop claiming, finish or kill running jobs, release the boxes
+            log.warning("sandlot worker stopped; boxes released")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its credentials, for the log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,420 @@
+"""The distributed mode end to end: real ``redis-server``, real ``sandlot serve --no-worker`` and ``sandlot worker``.
+
+Every node is its own process with its own state and run directories, cgroup
+name and box uid range (``_node_env``), so no two pools ever share a slot and
+each node's leftovers can be told apart. Redis runs per test on a free loopback
+port with an append-only file, so a restart on the same port and directory
+keeps the queue (the outage test). Every process is stopped by its PID in a
+``finally``; the hosts' boxes are swept before and after each test and checked
+to be gone.
+
+``CLAIM_IDLE_MS`` is small, so a killed worker's job is taken over within
+seconds; the runs are made longer than it, so a live worker's job would be
+taken over too if heartbeats did not keep it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sandlot.config import Settings, load_settings
+from sandlot.sandbox import Sandbox
+from sandlot.sandbox.hostfs import mounts_below
+
+from .test_serve_process import (
+    HELLO,
+    SANDLOT,
+    SLEEP_3S,
+    STARTUP_TIMEOUT_S,
+    execution,
+    free_ports,
+    read_until_output,
+    sse_frames,
+    submit,
+    wait_until,
+)
+
+NODES = range(1, 6)  # node numbers a test may use
+UID_BASE = 930_000_000
+UIDS_PER_NODE = 1000
+MAX_BOXES = 64  # well inside a node's uid range
+CLAIM_IDLE_MS = 2000
+DRAIN_DEADLINE_S = 15.0  # far above the 3 s runs: a drain finishes them
+STOP_TIMEOUT_S = DRAIN_DEADLINE_S + 15.0  # the drain plus the listeners' grace, before SIGKILL
+RESULT_TIMEOUT_S = 30.0  # a reclaim (claim idle, then the next reclaim pass) and a rerun fit well inside
+REDIS_TIMEOUT_S = 10.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SLEEP_6S = SLEEP_3S.replace("sleep(3)", "sleep(6)")  # three claim timeouts: an idle worker would take it over
+
+
+# -------------------------------------------------------------- the Redis
+
+
+class _Redis:
+    """A redis-server on a loopback port with an append-only file in ``workdir``; started and stopped by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        (self.port,) = free_ports(1)
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)),
+                *("--logfile", "", "--daemonize", "no"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # blocks on the server's own log; ends at its exit
+            if "Ready to accept connections" in line:
+                return
+        raise RuntimeError(f"redis-server exited with {self.proc.wait(REDIS_TIMEOUT_S)}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(REDIS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[_Redis]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = _Redis(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -------------------------------------------------------------- the nodes
+
+
+def _node_env(n: int, **settings: object) -> dict[str, str]:
+    """This process's environment minus any SANDLOT_*, plus node n's own locations and the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}
+    own = {
+        "SANDLOT_STATE_DIR": f"/var/lib/sandlot-dist-{n}",
+        "SANDLOT_RUN_DIR": f"/run/sandlot-dist-{n}",
+        "SANDLOT_CGROUP_NAME": f"sandlot-dist-{n}",
+        "SANDLOT_BOX_UID_BASE": str(UID_BASE + n * UIDS_PER_NODE),
+        "SANDLOT_MAX_BOXES": str(MAX_BOXES),
+        "SANDLOT_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
+        "SANDLOT_DRAIN_DEADLINE_S": str(DRAIN_DEADLINE_S),
+    }
+    return env | own | {"SANDLOT_" + name.upper(): str(value) for name, value in settings.items()}
+
+
+def _node_settings(n: int) -> Settings:
+    return load_settings(environ=_node_env(n))
+
+
+@dataclass
+class Node:
+    """One ``sandlot serve`` or ``sandlot worker`` child; its output goes to a file (no pipe to drain)."""
+
+    n: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    http_port: int = 0  # 0: a worker, no listener
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        """An API node until /readyz answers 200, a worker until it logs that it runs; fails if it exits first."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.http_port:
+                    with contextlib.suppress(httpx.TransportError):
+                        if client.get(self.url + "/readyz").status_code == 200:
+                            return
+                elif "sandlot worker running" in self.output():
+                    return
+                with contextlib.suppress(subprocess.TimeoutExpired):  # waiting on the process, not sleeping
+                    code = self.proc.wait(0.1)
+                    pytest.fail(f"node {self.n} exited with {code} before it was ready:\n{self.output()}")
+        pytest.fail(f"node {self.n} was not ready within {STARTUP_TIMEOUT_S:g} s:\n{self.output()}")
+
+    def stop(self) -> int:
+        """SIGTERM (a drain), SIGKILL if it overruns; always reaped. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def box_processes(self) -> dict[int, str]:
+        """Live processes running as one of this node's box uids: pid -> name."""
+        uids = range(UID_BASE + self.n * UIDS_PER_NODE, UID_BASE + self.n * UIDS_PER_NODE + MAX_BOXES)
+        found: dict[int, str] = {}
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            except OSError:  # exited meanwhile
+                continue
+            if any(int(uid) in uids for uid in fields["Uid"].split()) and not fields["State"].strip().startswith("Z"):
+                found[int(status.parent.name)] = fields["Name"].strip()
+        return found
+
+
+class Cluster:
+    """The nodes of one test on one Redis; every node is stopped in ``close``, whatever happened."""
+
+    def __init__(self, redis: _Redis, log_dir: Path) -> None:
+        self.redis = redis
+        self.log_dir = log_dir
+        self.nodes: list[Node] = []
+
+    def api(self, n: int) -> Node:
+        http_port, grpc_port = free_ports(2)
+        command = ["serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--pool-size", "1"]
+        return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port)
+
+    def worker(self, n: int, pool_size: int = 1) -> Node:
+        return self._launch(n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)], 0)
+
+    def _launch(self, n: int, args: list[str], http_port: int) -> Node:
+        log = self.log_dir / f"node-{n}.log"
+        with log.open("wb") as out:  # the child has its own copy of the descriptor
+            proc = subprocess.Popen(
+                [str(SANDLOT), *args], env=_node_env(n), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        node = Node(n, proc, log, http_port)
+        self.nodes.append(node)
+        return node
+
+    def start(self, *nodes: Node) -> None:
+        for node in nodes:  # they start together; each wait is bounded
+            node.wait_ready()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def cluster(redis_server: _Redis, tmp_path: Path) -> Iterator[Cluster]:
+    nodes = Cluster(redis_server, tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+# --------------------------------------------------------- host inspection
+
+
+def _sweep() -> None:
+    for n in NODES:
+        settings = _node_settings(n)
+        sandbox = Sandbox(settings)
+        sandbox.sweep_stale()
+        sandbox.driver.remove_group()
+
+
+def _leftovers() -> list[Path]:
+    """Box cgroups (v1 controllers or v2) and workdir mounts of every test node."""
+    found: list[Path] = []
+    for n in NODES:
+        settings = _node_settings(n)
+        group = settings.cgroup_name
+        found += [*CGROUP_ROOT.glob(f"{group}/box-*"), *CGROUP_ROOT.glob(f"*/{group}/box-*")]
+        found += mounts_below(settings.state_dir / "boxes")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _clean_host() -> Iterator[None]:
+    _sweep()
+    try:
+        yield
+    finally:
+        _sweep()
+
+
+# ------------------------------------------------------------------ client
+
+
+def _result(client: httpx.Client, task_id: str, timeout_s: float = RESULT_TIMEOUT_S) -> dict[str, Any]:
+    """The task's result once it is done (polled: the test is an outside client), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/api/v1/tasks/{task_id}").json()
+        if body["status"] == "done":
+            result: dict[str, Any] = body["result"]
+            return result
+        assert time.monotonic() < deadline, f"task {task_id} not done within {timeout_s:g} s: {body}"
+        time.sleep(0.1)
+
+
+def _exits(client: httpx.Client, task_id: str) -> list[dict[str, Any]]:
+    """Every exit event in the task's whole event stream (a replay: the task is done)."""
+    with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+        assert response.status_code == 200
+        frames = list(sse_frames(response.iter_lines()))
+    return [frame["data"] for frame in frames if frame["event"] == "exit"]
+
+
+def _stdout_of(client: httpx.Client, task_id: str) -> str:
+    with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+        frames = list(sse_frames(response.iter_lines()))
+    return "".join(f["data"]["data"] for f in frames if f["event"] == "output" and f["data"]["stream"] == "stdout")
+
+
+# ------------------------------------------------------------------- tests
+
+
+@pytest.mark.timeout(180)
+def test_api_nodes_without_workers_and_two_workers_run_every_job(cluster: Cluster) -> None:
+    api, other_api = cluster.api(1), cluster.api(2)
+    workers = [cluster.worker(3, pool_size=2), cluster.worker(4, pool_size=2)]
+    cluster.start(api, other_api, *workers)
+    codes = {i: f"import time\ntime.sleep(1)\nprint('job', {i} * {i})\n" for i in range(10)}
+
+    with httpx.Client(base_url=api.url, timeout=60.0) as client, httpx.Client(base_url=other_api.url) as second:
+        # A run of three claim timeouts: heartbeats keep it on its worker (one "started", not two).
+        long_id = submit(client, SLEEP_6S)
+        with second.stream("GET", f"/api/v1/tasks/{long_id}/events") as response:  # live, on the other node
+            assert response.status_code == 200
+            read_until_output(sse_frames(response.iter_lines()), "started\n")
+
+        with concurrent.futures.ThreadPoolExecutor(len(codes)) as pool:
+            futures = {i: pool.submit(client.post, "/api/v1/run", json=execution(code)) for i, code in codes.items()}
+            # Both workers run jobs at once: python3 under each one's box uids.
+            wait_until(
+                lambda: all("python3" in w.box_processes().values() for w in workers), 20.0, "both workers running"
+            )
+            responses = {i: future.result(timeout=60.0) for i, future in futures.items()}
+
+        for i, response in responses.items():
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert (body["status"], body["stdout"]) == ("ok", f"job {i * i}\n"), body
+
+        long_result = _result(second, long_id)
+        assert (long_result["status"], long_result["stdout"]) == ("ok", "started\nfinished\n"), long_result
+        assert _stdout_of(second, long_id) == "started\nfinished\n"  # run once: never taken over
+        assert len(_exits(second, long_id)) == 1
+
+    for node in cluster.nodes:
+        assert node.stop() == 0, node.output()
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_workers_job_ends_once_on_the_other_worker(cluster: Cluster) -> None:
+    api = cluster.api(1)
+    workers = [cluster.worker(2), cluster.worker(3)]
+    cluster.start(api, *workers)
+    with httpx.Client(base_url=api.url, timeout=10.0) as client:
+        task_id = submit(client, SLEEP_3S)
+        with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+            read_until_output(sse_frames(response.iter_lines()), "started\n")
+        (victim,) = [w for w in workers if "python3" in w.box_processes().values()]
+        victim.proc.kill()
+        assert victim.proc.wait(10.0) == -signal.SIGKILL
+
+        result = _result(client, task_id)
+        if result["status"] == "ok":  # taken over after claim_idle_ms and run again from the start
+            assert result["stdout"] == "started\nfinished\n", result
+        else:
+            assert (result["status"], result["message"]) == ("internal_error", "worker lost"), result
+        assert len(_exits(client, task_id)) == 1
+        assert _result(client, task_id) == result  # and it stays that one result
+
+        after = client.post("/api/v1/run", json=execution(HELLO))  # the survivor still serves
+        assert (after.status_code, after.json()["stdout"]) == (200, "hello\n"), after.text
+    for node in cluster.nodes:
+        node.stop()
+    _sweep()  # the killed worker could not release its box; its slot is stale now
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_lets_the_worker_finish_its_job_then_exit_0(cluster: Cluster) -> None:
+    api, worker = cluster.api(1), cluster.worker(2)
+    cluster.start(api, worker)
+    with httpx.Client(base_url=api.url, timeout=10.0) as client:
+        task_id = submit(client, SLEEP_3S)
+        with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+            frames = sse_frames(response.iter_lines())
+            read_until_output(frames, "started\n")
+            worker.proc.send_signal(signal.SIGTERM)
+            rest = list(frames)
+        assert rest[-1]["event"] == "exit"
+        assert (rest[-1]["data"]["status"], rest[-1]["data"]["stdout"]) == ("ok", "started\nfinished\n")
+        assert worker.proc.wait(DRAIN_DEADLINE_S) == 0, worker.output()
+        assert "sandlot worker stopped; boxes released" in worker.output()
+
+        later = submit(client, HELLO)  # nobody claims it: the worker stopped claiming
+        assert client.get(f"/api/v1/tasks/{later}").json()["status"] == "queued"
+    assert [path for path in _leftovers() if "sandlot-dist-2" in str(path)] == []  # the worker released its box
+    for node in cluster.nodes:
+        assert node.stop() == 0, node.output()
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_redis_outage_answers_503_and_the_api_recovers_by_itself(cluster: Cluster) -> None:
+    api, worker = cluster.api(1), cluster.worker(2)
+    cluster.start(api, worker)
+    with httpx.Client(base_url=api.url, timeout=10.0) as client:
+        before = client.post("/api/v1/run", json=execution(HELLO))
+        assert (before.status_code, before.json()["stdout"]) == (200, "hello\n"), before.text
+
+        cluster.redis.stop()
+        refused = client.post("/api/v1/execute", json=execution(HELLO))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert int(refused.headers["Retry-After"]) >= 1
+
+        cluster.redis.start()  # same port, same append-only file
+        deadline = time.monotonic() + 20.0
+        while (response := client.post("/api/v1/execute", json=execution(HELLO))).status_code == 503:
+            assert time.monotonic() < deadline, "the API did not recover within 20 s"
+            time.sleep(0.2)
+        assert response.status_code == 202, response.text
+        result = _result(client, response.json()["task_id"])
+        assert (result["status"], result["stdout"]) == ("ok", "hello\n"), result
+    for node in cluster.nodes:
+        assert node.stop() == 0, node.output()
+    assert _leftovers() == []
