@@ -33,7 +33,7 @@ from sandlot.api.http_common import (
 from sandlot.api.http_errors import ApiError
 from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST
 from sandlot.api.http_render import SSE_KEEPALIVE, OutputDecoder, event_data, exit_body, sse_frame
-from sandlot.broker import Broker, TaskSpec, TaskState
+from sandlot.broker import Broker, BrokerUnavailable, TaskSpec, TaskState
 from sandlot.models import Event, ExitEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
 
@@ -172,18 +172,24 @@ async def _wait_exit(broker: Broker, spec: TaskSpec) -> ExitEvent:
 async def _sse(broker: Broker, tenant: str, task_id: str, after: int) -> AsyncIterator[bytes]:
     decoder = OutputDecoder()
     last_id = 0
-    async for event in _with_keepalives(subscribe(broker, tenant, task_id)):
-        if event is None:
-            yield SSE_KEEPALIVE
-            continue
-        if not isinstance(event, OutputEvent):
-            for stage, stream, text in decoder.flush():
-                yield sse_frame("output", {"stream": stream, "stage": stage, "data": text})
-        # Exit events built by the worker itself (a sandbox failure) carry seq 0; ids must still grow.
-        last_id = event.seq if event.seq > last_id else last_id + 1
-        data = event_data(event, decoder)
-        if last_id > after or isinstance(event, ExitEvent):
-            yield sse_frame(event.kind, data, last_id)
+    try:
+        async for event in _with_keepalives(subscribe(broker, tenant, task_id)):
+            if event is None:
+                yield SSE_KEEPALIVE
+                continue
+            if not isinstance(event, OutputEvent):
+                for stage, stream, text in decoder.flush():
+                    yield sse_frame("output", {"stream": stream, "stage": stage, "data": text})
+            # Exit events built by the worker itself (a sandbox failure) carry seq 0; ids must still grow.
+            last_id = event.seq if event.seq > last_id else last_id + 1
+            data = event_data(event, decoder)
+            if last_id > after or isinstance(event, ExitEvent):
+                yield sse_frame(event.kind, data, last_id)
+    except BrokerUnavailable as exc:
+        # The response has started: no status code can say it now. End the stream with an error
+        # frame instead of a cut connection; the client reconnects with Last-Event-ID when it can.
+        body = {"error": {"code": "unavailable", "message": str(exc), "field": None}, "retry_after_s": 1}
+        yield sse_frame("error", body, None)
 
 
 async def _with_keepalives(events: AsyncIterator[Event]) -> AsyncIterator[Event | None]:

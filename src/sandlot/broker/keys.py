@@ -19,6 +19,9 @@ a hash tag):
     until its task's exit is stored, then it is XACKed and XDELed. No TTL.
 ``<p>:{jobs}:queued`` (string)
     How many tasks wait unclaimed: the ``max_queued`` bound. No TTL.
+``<p>:{jobs}:dequeued`` (set)
+    Task ids already taken out of ``queued``, so the decrement is once per task even when a
+    worker dies between taking a job and counting it out. Ids leave when the task finishes.
 ``<p>:tenant:<tenant>:idem:<key>`` (string)
     The task id an idempotency key names. ``IDEMPOTENCY_PENDING_TTL_S`` while
     the task is queued or running, ``result_ttl_s`` once it finished (it goes
@@ -73,6 +76,11 @@ class Keys:
     @property
     def queued(self) -> str:
         return f"{self.prefix}:{{jobs}}:queued"
+
+    @property
+    def dequeued(self) -> str:
+        """Task ids already counted out of ``queued`` (so a retried take never counts twice)."""
+        return f"{self.prefix}:{{jobs}}:dequeued"
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:tenant:{_part(tenant)}:idem:{_part(key)}"

@@ -30,8 +30,9 @@ before the worker looked is lost.
 
 Every Lua script touches one slot; steps spanning slots are ordered so a crash
 between them is harmless (a state hash without a job is never claimed; a job
-is only XACKed after its exit is stored). The ``queued`` counter can drift by
-one task per crash between two such steps.
+is only XACKed after its exit is stored). A task leaves the ``queued`` counter
+through an idempotent script (the ``dequeued`` set), on every take, so a worker
+that dies between taking a job and counting it out cannot leak a queue slot.
 
 Fairness gap (first version): one jobs stream, so tasks are claimed in submit
 order across tenants; one tenant's burst delays the others. Per-tenant streams
@@ -120,6 +121,12 @@ redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 return {verdict, redis.call('HGET', KEYS[1], 'spec')}
 """
 
+# KEYS: queued, dequeued. ARGV: task id. -> the queued count. Counts a task out once, however often taken.
+_DEQUEUE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+
 # KEYS: state. Only a queued task becomes running (never a finished one, nor an unknown id).
 _RUN = """
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
@@ -202,6 +209,7 @@ class RedisBroker:
         )
         self._enqueue = self._redis.register_script(_ENQUEUE)
         self._take = self._redis.register_script(_TAKE)
+        self._dequeue_script = self._redis.register_script(_DEQUEUE)
         self._run = self._redis.register_script(_RUN)
         self._publish = self._redis.register_script(_PUBLISH)
         self._finish = self._redis.register_script(_FINISH)
@@ -303,7 +311,8 @@ class RedisBroker:
             if status == b"queued" and entry is None and spec_json is not None:
                 spec = TaskSpec.from_json(spec_json)
                 if await self._store_exit(task_id, cancelled_before_start(spec), only_if_unclaimed=True):
-                    self._depth = int(await self._redis.decr(self.keys.queued))
+                    self._depth = await self._dequeue(task_id)
+                    await self._redis.srem(self.keys.dequeued, task_id)
                     return True
                 # A worker claimed it meanwhile: it gets a cancel message like any running task.
         return await self.control(tenant, task_id, Control("cancel"))
@@ -481,8 +490,9 @@ class RedisBroker:
         if verdict in ("missing", "duplicate"):
             await self._dead_letter(entry_id, fields, f"{verdict} task {task_id!r}")
             return None
-        if verdict == "new":  # also a reclaimed entry whose first claim was interrupted before this step
-            self._depth = int(await self._redis.decr(self.keys.queued))
+        # Every take (first, or after a worker died before counting it out) leaves the queued count,
+        # exactly once per task.
+        self._depth = await self._dequeue(task_id)
         try:
             spec = TaskSpec.from_json(rest[0])
         except (ValueError, KeyError, TypeError) as exc:
@@ -495,6 +505,9 @@ class RedisBroker:
             return None
         self._held[task_id] = entry_id
         return spec
+
+    async def _dequeue(self, task_id: str) -> int:
+        return int(await self._dequeue_script(keys=[self.keys.queued, self.keys.dequeued], args=[task_id]))
 
     async def _store_exit(self, task_id: str, exit_event: ExitEvent, *, only_if_unclaimed: bool) -> bool:
         """Store the exit (after every earlier event), expire the task, then acknowledge its job."""
@@ -512,6 +525,7 @@ class RedisBroker:
             return False
         if entry:
             await self._ack(entry.decode())
+            await self._redis.srem(self.keys.dequeued, task_id)  # finished: no further take can come
         if idem:
             await self._redis.pexpire(idem.decode(), max(1, int(self.result_ttl_s * 1000)))
         return True
