@@ -65,17 +65,17 @@ def piston_app(service: Service) -> FastAPI:
 
 
 def recorded_submits(service: Service, monkeypatch: pytest.MonkeyPatch) -> tuple[list[TaskSpec], asyncio.Event]:
-    """Every TaskSpec the door submits, and an event set at the first."""
+    """Every TaskSpec the door queues, and an event set at the first."""
     specs: list[TaskSpec] = []
     first = asyncio.Event()
-    real_submit = service.submit
+    real_enqueue = service.enqueue
 
     async def recording(spec: TaskSpec, **kwargs: Any) -> TaskSpec:
         specs.append(spec)
         first.set()
-        return await real_submit(spec, **kwargs)
+        return await real_enqueue(spec, **kwargs)
 
-    monkeypatch.setattr(service, "submit", recording)
+    monkeypatch.setattr(service, "enqueue", recording)
     return specs, first
 
 

@@ -198,9 +198,16 @@ class Service:
             self.pool.get_session(spec.tenant, spec.session_id)
 
     async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+        """Validate and queue."""
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
         self.validate(spec)
+        return await self.enqueue(spec, idempotency_key=idempotency_key)
+
+    async def enqueue(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+        """Queue a spec the caller already validated (doors validate before taking a quota slot)."""
+        if not self.accepting:
+            raise BrokerUnavailable("the server is shutting down")
         return await self.broker.submit(spec, idempotency_key=idempotency_key)
 
     async def stop(self) -> None:

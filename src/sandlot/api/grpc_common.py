@@ -130,10 +130,11 @@ class Door:
     async def submit(self, current: Call, spec: TaskSpec) -> TaskSpec:
         """Queue spec, within the caller's quota of executions in flight."""
         service = self.service
+        service.validate(spec)  # INVALID_ARGUMENT now, before the call touches its key's quota
         if not service.accepting:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         async with await self._auth.admit(current.principal, functools.partial(self._running, spec.tenant)) as slot:
-            spec = await service.submit(spec)
+            spec = await service.enqueue(spec)
             slot.bind(spec.id)
         return spec
 

@@ -23,7 +23,6 @@ from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.gen.sandlot.v1 import sandlot_pb2_grpc as pb_grpc
 from sandlot.api.grpc_common import TASK_ID_METADATA_KEY, Context, Door
 from sandlot.broker import Control, TaskSpec
-from sandlot.config import Settings
 from sandlot.errors import RejectedError
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, StageEvent, StageResultEvent, Status
 from sandlot.requests import parse_execution
@@ -45,7 +44,7 @@ class SandlotServicer(pb_grpc.SandlotServicer):
 
     async def Execute(self, request: pb.ExecuteRequest, context: Context) -> AsyncIterator[pb.Event]:
         async with self._door.call(context, DOOR) as current:
-            spec = _spec_from(request, current.tenant, self._service.settings)
+            spec = _spec_from(request, current.tenant)
             await context.send_initial_metadata(((TASK_ID_METADATA_KEY, spec.id),))
             spec = await self._door.submit(current, spec)
             async for event in _checked(self._door.follow(spec)):
@@ -58,7 +57,7 @@ class SandlotServicer(pb_grpc.SandlotServicer):
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("kind") != "start":
                 raise RejectedError("start: the first message must be start", field="start")
-            parsed = _spec_from(first.start, current.tenant, self._service.settings)
+            parsed = _spec_from(first.start, current.tenant)
             # Interactive: stdin arrives as control messages, the start's own stdin first.
             spec = dataclasses.replace(parsed, stdin=b"", interactive=True)
             await context.send_initial_metadata(((TASK_ID_METADATA_KEY, spec.id),))
@@ -148,7 +147,7 @@ def _fields(message: Message) -> dict[str, Any]:
     return {field.name: value for field, value in message.ListFields()}
 
 
-def _spec_from(request: pb.ExecuteRequest, tenant: str, settings: Settings) -> TaskSpec:
+def _spec_from(request: pb.ExecuteRequest, tenant: str) -> TaskSpec:
     data: dict[str, Any] = {"language": request.language}
     if request.code:
         data["code"] = request.code
@@ -167,14 +166,8 @@ def _spec_from(request: pb.ExecuteRequest, tenant: str, settings: Settings) -> T
         data["session_id"] = request.session_id
     if request.isolation:
         data["isolation"] = request.isolation
-    spec = dataclasses.replace(parse_execution(data, tenant=tenant), stdin=request.stdin)
-    # Limits are checked against the maxima now, so a bad value is INVALID_ARGUMENT, not a failed task.
-    for key, stage, limits in (("limits", "run", spec.limits), ("compile_limits", "compile", spec.compile_limits)):
-        try:
-            settings.resolve_limits(limits, stage=stage)
-        except RejectedError as exc:
-            raise RejectedError(f"{key}.{exc}", field=f"{key}.{exc.field}") from exc
-    return spec
+    # Limits and everything else the engine checks are validated by the door's submit (Service.validate).
+    return dataclasses.replace(parse_execution(data, tenant=tenant), stdin=request.stdin)
 
 
 # ---------------------------------------------------------------- rendering

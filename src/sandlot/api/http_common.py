@@ -111,15 +111,10 @@ def _finite_float(text: str) -> float:
 # --------------------------------------------------------------- submitting
 
 
-def validate(service: Service, spec: TaskSpec) -> None:
-    """Everything the engine would reject, checked now so the client gets a 4xx naming the field."""
-    service.validate(spec)
-
-
 async def submit(door: Door, principal: Principal, spec: TaskSpec, *, idempotency: str | None = None) -> TaskSpec:
     """Validate, take an execution slot of the caller's key, and queue the task."""
     service = door.service
-    validate(service, spec)
+    service.validate(spec)  # a 4xx naming the field now, before the request touches its key's quota
     if not service.accepting:
         raise ApiError(503, "unavailable", "the server is shutting down", retry_after_s=SHUTDOWN_RETRY_AFTER_S)
     broker = service.broker
@@ -130,7 +125,7 @@ async def submit(door: Door, principal: Principal, spec: TaskSpec, *, idempotenc
         return state is not None and state.status != "done"
 
     async with await door.auth.admit(principal, still_running) as admission:
-        submitted = await service.submit(spec, idempotency_key=idempotency)
+        submitted = await service.enqueue(spec, idempotency_key=idempotency)
         admission.bind(submitted.id)
     return submitted
 
