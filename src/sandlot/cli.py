@@ -160,17 +160,7 @@ def languages(ctx: click.Context, as_json: bool) -> None:
         fail(f"sandlot: configuration error: {exc}")
         return
     versions = asyncio.run(registry.probe_versions())
-    rows = [
-        {
-            "name": lang.name,
-            "display_name": lang.display_name,
-            "version": versions[lang.name],
-            "aliases": list(lang.aliases),
-            "extensions": list(lang.extensions),
-            "compiled": lang.compile is not None,
-        }
-        for lang in registry.offered()
-    ]
+    rows = [lang.describe(versions[lang.name]) for lang in registry.offered()]
     if as_json:
         click.echo(json.dumps(rows))
         return

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import base64
 import json
-import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
-from pathlib import PurePath
 from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import quote
@@ -34,7 +31,8 @@ import httpx
 
 from sandlot import __version__
 from sandlot.config import LimitRequest
-from sandlot.errors import SandlotError
+from sandlot.errors import RejectedError, SandlotError
+from sandlot.languages import LanguageRegistry
 from sandlot.models import Result, SourceFile, Status, StreamName
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -306,12 +304,10 @@ def language_for_file(filename: str) -> str:
     Only the declarations are read: whether a toolchain is installed is the
     server's business, not this host's.
     """
-    suffix = PurePath(filename).suffix.lower()
-    text = resources.files("sandlot.languages").joinpath("languages.toml").read_text()
-    for name, spec in tomllib.loads(text).items():
-        if suffix and isinstance(spec, dict) and suffix in spec.get("extensions", []):
-            return name
-    raise ClientError(Status.REJECTED, f"cannot tell the language of {filename!r} from its extension; use -l LANG")
+    try:
+        return LanguageRegistry.load().declared_for_file(filename).name
+    except RejectedError as exc:
+        raise ClientError(Status.REJECTED, str(exc)) from exc
 
 
 # ------------------------------------------------------------- server JSON

@@ -87,16 +87,7 @@ async def languages(door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     versions = door.service.versions()
     return {
         "languages": [
-            {
-                "name": lang.name,
-                "display_name": lang.display_name,
-                "version": versions.get(lang.name, "unknown"),
-                "aliases": list(lang.aliases),
-                "extensions": list(lang.extensions),
-                "compiled": lang.compile is not None,
-                "sample": lang.sample,
-            }
-            for lang in registry.offered()
+            {**lang.describe(versions.get(lang.name, "unknown")), "sample": lang.sample} for lang in registry.offered()
         ]
     }
 

@@ -177,17 +177,7 @@ class Tools:
     ) -> types.CallToolResult:
         versions = self.service.versions()
         offered = self.service.languages.offered()
-        rows = [
-            {
-                "name": lang.name,
-                "display_name": lang.display_name,
-                "version": versions.get(lang.name, "unknown"),
-                "aliases": list(lang.aliases),
-                "extensions": list(lang.extensions),
-                "compiled": lang.compile is not None,
-            }
-            for lang in offered
-        ]
+        rows = [lang.describe(versions.get(lang.name, "unknown")) for lang in offered]
         lines = [
             f"{lang.name} {versions.get(lang.name, 'unknown')}"
             + (f" (aliases: {', '.join(lang.aliases)})" if lang.aliases else "")

@@ -56,6 +56,17 @@ class Language:
     drop_compile_lines: tuple[str, ...] = ()
     sample: str = ""
 
+    def describe(self, version: str) -> dict[str, Any]:
+        """What the doors and `sandlot languages` show of the language."""
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "version": version,
+            "aliases": list(self.aliases),
+            "extensions": list(self.extensions),
+            "compiled": self.compile is not None,
+        }
+
     @property
     def installed(self) -> bool:
         return all(os.access(path, os.X_OK) for path in self.requires)
@@ -157,10 +168,15 @@ class LanguageRegistry:
         raise RejectedError(f"unknown language {name!r}; offered: {offered}", field="language")
 
     def for_file(self, filename: str) -> Language:
+        """The offered language for a file's extension (rejected if declared but not installed)."""
+        return self.get(self.declared_for_file(filename).name)
+
+    def declared_for_file(self, filename: str) -> Language:
+        """The declared language for a file's extension, installed here or not (a client's question)."""
         suffix = Path(filename).suffix.lower()
         for lang in self._all.values():
             if suffix and suffix in lang.extensions:
-                return self.get(lang.name)
+                return lang
         raise RejectedError(
             f"cannot tell the language of {filename!r} from its extension; use -l LANG", field="language"
         )
