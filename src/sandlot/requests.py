@@ -56,6 +56,18 @@ def _str_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def decode_content(content: str, encoding: object, *, where: str = "") -> bytes:
+    """A file's content as sent in JSON: utf8 text or base64; ``where`` prefixes the field names."""
+    if encoding in ("utf8", "utf-8"):
+        return content.encode()
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RejectedError(f"{where}content: invalid base64", field=f"{where}content") from exc
+    raise RejectedError(f"{where}encoding: must be utf8 or base64", field=f"{where}encoding")
+
+
 def _files(raw: Any) -> tuple[SourceFile, ...]:
     if not isinstance(raw, list) or not raw:
         raise RejectedError("files: must be a non-empty list", field="files")
@@ -71,16 +83,7 @@ def _files(raw: Any) -> tuple[SourceFile, ...]:
             raise RejectedError(f"{where}.name: must be a non-empty string", field=f"{where}.name")
         if not isinstance(content, str):
             raise RejectedError(f"{where}.content: must be a string", field=f"{where}.content")
-        if encoding in ("utf8", "utf-8"):
-            data = content.encode()
-        elif encoding == "base64":
-            try:
-                data = base64.b64decode(content, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise RejectedError(f"{where}.content: invalid base64", field=f"{where}.content") from exc
-        else:
-            raise RejectedError(f"{where}.encoding: must be utf8 or base64", field=f"{where}.encoding")
-        files.append(SourceFile(name, data))
+        files.append(SourceFile(name, decode_content(content, encoding, where=f"{where}.")))
     # The file named main (any extension), else the first, is the program.
     main = next((i for i, f in enumerate(files) if f.name.rsplit(".", 1)[0] == "main"), 0)
     files.insert(0, files.pop(main))

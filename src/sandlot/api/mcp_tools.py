@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import errno
 import functools
 import logging
@@ -49,7 +48,7 @@ from sandlot.broker import BrokerUnavailable, QueueFull, TaskSpec
 from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import PoolFull, SessionNotFound
-from sandlot.requests import parse_execution
+from sandlot.requests import decode_content, parse_execution
 from sandlot.sandbox.hostfs import FileMissing
 from sandlot.service import Service
 
@@ -211,16 +210,7 @@ class Tools:
         session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         content = _string(arguments, "content", empty_ok=True)
-        encoding = arguments.get("encoding", "utf8")
-        if encoding in ("utf8", "utf-8"):
-            data = content.encode()
-        elif encoding == "base64":
-            try:
-                data = base64.b64decode(content, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise RejectedError("content: invalid base64", field="content") from exc
-        else:
-            raise RejectedError("encoding: must be utf8 or base64", field="encoding")
+        data = decode_content(content, arguments.get("encoding", "utf8"))
         if len(data) > MAX_WRITE_BYTES:
             raise RejectedError(f"content: larger than {MAX_WRITE_BYTES // _MIB} MB", field="content")
         try:
