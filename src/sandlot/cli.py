@@ -22,7 +22,16 @@ import click
 
 from sandlot import __version__
 from sandlot.cli_client import result, submit
-from sandlot.cli_output import EXIT_NOT_PROGRAM, fail, finish, finish_rejected, read_input, reader_left, wants_json
+from sandlot.cli_output import (
+    EXIT_NOT_PROGRAM,
+    fail,
+    finish,
+    finish_rejected,
+    program_options,
+    read_input,
+    reader_left,
+    wants_json,
+)
 from sandlot.config import LimitRequest, Settings, load_settings
 from sandlot.engine import Engine, rejected
 from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
@@ -55,14 +64,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension).")
-@click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin.")
-@click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds.")
-@click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds.")
-@click.option("--memory-limit", type=int, default=None, help="Memory limit, MB.")
-@click.option("--max-processes", type=int, default=None, help="Processes and threads.")
-@click.option("--max-file-size", type=int, default=None, help="Largest file the program may write, KB.")
-@click.option("--max-output", type=int, default=None, help="stdout+stderr cap, KB.")
+@program_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
 @click.pass_context
 def run(

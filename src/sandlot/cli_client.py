@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import click
 
-from sandlot.cli_output import EXIT_COMPILE_ERROR, EXIT_NOT_PROGRAM, finish, read_input, reader_left
+from sandlot.cli_output import EXIT_COMPILE_ERROR, EXIT_NOT_PROGRAM, finish, program_options, read_input, reader_left
 from sandlot.client import DEFAULT_SERVER, ClientError, Output, SandlotClient, language_for_file
 from sandlot.config import LimitRequest
 from sandlot.errors import RejectedError
@@ -35,30 +35,28 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option(
+# Shared by submit and result.
+_server_option = click.option(
     "--server", envvar="SANDLOT_SERVER", show_envvar=True, default=DEFAULT_SERVER, show_default=True, help="Server URL."
 )
-@click.option("--session", "session_id", default=None, help="Run in this session's box (its files persist).")
-@click.option("--async", "detach", is_flag=True, help="Print the task id and exit 0; see `sandlot result`.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
-@click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension).")
-@click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin.")
-@click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds.")
-@click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds.")
-@click.option("--memory-limit", type=int, default=None, help="Memory limit, MB.")
-@click.option("--max-processes", type=int, default=None, help="Processes and threads.")
-@click.option("--max-file-size", type=int, default=None, help="Largest file the program may write, KB.")
-@click.option("--max-output", type=int, default=None, help="stdout+stderr cap, KB.")
-@click.option(
+_api_key_option = click.option(
     "--api-key",
     envvar="SANDLOT_API_KEY",
     show_envvar=True,
     default=None,
     help="API key, sent as Authorization: Bearer.",
 )
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@_server_option
+@click.option("--session", "session_id", default=None, help="Run in this session's box (its files persist).")
+@click.option("--async", "detach", is_flag=True, help="Print the task id and exit 0; see `sandlot result`.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
+@program_options
+@_api_key_option
 def submit(
     file: Path,
     args: tuple[str, ...],
@@ -119,18 +117,10 @@ def submit(
 
 @click.command()
 @click.argument("task_id")
-@click.option(
-    "--server", envvar="SANDLOT_SERVER", show_envvar=True, default=DEFAULT_SERVER, show_default=True, help="Server URL."
-)
+@_server_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else on stdout.")
 @click.option("--wait", is_flag=True, help="If the task is not done, stream its output until it is.")
-@click.option(
-    "--api-key",
-    envvar="SANDLOT_API_KEY",
-    show_envvar=True,
-    default=None,
-    help="API key, sent as Authorization: Bearer.",
-)
+@_api_key_option
 def result(task_id: str, server: str, as_json: bool, wait: bool, api_key: str | None) -> None:
     """Show the output of a task sent with `submit --async`, and exit as `sandlot run` would.
 

@@ -12,14 +12,17 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from sandlot.engine import rejected
 from sandlot.errors import RejectedError
 from sandlot.models import Result, Status
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NOT_PROGRAM = 2
 EXIT_COMPILE_ERROR = 1
@@ -78,3 +81,27 @@ def reader_left() -> NoReturn:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     sys.exit(128 + signal.SIGPIPE)
+
+
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator, listed in --help in the order given."""
+
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+# The program and its limits, as `run` and `submit` take them (the CLI contract's names and units).
+program_options = _options(
+    click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension)."),
+    click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin."),
+    click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds."),
+    click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds."),
+    click.option("--memory-limit", type=int, default=None, help="Memory limit, MB."),
+    click.option("--max-processes", type=int, default=None, help="Processes and threads."),
+    click.option("--max-file-size", type=int, default=None, help="Largest file the program may write, KB."),
+    click.option("--max-output", type=int, default=None, help="stdout+stderr cap, KB."),
+)
