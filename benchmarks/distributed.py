@@ -17,7 +17,7 @@ it overruns its drain).
   execution  one API node plus 1, 2, 3 workers (--pool-size 2 each), a fresh
              Redis each time: after a warm-up, ``--jobs`` Python hello jobs are
              POSTed to /api/v1/execute (16 connections) and the clock stops when
-             the jobs stream is empty (a job leaves it only once its result is
+             the jobs streams are empty (a job leaves it only once its result is
              stored); every result is then checked (status ok, stdout "hi").
 
     sudo /opt/sandlot-venv/bin/python benchmarks/distributed.py [--requests 20000] [--jobs 200] [--workers 1,2,3]
@@ -46,9 +46,11 @@ from pathlib import Path
 import httpx
 import redis
 
+from sandlot.broker.keys import Keys
+
 HELLO = "print('hi')"
 EXPECTED_STDOUT = "hi\n"
-JOBS_STREAM = "sandlot:{jobs}:stream"  # sandlot.broker.keys, default prefix
+KEYS = Keys()  # the default prefix, as the nodes use
 
 INGEST_RATE_TARGET_PER_S = 6000.0
 INGEST_P50_TARGET_MS = 6.0
@@ -285,7 +287,7 @@ def _hey_parallel(urls: list[str], requests: int, clients: int) -> list[_Ingest]
 @dataclass(frozen=True)
 class _IngestRun:
     runs: list[_Ingest]
-    queued: int  # the jobs stream's length afterwards
+    queued: int  # the jobs streams' length afterwards
     api_cpu_s: float  # CPU the API nodes used during the measured hey runs, together
     redis_cpu_s: float
 
@@ -303,7 +305,7 @@ def _ingest(api_nodes: int, requests: int, clients: int) -> _IngestRun:
         api_cpu = sum(_cpu_s(node.proc.pid) for node in nodes) - api_before
         redis_cpu = _cpu_s(redis_pid) - redis_before
         client = redis.Redis.from_url(url)
-        queued = int(client.xlen(JOBS_STREAM))
+        queued = _jobs_entries(client)
         client.close()
     return _IngestRun(runs, queued, api_cpu, redis_cpu)
 
@@ -314,7 +316,7 @@ def _report_ingest(label: str, result: _IngestRun) -> None:
     total = _Ingest(latencies, [s for run in runs for s in run.statuses], max(run.wall_s for run in runs))
     print(
         f"{label}: {len(latencies)} requests, {total.rate_per_s:,.0f} requests/s, p50 {total.p50_ms:.2f} ms, "
-        f"p99 {total.p99_ms:.2f} ms, non-2xx {total.non_2xx}; jobs stream length after: {result.queued}"
+        f"p99 {total.p99_ms:.2f} ms, non-2xx {total.non_2xx}; jobs streams' length after: {result.queued}"
     )
     print(
         f"  CPU per request: API node(s) {result.api_cpu_s / len(latencies) * 1e3:.2f} ms, "
@@ -355,11 +357,16 @@ async def _submit_all(base: str, count: int) -> list[str]:
     return ids
 
 
+def _jobs_entries(client: redis.Redis) -> int:
+    """Entries in every jobs stream (tenants', returned, inboxes): queued or not yet acknowledged."""
+    return sum(int(client.xlen(stream)) for stream in client.smembers(KEYS.streams))
+
+
 def _wait_drained(redis_url: str, started: float) -> float:
-    """Seconds from ``started`` until the jobs stream is empty: every job's result stored."""
+    """Seconds from ``started`` until the jobs streams are empty: every job's result stored."""
     client = redis.Redis.from_url(redis_url)
     try:
-        while client.xlen(JOBS_STREAM) > 0:
+        while _jobs_entries(client) > 0:
             if time.perf_counter() - started > RUN_TIMEOUT_S:
                 raise SystemExit(f"jobs not done within {RUN_TIMEOUT_S:g} s")
             time.sleep(POLL_S)

@@ -230,8 +230,8 @@ def _exits(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _pending(rdb: redis.Redis) -> int:
-    summary = rdb.xpending(KEYS.jobs, WORKERS_GROUP)
-    return int(summary["pending"])
+    """Jobs delivered and not yet acknowledged, over every jobs stream."""
+    return sum(int(rdb.xpending(stream, WORKERS_GROUP)["pending"]) for stream in rdb.smembers(KEYS.streams))
 
 
 def _deliveries(rdb: redis.Redis, task_ids: list[str]) -> dict[int, int]:
@@ -416,8 +416,9 @@ def test_foreign_jobs_entries_are_dead_lettered_and_workers_keep_serving(
         first = _submit(client, {"language": "bash", "code": "echo before\n"})
         assert _wait_all_done(client, [first], 30.0)[first]["stdout"] == "before\n"
 
-        garbage = rdb.xadd(KEYS.jobs, {"foo": "bar", "\xff": b"\x00\x01"})
-        unknown = rdb.xadd(KEYS.jobs, {"task": "no-such-task", "tenant": "nobody"})
+        # Into the stream of the API's tenant (no keys: "public"), ahead of its next job.
+        garbage = rdb.xadd(KEYS.tenant_jobs("public"), {"foo": "bar", "\xff": b"\x00\x01"})
+        unknown = rdb.xadd(KEYS.tenant_jobs("public"), {"task": "no-such-task", "tenant": "nobody"})
         after = _submit(client, {"language": "bash", "code": "echo after\n"})
         result = _wait_all_done(client, [after], 30.0)[after]
         assert (result["status"], result["stdout"]) == ("ok", "after\n"), result

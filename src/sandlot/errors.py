@@ -20,6 +20,10 @@ class RejectedError(SandlotError):
         self.field = field
 
 
+class SessionNotFound(RejectedError):
+    """No such session for this tenant (or it expired)."""
+
+
 class SandboxError(SandlotError):
     """The sandbox itself failed (never the program's fault)."""
 

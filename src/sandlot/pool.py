@@ -33,8 +33,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.errors import SandlotError, SessionNotFound
 from sandlot.sandbox import Bind, Box, Sandbox
+
+__all__ = ["DEFAULT_SESSION_IDLE_S", "DEFAULT_SESSION_TTL_S", "BoxPool", "PoolFull", "Session", "SessionNotFound"]
 
 DEFAULT_SESSION_TTL_S = 30 * 60.0
 DEFAULT_SESSION_IDLE_S = 20 * 60.0
@@ -46,10 +48,6 @@ class PoolFull(SandlotError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-class SessionNotFound(RejectedError):
-    """No such session for this tenant (or it expired)."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -169,6 +169,58 @@ class Heartbeating(Protocol):
     def heartbeat_interval_s(self) -> float: ...
 
     async def heartbeat(self, task_id: str) -> bool: ...
+
+
+SessionVerdict = Literal["ready", "new", "reset", "elsewhere", "gone"]
+
+
+@dataclass(frozen=True)
+class SessionBinding:
+    """Where a session's job runs, as a worker taking it learns from the session directory.
+
+    ``ready``: this worker holds the session's box. ``new``: no box yet, this worker
+    opens one. ``reset``: the box was lost (its worker died or left), this worker opens
+    a fresh one and the run says so. ``elsewhere``: another live worker holds the box,
+    the job goes to it. ``gone``: the session ended or expired.
+    """
+
+    verdict: SessionVerdict
+    expires_in_s: float = 0.0
+
+
+class SessionDirectory(Protocol):
+    """Sessions of the distributed mode: named in the broker, their boxes held by one worker each."""
+
+    async def create(self, tenant: str, *, ttl_s: float, idle_s: float) -> str: ...
+
+    async def end(self, tenant: str, session_id: str) -> bool: ...
+
+    async def exists(self, tenant: str, session_id: str) -> bool: ...
+
+    async def bind(self, tenant: str, session_id: str, *, have_box: bool) -> SessionBinding: ...
+
+
+@runtime_checkable
+class Distributed(Heartbeating, Protocol):
+    """A broker shared by many worker processes (Redis): jobs and sessions move between workers.
+
+    The worker says it is alive with ``presence`` every ``heartbeat_interval_s``
+    (and learns which of its session boxes still have a session); ``hand_back``
+    returns a job it holds but will not finish to the queue's front; on SIGTERM
+    ``leave`` stops jobs being routed to it, and ``retire``, once nothing runs,
+    hands back whatever it still holds.
+    """
+
+    @property
+    def sessions(self) -> SessionDirectory: ...
+
+    async def presence(self, sessions: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
+
+    async def hand_back(self, task_id: str) -> bool: ...
+
+    async def leave(self) -> None: ...
+
+    async def retire(self) -> int: ...
 
 
 def cancelled_before_start(spec: TaskSpec) -> ExitEvent:

@@ -3,22 +3,51 @@
 Theory of operation
 -------------------
 A task is a state hash plus two streams, all in one Cluster slot (``keys``).
-``submit`` writes the state hash first, then a script on the jobs slot checks
-the ``queued`` counter against ``max_queued`` and XADDs the task id to the
-jobs stream; an idempotency key is taken with ``SET NX`` before either, and
-given back if the queue is full. A worker's ``claim`` reads the consumer group
-``workers`` with XREADGROUP BLOCK; a script on the task's slot then takes the
-task (records the entry id, counts the delivery) unless it was cancelled while
-queued (acknowledged and skipped) or has no state (dead-lettered, like any
-entry that is not ours). The entry stays pending until ``finish`` has stored
-the exit event: only then is it XACKed and XDELed, so a worker that dies
-leaves its job pending, and ``reclaim`` (run by ``claim`` every
-``claim_idle_ms``) takes it over with XAUTOCLAIM; past ``max_deliveries`` the
-task ends as internal_error "worker lost" instead. A live worker's job is never
-taken: while it runs, the worker calls ``heartbeat`` every third of
-``claim_idle_ms``, which resets the entry's idle time (XCLAIM with min-idle 0,
-only if the entry is still this consumer's), so ``claim_idle_ms`` bounds how
-long a dead worker's job waits, not how long a job may run.
+``submit`` writes the state hash first, then a script on the ``{jobs}`` slot
+checks the ``queued`` counter against ``max_queued`` and adds the task id to a
+jobs stream (``route``, in ``redis_scripts``): its tenant's own stream, which
+joins the ``rotation`` list if it was not in it; or, for a session whose box a
+live worker holds, that worker's inbox. An idempotency key is taken with
+``SET NX`` before either, and given back if the queue is full. Every stream has
+the consumer group ``workers``; every added job pushes a token on a wake list.
+
+A worker's ``claim`` runs one script that reads (XREADGROUP) one job: from its
+own inbox first, then from ``returned`` (jobs handed back), then from the
+stream at the head of the rotation, which moves to the tail while it has more:
+tenants are served in turn, each in its own order, so one tenant's burst does
+not delay the others. With nothing to take, the worker blocks on its wake
+lists (BLPOP). A script on the task's slot then takes the task (records the
+entry, counts the delivery) unless it was cancelled while queued (acknowledged
+and skipped) or has no state (dead-lettered, like any entry that is not ours).
+The entry stays pending until ``finish`` has stored the exit event: only then
+is it XACKed and XDELed (an empty tenant stream goes with it), so a worker
+that dies leaves its job pending, and ``reclaim`` (run by ``claim`` every
+``claim_idle_ms``) takes it over with XAUTOCLAIM on every stream; past
+``max_deliveries`` the task ends as internal_error "worker lost" instead. A
+live worker's job is never taken: while it runs, the worker calls
+``heartbeat`` every third of ``claim_idle_ms``, which resets the entry's idle
+time (XCLAIM with min-idle 0, only if the entry is still this consumer's), so
+``claim_idle_ms`` bounds how long a dead worker's job waits, not how long a
+job may run.
+
+Workers say they are alive with ``presence`` (a score in ``workers``, expiring
+after ``claim_idle_ms``). A session's first job binds the session to the
+worker that takes it (``sessions.bind``: the owner and the box are recorded in
+the session's hash); its later jobs are routed to that worker's inbox. When
+the owner's presence has expired, new jobs go to the tenant's stream again,
+``reclaim`` moves what waited unread in the dead inbox to ``returned``, and
+the worker that takes the next job binds the session to itself with a fresh
+box (verdict ``reset``). A job taken by a worker that is not the session's
+live owner is handed over to the owner's inbox.
+
+``hand_back`` gives a held job back: the task's state is unclaimed first
+(queued, no entry, the delivery uncounted), then a script requeues it at the
+front (``returned``, or its session owner's inbox) and acknowledges the held
+entry; in that order, a crash in between leaves a pending entry that
+``reclaim`` takes over as usual. On SIGTERM a worker ``leave``s (no more jobs
+routed to it; its unread inbox moves to ``returned``), hands back the jobs it
+holds but will not finish, and ``retire``s: whatever is still pending to it
+(a claim interrupted by the shutdown) goes back too.
 
 Events go to the task's stream through a script that keeps ``seq`` strictly
 increasing (an event or exit built outside the engine, or a retried run, is
@@ -30,13 +59,10 @@ before the worker looked is lost.
 
 Every Lua script touches one slot; steps spanning slots are ordered so a crash
 between them is harmless (a state hash without a job is never claimed; a job
-is only XACKed after its exit is stored). A task leaves the ``queued`` counter
-through an idempotent script (the ``dequeued`` set), on every take, so a worker
-that dies between taking a job and counting it out cannot leak a queue slot.
-
-Fairness gap (first version): one jobs stream, so tasks are claimed in submit
-order across tenants; one tenant's burst delays the others. Per-tenant streams
-served in rotation are the planned fix.
+is only XACKed after its exit is stored, or after its task was unclaimed). A
+task leaves the ``queued`` counter through an idempotent script (the
+``dequeued`` set), on every take, so a worker that dies between taking a job
+and counting it out cannot leak a queue slot; a hand-back counts it in again.
 
 Unreachable Redis raises ``BrokerUnavailable`` (HTTP 503); after a failure,
 calls fail fast until a capped, doubling backoff has passed, then try again.
@@ -54,7 +80,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -73,111 +99,31 @@ from sandlot.broker import (
     TaskState,
     TaskStatus,
     cancelled_before_start,
-    event_from_wire,
     event_to_wire,
 )
+from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import DEADLETTER_MAXLEN, IDEMPOTENCY_PENDING_TTL_S, WORKERS_GROUP, Keys
-from sandlot.models import Event, ExitEvent, Result, Status
+from sandlot.broker.redis_sessions import RedisSessions
+from sandlot.broker.redis_wire import control_message, entries, event, exit_of, internal, read_entries, text, to_str
+from sandlot.errors import SessionNotFound
+from sandlot.models import Event, ExitEvent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLAIM_IDLE_MS = 60_000
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_EVENTS_MAXLEN = 10_000
-_BLOCK_MS = 5_000  # longest blocking read: bounds how late an expired stream or a due reclaim is noticed
+_BLOCK_MS = 5_000  # longest blocking read: bounds how late an expired stream, a due reclaim or a lost token is noticed
 _SOCKET_TIMEOUT_S = _BLOCK_MS / 1000 + 5.0  # a blocking read plus slack; a dead peer is noticed after this
 _CONNECT_TIMEOUT_S = 2.0
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_CAP_S = 5.0
 _REPLAY_PAGE = 500
+_RETIRE_PAGE = 1000  # pending entries looked at per stream when a worker retires
 _STATUSES = ("queued", "running", "done")
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# KEYS: jobs, queued. ARGV: max_queued, task id, tenant. -> {taken 0/1, depth}
-_ENQUEUE = """
-local n = tonumber(redis.call('GET', KEYS[2]) or '0')
-if n >= tonumber(ARGV[1]) then return {0, n} end
-redis.call('XADD', KEYS[1], '*', 'task', ARGV[2], 'tenant', ARGV[3])
-return {1, redis.call('INCR', KEYS[2])}
-"""
-
-# KEYS: state. ARGV: entry id, max deliveries (0: no limit). -> {verdict, spec}
-# 'new': taken for the first time (it leaves the queued count); 'ok': delivered again.
-_TAKE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status == 'done' then return {'done'} end
-local entry = redis.call('HGET', KEYS[1], 'entry')
-local verdict = 'ok'
-if not entry then
-  redis.call('HSET', KEYS[1], 'entry', ARGV[1])
-  verdict = 'new'
-elseif entry ~= ARGV[1] then
-  return {'duplicate'}
-elseif ARGV[2] ~= '0' and tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') >= tonumber(ARGV[2]) then
-  return {'lost', redis.call('HGET', KEYS[1], 'spec')}
-end
-redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-return {verdict, redis.call('HGET', KEYS[1], 'spec')}
-"""
-
-# KEYS: queued, dequeued. ARGV: task id. -> the queued count. Counts a task out once, however often taken.
-_DEQUEUE = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then return redis.call('DECR', KEYS[1]) end
-return tonumber(redis.call('GET', KEYS[1]) or '0')
-"""
-
-# KEYS: state. Only a queued task becomes running (never a finished one, nor an unknown id).
-_RUN = """
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
-"""
-
-# KEYS: state, events. ARGV: seq, event JSON, maxlen. -> the stored seq, or 0 (unknown or done task)
-_PUBLISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'done' then return 0 end
-local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1)
-redis.call('HSET', KEYS[1], 'seq', seq)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', ARGV[2])
-return seq
-"""
-
-# KEYS: state, events, control. ARGV: seq, exit JSON, maxlen, ttl ms, only-if-unclaimed 0/1.
-# -> {stored 0/1, entry id, idempotency key name}
-_FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'done' then return {0, '', ''} end
-local entry = redis.call('HGET', KEYS[1], 'entry') or ''
-if ARGV[5] == '1' and (status ~= 'queued' or entry ~= '') then return {0, '', ''} end
-local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1)
-redis.call('HSET', KEYS[1], 'status', 'done', 'seq', seq, 'exit', ARGV[2], 'exit_seq', seq)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', ARGV[2])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-return {1, entry, redis.call('HGET', KEYS[1], 'idem') or ''}
-"""
-
-# KEYS: state, control. ARGV: tenant, kind, data, signal, maxlen. -> 1 sent, 0 not (unknown, foreign, done)
-_CONTROL = """
-if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2], 'data', ARGV[3], 'signal', ARGV[4])
-return 1
-"""
-
-# KEYS: jobs. ARGV: entry id, consumer, group. -> 1 refreshed, 0 no longer ours (taken over, or acknowledged)
-# Checked and claimed in one step, so a heartbeat never takes back a job another worker has reclaimed.
-_HEARTBEAT = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[3], ARGV[1], ARGV[1], 1)
-if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[3], ARGV[2], 0, ARGV[1], 'JUSTID')
-return 1
-"""
-
-# KEYS: idempotency key. ARGV: task id. Give the key back only if it still names this task.
-_RELEASE_KEY = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_Entry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
 
 
 class RedisBroker:
@@ -207,18 +153,20 @@ class RedisBroker:
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),  # our own backoff decides when to try again
         )
-        self._enqueue = self._redis.register_script(_ENQUEUE)
-        self._take = self._redis.register_script(_TAKE)
-        self._dequeue_script = self._redis.register_script(_DEQUEUE)
-        self._run = self._redis.register_script(_RUN)
-        self._publish = self._redis.register_script(_PUBLISH)
-        self._finish = self._redis.register_script(_FINISH)
-        self._control = self._redis.register_script(_CONTROL)
-        self._release_key = self._redis.register_script(_RELEASE_KEY)
-        self._heartbeat = self._redis.register_script(_HEARTBEAT)
-        self._held: dict[str, str] = {}  # task id -> jobs entry id, for the tasks this consumer runs
+        script = self._redis.register_script
+        self._submit, self._take_next, self._take = script(lua.SUBMIT), script(lua.TAKE_NEXT), script(lua.TAKE)
+        self._reclaim, self._ack_script = script(lua.RECLAIM), script(lua.ACK)
+        self._requeue_script, self._unclaim = script(lua.REQUEUE), script(lua.UNCLAIM)
+        self._dequeue_script, self._run = script(lua.DEQUEUE), script(lua.RUN)
+        self._publish, self._finish, self._control = script(lua.PUBLISH), script(lua.FINISH), script(lua.CONTROL)
+        self._release_key, self._heartbeat = script(lua.RELEASE_KEY), script(lua.HEARTBEAT)
+        self._presence, self._leave = script(lua.PRESENCE), script(lua.LEAVE)
+        k = self.keys
+        self._queue = [k.streams, k.rotation, k.wake, k.workers, k.returned]  # the first KEYS of a queue script
+        self._inbox = k.inbox(self.consumer_name)
+        self.sessions = RedisSessions(self._redis, k, self._queue, self._inbox, self._reachable)
+        self._held: dict[str, tuple[str, str]] = {}  # task id -> (stream, entry id), for the tasks this consumer runs
         self._depth = 0  # the global counter as this process last saw it
-        self._group_ready = False
         self._next_reclaim = 0.0
         self._retry_at = 0.0
         self._backoff_s = 0.0
@@ -238,42 +186,45 @@ class RedisBroker:
             if idem is not None:
                 fields["idem"] = idem
             await self._redis.hset(state, mapping=fields)  # type: ignore[arg-type]
-            taken, depth = await self._enqueue(
-                keys=[self.keys.jobs, self.keys.queued], args=[self.max_queued, spec.id, spec.tenant]
-            )
+            keys = [*self._queue, self.keys.queued, self.keys.tenant_jobs(spec.tenant)]
+            if spec.session_id is not None:
+                keys.append(self.keys.session(spec.tenant, spec.session_id))
+            verdict, depth = await self._submit(keys=keys, args=[self.max_queued, spec.id, spec.tenant])
             self._depth = int(depth)
-            if not int(taken):
+            if int(verdict) != 1:
                 await self._redis.delete(state)
                 if idem is not None:
                     await self._release_key(keys=[idem], args=[spec.id])
+                if int(verdict) < 0:
+                    raise SessionNotFound(f"session {spec.session_id!r} not found or expired", field="session_id")
                 raise QueueFull(f"{self._depth} executions are already queued")
         return spec
 
     async def get(self, tenant: str, task_id: str) -> TaskState | None:
         async with self._reachable():
             raw = await self._redis.hgetall(self.keys.state(task_id))
-        fields = _text(raw)
+        fields = text(raw)
         status = fields.get("status")
         if fields.get("tenant") != tenant or status not in _STATUSES:
             return None
-        return TaskState(task_id, tenant, cast(TaskStatus, status), float(fields.get("created", 0.0)), _exit(fields))
+        return TaskState(task_id, tenant, cast(TaskStatus, status), float(fields.get("created", 0.0)), exit_of(fields))
 
     async def subscribe(self, tenant: str, task_id: str) -> AsyncIterator[Event]:
         """Replay from the first event (XRANGE), then follow live (XREAD BLOCK) until the exit event."""
         state, stream = self.keys.state(task_id), self.keys.events(task_id)
         async with self._reachable():
             owner = await self._redis.hget(state, "tenant")
-        if owner is None or _str(owner) != tenant:
+        if owner is None or to_str(owner) != tenant:
             return
         last = "-"
         while True:  # replay, a page at a time
             async with self._reachable():
                 page = await self._redis.xrange(stream, min=last, count=_REPLAY_PAGE)
-            for entry_id, fields in _entries(page):
+            for entry_id, fields in entries(page):
                 last = "(" + entry_id
-                event = _event(fields)
-                yield event
-                if isinstance(event, ExitEvent):
+                item = event(fields)
+                yield item
+                if isinstance(item, ExitEvent):
                     return
             if len(page or ()) < _REPLAY_PAGE:
                 break
@@ -285,11 +236,11 @@ class RedisBroker:
                     if not await self._redis.exists(state):  # expired while we waited
                         return
                     continue
-            for entry_id, fields in _read_entries(reply):
+            for entry_id, fields in read_entries(reply):
                 last = entry_id
-                event = _event(fields)
-                yield event
-                if isinstance(event, ExitEvent):
+                item = event(fields)
+                yield item
+                if isinstance(item, ExitEvent):
                     return
 
     async def control(self, tenant: str, task_id: str, message: Control) -> bool:
@@ -306,7 +257,7 @@ class RedisBroker:
             owner, status, spec_json, entry = await self._redis.hmget(
                 self.keys.state(task_id), ["tenant", "status", "spec", "entry"]
             )
-            if owner is None or _str(owner) != tenant or status in (None, b"done"):
+            if owner is None or to_str(owner) != tenant or status in (None, b"done"):
                 return False
             if status == b"queued" and entry is None and spec_json is not None:
                 spec = TaskSpec.from_json(spec_json)
@@ -330,46 +281,34 @@ class RedisBroker:
     # ----------------------------------------------------------- workers
 
     async def claim(self) -> TaskSpec:
-        """The next task for this consumer: a stale one from a lost worker first, else a new one.
+        """The next task for this consumer: a stale one from a lost worker first, else the next in turn.
 
         Waits out a Redis outage (with the capped backoff) rather than raising.
         """
+        token = ""  # the wake list a token was popped from, for the next take
         while True:
             try:
-                spec = await self._claim_once()
+                spec, token = await self._claim_step(token)
             except BrokerUnavailable as exc:
                 log.warning("claim: %s", exc)
+                token = ""
                 await asyncio.sleep(max(self._retry_at - time.monotonic(), _BACKOFF_FIRST_S))
                 continue
             if spec is not None:
                 return spec
 
     async def reclaim(self, *, count: int = 1) -> list[TaskSpec]:
-        """Take over up to ``count`` jobs pending longer than ``claim_idle_ms`` on other consumers."""
+        """Take over up to ``count`` jobs pending longer than ``claim_idle_ms`` on other consumers.
+
+        First moves what waits unread in the inboxes of dead workers to ``returned``.
+        """
         specs: list[TaskSpec] = []
         async with self._reachable():
-            await self._ensure_group()
-            cursor = "0-0"
-            while len(specs) < count:
-                try:
-                    reply = await self._redis.xautoclaim(
-                        self.keys.jobs,
-                        WORKERS_GROUP,
-                        self.consumer_name,
-                        self.claim_idle_ms,
-                        start_id=cursor,
-                        count=count - len(specs),
-                    )
-                except ResponseError as exc:
-                    self._lost_group(exc)
-                    break
-                cursor = _str(reply[0])
-                for entry_id, fields in _entries(reply[1]):
-                    spec = await self._take_entry(entry_id, fields, retry=True)
-                    if spec is not None:
-                        specs.append(spec)
-                if cursor == "0-0":
-                    break
+            reply = await self._reclaim(keys=self._queue, args=[self.consumer_name, self.claim_idle_ms, count])
+            for stream, entry_id, fields in reply or ():
+                spec = await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields)), retry=True)
+                if spec is not None:
+                    specs.append(spec)
         return specs
 
     @property
@@ -380,23 +319,17 @@ class RedisBroker:
     async def heartbeat(self, task_id: str) -> bool:
         """Reset the idle time of a job this consumer holds, so ``reclaim`` leaves it alone.
 
-        False once the job is no longer ours: acknowledged, or taken over after we
-        were silent too long. Raises ``BrokerUnavailable`` in an outage.
+        False once the job is no longer ours: acknowledged, handed back, or taken over
+        after we were silent too long. Raises ``BrokerUnavailable`` in an outage.
         """
         async with self._reachable():
-            entry = self._held.get(task_id)
-            if entry is None:
-                raw = await self._redis.hget(self.keys.state(task_id), "entry")
-                if raw is None:
+            held = self._held.get(task_id)
+            if held is None:
+                stream, entry = await self._redis.hmget(self.keys.state(task_id), ["stream", "entry"])
+                if stream is None or entry is None:
                     return False
-                entry = self._held[task_id] = _str(raw)
-            try:
-                refreshed = await self._heartbeat(
-                    keys=[self.keys.jobs], args=[entry, self.consumer_name, WORKERS_GROUP]
-                )
-            except ResponseError as exc:
-                self._lost_group(exc)  # Redis lost its data: the job went with it
-                return False
+                held = self._held[task_id] = (to_str(stream), to_str(entry))
+            refreshed = await self._heartbeat(keys=[held[0]], args=[held[1], self.consumer_name, WORKERS_GROUP])
         return bool(refreshed)
 
     async def mark_running(self, task_id: str) -> None:
@@ -431,12 +364,58 @@ class RedisBroker:
                 log.warning("controls of %s: %s", task_id, exc)
                 await asyncio.sleep(max(self._retry_at - time.monotonic(), _BACKOFF_FIRST_S))
                 continue
-            for entry_id, fields in _read_entries(reply):
+            for entry_id, fields in read_entries(reply):
                 last = entry_id
-                yield _control_message(fields)
+                yield control_message(fields)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    # ---------------------------------------------- many workers (Distributed)
+
+    async def presence(self, sessions: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Say this worker is alive for ``claim_idle_ms`` more; which of the given sessions still come here."""
+        session_keys = [self.keys.session(tenant, session_id) for tenant, session_id in sessions]
+        async with self._reachable():
+            owned = await self._presence(keys=[*self._queue, self._inbox, *session_keys], args=[self.claim_idle_ms])
+        return {pair for pair, flag in zip(sessions, owned or (), strict=False) if int(flag)}
+
+    async def hand_back(self, task_id: str) -> bool:
+        """Give a job this consumer holds back to the front of the queue; False if it was not ours any more."""
+        held = self._held.pop(task_id, None)
+        if held is None:
+            return False
+        async with self._reachable():
+            return await self._requeue(task_id, *held)
+
+    async def leave(self) -> None:
+        """No more jobs routed to this worker; what waits unread in its inbox goes to ``returned``."""
+        async with self._reachable():
+            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name])
+
+    async def retire(self) -> int:
+        """Hand back every job still pending to this consumer (call once nothing runs); how many went back."""
+        handed = 0
+        async with self._reachable():
+            for raw_stream in await self._redis.smembers(self.keys.streams):
+                stream = to_str(raw_stream)
+                try:
+                    pending = await self._redis.xpending_range(
+                        stream, WORKERS_GROUP, min="-", max="+", count=_RETIRE_PAGE, consumername=self.consumer_name
+                    )
+                except ResponseError:  # NOGROUP: the stream went meanwhile
+                    continue
+                for item in pending:
+                    entry_id = to_str(item["message_id"])
+                    rows = entries(await self._redis.xrange(stream, min=entry_id, max=entry_id))
+                    task = rows[0][1].get(b"task") if rows else None
+                    if task is None:
+                        await self._ack(stream, entry_id)
+                    elif await self._requeue(task.decode(errors="replace"), stream, entry_id):
+                        handed += 1
+            self._held.clear()
+            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name])
+        return handed
 
     # ------------------------------------------------------------ private
 
@@ -448,47 +427,46 @@ class RedisBroker:
             earlier_id = await self._redis.get(idem)
             if earlier_id is None:
                 continue  # expired in between: try to take it again
-            owner, spec_json = await self._redis.hmget(self.keys.state(_str(earlier_id)), ["tenant", "spec"])
-            if spec_json is not None and owner is not None and _str(owner) == tenant:
+            owner, spec_json = await self._redis.hmget(self.keys.state(to_str(earlier_id)), ["tenant", "spec"])
+            if spec_json is not None and owner is not None and to_str(owner) == tenant:
                 return TaskSpec.from_json(spec_json)
             await self._redis.set(idem, task_id, ex=IDEMPOTENCY_PENDING_TTL_S)  # its task is gone: a new one
             return None
 
-    async def _claim_once(self) -> TaskSpec | None:
-        if time.monotonic() >= self._next_reclaim:
+    async def _claim_step(self, token: str) -> tuple[TaskSpec | None, str]:
+        """One step of ``claim``: a task, or None and the token to take the next job with."""
+        if not token and time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.claim_idle_ms / 1000
             stale = await self.reclaim(count=1)
             if stale:
-                return stale[0]
-        block_ms = max(1, min(_BLOCK_MS, int((self._next_reclaim - time.monotonic()) * 1000)))
+                return stale[0], ""
         async with self._reachable():
-            await self._ensure_group()
-            try:
-                reply = await self._redis.xreadgroup(
-                    WORKERS_GROUP, self.consumer_name, {self.keys.jobs: ">"}, count=1, block=block_ms
-                )
-            except ResponseError as exc:
-                self._lost_group(exc)
-                return None
-            for entry_id, fields in _read_entries(reply):
-                return await self._take_entry(entry_id, fields, retry=False)
-        return None
+            reply = await self._take_next(
+                keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)], args=[self.consumer_name, token]
+            )
+            if reply:
+                stream, entry_id, fields = reply
+                return await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields)), retry=False), ""
+            block_s = max(0.001, min(_BLOCK_MS / 1000, self._next_reclaim - time.monotonic()))
+            popped = await self._redis.blpop([Keys.wake_of(self._inbox), self.keys.wake], timeout=block_s)
+        return None, to_str(popped[0]) if popped else ""
 
-    async def _take_entry(self, entry_id: str, fields: dict[bytes, bytes] | None, *, retry: bool) -> TaskSpec | None:
+    async def _take_entry(self, delivered: _Entry, *, retry: bool) -> TaskSpec | None:
         """Take one delivered jobs entry: the task's spec, or None (skipped or dead-lettered)."""
-        if not fields or b"task" not in fields:
-            await self._dead_letter(entry_id, fields, "malformed entry: no task id")
+        stream, entry_id, fields = delivered
+        if b"task" not in fields:
+            await self._dead_letter(delivered, "malformed entry: no task id")
             return None
         task_id = fields[b"task"].decode(errors="replace")
         verdict, *rest = await self._take(
-            keys=[self.keys.state(task_id)], args=[entry_id, self.max_deliveries if retry else 0]
+            keys=[self.keys.state(task_id)], args=[entry_id, self.max_deliveries if retry else 0, stream]
         )
         verdict = verdict.decode()
         if verdict == "done":  # cancelled while queued, or finished but not yet acknowledged
-            await self._ack(entry_id)
+            await self._ack(stream, entry_id)
             return None
         if verdict in ("missing", "duplicate"):
-            await self._dead_letter(entry_id, fields, f"{verdict} task {task_id!r}")
+            await self._dead_letter(delivered, f"{verdict} task {task_id!r}")
             return None
         # Every take (first, or after a worker died before counting it out) leaves the queued count,
         # exactly once per task.
@@ -496,22 +474,40 @@ class RedisBroker:
         try:
             spec = TaskSpec.from_json(rest[0])
         except (ValueError, KeyError, TypeError) as exc:
-            await self._dead_letter(entry_id, fields, f"malformed spec of task {task_id!r}: {exc}")
-            await self._store_exit(task_id, _internal(f"malformed task spec: {exc}"), only_if_unclaimed=False)
+            await self._dead_letter(delivered, f"malformed spec of task {task_id!r}: {exc}")
+            await self._store_exit(task_id, internal(f"malformed task spec: {exc}"), only_if_unclaimed=False)
             return None
         if verdict == "lost":
-            lost = _internal("worker lost", language=spec.language)
+            lost = internal("worker lost", language=spec.language)
             await self._store_exit(task_id, lost, only_if_unclaimed=False)
             return None
-        self._held[task_id] = entry_id
+        self._held[task_id] = (stream, entry_id)
         return spec
+
+    async def _requeue(self, task_id: str, stream: str, entry_id: str) -> bool:
+        """Unclaim the task (its slot), then requeue it at the front and acknowledge the held entry ({jobs})."""
+        raw_verdict, *rest = await self._unclaim(keys=[self.keys.state(task_id)], args=[entry_id])
+        verdict = to_str(raw_verdict)
+        if verdict == "other":  # taken over by another worker: its entry is not ours to touch
+            return False
+        again = verdict == "ok"
+        tenant, keys = "", [*self._queue, self.keys.queued, self.keys.dequeued, stream, self.keys.returned]
+        if again:
+            spec = TaskSpec.from_json(rest[0])
+            tenant, keys[-1] = spec.tenant, self.keys.tenant_jobs(spec.tenant)
+            if spec.session_id is not None:
+                keys.append(self.keys.session(spec.tenant, spec.session_id))
+        await self._requeue_script(
+            keys=keys, args=[task_id, tenant, entry_id, int(again), int(self.keys.is_tenant_jobs(stream))]
+        )
+        return again
 
     async def _dequeue(self, task_id: str) -> int:
         return int(await self._dequeue_script(keys=[self.keys.queued, self.keys.dequeued], args=[task_id]))
 
     async def _store_exit(self, task_id: str, exit_event: ExitEvent, *, only_if_unclaimed: bool) -> bool:
         """Store the exit (after every earlier event), expire the task, then acknowledge its job."""
-        stored, entry, idem = await self._finish(
+        stored, entry, idem, stream = await self._finish(
             keys=[self.keys.state(task_id), self.keys.events(task_id), self.keys.control(task_id)],
             args=[
                 exit_event.seq,
@@ -523,43 +519,27 @@ class RedisBroker:
         )
         if not int(stored):
             return False
-        if entry:
-            await self._ack(entry.decode())
+        if entry and stream:
+            await self._ack(stream.decode(), entry.decode())
             await self._redis.srem(self.keys.dequeued, task_id)  # finished: no further take can come
         if idem:
             await self._redis.pexpire(idem.decode(), max(1, int(self.result_ttl_s * 1000)))
         return True
 
-    async def _ack(self, entry_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.jobs, WORKERS_GROUP, entry_id)
-            pipe.xdel(self.keys.jobs, entry_id)
-            await pipe.execute()
+    async def _ack(self, stream: str, entry_id: str) -> None:
+        await self._ack_script(keys=[*self._queue, stream], args=[entry_id, int(self.keys.is_tenant_jobs(stream))])
 
-    async def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes] | None, reason: str) -> None:
-        log.warning("dead-lettering jobs entry %s: %s", entry_id, reason)
-        readable = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (fields or {}).items()}
+    async def _dead_letter(self, delivered: _Entry, reason: str) -> None:
+        stream, entry_id, fields = delivered
+        log.warning("dead-lettering jobs entry %s of %s: %s", entry_id, stream, reason)
+        readable = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
         await self._redis.xadd(
             self.keys.deadletter,
-            {"entry": entry_id, "reason": reason, "fields": json.dumps(readable)},
+            {"entry": entry_id, "stream": stream, "reason": reason, "fields": json.dumps(readable)},
             maxlen=DEADLETTER_MAXLEN,
             approximate=True,
         )
-        await self._ack(entry_id)
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            # From id 0: jobs submitted before any worker ever looked are still delivered.
-            await self._redis.xgroup_create(self.keys.jobs, WORKERS_GROUP, id="0", mkstream=True)
-        self._group_ready = True
-
-    def _lost_group(self, exc: ResponseError) -> None:
-        """NOGROUP: Redis lost its data (a restart without persistence); make the group again next time."""
-        if "NOGROUP" not in str(exc):
-            raise exc
-        self._group_ready = False
+        await self._ack(stream, entry_id)
 
     @contextlib.asynccontextmanager
     async def _reachable(self) -> AsyncIterator[None]:
@@ -572,54 +552,11 @@ class RedisBroker:
         except _UNAVAILABLE as exc:
             self._backoff_s = min(_BACKOFF_CAP_S, self._backoff_s * 2 or _BACKOFF_FIRST_S)
             self._retry_at = time.monotonic() + self._backoff_s
-            self._group_ready = False
             raise BrokerUnavailable(f"redis is unreachable: {exc}") from exc
         self._backoff_s = 0.0
 
 
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Stream entries as (id, fields); a deleted entry (XAUTOCLAIM's nil fields) has empty fields."""
-    return [(_str(entry_id), dict(fields or {})) for entry_id, fields in raw or ()]
-
-
-def _read_entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """The entries of a one-stream XREAD/XREADGROUP reply (RESP2 list or RESP3 map), or none."""
-    if not reply:
-        return []
-    streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply]
-    return [entry for entries in streams for entry in _entries(entries)]
-
-
-def _text(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_str(k): _str(v) for k, v in raw.items()}
-
-
-def _exit(fields: dict[str, str]) -> ExitEvent | None:
-    if "exit" not in fields:
-        return None
-    wire: dict[str, Any] = json.loads(fields["exit"])
-    wire["seq"] = int(fields["exit_seq"])
-    event = event_from_wire(wire)
-    assert isinstance(event, ExitEvent)
-    return event
-
-
-def _event(fields: dict[bytes, bytes]) -> Event:
-    wire: dict[str, Any] = json.loads(fields[b"event"])
-    wire["seq"] = int(fields[b"seq"])  # the stamped seq, which may differ from the publisher's
-    return event_from_wire(wire)
-
-
-def _control_message(fields: dict[bytes, bytes]) -> Control:
-    kind = fields.get(b"kind", b"").decode()
-    if kind not in ("stdin", "close_stdin", "signal", "cancel"):
-        kind = "cancel"  # unreadable: the safe reading of a message nobody should have sent
-    return Control(kind, fields.get(b"data", b""), int(fields.get(b"signal", b"0")))  # type: ignore[arg-type]
-
-
-def _internal(message: str, *, language: str = "") -> ExitEvent:
-    return ExitEvent(Result(Status.INTERNAL_ERROR, language=language, message=message), time=time.time())
+def _pairs(flat: Any) -> dict[bytes, bytes]:
+    """A script's entry fields (a flat list, or nil for a deleted entry) as a dict."""
+    items = list(flat or ())
+    return dict(zip(items[::2], items[1::2], strict=False))

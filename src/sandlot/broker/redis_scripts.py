@@ -1,0 +1,361 @@
+"""The Redis broker's Lua scripts: each one atomic, each on one Cluster slot (see ``keys``).
+
+Two families. A task's own scripts take its ``{t:<task>}`` keys. The queue's
+scripts take the ``{jobs}`` keys and start with the same five KEYS, the queue
+``Q``: the streams set, the rotation, the shared wake list, the workers set and
+the returned stream; their helpers (``_QUEUE``) are prepended to each of them.
+
+A job entry is ``task``, ``tenant``. Tokens: every job added to a stream pushes
+one token onto the wake list of that stream (the shared one, or the inbox's);
+a blocked worker pops one (BLPOP) and a take consumes exactly one for the job
+it takes, so idle workers sleep on Redis instead of polling, and a token lost
+to a crash only delays a job until some worker's blocking read times out.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------ a task's scripts
+
+# KEYS: state. ARGV: entry id, max deliveries (0: no limit), stream. -> {verdict, spec}
+# 'new': taken for the first time since it was queued (it leaves the queued count); 'ok': delivered again.
+TAKE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status == 'done' then return {'done'} end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+local verdict = 'ok'
+if not entry then
+  redis.call('HSET', KEYS[1], 'entry', ARGV[1], 'stream', ARGV[3])
+  verdict = 'new'
+elseif entry ~= ARGV[1] then
+  return {'duplicate'}
+elseif ARGV[2] ~= '0' and tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') >= tonumber(ARGV[2]) then
+  return {'lost', redis.call('HGET', KEYS[1], 'spec')}
+end
+redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+return {verdict, redis.call('HGET', KEYS[1], 'spec')}
+"""
+
+# KEYS: state. ARGV: entry id. -> {'ok', spec} | {'done'} | {'missing'} | {'other'}
+# Gives a held job back: the task is queued again, with no entry, and this delivery does not count.
+# No entry recorded: the entry was read but never taken (an interrupted claim), so it is the task's one.
+# 'other': the entry is no longer the task's (another worker took it over): nothing to give back.
+UNCLAIM = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status == 'done' then return {'done'} end
+local held = redis.call('HGET', KEYS[1], 'entry')
+if held and held ~= ARGV[1] then return {'other'} end
+redis.call('HDEL', KEYS[1], 'entry', 'stream')
+redis.call('HSET', KEYS[1], 'status', 'queued')
+if held and tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+end
+return {'ok', redis.call('HGET', KEYS[1], 'spec')}
+"""
+
+# KEYS: state. Only a queued task becomes running (never a finished one, nor an unknown id).
+RUN = """
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
+"""
+
+# KEYS: state, events. ARGV: seq, event JSON, maxlen. -> the stored seq, or 0 (unknown or done task)
+PUBLISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'done' then return 0 end
+local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1)
+redis.call('HSET', KEYS[1], 'seq', seq)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', ARGV[2])
+return seq
+"""
+
+# KEYS: state, events, control. ARGV: seq, exit JSON, maxlen, ttl ms, only-if-unclaimed 0/1.
+# -> {stored 0/1, entry id, idempotency key name, entry's stream}
+FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'done' then return {0, '', '', ''} end
+local entry = redis.call('HGET', KEYS[1], 'entry') or ''
+if ARGV[5] == '1' and (status ~= 'queued' or entry ~= '') then return {0, '', '', ''} end
+local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1)
+redis.call('HSET', KEYS[1], 'status', 'done', 'seq', seq, 'exit', ARGV[2], 'exit_seq', seq)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', ARGV[2])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {1, entry, redis.call('HGET', KEYS[1], 'idem') or '', redis.call('HGET', KEYS[1], 'stream') or ''}
+"""
+
+# KEYS: state, control. ARGV: tenant, kind, data, signal, maxlen. -> 1 sent, 0 not (unknown, foreign, done)
+CONTROL = """
+if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2], 'data', ARGV[3], 'signal', ARGV[4])
+return 1
+"""
+
+# KEYS: a jobs stream. ARGV: entry id, consumer, group. -> 1 refreshed, 0 no longer ours (taken over, acknowledged)
+# Checked and claimed in one step, so a heartbeat never takes back a job another worker has reclaimed.
+HEARTBEAT = """
+local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[3], ARGV[1], ARGV[1], 1)
+if not ok or #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[3], ARGV[2], 0, ARGV[1], 'JUSTID')
+return 1
+"""
+
+# KEYS: idempotency key. ARGV: task id. Give the key back only if it still names this task.
+RELEASE_KEY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# ------------------------------------------------------------ the queue's scripts
+
+# Prepended to every queue script: KEYS[1..5] are Q.
+_QUEUE = """
+local GROUP = 'workers'
+local Q = {streams = KEYS[1], rotation = KEYS[2], wake = KEYS[3], workers = KEYS[4], returned = KEYS[5]}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A stream jobs are added to: with its consumer group (from 0, so entries already there are
+-- delivered), and known to reclaim.
+local function open_stream(stream)
+  redis.pcall('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')  -- BUSYGROUP: it has one
+  redis.call('SADD', Q.streams, stream)
+end
+
+local function alive(inbox, now)
+  local deadline = redis.call('ZSCORE', Q.workers, inbox)
+  return deadline ~= false and tonumber(deadline) > now
+end
+
+-- Keep a session for its idle time from now, never past its absolute expiry. -> ms left (<= 0: it ended)
+local function touch(session, now)
+  local expires_at = tonumber(redis.call('HGET', session, 'expires_at') or '0')
+  local left = math.min(expires_at - now, tonumber(redis.call('HGET', session, 'idle_ms') or '0'))
+  if left <= 0 then redis.call('DEL', session) else redis.call('PEXPIRE', session, left) end
+  return left
+end
+
+-- Add a job where it should run, with a wake token: a session's job goes to the inbox of its owner
+-- if that worker is alive; else a job handed back (front) goes to `returned`, served first, and a
+-- new one to its tenant's stream, which joins the rotation if it was not in it.
+local function route(task, tenant, tenant_stream, session, front, now)
+  local target, wake = nil, Q.wake
+  if session then
+    local owner = redis.call('HGET', session, 'owner')
+    if owner and owner ~= '' and alive(owner, now) then target, wake = owner, owner .. ':wake' end
+  end
+  if not target then
+    if front then
+      target = Q.returned
+    else
+      target = tenant_stream
+      if not redis.call('LPOS', Q.rotation, target) then redis.call('RPUSH', Q.rotation, target) end
+    end
+  end
+  open_stream(target)
+  redis.call('XADD', target, '*', 'task', task, 'tenant', tenant)
+  redis.call('RPUSH', wake, '1')
+end
+
+-- Acknowledge and delete a jobs entry; a tenant's stream left empty goes, with its group.
+local function ack(stream, entry, deletable)
+  redis.pcall('XACK', stream, GROUP, entry)
+  redis.call('XDEL', stream, entry)
+  if deletable and redis.call('XLEN', stream) == 0 then
+    redis.call('DEL', stream)
+    redis.call('SREM', Q.streams, stream)
+    redis.call('LREM', Q.rotation, 0, stream)
+  end
+end
+
+-- A worker's inbox: its undelivered entries move to `returned` (a wake token each); once nothing is
+-- pending there either, the inbox, its tokens and the worker's presence go.
+local function sweep(inbox, consumer)
+  while true do
+    local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', 100, 'STREAMS', inbox, '>')
+    if type(r) ~= 'table' or not r[1] then break end
+    open_stream(Q.returned)
+    for _, entry in ipairs(r[1][2]) do
+      redis.call('XADD', Q.returned, '*', unpack(entry[2]))
+      redis.call('RPUSH', Q.wake, '1')
+      redis.call('XACK', inbox, GROUP, entry[1])
+      redis.call('XDEL', inbox, entry[1])
+    end
+  end
+  if redis.call('XLEN', inbox) == 0 then
+    redis.call('DEL', inbox, inbox .. ':wake')
+    redis.call('ZREM', Q.workers, inbox)
+    redis.call('SREM', Q.streams, inbox)
+  end
+end
+"""
+
+# KEYS: Q, queued, the tenant's stream[, session]. ARGV: max_queued, task id, tenant.
+# -> {1 queued | 0 the queue is full | -1 no such session, depth}
+SUBMIT = (
+    _QUEUE
+    + """
+local n = tonumber(redis.call('GET', KEYS[6]) or '0')
+local session = KEYS[8]
+local now = now_ms()
+if session and (redis.call('EXISTS', session) == 0 or touch(session, now) <= 0) then return {-1, n} end
+if n >= tonumber(ARGV[1]) then return {0, n} end
+route(ARGV[2], ARGV[3], KEYS[7], session, false, now)
+return {1, redis.call('INCR', KEYS[6])}
+"""
+)
+
+# KEYS: Q, this worker's inbox, its wake list. ARGV: consumer, the wake list a token was already popped
+# from ('' for none). -> {stream, entry id, fields} or {} when there is nothing to take.
+# Order: this worker's inbox (its sessions), then `returned`, then one job of the tenant at the head of
+# the rotation, whose stream moves to the tail while it has more (each tenant's own order is kept).
+TAKE_NEXT = (
+    _QUEUE
+    + """
+local function read(stream)
+  local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, ARGV[1], 'COUNT', 1, 'STREAMS', stream, '>')
+  if type(r) ~= 'table' or not r[1] then return nil end
+  return r[1][2][1]
+end
+
+-- One token goes with each job taken: the one already popped if it was this job's list's, else one now
+-- (and the popped one goes back to its list, for the job it announced).
+local function taken(stream, entry, wake)
+  if ARGV[2] ~= wake then
+    redis.call('LPOP', wake)
+    if ARGV[2] ~= '' then redis.call('RPUSH', ARGV[2], '1') end
+  end
+  return {stream, entry[1], entry[2]}
+end
+
+local entry = read(KEYS[6])
+if entry then return taken(KEYS[6], entry, KEYS[7]) end
+entry = read(Q.returned)
+if entry then return taken(Q.returned, entry, Q.wake) end
+for _ = 1, redis.call('LLEN', Q.rotation) do
+  local stream = redis.call('LPOP', Q.rotation)
+  if not stream then break end
+  entry = read(stream)
+  if entry then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    if last[1] and last[1][1] ~= entry[1] then redis.call('RPUSH', Q.rotation, stream) end
+    return taken(stream, entry, Q.wake)
+  end
+end
+return {}
+"""
+)
+
+# KEYS: Q. ARGV: consumer, min idle ms, count. -> {{stream, entry id, fields or nil}, ...}
+# First the dead workers (presence expired): their inboxes are swept. Then XAUTOCLAIM over every stream.
+RECLAIM = (
+    _QUEUE
+    + """
+for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '-inf', '(' .. now_ms())) do
+  sweep(inbox, ARGV[1])
+end
+local found, want = {}, tonumber(ARGV[3])
+for _, stream in ipairs(redis.call('SMEMBERS', Q.streams)) do
+  if #found >= want then break end
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('SREM', Q.streams, stream)
+  else
+    local cursor = '0-0'
+    repeat
+      local r = redis.pcall('XAUTOCLAIM', stream, GROUP, ARGV[1], ARGV[2], cursor, 'COUNT', want - #found)
+      if type(r) ~= 'table' or r.err then break end
+      cursor = r[1]
+      for _, entry in ipairs(r[2]) do found[#found + 1] = {stream, entry[1], entry[2]} end
+    until cursor == '0-0' or #found >= want
+  end
+end
+return found
+"""
+)
+
+# KEYS: Q, a jobs stream. ARGV: entry id, 1 if the stream is a tenant's (deleted once empty).
+ACK = (
+    _QUEUE
+    + """
+ack(KEYS[6], ARGV[1], ARGV[2] == '1')
+"""
+)
+
+# KEYS: Q, queued, dequeued, the held entry's stream, the tenant's stream[, session].
+# ARGV: task id, tenant, held entry id, 1 to queue the task again (0: only acknowledge), 1 if the held
+# entry's stream is a tenant's. The task goes back to the front (see route) and into the queued count.
+REQUEUE = (
+    _QUEUE
+    + """
+if ARGV[4] == '1' then
+  route(ARGV[1], ARGV[2], KEYS[9], KEYS[10], true, now_ms())
+  if redis.call('SREM', KEYS[7], ARGV[1]) == 1 then redis.call('INCR', KEYS[6]) end
+end
+ack(KEYS[8], ARGV[3], ARGV[5] == '1')
+"""
+)
+
+# KEYS: Q, this worker's inbox, then the sessions it holds a box for. ARGV: presence ttl ms.
+# -> for each session, 1 if its jobs still come here, else 0 (ended, expired, or moved to another worker).
+PRESENCE = (
+    _QUEUE
+    + """
+redis.call('ZADD', Q.workers, now_ms() + tonumber(ARGV[1]), KEYS[6])
+open_stream(KEYS[6])
+local owned = {}
+for i = 7, #KEYS do
+  owned[#owned + 1] = redis.call('HGET', KEYS[i], 'owner') == KEYS[6] and 1 or 0
+end
+return owned
+"""
+)
+
+# KEYS: Q, this worker's inbox. ARGV: consumer. The worker stops being routed to; what waits in its inbox
+# unread goes to `returned`.
+LEAVE = (
+    _QUEUE
+    + """
+redis.call('ZREM', Q.workers, KEYS[6])
+sweep(KEYS[6], ARGV[1])
+"""
+)
+
+# KEYS: Q, session, this worker's inbox. ARGV: 1 if this worker still has the session's box.
+# -> {verdict, ms until the session expires}: 'gone' (no such session), 'elsewhere' (another live worker
+# owns it: hand the job over), else it is this worker's from now on: 'ready' (its box is here), 'new'
+# (no box yet), 'reset' (its box was lost with a worker: a fresh one).
+BIND = (
+    _QUEUE
+    + """
+local session, me = KEYS[6], KEYS[7]
+if redis.call('EXISTS', session) == 0 then return {'gone', 0} end
+local now = now_ms()
+local owner = redis.call('HGET', session, 'owner') or ''
+if owner ~= '' and owner ~= me and alive(owner, now) then return {'elsewhere', 0} end
+local left = touch(session, now)
+if left <= 0 then return {'gone', 0} end
+local boxed = redis.call('HGET', session, 'boxed') or ''
+local verdict = 'ready'
+if boxed == '' then verdict = 'new' elseif boxed ~= me or ARGV[1] ~= '1' then verdict = 'reset' end
+redis.call('HSET', session, 'owner', me, 'boxed', me)
+return {verdict, left}
+"""
+)
+
+# KEYS: queued, dequeued. ARGV: task id. -> the queued count. Counts a task out once, however often taken.
+DEQUEUE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+
+# KEYS: session. ARGV: ttl ms, idle ms. A new session: no owner until its first run binds one.
+CREATE_SESSION = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'created', now, 'expires_at', now + tonumber(ARGV[1]), 'idle_ms', ARGV[2],
+  'owner', '', 'boxed', '')
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), tonumber(ARGV[2])))
+"""

@@ -1,0 +1,74 @@
+"""The distributed mode's session directory: sessions named in Redis, each bound to the worker holding its box.
+
+A session is a hash on the ``{jobs}`` slot (``keys.session``): created by any
+API node, with no owner until its first job is taken. The worker that takes it
+``bind``s it: from then on the session's jobs are routed to that worker's
+inbox (``redis_scripts.route``), and the worker keeps the box between runs.
+When that worker dies or leaves, the next worker to take one of its jobs binds
+the session to itself and opens a fresh box (verdict ``reset``). The hash
+expires with the session (absolute TTL, or idle time since its last job), and
+``end`` deletes it; the worker holding the box learns either at its next
+``presence`` and releases the box.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from sandlot.broker import SessionBinding, SessionVerdict
+from sandlot.broker import redis_scripts as lua
+from sandlot.broker.keys import Keys
+
+SESSION_ID_BYTES = 24  # as the pool's own session ids
+
+
+class RedisSessions:
+    """``SessionDirectory`` on Redis; made by ``RedisBroker`` (``broker.sessions``), sharing its client."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        queue: list[str],
+        inbox: str,
+        reachable: Callable[[], AbstractAsyncContextManager[None]],
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._queue = queue
+        self._inbox = inbox
+        self._reachable = reachable
+        self._create = client.register_script(lua.CREATE_SESSION)
+        self._bind = client.register_script(lua.BIND)
+
+    async def create(self, tenant: str, *, ttl_s: float, idle_s: float) -> str:
+        """A new session's id; its box is opened by the worker that takes its first job."""
+        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        async with self._reachable():
+            await self._create(keys=[self._keys.session(tenant, session_id)], args=[_ms(ttl_s), _ms(idle_s)])
+        return session_id
+
+    async def end(self, tenant: str, session_id: str) -> bool:
+        async with self._reachable():
+            return bool(await self._redis.delete(self._keys.session(tenant, session_id)))
+
+    async def exists(self, tenant: str, session_id: str) -> bool:
+        async with self._reachable():
+            return bool(await self._redis.exists(self._keys.session(tenant, session_id)))
+
+    async def bind(self, tenant: str, session_id: str, *, have_box: bool) -> SessionBinding:
+        """Where a job of the session runs; this worker becomes its owner unless another live one is."""
+        async with self._reachable():
+            verdict, left_ms = await self._bind(
+                keys=[*self._queue, self._keys.session(tenant, session_id), self._inbox], args=[int(have_box)]
+            )
+        return SessionBinding(cast(SessionVerdict, verdict.decode()), int(left_ms) / 1000)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
