@@ -24,8 +24,10 @@ from sandlot.broker import (
 from sandlot.broker.memory import MemoryBroker
 from sandlot.config import LimitRequest
 from sandlot.models import (
+    NOTICE_SESSION_RESET,
     Event,
     ExitEvent,
+    NoticeEvent,
     OutputEvent,
     Result,
     SourceFile,
@@ -408,6 +410,7 @@ _EVENTS: list[Event] = [
     OutputEvent("stdout", b"\x00\xffbytes", stage="run", seq=2, time=1_700_000_001.0),
     OutputEvent("stderr", b"oops\n", stage="cmd-1", seq=3, time=1_700_000_001.5),
     StageResultEvent("compile", _RESULT, seq=4, time=1_700_000_002.0),
+    NoticeEvent(NOTICE_SESSION_RESET, "a fresh box", seq=5, time=1_700_000_002.5),
     ExitEvent(
         _RESULT,
         stages=(("compile", Result(Status.OK, exit_code=0)), ("run", _RESULT)),
@@ -426,6 +429,6 @@ def test_event_wire_round_trip(event: Event) -> None:
 
 
 def test_every_event_kind_is_covered_and_unknown_kinds_are_refused() -> None:
-    assert {e.kind for e in _EVENTS} == {"stage", "output", "stage_result", "exit"}
+    assert {e.kind for e in _EVENTS} == {"stage", "output", "stage_result", "notice", "exit"}
     with pytest.raises(ValueError, match="unknown event kind"):
         event_from_wire({"kind": "bogus", "seq": 1, "time": 0.0})

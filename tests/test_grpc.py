@@ -27,10 +27,11 @@ from sandlot.api.gen.go_sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.gen.sandlot.v1 import sandlot_pb2_grpc
 from sandlot.api.grpc_go_sandbox import exec_error, language_of
+from sandlot.api.grpc_sandlot import _event
 from sandlot.api.grpc_server import create_grpc_server
 from sandlot.broker import TaskSpec
 from sandlot.config import DEFAULT_RUN_LIMITS
-from sandlot.models import ExitEvent, OutputEvent, Result, SourceFile, Status
+from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent, Result, SourceFile, Status
 from sandlot.requests import new_task_id
 from sandlot.service import ApiKey, ServerSettings, Service
 
@@ -460,3 +461,9 @@ async def test_client_cancellation_kills_the_run(env: _Env) -> None:
 def test_every_status_has_a_wire_value() -> None:
     for status in Status:
         assert pb.Status.Value("STATUS_" + status.name) > 0
+
+
+def test_a_notice_is_its_own_event_kind() -> None:
+    rendered = _event(NoticeEvent(NOTICE_SESSION_RESET, "a fresh box", seq=3, time=1.5))
+    assert rendered.WhichOneof("kind") == "notice"
+    assert (rendered.seq, rendered.notice.code, rendered.notice.message) == (3, "session_reset", "a fresh box")

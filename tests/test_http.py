@@ -23,7 +23,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from sandlot.api.http import create_app
-from sandlot.models import ExitEvent, OutputEvent
+from sandlot.api.http_render import OutputDecoder, event_data, ws_message
+from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent
 from sandlot.service import ServerSettings, Service
 
 from .conftest import make_settings
@@ -383,3 +384,9 @@ async def test_docs_page_uses_only_local_assets(client: httpx.AsyncClient) -> No
     assert script.headers["content-type"].startswith("text/javascript")
     assert (await client.get("/docs-assets/../pyproject.toml")).status_code == 404
     assert (await client.get("/docs-assets/index.html")).status_code == 404
+
+
+def test_a_notice_renders_as_its_own_sse_and_websocket_message() -> None:
+    notice = NoticeEvent(NOTICE_SESSION_RESET, "a fresh box", seq=2, time=1.5)
+    assert event_data(notice, OutputDecoder()) == {"code": "session_reset", "message": "a fresh box", "time": 1.5}
+    assert ws_message(notice, OutputDecoder()) == {"type": "notice", "code": "session_reset", "message": "a fresh box"}

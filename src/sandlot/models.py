@@ -167,4 +167,23 @@ class ExitEvent:
     kind: Literal["exit"] = "exit"
 
 
-Event = StageEvent | OutputEvent | StageResultEvent | ExitEvent
+@dataclass(frozen=True)
+class NoticeEvent:
+    """Something about the run that is neither the program's output nor a stage: e.g. its session was reset.
+
+    ``code`` is one of the ``NOTICE_*`` names below (clients branch on it); ``message`` is for people.
+    """
+
+    code: str
+    message: str
+    seq: int = 0
+    time: float = field(default_factory=time.time)
+    kind: Literal["notice"] = "notice"
+
+
+# The session's box was lost with the worker that held it: this run starts in a fresh, empty box.
+NOTICE_SESSION_RESET = "session_reset"
+# The worker stopped during the run (SIGTERM past its drain deadline): the run starts again on another worker.
+NOTICE_REQUEUED = "requeued"
+
+Event = StageEvent | OutputEvent | StageResultEvent | NoticeEvent | ExitEvent

@@ -24,7 +24,7 @@ from sandlot.api.gen.sandlot.v1 import sandlot_pb2_grpc as pb_grpc
 from sandlot.api.grpc_common import TASK_ID_METADATA_KEY, Context, Door
 from sandlot.broker import Control, TaskSpec
 from sandlot.errors import RejectedError
-from sandlot.models import Event, ExitEvent, OutputEvent, Result, StageEvent, StageResultEvent, Status
+from sandlot.models import Event, ExitEvent, NoticeEvent, OutputEvent, Result, StageEvent, StageResultEvent, Status
 from sandlot.requests import parse_execution
 
 DOOR = "grpc"
@@ -199,6 +199,8 @@ def _event(event: Event) -> pb.Event:
     if isinstance(event, StageResultEvent):
         stage_result = pb.StageResult(stage=event.stage, result=_result(event.result))
         return pb.Event(seq=event.seq, time=event.time, stage_result=stage_result)
+    if isinstance(event, NoticeEvent):
+        return pb.Event(seq=event.seq, time=event.time, notice=pb.Notice(code=event.code, message=event.message))
     exit_ = pb.Exit(
         result=_result(event.result),
         stages=[pb.StageResult(stage=name, result=_result(r)) for name, r in event.stages],

@@ -14,7 +14,7 @@ import codecs
 import json
 from typing import Any
 
-from sandlot.models import Event, ExitEvent, OutputEvent, StageEvent, StageResultEvent, StreamName
+from sandlot.models import Event, ExitEvent, NoticeEvent, OutputEvent, StageEvent, StageResultEvent, StreamName
 
 _Key = tuple[str, StreamName]
 SSE_KEEPALIVE = b": keep-alive\n\n"  # a comment line: clients ignore it, proxies see traffic
@@ -57,6 +57,8 @@ def event_data(event: Event, decoder: OutputDecoder) -> dict[str, Any]:
         return {"stream": event.stream, "stage": event.stage, "data": decoder.decode(event), "time": event.time}
     if isinstance(event, StageResultEvent):
         return {"stage": event.stage, "result": event.result.to_dict(), "time": event.time}
+    if isinstance(event, NoticeEvent):
+        return {"code": event.code, "message": event.message, "time": event.time}
     return {**exit_body(event), "time": event.time}
 
 
@@ -68,6 +70,8 @@ def ws_message(event: Event, decoder: OutputDecoder) -> dict[str, Any]:
         return {"type": event.stream, "data": decoder.decode(event), "stage": event.stage}
     if isinstance(event, StageResultEvent):
         return {"type": "stage_result", "stage": event.stage, "result": event.result.to_dict()}
+    if isinstance(event, NoticeEvent):
+        return {"type": "notice", "code": event.code, "message": event.message}
     return {"type": "exit", "result": exit_body(event)}
 
 

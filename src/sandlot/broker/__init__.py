@@ -30,6 +30,7 @@ from sandlot.models import (
     Event,
     ExitEvent,
     Job,
+    NoticeEvent,
     OutputEvent,
     Result,
     SourceFile,
@@ -268,6 +269,8 @@ def event_to_wire(event: Event) -> dict[str, Any]:
         base.update(stream=event.stream, stage=event.stage, data=base64.b64encode(event.data).decode())
     elif isinstance(event, StageResultEvent):
         base.update(stage=event.stage, result=_result_to_wire(event.result))
+    elif isinstance(event, NoticeEvent):
+        base.update(code=event.code, message=event.message)
     else:
         base.update(
             result=_result_to_wire(event.result),
@@ -287,6 +290,8 @@ def event_from_wire(data: dict[str, Any]) -> Event:
         return OutputEvent(stream, base64.b64decode(data["data"]), stage=str(data["stage"]), seq=seq, time=at)
     if kind == "stage_result":
         return StageResultEvent(str(data["stage"]), _result_from_wire(data["result"]), seq=seq, time=at)
+    if kind == "notice":
+        return NoticeEvent(str(data["code"]), str(data.get("message", "")), seq=seq, time=at)
     if kind == "exit":
         return ExitEvent(
             _result_from_wire(data["result"]),

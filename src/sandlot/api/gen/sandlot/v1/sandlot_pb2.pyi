@@ -536,6 +536,34 @@ class Exit(_message.Message):
 Global___Exit: _TypeAlias = Exit  # noqa: Y015
 
 @_typing.final
+class Notice(_message.Message):
+    """Something about the run that is neither output nor a stage. code is
+    "session_reset" (the session's box was lost with its worker: this run starts
+    in a fresh, empty box) or "requeued" (the worker stopped during the run: it
+    starts again on another worker); clients should ignore codes they do not know.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Notice: _TypeAlias = Notice  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -545,6 +573,7 @@ class Event(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     STAGE_RESULT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """1, 2, 3 ... in order"""
     time: _builtins.float
@@ -557,6 +586,8 @@ class Event(_message.Message):
     def stage_result(self) -> Global___StageResult: ...
     @_builtins.property
     def exit(self) -> Global___Exit: ...
+    @_builtins.property
+    def notice(self) -> Global___Notice: ...
     def __init__(
         self,
         *,
@@ -566,12 +597,13 @@ class Event(_message.Message):
         output: Global___Output | None = ...,
         stage_result: Global___StageResult | None = ...,
         exit: Global___Exit | None = ...,
+        notice: Global___Notice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "output", b"output", "stage", b"stage", "stage_result", b"stage_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "notice", b"notice", "output", b"output", "stage", b"stage", "stage_result", b"stage_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "output", b"output", "seq", b"seq", "stage", b"stage", "stage_result", b"stage_result", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "notice", b"notice", "output", b"output", "seq", b"seq", "stage", b"stage", "stage_result", b"stage_result", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["stage", "output", "stage_result", "exit"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["stage", "output", "stage_result", "exit", "notice"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
