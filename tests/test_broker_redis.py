@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, Heartbeating, QueueFull, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, QueueFull, TaskSpec
 from sandlot.broker.keys import WORKERS_GROUP, Keys
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
+from sandlot.errors import SessionNotFound
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, StageEvent, Status
 
 _WAIT_S = 5.0  # a bound for what should happen promptly, never a measurement
@@ -570,6 +571,147 @@ async def test_unavailable_redis_raises_then_recovers(make_redis: MakeRedis, red
                 await asyncio.sleep(0.05)
     assert await _within(claiming) == after
     assert await api.get("a", spec.id) is None  # the data went with the server
+
+
+async def test_a_handed_back_job_goes_to_the_front_and_is_not_counted(
+    make_redis: MakeRedis, raw: aioredis.Redis
+) -> None:
+    # claim_idle_ms far above the test: only the hand-back can move the job to the other worker.
+    stopping = make_redis(consumer_name="stopping", claim_idle_ms=600_000)
+    other = make_redis(consumer_name="other", claim_idle_ms=600_000)
+    assert isinstance(stopping, Distributed)
+    handed, later = _spec("a"), _spec("b")
+    await _running(stopping, handed)
+    await stopping.publish(handed.id, OutputEvent("stdout", b"partial", seq=1))
+    await stopping.submit(later)
+    assert await stopping.hand_back(handed.id) is True
+    assert await other.queued() == 2  # counted in again
+    assert (await _claim(other)).id == handed.id  # ahead of every tenant's queue
+    assert (await _claim(other)).id == later.id
+    assert int(await raw.hget(_KEYS.state(handed.id), "deliveries")) == 1  # the handed-back run did not count
+    assert await stopping.hand_back(handed.id) is False  # not ours any more
+    assert not await stopping.heartbeat(handed.id)
+    assert await other.queued() == 0
+    await other.mark_running(handed.id)
+    await other.finish(handed.id, _ok(b"once"))
+    await stopping.finish(handed.id, ExitEvent(Result(Status.OK, message="late")))  # ignored: ended once
+    events = await _collect(other.subscribe("a", handed.id))
+    assert [type(e) for e in events] == [OutputEvent, ExitEvent]
+    assert isinstance(events[-1], ExitEvent)
+    assert events[-1].result.stdout == b"once"
+    await other.finish(later.id, _ok())
+    assert await _pending(raw) == 0
+
+
+async def test_a_handed_back_job_cancelled_while_queued_ends_once(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    worker = make_redis(consumer_name="w", claim_idle_ms=600_000)
+    spec = _spec()
+    await _running(worker, spec)
+    assert await worker.hand_back(spec.id)
+    state = await worker.get("a", spec.id)
+    assert state is not None
+    assert state.status == "queued"
+    assert await worker.cancel("a", spec.id) is True
+    assert worker.queue_depth() == 0
+    later = _spec()
+    await worker.submit(later)
+    assert (await _claim(worker)).id == later.id  # the cancelled one was skipped, not run
+    events = await _collect(worker.subscribe("a", spec.id))
+    assert len(events) == 1
+    assert isinstance(events[0], ExitEvent)
+    assert events[0].result.message == "cancelled before it started"
+    assert await worker.queued() == 0
+
+
+async def test_retire_hands_back_a_claim_cut_short(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    retiring = make_redis(consumer_name="retiring", claim_idle_ms=600_000)
+    other = make_redis(consumer_name="other", claim_idle_ms=600_000)
+    taken, read_only = _spec("a"), _spec("b")
+    await _running(retiring, taken)  # taken, then never run: the worker is shutting down
+    await retiring.submit(read_only)
+    # Read by the retiring worker's claim, which was cancelled before it took the task.
+    await raw.xreadgroup(WORKERS_GROUP, "retiring", {_KEYS.tenant_jobs("b"): ">"}, count=1)
+    assert await retiring.retire() == 2
+    assert sorted([(await _claim(other)).id, (await _claim(other)).id]) == sorted([taken.id, read_only.id])
+    assert await other.queued() == 0
+    for spec in (taken, read_only):
+        await other.finish(spec.id, _ok())
+    assert await _pending(raw) == 0
+
+
+async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
+    make_redis: MakeRedis, raw: aioredis.Redis
+) -> None:
+    api = make_redis()
+    first = make_redis(consumer_name="first", claim_idle_ms=_IDLE_MS)
+    second = make_redis(consumer_name="second", claim_idle_ms=_IDLE_MS)
+    with pytest.raises(SessionNotFound):
+        await api.submit(_spec(session_id="nope"))
+    assert await api.queued() == 0
+    session = await api.sessions.create("a", ttl_s=60, idle_s=60)
+    assert await api.sessions.exists("a", session)
+    assert not await api.sessions.exists("b", session)  # another tenant's id finds nothing
+    await first.presence([])
+    await second.presence([])
+
+    run = _spec(session_id=session)
+    await api.submit(run)
+    assert (await _claim(first)).id == run.id  # unbound: any worker may take it
+    assert (await first.sessions.bind("a", session, have_box=False)).verdict == "new"
+    assert (await second.sessions.bind("a", session, have_box=False)).verdict == "elsewhere"
+    await first.finish(run.id, _ok())
+    assert await first.presence([("a", session)]) == {("a", session)}
+
+    routed = _spec(session_id=session)
+    await api.submit(routed)  # to the owner's inbox: the other worker never sees it
+    assert await second.reclaim() == []
+    assert (await _claim(first)).id == routed.id
+    assert (await first.sessions.bind("a", session, have_box=True)).verdict == "ready"
+    await first.finish(routed.id, _ok())
+
+    # The owner goes silent: its presence expires, the next job goes to whichever worker takes it.
+    stranded = _spec(session_id=session)
+    await api.submit(stranded)  # still routed to the silent owner's inbox...
+    async with asyncio.timeout(_WAIT_S):  # ...until its presence expired and a reclaim pass swept that inbox
+        while not await raw.xlen(_KEYS.returned):
+            await second.presence([])
+            assert await second.reclaim() == []  # moved, not taken: it was never delivered
+            await asyncio.sleep(_IDLE_MS / 4000)
+    assert (await _claim(second)).id == stranded.id
+    binding = await second.sessions.bind("a", session, have_box=False)
+    assert binding.verdict == "reset"
+    assert 0 < binding.expires_in_s <= 60
+    assert await first.presence([("a", session)]) == set()  # the old owner learns it lost the session
+    await second.finish(stranded.id, _ok())
+
+    assert await api.sessions.end("a", session)
+    assert (await second.sessions.bind("a", session, have_box=True)).verdict == "gone"
+    with pytest.raises(SessionNotFound):
+        await api.submit(_spec(session_id=session))
+    assert await _pending(raw) == 0
+    assert await api.queued() == 0
+
+
+async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    api = make_redis()
+    leaving = make_redis(consumer_name="leaving", claim_idle_ms=600_000)
+    other = make_redis(consumer_name="other", claim_idle_ms=600_000)
+    session = await api.sessions.create("a", ttl_s=60, idle_s=60)
+    await leaving.presence([])
+    assert (await leaving.sessions.bind("a", session, have_box=False)).verdict == "new"
+    queued = _spec(session_id=session)
+    await api.submit(queued)  # into the owner's inbox
+    await leaving.leave()
+    assert (await _claim(other)).id == queued.id  # at once, not after claim_idle_ms
+    assert (await other.sessions.bind("a", session, have_box=False)).verdict == "reset"
+    await other.finish(queued.id, _ok())
+    after = _spec(session_id=session)
+    await api.submit(after)
+    assert await leaving.reclaim() == []
+    assert (await _claim(other)).id == after.id  # routed to the new owner
+    await other.finish(after.id, _ok())
+    assert not await raw.exists(_KEYS.inbox("leaving"))
+    assert await _pending(raw) == 0
 
 
 # ------------------------------------------------------------ end to end

@@ -28,7 +28,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from sandlot.broker.keys import Keys
 from sandlot.config import Settings, load_settings
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
@@ -204,19 +206,19 @@ class Cluster:
         self.log_dir = log_dir
         self.nodes: list[Node] = []
 
-    def api(self, n: int) -> Node:
+    def api(self, n: int, **settings: object) -> Node:
         http_port, grpc_port = free_ports(2)
         command = ["serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--pool-size", "1"]
-        return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port)
+        return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
 
-    def worker(self, n: int, pool_size: int = 1) -> Node:
-        return self._launch(n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)], 0)
+    def worker(self, n: int, pool_size: int = 1, **settings: object) -> Node:
+        return self._launch(n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)], 0, settings)
 
-    def _launch(self, n: int, args: list[str], http_port: int) -> Node:
+    def _launch(self, n: int, args: list[str], http_port: int, settings: dict[str, object]) -> Node:
         log = self.log_dir / f"node-{n}.log"
         with log.open("wb") as out:  # the child has its own copy of the descriptor
             proc = subprocess.Popen(
-                [str(SANDLOT), *args], env=_node_env(n), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                [str(SANDLOT), *args], env=_node_env(n, **settings), stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
         node = Node(n, proc, log, http_port)
         self.nodes.append(node)
@@ -415,6 +417,146 @@ def test_a_redis_outage_answers_503_and_the_api_recovers_by_itself(cluster: Clus
         assert response.status_code == 202, response.text
         result = _result(client, response.json()["task_id"])
         assert (result["status"], result["stdout"]) == ("ok", "hello\n"), result
+    for node in cluster.nodes:
+        assert node.stop() == 0, node.output()
+    assert _leftovers() == []
+
+
+def _frames(client: httpx.Client, task_id: str) -> list[dict[str, Any]]:
+    """The task's whole event stream (a replay: the task is done)."""
+    with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+        assert response.status_code == 200
+        return list(sse_frames(response.iter_lines()))
+
+
+def _stdout(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["data"]["data"] for f in frames if f["event"] == "output" and f["data"]["stream"] == "stdout")
+
+
+def _notices(frames: list[dict[str, Any]]) -> list[str]:
+    return [frame["data"]["code"] for frame in frames if frame["event"] == "notice"]
+
+
+# A session's run: what earlier runs of the session left in the workdir.
+SESSION_STEP = """try:
+    print('found', open('state.txt').read())
+except FileNotFoundError:
+    print('missing')
+open('state.txt', 'a').write('x')
+"""
+
+
+def _session_step(client: httpx.Client, session_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run SESSION_STEP in the session: (what it found, the task's events)."""
+    response = client.post("/api/v1/execute", json=execution(SESSION_STEP) | {"session_id": session_id})
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    result = _result(client, task_id)  # bounded: never a hang
+    assert result["status"] == "ok", result
+    return result["stdout"].strip(), _frames(client, task_id)
+
+
+def _session_owner(rdb: redis.Redis, session_id: str) -> str:
+    """The worker (its SANDLOT_WORKER_NAME) the session is bound to, as recorded in Redis."""
+    owner = rdb.hget(Keys().session("public", session_id), "owner")  # no API keys: the tenant is "public"
+    assert isinstance(owner, bytes), owner
+    return owner.decode().rsplit(":", 1)[1]
+
+
+@pytest.mark.timeout(180)
+def test_a_sessions_runs_stay_on_its_worker_and_start_afresh_when_that_worker_is_killed(
+    cluster: Cluster, redis_server: _Redis
+) -> None:
+    api = cluster.api(1)
+    workers = {f"node-{n}": cluster.worker(n, pool_size=2, worker_name=f"node-{n}") for n in (2, 3)}
+    cluster.start(api, *workers.values())
+    rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        with httpx.Client(base_url=api.url, timeout=30.0) as client:
+            created = client.post("/api/v1/sessions")
+            assert created.status_code == 201, created.text
+            session_id = created.json()["session_id"]
+
+            owners, steps = set(), []
+            for _ in range(6):
+                steps.append(_session_step(client, session_id))
+                owners.add(_session_owner(rdb, session_id))
+            # Every run in one box on one worker: each found what the ones before it wrote.
+            assert [found for found, _ in steps] == ["missing", *(f"found {'x' * i}" for i in range(1, 6))]
+            (owner,) = owners
+            assert all(_notices(frames) == [] for _, frames in steps)
+            plain = client.post("/api/v1/run", json=execution(HELLO))  # the other worker serves the rest
+            assert (plain.status_code, plain.json()["stdout"]) == (200, "hello\n"), plain.text
+
+            workers[owner].proc.kill()
+            assert workers[owner].proc.wait(10.0) == -signal.SIGKILL
+            found, frames = _session_step(client, session_id)
+            assert found == "missing"  # a fresh box...
+            (survivor,) = set(workers) - {owner}
+            assert _session_owner(rdb, session_id) == survivor  # ...on the other worker
+            assert _notices(frames) == ["session_reset"]
+            kinds = [frame["event"] for frame in frames]
+            assert kinds.index("notice") < kinds.index("output"), kinds  # said before any output
+
+            found, frames = _session_step(client, session_id)
+            assert (found, _notices(frames)) == ("found x", [])  # and kept there from now on
+            assert _session_owner(rdb, session_id) == survivor
+
+            ended = client.delete(f"/api/v1/sessions/{session_id}")
+            assert ended.status_code == 204, ended.text
+            gone = client.post("/api/v1/execute", json=execution(HELLO) | {"session_id": session_id})
+            assert gone.status_code == 404, gone.text
+    finally:
+        rdb.close()
+    for node in cluster.nodes:
+        node.stop()
+    _sweep()  # the killed worker could not release its boxes
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Cluster, redis_server: _Redis) -> None:
+    # A claim timeout far above the test: only a hand-back can move a job to the other worker in time.
+    slow_reclaim = {"claim_idle_ms": 600_000}
+    api = cluster.api(1, **slow_reclaim)
+    stopping = cluster.worker(2, pool_size=2, drain_deadline_s=3, **slow_reclaim)  # a 3 s drain < the 6 s run
+    cluster.start(api, stopping)
+    with httpx.Client(base_url=api.url, timeout=30.0) as client:
+        # The session pins one of the worker's two boxes; the long run takes the other.
+        session_id = client.post("/api/v1/sessions").json()["session_id"]
+        pinning = client.post("/api/v1/run", json=execution(HELLO) | {"session_id": session_id})
+        assert (pinning.status_code, pinning.json()["stdout"]) == (200, "hello\n"), pinning.text
+        long_id = submit(client, SLEEP_6S)
+        with client.stream("GET", f"/api/v1/tasks/{long_id}/events") as response:
+            read_until_output(sse_frames(response.iter_lines()), "started\n")
+        waiting_id = submit(client, HELLO)  # claimed by the worker's free loop, which waits for a box
+        wait_until(lambda: client.get(f"/api/v1/tasks/{waiting_id}").json()["status"] == "running", 20.0, "claimed")
+
+        stopping.proc.send_signal(signal.SIGTERM)
+        assert stopping.proc.wait(STOP_TIMEOUT_S) == 0, stopping.output()
+        for task_id in (long_id, waiting_id):
+            assert client.get(f"/api/v1/tasks/{task_id}").json()["status"] == "queued"  # back, not failed
+
+        taker = cluster.worker(3, **slow_reclaim)
+        cluster.start(taker)
+        waiting, long = _result(client, waiting_id), _result(client, long_id)
+        assert (waiting["status"], waiting["stdout"]) == ("ok", "hello\n"), waiting
+        assert (long["status"], long["stdout"]) == ("ok", "started\nfinished\n"), long
+        waiting_frames, long_frames = _frames(client, waiting_id), _frames(client, long_id)
+        assert _notices(waiting_frames) == []  # it never started on the stopping worker
+        assert _notices(long_frames) == ["requeued"]  # it had: its client is told the run starts again
+        assert _stdout(long_frames) == "started\nstarted\nfinished\n"
+        for frames in (waiting_frames, long_frames):
+            assert [frame["event"] for frame in frames].count("exit") == 1
+
+    rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        keys = Keys()
+        for task_id in (long_id, waiting_id):  # handing back does not count as a delivery
+            assert int(rdb.hget(keys.state(task_id), "deliveries") or 0) == 1
+        assert int(rdb.get(keys.queued) or 0) == 0
+    finally:
+        rdb.close()
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
     assert _leftovers() == []

@@ -282,6 +282,39 @@ class BoxPool:
         self._expiry_wakeup.set()
         return session
 
+    async def adopt_session(self, tenant: str, session_id: str, *, expires_in_s: float) -> Session:
+        """Open a box for a session named elsewhere (the distributed mode's directory), waiting for one if need be.
+
+        The session keeps its id; it expires here ``expires_in_s`` from now at the latest.
+        """
+        existing = self._sessions.get((tenant, session_id))
+        if existing is not None and existing.deadline(self.session_idle_s) > self._clock():
+            return existing
+        if len(self._sessions) >= self.max_sessions:
+            raise PoolFull(f"this worker's session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
+        box = await self._take(tenant)
+        now = self._clock()
+        session = Session(
+            id=session_id,
+            tenant=tenant,
+            box=box,
+            created=now,
+            last_used=now,
+            expires_at=now + min(self.session_ttl_s, expires_in_s),
+        )
+        self._sessions[(tenant, session_id)] = session
+        self._expiry_wakeup.set()
+        return session
+
+    def has_session(self, tenant: str, session_id: str) -> bool:
+        """Whether this pool holds the session's box (and it has not expired)."""
+        session = self._sessions.get((tenant, session_id))
+        return session is not None and session.deadline(self.session_idle_s) > self._clock()
+
+    def session_keys(self) -> list[tuple[str, str]]:
+        """(tenant, session id) of every session this pool holds a box for."""
+        return list(self._sessions)
+
     def get_session(self, tenant: str, session_id: str) -> Session:
         session = self._sessions.get((tenant, session_id))
         if session is None or session.deadline(self.session_idle_s) <= self._clock():

@@ -3,8 +3,10 @@
 ``Service.start`` builds sandbox -> pool -> broker -> engine -> worker -> metrics
 in that order; the broker is the embedded memory one, or the Redis one when
 ``redis_url`` is set (distributed mode: API nodes and workers share it, and
-an API node may run without a worker); ``stop`` drains in reverse: stop accepting, let running
-executions finish until the deadline, release the boxes (cgroups, mounts).
+an API node may run without a worker; sessions then live in the broker's
+directory instead of this pool, see ``sandlot.sessions``); ``stop`` drains in
+reverse: stop accepting, let running executions finish until the deadline
+(distributed: or hand them back), release the boxes (cgroups, mounts).
 Doors get the Service and never build any of these themselves.
 """
 
@@ -14,7 +16,7 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Distributed, TaskSpec
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, RedisBroker
 from sandlot.config import Settings
@@ -24,6 +26,7 @@ from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
+from sandlot.sessions import Sessions
 from sandlot.worker import Worker
 
 CLAIM_GRACE_S = 30.0  # on top of the longest compile + run, before a silent worker's job is taken over
@@ -148,6 +151,7 @@ class Service:
     engine: Engine
     metrics: Metrics
     worker: Worker | None
+    sessions: Sessions  # the doors' sessions: the pool's, or the broker's directory in distributed mode
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
 
@@ -179,7 +183,9 @@ class Service:
         if server.start_worker:
             worker = Worker(the_broker, engine, pool, concurrency=size, metrics=metrics)
             worker.start()
-        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker)
+        directory = the_broker.sessions if isinstance(the_broker, Distributed) else None
+        sessions = Sessions(pool, directory, session_ttl_s=server.session_ttl_s, session_idle_s=server.session_idle_s)
+        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions)
         service._versions = await languages.probe_versions()
         return service
 
@@ -195,7 +201,7 @@ class Service:
         check_isolation(spec.isolation)
         self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         if spec.session_id is not None:
-            self.pool.get_session(spec.tenant, spec.session_id)
+            self.sessions.check(spec.tenant, spec.session_id)
 
     async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
         """Validate and queue."""

@@ -19,6 +19,22 @@ run longer than the broker's claim timeout is never handed to a second worker
 while this one lives. Stale jobs of dead workers are reclaimed by the broker's
 own ``claim`` (see ``sandlot.broker.redis``): only a loop with a free slot
 takes one, so a busy worker never hoards jobs it cannot start.
+
+With a broker many worker processes share (``Distributed``), the worker also:
+
+- says it is alive (``presence``, every heartbeat interval, before its first
+  claim), and releases the boxes of sessions that are no longer its own (ended,
+  expired, or moved to another worker while this one looked dead);
+- binds a session's job before running it (``sessions.bind``): the job runs
+  here in the session's box, or in a fresh box when the box was lost with
+  another worker (the run's first event is a ``session_reset`` notice), or is
+  handed over to the live worker that holds the box;
+- drains by handing jobs back instead of failing them: it ``leave``s at once
+  (no more session jobs routed here), hands back the jobs it claimed but has
+  not started, lets started ones finish until the deadline and hands back
+  those that did not (a ``requeued`` notice tells their clients the run starts
+  again), then ``retire``s (whatever is still pending to it goes back too).
+  A job handed back is never finished here, so it ends once, on another worker.
 """
 
 from __future__ import annotations
@@ -27,18 +43,45 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, Heartbeating, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.errors import RejectedError, SandlotError, SessionNotFound
 from sandlot.metrics import Metrics
-from sandlot.models import ExitEvent, OutputEvent, Result, Status
+from sandlot.models import (
+    NOTICE_REQUEUED,
+    NOTICE_SESSION_RESET,
+    ExitEvent,
+    NoticeEvent,
+    OutputEvent,
+    Result,
+    Status,
+)
 from sandlot.pool import BoxPool, PoolFull
 from sandlot.sandbox import Box
 
 log = logging.getLogger("sandlot.worker")
 _CLAIM_RETRY_S = 1.0
+_CANCEL_GRACE_S = 5.0  # after the drain deadline, for cancelled runs to release their boxes and hand back
+
+_SessionKey = tuple[str, str]  # (tenant, session id)
+
+
+@dataclass
+class _Run:
+    """One claimed task on its way to one terminal result (or back to the queue)."""
+
+    spec: TaskSpec
+    published: list[ExitEvent] = field(default_factory=list)  # the exit, once stored
+    started: bool = False  # the box is leased and the engine runs
+    handed_back: bool = False  # the job went back to the queue (or over to another worker)
+
+    @property
+    def settled(self) -> bool:
+        return bool(self.published) or self.handed_back
 
 
 class Worker:
@@ -51,29 +94,50 @@ class Worker:
         self.concurrency = concurrency
         self.metrics = metrics
         self._loops: list[asyncio.Task[None]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._runs: dict[asyncio.Task[None], _Run] = {}  # loop -> the run it is on
         self._stopping = False
+        self._present = asyncio.Event()  # the first presence was said (or tried): claiming may start
+        self._presence_task: asyncio.Task[None] | None = None
+        self._session_locks: weakref.WeakValueDictionary[_SessionKey, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._generations: dict[_SessionKey, int] = {}  # bumped each time this worker opens a session's box
+        self._chores: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
+        if isinstance(self.broker, Distributed):
+            self._presence_task = asyncio.create_task(self._presence(self.broker), name="sandlot-worker-presence")
+        else:
+            self._present.set()
         self._loops = [asyncio.create_task(self._loop(), name=f"sandlot-worker-{i}") for i in range(self.concurrency)]
 
     async def drain(self, deadline_s: float) -> None:
-        """Stop claiming; give running tasks until the deadline, then cancel them."""
+        """Stop claiming; give running tasks until the deadline, then cancel them (or hand them back)."""
         self._stopping = True
+        distributed = self.broker if isinstance(self.broker, Distributed) else None
+        for chore in (self._presence_task, *self._chores):
+            if chore is not None:
+                chore.cancel()
         for loop_task in self._loops:
-            if loop_task not in self._running:
+            if loop_task not in self._runs:
                 loop_task.cancel()
+        if distributed is not None:
+            await _quietly("leave", distributed.leave())
+            for loop_task, run in list(self._runs.items()):
+                if not run.started:  # claimed, still waiting for a box: another worker can start it now
+                    loop_task.cancel()
         running = [t for t in self._loops if not t.done()]
         if running:
             _, pending = await asyncio.wait(running, timeout=deadline_s)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5.0)
+                await asyncio.wait(pending, timeout=_CANCEL_GRACE_S)
+        if distributed is not None:
+            await _quietly("retire", distributed.retire())
 
     async def _loop(self) -> None:
         current = asyncio.current_task()
         assert current is not None
+        await self._present.wait()
         while not self._stopping:
             try:
                 spec = await self.broker.claim()
@@ -83,34 +147,43 @@ class Worker:
                 log.exception("claiming a task failed; retrying")
                 await asyncio.sleep(_CLAIM_RETRY_S)
                 continue
-            self._running.add(current)
+            run = self._runs[current] = _Run(spec)
             try:
-                await self.run_task(spec)
+                await self.run_task(spec, run)
             finally:
-                self._running.discard(current)
+                self._runs.pop(current, None)
 
-    async def run_task(self, spec: TaskSpec) -> None:
-        """Run one claimed task to exactly one terminal result."""
-        published: list[ExitEvent] = []
+    async def run_task(self, spec: TaskSpec, run: _Run | None = None) -> None:
+        """Run one claimed task to exactly one terminal result (or, when stopping, back to the queue)."""
+        run = run or _Run(spec)
         heart = None
         if isinstance(self.broker, Heartbeating):
-            heart = asyncio.create_task(self._heartbeat(self.broker, spec.id, published), name=f"heartbeat-{spec.id}")
+            heart = asyncio.create_task(self._heartbeat(self.broker, run), name=f"heartbeat-{spec.id}")
         try:
-            await self._run_claimed(spec, published)
+            await self._run_claimed(run)
         finally:
             if heart is not None:
                 heart.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await heart
 
-    async def _run_claimed(self, spec: TaskSpec, published: list[ExitEvent]) -> None:
+    async def _run_claimed(self, run: _Run) -> None:
+        spec = run.spec
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
             # Inside the try: a broker outage here (Redis) must end in a result too, not end the claim loop.
+            if (
+                spec.session_id is not None
+                and isinstance(self.broker, Distributed)
+                and not await self._bind_session(self.broker, run, spec.session_id)
+            ):
+                return  # handed over to the worker holding the session's box
             await self.broker.mark_running(spec.id)
-            await self._execute(spec, published, output)
+            await self._execute(run, output)
         except asyncio.CancelledError:
+            if self._stopping and isinstance(self.broker, Distributed) and not run.published:
+                await self._hand_back(self.broker, run)
             # Keep what the program had printed: it was already streamed to the client.
             failure = ExitEvent(
                 Result(
@@ -128,9 +201,9 @@ class Worker:
         except SandlotError as exc:
             failure = _failure(spec, Status.INTERNAL_ERROR, f"sandbox failure: {exc}")
         finally:
-            if not published:
+            if not run.settled:
                 await self._publish_exit(
-                    spec, failure or _failure(spec, Status.INTERNAL_ERROR, "unexpected error"), published
+                    spec, failure or _failure(spec, Status.INTERNAL_ERROR, "unexpected error"), run.published
                 )
 
     async def _publish_exit(self, spec: TaskSpec, exit_event: ExitEvent, published: list[ExitEvent]) -> None:
@@ -141,7 +214,78 @@ class Worker:
         if self.metrics is not None:
             self.metrics.record(exit_event.result)
 
-    async def _execute(self, spec: TaskSpec, published: list[ExitEvent], output: dict[str, bytearray]) -> None:
+    async def _hand_back(self, broker: Distributed, run: _Run) -> None:
+        """Give the job back to the queue instead of failing it (shielded, like storing a result).
+
+        If Redis cannot be reached, the job stays pending and is reclaimed after
+        ``claim_idle_ms`` instead: still never lost, and still never ended here.
+        """
+        spec = run.spec
+        if run.started:
+            notice = NoticeEvent(NOTICE_REQUEUED, "the worker stopped during the run; it starts again on another")
+            await _quietly("requeued notice", asyncio.shield(self.broker.publish(spec.id, notice)))
+        run.handed_back = True
+        await _quietly(f"hand back {spec.id}", asyncio.shield(broker.hand_back(spec.id)))
+
+    async def _bind_session(self, broker: Distributed, run: _Run, session_id: str) -> bool:
+        """Make sure the session's box is here; False if the job went to the worker holding it."""
+        spec = run.spec
+        key = (spec.tenant, session_id)
+        async with self._session_lock(key):
+            have_box = self.pool.has_session(*key)
+            binding = await broker.sessions.bind(*key, have_box=have_box)
+            if binding.verdict == "gone":
+                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+            if binding.verdict == "elsewhere":
+                run.handed_back = True
+                await broker.hand_back(spec.id)
+                return False
+            if binding.verdict in ("new", "reset"):
+                if have_box:  # a stale copy: the session moved away and back while this worker looked dead
+                    with contextlib.suppress(SessionNotFound):
+                        await self.pool.end_session(*key)
+                await self.pool.adopt_session(*key, expires_in_s=binding.expires_in_s)
+                self._generations[key] = self._generations.get(key, 0) + 1
+            if binding.verdict == "reset":
+                message = "the session's box was lost with its worker; this run starts in a fresh, empty box"
+                await self.broker.publish(spec.id, NoticeEvent(NOTICE_SESSION_RESET, message))
+        return True
+
+    def _session_lock(self, key: _SessionKey) -> asyncio.Lock:
+        """One binding at a time per session here: two of its jobs must not both open a box."""
+        lock = self._session_locks.get(key)
+        if lock is None:
+            lock = self._session_locks[key] = asyncio.Lock()
+        return lock
+
+    async def _presence(self, broker: Distributed) -> None:
+        """Say this worker is alive; release the boxes of sessions that are no longer its own."""
+        while True:
+            held = {key: self._generations.get(key, 0) for key in self.pool.session_keys()}
+            owned: set[_SessionKey] | None = None
+            try:
+                owned = await broker.presence(list(held))
+            except BrokerUnavailable as exc:
+                log.warning("presence: %s", exc)
+            except Exception:  # never let presence end: a silent worker looks dead and loses its sessions
+                log.exception("presence failed")
+            finally:
+                self._present.set()
+            for key, generation in held.items():
+                if owned is not None and key not in owned:
+                    chore = asyncio.create_task(self._drop_session(key, generation), name=f"drop-session-{key[1]}")
+                    self._chores.add(chore)
+                    chore.add_done_callback(self._chores.discard)
+            await asyncio.sleep(broker.heartbeat_interval_s)
+
+    async def _drop_session(self, key: _SessionKey, generation: int) -> None:
+        async with self._session_lock(key):
+            if self._generations.get(key, 0) == generation:  # not reopened since presence looked
+                with contextlib.suppress(SessionNotFound):
+                    await self.pool.end_session(*key)  # waits for a run in it to end
+
+    async def _execute(self, run: _Run, output: dict[str, bytearray]) -> None:
+        spec = run.spec
         check_isolation(spec.isolation)
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
@@ -150,6 +294,7 @@ class Worker:
             box = await lease.__aenter__()
         except PoolFull as exc:
             raise SandlotError(str(exc)) from exc
+        run.started = True
         if self.metrics is not None:
             self.metrics.box_wait.observe(time.monotonic() - waited_from)
         box.clear_cancel()
@@ -163,7 +308,7 @@ class Worker:
                 async for event in events:
                     if isinstance(event, ExitEvent):
                         # Publish at once; the box's teardown and reset follow, off the client's path.
-                        await self._publish_exit(spec, event, published)
+                        await self._publish_exit(spec, event, run.published)
                         continue
                     if isinstance(event, OutputEvent) and event.stage != "compile":
                         output[event.stream] += event.data
@@ -177,23 +322,31 @@ class Worker:
                 await follower
             await lease.__aexit__(None, None, None)
 
-    async def _heartbeat(self, broker: Heartbeating, task_id: str, published: list[ExitEvent]) -> None:
+    async def _heartbeat(self, broker: Heartbeating, run: _Run) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""
         while True:
             await asyncio.sleep(broker.heartbeat_interval_s)
             try:
-                still_ours = await broker.heartbeat(task_id)
+                still_ours = await broker.heartbeat(run.spec.id)
             except BrokerUnavailable as exc:
-                log.warning("heartbeat of %s: %s", task_id, exc)
+                log.warning("heartbeat of %s: %s", run.spec.id, exc)
                 continue
             if not still_ours:
-                if not published:  # after the exit, the job is simply acknowledged
-                    log.warning("task %s was taken over by another worker while this one ran it", task_id)
+                if not run.settled:  # after the exit or a hand-back, the job is simply not ours any more
+                    log.warning("task %s was taken over by another worker while this one ran it", run.spec.id)
                 return
 
     async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
         async for message in self.broker.controls(task_id):
             _apply(message, box, stdin)
+
+
+async def _quietly(what: str, awaitable: Awaitable[object]) -> None:
+    """Await a best-effort step of a shutdown: a failure is logged, never raised."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.warning("%s: %s", what, exc)
 
 
 def _failure(spec: TaskSpec, status: Status, message: str) -> ExitEvent:

@@ -33,8 +33,8 @@ from sandlot.api.grpc_common import Context, Door, status_for
 from sandlot.broker import TaskSpec
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, Status
-from sandlot.pool import BoxPool
 from sandlot.requests import new_task_id
+from sandlot.sessions import Sessions
 
 DOOR = "grpc_go_sandbox"
 MAX_SESSION_ID_CHARS = 256
@@ -100,37 +100,33 @@ def _ms(unix_s: float) -> int:
 
 
 class _Sessions:
-    """Client-chosen session ids, per tenant, mapped to the pool's sessions."""
+    """Client-chosen session ids, per tenant, mapped to the service's sessions (kept by this process)."""
 
-    def __init__(self, pool: BoxPool) -> None:
-        self._pool = pool
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
         self._ids: dict[tuple[str, str], str] = {}
-        self._creating = asyncio.Lock()  # one creation at a time: no two pool sessions for one id
+        self._creating = asyncio.Lock()  # one creation at a time: no two sessions for one id
 
     async def resolve(self, tenant: str, client_id: str) -> str:
         if len(client_id) > MAX_SESSION_ID_CHARS:
             raise RejectedError(f"session_id: longer than {MAX_SESSION_ID_CHARS} characters", field="session_id")
         key = (tenant, client_id)
-        known = self._live(key)
+        known = await self._live(key)
         if known is not None:
             return known
         async with self._creating:
-            known = self._live(key)
+            known = await self._live(key)
             if known is not None:
                 return known
-            for stale in [k for k in self._ids if self._live(k) is None]:
-                del self._ids[stale]  # keeps the map as small as the pool's live sessions
-            session = await self._pool.create_session(tenant)
+            for stale in [k for k in self._ids if await self._live(k) is None]:
+                del self._ids[stale]  # keeps the map as small as the live sessions
+            session = await self._sessions.create(tenant)
             self._ids[key] = session.id
             return session.id
 
-    def _live(self, key: tuple[str, str]) -> str | None:
+    async def _live(self, key: tuple[str, str]) -> str | None:
         session_id = self._ids.get(key)
-        if session_id is None:
-            return None
-        try:
-            self._pool.get_session(key[0], session_id)
-        except RejectedError:  # SessionNotFound: it expired
+        if session_id is None or not await self._sessions.exists(key[0], session_id):  # none, or it expired
             return None
         return session_id
 
@@ -138,7 +134,7 @@ class _Sessions:
 class GoSandboxServicer(pb_grpc.GoSandboxServiceServicer):
     def __init__(self, door: Door) -> None:
         self._door = door
-        self._sessions = _Sessions(door.service.pool)
+        self._sessions = _Sessions(door.service.sessions)
 
     async def RunCode(self, request: pb.RunRequest, context: Context) -> AsyncIterator[pb.RunResponse]:
         async with self._door.call(context, DOOR) as current:

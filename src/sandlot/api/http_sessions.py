@@ -34,28 +34,26 @@ _RAW_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"application/o
 
 @router.post("", status_code=201, summary="Create a session (a box kept for this tenant)")
 async def create_session(door: DoorDep, principal: PrincipalDep) -> JSONResponse:
-    session = await door.service.pool.create_session(principal.tenant)
-    return JSONResponse(
-        {"session_id": session.id, "expires_in_s": round(session.expires_at - session.created, 3)}, status_code=201
-    )
+    session = await door.service.sessions.create(principal.tenant)
+    return JSONResponse({"session_id": session.id, "expires_in_s": session.expires_in_s}, status_code=201)
 
 
 @router.delete("/{session_id}", status_code=204, summary="End a session and wipe its box")
 async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    await door.service.pool.end_session(principal.tenant, session_id)
+    await door.service.sessions.end(principal.tenant, session_id)
     return Response(status_code=204)
 
 
 @router.get("/{session_id}/files", summary="The regular files of the session's workdir")
 async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    session = door.service.pool.get_session(principal.tenant, session_id)
+    session = door.service.sessions.local(principal.tenant, session_id)
     files = await asyncio.to_thread(session.box.list_files)
     return {"files": [{"path": f.path, "size": f.size} for f in files]}
 
 
 @router.put("/{session_id}/files/{path:path}", status_code=201, openapi_extra=_RAW_BODY, summary="Upload a file")
 async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.pool.get_session(principal.tenant, session_id)
+    session = door.service.sessions.local(principal.tenant, session_id)
     data = await request.body()
     try:
         await asyncio.to_thread(session.box.write_file, path, data)
@@ -75,7 +73,7 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
     summary="Download a file",
 )
 async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.pool.get_session(principal.tenant, session_id)
+    session = door.service.sessions.local(principal.tenant, session_id)
     data = await _read(session, path)
     return Response(data, media_type="application/octet-stream")
 

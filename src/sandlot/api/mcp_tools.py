@@ -189,8 +189,8 @@ class Tools:
     async def _create_session(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = await self.service.pool.create_session(principal.tenant)
-        expires_in_s = round(session.expires_at - session.created, 3)
+        session = await self.service.sessions.create(principal.tenant)
+        expires_in_s = session.expires_in_s
         return _answer(
             {"session_id": session.id, "expires_in_s": expires_in_s},
             f"session {session.id} created; it expires in {expires_in_s:g} s, or after "
@@ -201,13 +201,13 @@ class Tools:
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
         session_id = _string(arguments, "session_id")
-        await self.service.pool.end_session(principal.tenant, session_id)
+        await self.service.sessions.end(principal.tenant, session_id)
         return _answer({"session_id": session_id, "ended": True}, f"session {session_id} ended; its files are gone")
 
     async def _write_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
+        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         content = _string(arguments, "content", empty_ok=True)
         data = decode_content(content, arguments.get("encoding", "utf8"))
@@ -226,7 +226,7 @@ class Tools:
     async def _read_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
+        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         try:
             data = await asyncio.to_thread(session.box.read_file, path, MAX_READ_BYTES)
@@ -242,7 +242,7 @@ class Tools:
     async def _list_files(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
+        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
         files = await asyncio.to_thread(session.box.list_files)
         rows = [{"path": f.path, "size": f.size} for f in files]
         text = "\n".join(f"{f.path} ({f.size} bytes)" for f in files) or "the workdir is empty"

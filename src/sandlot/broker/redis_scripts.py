@@ -324,7 +324,7 @@ sweep(KEYS[6], ARGV[1])
 )
 
 # KEYS: Q, session, this worker's inbox. ARGV: 1 if this worker still has the session's box.
-# -> {verdict, ms until the session expires}: 'gone' (no such session), 'elsewhere' (another live worker
+# -> {verdict, ms until the session's absolute expiry}: 'gone' (no such session), 'elsewhere' (another live worker
 # owns it: hand the job over), else it is this worker's from now on: 'ready' (its box is here), 'new'
 # (no box yet), 'reset' (its box was lost with a worker: a fresh one).
 BIND = (
@@ -341,7 +341,7 @@ local boxed = redis.call('HGET', session, 'boxed') or ''
 local verdict = 'ready'
 if boxed == '' then verdict = 'new' elseif boxed ~= me or ARGV[1] ~= '1' then verdict = 'reset' end
 redis.call('HSET', session, 'owner', me, 'boxed', me)
-return {verdict, left}
+return {verdict, tonumber(redis.call('HGET', session, 'expires_at')) - now}
 """
 )
 
