@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import http.server
+import json
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -557,6 +561,72 @@ def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Clus
         assert int(rdb.get(keys.queued) or 0) == 0
     finally:
         rdb.close()
+    for node in cluster.nodes:
+        assert node.stop() == 0, node.output()
+    assert _leftovers() == []
+
+
+class _Callbacks(http.server.BaseHTTPRequestHandler):
+    """Records each Judge0 callback (a PUT) in the server's ``received`` queue."""
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.put((self.path, json.loads(body)))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def callbacks() -> Iterator[tuple[str, queue.Queue[tuple[str, dict[str, Any]]]]]:
+    """A loopback HTTP receiver for Judge0 callbacks: (its URL, the callbacks received)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Callbacks)
+    server.received = queue.Queue()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, name="judge0-callbacks", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.received  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10.0)
+
+
+@pytest.mark.timeout(120)
+def test_judge0_expected_output_and_callback_travel_with_the_task(
+    cluster: Cluster, callbacks: tuple[str, queue.Queue[tuple[str, dict[str, Any]]]]
+) -> None:
+    url, received = callbacks
+    taker, reader = (cluster.api(n, judge0_callback_allow_private=1) for n in (1, 2))  # callbacks to loopback
+    cluster.start(taker, reader, cluster.worker(3))
+    python, wrong_answer, accepted = 71, 4, 3
+    with httpx.Client(base_url=taker.url + "/judge0", timeout=30.0) as here:
+        tokens = {}
+        for expected, hook in (("other\n", "/wrong"), ("out\n", "/right")):
+            body = {"source_code": "print('out')", "language_id": python, "expected_output": expected}
+            created = here.post("/submissions", json=body | {"callback_url": url + hook})
+            assert created.status_code == 201, created.text
+            tokens[hook] = created.json()["token"]
+
+        calls = dict(received.get(timeout=RESULT_TIMEOUT_S) for _ in tokens)  # sent by the API node that took them
+        assert calls["/hook/wrong"]["status"]["id"] == wrong_answer, calls
+        assert calls["/hook/right"]["status"]["id"] == accepted, calls
+        assert {calls[f"/hook{hook}"]["token"] for hook in tokens} == set(tokens.values())
+
+    fields = {"fields": "status,stdout,expected_output,callback_url", "base64_encoded": "false"}
+    with httpx.Client(base_url=reader.url + "/judge0", timeout=30.0) as there:  # never saw these submissions
+        for hook, status in (("/wrong", wrong_answer), ("/right", accepted)):
+            shown = there.get(f"/submissions/{tokens[hook]}", params=fields).json()
+            expected = "other\n" if hook == "/wrong" else "out\n"
+            assert shown == {
+                "status": {"id": status, "description": shown["status"]["description"]},
+                "stdout": "out\n",
+                "expected_output": expected,
+                "callback_url": url + hook,
+            }, shown
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
     assert _leftovers() == []

@@ -28,8 +28,9 @@ from sandlot.api.auth import Authenticator
 from sandlot.api.http import create_app
 from sandlot.api.http_middleware import door_of
 from sandlot.api.judge0_callbacks import CallbackPolicy, deliver
-from sandlot.api.judge0_store import SubmissionStore
+from sandlot.api.judge0_store import SubmissionStore, from_record, record_of
 from sandlot.api.judge0_submission import Judge0Limits, callback_url_problem, parse_submission, unzip_files
+from sandlot.broker import TaskSpec
 from sandlot.errors import RejectedError
 from sandlot.service import ApiKey, ServerSettings, Service
 
@@ -361,6 +362,47 @@ async def test_unknown_tokens(live: Live) -> None:
         "meta": {"current_page": 1, "next_page": None, "prev_page": None, "total_pages": 0, "total_count": 0},
     }
     assert (await live.http.get("/submissions", params={"page": 0})).json() == {"error": "invalid page: 0"}
+
+
+async def test_another_replica_renders_a_submission_whole(live: Live) -> None:
+    """The Judge0-only half travels with the task: an app with an empty store (another API node) has it too."""
+    body = {
+        "source_code": "print(input())",
+        "language_id": PYTHON,
+        "stdin": "ab",
+        "expected_output": "ba",
+        "cpu_time_limit": 1.5,
+        "redirect_stderr_to_stdout": True,
+        "callback_url": "http://127.0.0.1:9/never",
+        "command_line_arguments": "one two",
+    }
+    taken = await live.submit(body)
+    assert taken.json()["status"]["id"] == WRONG_ANSWER
+    token = taken.json()["token"]
+    fields = "status,stdout,expected_output,stdin,source_code,cpu_time_limit,callback_url,command_line_arguments"
+    here = (await live.http.get(f"/submissions/{token}", params={"fields": fields})).json()
+    async with asgi_client(create_app(live.service)) as other:  # its own Judge0 store, empty
+        there = (await other.get(f"/judge0/submissions/{token}", params={"fields": fields})).json()
+    assert there == here
+    assert there["status"]["id"] == WRONG_ANSWER
+    assert (there["expected_output"], there["stdin"], there["cpu_time_limit"]) == ("ba", "ab", "1.5")
+    assert there["callback_url"] == "http://127.0.0.1:9/never"
+
+
+async def test_a_submission_record_round_trips_through_its_spec() -> None:
+    limits = Judge0Limits.from_settings(make_settings())
+    submission = parse_submission(
+        {"source_code": b64("print(1)"), "language_id": PYTHON, "expected_output": b64(b"\xff\x00"), "stdin": ""},
+        tenant="t",
+        base64_encoded=True,
+        limits=limits,
+        languages={PYTHON: "python"},
+        allow_private_callbacks=False,
+    )
+    spec = dataclasses.replace(submission.to_spec(limits.max_cpu_time_limit), door_data=record_of(submission))
+    assert from_record(TaskSpec.from_json(spec.to_json())) == submission  # through the broker's codec
+    assert from_record(dataclasses.replace(spec, door_data="")) is None  # another door's task
+    assert from_record(dataclasses.replace(spec, door_data='{"judge0": {"nope": 1}}')) is None
 
 
 # --------------------------------------------------------------- callbacks

@@ -35,8 +35,11 @@ Where this differs from Judge0, knowingly:
 - ``redirect_stderr_to_stdout`` merges the two pipes' chunks in the order they
   were read: writes microseconds apart can come out swapped (an exact ``2>&1``
   needs the sandbox to give both one pipe).
-- The Judge0-only half of a submission (``judge0_store``) is kept by this
-  process: behind several API replicas, read a token where it was created.
+- The Judge0-only half of a submission (``judge0_store``) travels with its
+  task, so behind several API replicas any of them renders any token whole;
+  but ``GET /submissions`` lists what this process took, and a callback is
+  sent by the process that took the submission (if it stops before the task
+  ends, that callback is not sent).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ the worker never waits on a client's receiver.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from sandlot.api.auth import Principal
 from sandlot.api.http_common import Door, submit, subscribe
 from sandlot.api.judge0_callbacks import CallbackPolicy, deliver
 from sandlot.api.judge0_render import DEFAULT_FIELDS, Judge0Language, offered_languages, render_submission
-from sandlot.api.judge0_store import SubmissionStore
+from sandlot.api.judge0_store import SubmissionStore, from_record, record_of
 from sandlot.api.judge0_submission import Judge0Invalid, Judge0Limits, Submission, parse_submission
 from sandlot.broker import TaskState
 from sandlot.errors import RejectedError
@@ -94,7 +95,8 @@ class Judge0State:
 
     async def submit(self, principal: Principal, submission: Submission) -> None:
         """Queue it like any door (quotas, queue bound); what the engine would refuse is a 422."""
-        spec = submission.to_spec(self.limits.max_cpu_time_limit)
+        # The record travels with the task: any API node can render it (verdict, request fields).
+        spec = dataclasses.replace(submission.to_spec(self.limits.max_cpu_time_limit), door_data=record_of(submission))
         try:
             await submit(self.door, principal, spec)
         except RejectedError as exc:
@@ -112,6 +114,8 @@ class Judge0State:
             if submission is not None:  # the broker has let the task go: so do we
                 self.store.forget(token)
             return None
+        if submission is None and state.spec is not None:  # taken by another API node, or evicted here
+            submission = from_record(state.spec)
         return state, submission
 
     async def wait_done(self, tenant: str, token: str) -> None:

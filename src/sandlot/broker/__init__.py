@@ -72,6 +72,9 @@ class TaskSpec:
     fetch_files: tuple[str, ...] = ()
     interactive: bool = False  # stdin arrives through control messages
     user_file_name: str | None = None
+    # JSON a door keeps with its task (Judge0: expected_output, callback_url, its limits), opaque to the
+    # broker, the engine and the worker; it travels with the spec so that any API node can render the task.
+    door_data: str = ""
     created: float = field(default_factory=time.time)
 
     def to_job(self) -> Job:
@@ -109,6 +112,7 @@ class TaskSpec:
             fetch_files=tuple(data.get("fetch_files", ())),
             interactive=bool(data.get("interactive", False)),
             user_file_name=data.get("user_file_name"),
+            door_data=str(data.get("door_data", "")),
             created=float(data.get("created", time.time())),
         )
 
@@ -120,6 +124,7 @@ class TaskState:
     status: TaskStatus
     created: float
     exit: ExitEvent | None = None  # set when done
+    spec: TaskSpec | None = None  # as submitted (for a door's own data); None if it cannot be read
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class MemoryBroker:
         task = self._tasks.get(task_id)
         if task is None or task.spec.tenant != tenant:
             return None
-        return TaskState(task.spec.id, tenant, task.status, task.spec.created, task.exit)
+        return TaskState(task.spec.id, tenant, task.status, task.spec.created, task.exit, task.spec)
 
     async def subscribe(self, tenant: str, task_id: str) -> AsyncIterator[Event]:
         """Replay from the first event, then follow live until the exit event."""

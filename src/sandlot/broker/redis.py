@@ -104,7 +104,17 @@ from sandlot.broker import (
 from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import DEADLETTER_MAXLEN, IDEMPOTENCY_PENDING_TTL_S, WORKERS_GROUP, Keys
 from sandlot.broker.redis_sessions import RedisSessions
-from sandlot.broker.redis_wire import control_message, entries, event, exit_of, internal, read_entries, text, to_str
+from sandlot.broker.redis_wire import (
+    control_message,
+    entries,
+    event,
+    exit_of,
+    internal,
+    read_entries,
+    spec_of,
+    text,
+    to_str,
+)
 from sandlot.errors import SessionNotFound
 from sandlot.models import Event, ExitEvent
 
@@ -207,7 +217,8 @@ class RedisBroker:
         status = fields.get("status")
         if fields.get("tenant") != tenant or status not in _STATUSES:
             return None
-        return TaskState(task_id, tenant, cast(TaskStatus, status), float(fields.get("created", 0.0)), exit_of(fields))
+        created = float(fields.get("created", 0.0))
+        return TaskState(task_id, tenant, cast(TaskStatus, status), created, exit_of(fields), spec_of(fields))
 
     async def subscribe(self, tenant: str, task_id: str) -> AsyncIterator[Event]:
         """Replay from the first event (XRANGE), then follow live (XREAD BLOCK) until the exit event."""

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from sandlot.broker import Control, event_from_wire
+from sandlot.broker import Control, TaskSpec, event_from_wire
 from sandlot.models import Event, ExitEvent, Result, Status
 
 
@@ -40,6 +40,14 @@ def exit_of(fields: dict[str, str]) -> ExitEvent | None:
     stored = event_from_wire(wire)
     assert isinstance(stored, ExitEvent)
     return stored
+
+
+def spec_of(fields: dict[str, str]) -> TaskSpec | None:
+    """The spec a task's state hash holds, or None if it is missing or unreadable."""
+    try:
+        return TaskSpec.from_json(fields["spec"])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def event(fields: dict[bytes, bytes]) -> Event:
