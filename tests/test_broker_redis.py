@@ -657,8 +657,10 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     run = _spec(session_id=session)
     await api.submit(run)
     assert (await _claim(first)).id == run.id  # unbound: any worker may take it
-    assert (await first.sessions.bind("a", session, have_box=False)).verdict == "new"
-    assert (await second.sessions.bind("a", session, have_box=False)).verdict == "elsewhere"
+    assert (await first.sessions.bind("a", session, have_box=False, room=False)).verdict == "full"
+    assert await raw.hget(_KEYS.session("a", session), "owner") == b""  # a full worker binds nothing
+    assert (await first.sessions.bind("a", session, have_box=False, room=True)).verdict == "new"
+    assert (await second.sessions.bind("a", session, have_box=False, room=True)).verdict == "elsewhere"
     await first.finish(run.id, _ok())
     assert await first.presence([("a", session)]) == {("a", session)}
 
@@ -666,7 +668,7 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     await api.submit(routed)  # to the owner's inbox: the other worker never sees it
     assert await second.reclaim() == []
     assert (await _claim(first)).id == routed.id
-    assert (await first.sessions.bind("a", session, have_box=True)).verdict == "ready"
+    assert (await first.sessions.bind("a", session, have_box=True, room=True)).verdict == "ready"
     await first.finish(routed.id, _ok())
 
     # The owner goes silent: its presence expires, the next job goes to whichever worker takes it.
@@ -678,14 +680,14 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
             assert await second.reclaim() == []  # moved, not taken: it was never delivered
             await asyncio.sleep(_IDLE_MS / 4000)
     assert (await _claim(second)).id == stranded.id
-    binding = await second.sessions.bind("a", session, have_box=False)
+    binding = await second.sessions.bind("a", session, have_box=False, room=True)
     assert binding.verdict == "reset"
     assert 0 < binding.expires_in_s <= 60
     assert await first.presence([("a", session)]) == set()  # the old owner learns it lost the session
     await second.finish(stranded.id, _ok())
 
     assert await api.sessions.end("a", session)
-    assert (await second.sessions.bind("a", session, have_box=True)).verdict == "gone"
+    assert (await second.sessions.bind("a", session, have_box=True, room=True)).verdict == "gone"
     with pytest.raises(SessionNotFound):
         await api.submit(_spec(session_id=session))
     assert await _pending(raw) == 0
@@ -698,12 +700,12 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
     other = make_redis(consumer_name="other", claim_idle_ms=600_000)
     session = await api.sessions.create("a", ttl_s=60, idle_s=60)
     await leaving.presence([])
-    assert (await leaving.sessions.bind("a", session, have_box=False)).verdict == "new"
+    assert (await leaving.sessions.bind("a", session, have_box=False, room=True)).verdict == "new"
     queued = _spec(session_id=session)
     await api.submit(queued)  # into the owner's inbox
     await leaving.leave()
     assert (await _claim(other)).id == queued.id  # at once, not after claim_idle_ms
-    assert (await other.sessions.bind("a", session, have_box=False)).verdict == "reset"
+    assert (await other.sessions.bind("a", session, have_box=False, room=True)).verdict == "reset"
     await other.finish(queued.id, _ok())
     after = _spec(session_id=session)
     await api.submit(after)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -55,6 +55,11 @@ async def _enqueue(pool: BoxPool, attempt: Coroutine[Any, Any, None]) -> asyncio
             return task
     task.cancel()
     raise AssertionError("the lease attempt never queued")
+
+
+async def _within(awaitable: Awaitable[Any]) -> Any:
+    async with asyncio.timeout(_WAIT_S):
+        return await awaitable
 
 
 async def _eventually(predicate: Callable[[], bool]) -> None:
@@ -282,6 +287,30 @@ async def test_a_session_is_refused_not_queued_when_no_box_is_free(sandbox: Sand
         assert refused.value.retry_after_s > 0
         assert pool.waiting == 0
         assert pool.session_count == 0
+
+
+async def test_an_adopted_session_keeps_its_id_and_waits_for_a_box(sandbox: Sandbox, settings: Settings) -> None:
+    """Distributed mode: a session named elsewhere gets a box here when its first job arrives."""
+    async with _started_pool(sandbox, 2, max_sessions=1) as pool:
+        assert pool.session_room
+        assert not pool.has_session("a", "named-elsewhere")
+        async with pool.lease("x"), pool.lease("y"):  # every box busy: the adoption waits, as a lease would
+            adopting = await _enqueue(pool, pool.adopt_session("a", "named-elsewhere", expires_in_s=60))
+        session = await _within(adopting)
+        assert session.id == "named-elsewhere"
+        assert pool.has_session("a", "named-elsewhere")
+        assert not pool.has_session("b", "named-elsewhere")
+        assert pool.session_keys() == [("a", "named-elsewhere")]
+        assert await pool.adopt_session("a", "named-elsewhere", expires_in_s=60) is session  # already here
+        async with pool.lease("a", "named-elsewhere") as box:
+            assert box is session.box
+            await _sh(box, "echo kept > /box/kept.txt", settings)
+        assert not pool.session_room
+        with pytest.raises(PoolFull):
+            await pool.adopt_session("b", "another", expires_in_s=60)
+        await pool.end_session("a", "named-elsewhere")
+        assert pool.session_room
+        assert pool.session_keys() == []
 
 
 # ------------------------------------------------------------------ expiry

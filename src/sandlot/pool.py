@@ -14,7 +14,9 @@ gRPC RESOURCE_EXHAUSTED). A waiter that is cancelled (its client went away)
 simply leaves the queue.
 
 A session pins one box to a (tenant, session id) pair so its files survive
-between runs; runs of one session are serialised on that box. Ids are random
+between runs; runs of one session are serialised on that box. In the
+distributed mode sessions are named elsewhere (the broker's directory) and a
+worker's pool ``adopt_session``s one when its first job arrives here. Ids are random
 and looked up together with the tenant, so another tenant's id finds nothing.
 Every box waiting in the pool has its next jail already launched (fresh
 namespaces and cgroup, the init waiting for a command; see sandbox/box.py), so
@@ -290,7 +292,7 @@ class BoxPool:
         existing = self._sessions.get((tenant, session_id))
         if existing is not None and existing.deadline(self.session_idle_s) > self._clock():
             return existing
-        if len(self._sessions) >= self.max_sessions:
+        if not self.session_room:
             raise PoolFull(f"this worker's session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
         box = await self._take(tenant)
         now = self._clock()
@@ -305,6 +307,11 @@ class BoxPool:
         self._sessions[(tenant, session_id)] = session
         self._expiry_wakeup.set()
         return session
+
+    @property
+    def session_room(self) -> bool:
+        """Whether another session could pin a box here (``max_sessions`` not reached)."""
+        return len(self._sessions) < self.max_sessions
 
     def has_session(self, tenant: str, session_id: str) -> bool:
         """Whether this pool holds the session's box (and it has not expired)."""

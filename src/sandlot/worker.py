@@ -233,9 +233,13 @@ class Worker:
         key = (spec.tenant, session_id)
         async with self._session_lock(key):
             have_box = self.pool.has_session(*key)
-            binding = await broker.sessions.bind(*key, have_box=have_box)
+            # A stale copy of the box would be replaced, so it leaves room too.
+            room = have_box or self.pool.session_room
+            binding = await broker.sessions.bind(*key, have_box=have_box, room=room)
             if binding.verdict == "gone":
                 raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+            if binding.verdict == "full":
+                raise PoolFull(f"this worker's session limit ({self.pool.max_sessions}) is reached")
             if binding.verdict == "elsewhere":
                 run.handed_back = True
                 await broker.hand_back(spec.id)

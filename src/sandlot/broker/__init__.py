@@ -177,7 +177,7 @@ class Heartbeating(Protocol):
     async def heartbeat(self, task_id: str) -> bool: ...
 
 
-SessionVerdict = Literal["ready", "new", "reset", "elsewhere", "gone"]
+SessionVerdict = Literal["ready", "new", "reset", "elsewhere", "full", "gone"]
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ class SessionBinding:
     ``ready``: this worker holds the session's box. ``new``: no box yet, this worker
     opens one. ``reset``: the box was lost (its worker died or left), this worker opens
     a fresh one and the run says so. ``elsewhere``: another live worker holds the box,
-    the job goes to it. ``gone``: the session ended or expired.
+    the job goes to it. ``full``: this worker would have to open a box and has no room
+    for another session (nothing was recorded). ``gone``: the session ended or expired.
     """
 
     verdict: SessionVerdict
@@ -203,7 +204,7 @@ class SessionDirectory(Protocol):
 
     async def exists(self, tenant: str, session_id: str) -> bool: ...
 
-    async def bind(self, tenant: str, session_id: str, *, have_box: bool) -> SessionBinding: ...
+    async def bind(self, tenant: str, session_id: str, *, have_box: bool, room: bool) -> SessionBinding: ...
 
 
 @runtime_checkable

@@ -119,8 +119,9 @@ local function now_ms()
 end
 
 -- A stream jobs are added to: with its consumer group (from 0, so entries already there are
--- delivered), and known to reclaim.
+-- delivered), and known to reclaim. A stream in the streams set has its group: they come and go together.
 local function open_stream(stream)
+  if redis.call('SISMEMBER', Q.streams, stream) == 1 then return end
   redis.pcall('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')  -- BUSYGROUP: it has one
   redis.call('SADD', Q.streams, stream)
 end
@@ -323,10 +324,11 @@ sweep(KEYS[6], ARGV[1])
 """
 )
 
-# KEYS: Q, session, this worker's inbox. ARGV: 1 if this worker still has the session's box.
-# -> {verdict, ms until the session's absolute expiry}: 'gone' (no such session), 'elsewhere' (another live worker
-# owns it: hand the job over), else it is this worker's from now on: 'ready' (its box is here), 'new'
-# (no box yet), 'reset' (its box was lost with a worker: a fresh one).
+# KEYS: Q, session, this worker's inbox. ARGV: 1 if this worker still has the session's box, 1 if it has room
+# for another session's box. -> {verdict, ms until the session's absolute expiry}: 'gone' (no such session),
+# 'elsewhere' (another live worker owns it: hand the job over), 'full' (it would need a box here and there is
+# no room: nothing is recorded), else it is this worker's from now on: 'ready' (its box is here), 'new' (no box
+# yet), 'reset' (its box was lost with a worker: a fresh one).
 BIND = (
     _QUEUE
     + """
@@ -340,6 +342,7 @@ if left <= 0 then return {'gone', 0} end
 local boxed = redis.call('HGET', session, 'boxed') or ''
 local verdict = 'ready'
 if boxed == '' then verdict = 'new' elseif boxed ~= me or ARGV[1] ~= '1' then verdict = 'reset' end
+if verdict ~= 'ready' and ARGV[2] ~= '1' then return {'full', 0} end
 redis.call('HSET', session, 'owner', me, 'boxed', me)
 return {verdict, tonumber(redis.call('HGET', session, 'expires_at')) - now}
 """

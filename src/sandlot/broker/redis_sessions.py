@@ -61,11 +61,15 @@ class RedisSessions:
         async with self._reachable():
             return bool(await self._redis.exists(self._keys.session(tenant, session_id)))
 
-    async def bind(self, tenant: str, session_id: str, *, have_box: bool) -> SessionBinding:
-        """Where a job of the session runs; this worker becomes its owner unless another live one is."""
+    async def bind(self, tenant: str, session_id: str, *, have_box: bool, room: bool) -> SessionBinding:
+        """Where a job of the session runs; this worker becomes its owner unless another live one is.
+
+        ``room``: whether this worker could open a box for it (else ``full``, and nothing is recorded).
+        """
         async with self._reachable():
             verdict, left_ms = await self._bind(
-                keys=[*self._queue, self._keys.session(tenant, session_id), self._inbox], args=[int(have_box)]
+                keys=[*self._queue, self._keys.session(tenant, session_id), self._inbox],
+                args=[int(have_box), int(room)],
             )
         return SessionBinding(cast(SessionVerdict, verdict.decode()), int(left_ms) / 1000)
 
