@@ -63,6 +63,7 @@ RESULT_TIMEOUT_S = 30.0  # a reclaim (claim idle, then the next reclaim pass) an
 REDIS_TIMEOUT_S = 10.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SLEEP_6S = SLEEP_3S.replace("sleep(3)", "sleep(6)")  # three claim timeouts: an idle worker would take it over
+PRESENCE_GONE_TIMEOUT_S = 60.0  # a killed worker's presence expires (15 s at most), then a run in a fresh box
 
 
 # -------------------------------------------------------------- the Redis
@@ -450,12 +451,14 @@ open('state.txt', 'a').write('x')
 """
 
 
-def _session_step(client: httpx.Client, session_id: str) -> tuple[str, list[dict[str, Any]]]:
+def _session_step(
+    client: httpx.Client, session_id: str, timeout_s: float = RESULT_TIMEOUT_S
+) -> tuple[str, list[dict[str, Any]]]:
     """Run SESSION_STEP in the session: (what it found, the task's events)."""
     response = client.post("/api/v1/execute", json=execution(SESSION_STEP) | {"session_id": session_id})
     assert response.status_code == 202, response.text
     task_id = response.json()["task_id"]
-    result = _result(client, task_id)  # bounded: never a hang
+    result = _result(client, task_id, timeout_s)  # bounded: never a hang
     assert result["status"] == "ok", result
     return result["stdout"].strip(), _frames(client, task_id)
 
@@ -472,7 +475,11 @@ def test_a_sessions_runs_stay_on_its_worker_and_start_afresh_when_that_worker_is
     cluster: Cluster, redis_server: _Redis
 ) -> None:
     api = cluster.api(1)
-    workers = {f"node-{n}": cluster.worker(n, pool_size=2, worker_name=f"node-{n}") for n in (2, 3)}
+    # claim_idle_ms far above the test: a dead worker's sessions move on with its presence, which expires
+    # within seconds whatever claim_idle_ms is.
+    workers = {
+        f"node-{n}": cluster.worker(n, pool_size=2, worker_name=f"node-{n}", claim_idle_ms=600_000) for n in (2, 3)
+    }
     cluster.start(api, *workers.values())
     rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
     try:
@@ -494,7 +501,7 @@ def test_a_sessions_runs_stay_on_its_worker_and_start_afresh_when_that_worker_is
 
             workers[owner].proc.kill()
             assert workers[owner].proc.wait(10.0) == -signal.SIGKILL
-            found, frames = _session_step(client, session_id)
+            found, frames = _session_step(client, session_id, PRESENCE_GONE_TIMEOUT_S)
             assert found == "missing"  # a fresh box...
             (survivor,) = set(workers) - {owner}
             assert _session_owner(rdb, session_id) == survivor  # ...on the other worker

@@ -22,8 +22,8 @@ takes one, so a busy worker never hoards jobs it cannot start.
 
 With a broker many worker processes share (``Distributed``), the worker also:
 
-- says it is alive (``presence``, every heartbeat interval, before its first
-  claim), and releases the boxes of sessions that are no longer its own (ended,
+- says it is alive (``presence``, every few seconds, before its first claim),
+  and releases the boxes of sessions that are no longer its own (ended,
   expired, or moved to another worker while this one looked dead);
 - binds a session's job before running it (``sessions.bind``): the job runs
   here in the session's box, or in a fresh box when the box was lost with
@@ -280,7 +280,7 @@ class Worker:
                     chore = asyncio.create_task(self._drop_session(key, generation), name=f"drop-session-{key[1]}")
                     self._chores.add(chore)
                     chore.add_done_callback(self._chores.discard)
-            await asyncio.sleep(broker.heartbeat_interval_s)
+            await asyncio.sleep(broker.presence_interval_s)
 
     async def _drop_session(self, key: _SessionKey, generation: int) -> None:
         async with self._session_lock(key):

@@ -211,7 +211,7 @@ class SessionDirectory(Protocol):
 class Distributed(Heartbeating, Protocol):
     """A broker shared by many worker processes (Redis): jobs and sessions move between workers.
 
-    The worker says it is alive with ``presence`` every ``heartbeat_interval_s``
+    The worker says it is alive with ``presence`` every ``presence_interval_s``
     (and learns which of its session boxes still have a session); ``hand_back``
     returns a job it holds but will not finish to the queue's front; on SIGTERM
     ``leave`` stops jobs being routed to it, and ``retire``, once nothing runs,
@@ -220,6 +220,9 @@ class Distributed(Heartbeating, Protocol):
 
     @property
     def sessions(self) -> SessionDirectory: ...
+
+    @property
+    def presence_interval_s(self) -> float: ...
 
     async def presence(self, sessions: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
 

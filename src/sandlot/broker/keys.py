@@ -41,7 +41,7 @@ The queue, all under the ``{jobs}`` hash tag (one Cluster slot):
     ``reclaim`` looks for the jobs of lost workers.
 ``<p>:{jobs}:workers`` (sorted set)
     Live workers' inbox keys, scored by the time (ms, Redis clock) their
-    presence expires; refreshed every third of ``claim_idle_ms``.
+    presence expires; refreshed every few seconds (``presence_interval_s``).
 ``<p>:{jobs}:session:<tenant>:<id>`` (hash)
     A session of the distributed mode: created, expires_at (ms), owner (the
     inbox of the worker its jobs go to), boxed (the inbox of the worker that

@@ -30,14 +30,15 @@ time (XCLAIM with min-idle 0, only if the entry is still this consumer's), so
 ``claim_idle_ms`` bounds how long a dead worker's job waits, not how long a
 job may run.
 
-Workers say they are alive with ``presence`` (a score in ``workers``, expiring
-after ``claim_idle_ms``). A session's first job binds the session to the
-worker that takes it (``sessions.bind``: the owner and the box are recorded in
-the session's hash); its later jobs are routed to that worker's inbox. When
-the owner's presence has expired, new jobs go to the tenant's stream again,
-``reclaim`` moves what waited unread in the dead inbox to ``returned``, and
-the worker that takes the next job binds the session to itself with a fresh
-box (verdict ``reset``). A job taken by a worker that is not the session's
+Workers say they are alive with ``presence`` (a score in ``workers``, said
+every ``presence_interval_s``, at most 5 s, and expiring after three of them,
+independently of ``claim_idle_ms``). A session's first job binds the session
+to the worker that takes it (``sessions.bind``: the owner and the box are
+recorded in the session's hash); its later jobs are routed to that worker's
+inbox. When the owner's presence has expired, new jobs go to the tenant's
+stream again, the next presence of any worker moves what waited unread in
+the dead inbox to ``returned``, and the worker that takes the next job binds
+the session to itself with a fresh box (verdict ``reset``). A job taken by a worker that is not the session's
 live owner is handed over to the owner's inbox.
 
 ``hand_back`` gives a held job back: the task's state is unclaimed first
@@ -130,6 +131,10 @@ _BACKOFF_FIRST_S = 0.1
 _BACKOFF_CAP_S = 5.0
 _REPLAY_PAGE = 500
 _RETIRE_PAGE = 1000  # pending entries looked at per stream when a worker retires
+# A worker's presence: said this often at most (a third of claim_idle_ms if less), and gone after three
+# silent intervals; so a session whose worker died moves on within seconds, whatever claim_idle_ms is.
+_PRESENCE_INTERVAL_CAP_S = 5.0
+_PRESENCE_BEATS = 3
 _STATUSES = ("queued", "running", "done")
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -309,10 +314,7 @@ class RedisBroker:
                 return spec
 
     async def reclaim(self, *, count: int = 1) -> list[TaskSpec]:
-        """Take over up to ``count`` jobs pending longer than ``claim_idle_ms`` on other consumers.
-
-        First moves what waits unread in the inboxes of dead workers to ``returned``.
-        """
+        """Take over up to ``count`` jobs pending longer than ``claim_idle_ms`` on other consumers."""
         specs: list[TaskSpec] = []
         async with self._reachable():
             reply = await self._reclaim(keys=self._queue, args=[self.consumer_name, self.claim_idle_ms, count])
@@ -384,11 +386,22 @@ class RedisBroker:
 
     # ---------------------------------------------- many workers (Distributed)
 
+    @property
+    def presence_interval_s(self) -> float:
+        """How often a worker says it is alive: a third of ``claim_idle_ms``, at most ``_PRESENCE_INTERVAL_CAP_S``."""
+        return min(self.heartbeat_interval_s, _PRESENCE_INTERVAL_CAP_S)
+
     async def presence(self, sessions: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Say this worker is alive for ``claim_idle_ms`` more; which of the given sessions still come here."""
+        """Say this worker is alive for three presence intervals more; which of the given sessions still come here.
+
+        Also sweeps the inboxes of dead workers: their unread jobs go to ``returned``.
+        """
         session_keys = [self.keys.session(tenant, session_id) for tenant, session_id in sessions]
+        ttl_ms = int(self.presence_interval_s * _PRESENCE_BEATS * 1000)
         async with self._reachable():
-            owned = await self._presence(keys=[*self._queue, self._inbox, *session_keys], args=[self.claim_idle_ms])
+            owned = await self._presence(
+                keys=[*self._queue, self._inbox, *session_keys], args=[ttl_ms, self.consumer_name]
+            )
         return {pair for pair, flag in zip(sessions, owned or (), strict=False) if int(flag)}
 
     async def hand_back(self, task_id: str) -> bool:

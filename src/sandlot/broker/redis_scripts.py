@@ -250,14 +250,11 @@ return {}
 """
 )
 
-# KEYS: Q. ARGV: consumer, min idle ms, count. -> {{stream, entry id, fields or nil}, ...}
-# First the dead workers (presence expired): their inboxes are swept. Then XAUTOCLAIM over every stream.
+# KEYS: Q. ARGV: consumer, min idle ms, count. -> {{stream, entry id, fields or nil}, ...}: XAUTOCLAIM over
+# every stream.
 RECLAIM = (
     _QUEUE
     + """
-for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '-inf', '(' .. now_ms())) do
-  sweep(inbox, ARGV[1])
-end
 local found, want = {}, tonumber(ARGV[3])
 for _, stream in ipairs(redis.call('SMEMBERS', Q.streams)) do
   if #found >= want then break end
@@ -299,13 +296,18 @@ ack(KEYS[8], ARGV[3], ARGV[5] == '1')
 """
 )
 
-# KEYS: Q, this worker's inbox, then the sessions it holds a box for. ARGV: presence ttl ms.
+# KEYS: Q, this worker's inbox, then the sessions it holds a box for. ARGV: presence ttl ms, consumer.
 # -> for each session, 1 if its jobs still come here, else 0 (ended, expired, or moved to another worker).
+# Every live worker's presence also sweeps the inboxes of the dead (presence expired) to `returned`.
 PRESENCE = (
     _QUEUE
     + """
-redis.call('ZADD', Q.workers, now_ms() + tonumber(ARGV[1]), KEYS[6])
+local now = now_ms()
+redis.call('ZADD', Q.workers, now + tonumber(ARGV[1]), KEYS[6])
 open_stream(KEYS[6])
+for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '-inf', '(' .. now)) do
+  sweep(inbox, ARGV[2])
+end
 local owned = {}
 for i = 7, #KEYS do
   owned[#owned + 1] = redis.call('HGET', KEYS[i], 'owner') == KEYS[6] and 1 or 0
