@@ -4,12 +4,13 @@ Theory of operation
 -------------------
 A worker node is the Service of an API node minus the doors: the pool, the
 engine and the worker loops, wired to the ``RedisBroker`` (``Service.start``).
-It opens no listener; it is found through Redis alone. On SIGTERM or SIGINT it
-drains like ``sandlot serve``: it stops claiming at once, lets its running jobs
-finish until ``drain_deadline_s`` (then kills them, and their results say so),
-closes the broker and releases every box (cgroups, mounts) before it exits 0.
-A job it had claimed but not started stays pending in the group and is taken
-over by another worker after ``claim_idle_ms``.
+It opens no listener; it is found through Redis alone (its presence there is
+refreshed every few seconds). On SIGTERM or SIGINT it drains: it
+stops claiming and stops being sent its sessions' jobs at once, hands back the
+jobs it claimed but had not started, lets its running jobs finish until
+``drain_deadline_s`` and hands back those still running then (another worker
+runs them from the start, at once: see ``Worker.drain``), closes the broker and
+releases every box (cgroups, mounts) before it exits 0.
 """
 
 from __future__ import annotations

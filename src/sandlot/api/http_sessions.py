@@ -6,6 +6,8 @@ sessions and move files in and out of the workdir. The file operations are
 planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
 here is a 400, a missing file a 404. They do not wait for a running execution
 of the session; a program sees a file appear or change as it would on any disk.
+In distributed mode the box is on a worker, not here: creating and ending work
+on any API node, the file routes answer 400 (``Sessions.local``).
 """
 
 from __future__ import annotations
