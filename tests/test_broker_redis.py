@@ -585,7 +585,9 @@ async def test_a_service_on_redis_runs_python_and_another_node_sees_it(make_redi
     from tests.conftest import make_settings
 
     service = await Service.start(
-        make_settings(), ServerSettings(pool_size=1, drain_deadline_s=2.0), broker=make_redis(max_queued=8)
+        make_settings(),
+        ServerSettings(gvisor_pool_size=0, pool_size=1, drain_deadline_s=2.0),
+        broker=make_redis(max_queued=8),
     )
     try:
         spec = await service.submit(_spec(files=(SourceFile("main.py", b"print('hello from redis')\n"),)))

@@ -11,6 +11,8 @@ Doors get the Service and never build any of these themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -19,13 +21,16 @@ from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, RedisBroker
 from sandlot.config import Settings
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import RejectedError
+from sandlot.errors import AuthError, ConfigError, IsolationUnavailable, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
-from sandlot.pool import BoxPool
+from sandlot.pool import BoxPool, Session, check_session_level, find_session
 from sandlot.sandbox import Sandbox
+from sandlot.sandbox.box import ISOLATION_LEVELS
+from sandlot.sandbox.gvisor import UNAVAILABLE
 from sandlot.worker import Worker
 
+log = logging.getLogger(__name__)
 CLAIM_GRACE_S = 30.0  # on top of the longest compile + run, before a silent worker's job is taken over
 
 
@@ -35,6 +40,7 @@ class ApiKey:
     tenant: str
     max_concurrent: int = 0  # 0: unlimited
     requests_per_minute: int = 0  # 0: unlimited
+    min_isolation: str = "jail"  # requests of this key never run at a weaker level
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class ServerSettings:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES  # runs of one job before it ends as "worker lost"
     events_maxlen: int = DEFAULT_EVENTS_MAXLEN  # events kept per task stream (approximate trim)
     worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
+    default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
+    gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
 
     @property
     def effective_pool_size(self) -> int:
@@ -127,6 +135,7 @@ def server_settings_from(settings: Settings, **overrides: object) -> ServerSetti
                     str(spec.get("tenant", key)),
                     int(spec.get("max_concurrent", 0)),
                     int(spec.get("requests_per_minute", 0)),
+                    str(spec.get("min_isolation", "jail")),
                 )
             )
     for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
@@ -134,7 +143,13 @@ def server_settings_from(settings: Settings, **overrides: object) -> ServerSetti
         keys.append(ApiKey(key.strip(), tenant.strip() or key.strip()))
     values["api_keys"] = tuple(keys)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ServerSettings(**values)  # type: ignore[arg-type]
+    server = ServerSettings(**values)  # type: ignore[arg-type]
+    for level in (server.default_isolation, *(k.min_isolation for k in server.api_keys)):
+        try:
+            check_isolation(level)
+        except RejectedError as exc:
+            raise ConfigError(f"server settings: {exc}") from exc
+    return server
 
 
 @dataclass
@@ -148,6 +163,8 @@ class Service:
     engine: Engine
     metrics: Metrics
     worker: Worker | None
+    pools: dict[str, BoxPool] = field(default_factory=dict)  # by isolation level; "jail" is ``pool``
+    isolation_problems: dict[str, str] = field(default_factory=dict)  # level -> why it cannot run here
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
 
@@ -167,19 +184,49 @@ class Service:
             prelaunch_binds=engine.prelaunch_binds if server.prelaunch else None,
         )
         await pool.start()
+        pools = {"jail": pool}
+        problems: dict[str, str] = {}
+        if server.gvisor_pool_size <= 0:
+            problems["gvisor"] = "the gVisor pool is turned off (gvisor_pool_size is 0)"
+        else:
+            try:
+                await asyncio.to_thread(sandbox.check_isolation, "gvisor")
+            except SandboxError as exc:
+                problems["gvisor"] = str(exc).removeprefix(UNAVAILABLE)
+                log.warning("isolation gvisor is unavailable: %s", exc)
+            else:
+                gvisor_pool = BoxPool(
+                    sandbox,
+                    server.gvisor_pool_size,
+                    max_waiting=max(server.gvisor_pool_size * 4, server.max_queued),
+                    session_ttl_s=server.session_ttl_s,
+                    session_idle_s=server.session_idle_s,
+                    prelaunch_binds=engine.prelaunch_binds,  # gVisor's start is never on the request path
+                    isolation="gvisor",
+                )
+                await gvisor_pool.start()
+                pools["gvisor"] = gvisor_pool
         the_broker = broker or _make_broker(settings, server)
         metrics = Metrics()
         metrics.watch(
             queue_depth=lambda: float(the_broker.queue_depth()),
             pool_busy=lambda: float(pool.busy),
             pool_available=lambda: float(pool.available),
-            sessions=lambda: float(pool.session_count),
+            sessions=lambda: float(sum(p.session_count for p in pools.values())),
         )
         worker = None
         if server.start_worker:
-            worker = Worker(the_broker, engine, pool, concurrency=size, metrics=metrics)
+            concurrency = sum(p.size for p in pools.values())
+            worker = Worker(
+                the_broker,
+                engine,
+                pools,
+                concurrency=concurrency,
+                metrics=metrics,
+                default_isolation=server.default_isolation,
+            )
             worker.start()
-        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker)
+        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, pools, problems)
         service._versions = await languages.probe_versions()
         return service
 
@@ -190,18 +237,65 @@ class Service:
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
 
-    def validate(self, spec: TaskSpec) -> None:
-        """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task."""
-        check_isolation(spec.isolation)
+    def validate(self, spec: TaskSpec, *, min_isolation: str = "jail") -> TaskSpec:
+        """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task.
+
+        Returns spec with its isolation level settled: the one asked for, else the
+        server's default raised to ``min_isolation`` (the caller's API key). A level
+        weaker than the key's minimum is refused (403); one this server cannot run
+        is a 503 naming the level (IsolationUnavailable), never a run at a weaker level.
+        """
+        level = self.isolation_for(spec.isolation, min_isolation)
+        if level != spec.isolation:
+            spec = dataclasses.replace(spec, isolation=level)
         self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         if spec.session_id is not None:
-            self.pool.get_session(spec.tenant, spec.session_id)
+            session = self.find_session(spec.tenant, spec.session_id)
+            check_session_level(session, spec.isolation)
+        else:
+            self.pool_for(spec.isolation)
+        return spec
 
-    async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+    def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
+        """The level a request runs at (see ``validate``)."""
+        if asked:
+            check_isolation(asked)
+            if ISOLATION_LEVELS.index(asked) < ISOLATION_LEVELS.index(min_isolation):
+                raise AuthError(
+                    403,
+                    "forbidden",
+                    f"this API key requires isolation {min_isolation!r} or stronger; {asked!r} was asked for",
+                )
+            return asked
+        default = self.server.default_isolation
+        return max(default, min_isolation, key=ISOLATION_LEVELS.index)
+
+    def pool_for(self, isolation: str) -> BoxPool:
+        """The pool of one isolation level; IsolationUnavailable (503) says why a level is missing."""
+        check_isolation(isolation)
+        pool = self.pools.get(isolation)
+        if pool is None:
+            raise IsolationUnavailable(isolation, self.isolation_problems.get(isolation, "not configured"))
+        return pool
+
+    def find_session(self, tenant: str, session_id: str) -> Session:
+        return find_session(self.pools, tenant, session_id)
+
+    async def create_session(self, tenant: str, isolation: str = "", *, min_isolation: str = "jail") -> Session:
+        """A session in a box of the settled level (see ``validate``)."""
+        return await self.pool_for(self.isolation_for(isolation, min_isolation)).create_session(tenant)
+
+    async def end_session(self, tenant: str, session_id: str) -> None:
+        session = self.find_session(tenant, session_id)
+        await self.pools[session.box.isolation].end_session(tenant, session_id)
+
+    async def submit(
+        self, spec: TaskSpec, *, idempotency_key: str | None = None, min_isolation: str = "jail"
+    ) -> TaskSpec:
         """Validate and queue."""
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
-        self.validate(spec)
+        spec = self.validate(spec, min_isolation=min_isolation)
         return await self.enqueue(spec, idempotency_key=idempotency_key)
 
     async def enqueue(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
@@ -216,4 +310,5 @@ class Service:
         if self.worker is not None:
             await self.worker.drain(self.server.drain_deadline_s)
         await self.broker.close()
-        await self.pool.close()
+        for pool in reversed(list(self.pools.values())):
+            await pool.close()

@@ -27,14 +27,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from sandlot.broker import Broker, BrokerUnavailable, Control, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.errors import IsolationUnavailable, RejectedError, SandlotError
 from sandlot.metrics import Metrics
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
-from sandlot.pool import BoxPool, PoolFull
+from sandlot.pool import BoxPool, PoolFull, check_session_level, find_session
 from sandlot.sandbox import Box
 
 log = logging.getLogger("sandlot.worker")
@@ -43,11 +43,19 @@ _CLAIM_RETRY_S = 1.0
 
 class Worker:
     def __init__(
-        self, broker: Broker, engine: Engine, pool: BoxPool, *, concurrency: int, metrics: Metrics | None = None
+        self,
+        broker: Broker,
+        engine: Engine,
+        pools: BoxPool | Mapping[str, BoxPool],
+        *,
+        concurrency: int,
+        metrics: Metrics | None = None,
+        default_isolation: str = "jail",
     ) -> None:
+        self.default_isolation = default_isolation
         self.broker = broker
         self.engine = engine
-        self.pool = pool
+        self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)
         self.concurrency = concurrency
         self.metrics = metrics
         self._loops: list[asyncio.Task[None]] = []
@@ -142,11 +150,12 @@ class Worker:
             self.metrics.record(exit_event.result)
 
     async def _execute(self, spec: TaskSpec, published: list[ExitEvent], output: dict[str, bytearray]) -> None:
-        check_isolation(spec.isolation)
+        level = spec.isolation or self.default_isolation
+        check_isolation(level)
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
-            lease = self.pool.lease(spec.tenant, spec.session_id)
+            lease = self._pool_for(spec, level).lease(spec.tenant, spec.session_id)
             box = await lease.__aenter__()
         except PoolFull as exc:
             raise SandlotError(str(exc)) from exc
@@ -176,6 +185,16 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             await lease.__aexit__(None, None, None)
+
+    def _pool_for(self, spec: TaskSpec, level: str) -> BoxPool:
+        if spec.session_id is not None:
+            session = find_session(self.pools, spec.tenant, spec.session_id)
+            check_session_level(session, level)
+            return self.pools[session.box.isolation]
+        pool = self.pools.get(level)
+        if pool is None:
+            raise IsolationUnavailable(level, "this worker has no pool of that level")
+        return pool
 
     async def _heartbeat(self, broker: Heartbeating, task_id: str, published: list[ExitEvent]) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""

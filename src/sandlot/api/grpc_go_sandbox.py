@@ -33,8 +33,8 @@ from sandlot.api.grpc_common import Context, Door, status_for
 from sandlot.broker import TaskSpec
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, Status
-from sandlot.pool import BoxPool
 from sandlot.requests import new_task_id
+from sandlot.service import Service
 
 DOOR = "grpc_go_sandbox"
 MAX_SESSION_ID_CHARS = 256
@@ -102,8 +102,8 @@ def _ms(unix_s: float) -> int:
 class _Sessions:
     """Client-chosen session ids, per tenant, mapped to the pool's sessions."""
 
-    def __init__(self, pool: BoxPool) -> None:
-        self._pool = pool
+    def __init__(self, service: Service) -> None:
+        self._service = service
         self._ids: dict[tuple[str, str], str] = {}
         self._creating = asyncio.Lock()  # one creation at a time: no two pool sessions for one id
 
@@ -120,7 +120,7 @@ class _Sessions:
                 return known
             for stale in [k for k in self._ids if self._live(k) is None]:
                 del self._ids[stale]  # keeps the map as small as the pool's live sessions
-            session = await self._pool.create_session(tenant)
+            session = await self._service.create_session(tenant)  # the server's default level
             self._ids[key] = session.id
             return session.id
 
@@ -129,7 +129,7 @@ class _Sessions:
         if session_id is None:
             return None
         try:
-            self._pool.get_session(key[0], session_id)
+            self._service.find_session(key[0], session_id)
         except RejectedError:  # SessionNotFound: it expired
             return None
         return session_id
@@ -138,7 +138,7 @@ class _Sessions:
 class GoSandboxServicer(pb_grpc.GoSandboxServiceServicer):
     def __init__(self, door: Door) -> None:
         self._door = door
-        self._sessions = _Sessions(door.service.pool)
+        self._sessions = _Sessions(door.service)
 
     async def RunCode(self, request: pb.RunRequest, context: Context) -> AsyncIterator[pb.RunResponse]:
         async with self._door.call(context, DOOR) as current:

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.http_common import DoorDep, PrincipalDep
+from sandlot.api.http_common import DoorDep, PrincipalDep, parse_json
 from sandlot.api.http_errors import ApiError
 from sandlot.errors import RejectedError
 from sandlot.pool import Session
@@ -33,29 +33,42 @@ _RAW_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"application/o
 
 
 @router.post("", status_code=201, summary="Create a session (a box kept for this tenant)")
-async def create_session(door: DoorDep, principal: PrincipalDep) -> JSONResponse:
-    session = await door.service.pool.create_session(principal.tenant)
+async def create_session(request: Request, door: DoorDep, principal: PrincipalDep) -> JSONResponse:
+    """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
+    body = await request.body()
+    data = parse_json(body) if body.strip() else {}
+    if not isinstance(data, dict):
+        raise RejectedError("the body must be a JSON object", field="body")
+    isolation = data.get("isolation") or ""
+    if not isinstance(isolation, str):
+        raise RejectedError("isolation: must be a string", field="isolation")
+    session = await door.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
     return JSONResponse(
-        {"session_id": session.id, "expires_in_s": round(session.expires_at - session.created, 3)}, status_code=201
+        {
+            "session_id": session.id,
+            "expires_in_s": round(session.expires_at - session.created, 3),
+            "isolation": session.box.isolation,
+        },
+        status_code=201,
     )
 
 
 @router.delete("/{session_id}", status_code=204, summary="End a session and wipe its box")
 async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    await door.service.pool.end_session(principal.tenant, session_id)
+    await door.service.end_session(principal.tenant, session_id)
     return Response(status_code=204)
 
 
 @router.get("/{session_id}/files", summary="The regular files of the session's workdir")
 async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    session = door.service.pool.get_session(principal.tenant, session_id)
+    session = door.service.find_session(principal.tenant, session_id)
     files = await asyncio.to_thread(session.box.list_files)
     return {"files": [{"path": f.path, "size": f.size} for f in files]}
 
 
 @router.put("/{session_id}/files/{path:path}", status_code=201, openapi_extra=_RAW_BODY, summary="Upload a file")
 async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.pool.get_session(principal.tenant, session_id)
+    session = door.service.find_session(principal.tenant, session_id)
     data = await request.body()
     try:
         await asyncio.to_thread(session.box.write_file, path, data)
@@ -75,7 +88,7 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
     summary="Download a file",
 )
 async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.pool.get_session(principal.tenant, session_id)
+    session = door.service.find_session(principal.tenant, session_id)
     data = await _read(session, path)
     return Response(data, media_type="application/octet-stream")
 

@@ -44,8 +44,8 @@ from mcp import types
 from sandlot.api.auth import Authenticator, AuthError, Principal
 from sandlot.api.http_render import OutputDecoder
 from sandlot.api.mcp_schemas import tool_definitions
-from sandlot.broker import BrokerUnavailable, QueueFull, TaskSpec
-from sandlot.errors import RejectedError
+from sandlot.broker import QueueFull, TaskSpec
+from sandlot.errors import RejectedError, Unavailable
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.requests import decode_content, parse_execution
@@ -136,7 +136,7 @@ class Tools:
         """Queue spec within the caller's quota of executions in flight (as the HTTP door does)."""
         running = functools.partial(self._running, spec.tenant)
         async with await self._auth.admit(principal, running) as slot:
-            spec = await self.service.submit(spec)
+            spec = await self.service.submit(spec, min_isolation=principal.min_isolation)
             slot.bind(spec.id)
         return spec
 
@@ -189,7 +189,7 @@ class Tools:
     async def _create_session(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = await self.service.pool.create_session(principal.tenant)
+        session = await self.service.create_session(principal.tenant, min_isolation=principal.min_isolation)
         expires_in_s = round(session.expires_at - session.created, 3)
         return _answer(
             {"session_id": session.id, "expires_in_s": expires_in_s},
@@ -201,13 +201,13 @@ class Tools:
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
         session_id = _string(arguments, "session_id")
-        await self.service.pool.end_session(principal.tenant, session_id)
+        await self.service.end_session(principal.tenant, session_id)
         return _answer({"session_id": session_id, "ended": True}, f"session {session_id} ended; its files are gone")
 
     async def _write_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
+        session = self.service.find_session(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         content = _string(arguments, "content", empty_ok=True)
         data = decode_content(content, arguments.get("encoding", "utf8"))
@@ -226,7 +226,7 @@ class Tools:
     async def _read_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
+        session = self.service.find_session(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         try:
             data = await asyncio.to_thread(session.box.read_file, path, MAX_READ_BYTES)
@@ -242,7 +242,7 @@ class Tools:
     async def _list_files(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.pool.get_session(principal.tenant, _string(arguments, "session_id"))
+        session = self.service.find_session(principal.tenant, _string(arguments, "session_id"))
         files = await asyncio.to_thread(session.box.list_files)
         rows = [{"path": f.path, "size": f.size} for f in files]
         text = "\n".join(f"{f.path} ({f.size} bytes)" for f in files) or "the workdir is empty"
@@ -270,7 +270,7 @@ def _failure(exc: Exception, tool: str) -> tuple[str, str]:
         return exc.code, _with_retry(str(exc), exc.retry_after_s)
     if isinstance(exc, QueueFull | PoolFull):
         return "busy", _with_retry(str(exc), exc.retry_after_s)
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, Unavailable):
         return "unavailable", str(exc) or "the service is unavailable; retry later"
     log.exception("MCP tool %s failed", tool)
     return "internal_error", "internal error (the server logged it)"

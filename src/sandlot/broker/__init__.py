@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sandlot.config import LimitRequest
-from sandlot.errors import SandlotError
+from sandlot.errors import SandlotError, Unavailable
 from sandlot.models import (
     Event,
     ExitEvent,
@@ -49,7 +49,7 @@ class QueueFull(SandlotError):
         self.retry_after_s = retry_after_s
 
 
-class BrokerUnavailable(SandlotError):
+class BrokerUnavailable(Unavailable):
     """The broker's backing store cannot be reached (HTTP 503)."""
 
 
@@ -66,7 +66,7 @@ class TaskSpec:
     limits: LimitRequest | None = None
     compile_limits: LimitRequest | None = None
     session_id: str | None = None
-    isolation: str = "jail"
+    isolation: str = ""  # "": the server's default level
     commands: tuple[str, ...] = ()
     fetch_files: tuple[str, ...] = ()
     interactive: bool = False  # stdin arrives through control messages
@@ -103,7 +103,7 @@ class TaskSpec:
             limits=LimitRequest(**data["limits"]) if data.get("limits") else None,
             compile_limits=LimitRequest(**data["compile_limits"]) if data.get("compile_limits") else None,
             session_id=data.get("session_id"),
-            isolation=str(data.get("isolation", "jail")),
+            isolation=str(data.get("isolation", "")),
             commands=tuple(data.get("commands", ())),
             fetch_files=tuple(data.get("fetch_files", ())),
             interactive=bool(data.get("interactive", False)),
