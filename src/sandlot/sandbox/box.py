@@ -88,16 +88,19 @@ class Sandbox:
         self.driver = driver or detect_driver(settings.cgroup_name)
         self.gvisor = Gvisor(settings, etc_dir=self.etc_dir)
 
-    def check_isolation(self, isolation: str) -> None:
-        """Raise unless boxes of this level can start here (GvisorUnavailable says exactly why)."""
+    def check_isolation(self, isolation: str, *, probe: bool = True) -> None:
+        """Raise unless boxes of this level can start here (GvisorUnavailable says exactly why).
+
+        ``probe=False`` skips starting a throw-away gVisor sandbox (see ``Gvisor.check``).
+        """
         if isolation == "gvisor":
-            self.gvisor.check()
+            self.gvisor.check(probe=probe)
         elif isolation != "jail":
             raise SandboxError(f"unknown isolation level {isolation!r}")
 
     def open_box(self, index: int | None = None, *, isolation: str = "jail") -> Box:
         """Take a slot (the given one, or the first free) and prepare its workdir."""
-        self.check_isolation(isolation)
+        self.check_isolation(isolation, probe=False)  # a server probed at start; the CLI's run says it all
         s = self.settings
         if index is None:
             slot = slots.acquire_any(s.run_dir, s.box_uid_base, s.max_boxes)

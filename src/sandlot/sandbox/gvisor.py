@@ -97,19 +97,29 @@ class Gvisor:
         self.etc_dir = self.base_dir / "etc"
         self._source_etc = etc_dir
         self._problem: str | None = None
+        self._prepared = False
         self._probed = False
 
     # ------------------------------------------------------------ availability
 
-    def check(self) -> None:
-        """Raise GvisorUnavailable with runsc's own words unless a sandbox starts here (probed once)."""
-        if not self._probed:
+    def check(self, *, probe: bool = True) -> None:
+        """Raise GvisorUnavailable with runsc's own words unless boxes can start here.
+
+        The cheap part (runsc present, the shared host files ready) runs once and
+        is enough to open a box: a launch that fails then shows runsc's error in its
+        Result. ``probe`` also starts one throw-away sandbox (once; ~0.3 s), so a
+        server can refuse the level up front with the exact reason.
+        """
+        if self._problem is None and not self._prepared:
+            self._problem = self._prepare()
+            self._prepared = True
+        if self._problem is None and probe and not self._probed:
             self._problem = self._probe()
             self._probed = True
         if self._problem is not None:
             raise GvisorUnavailable(f"{UNAVAILABLE}{self._problem}")
 
-    def _probe(self) -> str | None:
+    def _prepare(self) -> str | None:
         runsc = self.settings.runsc_path
         if not os.access(runsc, os.X_OK):
             return f"runsc not found at {runsc}; install the runsc package (gVisor)"
@@ -117,7 +127,11 @@ class Gvisor:
             self.prepare_host()
         except OSError as exc:
             return f"cannot prepare gVisor's root filesystem: {exc}"
-        probe_dir = self.settings.run_dir / "gvisor-probe"
+        return None
+
+    def _probe(self) -> str | None:
+        # Per process: another sandlot process on the host may be probing at the same time.
+        probe_dir = self.settings.run_dir / f"gvisor-probe-{os.getpid()}"
         shutil.rmtree(probe_dir, ignore_errors=True)
         bundle = probe_dir / "bundle"
         bundle.mkdir(parents=True)
