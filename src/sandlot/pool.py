@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.errors import IsolationUnavailable, RejectedError, SandlotError
 from sandlot.sandbox import Bind, Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
@@ -335,6 +335,28 @@ def find_session(pools: Mapping[str, BoxPool], tenant: str, session_id: str) -> 
         with contextlib.suppress(SessionNotFound):
             return pool.get_session(tenant, session_id)
     raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+
+
+def pool_for_run(
+    pools: Mapping[str, BoxPool],
+    level: str,
+    tenant: str,
+    session_id: str | None,
+    *,
+    missing_reason: str = "this worker has no pool of that level",
+) -> BoxPool:
+    """The pool a run goes to: its session's (at least ``level``), else the level's own.
+
+    A level with no pool here is IsolationUnavailable (503) with ``missing_reason``.
+    """
+    if session_id is not None:
+        session = find_session(pools, tenant, session_id)
+        check_session_level(session, level)
+        return pools[session.box.isolation]
+    pool = pools.get(level)
+    if pool is None:
+        raise IsolationUnavailable(level, missing_reason)
+    return pool
 
 
 def check_session_level(session: Session, isolation: str) -> None:

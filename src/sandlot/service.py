@@ -21,10 +21,10 @@ from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, RedisBroker
 from sandlot.config import Settings
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import AuthError, ConfigError, IsolationUnavailable, RejectedError, SandboxError
+from sandlot.errors import AuthError, ConfigError, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
-from sandlot.pool import BoxPool, Session, check_session_level, find_session
+from sandlot.pool import BoxPool, Session, find_session, pool_for_run
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sandbox.gvisor import UNAVAILABLE
@@ -175,15 +175,21 @@ class Service:
         engine = Engine(settings, languages)
         await asyncio.to_thread(engine.warm_caches)
         size = server.effective_pool_size
-        pool = BoxPool(
-            sandbox,
-            size,
-            max_waiting=max(size * 4, server.max_queued),
-            session_ttl_s=server.session_ttl_s,
-            session_idle_s=server.session_idle_s,
-            prelaunch_binds=engine.prelaunch_binds if server.prelaunch else None,
-        )
-        await pool.start()
+
+        async def started_pool(size: int, isolation: str, prelaunch: bool) -> BoxPool:
+            pool = BoxPool(
+                sandbox,
+                size,
+                max_waiting=max(size * 4, server.max_queued),
+                session_ttl_s=server.session_ttl_s,
+                session_idle_s=server.session_idle_s,
+                prelaunch_binds=engine.prelaunch_binds if prelaunch else None,
+                isolation=isolation,
+            )
+            await pool.start()
+            return pool
+
+        pool = await started_pool(size, "jail", server.prelaunch)
         pools = {"jail": pool}
         problems: dict[str, str] = {}
         if server.gvisor_pool_size <= 0:
@@ -195,17 +201,8 @@ class Service:
                 problems["gvisor"] = str(exc).removeprefix(UNAVAILABLE)
                 log.warning("isolation gvisor is unavailable: %s", exc)
             else:
-                gvisor_pool = BoxPool(
-                    sandbox,
-                    server.gvisor_pool_size,
-                    max_waiting=max(server.gvisor_pool_size * 4, server.max_queued),
-                    session_ttl_s=server.session_ttl_s,
-                    session_idle_s=server.session_idle_s,
-                    prelaunch_binds=engine.prelaunch_binds,  # gVisor's start is never on the request path
-                    isolation="gvisor",
-                )
-                await gvisor_pool.start()
-                pools["gvisor"] = gvisor_pool
+                # Always pre-launched: gVisor's start is never on the request path.
+                pools["gvisor"] = await started_pool(server.gvisor_pool_size, "gvisor", True)
         the_broker = broker or _make_broker(settings, server)
         metrics = Metrics()
         metrics.watch(
@@ -249,11 +246,7 @@ class Service:
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
         self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
-        if spec.session_id is not None:
-            session = self.find_session(spec.tenant, spec.session_id)
-            check_session_level(session, spec.isolation)
-        else:
-            self.pool_for(spec.isolation)
+        self._pool_for(spec.isolation, spec.tenant, spec.session_id)
         return spec
 
     def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
@@ -273,10 +266,11 @@ class Service:
     def pool_for(self, isolation: str) -> BoxPool:
         """The pool of one isolation level; IsolationUnavailable (503) says why a level is missing."""
         check_isolation(isolation)
-        pool = self.pools.get(isolation)
-        if pool is None:
-            raise IsolationUnavailable(isolation, self.isolation_problems.get(isolation, "not configured"))
-        return pool
+        return self._pool_for(isolation, "", None)
+
+    def _pool_for(self, level: str, tenant: str, session_id: str | None) -> BoxPool:
+        reason = self.isolation_problems.get(level, "not configured")
+        return pool_for_run(self.pools, level, tenant, session_id, missing_reason=reason)
 
     def find_session(self, tenant: str, session_id: str) -> Session:
         return find_session(self.pools, tenant, session_id)

@@ -31,10 +31,10 @@ from collections.abc import AsyncIterator, Mapping
 
 from sandlot.broker import Broker, BrokerUnavailable, Control, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
-from sandlot.errors import IsolationUnavailable, RejectedError, SandlotError
+from sandlot.errors import RejectedError, SandlotError
 from sandlot.metrics import Metrics
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
-from sandlot.pool import BoxPool, PoolFull, check_session_level, find_session
+from sandlot.pool import BoxPool, PoolFull, pool_for_run
 from sandlot.sandbox import Box
 
 log = logging.getLogger("sandlot.worker")
@@ -155,7 +155,7 @@ class Worker:
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
-            lease = self._pool_for(spec, level).lease(spec.tenant, spec.session_id)
+            lease = pool_for_run(self.pools, level, spec.tenant, spec.session_id).lease(spec.tenant, spec.session_id)
             box = await lease.__aenter__()
         except PoolFull as exc:
             raise SandlotError(str(exc)) from exc
@@ -185,16 +185,6 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             await lease.__aexit__(None, None, None)
-
-    def _pool_for(self, spec: TaskSpec, level: str) -> BoxPool:
-        if spec.session_id is not None:
-            session = find_session(self.pools, spec.tenant, spec.session_id)
-            check_session_level(session, level)
-            return self.pools[session.box.isolation]
-        pool = self.pools.get(level)
-        if pool is None:
-            raise IsolationUnavailable(level, "this worker has no pool of that level")
-        return pool
 
     async def _heartbeat(self, broker: Heartbeating, task_id: str, published: list[ExitEvent]) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""

@@ -556,10 +556,7 @@ class Box:
             raise SandboxError(f"cannot prepare the gVisor sandbox: {exc}") from exc
         container = f"{self.slot.cgroup_name}-{os.getpid()}-{next(_launch_ids)}"
         inner = gv.runsc_argv(paths.state_dir, paths.run_dir, container)
-        launch = [str(self.sandbox.helper), "launch", "--keep-root"]
-        for procs in cgroup.procs_files:
-            launch += ["--cgroup", str(procs)]
-        launched = spawn([*launch, "--", *inner], pipes)
+        launched = spawn(self._launcher(cgroup, ["--keep-root"], inner), pipes)
         launched.name = container
         return launched
 
@@ -584,7 +581,11 @@ class Box:
             rlimits=self._rlimits(limits),
             command=command,
         )
-        launch = [str(self.sandbox.helper), "launch", "--uid", str(self.slot.uid), "--gid", str(self.slot.gid)]
+        return self._launcher(cgroup, ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)], inner)
+
+    def _launcher(self, cgroup: Cgroup, identity: list[str], inner: list[str]) -> list[str]:
+        """helper launch IDENTITY --cgroup ... -- INNER: join the box's cgroups, then exec inner."""
+        launch = [str(self.sandbox.helper), "launch", *identity]
         for procs in cgroup.procs_files:
             launch += ["--cgroup", str(procs)]
         return [*launch, "--", *inner]
