@@ -16,6 +16,7 @@ fi
 
 APT_PACKAGES=(
     bubblewrap libseccomp2 gcc g++ libc6-dev   # the jail and the static helper
+    runsc                                       # gVisor: isolation level "gvisor"
     python3 python3-venv python3-dev            # sandlot itself
     golang-go nodejs default-jdk-headless bash  # languages offered out of the box
     procps iproute2 util-linux curl

@@ -20,6 +20,7 @@ from sandlot.engine import Engine
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Event, ExitEvent, Job, Limits, OutputEvent, Result, SourceFile
 from sandlot.sandbox import Box, Sandbox
+from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sandbox.hostfs import mounts_below
 
 TEST_STATE_DIR = Path("/var/lib/sandlot-test")
@@ -66,9 +67,32 @@ def engine(settings: Settings, languages: LanguageRegistry) -> Engine:
     return Engine(settings, languages)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules with ``BOTH_LEVELS = True`` are the behaviour suite: every test runs at each isolation level."""
+    if "isolation" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_LEVELS", False):
+        metafunc.parametrize("isolation", ISOLATION_LEVELS, indirect=True)
+
+
 @pytest.fixture
-def box(sandbox: Sandbox) -> Iterator[Box]:
-    b = sandbox.open_box()
+def isolation(request: pytest.FixtureRequest, sandbox: Sandbox) -> str:
+    """The level under test ("jail" unless the module runs at both).
+
+    A test whose property is the jail's own mechanism (seccomp, the host uid of
+    its processes, ...) is marked ``jail_only`` with the reason; at gvisor it is
+    reported as skipped with that reason, never silently passed.
+    """
+    level: str = getattr(request, "param", "jail")
+    if level == "gvisor":
+        only = request.node.get_closest_marker("jail_only")
+        if only is not None:
+            pytest.skip(f"jail only: {only.args[0]}")
+        sandbox.check_isolation("gvisor")  # a missing runsc fails the suite with runsc's own words
+    return level
+
+
+@pytest.fixture
+def box(sandbox: Sandbox, isolation: str) -> Iterator[Box]:
+    b = sandbox.open_box(isolation=isolation)
     try:
         yield b
     finally:

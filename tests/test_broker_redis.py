@@ -648,9 +648,13 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     with pytest.raises(SessionNotFound):
         await api.submit(_spec(session_id="nope"))
     assert await api.queued() == 0
-    session = await api.sessions.create("a", ttl_s=60, idle_s=60)
+    session = await api.sessions.create("a", ttl_s=60, idle_s=60, isolation="jail")
     assert await api.sessions.exists("a", session)
     assert not await api.sessions.exists("b", session)  # another tenant's id finds nothing
+    assert await api.sessions.isolation("a", session) == "jail"  # recorded: every run of it goes at this level
+    assert await api.sessions.isolation("b", session) is None
+    strong = await api.sessions.create("a", ttl_s=60, idle_s=60, isolation="gvisor")
+    assert await api.sessions.isolation("a", strong) == "gvisor"
     await first.presence([])
     await second.presence([])
 
@@ -697,7 +701,7 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
     api = make_redis()
     leaving = make_redis(consumer_name="leaving", claim_idle_ms=600_000)
     other = make_redis(consumer_name="other", claim_idle_ms=600_000)
-    session = await api.sessions.create("a", ttl_s=60, idle_s=60)
+    session = await api.sessions.create("a", ttl_s=60, idle_s=60, isolation="jail")
     await leaving.presence([])
     assert (await leaving.sessions.bind("a", session, have_box=False, room=True)).verdict == "new"
     queued = _spec(session_id=session)
@@ -724,7 +728,9 @@ async def test_a_service_on_redis_runs_python_and_another_node_sees_it(make_redi
     from tests.conftest import make_settings
 
     service = await Service.start(
-        make_settings(), ServerSettings(pool_size=1, drain_deadline_s=2.0), broker=make_redis(max_queued=8)
+        make_settings(),
+        ServerSettings(gvisor_pool_size=0, pool_size=1, drain_deadline_s=2.0),
+        broker=make_redis(max_queued=8),
     )
     try:
         spec = await service.submit(_spec(files=(SourceFile("main.py", b"print('hello from redis')\n"),)))

@@ -213,11 +213,26 @@ class Cluster:
 
     def api(self, n: int, **settings: object) -> Node:
         http_port, grpc_port = free_ports(2)
-        command = ["serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--pool-size", "1"]
+        command = [
+            "serve",
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--pool-size",
+            "1",
+            "--gvisor-pool-size",
+            "0",
+        ]
         return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
 
     def worker(self, n: int, pool_size: int = 1, **settings: object) -> Node:
-        return self._launch(n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)], 0, settings)
+        return self._launch(
+            n,
+            ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"],
+            0,
+            settings,
+        )
 
     def _launch(self, n: int, args: list[str], http_port: int, settings: dict[str, object]) -> Node:
         log = self.log_dir / f"node-{n}.log"

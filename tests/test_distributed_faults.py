@@ -91,11 +91,23 @@ class FaultCluster:
 
     def api(self, n: int) -> Node:
         http_port, grpc_port = free_ports(2)
-        command = ["serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--pool-size", "1"]
+        command = [
+            "serve",
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--pool-size",
+            "1",
+            "--gvisor-pool-size",
+            "0",
+        ]
         return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port)
 
     def worker(self, n: int, pool_size: int = 1) -> Node:
-        return self._launch(n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)], 0)
+        return self._launch(
+            n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"], 0
+        )
 
     def _launch(self, n: int, args: list[str], http_port: int) -> Node:
         self._launches += 1

@@ -39,7 +39,7 @@ LONG_LIMITS = {"wall_time_limit": 60, "time_limit": 10}
 @contextlib.asynccontextmanager
 async def running_service(**server: Any) -> AsyncIterator[Service]:
     """A started Service with test state dirs; a short drain so a test's leftover sleeps die fast."""
-    settings = ServerSettings(**{"pool_size": 2, "drain_deadline_s": 2.0, **server})
+    settings = ServerSettings(**{"pool_size": 2, "gvisor_pool_size": 0, "drain_deadline_s": 2.0, **server})
     service = await Service.start(make_settings(), settings)
     try:
         yield service

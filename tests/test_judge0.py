@@ -56,7 +56,7 @@ class Live:
 @pytest_asyncio.fixture(name="live", scope="module", loop_scope="module")
 async def live_fixture() -> AsyncIterator[Live]:
     settings = make_settings(extra={"judge0": {"callback_allow_private": True}})  # callbacks to our loopback
-    service = await Service.start(settings, ServerSettings(pool_size=4, drain_deadline_s=2.0))
+    service = await Service.start(settings, ServerSettings(gvisor_pool_size=0, pool_size=4, drain_deadline_s=2.0))
     try:
         app = create_app(service)
         async with live_server(app) as hostport:

@@ -12,6 +12,8 @@ from sandlot.sandbox import Box
 
 from .conftest import run_job
 
+BOTH_LEVELS = True  # the behaviour suite: every test runs at isolation jail and gvisor
+
 # Each program echoes its first stdin line and its args, then exits with 3.
 PROGRAMS = {
     "python": """

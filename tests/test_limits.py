@@ -21,6 +21,8 @@ from sandlot.sandbox import Box, Sandbox
 
 from .conftest import TEST_CGROUP, run_in, run_job
 
+BOTH_LEVELS = True  # the behaviour suite: every test runs at isolation jail and gvisor
+
 # ------------------------------------------------------------------ helpers
 
 _HIGH_SLOTS = range(700, 800)
@@ -140,9 +142,11 @@ async def test_memory_bomb_hits_memory_limit(engine: Engine, box: Box) -> None:
     assert "memory" in result.message
     assert "64 MB" in result.message
     assert result.signal == signal.SIGKILL
-    assert 60 * MIB <= result.memory_peak <= 64 * MIB + 4 * MIB, result.memory_peak
-    # It got some way before dying, but never past the limit.
-    assert 1 <= _last_int_line(run.stdout) < 7
+    # Under gVisor the cgroup holds gVisor's own kernel too, with its allowance on top of the limit.
+    allowance = box.sandbox.settings.gvisor_memory_overhead_bytes if box.isolation == "gvisor" else 0
+    assert 60 * MIB <= result.memory_peak <= 64 * MIB + allowance + 4 * MIB, result.memory_peak
+    # It got some way before dying, but never past the limit (and gVisor's allowance).
+    assert 1 <= _last_int_line(run.stdout) < 7 + allowance // (10 * MIB)
 
 
 # ------------------------------------------------------------------ processes and threads
@@ -389,7 +393,9 @@ print("parent done")
 async def test_cpu_time_is_measured(engine: Engine, box: Box) -> None:
     run = await run_job(engine, box, "python", CPU_HALF_SECOND, limits=LimitRequest(time_limit=2))
     assert run.result.status is Status.OK, run.result
-    assert 0.4 <= run.result.cpu_time <= 0.7, run.result.cpu_time
+    # Under gVisor the figure includes gVisor's own kernel starting the program (docs/security.md).
+    overhead = 0.6 if box.isolation == "gvisor" else 0.0
+    assert 0.4 <= run.result.cpu_time <= 0.7 + overhead, run.result.cpu_time
 
 
 async def test_memory_peak_is_measured(engine: Engine, box: Box) -> None:

@@ -405,7 +405,7 @@ async def test_requests_are_counted_under_the_piston_door(service: Service, clie
 
 async def test_output_limits_name_the_stream() -> None:
     limits = dataclasses.replace(DEFAULT_RUN_LIMITS, max_output_bytes=SMALL_OUTPUT_BYTES)
-    server = ServerSettings(pool_size=1, drain_deadline_s=2.0)
+    server = ServerSettings(gvisor_pool_size=0, pool_size=1, drain_deadline_s=2.0)
     service = await Service.start(make_settings(run_defaults=limits), server)
     try:
         async with asgi_client(piston_app(service)) as client:

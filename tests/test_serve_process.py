@@ -121,6 +121,8 @@ def serve_command(http_port: int, grpc_port: int, pool_size: int) -> list[str]:
         str(grpc_port),
         "--pool-size",
         str(pool_size),
+        "--gvisor-pool-size",  # these tests count the jail's boxes; tests/test_gvisor.py covers the gVisor pool
+        "0",
     ]
 
 

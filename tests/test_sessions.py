@@ -13,21 +13,26 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sandlot.broker import SessionBinding
+from sandlot.errors import IsolationUnavailable, RejectedError
 from sandlot.pool import BoxPool, SessionNotFound
 from sandlot.sandbox import Sandbox
 from sandlot.sessions import SessionFilesUnavailable, Sessions
 
 
 class _Directory:
-    """A SessionDirectory in a dict: (tenant, id) -> (ttl_s, idle_s)."""
+    """A SessionDirectory in a dict: (tenant, id) -> (ttl_s, idle_s, isolation)."""
 
     def __init__(self) -> None:
-        self.sessions: dict[tuple[str, str], tuple[float, float]] = {}
+        self.sessions: dict[tuple[str, str], tuple[float, float, str]] = {}
 
-    async def create(self, tenant: str, *, ttl_s: float, idle_s: float) -> str:
+    async def create(self, tenant: str, *, ttl_s: float, idle_s: float, isolation: str) -> str:
         session_id = f"s{len(self.sessions)}"
-        self.sessions[(tenant, session_id)] = (ttl_s, idle_s)
+        self.sessions[(tenant, session_id)] = (ttl_s, idle_s, isolation)
         return session_id
+
+    async def isolation(self, tenant: str, session_id: str) -> str | None:
+        found = self.sessions.get((tenant, session_id))
+        return None if found is None else found[2]
 
     async def end(self, tenant: str, session_id: str) -> bool:
         return self.sessions.pop((tenant, session_id), None) is not None
@@ -50,14 +55,20 @@ async def pool(sandbox: Sandbox) -> AsyncIterator[BoxPool]:
 
 
 async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
-    sessions = Sessions(pool, None, session_ttl_s=60.0, session_idle_s=30.0)
+    problems = {"gvisor": "the gVisor pool is turned off"}
+    sessions = Sessions({"jail": pool}, None, session_ttl_s=60.0, session_idle_s=30.0, problems=problems)
     assert not sessions.distributed
-    created = await sessions.create("a")
-    assert pool.get_session("a", created.id).id == created.id
+    created = await sessions.create("a", "jail")
+    assert (created.isolation, pool.get_session("a", created.id).id) == ("jail", created.id)
     assert 0 < created.expires_in_s <= pool.session_ttl_s
-    sessions.check("a", created.id)
+    assert await sessions.level_for_run("a", created.id, "") == "jail"
+    assert await sessions.level_for_run("a", created.id, "jail") == "jail"
+    with pytest.raises(RejectedError, match="weaker than the requested 'gvisor'"):
+        await sessions.level_for_run("a", created.id, "gvisor")  # never run weaker than asked
     with pytest.raises(SessionNotFound):
-        sessions.check("b", created.id)
+        await sessions.level_for_run("b", created.id, "")  # another tenant's id finds nothing
+    with pytest.raises(IsolationUnavailable, match="the gVisor pool is turned off"):
+        await sessions.create("a", "gvisor")
     assert await sessions.exists("a", created.id)
     assert sessions.local("a", created.id).box is pool.get_session("a", created.id).box
     await sessions.end("a", created.id)
@@ -68,12 +79,20 @@ async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
 
 async def test_distributed_sessions_live_in_the_directory_and_refuse_file_operations(pool: BoxPool) -> None:
     directory = _Directory()
-    sessions = Sessions(pool, directory, session_ttl_s=60.0, session_idle_s=30.0)
+    sessions = Sessions({"jail": pool}, directory, session_ttl_s=60.0, session_idle_s=30.0)
     assert sessions.distributed
-    created = await sessions.create("a")
-    assert (created.expires_in_s, directory.sessions[("a", created.id)]) == (60.0, (60.0, 30.0))
+    created = await sessions.create("a", "jail")
+    assert (created.expires_in_s, directory.sessions[("a", created.id)]) == (60.0, (60.0, 30.0, "jail"))
     assert pool.session_count == 0  # no box is pinned here: a worker opens it with the first run
-    sessions.check("a", "unknown")  # no I/O here: the broker's submit refuses unknown sessions
+    # A level no pool here has: the workers' pools decide, the directory records it.
+    strong = await sessions.create("a", "gvisor")
+    assert (strong.isolation, directory.sessions[("a", strong.id)][2]) == ("gvisor", "gvisor")
+    assert await sessions.level_for_run("a", strong.id, "") == "gvisor"  # a run goes at the session's level
+    assert await sessions.level_for_run("a", strong.id, "jail") == "gvisor"  # stronger than asked is fine
+    with pytest.raises(RejectedError, match="weaker than the requested 'gvisor'"):
+        await sessions.level_for_run("a", created.id, "gvisor")
+    with pytest.raises(SessionNotFound):
+        await sessions.level_for_run("a", "unknown", "")
     assert await sessions.exists("a", created.id)
     assert not await sessions.exists("b", created.id)
     with pytest.raises(SessionFilesUnavailable) as refused:

@@ -37,6 +37,7 @@ from sandlot.engine import Engine, rejected
 from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
+from sandlot.sandbox.box import ISOLATION_LEVELS
 
 if TYPE_CHECKING:
     from sandlot.service import ServerSettings
@@ -79,6 +80,7 @@ def run(
     max_processes: int | None,
     max_file_size: int | None,
     max_output: int | None,
+    isolation: str | None,
     as_json: bool,
 ) -> None:
     """Run FILE in a fresh sandbox; ARGS after -- go to the program."""
@@ -105,13 +107,13 @@ def run(
         fail(f"sandlot: configuration error: {exc}")
         return
     try:
-        result = asyncio.run(_run_streaming(engine, prepared, as_json))
+        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail"))
     except BrokenPipeError:
         reader_left()  # the run was already ended and its box released on the way out
     finish(result, as_json)
 
 
-async def _run_streaming(engine: Engine, prepared: Any, as_json: bool) -> Result:
+async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation: str) -> Result:
     from sandlot.sandbox import Sandbox
 
     loop = asyncio.get_running_loop()
@@ -121,7 +123,7 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool) -> Result
         loop.add_signal_handler(sig, task.cancel)
     try:
         sandbox = Sandbox(engine.settings)
-        box = await asyncio.to_thread(sandbox.open_box)
+        box = await asyncio.to_thread(sandbox.open_box, None, isolation=isolation)
     except (ConfigError, SandboxError) as exc:
         return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
     out: BinaryIO = sys.stdout.buffer
@@ -173,6 +175,17 @@ def languages(ctx: click.Context, as_json: bool) -> None:
 _REDIS_HELP = "Redis URL of the distributed mode's broker (env SANDLOT_REDIS_URL)."
 
 
+_isolation_option = click.option(
+    "--isolation",
+    type=click.Choice(ISOLATION_LEVELS),
+    default=None,
+    help="The level of requests that name none (default jail); an API key may require a stronger one.",
+)
+_gvisor_pool_option = click.option(
+    "--gvisor-pool-size", type=int, default=None, help="Warm gVisor sandboxes (default 2; 0 turns gvisor off)."
+)
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
@@ -180,6 +193,8 @@ _REDIS_HELP = "Redis URL of the distributed mode's broker (env SANDLOT_REDIS_URL
 @click.option("--pool-size", type=int, default=None, help="Boxes in the pool (default: twice the cores).")
 @click.option("--redis", "redis_url", default=None, help=_REDIS_HELP)
 @click.option("--no-worker", is_flag=True, help="Run no jobs here, only the doors (needs --redis).")
+@_isolation_option
+@_gvisor_pool_option
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
 @click.pass_context
 def serve(
@@ -190,6 +205,8 @@ def serve(
     pool_size: int | None,
     redis_url: str | None,
     no_worker: bool,
+    isolation: str | None,
+    gvisor_pool_size: int | None,
     config_file: Path | None,
 ) -> None:
     """Serve HTTP (with the API and metrics) and gRPC from one process.
@@ -208,6 +225,8 @@ def serve(
         pool_size=pool_size,
         redis_url=redis_url,
         start_worker=False if no_worker else None,
+        default_isolation=isolation,
+        gvisor_pool_size=gvisor_pool_size,
     )
     if no_worker and not server.redis_url:
         fail("sandlot: --no-worker needs --redis (or SANDLOT_REDIS_URL): nothing else would run the jobs")
@@ -222,13 +241,30 @@ def serve(
 @main.command()
 @click.option("--redis", "redis_url", default=None, help=_REDIS_HELP)
 @click.option("--pool-size", type=int, default=None, help="Boxes in the pool (default: twice the cores).")
+@_isolation_option
+@_gvisor_pool_option
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
 @click.pass_context
-def worker(ctx: click.Context, redis_url: str | None, pool_size: int | None, config_file: Path | None) -> None:
+def worker(
+    ctx: click.Context,
+    redis_url: str | None,
+    pool_size: int | None,
+    isolation: str | None,
+    gvisor_pool_size: int | None,
+    config_file: Path | None,
+) -> None:
     """Run jobs from the shared Redis broker (distributed mode), with no listener of its own."""
     from sandlot.worker_process import run_worker
 
-    settings, server = _server_settings(ctx, config_file, pool_size=pool_size, redis_url=redis_url, start_worker=True)
+    settings, server = _server_settings(
+        ctx,
+        config_file,
+        pool_size=pool_size,
+        redis_url=redis_url,
+        start_worker=True,
+        default_isolation=isolation,
+        gvisor_pool_size=gvisor_pool_size,
+    )
     if not server.redis_url:
         fail("sandlot: worker needs --redis URL (or SANDLOT_REDIS_URL)")
     try:

@@ -72,6 +72,7 @@ def submit(
     max_processes: int | None,
     max_file_size: int | None,
     max_output: int | None,
+    isolation: str | None,
     api_key: str | None,
 ) -> None:
     """Run FILE on a sandlot server, streaming its output; ARGS after -- go to the program.
@@ -99,7 +100,13 @@ def submit(
     with client:
         try:
             task = client.submit(
-                lang, [SourceFile(file.name, source)], stdin=stdin, args=args, limits=limits, session_id=session_id
+                lang,
+                [SourceFile(file.name, source)],
+                stdin=stdin,
+                args=args,
+                limits=limits,
+                session_id=session_id,
+                isolation=isolation,
             )
         except ClientError as exc:
             _finish_failure(exc.status, str(exc), lang, None, as_json)

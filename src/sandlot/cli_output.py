@@ -21,6 +21,7 @@ import click
 from sandlot.engine import rejected
 from sandlot.errors import RejectedError
 from sandlot.models import Result, Status
+from sandlot.sandbox.box import ISOLATION_LEVELS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,4 +105,10 @@ program_options = _options(
     click.option("--max-processes", type=int, default=None, help="Processes and threads."),
     click.option("--max-file-size", type=int, default=None, help="Largest file the program may write, KB."),
     click.option("--max-output", type=int, default=None, help="stdout+stderr cap, KB."),
+    click.option(
+        "--isolation",
+        type=click.Choice(ISOLATION_LEVELS),
+        default=None,
+        help="jail (bubblewrap, the default) or gvisor (gVisor's runsc; never silently weaker).",
+    ),
 )

@@ -135,6 +135,7 @@ class SandlotClient:
         args: Sequence[str] = (),
         limits: LimitRequest | None = None,
         session_id: str | None = None,
+        isolation: str | None = None,
     ) -> TaskState:
         """Queue an execution (the first file is the program); the task's id and status."""
         try:
@@ -156,6 +157,8 @@ class SandlotClient:
             body["limits"] = chosen
         if session_id is not None:
             body["session_id"] = session_id
+        if isolation is not None:
+            body["isolation"] = isolation
         answer = self._json(self._request("POST", f"{_API}/execute", json=body))
         return TaskState(_str(answer, "task_id"), _task_status(answer.get("status", "queued")))
 

@@ -96,6 +96,10 @@ class Settings:
     cgroup_root: Path = Path("/sys/fs/cgroup")
     cgroup_name: str = "sandlot"
     bwrap_path: Path = Path("/usr/bin/bwrap")
+    runsc_path: Path = Path("/usr/bin/runsc")  # gVisor, for isolation "gvisor"
+    gvisor_platform: str = "ptrace"  # runsc --platform
+    gvisor_memory_overhead_bytes: int = 32 * MIB  # gVisor's own kernel, on top of the run's memory limit
+    gvisor_task_overhead: int = 256  # host threads of gVisor itself, on top of max_processes
     box_uid_base: int = 900_000_000  # box N runs as host uid/gid base+N
     max_boxes: int = 1024
     box_disk_bytes: int = 256 * MIB  # the workdir tmpfs (sources, build output)

@@ -33,10 +33,9 @@ from sandlot.models import (
     Status,
 )
 from sandlot.sandbox import BOX_WORKDIR, Bind, Box
-from sandlot.sandbox.box import StdinSource
+from sandlot.sandbox.box import ISOLATION_LEVELS, StdinSource
 from sandlot.sandbox.hostfs import validate_relative_path
 
-ISOLATION_LEVELS = ("jail",)  # gvisor arrives as a second backend
 MAX_FILES = 64
 MAX_ARGS = 256
 MAX_ARG_BYTES = 64 * 1024
@@ -55,9 +54,10 @@ class PreparedJob:
 
 
 def check_isolation(level: str) -> None:
+    """Reject a level sandlot does not know (whether this host can run it is the pool's question)."""
     if level not in ISOLATION_LEVELS:
         offered = ", ".join(ISOLATION_LEVELS)
-        raise RejectedError(f"isolation {level!r} is not available here; offered: {offered}", field="isolation")
+        raise RejectedError(f"isolation {level!r} is unknown; choose one of: {offered}", field="isolation")
 
 
 def rejected(message: str, language: str = "") -> Result:

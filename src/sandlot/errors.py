@@ -28,5 +28,28 @@ class SandboxError(SandlotError):
     """The sandbox itself failed (never the program's fault)."""
 
 
+class AuthError(SandlotError):
+    """The caller may not do this now; ``status`` is the HTTP status it maps to (401, 403, 429)."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(SandlotError):
+    """sandlot cannot serve this right now (HTTP 503, gRPC UNAVAILABLE); nothing was run."""
+
+
+class IsolationUnavailable(Unavailable):
+    """An isolation level cannot run here; the message names the level and the exact reason."""
+
+    def __init__(self, level: str, reason: str) -> None:
+        super().__init__(f"isolation {level!r} is unavailable here: {reason}")
+        self.level = level
+        self.reason = reason
+
+
 class ConfigError(SandlotError):
     """Settings or installation are wrong; raised at start-up."""

@@ -20,9 +20,12 @@ worker's pool ``adopt_session``s one when its first job arrives here. Ids are ra
 and looked up together with the tenant, so another tenant's id finds nothing.
 Every box waiting in the pool has its next jail already launched (fresh
 namespaces and cgroup, the init waiting for a command; see sandbox/box.py), so
-a request does not wait for bubblewrap. Sessions end by ``end_session``, by their absolute TTL, or after an idle
-period; one background task sleeps until the next such deadline (re-armed when
-sessions change), resets expired boxes and returns them to the pool.
+a request does not wait for bubblewrap (or, for a pool of isolation level
+``gvisor``, for gVisor's much slower start: each gVisor sandbox runs one
+command, then a fresh one is started in the background). Sessions end by
+``end_session``, by their absolute TTL, or after an idle period; one
+background task sleeps until the next such deadline (re-armed when sessions
+change), resets expired boxes and returns them to the pool.
 """
 
 from __future__ import annotations
@@ -32,13 +35,25 @@ import collections
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sandlot.errors import SandlotError, SessionNotFound
+from sandlot.errors import IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
 from sandlot.sandbox import Bind, Box, Sandbox
+from sandlot.sandbox.box import ISOLATION_LEVELS
 
-__all__ = ["DEFAULT_SESSION_IDLE_S", "DEFAULT_SESSION_TTL_S", "BoxPool", "PoolFull", "Session", "SessionNotFound"]
+__all__ = [
+    "DEFAULT_SESSION_IDLE_S",
+    "DEFAULT_SESSION_TTL_S",
+    "BoxPool",
+    "PoolFull",
+    "Session",
+    "SessionNotFound",
+    "check_level",
+    "check_session_level",
+    "find_session",
+    "pool_for_run",
+]
 
 DEFAULT_SESSION_TTL_S = 30 * 60.0
 DEFAULT_SESSION_IDLE_S = 20 * 60.0
@@ -87,10 +102,12 @@ class BoxPool:
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
         prelaunch_binds: Callable[[Box], Sequence[Bind]] | None = None,
+        isolation: str = "jail",
     ) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1")
         self.sandbox = sandbox
+        self.isolation = isolation
         self.size = size
         self.max_waiting = max_waiting
         self.max_sessions = max(1, size // 2) if max_sessions is None else max_sessions
@@ -114,7 +131,7 @@ class BoxPool:
     async def start(self) -> None:
         await asyncio.to_thread(self.sandbox.sweep_stale)
         for _ in range(self.size):
-            box = await asyncio.to_thread(self.sandbox.open_box)
+            box = await asyncio.to_thread(self.sandbox.open_box, None, isolation=self.isolation)
             self._boxes.append(box)
             self._prelaunch(box)
             self._free.append(box)
@@ -249,7 +266,7 @@ class BoxPool:
                 self._boxes.remove(box)
             if not self.ready:
                 return
-            box = await asyncio.to_thread(self.sandbox.open_box)
+            box = await asyncio.to_thread(self.sandbox.open_box, None, isolation=self.isolation)
             self._boxes.append(box)
         if not self.ready:
             return
@@ -359,3 +376,47 @@ class BoxPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._expiry_wakeup.wait()
+
+
+def find_session(pools: Mapping[str, BoxPool], tenant: str, session_id: str) -> Session:
+    """The tenant's session in whichever pool (isolation level) holds it."""
+    for pool in pools.values():
+        with contextlib.suppress(SessionNotFound):
+            return pool.get_session(tenant, session_id)
+    raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+
+
+def pool_for_run(
+    pools: Mapping[str, BoxPool],
+    level: str,
+    tenant: str,
+    session_id: str | None,
+    *,
+    missing_reason: str = "this worker has no pool of that level",
+) -> BoxPool:
+    """The pool a run goes to: its session's (at least ``level``), else the level's own.
+
+    A level with no pool here is IsolationUnavailable (503) with ``missing_reason``.
+    """
+    if session_id is not None:
+        session = find_session(pools, tenant, session_id)
+        check_session_level(session, level)
+        return pools[session.box.isolation]
+    pool = pools.get(level)
+    if pool is None:
+        raise IsolationUnavailable(level, missing_reason)
+    return pool
+
+
+def check_session_level(session: Session, isolation: str) -> None:
+    """A session runs at its box's level: refuse a request for a stronger one (never run weaker)."""
+    check_level(session.id, session.box.isolation, isolation)
+
+
+def check_level(session_id: str, held: str, asked: str) -> None:
+    """``check_session_level`` for a session known by its id and level (distributed mode)."""
+    if asked and ISOLATION_LEVELS.index(held) < ISOLATION_LEVELS.index(asked):
+        raise RejectedError(
+            f"session {session_id!r} runs at isolation {held!r}, weaker than the requested {asked!r}",
+            field="isolation",
+        )

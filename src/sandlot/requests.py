@@ -5,7 +5,7 @@ shape; every mistake is a RejectedError naming the field, never a traceback.
 
     {"language": "python", "code": "print(1)"            # or "files": [{name, content, encoding}]
      "stdin": "", "args": [], "limits": {...}, "compile_limits": {...},
-     "session_id": null, "isolation": "jail", "commands": [], "fetch_files": []}
+     "session_id": null, "isolation": "gvisor", "commands": [], "fetch_files": []}
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def parse_execution(
     *,
     tenant: str,
     default_language: str | None = None,
-    default_isolation: str = "jail",
+    default_isolation: str = "",
     interactive: bool = False,
 ) -> TaskSpec:
     if not isinstance(data, dict):

@@ -13,6 +13,8 @@ Doors get the Service and never build any of these themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -21,14 +23,17 @@ from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, RedisBroker
 from sandlot.config import Settings
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import RejectedError
+from sandlot.errors import AuthError, ConfigError, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
-from sandlot.pool import BoxPool
+from sandlot.pool import BoxPool, pool_for_run
 from sandlot.sandbox import Sandbox
-from sandlot.sessions import Sessions
+from sandlot.sandbox.box import ISOLATION_LEVELS
+from sandlot.sandbox.gvisor import UNAVAILABLE
+from sandlot.sessions import SessionInfo, Sessions
 from sandlot.worker import Worker
 
+log = logging.getLogger(__name__)
 CLAIM_GRACE_S = 30.0  # on top of the longest compile + run, before a silent worker's job is taken over
 
 
@@ -38,6 +43,7 @@ class ApiKey:
     tenant: str
     max_concurrent: int = 0  # 0: unlimited
     requests_per_minute: int = 0  # 0: unlimited
+    min_isolation: str = "jail"  # requests of this key never run at a weaker level
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class ServerSettings:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES  # runs of one job before it ends as "worker lost"
     events_maxlen: int = DEFAULT_EVENTS_MAXLEN  # events kept per task stream (approximate trim)
     worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
+    default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
+    gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
 
     @property
     def effective_pool_size(self) -> int:
@@ -130,6 +138,7 @@ def server_settings_from(settings: Settings, **overrides: object) -> ServerSetti
                     str(spec.get("tenant", key)),
                     int(spec.get("max_concurrent", 0)),
                     int(spec.get("requests_per_minute", 0)),
+                    str(spec.get("min_isolation", "jail")),
                 )
             )
     for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
@@ -137,7 +146,13 @@ def server_settings_from(settings: Settings, **overrides: object) -> ServerSetti
         keys.append(ApiKey(key.strip(), tenant.strip() or key.strip()))
     values["api_keys"] = tuple(keys)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ServerSettings(**values)  # type: ignore[arg-type]
+    server = ServerSettings(**values)  # type: ignore[arg-type]
+    for level in (server.default_isolation, *(k.min_isolation for k in server.api_keys)):
+        try:
+            check_isolation(level)
+        except RejectedError as exc:
+            raise ConfigError(f"server settings: {exc}") from exc
+    return server
 
 
 @dataclass
@@ -151,7 +166,9 @@ class Service:
     engine: Engine
     metrics: Metrics
     worker: Worker | None
-    sessions: Sessions  # the doors' sessions: the pool's, or the broker's directory in distributed mode
+    sessions: Sessions  # the doors' sessions: the pools', or the broker's directory in distributed mode
+    pools: dict[str, BoxPool] = field(default_factory=dict)  # by isolation level; "jail" is ``pool``
+    isolation_problems: dict[str, str] = field(default_factory=dict)  # level -> why it cannot run here
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
 
@@ -162,30 +179,65 @@ class Service:
         engine = Engine(settings, languages)
         await asyncio.to_thread(engine.warm_caches)
         size = server.effective_pool_size
-        pool = BoxPool(
-            sandbox,
-            size,
-            max_waiting=max(size * 4, server.max_queued),
-            session_ttl_s=server.session_ttl_s,
-            session_idle_s=server.session_idle_s,
-            prelaunch_binds=engine.prelaunch_binds if server.prelaunch else None,
-        )
-        await pool.start()
+
+        async def started_pool(size: int, isolation: str, prelaunch: bool) -> BoxPool:
+            pool = BoxPool(
+                sandbox,
+                size,
+                max_waiting=max(size * 4, server.max_queued),
+                session_ttl_s=server.session_ttl_s,
+                session_idle_s=server.session_idle_s,
+                prelaunch_binds=engine.prelaunch_binds if prelaunch else None,
+                isolation=isolation,
+            )
+            await pool.start()
+            return pool
+
+        pool = await started_pool(size, "jail", server.prelaunch)
+        pools = {"jail": pool}
+        problems: dict[str, str] = {}
+        if server.gvisor_pool_size <= 0:
+            problems["gvisor"] = "the gVisor pool is turned off (gvisor_pool_size is 0)"
+        elif server.start_worker:  # an API node without one runs nothing: its workers' pools decide the levels
+            try:
+                await asyncio.to_thread(sandbox.check_isolation, "gvisor")
+            except SandboxError as exc:
+                problems["gvisor"] = str(exc).removeprefix(UNAVAILABLE)
+                log.warning("isolation gvisor is unavailable: %s", exc)
+            else:
+                # Always pre-launched: gVisor's start is never on the request path.
+                pools["gvisor"] = await started_pool(server.gvisor_pool_size, "gvisor", True)
         the_broker = broker or _make_broker(settings, server)
         metrics = Metrics()
         metrics.watch(
             queue_depth=lambda: float(the_broker.queue_depth()),
             pool_busy=lambda: float(pool.busy),
             pool_available=lambda: float(pool.available),
-            sessions=lambda: float(pool.session_count),
+            sessions=lambda: float(sum(p.session_count for p in pools.values())),
         )
         worker = None
         if server.start_worker:
-            worker = Worker(the_broker, engine, pool, concurrency=size, metrics=metrics)
+            concurrency = sum(p.size for p in pools.values())
+            worker = Worker(
+                the_broker,
+                engine,
+                pools,
+                concurrency=concurrency,
+                metrics=metrics,
+                default_isolation=server.default_isolation,
+            )
             worker.start()
         directory = the_broker.sessions if isinstance(the_broker, Distributed) else None
-        sessions = Sessions(pool, directory, session_ttl_s=server.session_ttl_s, session_idle_s=server.session_idle_s)
-        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions)
+        sessions = Sessions(
+            pools,
+            directory,
+            session_ttl_s=server.session_ttl_s,
+            session_idle_s=server.session_idle_s,
+            problems=problems,
+        )
+        service = cls(
+            settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools, problems
+        )
         service._versions = await languages.probe_versions()
         return service
 
@@ -196,24 +248,71 @@ class Service:
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
 
-    def validate(self, spec: TaskSpec) -> None:
-        """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task."""
-        check_isolation(spec.isolation)
-        self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
-        if spec.session_id is not None:
-            self.sessions.check(spec.tenant, spec.session_id)
+    def validate(self, spec: TaskSpec, *, min_isolation: str = "jail") -> TaskSpec:
+        """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task.
 
-    async def submit(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+        Returns spec with its isolation level settled: the one asked for, else the
+        server's default raised to ``min_isolation`` (the caller's API key). A level
+        weaker than the key's minimum is refused (403); one this server cannot run
+        is a 503 naming the level (IsolationUnavailable), never a run at a weaker level.
+        """
+        level = self.isolation_for(spec.isolation, min_isolation)
+        if level != spec.isolation:
+            spec = dataclasses.replace(spec, isolation=level)
+        self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
+        if not self.sessions.distributed:
+            # Distributed, the workers' pools decide which levels run, and a session's
+            # level is in the broker: ``enqueue`` settles it.
+            self._pool_for(spec.isolation, spec.tenant, spec.session_id)
+        return spec
+
+    def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
+        """The level a request runs at (see ``validate``)."""
+        if asked:
+            check_isolation(asked)
+            if ISOLATION_LEVELS.index(asked) < ISOLATION_LEVELS.index(min_isolation):
+                raise AuthError(
+                    403,
+                    "forbidden",
+                    f"this API key requires isolation {min_isolation!r} or stronger; {asked!r} was asked for",
+                )
+            return asked
+        default = self.server.default_isolation
+        return max(default, min_isolation, key=ISOLATION_LEVELS.index)
+
+    def pool_for(self, isolation: str) -> BoxPool:
+        """The pool of one isolation level; IsolationUnavailable (503) says why a level is missing."""
+        check_isolation(isolation)
+        return self._pool_for(isolation, "", None)
+
+    def _pool_for(self, level: str, tenant: str, session_id: str | None) -> BoxPool:
+        reason = self.isolation_problems.get(level, "not configured")
+        return pool_for_run(self.pools, level, tenant, session_id, missing_reason=reason)
+
+    async def create_session(self, tenant: str, isolation: str = "", *, min_isolation: str = "jail") -> SessionInfo:
+        """A session at the settled level (see ``validate``); ``sessions`` does the rest."""
+        return await self.sessions.create(tenant, self.isolation_for(isolation, min_isolation))
+
+    async def submit(
+        self, spec: TaskSpec, *, idempotency_key: str | None = None, min_isolation: str = "jail"
+    ) -> TaskSpec:
         """Validate and queue."""
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
-        self.validate(spec)
+        spec = self.validate(spec, min_isolation=min_isolation)
         return await self.enqueue(spec, idempotency_key=idempotency_key)
 
     async def enqueue(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
-        """Queue a spec the caller already validated (doors validate before taking a quota slot)."""
+        """Queue a spec the caller already validated (doors validate before taking a quota slot).
+
+        A run in a session goes at the session's own level (400 if that is weaker than asked).
+        """
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
+        if spec.session_id is not None:
+            level = await self.sessions.level_for_run(spec.tenant, spec.session_id, spec.isolation)
+            if level != spec.isolation:
+                spec = dataclasses.replace(spec, isolation=level)
         return await self.broker.submit(spec, idempotency_key=idempotency_key)
 
     async def stop(self) -> None:
@@ -222,4 +321,5 @@ class Service:
         if self.worker is not None:
             await self.worker.drain(self.server.drain_deadline_s)
         await self.broker.close()
-        await self.pool.close()
+        for pool in reversed(list(self.pools.values())):
+            await pool.close()

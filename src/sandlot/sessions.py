@@ -8,15 +8,21 @@ takes its first job; later jobs are routed to that worker (see
 session; none holds its box, so moving files in and out of a session's workdir
 (``local``) works in embedded mode only: in distributed mode a run puts files in
 with ``files`` and takes them out with ``fetch_files``.
+
+A session runs at one isolation level, chosen when it is created: embedded, its
+box is in that level's pool; distributed, the level is recorded with the session
+and each of its jobs is queued at it (``level_for_run``), so the worker opens the
+box in its pool of that level.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandlot.broker import SessionDirectory
-from sandlot.errors import RejectedError
-from sandlot.pool import BoxPool, Session, SessionNotFound
+from sandlot.errors import IsolationUnavailable, RejectedError
+from sandlot.pool import BoxPool, Session, SessionNotFound, check_level, find_session
 
 
 class SessionFilesUnavailable(RejectedError):
@@ -27,45 +33,68 @@ class SessionFilesUnavailable(RejectedError):
 class SessionInfo:
     id: str
     expires_in_s: float
+    isolation: str
 
 
 class Sessions:
     """Created once at start-up by ``Service`` and passed to the doors (``service.sessions``)."""
 
     def __init__(
-        self, pool: BoxPool, directory: SessionDirectory | None, *, session_ttl_s: float, session_idle_s: float
+        self,
+        pools: Mapping[str, BoxPool],
+        directory: SessionDirectory | None,
+        *,
+        session_ttl_s: float,
+        session_idle_s: float,
+        problems: Mapping[str, str] | None = None,
     ) -> None:
-        self._pool = pool
+        self._pools = pools  # by isolation level
         self._directory = directory
         self._ttl_s = session_ttl_s
         self._idle_s = session_idle_s
+        self._problems = problems or {}  # level -> why this process has no pool of it (embedded mode)
 
     @property
     def distributed(self) -> bool:
         return self._directory is not None
 
-    async def create(self, tenant: str) -> SessionInfo:
-        """A new session (PoolFull in embedded mode when no box can be pinned now)."""
-        if self._directory is None:
-            session = await self._pool.create_session(tenant)
-            return SessionInfo(session.id, round(session.expires_at - session.created, 3))
-        session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s)
-        return SessionInfo(session_id, self._ttl_s)
+    async def create(self, tenant: str, isolation: str) -> SessionInfo:
+        """A new session at a settled level (PoolFull in embedded mode when no box can be pinned now).
 
-    def check(self, tenant: str, session_id: str) -> None:
-        """SessionNotFound now, where that can be known without I/O (embedded); the broker's submit checks the rest."""
+        Embedded, a level this process has no pool of is IsolationUnavailable (503);
+        distributed, the worker that takes the session's first job opens its box.
+        """
         if self._directory is None:
-            self._pool.get_session(tenant, session_id)
+            pool = self._pools.get(isolation)
+            if pool is None:
+                raise IsolationUnavailable(isolation, self._problems.get(isolation, "not configured"))
+            session = await pool.create_session(tenant)
+            return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.box.isolation)
+        session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s, isolation=isolation)
+        return SessionInfo(session_id, self._ttl_s, isolation)
+
+    async def level_for_run(self, tenant: str, session_id: str, asked: str) -> str:
+        """The level a run in the session goes at: the session's own, never weaker than ``asked`` (else 400)."""
+        if self._directory is None:
+            held = find_session(self._pools, tenant, session_id).box.isolation
+        else:
+            found = await self._directory.isolation(tenant, session_id)
+            if found is None:
+                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+            held = found
+        check_level(session_id, held, asked)
+        return held
 
     async def exists(self, tenant: str, session_id: str) -> bool:
         if self._directory is None:
-            return self._pool.has_session(tenant, session_id)
+            return any(pool.has_session(tenant, session_id) for pool in self._pools.values())
         return await self._directory.exists(tenant, session_id)
 
     async def end(self, tenant: str, session_id: str) -> None:
         """End the session and wipe its box (distributed: its worker does, within a heartbeat interval)."""
         if self._directory is None:
-            await self._pool.end_session(tenant, session_id)
+            session = find_session(self._pools, tenant, session_id)
+            await self._pools[session.box.isolation].end_session(tenant, session_id)
         elif not await self._directory.end(tenant, session_id):
             raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
 
@@ -77,4 +106,4 @@ class Sessions:
                 "box is on a worker; send files with a run (files) and get them back with fetch_files",
                 field="session_id",
             )
-        return self._pool.get_session(tenant, session_id)
+        return find_session(self._pools, tenant, session_id)

@@ -44,7 +44,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, TaskSpec
@@ -60,7 +60,7 @@ from sandlot.models import (
     Result,
     Status,
 )
-from sandlot.pool import BoxPool, PoolFull
+from sandlot.pool import BoxPool, PoolFull, pool_for_run
 from sandlot.sandbox import Box
 
 log = logging.getLogger("sandlot.worker")
@@ -86,11 +86,19 @@ class _Run:
 
 class Worker:
     def __init__(
-        self, broker: Broker, engine: Engine, pool: BoxPool, *, concurrency: int, metrics: Metrics | None = None
+        self,
+        broker: Broker,
+        engine: Engine,
+        pools: BoxPool | Mapping[str, BoxPool],
+        *,
+        concurrency: int,
+        metrics: Metrics | None = None,
+        default_isolation: str = "jail",
     ) -> None:
         self.broker = broker
         self.engine = engine
-        self.pool = pool
+        self.default_isolation = default_isolation
+        self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)  # by isolation level
         self.concurrency = concurrency
         self.metrics = metrics
         self._loops: list[asyncio.Task[None]] = []
@@ -231,15 +239,18 @@ class Worker:
         """Make sure the session's box is here; False if the job went to the worker holding it."""
         spec = run.spec
         key = (spec.tenant, session_id)
+        # The API node set the job's level to the session's own (Sessions.level_for_run).
+        level = spec.isolation or self.default_isolation
+        pool = pool_for_run(self.pools, level, spec.tenant, None)
         async with self._session_lock(key):
-            have_box = self.pool.has_session(*key)
+            have_box = pool.has_session(*key)
             # A stale copy of the box would be replaced, so it leaves room too.
-            room = have_box or self.pool.session_room
+            room = have_box or pool.session_room
             binding = await broker.sessions.bind(*key, have_box=have_box, room=room)
             if binding.verdict == "gone":
                 raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
             if binding.verdict == "full":
-                raise PoolFull(f"this worker's session limit ({self.pool.max_sessions}) is reached")
+                raise PoolFull(f"this worker's session limit ({pool.max_sessions}) is reached")
             if binding.verdict == "elsewhere":
                 run.handed_back = True
                 await broker.hand_back(spec.id)
@@ -247,8 +258,8 @@ class Worker:
             if binding.verdict in ("new", "reset"):
                 if have_box:  # a stale copy: the session moved away and back while this worker looked dead
                     with contextlib.suppress(SessionNotFound):
-                        await self.pool.end_session(*key)
-                await self.pool.adopt_session(*key, expires_in_s=binding.expires_in_s)
+                        await pool.end_session(*key)
+                await pool.adopt_session(*key, expires_in_s=binding.expires_in_s)
                 self._generations[key] = self._generations.get(key, 0) + 1
             if binding.verdict == "reset":
                 message = "the session's box was lost with its worker; this run starts in a fresh, empty box"
@@ -265,7 +276,7 @@ class Worker:
     async def _presence(self, broker: Distributed) -> None:
         """Say this worker is alive; release the boxes of sessions that are no longer its own."""
         while True:
-            held = {key: self._generations.get(key, 0) for key in self.pool.session_keys()}
+            held = {key: self._generations.get(key, 0) for pool in self.pools.values() for key in pool.session_keys()}
             owned: set[_SessionKey] | None = None
             try:
                 owned = await broker.presence(list(held))
@@ -285,16 +296,18 @@ class Worker:
     async def _drop_session(self, key: _SessionKey, generation: int) -> None:
         async with self._session_lock(key):
             if self._generations.get(key, 0) == generation:  # not reopened since presence looked
-                with contextlib.suppress(SessionNotFound):
-                    await self.pool.end_session(*key)  # waits for a run in it to end
+                for pool in self.pools.values():
+                    with contextlib.suppress(SessionNotFound):
+                        await pool.end_session(*key)  # waits for a run in it to end
 
     async def _execute(self, run: _Run, output: dict[str, bytearray]) -> None:
         spec = run.spec
-        check_isolation(spec.isolation)
+        level = spec.isolation or self.default_isolation
+        check_isolation(level)
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
-            lease = self.pool.lease(spec.tenant, spec.session_id)
+            lease = pool_for_run(self.pools, level, spec.tenant, spec.session_id).lease(spec.tenant, spec.session_id)
             box = await lease.__aenter__()
         except PoolFull as exc:
             raise SandlotError(str(exc)) from exc

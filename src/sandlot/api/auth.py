@@ -32,23 +32,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from sandlot.errors import SandlotError
+from sandlot.errors import AuthError
+
+__all__ = ["PUBLIC_TENANT", "ApiKey", "AuthError", "Authenticator", "Principal"]
 from sandlot.service import ApiKey
 
 PUBLIC_TENANT = "public"
 _SECONDS_PER_MINUTE = 60.0
 
 StillRunning = Callable[[str], Awaitable[bool]]  # task id -> is it queued or running?
-
-
-class AuthError(SandlotError):
-    """The caller may not do this now; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, code: str, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -80,6 +72,11 @@ class Principal:
 
     tenant: str
     key: ApiKey | None = None
+
+    @property
+    def min_isolation(self) -> str:
+        """The weakest isolation level this caller's requests may run at."""
+        return self.key.min_isolation if self.key is not None else "jail"
 
 
 class Admission:

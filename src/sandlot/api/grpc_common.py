@@ -25,8 +25,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from sandlot.api.auth import PUBLIC_TENANT, Authenticator, AuthError, Principal
-from sandlot.broker import BrokerUnavailable, QueueFull, TaskSpec
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.broker import QueueFull, TaskSpec
+from sandlot.errors import RejectedError, SandlotError, Unavailable
 from sandlot.models import Event, ExitEvent
 from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.service import Service
@@ -76,7 +76,7 @@ def status_for(exc: SandlotError) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, (QueueFull, PoolFull)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, Unavailable):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
@@ -130,7 +130,8 @@ class Door:
     async def submit(self, current: Call, spec: TaskSpec) -> TaskSpec:
         """Queue spec, within the caller's quota of executions in flight."""
         service = self.service
-        service.validate(spec)  # INVALID_ARGUMENT now, before the call touches its key's quota
+        # INVALID_ARGUMENT now, before the call touches its key's quota.
+        spec = service.validate(spec, min_isolation=current.principal.min_isolation)
         if not service.accepting:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         async with await self._auth.admit(current.principal, functools.partial(self._running, spec.tenant)) as slot:

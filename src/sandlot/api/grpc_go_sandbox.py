@@ -34,7 +34,7 @@ from sandlot.broker import TaskSpec
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, Status
 from sandlot.requests import new_task_id
-from sandlot.sessions import Sessions
+from sandlot.service import Service
 
 DOOR = "grpc_go_sandbox"
 MAX_SESSION_ID_CHARS = 256
@@ -102,8 +102,8 @@ def _ms(unix_s: float) -> int:
 class _Sessions:
     """Client-chosen session ids, per tenant, mapped to the service's sessions (kept by this process)."""
 
-    def __init__(self, sessions: Sessions) -> None:
-        self._sessions = sessions
+    def __init__(self, service: Service) -> None:
+        self._service = service
         self._ids: dict[tuple[str, str], str] = {}
         self._creating = asyncio.Lock()  # one creation at a time: no two sessions for one id
 
@@ -120,13 +120,13 @@ class _Sessions:
                 return known
             for stale in [k for k in self._ids if await self._live(k) is None]:
                 del self._ids[stale]  # keeps the map as small as the live sessions
-            session = await self._sessions.create(tenant)
+            session = await self._service.create_session(tenant)  # the server's default level
             self._ids[key] = session.id
             return session.id
 
     async def _live(self, key: tuple[str, str]) -> str | None:
         session_id = self._ids.get(key)
-        if session_id is None or not await self._sessions.exists(key[0], session_id):  # none, or it expired
+        if session_id is None or not await self._service.sessions.exists(key[0], session_id):  # none, or it expired
             return None
         return session_id
 
@@ -134,7 +134,7 @@ class _Sessions:
 class GoSandboxServicer(pb_grpc.GoSandboxServiceServicer):
     def __init__(self, door: Door) -> None:
         self._door = door
-        self._sessions = _Sessions(door.service.sessions)
+        self._sessions = _Sessions(door.service)
 
     async def RunCode(self, request: pb.RunRequest, context: Context) -> AsyncIterator[pb.RunResponse]:
         async with self._door.call(context, DOOR) as current:

@@ -114,7 +114,8 @@ def _finite_float(text: str) -> float:
 async def submit(door: Door, principal: Principal, spec: TaskSpec, *, idempotency: str | None = None) -> TaskSpec:
     """Validate, take an execution slot of the caller's key, and queue the task."""
     service = door.service
-    service.validate(spec)  # a 4xx naming the field now, before the request touches its key's quota
+    # A 4xx naming the field now, before the request touches its key's quota.
+    spec = service.validate(spec, min_isolation=principal.min_isolation)
     if not service.accepting:
         raise ApiError(503, "unavailable", "the server is shutting down", retry_after_s=SHUTDOWN_RETRY_AFTER_S)
     broker = service.broker

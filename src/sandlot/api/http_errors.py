@@ -9,7 +9,7 @@ the text door and the WebSocket alike:
     SessionNotFound         404 not_found
     AuthError               401 / 403 / 429 as the authenticator says
     QueueFull, PoolFull     429 queue_full / pool_full, with Retry-After
-    BrokerUnavailable       503 unavailable, with Retry-After
+    Unavailable             503 unavailable, with Retry-After (the broker, or an isolation level)
     anything else           500 internal_error, with no detail (logged by the server)
 """
 
@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sandlot.api.auth import AuthError, retry_after_header
-from sandlot.broker import BrokerUnavailable, QueueFull
-from sandlot.errors import RejectedError
+from sandlot.broker import QueueFull
+from sandlot.errors import RejectedError, Unavailable
 from sandlot.pool import PoolFull, SessionNotFound
 
 BROKER_RETRY_AFTER_S = 5.0
@@ -88,13 +88,13 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(429, "queue_full", str(exc), retry_after_s=exc.retry_after_s)
     if isinstance(exc, PoolFull):
         return ApiError(429, "pool_full", str(exc), retry_after_s=exc.retry_after_s)
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, Unavailable):
         return ApiError(503, "unavailable", str(exc) or "the broker is unavailable", retry_after_s=BROKER_RETRY_AFTER_S)
     return ApiError(500, "internal_error", "internal error")
 
 
 # The exceptions with a mapping of their own (the rest are 500s).
-MAPPED_ERRORS = (ApiError, RejectedError, AuthError, QueueFull, PoolFull, BrokerUnavailable)
+MAPPED_ERRORS = (ApiError, RejectedError, AuthError, QueueFull, PoolFull, Unavailable)
 
 
 def error_response(error: ApiError) -> Response:

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.http_common import DoorDep, PrincipalDep
+from sandlot.api.http_common import DoorDep, PrincipalDep, parse_json
 from sandlot.api.http_errors import ApiError
 from sandlot.errors import RejectedError
 from sandlot.pool import Session
@@ -35,9 +35,24 @@ _RAW_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"application/o
 
 
 @router.post("", status_code=201, summary="Create a session (a box kept for this tenant)")
-async def create_session(door: DoorDep, principal: PrincipalDep) -> JSONResponse:
-    session = await door.service.sessions.create(principal.tenant)
-    return JSONResponse({"session_id": session.id, "expires_in_s": session.expires_in_s}, status_code=201)
+async def create_session(request: Request, door: DoorDep, principal: PrincipalDep) -> JSONResponse:
+    """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
+    body = await request.body()
+    data = parse_json(body) if body.strip() else {}
+    if not isinstance(data, dict):
+        raise RejectedError("the body must be a JSON object", field="body")
+    isolation = data.get("isolation") or ""
+    if not isinstance(isolation, str):
+        raise RejectedError("isolation: must be a string", field="isolation")
+    session = await door.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
+    return JSONResponse(
+        {
+            "session_id": session.id,
+            "expires_in_s": session.expires_in_s,
+            "isolation": session.isolation,
+        },
+        status_code=201,
+    )
 
 
 @router.delete("/{session_id}", status_code=204, summary="End a session and wipe its box")

@@ -23,8 +23,8 @@ from sandlot.api.auth import AuthError, retry_after_header
 from sandlot.api.http_errors import BROKER_RETRY_AFTER_S, ApiError
 from sandlot.api.judge0_render import InvalidFields
 from sandlot.api.judge0_submission import Judge0Invalid
-from sandlot.broker import BrokerUnavailable, QueueFull
-from sandlot.errors import RejectedError
+from sandlot.broker import QueueFull
+from sandlot.errors import RejectedError, Unavailable
 from sandlot.pool import PoolFull
 
 
@@ -75,7 +75,7 @@ def as_judge0_error(exc: Exception) -> Judge0Error | None:
     retry: float | None = None
     if isinstance(exc, (QueueFull, PoolFull)):
         status, message, retry = 503, "queue is full", exc.retry_after_s
-    elif isinstance(exc, BrokerUnavailable):
+    elif isinstance(exc, Unavailable):
         status, message, retry = 503, str(exc) or "the broker is unavailable", BROKER_RETRY_AFTER_S
     elif isinstance(exc, AuthError):
         status, message, retry = exc.status, str(exc), exc.retry_after_s

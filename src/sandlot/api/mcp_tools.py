@@ -44,8 +44,8 @@ from mcp import types
 from sandlot.api.auth import Authenticator, AuthError, Principal
 from sandlot.api.http_render import OutputDecoder
 from sandlot.api.mcp_schemas import tool_definitions
-from sandlot.broker import BrokerUnavailable, QueueFull, TaskSpec
-from sandlot.errors import RejectedError
+from sandlot.broker import QueueFull, TaskSpec
+from sandlot.errors import RejectedError, Unavailable
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.requests import decode_content, parse_execution
@@ -136,7 +136,7 @@ class Tools:
         """Queue spec within the caller's quota of executions in flight (as the HTTP door does)."""
         running = functools.partial(self._running, spec.tenant)
         async with await self._auth.admit(principal, running) as slot:
-            spec = await self.service.submit(spec)
+            spec = await self.service.submit(spec, min_isolation=principal.min_isolation)
             slot.bind(spec.id)
         return spec
 
@@ -189,7 +189,7 @@ class Tools:
     async def _create_session(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = await self.service.sessions.create(principal.tenant)
+        session = await self.service.create_session(principal.tenant, min_isolation=principal.min_isolation)
         expires_in_s = session.expires_in_s
         return _answer(
             {"session_id": session.id, "expires_in_s": expires_in_s},
@@ -270,7 +270,7 @@ def _failure(exc: Exception, tool: str) -> tuple[str, str]:
         return exc.code, _with_retry(str(exc), exc.retry_after_s)
     if isinstance(exc, QueueFull | PoolFull):
         return "busy", _with_retry(str(exc), exc.retry_after_s)
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, Unavailable):
         return "unavailable", str(exc) or "the service is unavailable; retry later"
     log.exception("MCP tool %s failed", tool)
     return "internal_error", "internal error (the server logged it)"

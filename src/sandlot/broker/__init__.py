@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sandlot.config import LimitRequest
-from sandlot.errors import SandlotError
+from sandlot.errors import SandlotError, Unavailable
 from sandlot.models import (
     Event,
     ExitEvent,
@@ -50,7 +50,7 @@ class QueueFull(SandlotError):
         self.retry_after_s = retry_after_s
 
 
-class BrokerUnavailable(SandlotError):
+class BrokerUnavailable(Unavailable):
     """The broker's backing store cannot be reached (HTTP 503)."""
 
 
@@ -67,7 +67,7 @@ class TaskSpec:
     limits: LimitRequest | None = None
     compile_limits: LimitRequest | None = None
     session_id: str | None = None
-    isolation: str = "jail"
+    isolation: str = ""  # "": the server's default level
     commands: tuple[str, ...] = ()
     fetch_files: tuple[str, ...] = ()
     interactive: bool = False  # stdin arrives through control messages
@@ -107,7 +107,7 @@ class TaskSpec:
             limits=LimitRequest(**data["limits"]) if data.get("limits") else None,
             compile_limits=LimitRequest(**data["compile_limits"]) if data.get("compile_limits") else None,
             session_id=data.get("session_id"),
-            isolation=str(data.get("isolation", "jail")),
+            isolation=str(data.get("isolation", "")),
             commands=tuple(data.get("commands", ())),
             fetch_files=tuple(data.get("fetch_files", ())),
             interactive=bool(data.get("interactive", False)),
@@ -198,7 +198,11 @@ class SessionBinding:
 class SessionDirectory(Protocol):
     """Sessions of the distributed mode: named in the broker, their boxes held by one worker each."""
 
-    async def create(self, tenant: str, *, ttl_s: float, idle_s: float) -> str: ...
+    async def create(self, tenant: str, *, ttl_s: float, idle_s: float, isolation: str) -> str: ...
+
+    async def isolation(self, tenant: str, session_id: str) -> str | None:
+        """The session's isolation level; None if it ended or expired."""
+        ...
 
     async def end(self, tenant: str, session_id: str) -> bool: ...
 

@@ -356,11 +356,11 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then return redis.call('DECR', KEYS
 return tonumber(redis.call('GET', KEYS[1]) or '0')
 """
 
-# KEYS: session. ARGV: ttl ms, idle ms. A new session: no owner until its first run binds one.
+# KEYS: session. ARGV: ttl ms, idle ms, isolation level. A new session: no owner until its first run binds one.
 CREATE_SESSION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'created', now, 'expires_at', now + tonumber(ARGV[1]), 'idle_ms', ARGV[2],
-  'owner', '', 'boxed', '')
+  'owner', '', 'boxed', '', 'isolation', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), tonumber(ARGV[2])))
 """

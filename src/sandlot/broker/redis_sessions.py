@@ -46,12 +46,19 @@ class RedisSessions:
         self._create = client.register_script(lua.CREATE_SESSION)
         self._bind = client.register_script(lua.BIND)
 
-    async def create(self, tenant: str, *, ttl_s: float, idle_s: float) -> str:
-        """A new session's id; its box is opened by the worker that takes its first job."""
+    async def create(self, tenant: str, *, ttl_s: float, idle_s: float, isolation: str) -> str:
+        """A new session's id; its box is opened by the worker that takes its first job, at ``isolation``."""
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         async with self._reachable():
-            await self._create(keys=[self._keys.session(tenant, session_id)], args=[_ms(ttl_s), _ms(idle_s)])
+            await self._create(keys=[self._keys.session(tenant, session_id)], args=[_ms(ttl_s), _ms(idle_s), isolation])
         return session_id
+
+    async def isolation(self, tenant: str, session_id: str) -> str | None:
+        async with self._reachable():
+            level = await self._redis.hget(self._keys.session(tenant, session_id), "isolation")
+        if level is None:
+            return None
+        return level.decode() if isinstance(level, bytes) else str(level)
 
     async def end(self, tenant: str, session_id: str) -> bool:
         async with self._reachable():

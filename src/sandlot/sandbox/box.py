@@ -15,6 +15,9 @@ it becomes ``/box`` in the jail.
         -> sandlot-helper init  (pid 1: fork, report, reap, kill survivors)
           -> the command
 
+Isolation level ``gvisor`` swaps bwrap for gVisor's ``runsc`` (a box is opened
+at one level and keeps it; see gvisor.py): same slot, init, protocol and monitor.
+
 Cold, that whole chain is spawned for the run (~9 ms here, mostly bubblewrap).
 A pool box instead ``prelaunch``es its next jail as soon as the previous run is
 over and the workdir reset: fresh namespaces, fresh cgroup, the init waiting on
@@ -26,7 +29,10 @@ limits and builds the one ``Result``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import json
 import math
 import os
 import shutil
@@ -40,11 +46,15 @@ from sandlot.errors import ConfigError, SandboxError
 from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, seccomp, slots
 from sandlot.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits, CgroupStats, detect_driver, wait_empty
+from sandlot.sandbox.gvisor import Gvisor, GvisorUnavailable
 from sandlot.sandbox.helper import helper_path
-from sandlot.sandbox.launch import Launched, StdinSource, encode_command, spawn, write_all
+from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
 from sandlot.sandbox.monitor import RunMonitor
 
-__all__ = ["Box", "Sandbox", "StdinSource"]
+__all__ = ["ISOLATION_LEVELS", "Box", "GvisorUnavailable", "Sandbox", "StdinSource"]
+
+ISOLATION_LEVELS = ("jail", "gvisor")  # weakest first
+_launch_ids = itertools.count()
 
 
 @dataclass
@@ -76,9 +86,21 @@ class Sandbox:
         self.helper = helper_path(settings.state_dir)
         self.seccomp_program = seccomp.compile_filter()
         self.driver = driver or detect_driver(settings.cgroup_name)
+        self.gvisor = Gvisor(settings, etc_dir=self.etc_dir)
 
-    def open_box(self, index: int | None = None) -> Box:
+    def check_isolation(self, isolation: str, *, probe: bool = True) -> None:
+        """Raise unless boxes of this level can start here (GvisorUnavailable says exactly why).
+
+        ``probe=False`` skips starting a throw-away gVisor sandbox (see ``Gvisor.check``).
+        """
+        if isolation == "gvisor":
+            self.gvisor.check(probe=probe)
+        elif isolation != "jail":
+            raise SandboxError(f"unknown isolation level {isolation!r}")
+
+    def open_box(self, index: int | None = None, *, isolation: str = "jail") -> Box:
         """Take a slot (the given one, or the first free) and prepare its workdir."""
+        self.check_isolation(isolation, probe=False)  # a server probed at start; the CLI's run says it all
         s = self.settings
         if index is None:
             slot = slots.acquire_any(s.run_dir, s.box_uid_base, s.max_boxes)
@@ -87,7 +109,7 @@ class Sandbox:
             if maybe is None:
                 raise SandboxError(f"box slot {index} is held by another process")
             slot = maybe
-        box = Box(self, slot)
+        box = Box(self, slot, isolation=isolation)
         try:
             box.clean_leftovers()
             box.prepare()
@@ -113,6 +135,31 @@ class Sandbox:
             finally:
                 slot.release()
         return cleaned
+
+
+async def _await_ready(launched: Launched, timeout_s: float) -> None:
+    """Read the status channel up to the init's "R" (ready) line; anything else read is kept for the monitor."""
+    loop = asyncio.get_running_loop()
+    fd = launched.pipes.status
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while b"R\n" not in launched.status_seen and launched.alive():
+                try:
+                    data = os.read(fd, 4096)
+                except BlockingIOError:
+                    ready = loop.create_future()
+                    loop.add_reader(fd, ready.set_result, None)
+                    try:
+                        async with asyncio.timeout(0.05):  # re-check that the sandbox still lives
+                            await ready
+                    except TimeoutError:
+                        pass
+                    finally:
+                        loop.remove_reader(fd)
+                    continue
+                if not data:
+                    return
+                launched.status_seen += data
 
 
 def kill_uid(uid: int) -> int:
@@ -149,11 +196,14 @@ def kill_uid(uid: int) -> int:
 class Box:
     """One isolated execution environment; not safe for concurrent runs."""
 
-    def __init__(self, sandbox: Sandbox, slot: slots.Slot) -> None:
+    def __init__(self, sandbox: Sandbox, slot: slots.Slot, *, isolation: str = "jail") -> None:
         self.sandbox = sandbox
         self.slot = slot
+        self.isolation = isolation
         self.root = sandbox.boxes_dir / str(slot.index)
         self.workdir = self.root / "work"
+        self._gvisor = sandbox.gvisor.bundle_for(sandbox.settings.run_dir / "gvisor" / str(slot.index), self.root)
+        self._signal_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
@@ -176,6 +226,9 @@ class Box:
         for mount in hostfs.mounts_below(self.root):
             found = 1
             hostfs.unmount(mount)
+        if self._gvisor.run_dir.exists():  # runsc's state of containers killed with the cgroup
+            shutil.rmtree(self._gvisor.run_dir, ignore_errors=True)
+            found = 1
         if self.root.exists():
             with contextlib.suppress(OSError):
                 os.rmdir(self.root)
@@ -259,6 +312,8 @@ class Box:
         current = self._current
         if current is None:
             return False
+        if self.isolation == "gvisor":
+            return self._signal_gvisor(current, sig)
         try:
             with open(f"/proc/{current.pid}/task/{current.pid}/children") as f:
                 children = f.read().split()
@@ -268,6 +323,33 @@ class Box:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(child), sig)
         return bool(children)
+
+    def _signal_gvisor(self, current: RunMonitor, sig: int) -> bool:
+        # Inside the sandbox the init is pid 1 and forks the program first: it is pid 2.
+        container = current.launched.name
+        if not container:
+            return False
+        argv = [
+            str(self.sandbox.settings.runsc_path),
+            "--root",
+            str(self._gvisor.state_dir),
+            "kill",
+            "--pid",
+            "2",
+            container,
+            str(int(sig)),
+        ]
+
+        async def deliver() -> None:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+            await proc.wait()
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
+        return True
 
     # ------------------------------------------------------------- run
 
@@ -285,9 +367,8 @@ class Box:
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(s.run_maxima))
         except SandboxError:
             return
-        argv = self._build_argv(cgroup, None, None, {}, binds)
         try:
-            launched = spawn(argv, self.sandbox.seccomp_program, with_command=True)
+            launched = self._spawn(cgroup, None, None, {}, binds)
         except SandboxError:
             cgroup.kill()
             cgroup.remove()
@@ -323,10 +404,17 @@ class Box:
         return warm
 
     def _cgroup_limits(self, limits: Limits) -> CgroupLimits:
+        s = self.sandbox.settings
+        if self.isolation == "gvisor":  # the cgroup holds gVisor's own kernel too
+            return CgroupLimits(
+                memory_bytes=limits.memory_limit_bytes + s.gvisor_memory_overhead_bytes,
+                max_pids=limits.max_processes + s.gvisor_task_overhead,
+                cpu_cores=s.cpu_cores_per_box,
+            )
         return CgroupLimits(
             memory_bytes=limits.memory_limit_bytes,
             max_pids=limits.max_processes,
-            cpu_cores=self.sandbox.settings.cpu_cores_per_box,
+            cpu_cores=s.cpu_cores_per_box,
         )
 
     async def run(
@@ -359,11 +447,7 @@ class Box:
         if warm is None:
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:
-                launched = spawn(
-                    self._build_argv(cgroup, command, limits, env or {}, binds),
-                    self.sandbox.seccomp_program,
-                    with_command=False,
-                )
+                launched = self._spawn(cgroup, command, limits, env or {}, binds)
             except SandboxError:
                 await self._finish_cgroup(cgroup)
                 raise
@@ -394,6 +478,10 @@ class Box:
         pipes = launched.pipes
         assert pipes.command_w is not None
         message = encode_command(command, self._env(env), self._rlimits(limits))
+        if pipes.fifos:
+            # Over a FIFO the init must hold the command's read end before ours closes:
+            # gVisor's open of a FIFO with no writer left would wait for ever.
+            await _await_ready(launched, limits.wall_time_limit_s)
         fd = pipes.take(pipes.command_w)
         try:
             os.set_blocking(fd, False)
@@ -424,6 +512,54 @@ class Box:
             rlimits["cpu"] = math.ceil(limits.time_limit_s) + 1
         return rlimits
 
+    def _spawn(
+        self,
+        cgroup: Cgroup,
+        command: Sequence[str] | None,
+        limits: Limits | None,
+        env: Mapping[str, str],
+        binds: Sequence[policy.Bind],
+    ) -> Launched:
+        """Start the box's chain; without a command its init waits for one on the command channel."""
+        if self.isolation == "gvisor":
+            return self._spawn_gvisor(cgroup, command, limits, env, binds)
+        pipes = Pipes.create(self.sandbox.seccomp_program, with_command=command is None)
+        return spawn(self._build_argv(cgroup, command, limits, env, binds), pipes)
+
+    def _spawn_gvisor(
+        self,
+        cgroup: Cgroup,
+        command: Sequence[str] | None,
+        limits: Limits | None,
+        env: Mapping[str, str],
+        binds: Sequence[policy.Bind],
+    ) -> Launched:
+        gv = self.sandbox.gvisor
+        paths = self._gvisor
+        try:
+            paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            gv.make_fifos(paths, uid=self.slot.uid, gid=self.slot.gid, with_command=command is None)
+            config = gv.config(
+                args=gv.init_args(with_command=command is None, command=command, rlimits=self._rlimits(limits)),
+                env=self._env(env) if command is not None else {},
+                uid=self.slot.uid,
+                gid=self.slot.gid,
+                workdir=self.workdir,
+                tmp_size_bytes=self.sandbox.settings.tmp_size_bytes,
+                binds=binds,
+                helper=self.sandbox.helper,
+                control_dir=paths.control_dir,
+            )
+            (paths.run_dir / "config.json").write_text(json.dumps(config))
+            pipes = Pipes.over_fifos(paths.status_fifo, paths.command_fifo if command is None else None)
+        except OSError as exc:
+            raise SandboxError(f"cannot prepare the gVisor sandbox: {exc}") from exc
+        container = f"{self.slot.cgroup_name}-{os.getpid()}-{next(_launch_ids)}"
+        inner = gv.runsc_argv(paths.state_dir, paths.run_dir, container)
+        launched = spawn(self._launcher(cgroup, ["--keep-root"], inner), pipes)
+        launched.name = container
+        return launched
+
     def _build_argv(
         self,
         cgroup: Cgroup,
@@ -445,7 +581,11 @@ class Box:
             rlimits=self._rlimits(limits),
             command=command,
         )
-        launch = [str(self.sandbox.helper), "launch", "--uid", str(self.slot.uid), "--gid", str(self.slot.gid)]
+        return self._launcher(cgroup, ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)], inner)
+
+    def _launcher(self, cgroup: Cgroup, identity: list[str], inner: list[str]) -> list[str]:
+        """helper launch IDENTITY --cgroup ... -- INNER: join the box's cgroups, then exec inner."""
+        launch = [str(self.sandbox.helper), "launch", *identity]
         for procs in cgroup.procs_files:
             launch += ["--cgroup", str(procs)]
         return [*launch, "--", *inner]

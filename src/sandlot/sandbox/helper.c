@@ -17,6 +17,10 @@
  *                    |                   private pipe, kills every survivor.
  *                    `- the program
  *
+ * Under gVisor (runsc passes nothing but stdio into the container) the same
+ * init takes --status-path/--command-path instead: host FIFOs bind-mounted into
+ * the sandbox, opened here, after which everything is as above.
+ *
  * Errors of the helper itself are reported on stderr prefixed with
  * "sandlot-helper:" and exit code 125; sandlot tells them apart from the
  * program's own failures because the init never wrote "S".
@@ -84,9 +88,10 @@ static void close_other_fds(int keep_a, int keep_b) {
         for (int fd = first; fd < 4096; fd++) close(fd);
 }
 
-/* launch --uid U --gid G [--cgroup PROCS_FILE]... -- PROGRAM ARGS... */
+/* launch --uid U --gid G | --keep-root [--cgroup PROCS_FILE]... -- PROGRAM ARGS... */
 static int do_launch(int argc, char **argv) {
     long uid = -1, gid = -1;
+    int keep_root = 0;
     const char *cgroups[MAX_ITEMS];
     int ncg = 0, i = 2;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
@@ -94,9 +99,13 @@ static int do_launch(int argc, char **argv) {
         if (!strcmp(argv[i], "--uid")) uid = parse_long(argv[i + 1], "bad uid");
         else if (!strcmp(argv[i], "--gid")) gid = parse_long(argv[i + 1], "bad gid");
         else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_ITEMS) cgroups[ncg++] = argv[i + 1];
+        else if (!strcmp(argv[i], "--keep-root")) { keep_root = 1; i--; }
         else { errno = EINVAL; die("unknown option", argv[i]); }
     }
-    if (i + 1 >= argc || uid <= 0 || gid <= 0) { errno = EINVAL; die("usage: launch --uid U --gid G -- PROGRAM", NULL); }
+    if (i + 1 >= argc || (!keep_root && (uid <= 0 || gid <= 0)) || (keep_root && (uid >= 0 || gid >= 0))) {
+        errno = EINVAL;
+        die("usage: launch --uid U --gid G | --keep-root [--cgroup F]... -- PROGRAM", NULL);
+    }
 
     char pid[32];
     int len = snprintf(pid, sizeof pid, "%d", getpid());
@@ -107,9 +116,10 @@ static int do_launch(int argc, char **argv) {
         close(fd);
     }
     reset_signals();
-    if (setgroups(0, NULL) != 0) die("setgroups", NULL);
-    if (setresgid(gid, gid, gid) != 0) die("setresgid", argv[i + 1]);
-    if (setresuid(uid, uid, uid) != 0) die("setresuid", argv[i + 1]);
+    /* --keep-root is for runsc, which must start as root and drops privileges itself. */
+    if (!keep_root && setgroups(0, NULL) != 0) die("setgroups", NULL);
+    if (!keep_root && setresgid(gid, gid, gid) != 0) die("setresgid", argv[i + 1]);
+    if (!keep_root && setresuid(uid, uid, uid) != 0) die("setresuid", argv[i + 1]);
     /* After the uid change (which clears it): die with sandlot. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die("prctl(PDEATHSIG)", NULL);
     if (getppid() == 1) { errno = ESRCH; die("parent died before launch", NULL); }
@@ -198,26 +208,48 @@ static int read_command(int fd, char ***argv_out, char ***env_out, struct rl *li
     return 0;
 }
 
-/* init --status-fd N [--command-fd M] [--rlimit NAME=VALUE]... [-- PROGRAM ARGS...]   (pid 1 in the box)
- * With --command-fd the box was launched ahead of time: init reports "R" (ready)
- * and waits for the command, its environment and its rlimits on that fd. */
+/* Open a channel given by path (a host FIFO) at a fixed fd number, then unlink
+ * the name so that no program of the box can open it again. The FIFO is opened
+ * without blocking (the host already holds both of its ends), then made
+ * blocking, so reading the command ends at the host's close. */
+static int open_channel(const char *path, int flags, int at) {
+    int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) die("cannot open", path);
+    if (unlink(path) != 0) die("cannot unlink", path);
+    if (fcntl(fd, F_SETFL, flags & O_ACCMODE) != 0) die("fcntl", path);
+    if (fd != at) {
+        if (dup2(fd, at) < 0) die("dup2", path);
+        close(fd);
+    }
+    return at;
+}
+
+/* init --status-fd N|--status-path P [--command-fd M|--command-path P] [--rlimit NAME=VALUE]...
+ *      [-- PROGRAM ARGS...]   (pid 1 in the box)
+ * With a command channel the box was launched ahead of time: init reports "R"
+ * (ready) and waits for the command, its environment and its rlimits on it. */
 static int do_init(int argc, char **argv) {
     int status_fd = -1, command_fd = -1, nrl = 0, i = 2;
+    const char *status_path = NULL, *command_path = NULL;
     struct rl limits[MAX_ITEMS];
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc) die("missing value for", argv[i]);
         if (!strcmp(argv[i], "--status-fd")) status_fd = (int)parse_long(argv[i + 1], "bad fd");
         else if (!strcmp(argv[i], "--command-fd")) command_fd = (int)parse_long(argv[i + 1], "bad fd");
+        else if (!strcmp(argv[i], "--status-path")) status_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--command-path")) command_path = argv[i + 1];
         else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_ITEMS) {
             if (parse_rlimit(argv[i + 1], &limits[nrl++]) != 0) { errno = EINVAL; die("bad rlimit", argv[i + 1]); }
         } else { errno = EINVAL; die("unknown option", argv[i]); }
     }
-    if (status_fd < 3 || (command_fd < 0 && i + 1 >= argc)) {
-        errno = EINVAL;
-        die("usage: init --status-fd N [--command-fd M] [-- PROGRAM]", NULL);
-    }
     /* kill(-1) below must only ever reach the box's own pid namespace. */
     if (getpid() != 1) { errno = EPERM; die("init must be pid 1 of a fresh pid namespace", NULL); }
+    if (status_path != NULL) status_fd = open_channel(status_path, O_WRONLY, 4);
+    if (command_path != NULL) command_fd = open_channel(command_path, O_RDONLY, 5);
+    if (status_fd < 3 || (command_fd < 0 && i + 1 >= argc)) {
+        errno = EINVAL;
+        die("usage: init --status-fd N|--status-path P [--command-fd M|--command-path P] [-- PROGRAM]", NULL);
+    }
     char **program = i + 1 < argc ? &argv[i + 1] : NULL;
     char **program_env = NULL;
 

@@ -1,8 +1,11 @@
-"""Starting a jail: its pipes, the spawn of helper -> bwrap -> init, and the command message.
+"""Starting a box: its pipes, the spawn of helper -> bwrap|runsc -> init, and the command message.
 
-A jail is started either with its command (cold: the CLI, or a run whose binds
+A box is started either with its command (cold: the CLI, or a run whose binds
 the box was not prepared for) or ahead of time with none: then the init waits
-on the command pipe and ``send_command`` starts the program (see box.py).
+on the command channel and the command message starts the program (see box.py).
+The jail gets its status and command channels as inherited pipes (fds 4, 5);
+gVisor passes only stdio into the sandbox, so there they are host FIFOs
+(``Pipes.over_fifos``, see gvisor.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sandlot.errors import SandboxError
 from sandlot.sandbox import policy
@@ -33,7 +37,13 @@ def _dup_high(fd: int) -> int:
 
 @dataclass
 class Pipes:
-    """Every pipe of one jail; child ends become fds 0-5 only inside the spawned process."""
+    """Every pipe of one box; child ends become fds 0-5 only inside the spawned process.
+
+    Over FIFOs (gVisor) only stdio goes to the child: ``status_w`` is a writer the
+    host keeps until the launcher exits (so EOF on ``status`` means the sandbox is
+    gone) and ``command_r`` a reader that keeps a sent command buffered until the
+    init reads it.
+    """
 
     stdin_r: int
     stdin_w: int
@@ -41,11 +51,12 @@ class Pipes:
     stdout_w: int
     stderr: int
     stderr_w: int
-    seccomp_r: int
+    seccomp_r: int | None
     status: int
     status_w: int
     command_r: int | None = None
     command_w: int | None = None
+    fifos: bool = False
     _closed: set[int] = field(default_factory=set)
 
     @classmethod
@@ -70,15 +81,40 @@ class Pipes:
             pipes.command_r, pipes.command_w = made[10], made[11]
         return pipes
 
+    @classmethod
+    def over_fifos(cls, status_fifo: Path, command_fifo: Path | None) -> Pipes:
+        """Stdio pipes plus the host's ends of the status (and command) FIFOs."""
+        made: list[int] = []
+        try:
+            for _ in range(3):
+                r, w = os.pipe()
+                made += [_dup_high(r), _dup_high(w)]
+            flags = os.O_NONBLOCK | os.O_CLOEXEC
+            # A reader first: opening a FIFO's write end without blocking needs one.
+            made += [_dup_high(os.open(status_fifo, os.O_RDONLY | flags))]
+            made += [_dup_high(os.open(status_fifo, os.O_WRONLY | flags))]
+            if command_fifo is not None:
+                made += [_dup_high(os.open(command_fifo, os.O_RDONLY | flags))]
+                made += [_dup_high(os.open(command_fifo, os.O_WRONLY | flags))]
+        except BaseException:
+            for fd in made:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        for fd in (made[2], made[4]):
+            os.set_blocking(fd, False)
+        pipes = cls(made[0], made[1], made[2], made[3], made[4], made[5], None, made[6], made[7], fifos=True)
+        if command_fifo is not None:
+            pipes.command_r, pipes.command_w = made[8], made[9]
+        return pipes
+
     def child_actions(self) -> list[tuple[int, int, int]]:
         dup2 = os.POSIX_SPAWN_DUP2
-        actions = [
-            (dup2, self.stdin_r, 0),
-            (dup2, self.stdout_w, 1),
-            (dup2, self.stderr_w, 2),
-            (dup2, self.seccomp_r, policy.SECCOMP_FD),
-            (dup2, self.status_w, policy.STATUS_FD),
-        ]
+        actions = [(dup2, self.stdin_r, 0), (dup2, self.stdout_w, 1), (dup2, self.stderr_w, 2)]
+        if self.fifos:
+            return actions
+        assert self.seccomp_r is not None
+        actions += [(dup2, self.seccomp_r, policy.SECCOMP_FD), (dup2, self.status_w, policy.STATUS_FD)]
         if self.command_r is not None:
             actions.append((dup2, self.command_r, policy.COMMAND_FD))
         return actions
@@ -90,8 +126,15 @@ class Pipes:
                 os.close(fd)
 
     def close_child_ends(self) -> None:
-        for fd in (self.stdin_r, self.stdout_w, self.stderr_w, self.seccomp_r, self.status_w, self.command_r):
+        for fd in (self.stdin_r, self.stdout_w, self.stderr_w):
             self.close(fd)
+        if not self.fifos:
+            for held in (self.seccomp_r, self.status_w, self.command_r):
+                self.close(held)
+
+    def launcher_exited(self) -> None:
+        """The spawned process is gone: let the status channel reach EOF."""
+        self.close(self.status_w)
 
     def take(self, fd: int) -> int:
         """Hand ownership of one of our ends to someone who will close it."""
@@ -100,17 +143,19 @@ class Pipes:
 
     def close_all(self) -> None:
         self.close_child_ends()
-        for fd in (self.stdin_w, self.stdout, self.stderr, self.status, self.command_w):
+        for fd in (self.stdin_w, self.stdout, self.stderr, self.status, self.status_w, self.command_r, self.command_w):
             self.close(fd)
 
 
 @dataclass
 class Launched:
-    """A spawned jail: the helper's pid (bwrap after exec), its pidfd and its pipes."""
+    """A spawned box: the helper's pid (bwrap or runsc after exec), its pidfd and its pipes."""
 
     pid: int
     pidfd: int
     pipes: Pipes
+    name: str = ""  # gVisor's container id; empty for a jail
+    status_seen: bytearray = field(default_factory=bytearray)  # status read before the monitor took over
 
     def kill(self) -> None:
         """SIGKILL the spawned process through its pidfd (immune to pid reuse).
@@ -134,8 +179,8 @@ class Launched:
         self.pipes.close_all()
 
 
-def spawn(argv: Sequence[str], seccomp_program: bytes, *, with_command: bool) -> Launched:
-    pipes = Pipes.create(seccomp_program, with_command=with_command)
+def spawn(argv: Sequence[str], pipes: Pipes) -> Launched:
+    """Start argv with the child ends of pipes; the Launched owns pipes from here on."""
     try:
         pid = os.posix_spawn(
             argv[0], list(argv), {}, file_actions=pipes.child_actions(), setsigdef=_ALL_SIGNALS, setsigmask=set()

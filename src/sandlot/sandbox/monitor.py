@@ -61,6 +61,7 @@ class RunMonitor:
         self.baseline = baseline or CgroupStats(0.0, 0, 0)
         self.started = time.monotonic() if started is None else started
         self.state = _RunState(output_left=limits.max_output_bytes)
+        self.state.status_lines += launched.status_seen
 
     @property
     def pid(self) -> int:
@@ -89,6 +90,7 @@ class RunMonitor:
         def on_exit() -> None:
             loop.remove_reader(pidfd)
             _, wstatus = os.waitpid(pid, 0)
+            pipes.launcher_exited()
             if not exited.done():
                 exited.set_result(wstatus)
 

@@ -24,14 +24,15 @@ COMMAND_FD = 5  # only for jails launched ahead of time
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Host files from /etc the toolchains need; everything else of /etc stays out.
-_ETC_FILES = (
+ETC_FILES = (
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
     "/etc/alternatives",
     "/etc/localtime",
 )
-_TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYNTHETIC_ETC = ("passwd", "group", "hosts", "nsswitch.conf")  # written by sandlot, not the host's
+TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 PASSWD = f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{BOX_UID}:{BOX_UID}:sandbox:{BOX_WORKDIR}:/bin/bash\n"
 PASSWD += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -51,7 +52,7 @@ class Bind:
 def write_synthetic_etc(etc_dir: Path) -> None:
     """The /etc files the box gets instead of the host's (no shadow, no real users)."""
     etc_dir.mkdir(parents=True, exist_ok=True)
-    for name, content in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS), ("nsswitch.conf", NSSWITCH)):
+    for name, content in zip(SYNTHETIC_ETC, (PASSWD, GROUP, HOSTS, NSSWITCH), strict=True):
         path = etc_dir / name
         if not path.exists() or path.read_text() != content:
             tmp = etc_dir / f".{name}.tmp"
@@ -62,7 +63,7 @@ def write_synthetic_etc(etc_dir: Path) -> None:
 
 def _top_level_args() -> list[str]:
     args: list[str] = []
-    for path in _TOP_LEVEL:
+    for path in TOP_LEVEL:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
@@ -116,9 +117,9 @@ def bwrap_argv(
         *_top_level_args(),
     ]
     argv += ["--perms", "0755", "--dir", "/etc"]
-    for path in _ETC_FILES:
+    for path in ETC_FILES:
         argv += ["--ro-bind-try", path, path]
-    for etc_name in ("passwd", "group", "hosts", "nsswitch.conf"):
+    for etc_name in SYNTHETIC_ETC:
         argv += ["--ro-bind", str(etc_dir / etc_name), f"/etc/{etc_name}"]
     argv += [
         "--proc",

@@ -1,0 +1,329 @@
+"""The gVisor backend: the jail's policy as an OCI bundle, run by ``runsc``.
+
+Theory of operation
+-------------------
+Isolation level ``gvisor`` puts gVisor's user-space kernel (the Sentry)
+between the program and the host kernel. Everything else is the jail's: the
+same slot (host uid, cgroup, size-capped tmpfs workdir), the same init
+(``sandlot-helper init`` as pid 1 of the sandbox), the same status protocol
+and the same ``RunMonitor``. What differs is how the box is started::
+
+    sandlot-helper launch --uid 0   (join the box's cgroups, stay root)
+      -> runsc run --bundle ...     (gVisor: Sentry + gofer, all in that cgroup)
+        -> sandlot-helper init      (pid 1 inside, as the box's uid)
+          -> the program
+
+runsc passes nothing but stdio into the sandbox, so the init's status and
+command channels are two host FIFOs in ``<box>/.gvisor`` (on the box's own
+tmpfs), bind-mounted at ``/.sandlot``; runsc's ``--host-fifo=open`` lets the
+init open them. The init unlinks both names as soon as it holds them, before
+any program exists, so a program cannot reopen them to forge a status.
+
+The host holds both ends of each FIFO from before the launch: a status reader
+(what the monitor reads) plus a writer kept until runsc exits (so EOF means
+the sandbox is gone, never "the init has not opened it yet"), and a command
+writer plus a reader that keeps a written command buffered until the init
+reads it.
+
+The bundle (``config.json``) is written per launch into the box's run
+directory: read-only /usr and /etc (the synthetic one, as files copied into a
+per-host directory, since symlinks out of a bind mount would point back into
+the sandbox), the root a read-only empty directory with the host's top-level
+symlinks, /usr/local masked, the workdir at /box, size-capped tmpfs /tmp and
+/dev/shm, a private /proc, no network, no capabilities, no_new_privs.
+
+Accounting: runsc runs with ``--ignore-cgroups`` inside the box's cgroup, so
+the cgroup holds the whole sandbox. CPU time and peak memory therefore
+include gVisor's own kernel doing the program's syscalls; the memory and task
+limits get an allowance for it (``gvisor_memory_overhead_bytes``,
+``gvisor_task_overhead``). docs/security.md has the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandlot.config import Settings
+from sandlot.errors import SandboxError
+from sandlot.sandbox import policy
+
+CONTROL_DIR = "/.sandlot"  # where the FIFOs appear inside the sandbox
+STATUS_FIFO = "status"
+COMMAND_FIFO = "command"
+_PROBE_TIMEOUT_S = 30.0
+UNAVAILABLE = "isolation 'gvisor' is unavailable here: "
+
+
+class GvisorUnavailable(SandboxError):
+    """runsc is missing or cannot start a sandbox on this host; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class GvisorBundle:
+    """Paths of one box's gVisor launch: its bundle, runsc state and FIFO directory."""
+
+    run_dir: Path  # root-only: config.json and runsc's --root
+    control_dir: Path  # on the box's tmpfs: the two FIFOs
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "runsc"
+
+    @property
+    def status_fifo(self) -> Path:
+        return self.control_dir / STATUS_FIFO
+
+    @property
+    def command_fifo(self) -> Path:
+        return self.control_dir / COMMAND_FIFO
+
+
+class Gvisor:
+    """Host-wide gVisor context: the shared rootfs and /etc, the runsc flags, the probe."""
+
+    def __init__(self, settings: Settings, *, etc_dir: Path) -> None:
+        self.settings = settings
+        self.base_dir = settings.state_dir / "gvisor"
+        self.rootfs = self.base_dir / "rootfs"
+        self.etc_dir = self.base_dir / "etc"
+        self._source_etc = etc_dir
+        self._problem: str | None = None
+        self._prepared = False
+        self._probed = False
+
+    # ------------------------------------------------------------ availability
+
+    def check(self, *, probe: bool = True) -> None:
+        """Raise GvisorUnavailable with runsc's own words unless boxes can start here.
+
+        The cheap part (runsc present, the shared host files ready) runs once and
+        is enough to open a box: a launch that fails then shows runsc's error in its
+        Result. ``probe`` also starts one throw-away sandbox (once; ~0.3 s), so a
+        server can refuse the level up front with the exact reason.
+        """
+        if self._problem is None and not self._prepared:
+            self._problem = self._prepare()
+            self._prepared = True
+        if self._problem is None and probe and not self._probed:
+            self._problem = self._probe()
+            self._probed = True
+        if self._problem is not None:
+            raise GvisorUnavailable(f"{UNAVAILABLE}{self._problem}")
+
+    def _prepare(self) -> str | None:
+        runsc = self.settings.runsc_path
+        if not os.access(runsc, os.X_OK):
+            return f"runsc not found at {runsc}; install the runsc package (gVisor)"
+        try:
+            self.prepare_host()
+        except OSError as exc:
+            return f"cannot prepare gVisor's root filesystem: {exc}"
+        return None
+
+    def _probe(self) -> str | None:
+        # Per process: another sandlot process on the host may be probing at the same time.
+        probe_dir = self.settings.run_dir / f"gvisor-probe-{os.getpid()}"
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        bundle = probe_dir / "bundle"
+        bundle.mkdir(parents=True)
+        try:
+            config = self.config(
+                args=["/bin/true"],
+                env={"PATH": policy.BASE_PATH},
+                uid=65534,
+                gid=65534,
+                workdir=None,
+                tmp_size_bytes=1024 * 1024,
+                binds=(),
+                helper=None,
+                control_dir=None,
+            )
+            (bundle / "config.json").write_text(json.dumps(config))
+            argv = self.runsc_argv(probe_dir / "runsc", bundle, f"probe-{os.getpid()}")
+            try:
+                proc = subprocess.run(argv, capture_output=True, timeout=_PROBE_TIMEOUT_S, check=False)
+            except subprocess.TimeoutExpired:
+                return f"runsc did not start a sandbox within {_PROBE_TIMEOUT_S:g} s (platform {self.platform})"
+            except OSError as exc:
+                return f"cannot run runsc: {exc}"
+            if proc.returncode != 0:
+                detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+                return f"runsc failed (exit {proc.returncode}): {detail[-1] if detail else 'no message'}"
+            return None
+        finally:
+            shutil.rmtree(probe_dir, ignore_errors=True)
+
+    @property
+    def platform(self) -> str:
+        return self.settings.gvisor_platform
+
+    # ------------------------------------------------------------ host files
+
+    def prepare_host(self) -> None:
+        """The empty read-only root (with the host's top-level symlinks) and the /etc copy, shared by all boxes.
+
+        Other sandlot processes on the host may be starting sandboxes from these
+        very directories: nothing that exists is ever changed in place. The root
+        gets only missing links, and /etc is a new directory named by its
+        content, switched to by ``etc_dir``.
+        """
+        self.rootfs.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base_dir, 0o711)
+        os.chmod(self.rootfs, 0o755)
+        for top in policy.TOP_LEVEL:
+            link = self.rootfs / top.lstrip("/")
+            if os.path.islink(top) and not link.is_symlink():
+                with contextlib.suppress(FileExistsError):
+                    link.symlink_to(os.readlink(top))
+        fresh = self.base_dir / f".etc.{os.getpid()}"
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        for name in policy.SYNTHETIC_ETC:
+            shutil.copy2(self._source_etc / name, fresh / name)
+        for path in policy.ETC_FILES:
+            source = Path(path)
+            target = fresh / source.name
+            if source.is_symlink() and not source.is_dir():
+                target.symlink_to(os.readlink(source))
+            elif source.is_dir():
+                shutil.copytree(source, target, symlinks=True)
+            elif source.exists():
+                shutil.copy2(source, target)
+        os.chmod(fresh, 0o755)
+        digest = hashlib.sha256()
+        for entry in sorted(fresh.rglob("*")):
+            digest.update(str(entry.relative_to(fresh)).encode())
+            if entry.is_symlink():
+                digest.update(os.readlink(entry).encode())
+            elif entry.is_file():
+                digest.update(entry.read_bytes())
+        target = self.base_dir / f"etc-{digest.hexdigest()[:16]}"
+        if target.exists():
+            shutil.rmtree(fresh, ignore_errors=True)
+        else:
+            try:
+                os.rename(fresh, target)
+            except OSError:  # another process made the same one first
+                shutil.rmtree(fresh, ignore_errors=True)
+        self.etc_dir = target
+
+    def bundle_for(self, run_dir: Path, box_root: Path) -> GvisorBundle:
+        return GvisorBundle(run_dir=run_dir, control_dir=box_root / ".gvisor")
+
+    def make_fifos(self, bundle: GvisorBundle, *, uid: int, gid: int, with_command: bool) -> None:
+        """Fresh FIFOs for one launch, owned by the box uid (the init opens them as that uid)."""
+        bundle.control_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(bundle.control_dir, uid, gid)
+        os.chmod(bundle.control_dir, 0o700)
+        for fifo in (bundle.status_fifo, bundle.command_fifo):
+            with contextlib.suppress(FileNotFoundError):
+                fifo.unlink()
+            if fifo == bundle.status_fifo or with_command:
+                os.mkfifo(fifo, 0o600)
+                os.chown(fifo, uid, gid)
+
+    # ------------------------------------------------------------ argv and config
+
+    def runsc_argv(self, state_dir: Path, bundle_dir: Path, container_id: str) -> list[str]:
+        return [
+            str(self.settings.runsc_path),
+            "--root",
+            str(state_dir),
+            "--platform",
+            self.platform,
+            "--network",
+            "none",
+            "--ignore-cgroups",
+            "--host-fifo",
+            "open",
+            "run",
+            "--bundle",
+            str(bundle_dir),
+            container_id,
+        ]
+
+    def config(
+        self,
+        *,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        uid: int,
+        gid: int,
+        workdir: Path | None,
+        tmp_size_bytes: int,
+        binds: Sequence[policy.Bind],
+        helper: Path | None,
+        control_dir: Path | None,
+    ) -> dict[str, Any]:
+        """The OCI runtime spec of one sandbox: the jail's policy in OCI terms."""
+        tmp_options = ["nosuid", "nodev", "mode=1777", f"size={tmp_size_bytes}"]
+        mounts: list[dict[str, Any]] = [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            _bind("/usr", "/usr", writable=False),
+            {"destination": "/usr/local", "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4096"]},
+            _bind(str(self.etc_dir), "/etc", writable=False),
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmp_options},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs", "options": tmp_options},
+        ]
+        for top in policy.TOP_LEVEL:
+            if os.path.isdir(top) and not os.path.islink(top):
+                mounts.append(_bind(top, top, writable=False))
+        if workdir is not None:
+            mounts.append(_bind(str(workdir), policy.BOX_WORKDIR, writable=True))
+        for bind in binds:
+            if bind.optional and not bind.source.exists():
+                continue
+            mounts.append(_bind(str(bind.source), bind.dest, writable=bind.writable))
+        if helper is not None:
+            mounts.append(_bind(str(helper), policy.INIT_PATH, writable=False))
+        if control_dir is not None:
+            mounts.append(_bind(str(control_dir), CONTROL_DIR, writable=True))
+        no_caps: list[str] = []
+        cap_sets = ("bounding", "effective", "inheritable", "permitted", "ambient")
+        return {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": uid, "gid": gid, "additionalGids": []},
+                "args": list(args),
+                "env": [f"{k}={v}" for k, v in env.items()],
+                "cwd": policy.BOX_WORKDIR if workdir is not None else "/",
+                "capabilities": dict.fromkeys(cap_sets, no_caps),
+                "noNewPrivileges": True,
+            },
+            "root": {"path": str(self.rootfs), "readonly": True},
+            "hostname": policy.BOX_HOSTNAME,
+            "mounts": mounts,
+            "linux": {
+                "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"],
+            },
+        }
+
+    def init_args(self, *, with_command: bool, command: Sequence[str] | None, rlimits: Mapping[str, int]) -> list[str]:
+        args = [policy.INIT_PATH, "init", "--status-path", f"{CONTROL_DIR}/{STATUS_FIFO}"]
+        if with_command:
+            args += ["--command-path", f"{CONTROL_DIR}/{COMMAND_FIFO}"]
+        for resource, amount in rlimits.items():
+            args += ["--rlimit", f"{resource}={amount}"]
+        if command is not None:
+            args += ["--", *command]
+        return args
+
+
+def _bind(source: str, dest: str, *, writable: bool) -> dict[str, Any]:
+    return {
+        "destination": dest,
+        "type": "bind",
+        "source": source,
+        "options": ["rbind", "rw" if writable else "ro", "nosuid", "nodev"],
+    }

@@ -1,0 +1,228 @@
+"""Isolation level gvisor: what only it has, and how the service offers (or refuses) it.
+
+The behaviour suite (test_isolation, test_limits, test_languages) runs at both
+levels; here are gVisor's own properties: the whole sandbox (gVisor's host
+processes included) lives and dies in the box's cgroup, the init's channels
+cannot be reopened by the program, the program never touches the host kernel
+directly, and the doors: per-request choice, the server default, a per-key
+minimum, sessions, and a 503 naming the level when runsc cannot run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sandlot.api.http import create_app
+from sandlot.config import Settings
+from sandlot.models import Status
+from sandlot.sandbox import Box, Sandbox
+from sandlot.sandbox.gvisor import GvisorUnavailable
+from sandlot.service import ApiKey, Service
+
+from .conftest import make_settings, run_in
+from .test_http import asgi_client, running_service
+
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def gvisor_box(sandbox: Sandbox) -> Box:
+    sandbox.check_isolation("gvisor")  # fails with runsc's own words if it cannot run here
+    return sandbox.open_box(isolation="gvisor")
+
+
+async def test_the_program_runs_on_gvisors_kernel_not_the_hosts(gvisor_box: Box, settings: Settings) -> None:
+    try:
+        result = await run_in(gvisor_box, ["/bin/sh", "-c", "cat /proc/version; id -u"], settings.run_defaults)
+    finally:
+        gvisor_box.close()
+    assert result.status is Status.OK, result
+    version, uid = result.stdout.decode().splitlines()
+    host_version = Path("/proc/version").read_text().strip()
+    assert version != host_version  # gVisor's Sentry answers, not the host kernel
+    assert int(uid) == gvisor_box.slot.uid  # the slot's own uid: files it writes are that uid's on the host
+
+
+async def test_every_host_process_of_the_sandbox_is_in_the_box_cgroup_and_none_survives(
+    sandbox: Sandbox, gvisor_box: Box, settings: Settings
+) -> None:
+    seen: dict[str, object] = {}
+    result = None
+    try:
+        async for item in gvisor_box.run(
+            ["/bin/sh", "-c", "(sleep 100 &) ; echo started; sleep 1"], limits=settings.run_defaults
+        ):
+            if not seen:
+                cgroup = sandbox.driver.open_existing(gvisor_box.slot.cgroup_name)
+                assert cgroup is not None
+                members = set(cgroup.pids())
+                names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in members}
+                seen = {"members": members, "names": names}
+            result = item
+    finally:
+        gvisor_box.close()
+    assert result.status is Status.OK, result  # type: ignore[union-attr]
+    members = seen["members"]
+    assert isinstance(members, set)
+    assert len(members) >= 3  # runsc, its sandbox (the Sentry) and gofer at least
+    assert any(name.startswith(("runsc", "exe")) for name in seen["names"]), seen  # type: ignore[union-attr]
+    # Every one of them is gone with the run, the detached sleep's host stub included.
+    assert [pid for pid in members if Path(f"/proc/{pid}").exists() and _alive(pid)] == []
+    assert sandbox.driver.open_existing(gvisor_box.slot.cgroup_name) is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+_FORGE = """
+import json, os
+out = {"control": os.listdir("/.sandlot")}
+for fd in (4, 5):
+    try:
+        os.write(os.open(f"/proc/1/fd/{fd}", os.O_WRONLY), b"X 1 0\\n")
+        out[fd] = "wrote"
+    except OSError as exc:
+        out[fd] = exc.strerror
+print(json.dumps(out))
+raise SystemExit(3)
+"""
+
+
+async def test_the_program_cannot_forge_the_inits_status(gvisor_box: Box, settings: Settings) -> None:
+    try:
+        result = await run_in(gvisor_box, [PYTHON, "-c", _FORGE], settings.run_defaults)
+    finally:
+        gvisor_box.close()
+    seen = json.loads(result.stdout.decode().splitlines()[-1])
+    assert seen["control"] == []  # the init unlinked both FIFOs before the program existed
+    assert "wrote" not in (seen["4"], seen["5"]), seen
+    # Its own exit code stands: nothing it wrote was taken for the init's report.
+    assert (result.status, result.exit_code) == (Status.RUNTIME_ERROR, 3), result
+
+
+async def test_the_bundle_keeps_the_jails_policy(gvisor_box: Box) -> None:
+    gv = gvisor_box.sandbox.gvisor
+    config = gv.config(
+        args=["/bin/true"],
+        env={},
+        uid=gvisor_box.slot.uid,
+        gid=gvisor_box.slot.gid,
+        workdir=gvisor_box.workdir,
+        tmp_size_bytes=1 << 20,
+        binds=(),
+        helper=None,
+        control_dir=None,
+    )
+    gvisor_box.close()
+    process = config["process"]
+    assert process["noNewPrivileges"] is True
+    assert all(caps == [] for caps in process["capabilities"].values())
+    assert process["user"]["uid"] == gvisor_box.slot.uid != 0
+    assert config["root"]["readonly"] is True
+    mounts = {m["destination"]: m for m in config["mounts"]}
+    for read_only in ("/usr", "/etc"):
+        assert "ro" in mounts[read_only]["options"]
+    assert "rw" in mounts["/box"]["options"]
+    assert f"size={1 << 20}" in mounts["/tmp"]["options"]
+    assert {"type": "network"} in config["linux"]["namespaces"]
+    argv = gv.runsc_argv(Path("/x"), Path("/y"), "id")
+    assert argv[argv.index("--network") + 1] == "none"
+
+
+def test_a_missing_runsc_is_refused_with_the_exact_reason(tmp_path: Path) -> None:
+    settings = dataclasses.replace(make_settings(), runsc_path=tmp_path / "no-runsc")
+    sandbox = Sandbox(settings)
+    with pytest.raises(GvisorUnavailable) as refused:
+        sandbox.open_box(isolation="gvisor")
+    assert "isolation 'gvisor' is unavailable here: runsc not found" in str(refused.value)
+    assert str(tmp_path / "no-runsc") in str(refused.value)
+
+
+# ------------------------------------------------------------------ through the service
+
+
+async def test_http_runs_at_the_requested_level_and_a_session_keeps_it() -> None:
+    async with running_service(gvisor_pool_size=2) as service, asgi_client(create_app(service)) as client:
+        code = "import os; print(open('/proc/version').read().split()[0], os.getuid())"
+        answers = {}
+        for level in ("jail", "gvisor"):
+            reply = await client.post("/api/v1/run", json={"language": "python", "code": code, "isolation": level})
+            assert reply.status_code == 200, reply.text
+            answers[level] = reply.json()
+        assert answers["jail"]["stdout"].split()[1] == "1000"
+        assert answers["gvisor"]["stdout"].split()[1] != "1000"  # the slot uid: it ran in gVisor
+        assert answers["jail"]["stdout"] != answers["gvisor"]["stdout"]
+
+        made = await client.post("/api/v1/sessions", json={"isolation": "gvisor"})
+        assert made.status_code == 201, made.text
+        assert made.json()["isolation"] == "gvisor"
+        session = made.json()["session_id"]
+        write = {"language": "python", "code": "open('kept.txt','w').write('yes')", "session_id": session}
+        assert (await client.post("/api/v1/run", json=write)).json()["status"] == "ok"
+        read = {"language": "python", "code": "print(open('kept.txt').read())", "session_id": session}
+        again = (await client.post("/api/v1/run", json=read)).json()
+        assert again["stdout"] == "yes\n", again
+
+
+async def test_an_unavailable_level_is_a_503_naming_it_never_a_weaker_run() -> None:
+    async with running_service(gvisor_pool_size=0) as service, asgi_client(create_app(service)) as client:
+        reply = await client.post("/api/v1/run", json={"language": "python", "code": "print(1)", "isolation": "gvisor"})
+        assert reply.status_code == 503, reply.text
+        assert "gvisor" in reply.json()["error"]["message"]
+        unknown = await client.post("/api/v1/run", json={"language": "python", "code": "print(1)", "isolation": "vm"})
+        assert unknown.status_code == 400
+        assert unknown.json()["error"]["field"] == "isolation"
+
+
+async def test_an_api_key_can_require_gvisor() -> None:
+    keys = (ApiKey("strict", "t1", min_isolation="gvisor"), ApiKey("open", "t2"))
+    async with running_service(gvisor_pool_size=1, api_keys=keys) as service:
+        async with asgi_client(create_app(service), authorization="Bearer strict") as client:
+            code = "import os; print(os.getuid())"
+            plain = await client.post("/api/v1/run", json={"language": "python", "code": code})
+            assert plain.status_code == 200, plain.text
+            assert plain.json()["stdout"] != "1000\n"  # raised to gvisor without being asked
+            weaker = await client.post("/api/v1/run", json={"language": "python", "code": code, "isolation": "jail"})
+            assert weaker.status_code == 403, weaker.text
+            assert "gvisor" in weaker.json()["error"]["message"]
+        async with asgi_client(create_app(service), authorization="Bearer open") as client:
+            plain = await client.post("/api/v1/run", json={"language": "python", "code": code})
+            assert plain.json()["stdout"] == "1000\n"
+
+
+async def test_the_server_default_level_applies_to_requests_naming_none() -> None:
+    async with running_service(gvisor_pool_size=1, default_isolation="gvisor") as service:
+        assert isinstance(service, Service)
+        async with asgi_client(create_app(service)) as client:
+            code = "import os; print(os.getuid())"
+            reply = await client.post("/api/v1/run", json={"language": "python", "code": code})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["stdout"] != "1000\n"
+            asked = await client.post("/api/v1/run", json={"language": "python", "code": code, "isolation": "jail"})
+            assert asked.json()["stdout"] == "1000\n"
+
+
+def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = tmp_path / "hello.py"
+    program.write_text("import os; print('uid', os.getuid())\n")
+    env = {**os.environ, "SANDLOT_STATE_DIR": "/var/lib/sandlot-test", "SANDLOT_RUN_DIR": "/run/sandlot-test"}
+    env.update({"SANDLOT_CGROUP_NAME": "sandlot-test", "SANDLOT_BOX_UID_BASE": "910000000"})
+    cli = [str(Path(sys.executable).parent / "sandlot"), "run", str(program), "--json"]
+    jailed = subprocess.run(cli, capture_output=True, env=env, timeout=60, check=False)
+    gvisor = subprocess.run([*cli, "--isolation", "gvisor"], capture_output=True, env=env, timeout=60, check=False)
+    assert (jailed.returncode, gvisor.returncode) == (0, 0), (jailed.stderr, gvisor.stderr)
+    assert json.loads(jailed.stdout)["stdout"] == "uid 1000\n"
+    assert json.loads(gvisor.stdout)["stdout"].startswith("uid 91")
