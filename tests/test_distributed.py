@@ -226,13 +226,9 @@ class Cluster:
         ]
         return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
 
-    def worker(self, n: int, pool_size: int = 1, **settings: object) -> Node:
-        return self._launch(
-            n,
-            ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"],
-            0,
-            settings,
-        )
+    def worker(self, n: int, pool_size: int = 1, gvisor_pool_size: int = 0, **settings: object) -> Node:
+        command = ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)]
+        return self._launch(n, [*command, "--gvisor-pool-size", str(gvisor_pool_size)], 0, settings)
 
     def _launch(self, n: int, args: list[str], http_port: int, settings: dict[str, object]) -> Node:
         log = self.log_dir / f"node-{n}.log"
@@ -538,6 +534,44 @@ def test_a_sessions_runs_stay_on_its_worker_and_start_afresh_when_that_worker_is
         node.stop()
     _sweep()  # the killed worker could not release its boxes
     assert _leftovers() == []
+
+
+LEVEL_STEP = SESSION_STEP + "import os\nprint('uid', os.getuid())\n"
+
+
+@pytest.mark.timeout(180)
+def test_a_gvisor_sessions_runs_go_at_its_level_on_a_worker(cluster: Cluster, redis_server: _Redis) -> None:
+    """The level is chosen when the session is made, recorded in Redis, and every run of it goes at it."""
+    api, worker = cluster.api(1), cluster.worker(2, pool_size=1, gvisor_pool_size=1)
+    cluster.start(api, worker)
+    rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        with httpx.Client(base_url=api.url, timeout=30.0) as client:
+            made = client.post("/api/v1/sessions", json={"isolation": "gvisor"})
+            assert made.status_code == 201, made.text
+            assert made.json()["isolation"] == "gvisor"
+            session_id = made.json()["session_id"]
+            assert rdb.hget(Keys().session("public", session_id), "isolation") == b"gvisor"
+
+            seen = []
+            for asked in ("", "jail"):  # the server's default, or a weaker ask: the session's level either way
+                body = execution(LEVEL_STEP) | {"session_id": session_id}
+                reply = client.post("/api/v1/run", json=body | ({"isolation": asked} if asked else {}))
+                assert reply.status_code == 200, reply.text
+                seen.append(reply.json()["stdout"].split("\n")[:2])
+            assert [found for found, _ in seen] == ["missing", "found x"]  # one box, kept between runs
+            assert all(uid != "uid 1000" for _, uid in seen), seen  # the slot's own uid: gVisor, not the jail
+
+            plain = client.post("/api/v1/run", json=execution(LEVEL_STEP))  # no session: the default level
+            assert plain.status_code == 200, plain.text
+            assert plain.json()["stdout"].split("\n")[:2] == ["missing", "uid 1000"]
+
+            jail = client.post("/api/v1/sessions").json()["session_id"]
+            stronger = client.post("/api/v1/run", json=execution(HELLO) | {"session_id": jail, "isolation": "gvisor"})
+            assert stronger.status_code == 400, stronger.text  # never run weaker than asked
+            assert "weaker than the requested 'gvisor'" in stronger.text
+    finally:
+        rdb.close()
 
 
 @pytest.mark.timeout(180)

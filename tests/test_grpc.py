@@ -63,7 +63,7 @@ class _Env:
 
 
 @contextlib.asynccontextmanager
-async def _serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
+async def grpc_serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
     service = await Service.start(make_settings(run_defaults=_FAST_LIMITS), server_settings)
     try:
         address = f"127.0.0.1:{_free_port()}"
@@ -85,7 +85,7 @@ async def _serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
 
 @pytest.fixture
 async def env() -> AsyncIterator[_Env]:
-    async with _serving(ServerSettings(gvisor_pool_size=0, pool_size=2)) as serving:
+    async with grpc_serving(ServerSettings(gvisor_pool_size=0, pool_size=2)) as serving:
         yield serving
 
 
@@ -371,7 +371,7 @@ async def test_interact_bad_signal_cancels_the_run(env: _Env) -> None:
 
 
 async def test_queue_full_is_resource_exhausted() -> None:
-    async with _serving(ServerSettings(gvisor_pool_size=0, pool_size=1, max_queued=1)) as env:
+    async with grpc_serving(ServerSettings(gvisor_pool_size=0, pool_size=1, max_queued=1)) as env:
         service = env.service
 
         def spec() -> TaskSpec:
@@ -398,7 +398,7 @@ async def test_queue_full_is_resource_exhausted() -> None:
 
 async def test_api_keys_are_required_when_configured() -> None:
     keys = (ApiKey("right-key", "acme"),)
-    async with _serving(ServerSettings(gvisor_pool_size=0, pool_size=1, api_keys=keys)) as env:
+    async with grpc_serving(ServerSettings(gvisor_pool_size=0, pool_size=1, api_keys=keys)) as env:
         request = pb.ListLanguagesRequest()
         error = await _status_of(env.sandlot.ListLanguages(request))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED

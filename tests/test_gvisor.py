@@ -15,17 +15,22 @@ import json
 import os
 from pathlib import Path
 
+import grpc
 import pytest
+from websockets.asyncio.client import connect
 
+from sandlot.api.gen.go_sandbox.v1 import sandbox_pb2
+from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http import create_app
 from sandlot.config import Settings
 from sandlot.models import Status
 from sandlot.sandbox import Box, Sandbox
 from sandlot.sandbox.gvisor import GvisorUnavailable
-from sandlot.service import ApiKey, Service
+from sandlot.service import ApiKey, ServerSettings, Service
 
 from .conftest import make_settings, run_in
-from .test_http import asgi_client, running_service
+from .test_grpc import grpc_serving
+from .test_http import asgi_client, live_server, running_service
 
 PYTHON = "/usr/bin/python3"
 
@@ -226,3 +231,48 @@ def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
     assert (jailed.returncode, gvisor.returncode) == (0, 0), (jailed.stderr, gvisor.stderr)
     assert json.loads(jailed.stdout)["stdout"] == "uid 1000\n"
     assert json.loads(gvisor.stdout)["stdout"].startswith("uid 91")
+
+
+UID_CODE = "import os, sys\nprint('uid', os.getuid())\nprint('read', sys.stdin.readline().strip(), flush=True)\n"
+
+
+async def test_websocket_runs_at_the_requested_level_with_live_stdin() -> None:
+    async with running_service(gvisor_pool_size=1) as service, live_server(create_app(service)) as address:
+        outputs = {}
+        for level in ("jail", "gvisor"):
+            async with connect(f"ws://{address}/api/v1/ws") as ws:
+                run = {"type": "run", "language": "python", "code": UID_CODE, "isolation": level}
+                await ws.send(json.dumps(run))
+                while (message := json.loads(await ws.recv()))["type"] != "stage":
+                    assert message["type"] not in ("exit", "error"), message
+                await ws.send(json.dumps({"type": "stdin", "data": "line\n"}))  # sent while the program runs
+                while (message := json.loads(await ws.recv()))["type"] != "exit":
+                    assert message["type"] != "error", message
+                assert message["result"]["status"] == "ok", message
+                outputs[level] = message["result"]["stdout"]
+        assert outputs["jail"] == "uid 1000\nread line\n"
+        gvisor_uid, read = outputs["gvisor"].splitlines()
+        assert (gvisor_uid != "uid 1000", read) == (True, "read line"), outputs  # the slot uid: it ran in gVisor
+
+
+async def test_grpc_runs_at_the_requested_level_and_refuses_an_unavailable_one() -> None:
+    async with grpc_serving(ServerSettings(pool_size=1, gvisor_pool_size=1, default_isolation="gvisor")) as env:
+        answers = {}
+        for level in ("jail", "gvisor"):
+            call = env.sandlot.Execute(
+                pb.ExecuteRequest(language="python", code=UID_CODE, isolation=level, stdin=b"x\n")
+            )
+            events = [event async for event in call]
+            answers[level] = events[-1].exit.result.stdout.decode()
+        assert answers["jail"] == "uid 1000\nread x\n"
+        assert answers["gvisor"].startswith("uid ") and not answers["gvisor"].startswith("uid 1000\n"), answers
+        # go_sandbox.v1 has no isolation field: its runs go at the server's default level.
+        responses = [r async for r in env.go.RunCode(sandbox_pb2.RunRequest(code="import os\nprint(os.getuid())"))]
+        assert [r.output for r in responses if not r.is_error] not in (["1000\n"], []), responses
+
+    async with grpc_serving(ServerSettings(pool_size=1, gvisor_pool_size=0)) as env:
+        call = env.sandlot.Execute(pb.ExecuteRequest(language="python", code="print(1)", isolation="gvisor"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            _ = [event async for event in call]
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "gvisor" in (refused.value.details() or "")
