@@ -27,6 +27,7 @@ from .conftest import leftover_mounts, run_in, run_job
 
 _BOX_SLOTS = range(800, 900)
 _STALE_SLOTS = range(900, 1000)
+PF_EXITING = 0x00000004  # include/linux/sched.h: the task is in do_exit()
 
 _SPAWNER = """
 import subprocess
@@ -62,6 +63,9 @@ def _host_pids_of_uid(uid: int) -> list[int]:
 
     Zombies are skipped: a box's init can be reparented to the host's pid 1 when the
     cgroup kill ends it and bwrap together, and stays a zombie until pid 1 reaps it.
+    So are processes already in their exit (PF_EXITING): the kernel takes a process
+    out of its cgroup early in exit, before it turns zombie, so an empty cgroup may
+    still show one in /proc for a moment; it can no longer run anything.
     """
     found: list[int] = []
     for entry in Path("/proc").iterdir():
@@ -72,11 +76,21 @@ def _host_pids_of_uid(uid: int) -> list[int]:
         except OSError:
             continue  # exited while we looked
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("State", "").split()[:1] == ["Z"]:
+        if fields.get("State", "").split()[:1] == ["Z"] or _exiting(entry):
             continue
         if str(uid) in fields.get("Uid", "").split():
             found.append(int(entry.name))
     return found
+
+
+def _exiting(proc: Path) -> bool:
+    """Whether the process has PF_EXITING set (field 9 of /proc/PID/stat, after the parenthesised name)."""
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return True  # gone while we looked
+    flags = int(stat.rsplit(")", 1)[1].split()[6])
+    return bool(flags & PF_EXITING)
 
 
 def _mounts_of(root: Path) -> list[Path]:
