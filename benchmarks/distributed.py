@@ -205,7 +205,8 @@ class _Cluster:
         return self._start(n, argv, port)
 
     def worker(self, n: int, pool_size: int) -> _Node:
-        return self._start(n, [*_sandlot(), "worker", "--redis", self.redis_url, "--pool-size", str(pool_size)])
+        argv = [*_sandlot(), "worker", "--redis", self.redis_url, "--pool-size", str(pool_size)]
+        return self._start(n, [*argv, "--gvisor-pool-size", "0"])  # jail runs only: no gVisor boxes to keep warm
 
     def stop(self) -> None:
         for node in reversed(self.nodes):

@@ -20,7 +20,11 @@ per second, sandlot/bare ratios, the host's load average and the issue's targets
 
 With ``--isolation gvisor`` every request asks for the gVisor level and the
 server's gVisor pool gets the ``--pool-size`` warm sandboxes (its jail pool
-keeps its default); the target is then gVisor's (sequential p50).
+keeps its default); the target is then gVisor's (sequential p50), and a third
+series is added: ``--paced`` requests one after another with ``--pause`` seconds
+between them, so that every request finds a warm sandbox started while the
+machine was otherwise idle. Back to back on a 2-core host, the replenishing of
+the pool (~0.13 s of CPU per gVisor sandbox) shares the cores with the run.
 """
 
 from __future__ import annotations
@@ -178,11 +182,14 @@ def _check(response: httpx.Response) -> None:
         raise SystemExit(f"unexpected result: {data}")
 
 
-def _sequential(base: str, count: int) -> _Sample:
+def _sequential(base: str, count: int, pause_s: float = 0.0) -> _Sample:
+    """One request after another; with ``pause_s``, that long between a response and the next request."""
     latencies: list[float] = []
     with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
         started, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
+            if pause_s:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             response = client.post("/api/v1/run", json=BODY)
             latencies.append(time.perf_counter() - t0)
@@ -308,7 +315,13 @@ def _verdict(met: bool) -> str:
 
 
 def _report(
-    args: argparse.Namespace, seq: _Sample, conc: _Sample, hey: _Sample | None, bare_seq: _Sample, bare_conc: _Sample
+    args: argparse.Namespace,
+    seq: _Sample,
+    conc: _Sample,
+    hey: _Sample | None,
+    bare_seq: _Sample,
+    bare_conc: _Sample,
+    paced: _Sample | None = None,
 ) -> None:
     seq_label = f"sequential ({args.sequential})"
     conc_label = f"{args.clients} clients ({args.concurrent})"
@@ -325,9 +338,15 @@ def _report(
         print(line)
     print("targets:")
     if args.isolation == "gvisor":
+        if paced is not None:
+            print(
+                f"  gVisor p50 <= {GVISOR_P50_TARGET_MS:.0f} ms, warm pool ({args.paced} requests, "
+                f"{args.pause:g} s apart): {paced.p50_ms:.1f} ms (p99 {paced.p99_ms:.1f} ms) "
+                f"{_verdict(paced.p50_ms <= GVISOR_P50_TARGET_MS)}"
+            )
         print(
-            f"  gVisor sequential p50 <= {GVISOR_P50_TARGET_MS:.0f} ms: {seq.p50_ms:.1f} ms "
-            f"{_verdict(seq.p50_ms <= GVISOR_P50_TARGET_MS)}"
+            f"  gVisor p50 <= {GVISOR_P50_TARGET_MS:.0f} ms, back to back (pool replenished meanwhile): "
+            f"{seq.p50_ms:.1f} ms {_verdict(seq.p50_ms <= GVISOR_P50_TARGET_MS)}"
         )
         return
     print(
@@ -365,6 +384,8 @@ def main() -> None:
     parser.add_argument(
         "--isolation", choices=("jail", "gvisor"), default="jail", help="level asked for (default jail)"
     )
+    parser.add_argument("--paced", type=_count, default=40, help="gvisor: paced requests (default 40)")
+    parser.add_argument("--pause", type=float, default=0.5, help="gvisor: seconds between paced requests (0.5)")
     args = parser.parse_args()
     if args.pool_size_pos is not None:
         args.pool_size = args.pool_size_pos
@@ -376,13 +397,14 @@ def main() -> None:
         _sequential(base, WARMUP_SEQUENTIAL)
         asyncio.run(_concurrent(base, args.clients, 2 * args.clients))
         seq = _sequential(base, args.sequential)
+        paced = _sequential(base, args.paced, args.pause) if args.isolation == "gvisor" else None
         conc = asyncio.run(_concurrent(base, args.clients, args.concurrent))
         hey = _hey(base, args.clients, args.concurrent)
     # The server is stopped first: the baseline does not share the cores with its idle jails.
     _bare_sequential(WARMUP_SEQUENTIAL)
     bare_seq = _bare_sequential(args.sequential)
     bare_conc = _bare_concurrent(args.clients, args.concurrent)
-    _report(args, seq, conc, hey, bare_seq, bare_conc)
+    _report(args, seq, conc, hey, bare_seq, bare_conc, paced)
 
 
 if __name__ == "__main__":

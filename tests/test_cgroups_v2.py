@@ -9,6 +9,7 @@ temporary directory per controller mount.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,7 +110,10 @@ def test_v2_create_writes_limits(tmp_path: Path) -> None:
     assert _read(box / "memory.oom.group") == "1"
     assert _read(box / "pids.max") == "32"
     assert _read(box / "cpu.max") == "150000 100000"
+    assert _read(box / "cpu.weight") == "100"
     assert cgroup.procs_files == (box / "cgroup.procs",)
+    cgroup.set_limits(dataclasses.replace(_LIMITS, cpu_weight=1))  # a box warming up ahead of its run
+    assert _read(box / "cpu.weight") == "1"
 
 
 def test_v2_cpu_quota_has_a_floor(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 import signal
 
 from sandlot.config import Settings
-from sandlot.models import Limits, Result, Status
+from sandlot.models import Limits, OutputEvent, Result, Status
 from sandlot.sandbox import Bind, Box
 
 from .conftest import run_in
@@ -87,6 +87,26 @@ async def test_the_runs_own_limits_apply(box: Box, settings: Settings) -> None:
     assert burn.status is Status.TIMEOUT
     assert "CPU" in burn.message
     assert 1.0 <= burn.cpu_time <= 1.15
+
+
+async def test_a_warming_box_yields_the_cpu_until_its_run_takes_it(box: Box, settings: Settings) -> None:
+    """Pre-launching (gVisor's costs ~0.1 s of CPU) must not slow programs running in other boxes."""
+    box.prelaunch()
+    warm = box._warm
+    assert warm is not None
+    dirs = [path.parent for path in warm.cgroup.procs_files]
+    knobs = [d / name for d in dirs for name in ("cpu.shares", "cpu.weight") if (d / name).exists()]
+    (knob,) = knobs  # cpu.shares under v1 (here), cpu.weight under v2
+    lowest, normal = ("10", "1024") if knob.name == "cpu.shares" else ("1", "100")
+    assert knob.read_text().strip() == lowest
+    during: list[str] = []
+    command = [_PY, "-c", "import time; print('started', flush=True); time.sleep(0.5)"]
+    async for item in box.run(command, limits=settings.run_defaults):
+        if isinstance(item, OutputEvent) and not during:
+            during.append(knob.read_text().strip())  # the program is running now
+        elif isinstance(item, Result):
+            assert item.status is Status.OK, item
+    assert during == [normal]
 
 
 async def test_accounting_starts_when_the_command_is_sent(box: Box, settings: Settings) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -45,7 +46,15 @@ from sandlot.config import Settings
 from sandlot.errors import ConfigError, SandboxError
 from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, seccomp, slots
-from sandlot.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits, CgroupStats, detect_driver, wait_empty
+from sandlot.sandbox.cgroups import (
+    CPU_WEIGHT_WARMING,
+    Cgroup,
+    CgroupDriver,
+    CgroupLimits,
+    CgroupStats,
+    detect_driver,
+    wait_empty,
+)
 from sandlot.sandbox.gvisor import Gvisor, GvisorUnavailable
 from sandlot.sandbox.helper import helper_path
 from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
@@ -364,7 +373,11 @@ class Box:
             return
         s = self.sandbox.settings
         try:
-            cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(s.run_maxima))
+            # At the lowest CPU weight: a sandbox starting ahead of time (gVisor's costs
+            # ~0.1 s of CPU) must not slow the programs running in the other boxes. The
+            # run that takes it sets the normal weight (``run`` -> set_limits).
+            limits = dataclasses.replace(self._cgroup_limits(s.run_maxima), cpu_weight=CPU_WEIGHT_WARMING)
+            cgroup = self.sandbox.driver.create(self.slot.cgroup_name, limits)
         except SandboxError:
             return
         try:

@@ -26,6 +26,8 @@ from sandlot.errors import ConfigError, SandboxError
 from sandlot.sandbox.hostfs import unescape_mountinfo
 
 CPU_PERIOD_US = 100_000
+CPU_WEIGHT_DEFAULT = 100  # cgroup v2's cpu.weight scale (1..10000); v1's cpu.shares is it x 1024 / 100
+CPU_WEIGHT_WARMING = 1  # a box starting ahead of time yields the CPU to boxes running programs
 FREEZE_TIMEOUT_S = 1.0
 EMPTY_TIMEOUT_S = 5.0
 _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
@@ -38,6 +40,7 @@ class CgroupLimits:
     memory_bytes: int
     max_pids: int
     cpu_cores: float
+    cpu_weight: int = CPU_WEIGHT_DEFAULT  # its share of a contended CPU against its sibling boxes
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ class _V1Cgroup:
         if "cpu" in self._dirs:
             _write(self._dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(self._dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US))))
+            _write(self._dirs["cpu"] / "cpu.shares", str(max(2, limits.cpu_weight * 1024 // CPU_WEIGHT_DEFAULT)))
 
     def reset_peak(self) -> None:
         _write(self._dirs["memory"] / "memory.max_usage_in_bytes", "0")  # resets to current usage
@@ -358,6 +362,7 @@ class _V2Cgroup:
         _write(self._path / "memory.swap.max", "0")
         _write(self._path / "pids.max", str(limits.max_pids))
         _write(self._path / "cpu.max", f"{max(1000, int(limits.cpu_cores * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+        _write(self._path / "cpu.weight", str(min(10_000, max(1, limits.cpu_weight))))
 
     def reset_peak(self) -> None:
         # v2 resets memory.peak only per open file (kernel 6.12+); the peak then
