@@ -111,9 +111,12 @@ async def execute(
     else:
         code = decode_code(body)
         spec = parse_execution({"language": language or DEFAULT_TEXT_LANGUAGE, "code": code}, tenant=principal.tenant)
-    spec = await submit(door, principal, spec, idempotency=idempotency_key(idempotency))
-    state = await door.service.broker.get(principal.tenant, spec.id)
-    return JSONResponse({"task_id": spec.id, "status": state.status if state else "queued"}, status_code=202)
+    key = idempotency_key(idempotency)
+    spec = await submit(door, principal, spec, idempotency=key)
+    status = "queued"  # just accepted; only a replayed Idempotency-Key can name a task further along
+    if key is not None and (state := await door.service.broker.get(principal.tenant, spec.id)) is not None:
+        status = state.status
+    return JSONResponse({"task_id": spec.id, "status": status}, status_code=202)
 
 
 @router.get("/tasks/{task_id}", summary="A task's state, and its result when done")

@@ -200,11 +200,14 @@ class RedisBroker:
             fields = {"tenant": spec.tenant, "status": "queued", "spec": spec.to_json(), "created": repr(spec.created)}
             if idem is not None:
                 fields["idem"] = idem
-            await self._redis.hset(state, mapping=fields)  # type: ignore[arg-type]
             keys = [*self._queue, self.keys.queued, self.keys.tenant_jobs(spec.tenant)]
             if spec.session_id is not None:
                 keys.append(self.keys.session(spec.tenant, spec.session_id))
-            verdict, depth = await self._submit(keys=keys, args=[self.max_queued, spec.id, spec.tenant])
+            # One round trip: the state hash first, then the script that queues the job (in order).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(state, mapping=fields)  # type: ignore[arg-type]
+                await self._submit(keys=keys, args=[self.max_queued, spec.id, spec.tenant], client=pipe)
+                _, (verdict, depth) = await pipe.execute()
             self._depth = int(depth)
             if int(verdict) != 1:
                 await self._redis.delete(state)
