@@ -47,9 +47,11 @@ from .test_serve_process import (
     execution,
     free_ports,
     read_until_output,
+    serve_args,
     sse_frames,
     submit,
     wait_until,
+    worker_args,
 )
 
 NODES = range(1, 6)  # node numbers a test may use
@@ -213,22 +215,11 @@ class Cluster:
 
     def api(self, n: int, **settings: object) -> Node:
         http_port, grpc_port = free_ports(2)
-        command = [
-            "serve",
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--pool-size",
-            "1",
-            "--gvisor-pool-size",
-            "0",
-        ]
+        command = serve_args(http_port, grpc_port, 1)
         return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
 
     def worker(self, n: int, pool_size: int = 1, gvisor_pool_size: int = 0, **settings: object) -> Node:
-        command = ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size)]
-        return self._launch(n, [*command, "--gvisor-pool-size", str(gvisor_pool_size)], 0, settings)
+        return self._launch(n, worker_args(self.redis.url, pool_size, gvisor_pool_size), 0, settings)
 
     def _launch(self, n: int, args: list[str], http_port: int, settings: dict[str, object]) -> Node:
         log = self.log_dir / f"node-{n}.log"

@@ -36,7 +36,7 @@ from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
 
 from .test_distributed import Node, _Redis
-from .test_serve_process import SANDLOT, free_ports, sse_frames
+from .test_serve_process import SANDLOT, free_ports, serve_args, sse_frames, worker_args
 
 NODES = range(1, 6)
 FAULT_UID_BASE = 940_000_000
@@ -91,23 +91,11 @@ class FaultCluster:
 
     def api(self, n: int) -> Node:
         http_port, grpc_port = free_ports(2)
-        command = [
-            "serve",
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--pool-size",
-            "1",
-            "--gvisor-pool-size",
-            "0",
-        ]
+        command = serve_args(http_port, grpc_port, 1)
         return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port)
 
     def worker(self, n: int, pool_size: int = 1) -> Node:
-        return self._launch(
-            n, ["worker", "--redis", self.redis.url, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"], 0
-        )
+        return self._launch(n, worker_args(self.redis.url, pool_size), 0)
 
     def _launch(self, n: int, args: list[str], http_port: int) -> Node:
         self._launches += 1

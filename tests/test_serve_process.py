@@ -112,18 +112,19 @@ def free_ports(count: int) -> list[int]:
 
 
 def serve_command(http_port: int, grpc_port: int, pool_size: int) -> list[str]:
-    return [
-        str(SANDLOT),
-        "serve",
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--pool-size",
-        str(pool_size),
-        "--gvisor-pool-size",  # these tests count the jail's boxes; tests/test_gvisor.py covers the gVisor pool
-        "0",
-    ]
+    return [str(SANDLOT), *serve_args(http_port, grpc_port, pool_size)]
+
+
+def serve_args(http_port: int, grpc_port: int, pool_size: int) -> list[str]:
+    """``sandlot serve``'s arguments for a test server: jail boxes only (tests/test_gvisor.py covers gVisor's)."""
+    ports = ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    return ["serve", *ports, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"]
+
+
+def worker_args(redis_url: str, pool_size: int, gvisor_pool_size: int = 0) -> list[str]:
+    """``sandlot worker``'s arguments for a test worker."""
+    pools = ["--pool-size", str(pool_size), "--gvisor-pool-size", str(gvisor_pool_size)]
+    return ["worker", "--redis", redis_url, *pools]
 
 
 def serve_env(**settings: object) -> dict[str, str]:
