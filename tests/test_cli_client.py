@@ -410,3 +410,17 @@ def test_wait_gives_up_on_a_stream_that_keeps_breaking() -> None:
         client.wait("t1")
     assert failure.value.status is Status.INTERNAL_ERROR
     assert str(failure.value) == "the event stream of task t1 ended before its result"
+
+
+def test_submit_isolation_gvisor_runs_in_gvisor_and_an_unknown_level_exits_2(program: Callable[..., Path]) -> None:
+    code = program("import os\nprint('uid', os.getuid())\n")
+    with _ServerThread(gvisor_pool_size=1) as url:
+        jailed = _sandlot(url, "submit", code, "--json")
+        gvisor = _sandlot(url, "submit", code, "--isolation", "gvisor", "--json")
+        assert (jailed.returncode, gvisor.returncode) == (0, 0), (jailed.stderr, gvisor.stderr)
+        assert _json(jailed.stdout)["stdout"] == "uid 1000\n"
+        gvisor_out = _json(gvisor.stdout)["stdout"]
+        assert gvisor_out.startswith("uid ") and gvisor_out != "uid 1000\n"  # the slot's own uid: gVisor
+        unknown = _sandlot(url, "submit", code, "--isolation", "vm")
+        assert unknown.returncode == 2, unknown
+        assert b"isolation" in unknown.stderr
