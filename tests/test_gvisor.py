@@ -276,3 +276,17 @@ async def test_grpc_runs_at_the_requested_level_and_refuses_an_unavailable_one()
             _ = [event async for event in call]
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "gvisor" in (refused.value.details() or "")
+
+
+async def test_a_go_sandbox_session_of_a_gvisor_key_runs_in_gvisor() -> None:
+    """go_sandbox.v1 creates its sessions itself: at the key's minimum level, so their runs are not refused."""
+    keys = (ApiKey("strict", "t1", min_isolation="gvisor"),)
+    async with grpc_serving(ServerSettings(pool_size=1, gvisor_pool_size=1, api_keys=keys)) as env:
+        strict = (("authorization", "Bearer strict"),)
+        outputs = []
+        for code in ("import os\nopen('kept', 'w').write(str(os.getuid()))", "print(open('kept').read())"):
+            request = sandbox_pb2.RunRequest(code=code, session_id="mine")
+            responses = [r async for r in env.go.RunCode(request, metadata=strict)]
+            assert not any(r.is_error and r.exec_err for r in responses), responses
+            outputs += [r.output for r in responses if not r.is_error]
+        assert outputs and outputs[-1].strip() not in ("", "1000"), outputs  # the slot's uid: gVisor

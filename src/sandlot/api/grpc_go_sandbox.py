@@ -27,6 +27,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
+from sandlot.api.auth import Principal
 from sandlot.api.gen.go_sandbox.v1 import sandbox_pb2 as pb
 from sandlot.api.gen.go_sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandlot.api.grpc_common import Context, Door, status_for
@@ -107,7 +108,8 @@ class _Sessions:
         self._ids: dict[tuple[str, str], str] = {}
         self._creating = asyncio.Lock()  # one creation at a time: no two sessions for one id
 
-    async def resolve(self, tenant: str, client_id: str) -> str:
+    async def resolve(self, tenant: str, client_id: str, min_isolation: str = "jail") -> str:
+        """The session of a client-chosen id, created at first use (the server's default level, raised to the key's)."""
         if len(client_id) > MAX_SESSION_ID_CHARS:
             raise RejectedError(f"session_id: longer than {MAX_SESSION_ID_CHARS} characters", field="session_id")
         key = (tenant, client_id)
@@ -120,7 +122,7 @@ class _Sessions:
                 return known
             for stale in [k for k in self._ids if await self._live(k) is None]:
                 del self._ids[stale]  # keeps the map as small as the live sessions
-            session = await self._service.create_session(tenant)  # the server's default level
+            session = await self._service.create_session(tenant, min_isolation=min_isolation)
             self._ids[key] = session.id
             return session.id
 
@@ -139,18 +141,20 @@ class GoSandboxServicer(pb_grpc.GoSandboxServiceServicer):
     async def RunCode(self, request: pb.RunRequest, context: Context) -> AsyncIterator[pb.RunResponse]:
         async with self._door.call(context, DOOR) as current:
             try:
-                spec = await self._door.submit(current, await self._spec(request, current.tenant))
+                spec = await self._door.submit(current, await self._spec(request, current.principal))
                 async for response in _responses(self._door.follow(spec)):
                     yield response
             except SandlotError as exc:  # the old contract: server failures are part of the stream
                 current.code = status_for(exc)
                 yield pb.RunResponse(is_error=True, exec_err=str(exc), timestamp=_ms(time.time()))
 
-    async def _spec(self, request: pb.RunRequest, tenant: str) -> TaskSpec:
-        session_id = await self._sessions.resolve(tenant, request.session_id) if request.session_id else None
+    async def _spec(self, request: pb.RunRequest, principal: Principal) -> TaskSpec:
+        session_id = None
+        if request.session_id:
+            session_id = await self._sessions.resolve(principal.tenant, request.session_id, principal.min_isolation)
         return TaskSpec(
             id=new_task_id(),
-            tenant=tenant,
+            tenant=principal.tenant,
             language=language_of(request.code),
             files=(SourceFile("main", request.code.encode()),),
             session_id=session_id,
