@@ -741,3 +741,17 @@ async def test_a_service_on_redis_runs_python_and_another_node_sees_it(make_redi
     assert events[-1].result.status is Status.OK, events[-1].result
     assert events[-1].result.stdout == b"hello from redis\n"
     assert [e.seq for e in events] == sorted({e.seq for e in events})
+
+
+async def test_submit_survives_a_redis_that_lost_its_scripts(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
+    """A restarted Redis has no scripts cached: the submit loads SUBMIT and sends again, once."""
+    api, worker = make_redis(), make_redis(consumer_name="w")
+    first = _spec()
+    await api.submit(first)
+    await raw.script_flush()
+    second = _spec()
+    await api.submit(second)  # NOSCRIPT inside the pipeline, answered by loading the script
+    assert await api.queued() == 2
+    assert [(await _claim(worker)).id for _ in range(2)] == [first.id, second.id]
+    state = await api.get("a", second.id)
+    assert state is not None and state.status == "queued"

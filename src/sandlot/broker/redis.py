@@ -88,7 +88,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sandlot.broker import (
@@ -203,11 +203,7 @@ class RedisBroker:
             keys = [*self._queue, self.keys.queued, self.keys.tenant_jobs(spec.tenant)]
             if spec.session_id is not None:
                 keys.append(self.keys.session(spec.tenant, spec.session_id))
-            # One round trip: the state hash first, then the script that queues the job (in order).
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(state, mapping=fields)  # type: ignore[arg-type]
-                await self._submit(keys=keys, args=[self.max_queued, spec.id, spec.tenant], client=pipe)
-                _, (verdict, depth) = await pipe.execute()
+            verdict, depth = await self._queue_job(state, fields, keys, [self.max_queued, spec.id, spec.tenant])
             self._depth = int(depth)
             if int(verdict) != 1:
                 await self._redis.delete(state)
@@ -217,6 +213,34 @@ class RedisBroker:
                     raise SessionNotFound(f"session {spec.session_id!r} not found or expired", field="session_id")
                 raise QueueFull(f"{self._depth} executions are already queued")
         return spec
+
+    async def _queue_job(
+        self, state: str, fields: dict[str, str], keys: list[str], args: list[object]
+    ) -> tuple[int, int]:
+        """The state hash, then the SUBMIT script, in one round trip: (verdict, depth).
+
+        By EVALSHA, not redis-py's pipelined scripts, which ask SCRIPT EXISTS first
+        (a second round trip) on every execute. A Redis that lost its script cache
+        (a restart) answers NOSCRIPT: load the script and send both again (the HSET
+        writes the same fields, so repeating it changes nothing).
+        """
+        replies = await self._hset_and_submit(state, fields, keys, args)
+        if isinstance(replies[1], NoScriptError):
+            await self._redis.script_load(lua.SUBMIT)
+            replies = await self._hset_and_submit(state, fields, keys, args)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        verdict, depth = replies[1]
+        return int(verdict), int(depth)
+
+    async def _hset_and_submit(
+        self, state: str, fields: dict[str, str], keys: list[str], args: list[object]
+    ) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(state, mapping=fields)  # type: ignore[arg-type]
+            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            return list(await pipe.execute(raise_on_error=False))
 
     async def get(self, tenant: str, task_id: str) -> TaskState | None:
         async with self._reachable():
