@@ -210,13 +210,13 @@ async def test_claim_waits_for_a_submit(make: MakeBroker) -> None:
 
 async def test_claims_rotate_across_tenants_and_keep_each_tenants_order(make: MakeBroker) -> None:
     broker = make(max_queued=8)
-    submitted = [_spec(name[0], id=name) for name in ("a1", "a2", "a3", "b1", "c1")]
+    submitted = [_spec(name[0], id=name) for name in ("a1", "a2", "a3", "b1", "c1")]  # tenant a, b or c
     for spec in submitted:
         await broker.submit(spec)
     claimed = [(await _claim(broker)).id for _ in submitted]
     assert broker.queue_depth() == 0
     await broker.close()
-    assert claimed == ["a1", "b1", "c1", "a2", "a3"]
+    assert claimed == ["a1", "b1", "c1", "a2", "a3"]  # b and c are not stuck behind a's burst
 
 
 async def test_submit_past_max_queued_raises_queue_full(make: MakeBroker) -> None:
@@ -227,7 +227,7 @@ async def test_submit_past_max_queued_raises_queue_full(make: MakeBroker) -> Non
         await broker.submit(_spec("c"))
     assert refused.value.retry_after_s > 0
     assert broker.queue_depth() == 2
-    await _claim(broker)
+    await _claim(broker)  # a claimed task no longer counts
     await broker.submit(_spec("c"))
     assert broker.queue_depth() == 2
     await broker.close()
@@ -278,17 +278,18 @@ async def test_subscribers_get_the_history_then_live_events_until_the_exit(make:
     followers = [asyncio.create_task(follow(i)) for i in range(2)]
     await _within(asyncio.gather(*(r.wait() for r in replayed)))
     assert seen == [early, early]
-    assert not any(f.done() for f in followers)
+    assert not any(f.done() for f in followers)  # still following
 
     late = OutputEvent("stderr", b"two\n", seq=3)
     await broker.publish(spec.id, late)
     await broker.finish(spec.id, _ok())
-    await _within(asyncio.gather(*followers))
+    await _within(asyncio.gather(*followers))  # they end at the exit event by themselves
     for events in seen:
         assert events[:3] == [*early, late]
         assert len(events) == 4
         assert isinstance(events[3], ExitEvent)
         assert events[3].seq == 4
+    # A subscriber that comes after the end gets everything and ends too.
     assert await _collect(broker.subscribe("a", spec.id)) == seen[0]
     await broker.close()
 
@@ -304,7 +305,7 @@ async def test_another_tenant_sees_nothing(make: MakeBroker) -> None:
     assert await broker.control("bob", spec.id, Control("stdin", b"x")) is False
     state = await broker.get("alice", spec.id)
     assert state is not None
-    assert state.status == "queued"
+    assert state.status == "queued"  # untouched
     assert (await _claim(broker)).id == spec.id
     await broker.close()
 
@@ -323,6 +324,7 @@ async def test_cancelling_a_queued_task_finishes_it_at_once(make: MakeBroker) ->
     spec, other = _spec(), _spec()
     await broker.submit(spec)
     await broker.submit(other)
+    # Events already stored for it (none in practice): the exit must still come after them.
     await broker.publish(spec.id, StageEvent("queued", seq=1))
     await broker.publish(spec.id, OutputEvent("stdout", b"x", seq=2))
 
@@ -337,11 +339,11 @@ async def test_cancelling_a_queued_task_finishes_it_at_once(make: MakeBroker) ->
     assert state.exit.seq > 2
     events = await _collect(broker.subscribe("a", spec.id))
     assert events[-1] == state.exit
-    assert [e.seq for e in events] == sorted({e.seq for e in events})
+    assert [e.seq for e in events] == sorted({e.seq for e in events})  # strictly increasing
 
     assert (await _claim(broker)).id == other.id  # never handed to a worker
     assert broker.queue_depth() == 0
-    assert await broker.cancel("a", spec.id) is False
+    assert await broker.cancel("a", spec.id) is False  # already done
     await broker.close()
 
 
@@ -355,6 +357,7 @@ async def test_cancelling_a_queued_task_without_events_gives_one_exit_event(make
     assert isinstance(events[0], ExitEvent)
     assert events[0].seq >= 1
     assert events[0].result.status is Status.SIGNALED
+    # The tenant's queue is gone with it: a later submit of the tenant is claimed normally.
     later = _spec()
     await broker.submit(later)
     assert (await _claim(broker)).id == later.id
@@ -372,7 +375,7 @@ async def test_cancelling_a_running_task_asks_its_worker(make: MakeBroker) -> No
     assert await _within(anext(controls)) == Control("cancel")
     state = await broker.get("a", spec.id)
     assert state is not None
-    assert state.status == "running"
+    assert state.status == "running"  # the worker finishes it, with what the kill produced
     await broker.finish(spec.id, ExitEvent(Result(Status.SIGNALED, signal=9, message="cancelled by request")))
     assert await broker.control("a", spec.id, Control("close_stdin")) is False
     await controls.aclose()  # type: ignore[attr-defined]
@@ -385,7 +388,7 @@ async def test_finish_stamps_the_exit_after_the_last_event(make: MakeBroker) -> 
     await _running(broker, spec)
     for seq in (1, 2, 3):
         await broker.publish(spec.id, OutputEvent("stdout", b"x", seq=seq))
-    await broker.finish(spec.id, _ok())
+    await broker.finish(spec.id, _ok())  # built outside the engine: seq 0
     events = await _collect(broker.subscribe("a", spec.id))
     assert [e.seq for e in events] == [1, 2, 3, 4]
     state = await broker.get("a", spec.id)
@@ -395,7 +398,7 @@ async def test_finish_stamps_the_exit_after_the_last_event(make: MakeBroker) -> 
     stamped = _spec()
     await _running(broker, stamped)
     await broker.publish(stamped.id, StageEvent("run", seq=1))
-    await broker.finish(stamped.id, ExitEvent(Result(Status.OK), seq=7))
+    await broker.finish(stamped.id, ExitEvent(Result(Status.OK), seq=7))  # the engine's own seq is kept
     assert [e.seq for e in await _collect(broker.subscribe("a", stamped.id))] == [1, 7]
     await broker.close()
 
@@ -410,7 +413,7 @@ async def test_results_are_forgotten_after_their_ttl(make: MakeBroker) -> None:
         while await broker.get("a", spec.id) is not None:
             await asyncio.sleep(0.02)
     assert await _collect(broker.subscribe("a", spec.id)) == []
-    again = await broker.submit(_spec(), idempotency_key="k")
+    again = await broker.submit(_spec(), idempotency_key="k")  # the key went with the task
     assert again.id != spec.id
     await broker.close()
 
