@@ -11,11 +11,8 @@ and an outage with recovery. Orders are asserted, never durations.
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +25,8 @@ from sandlot.broker.redis import RedisBroker
 from sandlot.errors import SessionNotFound
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, StageEvent, Status
 
+from .nodes import RedisServer
+
 _WAIT_S = 5.0  # a bound for what should happen promptly, never a measurement
 _IDLE_MS = 200  # claim_idle_ms of the redelivery tests
 _KEYS = Keys()
@@ -36,56 +35,16 @@ _KEYS = Keys()
 # -------------------------------------------------------------- the server
 
 
-class _RedisServer:
-    """One redis-server on a loopback port, without persistence; started and stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-                *("--dir", str(self.workdir), "--logfile", "", "--daemonize", "no"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # blocks on the server's own log, no polling
-            if "Ready to accept connections" in line:
-                break
-        else:
-            raise RuntimeError(f"redis-server exited with {self.proc.wait()}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=_WAIT_S)
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_RedisServer]:
-    server = _RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), append_only=False)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-async def raw(redis_server: _RedisServer) -> AsyncIterator[aioredis.Redis]:
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A plain client on a flushed server."""
     client = aioredis.Redis.from_url(redis_server.url)
     await client.flushall()
@@ -97,7 +56,7 @@ MakeRedis = Callable[..., RedisBroker]
 
 
 @pytest.fixture
-async def make_redis(redis_server: _RedisServer, raw: aioredis.Redis) -> AsyncIterator[MakeRedis]:
+async def make_redis(redis_server: RedisServer, raw: aioredis.Redis) -> AsyncIterator[MakeRedis]:
     """Redis brokers on the flushed server ("nodes"), closed at the end."""
     made: list[RedisBroker] = []
 
@@ -547,7 +506,7 @@ async def test_two_nodes_share_tasks_and_events(make_redis: MakeRedis) -> None:
     assert state.exit.result.stdout == b"done"
 
 
-async def test_unavailable_redis_raises_then_recovers(make_redis: MakeRedis, redis_server: _RedisServer) -> None:
+async def test_unavailable_redis_raises_then_recovers(make_redis: MakeRedis, redis_server: RedisServer) -> None:
     api, worker = make_redis(), make_redis()
     spec = _spec()
     await api.submit(spec)

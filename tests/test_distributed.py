@@ -1,7 +1,7 @@
 """The distributed mode end to end: real ``redis-server``, real ``sandlot serve --no-worker`` and ``sandlot worker``.
 
 Every node is its own process with its own state and run directories, cgroup
-name and box uid range (``_node_env``), so no two pools ever share a slot and
+name and box uid range (``LAYOUT``, see tests/nodes.py), so no two pools ever share a slot and
 each node's leftovers can be told apart. Redis runs per test on a free loopback
 port with an append-only file, so a restart on the same port and directory
 keeps the queue (the outage test). Every process is stopped by its PID in a
@@ -16,17 +16,13 @@ taken over too if heartbeats did not keep it.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import http.server
 import json
-import os
 import queue
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,91 +31,31 @@ import pytest
 import redis
 
 from sandlot.broker.keys import Keys
-from sandlot.config import Settings, load_settings
-from sandlot.sandbox import Sandbox
-from sandlot.sandbox.hostfs import mounts_below
 
-from .test_serve_process import (
-    HELLO,
-    SANDLOT,
-    SLEEP_3S,
-    STARTUP_TIMEOUT_S,
-    execution,
-    free_ports,
-    read_until_output,
-    serve_args,
-    sse_frames,
-    submit,
-    wait_until,
-    worker_args,
-)
+from .nodes import GRACE_S, Cluster, NodeLayout, RedisServer
+from .test_serve_process import HELLO, SLEEP_3S, execution, read_until_output, sse_frames, submit, wait_until
 
-NODES = range(1, 6)  # node numbers a test may use
-UID_BASE = 930_000_000
-UIDS_PER_NODE = 1000
-MAX_BOXES = 64  # well inside a node's uid range
 CLAIM_IDLE_MS = 2000
 DRAIN_DEADLINE_S = 15.0  # far above the 3 s runs: a drain finishes them
-STOP_TIMEOUT_S = DRAIN_DEADLINE_S + 15.0  # the drain plus the listeners' grace, before SIGKILL
+STOP_TIMEOUT_S = DRAIN_DEADLINE_S + GRACE_S  # the drain plus the listeners' grace, before SIGKILL
 RESULT_TIMEOUT_S = 30.0  # a reclaim (claim idle, then the next reclaim pass) and a rerun fit well inside
-REDIS_TIMEOUT_S = 10.0
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 SLEEP_6S = SLEEP_3S.replace("sleep(3)", "sleep(6)")  # three claim timeouts: an idle worker would take it over
 PRESENCE_GONE_TIMEOUT_S = 60.0  # a killed worker's presence expires (15 s at most), then a run in a fresh box
-
-
-# -------------------------------------------------------------- the Redis
-
-
-class _Redis:
-    """A redis-server on a loopback port with an append-only file in ``workdir``; started and stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        (self.port,) = free_ports(1)
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)),
-                *("--logfile", "", "--daemonize", "no"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # blocks on the server's own log; ends at its exit
-            if "Ready to accept connections" in line:
-                return
-        raise RuntimeError(f"redis-server exited with {self.proc.wait(REDIS_TIMEOUT_S)}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(REDIS_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.proc = None
+LAYOUT = NodeLayout(
+    "dist",
+    uid_base=930_000_000,
+    nodes=range(1, 6),
+    max_boxes=64,  # well inside a node's uid range
+    drain_deadline_s=DRAIN_DEADLINE_S,
+    settings={"claim_idle_ms": CLAIM_IDLE_MS},
+)
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[_Redis]:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     workdir = tmp_path / "redis"
     workdir.mkdir()
-    server = _Redis(workdir)
+    server = RedisServer(workdir, append_only=True)
     server.start()
     try:
         yield server
@@ -127,157 +63,22 @@ def redis_server(tmp_path: Path) -> Iterator[_Redis]:
         server.stop()
 
 
-# -------------------------------------------------------------- the nodes
-
-
-def _node_env(n: int, **settings: object) -> dict[str, str]:
-    """This process's environment minus any SANDLOT_*, plus node n's own locations and the given settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}
-    own = {
-        "SANDLOT_STATE_DIR": f"/var/lib/sandlot-dist-{n}",
-        "SANDLOT_RUN_DIR": f"/run/sandlot-dist-{n}",
-        "SANDLOT_CGROUP_NAME": f"sandlot-dist-{n}",
-        "SANDLOT_BOX_UID_BASE": str(UID_BASE + n * UIDS_PER_NODE),
-        "SANDLOT_MAX_BOXES": str(MAX_BOXES),
-        "SANDLOT_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
-        "SANDLOT_DRAIN_DEADLINE_S": str(DRAIN_DEADLINE_S),
-    }
-    return env | own | {"SANDLOT_" + name.upper(): str(value) for name, value in settings.items()}
-
-
-def _node_settings(n: int) -> Settings:
-    return load_settings(environ=_node_env(n))
-
-
-@dataclass
-class Node:
-    """One ``sandlot serve`` or ``sandlot worker`` child; its output goes to a file (no pipe to drain)."""
-
-    n: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-    http_port: int = 0  # 0: a worker, no listener
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        """An API node until /readyz answers 200, a worker until it logs that it runs; fails if it exits first."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.http_port:
-                    with contextlib.suppress(httpx.TransportError):
-                        if client.get(self.url + "/readyz").status_code == 200:
-                            return
-                elif "sandlot worker running" in self.output():
-                    return
-                with contextlib.suppress(subprocess.TimeoutExpired):  # waiting on the process, not sleeping
-                    code = self.proc.wait(0.1)
-                    pytest.fail(f"node {self.n} exited with {code} before it was ready:\n{self.output()}")
-        pytest.fail(f"node {self.n} was not ready within {STARTUP_TIMEOUT_S:g} s:\n{self.output()}")
-
-    def stop(self) -> int:
-        """SIGTERM (a drain), SIGKILL if it overruns; always reaped. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
-
-    def box_processes(self) -> dict[int, str]:
-        """Live processes running as one of this node's box uids: pid -> name."""
-        uids = range(UID_BASE + self.n * UIDS_PER_NODE, UID_BASE + self.n * UIDS_PER_NODE + MAX_BOXES)
-        found: dict[int, str] = {}
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-            except OSError:  # exited meanwhile
-                continue
-            if any(int(uid) in uids for uid in fields["Uid"].split()) and not fields["State"].strip().startswith("Z"):
-                found[int(status.parent.name)] = fields["Name"].strip()
-        return found
-
-
-class Cluster:
-    """The nodes of one test on one Redis; every node is stopped in ``close``, whatever happened."""
-
-    def __init__(self, redis: _Redis, log_dir: Path) -> None:
-        self.redis = redis
-        self.log_dir = log_dir
-        self.nodes: list[Node] = []
-
-    def api(self, n: int, **settings: object) -> Node:
-        http_port, grpc_port = free_ports(2)
-        command = serve_args(http_port, grpc_port, 1)
-        return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
-
-    def worker(self, n: int, pool_size: int = 1, gvisor_pool_size: int = 0, **settings: object) -> Node:
-        return self._launch(n, worker_args(self.redis.url, pool_size, gvisor_pool_size), 0, settings)
-
-    def _launch(self, n: int, args: list[str], http_port: int, settings: dict[str, object]) -> Node:
-        log = self.log_dir / f"node-{n}.log"
-        with log.open("wb") as out:  # the child has its own copy of the descriptor
-            proc = subprocess.Popen(
-                [str(SANDLOT), *args], env=_node_env(n, **settings), stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        node = Node(n, proc, log, http_port)
-        self.nodes.append(node)
-        return node
-
-    def start(self, *nodes: Node) -> None:
-        for node in nodes:  # they start together; each wait is bounded
-            node.wait_ready()
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-
 @pytest.fixture
-def cluster(redis_server: _Redis, tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(redis_server, tmp_path)
+def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    nodes = Cluster(redis_server, tmp_path, LAYOUT)
     try:
         yield nodes
     finally:
         nodes.close()
 
 
-# --------------------------------------------------------- host inspection
-
-
-def _sweep() -> None:
-    for n in NODES:
-        settings = _node_settings(n)
-        sandbox = Sandbox(settings)
-        sandbox.sweep_stale()
-        sandbox.driver.remove_group()
-
-
-def _leftovers() -> list[Path]:
-    """Box cgroups (v1 controllers or v2) and workdir mounts of every test node."""
-    found: list[Path] = []
-    for n in NODES:
-        settings = _node_settings(n)
-        group = settings.cgroup_name
-        found += [*CGROUP_ROOT.glob(f"{group}/box-*"), *CGROUP_ROOT.glob(f"*/{group}/box-*")]
-        found += mounts_below(settings.state_dir / "boxes")
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _clean_host() -> Iterator[None]:
-    _sweep()
+    LAYOUT.sweep()
     try:
         yield
     finally:
-        _sweep()
+        LAYOUT.sweep()
 
 
 # ------------------------------------------------------------------ client
@@ -346,7 +147,7 @@ def test_api_nodes_without_workers_and_two_workers_run_every_job(cluster: Cluste
 
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
-    assert _leftovers() == []
+    assert LAYOUT.leftovers() == []
 
 
 @pytest.mark.timeout(120)
@@ -374,8 +175,8 @@ def test_a_killed_workers_job_ends_once_on_the_other_worker(cluster: Cluster) ->
         assert (after.status_code, after.json()["stdout"]) == (200, "hello\n"), after.text
     for node in cluster.nodes:
         node.stop()
-    _sweep()  # the killed worker could not release its box; its slot is stale now
-    assert _leftovers() == []
+    LAYOUT.sweep()  # the killed worker could not release its box; its slot is stale now
+    assert LAYOUT.leftovers() == []
 
 
 @pytest.mark.timeout(120)
@@ -396,10 +197,10 @@ def test_sigterm_lets_the_worker_finish_its_job_then_exit_0(cluster: Cluster) ->
 
         later = submit(client, HELLO)  # nobody claims it: the worker stopped claiming
         assert client.get(f"/api/v1/tasks/{later}").json()["status"] == "queued"
-    assert [path for path in _leftovers() if "sandlot-dist-2" in str(path)] == []  # the worker released its box
+    assert [path for path in LAYOUT.leftovers() if "sandlot-dist-2" in str(path)] == []  # the worker released its box
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
-    assert _leftovers() == []
+    assert LAYOUT.leftovers() == []
 
 
 @pytest.mark.timeout(120)
@@ -426,7 +227,7 @@ def test_a_redis_outage_answers_503_and_the_api_recovers_by_itself(cluster: Clus
         assert (result["status"], result["stdout"]) == ("ok", "hello\n"), result
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
-    assert _leftovers() == []
+    assert LAYOUT.leftovers() == []
 
 
 def _frames(client: httpx.Client, task_id: str) -> list[dict[str, Any]]:
@@ -474,7 +275,7 @@ def _session_owner(rdb: redis.Redis, session_id: str) -> str:
 
 @pytest.mark.timeout(180)
 def test_a_sessions_runs_stay_on_its_worker_and_start_afresh_when_that_worker_is_killed(
-    cluster: Cluster, redis_server: _Redis
+    cluster: Cluster, redis_server: RedisServer
 ) -> None:
     api = cluster.api(1)
     # claim_idle_ms far above the test: a dead worker's sessions move on with its presence, which expires
@@ -523,15 +324,15 @@ def test_a_sessions_runs_stay_on_its_worker_and_start_afresh_when_that_worker_is
         rdb.close()
     for node in cluster.nodes:
         node.stop()
-    _sweep()  # the killed worker could not release its boxes
-    assert _leftovers() == []
+    LAYOUT.sweep()  # the killed worker could not release its boxes
+    assert LAYOUT.leftovers() == []
 
 
 LEVEL_STEP = SESSION_STEP + "import os\nprint('uid', os.getuid())\n"
 
 
 @pytest.mark.timeout(180)
-def test_a_gvisor_sessions_runs_go_at_its_level_on_a_worker(cluster: Cluster, redis_server: _Redis) -> None:
+def test_a_gvisor_sessions_runs_go_at_its_level_on_a_worker(cluster: Cluster, redis_server: RedisServer) -> None:
     """The level is chosen when the session is made, recorded in Redis, and every run of it goes at it."""
     api, worker = cluster.api(1), cluster.worker(2, pool_size=1, gvisor_pool_size=1)
     cluster.start(api, worker)
@@ -566,7 +367,7 @@ def test_a_gvisor_sessions_runs_go_at_its_level_on_a_worker(cluster: Cluster, re
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Cluster, redis_server: _Redis) -> None:
+def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Cluster, redis_server: RedisServer) -> None:
     # A claim timeout far above the test: only a hand-back can move a job to the other worker in time.
     slow_reclaim = {"claim_idle_ms": 600_000}
     api = cluster.api(1, **slow_reclaim)
@@ -610,7 +411,7 @@ def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Clus
         rdb.close()
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
-    assert _leftovers() == []
+    assert LAYOUT.leftovers() == []
 
 
 class _Callbacks(http.server.BaseHTTPRequestHandler):
@@ -676,4 +477,4 @@ def test_judge0_expected_output_and_callback_travel_with_the_task(
             }, shown
     for node in cluster.nodes:
         assert node.stop() == 0, node.output()
-    assert _leftovers() == []
+    assert LAYOUT.leftovers() == []

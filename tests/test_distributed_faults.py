@@ -5,7 +5,7 @@ data directory under ``tmp_path``, append-only file, fsync always), ``sandlot
 serve --redis --no-worker`` API nodes and ``sandlot worker --redis`` workers.
 Every node has its own state and run directories, cgroup name and box uid
 range (``/var/lib/sandlot-fault-<n>``, ``/run/sandlot-fault-<n>``,
-``sandlot-fault-<n>``, ``FAULT_UID_BASE + n * 1000``), apart from every other
+``sandlot-fault-<n>``, its own uids: ``LAYOUT``, see tests/nodes.py), apart from every other
 test file's. Every process is stopped by its PID in a ``finally`` and each
 node's boxes are swept before and after each test.
 
@@ -16,10 +16,7 @@ entries), never on wall-clock times; every wait is bounded.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import random
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,22 +28,22 @@ import pytest
 import redis
 
 from sandlot.broker.keys import WORKERS_GROUP, Keys
-from sandlot.config import Settings, load_settings
-from sandlot.sandbox import Sandbox
-from sandlot.sandbox.hostfs import mounts_below
 
-from .test_distributed import Node, _Redis
-from .test_serve_process import SANDLOT, free_ports, serve_args, sse_frames, worker_args
+from .nodes import Cluster, NodeLayout, RedisServer
+from .test_serve_process import sse_frames
 
-NODES = range(1, 6)
-FAULT_UID_BASE = 940_000_000
-UIDS_PER_NODE = 1000
-MAX_BOXES = 16
 CLAIM_IDLE_MS = 1500
 MAX_DELIVERIES = 3
 MAX_QUEUED = 10_000  # the whole burst fits: no 429 in these tests
 DRAIN_DEADLINE_S = 10.0
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+LAYOUT = NodeLayout(
+    "fault",
+    uid_base=940_000_000,
+    nodes=range(1, 6),
+    max_boxes=16,
+    drain_deadline_s=DRAIN_DEADLINE_S,
+    settings={"claim_idle_ms": CLAIM_IDLE_MS, "max_deliveries": MAX_DELIVERIES, "max_queued": MAX_QUEUED},
+)
 KEYS = Keys()
 
 CHAOS_JOBS = 2000
@@ -56,75 +53,11 @@ CHAOS_DONE_TIMEOUT_S = 240.0  # after the last submit, for the queue and the str
 TINY_LIMITS = {"wall_time_limit": 5, "time_limit": 2}
 
 
-# -------------------------------------------------------------- the nodes
-
-
-def _fault_env(n: int, **settings: object) -> dict[str, str]:
-    """This process's environment minus any SANDLOT_*, plus node n's own locations and the given settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}
-    own = {
-        "SANDLOT_STATE_DIR": f"/var/lib/sandlot-fault-{n}",
-        "SANDLOT_RUN_DIR": f"/run/sandlot-fault-{n}",
-        "SANDLOT_CGROUP_NAME": f"sandlot-fault-{n}",
-        "SANDLOT_BOX_UID_BASE": str(FAULT_UID_BASE + n * UIDS_PER_NODE),
-        "SANDLOT_MAX_BOXES": str(MAX_BOXES),
-        "SANDLOT_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
-        "SANDLOT_MAX_DELIVERIES": str(MAX_DELIVERIES),
-        "SANDLOT_MAX_QUEUED": str(MAX_QUEUED),
-        "SANDLOT_DRAIN_DEADLINE_S": str(DRAIN_DEADLINE_S),
-    }
-    return env | own | {"SANDLOT_" + name.upper(): str(value) for name, value in settings.items()}
-
-
-def _fault_settings(n: int) -> Settings:
-    return load_settings(environ=_fault_env(n))
-
-
-class FaultCluster:
-    """The nodes of one test on one Redis; every process ever started is stopped in ``close``."""
-
-    def __init__(self, redis_server: _Redis, log_dir: Path) -> None:
-        self.redis = redis_server
-        self.log_dir = log_dir
-        self.nodes: list[Node] = []
-        self._launches = 0
-
-    def api(self, n: int) -> Node:
-        http_port, grpc_port = free_ports(2)
-        command = serve_args(http_port, grpc_port, 1)
-        return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port)
-
-    def worker(self, n: int, pool_size: int = 1) -> Node:
-        return self._launch(n, worker_args(self.redis.url, pool_size), 0)
-
-    def _launch(self, n: int, args: list[str], http_port: int) -> Node:
-        self._launches += 1
-        log = self.log_dir / f"node-{n}-{self._launches}.log"  # a fresh log per start: readiness reads it
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [str(SANDLOT), *args], env=_fault_env(n), stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        node = Node(n, proc, log, http_port)
-        self.nodes.append(node)
-        return node
-
-    def close(self) -> None:
-        for node in self.nodes:
-            if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            try:
-                node.proc.wait(DRAIN_DEADLINE_S + 15.0)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait()
-
-
 @pytest.fixture
-def fault_redis(tmp_path: Path) -> Iterator[_Redis]:
+def fault_redis(tmp_path: Path) -> Iterator[RedisServer]:
     workdir = tmp_path / "fault-redis"
     workdir.mkdir()
-    server = _Redis(workdir)
+    server = RedisServer(workdir, append_only=True)
     server.start()
     try:
         yield server
@@ -133,8 +66,8 @@ def fault_redis(tmp_path: Path) -> Iterator[_Redis]:
 
 
 @pytest.fixture
-def cluster(fault_redis: _Redis, tmp_path: Path) -> Iterator[FaultCluster]:
-    nodes = FaultCluster(fault_redis, tmp_path)
+def cluster(fault_redis: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    nodes = Cluster(fault_redis, tmp_path, LAYOUT)
     try:
         yield nodes
     finally:
@@ -142,7 +75,7 @@ def cluster(fault_redis: _Redis, tmp_path: Path) -> Iterator[FaultCluster]:
 
 
 @pytest.fixture
-def rdb(fault_redis: _Redis) -> Iterator[redis.Redis]:
+def rdb(fault_redis: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis(host="127.0.0.1", port=fault_redis.port, socket_timeout=5.0)
     try:
         yield client
@@ -150,33 +83,13 @@ def rdb(fault_redis: _Redis) -> Iterator[redis.Redis]:
         client.close()
 
 
-# --------------------------------------------------------- host inspection
-
-
-def _sweep() -> None:
-    for n in NODES:
-        sandbox = Sandbox(_fault_settings(n))
-        sandbox.sweep_stale()
-        sandbox.driver.remove_group()
-
-
-def _leftovers() -> list[Path]:
-    found: list[Path] = []
-    for n in NODES:
-        settings = _fault_settings(n)
-        group = settings.cgroup_name
-        found += [*CGROUP_ROOT.glob(f"{group}/box-*"), *CGROUP_ROOT.glob(f"*/{group}/box-*")]
-        found += mounts_below(settings.state_dir / "boxes")
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _clean_host() -> Iterator[None]:
-    _sweep()
+    LAYOUT.sweep()
     try:
         yield
     finally:
-        _sweep()
+        LAYOUT.sweep()
 
 
 # ------------------------------------------------------------------ client
@@ -251,7 +164,7 @@ def _queued(rdb: redis.Redis) -> int:
 
 
 @pytest.mark.timeout(420)
-def test_random_worker_kills_lose_no_job_and_each_ends_once(cluster: FaultCluster, rdb: redis.Redis) -> None:
+def test_random_worker_kills_lose_no_job_and_each_ends_once(cluster: Cluster, rdb: redis.Redis) -> None:
     api = cluster.api(1)
     workers = {n: cluster.worker(n, pool_size=2) for n in (2, 3, 4)}
     for node in (api, *workers.values()):
@@ -321,13 +234,13 @@ def test_random_worker_kills_lose_no_job_and_each_ends_once(cluster: FaultCluste
     print(f"chaos: XPENDING 0, queued counter {queued}")
 
     cluster.close()
-    _sweep()  # the killed workers could not release their boxes
-    assert _leftovers() == []
+    LAYOUT.sweep()  # the killed workers could not release their boxes
+    assert LAYOUT.leftovers() == []
 
 
 @pytest.mark.timeout(240)
 def test_a_redis_restart_with_aof_mid_stream_loses_nothing(
-    cluster: FaultCluster, fault_redis: _Redis, rdb: redis.Redis
+    cluster: Cluster, fault_redis: RedisServer, rdb: redis.Redis
 ) -> None:
     api = cluster.api(1)
     workers = [cluster.worker(2), cluster.worker(3)]
@@ -400,14 +313,12 @@ def test_a_redis_restart_with_aof_mid_stream_loses_nothing(
     assert _pending(rdb) == 0
     assert _queued(rdb) == 0
     cluster.close()
-    _sweep()
-    assert _leftovers() == []
+    LAYOUT.sweep()
+    assert LAYOUT.leftovers() == []
 
 
 @pytest.mark.timeout(120)
-def test_foreign_jobs_entries_are_dead_lettered_and_workers_keep_serving(
-    cluster: FaultCluster, rdb: redis.Redis
-) -> None:
+def test_foreign_jobs_entries_are_dead_lettered_and_workers_keep_serving(cluster: Cluster, rdb: redis.Redis) -> None:
     api = cluster.api(1)
     worker = cluster.worker(2)
     for node in (api, worker):
@@ -444,4 +355,4 @@ def test_foreign_jobs_entries_are_dead_lettered_and_workers_keep_serving(
     assert _queued(rdb) == 0
     cluster.close()
     assert worker.proc.returncode == 0, worker.output()
-    assert _leftovers() == []
+    assert LAYOUT.leftovers() == []

@@ -25,7 +25,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .test_serve_process import ServerProcess, assert_nothing_left, execution, free_ports, running_server, sweep
+from .nodes import Node, free_ports
+from .test_serve_process import assert_nothing_left, execution, running_server, sweep
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
@@ -63,7 +64,7 @@ RUNS = [  # (code, limits, expected status)
 
 
 @pytest.fixture(name="served", scope="module")
-def served_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def served_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A server that has run RUNS, each to its expected status."""
     sweep()
     try:
@@ -83,7 +84,7 @@ def served_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 
 
 @pytest.fixture(name="prometheus", scope="module")
-def prometheus_fixture(served: ServerProcess) -> Iterator[str]:
+def prometheus_fixture(served: Node) -> Iterator[str]:
     """A real Prometheus scraping the server every second; yields its base URL once it is ready."""
     if not PROMETHEUS.exists():
         pytest.skip(f"{PROMETHEUS} is not installed (Debian package prometheus)")
@@ -178,7 +179,7 @@ def _wait_for_scrapes(url: str, count: int) -> None:
         time.sleep(QUERY_POLL_S)
 
 
-def _exposed(server: ServerProcess) -> set[str]:
+def _exposed(server: Node) -> set[str]:
     """The sample names on the server's /metrics (a histogram's _bucket, _count, _sum; a counter's _total)."""
     text = httpx.get(f"{server.url}/metrics", timeout=5.0).text
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
@@ -222,7 +223,7 @@ def test_prometheus_sees_every_execution(prometheus: str) -> None:
     assert (_value(prometheus, 'sum(sandlot_requests_total{door="http", code="200"})') or 0) >= 5
 
 
-def test_dashboard_queries_name_exposed_metrics(served: ServerProcess) -> None:
+def test_dashboard_queries_name_exposed_metrics(served: Node) -> None:
     exposed = _exposed(served)
     named: set[str] = set()
     for title, expr in _dashboard_queries():

@@ -20,10 +20,8 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +29,12 @@ import httpx
 import pytest
 
 from sandlot.config import Settings, load_settings
-from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
 
+from .nodes import SANDLOT, STARTUP_TIMEOUT_S, Node, free_ports, processes_of, serve_args
+from .nodes import sweep as sweep_boxes
 from .test_http import LONG_LIMITS, SLEEPER, parse_sse
 
-SANDLOT = Path(sys.executable).with_name("sandlot")  # the console script of this venv
 PROC_ENV = {
     "SANDLOT_STATE_DIR": "/var/lib/sandlot-proc-test",
     "SANDLOT_RUN_DIR": "/run/sandlot-proc-test",
@@ -47,8 +45,6 @@ PROC_SETTINGS: Settings = load_settings(environ=PROC_ENV)
 BOX_UIDS = range(PROC_SETTINGS.box_uid_base, PROC_SETTINGS.box_uid_base + PROC_SETTINGS.max_boxes)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-STARTUP_TIMEOUT_S = 30.0  # the first start of a session also builds the helper and the Go cache
-READY_POLL_S = 0.1
 LISTENER_GRACE_S = 5.0  # server.py's _LISTENER_GRACE_S: in-flight responses after the drain
 STOP_MARGIN_S = 10.0  # on top of the drain deadline and the listener grace, before SIGKILL
 
@@ -60,71 +56,8 @@ MARKER = "left-by-the-killed-server"
 # ------------------------------------------------------------- the process
 
 
-@dataclass
-class ServerProcess:
-    """One ``sandlot serve`` child, its ports and its log (a file: there is no pipe to drain or leak)."""
-
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    grpc_port: int
-    log: Path
-    drain_deadline_s: float
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        """Until /readyz answers 200; fails at once, with the log, if the process exits first."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/readyz").status_code == 200:
-                        return
-                # Waiting on the process, not sleeping: an early exit ends the wait at once.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    code = self.proc.wait(READY_POLL_S)
-                    pytest.fail(f"sandlot serve exited with {code} before it was ready:\n{self.output()}")
-        pytest.fail(f"sandlot serve was not ready within {STARTUP_TIMEOUT_S:g} s:\n{self.output()}")
-
-    def stop(self) -> int:
-        """SIGTERM (a drain), SIGKILL if it overruns; the process is always reaped. Returns its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(self.drain_deadline_s + LISTENER_GRACE_S + STOP_MARGIN_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports free right now (all held open together, so no two are the same)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
 def serve_command(http_port: int, grpc_port: int, pool_size: int) -> list[str]:
     return [str(SANDLOT), *serve_args(http_port, grpc_port, pool_size)]
-
-
-def serve_args(http_port: int, grpc_port: int, pool_size: int) -> list[str]:
-    """``sandlot serve``'s arguments for a test server: jail boxes only (tests/test_gvisor.py covers gVisor's)."""
-    ports = ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
-    return ["serve", *ports, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"]
-
-
-def worker_args(redis_url: str, pool_size: int, gvisor_pool_size: int = 0) -> list[str]:
-    """``sandlot worker``'s arguments for a test worker."""
-    pools = ["--pool-size", str(pool_size), "--gvisor-pool-size", str(gvisor_pool_size)]
-    return ["worker", "--redis", redis_url, *pools]
 
 
 def serve_env(**settings: object) -> dict[str, str]:
@@ -134,7 +67,7 @@ def serve_env(**settings: object) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(log_dir: Path, *, pool_size: int = 2, drain_deadline_s: float = 5.0) -> Iterator[ServerProcess]:
+def running_server(log_dir: Path, *, pool_size: int = 2, drain_deadline_s: float = 5.0) -> Iterator[Node]:
     """A ready ``sandlot serve`` on free loopback ports; stopped (and reaped) on the way out, however it ends."""
     http_port, grpc_port = free_ports(2)
     log = log_dir / f"serve-{http_port}.log"
@@ -146,7 +79,7 @@ def running_server(log_dir: Path, *, pool_size: int = 2, drain_deadline_s: float
             stdout=out,
             stderr=out,
         )
-    server = ServerProcess(proc, http_port, grpc_port, log, drain_deadline_s)
+    server = Node(0, proc, log, drain_deadline_s + LISTENER_GRACE_S + STOP_MARGIN_S, http_port)
     try:
         server.wait_ready()
         yield server
@@ -173,17 +106,8 @@ def box_mounts() -> list[Path]:
 
 
 def box_processes() -> dict[int, str]:
-    """Live processes with any uid in the test's box uid range: pid -> name. Zombies are dead, only unreaped."""
-    found: dict[int, str] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:  # exited meanwhile
-            continue
-        uids = {int(uid) for uid in fields["Uid"].split()}
-        if any(uid in BOX_UIDS for uid in uids) and not fields["State"].strip().startswith("Z"):
-            found[int(status.parent.name)] = fields["Name"].strip()
-    return found
+    """Live processes with any uid in the test's box uid range: pid -> name."""
+    return processes_of(BOX_UIDS)
 
 
 def assert_nothing_left() -> None:
@@ -194,9 +118,7 @@ def assert_nothing_left() -> None:
 
 def sweep() -> None:
     """Clean what an earlier failure left (sandlot's own sweep: cgroup kill, unmount), then the empty group."""
-    sandbox = Sandbox(PROC_SETTINGS)
-    sandbox.sweep_stale()
-    sandbox.driver.remove_group()
+    sweep_boxes(PROC_SETTINGS)
 
 
 @pytest.fixture(autouse=True)
