@@ -26,7 +26,7 @@ from sandlot.engine import Engine, check_isolation
 from sandlot.errors import AuthError, ConfigError, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
-from sandlot.pool import BoxPool, pool_for_run
+from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sandbox.gvisor import UNAVAILABLE
@@ -168,7 +168,6 @@ class Service:
     worker: Worker | None
     sessions: Sessions  # the doors' sessions: the pools', or the broker's directory in distributed mode
     pools: dict[str, BoxPool] = field(default_factory=dict)  # by isolation level; "jail" is ``pool``
-    isolation_problems: dict[str, str] = field(default_factory=dict)  # level -> why it cannot run here
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
 
@@ -235,9 +234,7 @@ class Service:
             session_idle_s=server.session_idle_s,
             problems=problems,
         )
-        service = cls(
-            settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools, problems
-        )
+        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools)
         service._versions = await languages.probe_versions()
         return service
 
@@ -263,7 +260,7 @@ class Service:
         if not self.sessions.distributed:
             # Distributed, the workers' pools decide which levels run, and a session's
             # level is in the broker: ``enqueue`` settles it.
-            self._pool_for(spec.isolation, spec.tenant, spec.session_id)
+            self.sessions.pool_for_run(spec.isolation, spec.tenant, spec.session_id)
         return spec
 
     def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
@@ -279,15 +276,6 @@ class Service:
             return asked
         default = self.server.default_isolation
         return max(default, min_isolation, key=ISOLATION_LEVELS.index)
-
-    def pool_for(self, isolation: str) -> BoxPool:
-        """The pool of one isolation level; IsolationUnavailable (503) says why a level is missing."""
-        check_isolation(isolation)
-        return self._pool_for(isolation, "", None)
-
-    def _pool_for(self, level: str, tenant: str, session_id: str | None) -> BoxPool:
-        reason = self.isolation_problems.get(level, "not configured")
-        return pool_for_run(self.pools, level, tenant, session_id, missing_reason=reason)
 
     async def create_session(self, tenant: str, isolation: str = "", *, min_isolation: str = "jail") -> SessionInfo:
         """A session at the settled level (see ``validate``); ``sessions`` does the rest."""

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandlot.broker import SessionDirectory
-from sandlot.errors import IsolationUnavailable, RejectedError
-from sandlot.pool import BoxPool, Session, SessionNotFound, check_level, find_session
+from sandlot.errors import RejectedError
+from sandlot.pool import BoxPool, Session, SessionNotFound, check_level, find_session, pool_for_run
 
 
 class SessionFilesUnavailable(RejectedError):
@@ -65,13 +65,18 @@ class Sessions:
         distributed, the worker that takes the session's first job opens its box.
         """
         if self._directory is None:
-            pool = self._pools.get(isolation)
-            if pool is None:
-                raise IsolationUnavailable(isolation, self._problems.get(isolation, "not configured"))
-            session = await pool.create_session(tenant)
+            session = await self.pool_for_run(isolation, tenant, None).create_session(tenant)
             return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.box.isolation)
         session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s, isolation=isolation)
         return SessionInfo(session_id, self._ttl_s, isolation)
+
+    def pool_for_run(self, level: str, tenant: str, session_id: str | None) -> BoxPool:
+        """Embedded: the pool a run goes to, its session's or its level's (``pool.pool_for_run``).
+
+        A level this process has no pool of is IsolationUnavailable (503), with the reason found at start-up.
+        """
+        reason = self._problems.get(level, "not configured")
+        return pool_for_run(self._pools, level, tenant, session_id, missing_reason=reason)
 
     async def level_for_run(self, tenant: str, session_id: str, asked: str) -> str:
         """The level a run in the session goes at: the session's own, never weaker than ``asked`` (else 400)."""
