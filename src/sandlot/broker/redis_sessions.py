@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from sandlot.broker import SessionBinding, SessionVerdict
 from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import Keys
+from sandlot.broker.redis_wire import to_str
 
 SESSION_ID_BYTES = 24  # as the pool's own session ids
 
@@ -56,9 +57,7 @@ class RedisSessions:
     async def isolation(self, tenant: str, session_id: str) -> str | None:
         async with self._reachable():
             level = await self._redis.hget(self._keys.session(tenant, session_id), "isolation")
-        if level is None:
-            return None
-        return level.decode() if isinstance(level, bytes) else str(level)
+        return None if level is None else to_str(level)
 
     async def end(self, tenant: str, session_id: str) -> bool:
         async with self._reachable():
