@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +129,18 @@ class RedisServer:
         self.proc = None
 
 
+@contextlib.contextmanager
+def running_redis(workdir: Path, *, append_only: bool) -> Iterator[RedisServer]:
+    """A started RedisServer in workdir (made if missing), stopped on the way out."""
+    workdir.mkdir(exist_ok=True)
+    server = RedisServer(workdir, append_only=append_only)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass(frozen=True)
 class NodeLayout:
     """Where node n of one test file keeps its boxes: ``/var/lib/sandlot-<name>-<n>``, its own uids, and so on."""
@@ -166,6 +178,15 @@ class NodeLayout:
         """Release every node's stale boxes (a killed node could not) and remove their cgroup groups."""
         for n in self.nodes:
             sweep(self.node_settings(n))
+
+    @contextlib.contextmanager
+    def swept(self) -> Iterator[None]:
+        """Sweep before (what an earlier failure left) and after (what this test left)."""
+        self.sweep()
+        try:
+            yield
+        finally:
+            self.sweep()
 
     def leftovers(self) -> list[Path]:
         """Box cgroups (v1 controllers or v2) and workdir mounts of every node."""
@@ -235,6 +256,16 @@ class Cluster:
         self.log_dir = log_dir
         self.layout = layout
         self.nodes: list[Node] = []
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, redis: RedisServer, log_dir: Path, layout: NodeLayout) -> Iterator[Cluster]:
+        """A cluster whose nodes are all stopped on the way out."""
+        cluster = cls(redis, log_dir, layout)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
 
     def api(self, n: int, **settings: object) -> Node:
         http_port, grpc_port = free_ports(2)

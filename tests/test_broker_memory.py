@@ -8,10 +8,7 @@ tests play the door and the worker themselves.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -36,36 +33,7 @@ from sandlot.models import (
     Status,
 )
 
-_WAIT_S = 5.0  # a bound for what should happen promptly, never a measurement
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _spec(tenant: str = "a", **changes: object) -> TaskSpec:
-    fields: dict[str, object] = {
-        "id": uuid.uuid4().hex,
-        "tenant": tenant,
-        "language": "python",
-        "files": (SourceFile("main.py", b"print('hi')\n"),),
-    }
-    fields.update(changes)
-    return TaskSpec(**fields)  # type: ignore[arg-type]
-
-
-def _ok(stdout: bytes = b"") -> ExitEvent:
-    return ExitEvent(Result(Status.OK, exit_code=0, stdout=stdout, language="python"))
-
-
-async def _collect(events: AsyncIterator[Event]) -> list[Event]:
-    async with asyncio.timeout(_WAIT_S):
-        return [event async for event in events]
-
-
-async def _claim(broker: MemoryBroker) -> TaskSpec:
-    async with asyncio.timeout(_WAIT_S):
-        return await broker.claim()
-
+from .test_broker_redis import _claim, _collect, _ok, _spec, _within
 
 # ------------------------------------------------------------------ memory only
 
@@ -94,8 +62,7 @@ async def test_a_cancel_between_claim_and_start_goes_to_the_worker() -> None:
     claimed = await _claim(broker)
     controls = broker.controls(claimed.id)
     assert await broker.cancel("a", spec.id) is True
-    async with asyncio.timeout(_WAIT_S):
-        assert await anext(controls) == Control("cancel")
+    assert await _within(anext(controls)) == Control("cancel")
     await broker.mark_running(spec.id)
     await broker.finish(spec.id, ExitEvent(Result(Status.SIGNALED, signal=9, message="cancelled by request")))
     await broker.finish(spec.id, _ok())  # a late second finish is ignored

@@ -32,7 +32,7 @@ import redis
 
 from sandlot.broker.keys import Keys
 
-from .nodes import GRACE_S, Cluster, NodeLayout, RedisServer
+from .nodes import GRACE_S, Cluster, NodeLayout, RedisServer, running_redis
 from .test_serve_process import HELLO, SLEEP_3S, execution, read_until_output, sse_frames, submit, wait_until
 
 CLAIM_IDLE_MS = 2000
@@ -53,32 +53,20 @@ LAYOUT = NodeLayout(
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(workdir, append_only=True)
-    server.start()
-    try:
+    with running_redis(tmp_path / "redis", append_only=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(redis_server, tmp_path, LAYOUT)
-    try:
+    with Cluster.running(redis_server, tmp_path, LAYOUT) as nodes:
         yield nodes
-    finally:
-        nodes.close()
 
 
 @pytest.fixture(autouse=True)
 def _clean_host() -> Iterator[None]:
-    LAYOUT.sweep()
-    try:
+    with LAYOUT.swept():
         yield
-    finally:
-        LAYOUT.sweep()
 
 
 # ------------------------------------------------------------------ client

@@ -29,7 +29,7 @@ import redis
 
 from sandlot.broker.keys import WORKERS_GROUP, Keys
 
-from .nodes import Cluster, NodeLayout, RedisServer
+from .nodes import Cluster, NodeLayout, RedisServer, running_redis
 from .test_serve_process import sse_frames
 
 CLAIM_IDLE_MS = 1500
@@ -55,23 +55,14 @@ TINY_LIMITS = {"wall_time_limit": 5, "time_limit": 2}
 
 @pytest.fixture
 def fault_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    workdir = tmp_path / "fault-redis"
-    workdir.mkdir()
-    server = RedisServer(workdir, append_only=True)
-    server.start()
-    try:
+    with running_redis(tmp_path / "fault-redis", append_only=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def cluster(fault_redis: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(fault_redis, tmp_path, LAYOUT)
-    try:
+    with Cluster.running(fault_redis, tmp_path, LAYOUT) as nodes:
         yield nodes
-    finally:
-        nodes.close()
 
 
 @pytest.fixture
@@ -85,11 +76,8 @@ def rdb(fault_redis: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture(autouse=True)
 def _clean_host() -> Iterator[None]:
-    LAYOUT.sweep()
-    try:
+    with LAYOUT.swept():
         yield
-    finally:
-        LAYOUT.sweep()
 
 
 # ------------------------------------------------------------------ client
