@@ -32,8 +32,6 @@ import csv
 import io
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from procs import free_port, sandlot_command, stop
 from sandlot.broker.keys import Keys
 
 HELLO = "print('hi')"
@@ -71,20 +70,6 @@ WARMUP_JOBS = 10
 MAX_COUNT = 1_000_000
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _sandlot() -> list[str]:
-    beside = Path(sys.executable).with_name("sandlot")
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-c", "from sandlot.cli import entrypoint; entrypoint()"]
-
-
 # ------------------------------------------------------------------ processes
 
 
@@ -105,7 +90,7 @@ def _redis_pid(url: str) -> int:
 @contextlib.contextmanager
 def _redis_server() -> Iterator[str]:
     """A redis-server with AOF in a temporary directory; yields its URL; stopped by PID, directory removed."""
-    port = _free_port()
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="sandlot-bench-redis-"))
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
     argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--logfile", str(workdir / "log")]
@@ -125,18 +110,8 @@ def _redis_server() -> Iterator[str]:
         client.close()
         yield url
     finally:
-        _stop(proc, REDIS_TIMEOUT_S)
+        stop(proc, REDIS_TIMEOUT_S)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-    return proc.wait()
 
 
 def _node_env(n: int) -> dict[str, str]:
@@ -199,18 +174,18 @@ class _Cluster:
         return node
 
     def api(self, n: int) -> _Node:
-        port = _free_port()
-        argv = [*_sandlot(), "serve", "--redis", self.redis_url, "--no-worker", "--pool-size", "1"]
-        argv += ["--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(_free_port())]
+        port = free_port()
+        argv = [*sandlot_command(), "serve", "--redis", self.redis_url, "--no-worker", "--pool-size", "1"]
+        argv += ["--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(free_port())]
         return self._start(n, argv, port)
 
     def worker(self, n: int, pool_size: int) -> _Node:
-        argv = [*_sandlot(), "worker", "--redis", self.redis_url, "--pool-size", str(pool_size)]
+        argv = [*sandlot_command(), "worker", "--redis", self.redis_url, "--pool-size", str(pool_size)]
         return self._start(n, [*argv, "--gvisor-pool-size", "0"])  # jail runs only: no gVisor boxes to keep warm
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
-            code = _stop(node.proc, STOP_TIMEOUT_S)
+            code = stop(node.proc, STOP_TIMEOUT_S)
             if code != 0:
                 print(f"  (node {node.n} exited with {code})", file=sys.stderr)
         self.nodes.clear()

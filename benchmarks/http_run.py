@@ -38,11 +38,8 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -53,6 +50,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from procs import free_port, sandlot_command, stop
 
 PYTHON = "/usr/bin/python3"  # the interpreter the python language runs in a box
 HELLO = "print('hi')"
@@ -104,25 +103,11 @@ class _Sample:
 # ------------------------------------------------------------------ server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _sandlot_command() -> list[str]:
-    beside = Path(sys.executable).with_name("sandlot")
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-c", "from sandlot.cli import entrypoint; entrypoint()"]
-
-
 @contextlib.contextmanager
 def _server(pool_size: int, config: Path | None, isolation: str = "jail") -> Iterator[str]:
     """A `sandlot serve` subprocess on loopback; yields its base URL, stops it by PID."""
-    http_port, grpc_port = _free_port(), _free_port()
-    argv = _sandlot_command()
+    http_port, grpc_port = free_port(), free_port()
+    argv = sandlot_command()
     if config is not None:
         argv += ["--config", str(config)]
     argv += [
@@ -142,7 +127,7 @@ def _server(pool_size: int, config: Path | None, isolation: str = "jail") -> Ite
             _wait_ready(proc, base, log)
             yield base
         finally:
-            _stop(proc)
+            stop(proc, STOP_TIMEOUT_S)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: IO[str]) -> None:
@@ -157,18 +142,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: IO[str]) -> None:
                     return
             time.sleep(READY_POLL_S)
     raise SystemExit(f"sandlot serve not ready after {START_TIMEOUT_S:.0f} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a drain that releases every box), SIGKILL only if it does not end in time."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # ---------------------------------------------------------------- clients
