@@ -29,7 +29,9 @@ from sandlot.models import ExitEvent, Result, Status
 from sandlot.service import ApiKey, ServerSettings, Service
 
 from .conftest import make_settings
-from .test_http import asgi_client, live_server, running_service, wait_done, wait_running
+from .test_http import asgi_client, live_server, running_service, service_fixture, wait_done, wait_running
+
+__all__ = ["service_fixture"]  # a fixture, used by name
 
 EXECUTE = "/api/v2/execute"
 HELLO = {"language": "python", "version": "*", "files": [{"content": "print('hello')"}]}
@@ -87,12 +89,6 @@ def execute_body(language: str, code: str, **extra: Any) -> dict[str, Any]:
 async def live_fixture() -> AsyncIterator[tuple[Service, str]]:
     async with running_service() as service, live_server(piston_app(service)) as address:
         yield service, f"http://{address}/api/v2/"
-
-
-@pytest.fixture(name="service")
-async def service_fixture() -> AsyncIterator[Service]:
-    async with running_service() as service:
-        yield service
 
 
 @pytest.fixture(name="client")
