@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +87,10 @@ class RedisServer:
     same port and directory keeps everything; otherwise no persistence at all.
     """
 
-    def __init__(self, workdir: Path, *, append_only: bool) -> None:
+    def __init__(self, workdir: Path, *, append_only: bool, extra_args: Sequence[str] = ()) -> None:
         self.workdir = workdir
         self.append_only = append_only
+        self.extra_args = tuple(extra_args)  # e.g. --requirepass, --unixsocket
         (self.port,) = free_ports(1)
         self.proc: subprocess.Popen[str] | None = None
 
@@ -103,6 +104,7 @@ class RedisServer:
             [
                 *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence),
                 *("--dir", str(self.workdir), "--logfile", "", "--daemonize", "no"),
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -130,10 +132,10 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(workdir: Path, *, append_only: bool) -> Iterator[RedisServer]:
+def running_redis(workdir: Path, *, append_only: bool, extra_args: Sequence[str] = ()) -> Iterator[RedisServer]:
     """A started RedisServer in workdir (made if missing), stopped on the way out."""
     workdir.mkdir(exist_ok=True)
-    server = RedisServer(workdir, append_only=append_only)
+    server = RedisServer(workdir, append_only=append_only, extra_args=extra_args)
     server.start()
     try:
         yield server

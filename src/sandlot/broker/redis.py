@@ -104,6 +104,7 @@ from sandlot.broker import (
 )
 from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import DEADLETTER_MAXLEN, IDEMPOTENCY_PENDING_TTL_S, WORKERS_GROUP, Keys
+from sandlot.broker.redis_autopipe import Arg, AutoPipeline
 from sandlot.broker.redis_sessions import RedisSessions
 from sandlot.broker.redis_wire import (
     control_message,
@@ -168,6 +169,14 @@ class RedisBroker:
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),  # our own backoff decides when to try again
         )
+        # The submit path's own connection: the submits of one loop turn share a write (redis_autopipe).
+        self._submits = AutoPipeline(
+            url,
+            connect_timeout_s=_CONNECT_TIMEOUT_S,
+            reply_timeout_s=_SOCKET_TIMEOUT_S,
+            on_lost=self._drop_idle_connections,
+        )
+        self._dropping: asyncio.Future[None] | None = None
         script = self._redis.register_script
         self._submit, self._take_next, self._take = script(lua.SUBMIT), script(lua.TAKE_NEXT), script(lua.TAKE)
         self._reclaim, self._ack_script = script(lua.RECLAIM), script(lua.ACK)
@@ -214,33 +223,26 @@ class RedisBroker:
                 raise QueueFull(f"{self._depth} executions are already queued")
         return spec
 
-    async def _queue_job(
-        self, state: str, fields: dict[str, str], keys: list[str], args: list[object]
-    ) -> tuple[int, int]:
+    async def _queue_job(self, state: str, fields: dict[str, str], keys: list[str], args: list[Arg]) -> tuple[int, int]:
         """The state hash, then the SUBMIT script, in one round trip: (verdict, depth).
 
-        By EVALSHA, not redis-py's pipelined scripts, which ask SCRIPT EXISTS first
-        (a second round trip) on every execute. A Redis that lost its script cache
+        On the auto-pipelined connection (``redis_autopipe``), which sends the
+        submits of one loop turn in one write; by EVALSHA, so the script's text
+        is not sent every time. A Redis that lost its script cache
         (a restart) answers NOSCRIPT: load the script and send both again (the HSET
         writes the same fields, so repeating it changes nothing).
         """
-        replies = await self._hset_and_submit(state, fields, keys, args)
+        hset = ("HSET", state, *(item for pair in fields.items() for item in pair))
+        evalsha = ("EVALSHA", self._submit.sha, len(keys), *keys, *args)
+        replies = await self._submits.execute(hset, evalsha)
         if isinstance(replies[1], NoScriptError):
-            await self._redis.script_load(lua.SUBMIT)
-            replies = await self._hset_and_submit(state, fields, keys, args)
+            await self._submits.execute(("SCRIPT", "LOAD", lua.SUBMIT))
+            replies = await self._submits.execute(hset, evalsha)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         verdict, depth = replies[1]
         return int(verdict), int(depth)
-
-    async def _hset_and_submit(
-        self, state: str, fields: dict[str, str], keys: list[str], args: list[object]
-    ) -> list[Any]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(state, mapping=fields)  # type: ignore[arg-type]
-            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
-            return list(await pipe.execute(raise_on_error=False))
 
     async def get(self, tenant: str, task_id: str) -> TaskState | None:
         async with self._reachable():
@@ -408,7 +410,19 @@ class RedisBroker:
                 last = entry_id
                 yield control_message(fields)
 
+    def _drop_idle_connections(self) -> None:
+        """Redis went away (the submit connection saw it): the connections idle in redis-py's pool are
+        dead too. Closed now, they reconnect when next used, rather than each failing one request
+        with a 503 after Redis is back."""
+        if self._dropping is None or self._dropping.done():
+            self._dropping = asyncio.ensure_future(self._disconnect_idle())
+
+    async def _disconnect_idle(self) -> None:
+        with contextlib.suppress(Exception):  # a connection that will not close cleanly is gone all the same
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+
     async def close(self) -> None:
+        await self._submits.close()
         await self._redis.aclose()
 
     # ---------------------------------------------- many workers (Distributed)
