@@ -8,6 +8,7 @@ tests play the door and the worker themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -94,9 +95,12 @@ def test_task_spec_json_round_trip() -> None:
         fetch_files=("out.txt",),
         interactive=True,
         user_file_name="solution.c",
+        door_data='{"expected_output": "42"}',
         created=1_700_000_000.25,
     )
     text = spec.to_json()
+    # Written field by field: a field added to TaskSpec but not to to_json would be lost on the way.
+    assert set(json.loads(text)) == {f.name for f in dataclasses.fields(TaskSpec)}
     assert TaskSpec.from_json(text) == spec
     assert TaskSpec.from_json(text.encode()) == spec
     bare = _spec()

@@ -121,7 +121,9 @@ class Settings:
         defaults, maxima = (
             (self.compile_defaults, self.compile_maxima) if stage == "compile" else (self.run_defaults, self.run_maxima)
         )
-        req = request or LimitRequest()
+        if request is None:  # nothing asked: every limit is its default (the common case, on every request)
+            return defaults
+        req = request
 
         def pick(name: str, given: float | None, default: float, maximum: float, unit: str, scale: int) -> float:
             name = f"{where}.{name}" if where else name

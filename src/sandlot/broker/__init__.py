@@ -21,7 +21,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sandlot.config import LimitRequest
@@ -52,6 +52,10 @@ class QueueFull(SandlotError):
 
 class BrokerUnavailable(Unavailable):
     """The broker's backing store cannot be reached (HTTP 503)."""
+
+
+def _limits_json(limits: LimitRequest | None) -> dict[str, Any] | None:
+    return None if limits is None else dict(vars(limits))
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,28 @@ class TaskSpec:
         )
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["files"] = [{"name": f.name, "content": base64.b64encode(f.content).decode()} for f in self.files]
-        data["stdin"] = base64.b64encode(self.stdin).decode()
-        return json.dumps(data)
+        # Field by field rather than dataclasses.asdict, whose deep copy was a tenth of an API node's
+        # time per execute (from_json reads exactly these).
+        return json.dumps(
+            {
+                "id": self.id,
+                "tenant": self.tenant,
+                "language": self.language,
+                "files": [{"name": f.name, "content": base64.b64encode(f.content).decode()} for f in self.files],
+                "stdin": base64.b64encode(self.stdin).decode(),
+                "args": list(self.args),
+                "limits": _limits_json(self.limits),
+                "compile_limits": _limits_json(self.compile_limits),
+                "session_id": self.session_id,
+                "isolation": self.isolation,
+                "commands": list(self.commands),
+                "fetch_files": list(self.fetch_files),
+                "interactive": self.interactive,
+                "user_file_name": self.user_file_name,
+                "door_data": self.door_data,
+                "created": self.created,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskSpec:

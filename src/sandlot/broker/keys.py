@@ -76,6 +76,7 @@ ordered so that a crash between them leaves nothing a worker could trip over
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -84,10 +85,13 @@ WORKERS_GROUP = "workers"  # every jobs stream's consumer group
 IDEMPOTENCY_PENDING_TTL_S = 24 * 3600  # an idempotency key outlives any queued or running task
 DEADLETTER_MAXLEN = 10_000  # entries kept in the dead-letter stream (approximate trim)
 WAKE_SUFFIX = ":wake"  # an inbox's token list is its key plus this (the Lua scripts append it too)
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*")  # the characters quote(safe="") never escapes
 
 
 def _part(text: str) -> str:
     """One key component: nothing that could end a hash tag or add a ``:`` level."""
+    if _UNQUOTED.fullmatch(text):  # task ids, tenants: what quote() leaves as it is anyway, without its cost
+        return text
     return quote(text, safe="")
 
 
