@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from sandlot.api.http import create_app
 from sandlot.api.http_render import OutputDecoder, event_data, ws_message
+from sandlot.broker import Broker
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent
 from sandlot.service import ServerSettings, Service
 
@@ -37,10 +38,10 @@ LONG_LIMITS = {"wall_time_limit": 60, "time_limit": 10}
 
 
 @contextlib.asynccontextmanager
-async def running_service(**server: Any) -> AsyncIterator[Service]:
+async def running_service(*, broker: Broker | None = None, **server: Any) -> AsyncIterator[Service]:
     """A started Service with test state dirs; a short drain so a test's leftover sleeps die fast."""
     settings = ServerSettings(**{"pool_size": 2, "gvisor_pool_size": 0, "drain_deadline_s": 2.0, **server})
-    service = await Service.start(make_settings(), settings)
+    service = await Service.start(make_settings(), settings, broker=broker)
     try:
         yield service
     finally:

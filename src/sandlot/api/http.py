@@ -9,8 +9,8 @@ or plain text. It never runs a process; the worker does.
 
 Routes (one module each)::
 
-    http_tasks     POST /api/v1/run  POST /api/v1/execute  GET|DELETE /api/v1/tasks/{id}
-                   GET /api/v1/tasks/{id}/events (SSE)
+    http_tasks     POST /api/v1/run  GET|DELETE /api/v1/tasks/{id}  GET /api/v1/tasks/{id}/events (SSE)
+    http_execute   POST /api/v1/execute (a raw ASGI route in front of FastAPI: the ingest path)
     http_text      POST /run (the Go code runner's text door)
     http_ws        GET /api/v1/ws (interactive WebSocket)
     http_sessions  /api/v1/sessions[/{id}[/files[/{path}]]]
@@ -28,7 +28,8 @@ errors included; an unknown or foreign task or session is 404). Two pure ASGI
 middlewares wrap everything: ``CountResponses`` (``sandlot_requests_total`` by
 door and code; 499 when the client left before an answer) outermost, so it
 also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
-buffering them.
+buffering them; inside both, ``ExecuteRoute`` answers ``POST /api/v1/execute``
+before FastAPI sees it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from sandlot.api import docs_page, http_sessions, http_tasks, http_text, http_ws
 from sandlot.api.auth import Authenticator
 from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
+from sandlot.api.http_execute import ExecuteRoute
 from sandlot.api.http_middleware import BodyLimit, CountResponses
 from sandlot.service import Service
 
@@ -58,6 +60,8 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         summary="Run untrusted code in hardened sandboxes.",
         docs_url=None,  # docs_page serves /docs with local assets
         redoc_url=None,
+        # FastAPI's own OpenTelemetry asks the global providers on every request; our metrics are Prometheus'.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # One Authenticator per process, shared with the gRPC door, so a key's quotas are one budget.
     app.state.door = Door(service, authenticator or Authenticator(service.server.api_keys))
@@ -75,7 +79,9 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     piston.install(app, service)
     judge0.install(app, service)
     mcp_server.install(app, service)
-    # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
+    # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included; the
+    # ingest route sits inside both, so it is counted and capped like every other route.
+    app.add_middleware(ExecuteRoute, door=app.state.door)
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)
     return app
