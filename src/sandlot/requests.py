@@ -50,7 +50,9 @@ def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str |
 
 
 def _str_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = data.get(key) or []
+    value = data.get(key)
+    if not value:  # absent, null or empty, as most requests have it
+        return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RejectedError(f"{key}: must be a list of strings", field=key)
     return tuple(value)

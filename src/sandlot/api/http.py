@@ -28,8 +28,9 @@ errors included; an unknown or foreign task or session is 404). Two pure ASGI
 middlewares wrap everything: ``CountResponses`` (``sandlot_requests_total`` by
 door and code; 499 when the client left before an answer) outermost, so it
 also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
-buffering them; inside both, ``ExecuteRoute`` answers ``POST /api/v1/execute``
-before FastAPI sees it.
+buffering them. ``POST /api/v1/execute`` never reaches them or FastAPI:
+``SandlotApp`` hands it to ``http_execute.ExecuteRoute``, which caps and counts
+it the same way itself.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 import sandlot
 from sandlot.api import docs_page, http_sessions, http_tasks, http_text, http_ws, judge0, mcp_server, piston, playground
@@ -52,9 +54,22 @@ from sandlot.service import Service
 _service_routes = APIRouter(tags=["service"])
 
 
-def create_app(service: Service, *, authenticator: Authenticator | None = None) -> FastAPI:
+class SandlotApp(FastAPI):
+    """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``http_execute``)."""
+
+    execute_route: ExecuteRoute | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.execute_route
+        if route is not None and route.serves(scope):
+            await route(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(service: Service, *, authenticator: Authenticator | None = None) -> SandlotApp:
     """The HTTP application over a started Service (which the caller starts and stops)."""
-    app = FastAPI(
+    app = SandlotApp(
         title="sandlot",
         version=sandlot.__version__,
         summary="Run untrusted code in hardened sandboxes.",
@@ -79,11 +94,10 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     piston.install(app, service)
     judge0.install(app, service)
     mcp_server.install(app, service)
-    # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included; the
-    # ingest route sits inside both, so it is counted and capped like every other route.
-    app.add_middleware(ExecuteRoute, door=app.state.door)
+    # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)
+    app.execute_route = ExecuteRoute(app.state.door, max_body_bytes=service.server.max_body_bytes)
     return app
 
 

@@ -1,25 +1,26 @@
-"""``POST /api/v1/execute`` as a raw ASGI route: an API node's ingest path, without FastAPI's per-request work.
+"""``POST /api/v1/execute`` as a raw ASGI route in front of FastAPI: an API node's ingest path.
 
 Theory of operation
 -------------------
 Queueing an execution is the request an API node answers most, and the cheapest
-one: parse, validate, one Redis round trip, 202. Through FastAPI, solving the
-route's dependencies, building a ``Request`` and a ``JSONResponse`` and walking
-the router cost several times the work itself (docs/benchmarks.md, ingest), so
-``ExecuteRoute`` is a middleware placed just inside the two that count
-responses and cap bodies (``http_middleware``): it answers ``POST
-/api/v1/execute`` itself and hands every other request to FastAPI.
+one: parse, validate, one Redis round trip, 202. Through FastAPI, its
+middleware stack, router, dependency solving, ``Request`` and ``JSONResponse``
+cost more than twice the work itself and stalled the loop now and then
+(docs/benchmarks.md, ingest). So the application (``http.SandlotApp``) hands
+``POST /api/v1/execute`` to ``ExecuteRoute`` before FastAPI sees it, and
+everything else to FastAPI.
 
 It is the same door as the rest of the HTTP API, sharing what decides the
 answer with it: the caller from ``Authorization`` (``Authenticator``, quotas
 included), the body from ``parse_json``/``decode_code`` and
 ``parse_execution``, validation, the key's execution slot and the queueing
-from ``http_common.submit``, and every error from ``as_api_error``. The
-FastAPI route of the same path in ``http_tasks`` only declares it, for the
-OpenAPI document and for 405 on other methods; this serves it.
-
-A client that leaves before its body has arrived gets no answer (the counter
-records 499). Anything unexpected is a logged 500 with no detail, as elsewhere.
+from ``http_common.submit``, every error from ``as_api_error``. Being outside
+the middlewares, it does their two jobs itself, the same way: the body cap
+(413 before reading a declared oversize body, or as soon as a chunked one goes
+over) and the count in ``sandlot_requests_total`` (door ``http``; 499 when the
+client left before an answer, 500 for anything unexpected, which is logged and
+answered with no detail). The FastAPI route of the same path in ``http_tasks``
+only declares it, for the OpenAPI document and 405 on other methods.
 """
 
 from __future__ import annotations
@@ -29,17 +30,22 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter
+from starlette.types import Receive, Scope, Send
 
 from sandlot.api.http_common import Door, bearer_token, decode_code, idempotency_key, parse_json, submit
 from sandlot.api.http_errors import MAPPED_ERRORS, ApiError, as_api_error
+from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST, content_length, too_large
 from sandlot.requests import parse_execution
 
 log = logging.getLogger(__name__)
 
 PATH = "/api/v1/execute"
+DOOR = "http"  # its label in sandlot_requests_total, as for the other JSON routes
 DEFAULT_TEXT_LANGUAGE = "python"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# As FastAPI's JSONResponse writes it: compact, UTF-8. Made once: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class _ClientGone(Exception):
@@ -47,32 +53,47 @@ class _ClientGone(Exception):
 
 
 class ExecuteRoute:
-    """Serves ``POST /api/v1/execute``; passes everything else to ``app``."""
+    """Answers ``POST /api/v1/execute``: see the module's docstring."""
 
-    def __init__(self, app: ASGIApp, *, door: Door) -> None:
-        self.app = app
+    def __init__(self, door: Door, *, max_body_bytes: int) -> None:
         self.door = door
+        self.max_body_bytes = max_body_bytes
+        self._counted: dict[int, Counter] = {}  # status code -> its child counter, looked up once
+
+    @staticmethod
+    def serves(scope: Scope) -> bool:
+        return bool(scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        status = 500  # unless an answer goes out, or the client is found gone
+        try:
+            status = await self._answer(scope, receive, send)
+        finally:
+            self._count(status)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Send the answer; its status code (499 when there was nobody left to answer)."""
         try:
             status, body = 202, await self._queue(scope, receive)
         except _ClientGone:
-            return
+            return CLIENT_CLOSED_REQUEST
         except MAPPED_ERRORS as exc:
             error = as_api_error(exc)
-            await _send_json(send, error.status, error.body(), error.headers())
-            return
+            status, body = error.status, error.body()
+            await _send_json(send, status, body, error.headers())
+            return status
         except Exception:
             log.exception("POST %s failed", PATH)
             error = ApiError(500, "internal_error", "internal error")
             await _send_json(send, error.status, error.body(), error.headers())
-            return
+            return error.status
         await _send_json(send, status, body, None)
+        return status
 
     async def _queue(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        declared = content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            raise too_large(self.max_body_bytes)  # before reading a single byte of it
         authorization = content_type = idempotency = None
         for name, value in scope["headers"]:
             if name == b"authorization" and authorization is None:
@@ -84,7 +105,7 @@ class ExecuteRoute:
         door = self.door
         principal = door.auth.authenticate(bearer_token(authorization))
         language = _query_value(scope["query_string"], "language")
-        body = await _read_body(receive)
+        body = await self._read_body(receive)
         # The level when the body names none, settled now rather than by replacing the spec in validate.
         level = door.service.isolation_for("", principal.min_isolation)
         if _is_json(content_type):
@@ -99,17 +120,27 @@ class ExecuteRoute:
             status = state.status
         return {"task_id": spec.id, "status": status}
 
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole body; 413 as soon as it goes over the cap, whatever it declared."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_large(self.max_body_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-async def _read_body(receive: Receive) -> bytes:
-    """The whole body (``BodyLimit``, outside, raises 413 past the cap while it arrives)."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    def _count(self, status: int) -> None:
+        counter = self._counted.get(status)
+        if counter is None:
+            counter = self._counted[status] = self.door.service.metrics.requests.labels(door=DOOR, code=str(status))
+        counter.inc()
 
 
 def _query_value(query_string: bytes, name: str) -> str | None:
@@ -129,8 +160,7 @@ def _is_json(content_type: str | None) -> bool:
 
 
 async def _send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None) -> None:
-    """As FastAPI's JSONResponse writes it: compact, UTF-8, with its length."""
-    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    body = _ENCODER.encode(content).encode()
     raw = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     if headers:
         raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]

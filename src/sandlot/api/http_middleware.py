@@ -30,7 +30,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await _send_too_large(send, self.max_body_bytes)  # before reading a single byte of it
             return
@@ -43,7 +43,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _too_large(self.max_body_bytes)
+                    raise too_large(self.max_body_bytes)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -121,7 +121,7 @@ def door_of(scope: Scope) -> str:
     return "http"
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
@@ -131,12 +131,12 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large(max_body_bytes: int) -> ApiError:
+def too_large(max_body_bytes: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the request body is over {max_body_bytes} bytes", field="body")
 
 
 async def _send_too_large(send: Send, max_body_bytes: int) -> None:
-    body = json.dumps(_too_large(max_body_bytes).body()).encode()
+    body = json.dumps(too_large(max_body_bytes).body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -48,14 +48,9 @@ _WATCH_INTERVAL_S = 0.5  # how often a connection with commands outstanding chec
 
 
 def _reply(raw: Any) -> Any:
-    """hiredis's error replies as redis-py's exceptions (returned, not raised); nested in arrays too."""
-    if isinstance(raw, hiredis.ReplyError):
-        message = str(raw)
-        if message.startswith("NOSCRIPT"):
-            return NoScriptError(message)
-        return ResponseError(message)
-    if isinstance(raw, list):
-        return [_reply(item) for item in raw]
+    """A NOSCRIPT error reply as redis-py's NoScriptError (the reader makes every error a ResponseError)."""
+    if raw.__class__ is ResponseError and str(raw).startswith("NOSCRIPT"):
+        return NoScriptError(str(raw))
     return raw
 
 
@@ -75,7 +70,7 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, reply_timeout_s: float, on_lost: Callable[[], None]) -> None:
         self._on_lost = on_lost
-        self._reader = hiredis.Reader()
+        self._reader = hiredis.Reader(replyError=ResponseError)  # error replies, nested ones too
         self._waiting: collections.deque[_Batch] = collections.deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
