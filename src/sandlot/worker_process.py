@@ -21,7 +21,7 @@ import signal
 from urllib.parse import urlsplit
 
 from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, effective_claim_idle_ms
+from sandlot.service import ServerSettings, Service, effective_claim_idle_ms, freeze_start_up_objects
 
 log = logging.getLogger("sandlot.worker_process")
 
@@ -41,6 +41,7 @@ async def run_worker(settings: Settings, server: ServerSettings) -> None:
                 _redacted(server.redis_url),
                 effective_claim_idle_ms(settings, server),
             )
+            freeze_start_up_objects()
             await stop.wait()
             log.warning("sandlot worker draining (deadline %.0f s)", server.drain_deadline_s)
         finally:

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from sandlot.api import mcp_server
 from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service
+from sandlot.service import ServerSettings, Service, freeze_start_up_objects
 
 log = logging.getLogger("sandlot.server")
 _LISTENER_GRACE_S = 5.0
@@ -121,6 +121,7 @@ async def _run(
             server.grpc_port,
             service.pool.size,
         )
+        freeze_start_up_objects()
         if ready is not None:
             ready.set()
         stop_wait = asyncio.create_task(stop.wait())
