@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from sandlot.engine import Engine
 from sandlot.errors import RejectedError
-from sandlot.languages import LanguageRegistry
+from sandlot.languages import INSTALLED_RECHECK_S, LanguageRegistry
 from sandlot.models import Status
 from sandlot.sandbox import Box
 
@@ -141,6 +144,25 @@ def test_missing_toolchain_is_not_offered(tmp_path: object) -> None:
     assert ghost.offered() == []
     with pytest.raises(RejectedError, match="not installed"):
         ghost.get("ghost")
+
+
+def test_a_toolchain_installed_while_serving_is_offered_after_the_recheck(tmp_path: Path) -> None:
+    tool = tmp_path / "ghost"
+    now = [0.0]
+    python = LanguageRegistry.load(None).get("python")
+    ghost = dataclasses.replace(python, name="ghost", aliases=(), requires=(str(tool),))
+    registry = LanguageRegistry({"ghost": ghost}, clock=lambda: now[0])
+    assert registry.offered() == []
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    now[0] += INSTALLED_RECHECK_S / 2
+    assert registry.offered() == []  # believed for a while: no stat per request
+    now[0] += INSTALLED_RECHECK_S
+    assert registry.get("ghost").name == "ghost"
+    tool.unlink()
+    now[0] += INSTALLED_RECHECK_S
+    with pytest.raises(RejectedError, match="not installed"):
+        registry.get("ghost")
 
 
 def test_unknown_language_and_extension(languages: LanguageRegistry) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +37,21 @@ _FIELDS = {
 }
 
 
+_ID_BYTES = 16  # 128 random bits: ids are not guessable, and never collide
+_IDS_PER_READ = 256
+_random = bytearray()
+_random_lock = threading.Lock()
+
+
 def new_task_id() -> str:
-    return secrets.token_hex(16)
+    """128 bits from the OS's CSPRNG, as hex; read for 256 ids at a time (a getrandom call per id
+    was a visible share of an execute's cost)."""
+    with _random_lock:
+        if not _random:
+            _random.extend(secrets.token_bytes(_ID_BYTES * _IDS_PER_READ))
+        chunk = _random[:_ID_BYTES]
+        del _random[:_ID_BYTES]
+    return chunk.hex()
 
 
 def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str | None:
@@ -102,9 +116,10 @@ def parse_execution(
 ) -> TaskSpec:
     if not isinstance(data, dict):
         raise RejectedError("the request body must be a JSON object", field="body")
-    unknown = sorted(set(data) - _FIELDS)
+    unknown = data.keys() - _FIELDS
     if unknown:
-        raise RejectedError(f"{unknown[0]}: unknown field", field=unknown[0])
+        first = min(unknown)
+        raise RejectedError(f"{first}: unknown field", field=first)
     language = _str(data, "language", default_language)
     if not language:
         raise RejectedError("language: required", field="language")

@@ -82,6 +82,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -192,8 +193,7 @@ class RedisBroker:
         self._held: dict[str, tuple[str, str]] = {}  # task id -> (stream, entry id), for the tasks this consumer runs
         self._depth = 0  # the global counter as this process last saw it
         self._next_reclaim = 0.0
-        self._retry_at = 0.0
-        self._backoff_s = 0.0
+        self._reach = _Reachable()
 
     # ------------------------------------------------------------ doors
 
@@ -206,13 +206,23 @@ class RedisBroker:
                 if earlier is not None:
                     return earlier
             state = self.keys.state(spec.id)
-            fields = {"tenant": spec.tenant, "status": "queued", "spec": spec.to_json(), "created": repr(spec.created)}
+            hset: tuple[Arg, ...] = ("HSET", state, "tenant", spec.tenant, "status", "queued")
+            hset += ("spec", spec.to_json(), "created", repr(spec.created))
             if idem is not None:
-                fields["idem"] = idem
+                hset += ("idem", idem)
             keys = [*self._queue, self.keys.queued, self.keys.tenant_jobs(spec.tenant)]
             if spec.session_id is not None:
                 keys.append(self.keys.session(spec.tenant, spec.session_id))
-            verdict, depth = await self._queue_job(state, fields, keys, [self.max_queued, spec.id, spec.tenant])
+            evalsha: tuple[Arg, ...] = (
+                "EVALSHA",
+                self._submit.sha,
+                len(keys),
+                *keys,
+                self.max_queued,
+                spec.id,
+                spec.tenant,
+            )
+            verdict, depth = await self._queue_job(hset, evalsha)
             self._depth = int(depth)
             if int(verdict) != 1:
                 await self._redis.delete(state)
@@ -223,7 +233,7 @@ class RedisBroker:
                 raise QueueFull(f"{self._depth} executions are already queued")
         return spec
 
-    async def _queue_job(self, state: str, fields: dict[str, str], keys: list[str], args: list[Arg]) -> tuple[int, int]:
+    async def _queue_job(self, hset: tuple[Arg, ...], evalsha: tuple[Arg, ...]) -> tuple[int, int]:
         """The state hash, then the SUBMIT script, in one round trip: (verdict, depth).
 
         On the auto-pipelined connection (``redis_autopipe``), which sends the
@@ -232,8 +242,6 @@ class RedisBroker:
         (a restart) answers NOSCRIPT: load the script and send both again (the HSET
         writes the same fields, so repeating it changes nothing).
         """
-        hset = ("HSET", state, *(item for pair in fields.items() for item in pair))
-        evalsha = ("EVALSHA", self._submit.sha, len(keys), *keys, *args)
         replies = await self._submits.execute(hset, evalsha)
         if isinstance(replies[1], NoScriptError):
             await self._submits.execute(("SCRIPT", "LOAD", lua.SUBMIT))
@@ -337,7 +345,7 @@ class RedisBroker:
             except BrokerUnavailable as exc:
                 log.warning("claim: %s", exc)
                 token = ""
-                await asyncio.sleep(max(self._retry_at - time.monotonic(), _BACKOFF_FIRST_S))
+                await asyncio.sleep(max(self._reach.retry_at - time.monotonic(), _BACKOFF_FIRST_S))
                 continue
             if spec is not None:
                 return spec
@@ -404,7 +412,7 @@ class RedisBroker:
                         return
             except BrokerUnavailable as exc:
                 log.warning("controls of %s: %s", task_id, exc)
-                await asyncio.sleep(max(self._retry_at - time.monotonic(), _BACKOFF_FIRST_S))
+                await asyncio.sleep(max(self._reach.retry_at - time.monotonic(), _BACKOFF_FIRST_S))
                 continue
             for entry_id, fields in read_entries(reply):
                 last = entry_id
@@ -606,19 +614,37 @@ class RedisBroker:
         )
         await self._ack(stream, entry_id)
 
-    @contextlib.asynccontextmanager
-    async def _reachable(self) -> AsyncIterator[None]:
-        """Map an unreachable Redis to BrokerUnavailable; fail fast until the backoff has passed."""
-        wait_s = self._retry_at - time.monotonic()
+    def _reachable(self) -> _Reachable:
+        """``async with`` it around Redis calls: see ``_Reachable``."""
+        return self._reach
+
+
+class _Reachable:
+    """Map an unreachable Redis to BrokerUnavailable; fail fast until the backoff has passed.
+
+    One shared object with the backoff state, entered by every call at once (a
+    class rather than ``@asynccontextmanager``, whose generator per call showed
+    in an execute's cost).
+    """
+
+    def __init__(self) -> None:
+        self.retry_at = 0.0
+        self.backoff_s = 0.0
+
+    async def __aenter__(self) -> None:
+        wait_s = self.retry_at - time.monotonic()
         if wait_s > 0:
             raise BrokerUnavailable(f"redis is unreachable; next attempt in {wait_s:.1f}s")
-        try:
-            yield
-        except _UNAVAILABLE as exc:
-            self._backoff_s = min(_BACKOFF_CAP_S, self._backoff_s * 2 or _BACKOFF_FIRST_S)
-            self._retry_at = time.monotonic() + self._backoff_s
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.backoff_s = 0.0
+        elif isinstance(exc, _UNAVAILABLE):
+            self.backoff_s = min(_BACKOFF_CAP_S, self.backoff_s * 2 or _BACKOFF_FIRST_S)
+            self.retry_at = time.monotonic() + self.backoff_s
             raise BrokerUnavailable(f"redis is unreachable: {exc}") from exc
-        self._backoff_s = 0.0
 
 
 def _pairs(flat: Any) -> dict[bytes, bytes]:

@@ -16,8 +16,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,7 @@ from sandlot.errors import ConfigError, RejectedError
 
 _VERSION_TIMEOUT_S = 20
 _WARM_TIMEOUT_S = 300
+INSTALLED_RECHECK_S = 5.0  # how long "this toolchain is (not) installed" is believed
 _SAFE_ENV_KEYS = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -140,9 +142,11 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
 class LanguageRegistry:
     """The declared languages and which of them this host offers."""
 
-    def __init__(self, languages: Mapping[str, Language]) -> None:
+    def __init__(self, languages: Mapping[str, Language], *, clock: Callable[[], float] = time.monotonic) -> None:
         self._all = dict(languages)
         self._versions: dict[str, str] = {}
+        self._clock = clock
+        self._installed: dict[str, tuple[float, bool]] = {}  # name -> (checked at, installed)
 
     @classmethod
     def load(cls, path: Path | None = None) -> LanguageRegistry:
@@ -154,14 +158,24 @@ class LanguageRegistry:
         return cls({name: _parse(name, spec) for name, spec in data.items() if isinstance(spec, dict)})
 
     def offered(self) -> list[Language]:
-        return [lang for lang in self._all.values() if lang.installed]
+        return [lang for lang in self._all.values() if self._is_installed(lang)]
+
+    def _is_installed(self, lang: Language) -> bool:
+        """``lang.installed``, looked at again after INSTALLED_RECHECK_S: a toolchain installed (or removed)
+        while serving counts soon, without a stat of every toolchain file on every request."""
+        now = self._clock()
+        checked = self._installed.get(lang.name)
+        if checked is None or now - checked[0] >= INSTALLED_RECHECK_S:
+            checked = (now, lang.installed)
+            self._installed[lang.name] = checked
+        return checked[1]
 
     def get(self, name: str) -> Language:
         """Resolve a name or alias to an offered language, or reject with a clear message."""
         key = name.strip().lower()
         for lang in self._all.values():
             if key == lang.name or key in lang.aliases:
-                if not lang.installed:
+                if not self._is_installed(lang):
                     raise RejectedError(f"language {lang.name!r} is not installed on this server", field="language")
                 return lang
         offered = ", ".join(sorted(lang.name for lang in self.offered()))
