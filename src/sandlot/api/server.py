@@ -79,6 +79,9 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
                     app,
                     lifespan="off",
                     log_level="warning",
+                    access_log=False,  # per-request logging is the metrics' job
+                    proxy_headers=False,  # nothing reads the client address; skips a middleware per request
+                    server_header=False,
                     timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
                 )
             )
