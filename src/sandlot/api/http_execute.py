@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from json.encoder import encode_basestring
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -87,10 +88,10 @@ class ExecuteRoute:
             error = ApiError(500, "internal_error", "internal error")
             await _send_json(send, error.status, error.body(), error.headers())
             return error.status
-        await _send_json(send, status, body, None)
+        await _send(send, status, _str_object(body), None)
         return status
 
-    async def _queue(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+    async def _queue(self, scope: Scope, receive: Receive) -> dict[str, str]:
         declared = content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             raise too_large(self.max_body_bytes)  # before reading a single byte of it
@@ -159,8 +160,17 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def _str_object(content: dict[str, str]) -> bytes:
+    """A JSON object of strings, as _ENCODER writes it, without building an encoder per call as it does."""
+    pairs = ",".join(f"{encode_basestring(key)}:{encode_basestring(value)}" for key, value in content.items())
+    return f"{{{pairs}}}".encode()
+
+
 async def _send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None) -> None:
-    body = _ENCODER.encode(content).encode()
+    await _send(send, status, _ENCODER.encode(content).encode(), headers)
+
+
+async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | None) -> None:
     raw = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     if headers:
         raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
