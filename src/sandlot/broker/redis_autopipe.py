@@ -108,7 +108,7 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
         if self.lost is not None:
-            raise self.lost
+            raise _fresh(self.lost)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         for command in commands:
@@ -155,7 +155,7 @@ class _Protocol(asyncio.Protocol):
         while self._waiting:
             batch = self._waiting.popleft()
             if not batch.future.done():
-                batch.future.set_exception(reason)
+                batch.future.set_exception(_fresh(reason))
         if self._transport is not None:
             self._transport.close()
 
@@ -242,6 +242,12 @@ class AutoPipeline:
             if isinstance(reply, Exception):
                 protocol.close(RedisConnectionError(str(reply)))
                 raise RedisConnectionError(f"redis refused the connection: {reply}")
+
+
+def _fresh(reason: Exception) -> Exception:
+    """A new exception like ``reason`` for each caller: one instance raised in many places collects all
+    their tracebacks."""
+    return type(reason)(*reason.args)
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
