@@ -65,6 +65,7 @@ from sandlot.sandbox import Box
 
 log = logging.getLogger("sandlot.worker")
 _CLAIM_RETRY_S = 1.0
+_HAND_BACK_PATIENCE_S = 60.0  # how long a job caught in a Redis outage waits to be handed back, not reclaimed
 _CANCEL_GRACE_S = 5.0  # after the drain deadline, for cancelled runs to release their boxes and hand back
 
 _SessionKey = tuple[str, str]  # (tenant, session id)
@@ -204,6 +205,14 @@ class Worker:
                 time=time.time(),
             )
             raise
+        except BrokerUnavailable as exc:
+            # Redis went away under this job (marking it running, binding its session, publishing its
+            # output): that is no result of the program's. The job goes back to the queue, to run again
+            # from the start, once Redis answers; never stored as a failure.
+            if not isinstance(self.broker, Distributed):
+                raise
+            log.warning("task %s: %s; handing it back once redis answers", spec.id, exc)
+            await self._hand_back_when_reachable(self.broker, run)
         except RejectedError as exc:
             failure = ExitEvent(rejected(str(exc), spec.language), time=time.time())
         except SandlotError as exc:
@@ -221,6 +230,28 @@ class Worker:
             await asyncio.shield(self.broker.finish(spec.id, exit_event))
         if self.metrics is not None:
             self.metrics.record(exit_event.result)
+
+    async def _hand_back_when_reachable(self, broker: Distributed, run: _Run) -> None:
+        """Hand the job back, trying again while Redis is unreachable (up to ``_HAND_BACK_PATIENCE_S``).
+
+        Nothing else can be done meanwhile; if Redis stays away longer, or this
+        worker stops, the job stays pending to it and ``reclaim`` takes it over.
+        """
+        deadline = time.monotonic() + _HAND_BACK_PATIENCE_S
+        spec = run.spec
+        run.handed_back = True
+        if run.started:
+            notice = NoticeEvent(NOTICE_REQUEUED, "redis was unreachable during the run; it starts again")
+            await _quietly("requeued notice", asyncio.shield(self.broker.publish(spec.id, notice)))
+        while not self._stopping:
+            try:
+                await asyncio.shield(broker.hand_back(spec.id))
+                return
+            except BrokerUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("task %s stays pending, to be reclaimed: %s", spec.id, exc)
+                    return
+                await asyncio.sleep(_CLAIM_RETRY_S)
 
     async def _hand_back(self, broker: Distributed, run: _Run) -> None:
         """Give the job back to the queue instead of failing it (shielded, like storing a result).

@@ -455,11 +455,13 @@ class RedisBroker:
 
     async def hand_back(self, task_id: str) -> bool:
         """Give a job this consumer holds back to the front of the queue; False if it was not ours any more."""
-        held = self._held.pop(task_id, None)
+        held = self._held.get(task_id)
         if held is None:
             return False
         async with self._reachable():
-            return await self._requeue(task_id, *held)
+            requeued = await self._requeue(task_id, *held)
+        self._held.pop(task_id, None)  # only now: with Redis unreachable it is still ours, to try again
+        return requeued
 
     async def leave(self) -> None:
         """No more jobs routed to this worker; what waits unread in its inbox goes to ``returned``."""

@@ -1,0 +1,70 @@
+"""A Redis outage under a claimed job is no result of the program's: the job goes back and runs again.
+
+A real Service (pool, worker) over a real redis-server; the broker is wrapped
+so that one of its calls finds Redis unreachable at the worst moment (marking
+the job running, or publishing its output mid-run), as a restart would. Before
+the fix, each case stored an internal_error ("sandbox failure: ...") as the
+job's result while Redis was back a moment later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandlot.broker import BrokerUnavailable
+from sandlot.broker.redis import RedisBroker
+from sandlot.models import NOTICE_REQUEUED, Event, NoticeEvent, OutputEvent, Status
+from sandlot.requests import parse_execution
+
+from .nodes import RedisServer, running_redis
+from .test_http import running_service, wait_done
+
+TWO_LINES = "import time\nprint('one', flush=True)\ntime.sleep(0.3)\nprint('two')\n"
+
+
+class _OutageOnce(RedisBroker):
+    """Redis 'unreachable' once: at the first mark_running, or at the first output event published."""
+
+    def __init__(self, url: str, *, at: str) -> None:
+        super().__init__(url, max_queued=16, claim_idle_ms=60_000)
+        self.at = at
+        self.outages = 0
+
+    def _outage(self, where: str) -> None:
+        if self.at == where and self.outages == 0:
+            self.outages += 1
+            raise BrokerUnavailable("redis is unreachable: injected by the test")
+
+    async def mark_running(self, task_id: str) -> None:
+        self._outage("mark_running")
+        await super().mark_running(task_id)
+
+    async def publish(self, task_id: str, event: Event) -> None:
+        if isinstance(event, OutputEvent):
+            self._outage("publish")
+        await super().publish(task_id, event)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path / "redis", append_only=False) as server:
+        yield server
+
+
+@pytest.mark.parametrize("at", ["mark_running", "publish"])
+async def test_the_job_is_handed_back_and_runs_again(redis_server: RedisServer, at: str) -> None:
+    broker = _OutageOnce(redis_server.url, at=at)
+    async with running_service(broker=broker, redis_url=redis_server.url) as service:
+        spec = parse_execution({"language": "python", "code": TWO_LINES}, tenant="public")
+        await service.broker.submit(service.validate(spec))
+        exit_event = await wait_done(service, "public", spec.id)
+        assert broker.outages == 1
+        assert (exit_event.result.status, exit_event.result.stdout) == (Status.OK, b"one\ntwo\n"), exit_event
+        notices = [
+            event.code async for event in service.broker.subscribe("public", spec.id) if isinstance(event, NoticeEvent)
+        ]
+        # Interrupted mid-run, the client is told it starts again; before the run, there is nothing to say.
+        assert notices == ([NOTICE_REQUEUED] if at == "publish" else [])
