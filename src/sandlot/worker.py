@@ -209,10 +209,11 @@ class Worker:
             # Redis went away under this job (marking it running, binding its session, publishing its
             # output): that is no result of the program's. The job goes back to the queue, to run again
             # from the start, once Redis answers; never stored as a failure.
-            if not isinstance(self.broker, Distributed):
-                raise
-            log.warning("task %s: %s; handing it back once redis answers", spec.id, exc)
-            await self._hand_back_when_reachable(self.broker, run)
+            if isinstance(self.broker, Distributed):
+                log.warning("task %s: %s; handing it back once redis answers", spec.id, exc)
+                await self._hand_back_when_reachable(self.broker, run)
+            else:  # the in-process broker has nothing to come back
+                failure = _failure(spec, Status.INTERNAL_ERROR, f"sandbox failure: {exc}")
         except RejectedError as exc:
             failure = ExitEvent(rejected(str(exc), spec.language), time=time.time())
         except SandlotError as exc:
