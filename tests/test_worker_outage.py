@@ -25,16 +25,18 @@ from .test_http import running_service, wait_done
 TWO_LINES = "import time\nprint('one', flush=True)\ntime.sleep(0.3)\nprint('two')\n"
 
 
-class _OutageOnce(RedisBroker):
-    """Redis 'unreachable' once: at the first mark_running, or at the first output event published."""
+class _Outage(RedisBroker):
+    """Redis 'unreachable' for the first ``times`` calls: of mark_running, or of publish from the first
+    output event on (so with times=2 the requeued notice's first attempt fails too)."""
 
-    def __init__(self, url: str, *, at: str) -> None:
+    def __init__(self, url: str, *, at: str, times: int) -> None:
         super().__init__(url, max_queued=16, claim_idle_ms=60_000)
         self.at = at
+        self.times = times
         self.outages = 0
 
     def _outage(self, where: str) -> None:
-        if self.at == where and self.outages == 0:
+        if self.at == where and self.outages < self.times:
             self.outages += 1
             raise BrokerUnavailable("redis is unreachable: injected by the test")
 
@@ -43,7 +45,7 @@ class _OutageOnce(RedisBroker):
         await super().mark_running(task_id)
 
     async def publish(self, task_id: str, event: Event) -> None:
-        if isinstance(event, OutputEvent):
+        if isinstance(event, OutputEvent) or self.outages:
             self._outage("publish")
         await super().publish(task_id, event)
 
@@ -54,14 +56,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.mark.parametrize("at", ["mark_running", "publish"])
-async def test_the_job_is_handed_back_and_runs_again(redis_server: RedisServer, at: str) -> None:
-    broker = _OutageOnce(redis_server.url, at=at)
+@pytest.mark.parametrize(("at", "times"), [("mark_running", 1), ("publish", 1), ("publish", 2)])
+async def test_the_job_is_handed_back_and_runs_again(redis_server: RedisServer, at: str, times: int) -> None:
+    broker = _Outage(redis_server.url, at=at, times=times)
     async with running_service(broker=broker, redis_url=redis_server.url) as service:
         spec = parse_execution({"language": "python", "code": TWO_LINES}, tenant="public")
         await service.broker.submit(service.validate(spec))
         exit_event = await wait_done(service, "public", spec.id)
-        assert broker.outages == 1
+        assert broker.outages == times
         assert (exit_event.result.status, exit_event.result.stdout) == (Status.OK, b"one\ntwo\n"), exit_event
         notices = [
             event.code async for event in service.broker.subscribe("public", spec.id) if isinstance(event, NoticeEvent)

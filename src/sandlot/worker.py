@@ -241,11 +241,13 @@ class Worker:
         deadline = time.monotonic() + _HAND_BACK_PATIENCE_S
         spec = run.spec
         run.handed_back = True
-        if run.started:
-            notice = NoticeEvent(NOTICE_REQUEUED, "redis was unreachable during the run; it starts again")
-            await _quietly("requeued notice", asyncio.shield(self.broker.publish(spec.id, notice)))
+        told = not run.started  # a run that had started says so before it starts again
+        notice = NoticeEvent(NOTICE_REQUEUED, "redis was unreachable during the run; it starts again")
         while not self._stopping:
             try:
+                if not told:
+                    await asyncio.shield(self.broker.publish(spec.id, notice))
+                    told = True
                 await asyncio.shield(broker.hand_back(spec.id))
                 return
             except BrokerUnavailable as exc:
