@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import signal
 import subprocess
 import time
@@ -23,7 +25,7 @@ from sandlot.models import OutputEvent, Result, Status
 from sandlot.sandbox import Box, Sandbox, hostfs, slots
 from sandlot.sandbox.cgroups import CgroupLimits
 
-from .conftest import leftover_mounts, run_in, run_job
+from .conftest import leftover_mounts, make_settings, run_in, run_job
 
 _BOX_SLOTS = range(800, 900)
 _STALE_SLOTS = range(900, 1000)
@@ -210,6 +212,20 @@ def test_sweep_stale_cleans_a_dead_holders_slot(sandbox: Sandbox, settings: Sett
             leftover.remove()
         with contextlib.suppress(OSError):
             root.rmdir()
+
+
+def test_a_sweep_with_nothing_left_removes_the_parent_group(tmp_path: Path) -> None:
+    """The group a Sandbox's cgroup driver makes on the way in is gone after a sweep that found no box."""
+    name = f"sandlot-sweep-{os.getpid()}"
+    settings = dataclasses.replace(
+        make_settings(), cgroup_name=name, state_dir=tmp_path / "state", run_dir=tmp_path / "run"
+    )
+    root = settings.cgroup_root
+    places = [root / name, *(root / controller / name for controller in ("memory", "pids", "cpu", "cpuacct"))]
+    sandbox = Sandbox(settings)
+    assert any(place.exists() for place in places)
+    sandbox.sweep_stale()
+    assert [place for place in places if place.exists()] == []
 
 
 def test_sweep_stale_spares_a_live_holder(high_box: Box, sandbox: Sandbox) -> None:

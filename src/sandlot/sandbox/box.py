@@ -143,6 +143,7 @@ class Sandbox:
                 cleaned += box.clean_leftovers()
             finally:
                 slot.release()
+        self.driver.remove_group()  # made by the driver on the way in; kept only while a box is in it
         return cleaned
 
 
