@@ -192,7 +192,7 @@ class Worker:
             await self._execute(run, output)
         except asyncio.CancelledError:
             if self._stopping and isinstance(self.broker, Distributed) and not run.published:
-                await self._hand_back(self.broker, run)
+                await self._hand_back(self.broker, run, "the worker stopped during the run; it starts again on another")
             # Keep what the program had printed: it was already streamed to the client.
             failure = ExitEvent(
                 Result(
@@ -211,7 +211,8 @@ class Worker:
             # from the start, once Redis answers; never stored as a failure.
             if isinstance(self.broker, Distributed):
                 log.warning("task %s: %s; handing it back once redis answers", spec.id, exc)
-                await self._hand_back_when_reachable(self.broker, run)
+                why = "redis was unreachable during the run; it starts again"
+                await self._hand_back(self.broker, run, why, patience_s=_HAND_BACK_PATIENCE_S)
             else:  # the in-process broker has nothing to come back
                 failure = _failure(spec, Status.INTERNAL_ERROR, f"sandbox failure: {exc}")
         except RejectedError as exc:
@@ -232,42 +233,36 @@ class Worker:
         if self.metrics is not None:
             self.metrics.record(exit_event.result)
 
-    async def _hand_back_when_reachable(self, broker: Distributed, run: _Run) -> None:
-        """Hand the job back, trying again while Redis is unreachable (up to ``_HAND_BACK_PATIENCE_S``).
+    async def _hand_back(self, broker: Distributed, run: _Run, why: str, *, patience_s: float = 0.0) -> None:
+        """Give the job back to the queue instead of failing it (shielded, like storing a result).
 
-        Nothing else can be done meanwhile; if Redis stays away longer, or this
-        worker stops, the job stays pending to it and ``reclaim`` takes it over.
+        A run that had started says ``why`` in a ``requeued`` notice first. While
+        Redis is unreachable this tries again every ``_CLAIM_RETRY_S`` for up to
+        ``patience_s`` (not once the worker is stopping); after that the job stays
+        pending and is reclaimed after ``claim_idle_ms``: still never lost, and
+        still never ended here.
         """
-        deadline = time.monotonic() + _HAND_BACK_PATIENCE_S
+        deadline = time.monotonic() + patience_s
         spec = run.spec
         run.handed_back = True
-        told = not run.started  # a run that had started says so before it starts again
-        notice = NoticeEvent(NOTICE_REQUEUED, "redis was unreachable during the run; it starts again")
-        while not self._stopping:
+        told = not run.started
+        notice = NoticeEvent(NOTICE_REQUEUED, why)
+        while True:
             try:
                 if not told:
                     await asyncio.shield(self.broker.publish(spec.id, notice))
                     told = True
                 await asyncio.shield(broker.hand_back(spec.id))
                 return
-            except BrokerUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    log.warning("task %s stays pending, to be reclaimed: %s", spec.id, exc)
+            except Exception as exc:
+                if isinstance(exc, BrokerUnavailable) and not self._stopping and time.monotonic() < deadline:
+                    await asyncio.sleep(_CLAIM_RETRY_S)
+                elif not told:  # the notice is best effort: the hand-back still gets its try
+                    log.warning("requeued notice of %s: %s", spec.id, exc)
+                    told = True
+                else:
+                    log.warning("hand back %s: %s; it stays pending, to be reclaimed", spec.id, exc)
                     return
-                await asyncio.sleep(_CLAIM_RETRY_S)
-
-    async def _hand_back(self, broker: Distributed, run: _Run) -> None:
-        """Give the job back to the queue instead of failing it (shielded, like storing a result).
-
-        If Redis cannot be reached, the job stays pending and is reclaimed after
-        ``claim_idle_ms`` instead: still never lost, and still never ended here.
-        """
-        spec = run.spec
-        if run.started:
-            notice = NoticeEvent(NOTICE_REQUEUED, "the worker stopped during the run; it starts again on another")
-            await _quietly("requeued notice", asyncio.shield(self.broker.publish(spec.id, notice)))
-        run.handed_back = True
-        await _quietly(f"hand back {spec.id}", asyncio.shield(broker.hand_back(spec.id)))
 
     async def _bind_session(self, broker: Distributed, run: _Run, session_id: str) -> bool:
         """Make sure the session's box is here; False if the job went to the worker holding it."""
