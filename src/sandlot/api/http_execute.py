@@ -25,18 +25,16 @@ only declares it, for the OpenAPI document and 405 on other methods.
 
 from __future__ import annotations
 
-import json
 import logging
 from json.encoder import encode_basestring
-from typing import Any
 from urllib.parse import parse_qsl
 
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
 from sandlot.api.http_common import Door, bearer_token, decode_code, idempotency_key, parse_json, submit
-from sandlot.api.http_errors import MAPPED_ERRORS, ApiError, as_api_error
-from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST, content_length, too_large
+from sandlot.api.http_errors import MAPPED_ERRORS, as_api_error
+from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST, content_length, send_json, send_json_bytes, too_large
 from sandlot.requests import parse_execution
 
 log = logging.getLogger(__name__)
@@ -44,9 +42,6 @@ log = logging.getLogger(__name__)
 PATH = "/api/v1/execute"
 DOOR = "http"  # its label in sandlot_requests_total, as for the other JSON routes
 DEFAULT_TEXT_LANGUAGE = "python"
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-# As FastAPI's JSONResponse writes it: compact, UTF-8. Made once: json.dumps with options builds one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class _ClientGone(Exception):
@@ -75,21 +70,17 @@ class ExecuteRoute:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Send the answer; its status code (499 when there was nobody left to answer)."""
         try:
-            status, body = 202, await self._queue(scope, receive)
+            body = await self._queue(scope, receive)
         except _ClientGone:
             return CLIENT_CLOSED_REQUEST
-        except MAPPED_ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, MAPPED_ERRORS):  # as_api_error makes it a 500 with no detail
+                log.exception("POST %s failed", PATH)
             error = as_api_error(exc)
-            status, body = error.status, error.body()
-            await _send_json(send, status, body, error.headers())
-            return status
-        except Exception:
-            log.exception("POST %s failed", PATH)
-            error = ApiError(500, "internal_error", "internal error")
-            await _send_json(send, error.status, error.body(), error.headers())
+            await send_json(send, error.status, error.body(), error.headers())
             return error.status
-        await _send(send, status, _str_object(body), None)
-        return status
+        await send_json_bytes(send, 202, _str_object(body))
+        return 202
 
     async def _queue(self, scope: Scope, receive: Receive) -> dict[str, str]:
         declared = content_length(scope)
@@ -161,18 +152,6 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def _str_object(content: dict[str, str]) -> bytes:
-    """A JSON object of strings, as _ENCODER writes it, without building an encoder per call as it does."""
+    """A JSON object of strings, as ``send_json`` writes it, without building an encoder per call as it does."""
     pairs = ",".join(f"{encode_basestring(key)}:{encode_basestring(value)}" for key, value in content.items())
     return f"{{{pairs}}}".encode()
-
-
-async def _send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None) -> None:
-    await _send(send, status, _ENCODER.encode(content).encode(), headers)
-
-
-async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | None) -> None:
-    raw = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if headers:
-        raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,7 @@ body is buffered, and neither breaks streaming responses or WebSockets.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +18,8 @@ from sandlot.metrics import Metrics
 # A response we never sent because the client went away first (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 _WS_ABNORMAL_CLOSE = 1006
+# As FastAPI's JSONResponse writes it: compact, UTF-8. Made once: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class BodyLimit:
@@ -136,7 +139,19 @@ def too_large(max_body_bytes: int) -> ApiError:
 
 
 async def _send_too_large(send: Send, max_body_bytes: int) -> None:
-    body = json.dumps(too_large(max_body_bytes).body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    error = too_large(max_body_bytes)
+    await send_json(send, error.status, error.body(), error.headers())
+
+
+async def send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """A JSON answer straight on the ASGI channel, as FastAPI's JSONResponse writes it."""
+    await send_json_bytes(send, status, _ENCODER.encode(content).encode(), headers)
+
+
+async def send_json_bytes(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """An answer whose body is JSON already, with its length and any extra headers."""
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
