@@ -23,6 +23,8 @@ from sandlot.sandbox import Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sandbox.hostfs import mounts_below
 
+from .nodes import RedisServer, running_redis
+
 TEST_STATE_DIR = Path("/var/lib/sandlot-test")
 TEST_RUN_DIR = Path("/run/sandlot-test")
 TEST_CGROUP = "sandlot-test"
@@ -170,3 +172,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     still be using others), and the lock directory stays.
     """
     Sandbox(make_settings()).sweep_stale()
+
+
+@pytest.fixture
+def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, without persistence, stopped after it."""
+    with running_redis(tmp_path / "redis", append_only=False) as server:
+        yield server

@@ -8,7 +8,6 @@ the test must see, and loopback TCP may merge or split writes as it likes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,6 @@ from .nodes import RedisServer, free_ports, running_redis
 TIMEOUT_S = 10.0  # bounds every wait here; nothing is timed
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis", append_only=False) as server:
-        yield server
-
-
 def _pipe(url: str, *, reply_timeout_s: float = TIMEOUT_S, lost: list[str] | None = None) -> AutoPipeline:
     def on_lost() -> None:
         if lost is not None:
@@ -41,8 +34,8 @@ def _pipe(url: str, *, reply_timeout_s: float = TIMEOUT_S, lost: list[str] | Non
 # ------------------------------------------------------------ against redis
 
 
-async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(redis_server: RedisServer) -> None:
-    pipe = _pipe(redis_server.url)
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(fresh_redis: RedisServer) -> None:
+    pipe = _pipe(fresh_redis.url)
     try:
 
         async def one(i: int) -> list[object]:
@@ -51,15 +44,15 @@ async def test_concurrent_callers_share_one_connection_and_get_their_own_replies
         replies = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(500))), TIMEOUT_S)
         assert [reply[:2] for reply in replies] == [[b"OK", f"v{i}".encode()] for i in range(500)]
         assert sorted(int(reply[2]) for reply in replies) == list(range(1, 501))  # each INCR once
-        with redis.Redis.from_url(redis_server.url) as check:
+        with redis.Redis.from_url(fresh_redis.url) as check:
             clients = check.client_list()
         assert len(clients) == 2  # the pipe's one connection, and this check's
     finally:
         await pipe.close()
 
 
-async def test_error_replies_are_returned_in_their_place(redis_server: RedisServer) -> None:
-    pipe = _pipe(redis_server.url)
+async def test_error_replies_are_returned_in_their_place(fresh_redis: RedisServer) -> None:
+    pipe = _pipe(fresh_redis.url)
     try:
         replies = await pipe.execute(
             ("SET", "text", "abc"),
@@ -107,12 +100,12 @@ async def test_unix_socket_urls(tmp_path: Path) -> None:
             assert check.get("over") == b"unix"
 
 
-async def test_a_lost_redis_fails_fast_says_so_and_is_reconnected(redis_server: RedisServer) -> None:
+async def test_a_lost_redis_fails_fast_says_so_and_is_reconnected(fresh_redis: RedisServer) -> None:
     lost: list[str] = []
-    pipe = _pipe(redis_server.url, lost=lost)
+    pipe = _pipe(fresh_redis.url, lost=lost)
     try:
         assert await pipe.execute(("PING",)) == [b"PONG"]
-        redis_server.stop()
+        fresh_redis.stop()
         for _ in range(int(TIMEOUT_S / 0.05)):  # the connection sees the close without being used
             if lost:
                 break
@@ -120,7 +113,7 @@ async def test_a_lost_redis_fails_fast_says_so_and_is_reconnected(redis_server: 
         assert lost == ["lost"]
         with pytest.raises(RedisConnectionError):
             await pipe.execute(("PING",))
-        redis_server.start()  # same port
+        fresh_redis.start()  # same port
         assert await pipe.execute(("PING",)) == [b"PONG"]
     finally:
         await pipe.close()

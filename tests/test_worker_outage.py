@@ -9,9 +9,6 @@ job's result while Redis was back a moment later.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from sandlot.broker import BrokerUnavailable
@@ -19,7 +16,7 @@ from sandlot.broker.redis import RedisBroker
 from sandlot.models import NOTICE_REQUEUED, Event, NoticeEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
 
-from .nodes import RedisServer, running_redis
+from .nodes import RedisServer
 from .test_http import running_service, wait_done
 
 TWO_LINES = "import time\nprint('one', flush=True)\ntime.sleep(0.3)\nprint('two')\n"
@@ -50,16 +47,10 @@ class _Outage(RedisBroker):
         await super().publish(task_id, event)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis", append_only=False) as server:
-        yield server
-
-
 @pytest.mark.parametrize(("at", "times"), [("mark_running", 1), ("publish", 1), ("publish", 2)])
-async def test_the_job_is_handed_back_and_runs_again(redis_server: RedisServer, at: str, times: int) -> None:
-    broker = _Outage(redis_server.url, at=at, times=times)
-    async with running_service(broker=broker, redis_url=redis_server.url) as service:
+async def test_the_job_is_handed_back_and_runs_again(fresh_redis: RedisServer, at: str, times: int) -> None:
+    broker = _Outage(fresh_redis.url, at=at, times=times)
+    async with running_service(broker=broker, redis_url=fresh_redis.url) as service:
         spec = parse_execution({"language": "python", "code": TWO_LINES}, tenant="public")
         await service.broker.submit(service.validate(spec))
         exit_event = await wait_done(service, "public", spec.id)
