@@ -36,6 +36,7 @@ from sandlot.api.http_common import (
 from sandlot.api.http_errors import MAPPED_ERRORS, ApiError, as_api_error
 from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST
 from sandlot.api.http_render import OutputDecoder
+from sandlot.api.http_schemas import AUTH, text_answers
 from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, Status
@@ -53,6 +54,12 @@ router = APIRouter(tags=["text"])
     "/run",
     response_class=PlainTextResponse,
     openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses=text_answers(
+        200,
+        text=(400, 429, 500, 503),
+        json=(*AUTH, 413),
+        what="The program's output as it comes, then a line saying how the run ended if it did not end well",
+    ),
     summary="Run the body as a program and stream its output as text",
 )
 async def run_text(
