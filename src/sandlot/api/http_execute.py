@@ -27,6 +27,7 @@ only declares it, for the OpenAPI document and 405 on other methods.
 from __future__ import annotations
 
 import logging
+import re
 from json.encoder import encode_basestring
 from urllib.parse import parse_qsl
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/v1/execute"
 DOOR = "http"  # its label in sandlot_requests_total, as for the other JSON routes
+_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")  # JSON's own whitespace, then an object: scans no further
 
 
 class _ClientGone(Exception):
@@ -117,10 +119,11 @@ class ExecuteRoute:
         ``curl -d '{"language": ...}'`` sends ``application/x-www-form-urlencoded``: a JSON object
         naming ``language`` or ``code`` is a request whatever its label (no program is a JSON object
         with such a key and nothing else). Raw source runs in ``?language=``, else the language
-        ``/run`` detects (a Go ``package`` clause, a shebang), else Python. Only a body whose first
-        byte is ``{`` is parsed: the raw-code path costs one byte check.
+        ``/run`` detects (a Go ``package`` clause, a shebang), else Python. Only a body that opens
+        with ``{`` is parsed, and detection reads up to the first line that decides: the raw-code
+        path stays a few microseconds whatever the body's size.
         """
-        if body.lstrip()[:1] == b"{":
+        if _OBJECT_START.match(body):
             try:
                 data = parse_json(body)
             except RejectedError:

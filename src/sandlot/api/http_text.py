@@ -16,7 +16,7 @@ The ``X-Sandlot-Task-Id`` header names the task, for ``GET /api/v1/tasks/{id}``.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -95,7 +95,7 @@ def detect_language(code: str, languages: LanguageRegistry) -> str:
     The first line that is neither blank nor a ``//`` comment decides (Go files
     often open with a licence comment; a shebang is always the first line).
     """
-    for raw in code.splitlines():
+    for raw in _lines(code):
         line = raw.strip()
         if not line or line.startswith("//"):
             continue
@@ -106,6 +106,15 @@ def detect_language(code: str, languages: LanguageRegistry) -> str:
             return _interpreter_language(match.group(1), match.group(2) or "", languages)
         return DEFAULT_LANGUAGE
     return DEFAULT_LANGUAGE
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` one by one: the first line usually decides, so a long body is never split whole."""
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
 
 
 def _interpreter_language(program: str, rest: str, languages: LanguageRegistry) -> str:
