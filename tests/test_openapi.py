@@ -88,6 +88,9 @@ async def test_the_document_declares_the_real_error_shape(doc: Document) -> None
                     assert declared.get("schema"), f"{method} {path} {status} {media}: untyped"
                     if media == "application/json":
                         assert declared["schema"] != {}, f"{method} {path} {status}: untyped"
+            for declared in operation.get("requestBody", {}).get("content", {}).values():
+                if "example" in declared:  # what Swagger UI's "try it out" starts from must be valid
+                    Draft202012Validator(declared["schema"]).validate(declared["example"])
     assert set(schemas["ErrorDetail"]["required"]) == {"code", "message", "field"}
     execute = spec["paths"]["/api/v1/execute"]["post"]
     assert "language" in [p["name"] for p in execute["parameters"] if p["in"] == "query"]

@@ -31,7 +31,7 @@ class _Closed(BaseModel):
 class ErrorDetail(_Closed):
     code: str = Field(examples=["rejected"], description="machine-readable: rejected, not_found, queue_full, ...")
     message: str = Field(examples=["limits.time_limit: must be a positive number"])
-    field: str | None = Field(description="the request field at fault, when one is")
+    field: str | None = Field(examples=["limits.time_limit"], description="the request field at fault, when one is")
 
 
 class ErrorBody(_Closed):
@@ -179,9 +179,15 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
 TEXT = "text/plain"
 
 
-def json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+EXECUTION_EXAMPLE = {"language": "python", "code": "print(input()[::-1])", "stdin": "olleh"}
+
+
+def json_body(schema: dict[str, Any], *, required: bool = True, example: Any = None) -> dict[str, Any]:
     """``openapi_extra`` declaring a JSON request body (the routes read and check it themselves)."""
-    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:  # else Swagger UI makes one up from every field, code and files together
+        media["example"] = example
+    return {"requestBody": {"required": required, "content": {"application/json": media}}}
 
 
 # -------------------------------------------------------------- answers

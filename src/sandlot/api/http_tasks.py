@@ -33,6 +33,7 @@ from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST
 from sandlot.api.http_render import SSE_KEEPALIVE, OutputDecoder, event_data, exit_body, sse_frame
 from sandlot.api.http_schemas import (
     AUTH,
+    EXECUTION_EXAMPLE,
     EXECUTION_REQUEST_SCHEMA,
     SUBMIT,
     Cancelled,
@@ -54,7 +55,7 @@ _JSON_OR_TEXT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": EXECUTION_REQUEST_SCHEMA},
+            "application/json": {"schema": EXECUTION_REQUEST_SCHEMA, "example": EXECUTION_EXAMPLE},
             "text/plain": {
                 "schema": {
                     "type": "string",
@@ -71,7 +72,7 @@ _JSON_OR_TEXT_BODY = {
 
 @router.post(
     "/run",
-    openapi_extra=json_body(EXECUTION_REQUEST_SCHEMA),
+    openapi_extra=json_body(EXECUTION_REQUEST_SCHEMA, example=EXECUTION_EXAMPLE),
     response_model=None,
     responses={
         **answers(200, RunAnswer, *SUBMIT, what="The run ended (whether the program succeeded or not)"),
