@@ -44,16 +44,22 @@ fi
 # The API docs page (/docs): Swagger UI from npm, pinned by web/apidocs/package-lock.json. Only the two
 # files the page serves are copied into the package (src/sandlot/api/docs_assets, git-ignored).
 # --ignore-scripts: no install-time code runs (swagger-ui-dist's one dependency is a telemetry hook).
-if ! command -v npm >/dev/null 2>&1; then
-    echo "setup.sh: installing npm"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
-        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
-fi
+# npm ci runs again only when the lock file changed, so a re-run needs no network.
+APIDOCS="$REPO/web/apidocs"
 APIDOCS_OUT="$REPO/src/sandlot/api/docs_assets"
-(cd "$REPO/web/apidocs" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+if ! cmp -s "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup.sh: installing npm"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends npm >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+    fi
+    (cd "$APIDOCS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"
+fi
 mkdir -p "$APIDOCS_OUT"
 for asset in swagger-ui-bundle.js swagger-ui.css; do
-    install -m 0644 "$REPO/web/apidocs/node_modules/swagger-ui-dist/$asset" "$APIDOCS_OUT/$asset"
+    install -C -m 0644 "$APIDOCS/node_modules/swagger-ui-dist/$asset" "$APIDOCS_OUT/$asset"
 done
 
 case "$MODE" in
