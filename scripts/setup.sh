@@ -2,7 +2,7 @@
 # Install everything sandlot needs on a fresh Debian/Ubuntu machine (as root), then
 #   setup.sh run   -> run the main job
 #   setup.sh test  -> run the checks and the test suite (what CI runs)
-# Only package registries are used: Debian/Ubuntu apt and PyPI.
+# Only package registries are used: Debian/Ubuntu apt, PyPI and npm.
 set -euo pipefail
 
 MODE="${1:-run}"
@@ -40,6 +40,27 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[dev]"
+
+# The API docs page (/docs): Swagger UI from npm, pinned by web/apidocs/package-lock.json. Only the two
+# files the page serves are copied into the package (src/sandlot/api/docs_assets, git-ignored).
+# --ignore-scripts: no install-time code runs (swagger-ui-dist's one dependency is a telemetry hook).
+# npm ci runs again only when the lock file changed, so a re-run needs no network.
+APIDOCS="$REPO/web/apidocs"
+APIDOCS_OUT="$REPO/src/sandlot/api/docs_assets"
+if ! cmp -s "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup.sh: installing npm"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends npm >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+    fi
+    (cd "$APIDOCS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"
+fi
+mkdir -p "$APIDOCS_OUT"
+for asset in swagger-ui-bundle.js swagger-ui.css; do
+    install -C -m 0644 "$APIDOCS/node_modules/swagger-ui-dist/$asset" "$APIDOCS_OUT/$asset"
+done
 
 case "$MODE" in
     run)

@@ -3,7 +3,9 @@
 The route's everyday behaviour (JSON and text bodies, idempotency, bad input,
 413, tenants) is tested with the other routes in test_http*, which go through
 it; here is what it must do by itself because FastAPI no longer does it for it:
-auth answers, query and header parsing, the response counter, a client that
+auth answers, query and header parsing, reading a body sent without a JSON
+content type (a request if it reads as one, else code in the language ``POST
+/run`` detects), the response counter, a client that
 leaves mid-body, an unexpected failure, and the OpenAPI entry.
 """
 
@@ -73,6 +75,31 @@ async def test_the_language_parameter_is_read_as_starlette_reads_it(
     assert (await wait_done(service, "public", json_body.json()["task_id"])).result.language == "python"
     filled = await client.post("/api/v1/execute?language=bash", json={"code": "echo 4"})
     assert (await wait_done(service, "public", filled.json()["task_id"])).result.stdout == b"4\n"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "language", "stdout"),
+    [
+        # What curl -d sends: a JSON request labelled as a form.
+        ("application/x-www-form-urlencoded", '{"language": "bash", "code": "echo curl"}', "bash", "curl\n"),
+        (None, '  {"code": "print(5)", "language": "python"}', "python", "5\n"),  # no label at all
+        ("text/plain", 'package main\nimport "fmt"\nfunc main() { fmt.Println("go") }\n', "go", "go\n"),
+        ("text/plain", "#!/bin/bash\necho shebang\n", "bash", "shebang\n"),
+        # Braces that are not a request stay code: a Python dict display, invalid JSON.
+        ("text/plain", '{"neither": 1} and print("dict")', "python", "dict\n"),
+        ("text/plain", "{print('set')}", "python", "set\n"),
+    ],
+)
+async def test_a_body_without_a_json_type_is_a_request_if_it_reads_as_one_else_detected_code(
+    service: Service, client: httpx.AsyncClient, content_type: str | None, body: str, language: str, stdout: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = client.build_request("POST", "/api/v1/execute", content=body.encode(), headers=headers)
+    assert request.headers.get("Content-Type") == content_type
+    response = await client.send(request)
+    assert response.status_code == 202, response.text
+    result = (await wait_done(service, "public", response.json()["task_id"])).result
+    assert (result.language, result.stdout.decode(), result.status.value) == (language, stdout, "ok"), result.stderr
 
 
 async def test_answers_are_json_and_counted(service: Service, client: httpx.AsyncClient) -> None:

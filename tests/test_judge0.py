@@ -293,7 +293,8 @@ async def test_statuses_config_about_system_workers(live: Live) -> None:
     assert (await live.http.get("/languages/1")).status_code == 404
     assert all(lang["is_archived"] is False for lang in (await live.http.get("/languages/all")).json())
     schema = (await live.http.get(live.base_url.removesuffix("/judge0") + "/openapi.json")).json()
-    assert {"/judge0/submissions", "/judge0/submissions/{token}", "/judge0/submissions/batch"} <= set(schema["paths"])
+    # Out of sandlot's OpenAPI document on purpose: Judge0's own documentation describes this API (http.py).
+    assert not [path for path in schema["paths"] if path.startswith("/judge0")]
 
 
 async def test_delete_cancels_a_running_submission(live: Live) -> None:

@@ -14,7 +14,7 @@ Routes (one module each)::
     http_text      POST /run (the Go code runner's text door)
     http_ws        GET /api/v1/ws (interactive WebSocket)
     http_sessions  /api/v1/sessions[/{id}[/files[/{path}]]]
-    here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs)
+    here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs: docs_page)
     playground     GET /  /static/{name} (the web page)
     piston         GET /api/v2/runtimes  POST /api/v2/execute (Piston-compatible)
     judge0         /judge0/submissions[/batch]  /languages  /statuses  ... (Judge0-compatible)
@@ -24,7 +24,10 @@ Every route but the last four (and the docs) needs ``Authorization: Bearer
 KEY`` when the server has API keys (``auth``). Errors are always
 ``{"error": {"code", "message", "field"}}``; the mapping from exceptions to
 statuses lives in ``http_errors`` (bad input is 400 whatever its kind, type
-errors included; an unknown or foreign task or session is 404). Two pure ASGI
+errors included; an unknown or foreign task or session is 404). The OpenAPI
+document declares each route's real answers from ``http_schemas`` (checked
+against live answers by the tests); the Judge0, Piston and MCP doors are kept
+out of it, their own projects document them. Two pure ASGI
 middlewares wrap everything: ``CountResponses`` (``sandlot_requests_total`` by
 door and code; 499 when the client left before an answer) outermost, so it
 also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
@@ -43,12 +46,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 import sandlot
-from sandlot.api import docs_page, http_sessions, http_tasks, http_text, http_ws, judge0, mcp_server, piston, playground
+from sandlot.api import (
+    docs_page,
+    http_schemas,
+    http_sessions,
+    http_tasks,
+    http_text,
+    http_ws,
+    judge0,
+    mcp_server,
+    piston,
+    playground,
+)
 from sandlot.api.auth import Authenticator
 from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
 from sandlot.api.http_execute import ExecuteRoute
 from sandlot.api.http_middleware import BodyLimit, CountResponses
+from sandlot.api.http_schemas import AUTH, answers
 from sandlot.service import Service
 
 _service_routes = APIRouter(tags=["service"])
@@ -58,6 +73,9 @@ class SandlotApp(FastAPI):
     """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``http_execute``)."""
 
     execute_route: ExecuteRoute | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        return http_schemas.finish(super().openapi())  # no phantom 422s: see http_schemas
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.execute_route
@@ -101,7 +119,12 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     return app
 
 
-@_service_routes.get("/api/v1/languages", summary="The languages this server offers")
+@_service_routes.get(
+    "/api/v1/languages",
+    response_model=None,
+    responses=answers(200, http_schemas.Languages, *AUTH),
+    summary="The languages this server offers",
+)
 async def languages(door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     registry = door.service.languages
     versions = door.service.versions()
@@ -112,18 +135,33 @@ async def languages(door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     }
 
 
-@_service_routes.get("/healthz", summary="The process is up")
+@_service_routes.get(
+    "/healthz", response_model=None, responses=answers(200, http_schemas.Health), summary="The process is up"
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@_service_routes.get("/readyz", summary="The pool is ready and the server accepts work")
+@_service_routes.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        **answers(200, http_schemas.Readiness, what="Ready"),
+        503: {"model": http_schemas.Readiness, "description": "Not ready (starting, or draining)"},
+    },
+    summary="The pool is ready and the server accepts work",
+)
 async def readyz(door: DoorDep) -> JSONResponse:
     if door.service.ready:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "not_ready"}, status_code=503)
 
 
-@_service_routes.get("/metrics", response_class=Response, summary="Prometheus metrics")
+@_service_routes.get(
+    "/metrics",
+    response_class=Response,
+    responses=answers(200, None, media="text/plain", what="The Prometheus text format"),
+    summary="Prometheus metrics",
+)
 async def metrics(door: DoorDep) -> Response:
     return Response(generate_latest(door.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

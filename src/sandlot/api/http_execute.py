@@ -13,8 +13,9 @@ everything else to FastAPI.
 It is the same door as the rest of the HTTP API, sharing what decides the
 answer with it: the caller from ``Authorization`` (``Authenticator``, quotas
 included), the body from ``parse_json``/``decode_code`` and
-``parse_execution``, validation, the key's execution slot and the queueing
-from ``http_common.submit``, every error from ``as_api_error``. Being outside
+``parse_execution`` (a raw body's language as ``POST /run`` detects it),
+validation, the key's execution slot and the queueing from
+``http_common.submit``, every error from ``as_api_error``. Being outside
 the middlewares, it does their two jobs itself, the same way: the body cap
 (413 before reading a declared oversize body, or as soon as a chunked one goes
 over) and the count in ``sandlot_requests_total`` (door ``http``; 499 when the
@@ -26,6 +27,7 @@ only declares it, for the OpenAPI document and 405 on other methods.
 from __future__ import annotations
 
 import logging
+import re
 from json.encoder import encode_basestring
 from urllib.parse import parse_qsl
 
@@ -35,13 +37,15 @@ from starlette.types import Receive, Scope, Send
 from sandlot.api.http_common import Door, bearer_token, decode_code, idempotency_key, parse_json, submit
 from sandlot.api.http_errors import MAPPED_ERRORS, as_api_error
 from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST, content_length, send_json, send_json_bytes, too_large
+from sandlot.api.http_text import detect_language
+from sandlot.errors import RejectedError
 from sandlot.requests import parse_execution
 
 log = logging.getLogger(__name__)
 
 PATH = "/api/v1/execute"
 DOOR = "http"  # its label in sandlot_requests_total, as for the other JSON routes
-DEFAULT_TEXT_LANGUAGE = "python"
+_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")  # JSON's own whitespace, then an object: scans no further
 
 
 class _ClientGone(Exception):
@@ -100,10 +104,7 @@ class ExecuteRoute:
         body = await self._read_body(receive)
         # The level when the body names none, settled now rather than by replacing the spec in validate.
         level = door.service.isolation_for("", principal.min_isolation)
-        if _is_json(content_type):
-            data = parse_json(body)
-        else:
-            data = {"language": language or DEFAULT_TEXT_LANGUAGE, "code": decode_code(body)}
+        data = parse_json(body) if _is_json(content_type) else self._sniff(body, language)
         spec = parse_execution(data, tenant=principal.tenant, default_language=language, default_isolation=level)
         key = idempotency_key(idempotency)
         spec = await submit(door, principal, spec, idempotency=key)
@@ -111,6 +112,26 @@ class ExecuteRoute:
         if key is not None and (state := await door.service.broker.get(principal.tenant, spec.id)) is not None:
             status = state.status
         return {"task_id": spec.id, "status": status}
+
+    def _sniff(self, body: bytes, language: str | None) -> object:
+        """A body sent without a JSON content type: a request if it reads as one, else the program's source.
+
+        ``curl -d '{"language": ...}'`` sends ``application/x-www-form-urlencoded``: a JSON object
+        naming ``language`` or ``code`` is a request whatever its label (no program is a JSON object
+        with such a key and nothing else). Raw source runs in ``?language=``, else the language
+        ``/run`` detects (a Go ``package`` clause, a shebang), else Python. Only a body that opens
+        with ``{`` is parsed, and detection reads up to the first line that decides: the raw-code
+        path stays a few microseconds whatever the body's size.
+        """
+        if _OBJECT_START.match(body):
+            try:
+                data = parse_json(body)
+            except RejectedError:
+                data = None  # not JSON after all: source code that starts with a brace
+            if isinstance(data, dict) and ("language" in data or "code" in data):
+                return data
+        code = decode_code(body)
+        return {"language": language or detect_language(code, self.door.service.languages), "code": code}
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body; 413 as soon as it goes over the cap, whatever it declared."""

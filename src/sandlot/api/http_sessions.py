@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sandlot.api.http_common import DoorDep, PrincipalDep, parse_json
 from sandlot.api.http_errors import ApiError
+from sandlot.api.http_schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
 from sandlot.pool import Session
 from sandlot.sandbox.hostfs import FileMissing
@@ -31,10 +32,26 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
 
 _RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string"}}}}}
-_RAW_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
+_SESSION_BODY = json_body(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"}},
+    },
+    required=False,
+)
+# The file routes answer 400 in distributed mode, where the session's box is on a worker.
+_FILE_ERRORS = (400, *AUTH, 404)
 
 
-@router.post("", status_code=201, summary="Create a session (a box kept for this tenant)")
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_SESSION_BODY,
+    response_model=None,
+    responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
+    summary="Create a session (a box kept for this tenant)",
+)
 async def create_session(request: Request, door: DoorDep, principal: PrincipalDep) -> JSONResponse:
     """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
     body = await request.body()
@@ -55,20 +72,38 @@ async def create_session(request: Request, door: DoorDep, principal: PrincipalDe
     )
 
 
-@router.delete("/{session_id}", status_code=204, summary="End a session and wipe its box")
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    response_model=None,
+    responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
+    summary="End a session and wipe its box",
+)
 async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
     await door.service.sessions.end(principal.tenant, session_id)
     return Response(status_code=204)
 
 
-@router.get("/{session_id}/files", summary="The regular files of the session's workdir")
+@router.get(
+    "/{session_id}/files",
+    response_model=None,
+    responses=answers(200, FileList, *_FILE_ERRORS),
+    summary="The regular files of the session's workdir",
+)
 async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     session = door.service.sessions.local(principal.tenant, session_id)
     files = await asyncio.to_thread(session.box.list_files)
     return {"files": [{"path": f.path, "size": f.size} for f in files]}
 
 
-@router.put("/{session_id}/files/{path:path}", status_code=201, openapi_extra=_RAW_BODY, summary="Upload a file")
+@router.put(
+    "/{session_id}/files/{path:path}",
+    status_code=201,
+    openapi_extra=_RAW_BODY,
+    response_model=None,
+    responses=answers(201, FileEntry, *_FILE_ERRORS, 413, 507, what="Written"),
+    summary="Upload a file",
+)
 async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
     session = door.service.sessions.local(principal.tenant, session_id)
     data = await request.body()
@@ -86,7 +121,7 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
 @router.get(
     "/{session_id}/files/{path:path}",
     response_class=Response,
-    responses=_RAW_ANSWER,
+    responses=answers(200, None, *_FILE_ERRORS, media="application/octet-stream", what="The file's bytes"),
     summary="Download a file",
 )
 async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:

@@ -31,6 +31,18 @@ from sandlot.api.http_common import (
 from sandlot.api.http_errors import ApiError
 from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST
 from sandlot.api.http_render import SSE_KEEPALIVE, OutputDecoder, event_data, exit_body, sse_frame
+from sandlot.api.http_schemas import (
+    AUTH,
+    EXECUTION_EXAMPLE,
+    EXECUTION_REQUEST_SCHEMA,
+    SUBMIT,
+    Cancelled,
+    Queued,
+    RunAnswer,
+    TaskStateBody,
+    answers,
+    json_body,
+)
 from sandlot.broker import Broker, BrokerUnavailable, TaskSpec, TaskState
 from sandlot.models import Event, ExitEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
@@ -39,47 +51,35 @@ SSE_KEEPALIVE_INTERVAL_S = 15.0  # under the usual 60 s idle timeout of proxies
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
-EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "language": {"type": "string", "examples": ["python"]},
-        "code": {"type": "string", "examples": ["print('hello')"]},
-        "files": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "content": {"type": "string"},
-                    "encoding": {"enum": ["utf8", "base64"]},
-                },
-                "required": ["name", "content"],
-            },
-        },
-        "stdin": {"type": "string"},
-        "args": {"type": "array", "items": {"type": "string"}},
-        "limits": {"type": "object", "description": "time_limit, wall_time_limit (s), memory_limit (MiB), ..."},
-        "compile_limits": {"type": "object"},
-        "session_id": {"type": "string"},
-        "isolation": {"type": "string"},
-        "commands": {"type": "array", "items": {"type": "string"}},
-        "fetch_files": {"type": "array", "items": {"type": "string"}},
-    },
-}
-_JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": EXECUTION_REQUEST_SCHEMA}}}}
 _JSON_OR_TEXT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": EXECUTION_REQUEST_SCHEMA},
-            "text/plain": {"schema": {"type": "string", "description": "the program; ?language= names it"}},
+            "application/json": {"schema": EXECUTION_REQUEST_SCHEMA, "example": EXECUTION_EXAMPLE},
+            "text/plain": {
+                "schema": {
+                    "type": "string",
+                    "description": "the program itself: ?language= names it, else it is detected as POST /run "
+                    "does (a Go package clause, a shebang, else Python). Any content type but JSON is read "
+                    "this way, except a JSON object with a language or code field, which is a request "
+                    "(what curl -d sends)",
+                }
+            },
         },
     }
 }
 
 
-@router.post("/run", openapi_extra=_JSON_BODY, summary="Run and wait for the result")
+@router.post(
+    "/run",
+    openapi_extra=json_body(EXECUTION_REQUEST_SCHEMA, example=EXECUTION_EXAMPLE),
+    response_model=None,
+    responses={
+        **answers(200, RunAnswer, *SUBMIT, what="The run ended (whether the program succeeded or not)"),
+        500: {"model": RunAnswer, "description": "The sandbox failed (status internal_error), never the program"},
+    },
+    summary="Run and wait for the result",
+)
 async def run_sync(request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
     spec = parse_execution(await read_json(request), tenant=principal.tenant)
     spec = await submit(door, principal, spec)
@@ -99,11 +99,15 @@ async def run_sync(request: Request, door: DoorDep, principal: PrincipalDep) -> 
     status_code=202,
     openapi_extra=_JSON_OR_TEXT_BODY,
     summary="Queue an execution",
-    responses={202: {"content": {"application/json": {"example": {"task_id": "…", "status": "queued"}}}}},
+    response_model=None,
+    responses=answers(202, Queued, *SUBMIT, what="Queued: follow it at /api/v1/tasks/{task_id}"),
 )
 async def execute(
     principal: PrincipalDep,
-    language: Annotated[str | None, Query(description="the language of a raw text body")] = None,
+    language: Annotated[
+        str | None,
+        Query(description="the language of a raw body, or of a JSON request that names none (default: detected)"),
+    ] = None,
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
     """Declared here for the OpenAPI document (and 405 on other methods); ``http_execute.ExecuteRoute``,
@@ -111,7 +115,12 @@ async def execute(
     raise RuntimeError("POST /api/v1/execute is served by http_execute.ExecuteRoute")
 
 
-@router.get("/tasks/{task_id}", summary="A task's state, and its result when done")
+@router.get(
+    "/tasks/{task_id}",
+    response_model=None,
+    responses=answers(200, TaskStateBody, *AUTH, 404, 503),
+    summary="A task's state, and its result when done",
+)
 async def get_task(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     state = await _task(door, principal, task_id)
     body: dict[str, Any] = {"task_id": state.id, "status": state.status}
@@ -120,7 +129,12 @@ async def get_task(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict
     return body
 
 
-@router.delete("/tasks/{task_id}", summary="Cancel a task (kills its run)")
+@router.delete(
+    "/tasks/{task_id}",
+    response_model=None,
+    responses=answers(200, Cancelled, *AUTH, 404, 409, 503),
+    summary="Cancel a task (kills its run)",
+)
 async def cancel(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     state = await _task(door, principal, task_id)
     if state.status == "done" or not await door.service.broker.cancel(principal.tenant, task_id):
@@ -131,7 +145,15 @@ async def cancel(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[s
 @router.get(
     "/tasks/{task_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=answers(
+        200,
+        None,
+        *AUTH,
+        404,
+        503,
+        media="text/event-stream",
+        what="Events stage, output, stage_result, notice and exit; each data line is a JSON object",
+    ),
     summary="The task's events as Server-Sent Events, from the start, then live",
 )
 async def events(

@@ -16,7 +16,7 @@ The ``X-Sandlot-Task-Id`` header names the task, for ``GET /api/v1/tasks/{id}``.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -36,6 +36,7 @@ from sandlot.api.http_common import (
 from sandlot.api.http_errors import MAPPED_ERRORS, ApiError, as_api_error
 from sandlot.api.http_middleware import CLIENT_CLOSED_REQUEST
 from sandlot.api.http_render import OutputDecoder
+from sandlot.api.http_schemas import AUTH, text_answers
 from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Event, ExitEvent, OutputEvent, Result, Status
@@ -53,6 +54,12 @@ router = APIRouter(tags=["text"])
     "/run",
     response_class=PlainTextResponse,
     openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses=text_answers(
+        200,
+        text=(400, 429, 500, 503),
+        json=(*AUTH, 413),
+        what="The program's output as it comes, then a line saying how the run ended if it did not end well",
+    ),
     summary="Run the body as a program and stream its output as text",
 )
 async def run_text(
@@ -88,7 +95,7 @@ def detect_language(code: str, languages: LanguageRegistry) -> str:
     The first line that is neither blank nor a ``//`` comment decides (Go files
     often open with a licence comment; a shebang is always the first line).
     """
-    for raw in code.splitlines():
+    for raw in _lines(code):
         line = raw.strip()
         if not line or line.startswith("//"):
             continue
@@ -99,6 +106,15 @@ def detect_language(code: str, languages: LanguageRegistry) -> str:
             return _interpreter_language(match.group(1), match.group(2) or "", languages)
         return DEFAULT_LANGUAGE
     return DEFAULT_LANGUAGE
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` one by one: the first line usually decides, so a long body is never split whole."""
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
 
 
 def _interpreter_language(program: str, rest: str, languages: LanguageRegistry) -> str:

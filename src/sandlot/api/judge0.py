@@ -80,7 +80,8 @@ def install(app: FastAPI, service: Service) -> None:
     door = app.state.door
     assert isinstance(door, Door) and door.service is service, "call install(app, service) after create_app(service)"
     app.state.judge0 = Judge0State(door, Judge0Options.from_service(service))
-    app.include_router(router)
+    # Out of sandlot's OpenAPI document: Judge0's own documentation describes this API and its error shape.
+    app.include_router(router, include_in_schema=False)
 
 
 # ------------------------------------------------------------ dependencies

@@ -154,7 +154,8 @@ def install(app: FastAPI, service: Service) -> None:
             summary="Run a program, Piston-style",
             openapi_extra=_EXECUTE_BODY,
         )
-    app.include_router(router)
+    # Out of sandlot's OpenAPI document: Piston's own documentation describes this API and its error shape.
+    app.include_router(router, include_in_schema=False)
 
 
 @dataclass(frozen=True)
