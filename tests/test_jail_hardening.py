@@ -52,13 +52,13 @@ def _last_json(result: Result) -> dict[str, object]:
 
 # Open loopback connections whose receiver never reads, and fill each until send() would block;
 # then count what the kernel holds for them (send queues plus receive queues).
-_SOCKET_MEMORY = """
-import fcntl, json, socket, struct, sys, termios
+_TCP_MEMORY = """
+import fcntl, json, socket, struct, termios
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen(64)
 pairs, chunk = [], b"x" * 65536
-for _ in range(int(sys.argv[1])):
+for _ in range(33):  # unbounded, these held ~130 MB on this host (4 MB send queue each)
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     client.setblocking(False)
@@ -70,23 +70,41 @@ for _ in range(int(sys.argv[1])):
         pass
 def queued(sock, request):
     return struct.unpack("i", fcntl.ioctl(sock, request, b"0000"))[0]
-held = sum(queued(c, termios.TIOCOUTQ) + queued(s, termios.FIONREAD) for c, s in pairs)
-print(json.dumps({"connections": len(pairs), "held": held}))
+print(json.dumps({"held": sum(queued(c, termios.TIOCOUTQ) + queued(s, termios.FIONREAD) for c, s in pairs)}))
 """
-_CONNECTIONS = 33  # unbounded, these held ~130 MB on this host (4 MB send queue each)
+# UDP receivers that never read, each asking for a huge buffer; the receive queues are in /proc/net/udp.
+_UDP_MEMORY = """
+import json, socket
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sender.setblocking(False)
+receivers = []
+for _ in range(120):  # unbounded, these held ~1 GB on this host
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30)
+    receiver.bind(("127.0.0.1", 0))
+    receivers.append(receiver)
+    for _ in range(400):
+        try:
+            sender.sendto(b"x" * 60000, receiver.getsockname())
+        except OSError:
+            break
+rows = open("/proc/net/udp").read().splitlines()[1:]
+print(json.dumps({"held": sum(int(row.split()[4].split(":")[1], 16) for row in rows)}))
+"""
 
 
-async def test_socket_buffers_count_against_the_memory_limit(box: Box, settings: Settings, isolation: str) -> None:
+@pytest.mark.parametrize("program", [_TCP_MEMORY, _UDP_MEMORY], ids=["tcp", "udp"])
+async def test_socket_buffers_count_against_the_memory_limit(
+    box: Box, settings: Settings, isolation: str, program: str
+) -> None:
     limit = 32 * MIB
     limits = dataclasses.replace(settings.run_defaults, memory_limit_bytes=limit)
-    result = await run_in(box, [PYTHON, "-c", _SOCKET_MEMORY, str(_CONNECTIONS)], limits)
+    result = await run_in(box, [PYTHON, "-c", program], limits)
     if isolation == "gvisor" and result.status is Status.MEMORY_LIMIT:
         # gVisor's netstack keeps socket buffers in the sandbox's own memory: the cgroup ended it.
         assert result.memory_peak >= limit
         return
-    seen = _last_json(result)
-    assert seen["connections"] == _CONNECTIONS
-    held = seen["held"]
+    held = _last_json(result)["held"]
     assert isinstance(held, int) and held > 0
     # The kernel always grants each socket a page or so past the budget (tcp_rmem[0]/tcp_wmem[0]).
     assert held <= limit + limit // 4, f"{held / MIB:.0f} MiB of socket buffers under a 32 MiB limit"

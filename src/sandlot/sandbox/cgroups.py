@@ -12,9 +12,10 @@ directory with the memory, pids and cpu controllers enabled for our subtree.
 Socket buffers: v2 charges them to the cgroup's memory (memory.current) on its
 own. v1 charges them to a host-wide pool unless the cgroup's TCP accounting is
 on, which writing ``memory.kmem.tcp.limit_in_bytes`` turns on (for sockets
-created afterwards: so it is written before any process joins). The box's TCP
-buffers then have a budget of the memory limit of their own, and the peak
-reported is user memory plus TCP buffers.
+created afterwards: so it is written before any process joins). Despite its
+name this counter takes every socket's buffers (UDP too): they then have a
+budget of the memory limit of their own, and the peak reported is user memory
+plus socket buffers.
 """
 
 from __future__ import annotations
