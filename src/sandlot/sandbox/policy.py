@@ -5,7 +5,9 @@ size-capped tmpfs /tmp and /dev/shm, a private /proc (with the host's kernel
 details masked, as container runtimes do), no /sys, and fresh user,
 mount, pid, net, ipc, uts and cgroup namespaces. Nothing of sandlot itself
 (its code, config or state directory) is mounted; the only sandlot file in the
-box is the static init helper at ``INIT_PATH``.
+box is the static init helper at ``INIT_PATH``, bound like the synthetic /etc
+from a copy in the box's own tmpfs (``write_jail_files``) so that the box's
+mountinfo names no host path of sandlot's.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ ETC_FILES = (
     "/etc/localtime",
 )
 # /proc entries that describe the host rather than the box (boot command line, kernel
-# symbols, keys, timers, hardware): /dev/null (files) or an empty read-only tmpfs (dirs) over them.
+# symbols, keys, timers, hardware): an empty read-only file (files) or tmpfs (dirs) over them.
 MASKED_PROC_FILES = (
     "cmdline",  # the host's boot line, with the hypervisor agent's flags
     "kcore",
