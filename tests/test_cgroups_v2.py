@@ -291,6 +291,25 @@ def test_v1_stats(tmp_path: Path) -> None:
     assert stats.oom_kills == 2
 
 
+def test_v1_charges_tcp_buffers_where_the_kernel_accounts_them(tmp_path: Path) -> None:
+    mounts = _v1_mounts(tmp_path)
+    cgroup = CgroupV1Driver(mounts, _GROUP).create("box-1", _LIMITS)
+    memory = mounts["memory"] / _GROUP / "box-1"
+    assert not (memory / "memory.kmem.tcp.limit_in_bytes").exists()  # a kernel without it: nothing written
+    # A kernel with kmem accounting: the files exist, and sockets get the memory limit as their budget.
+    (memory / "memory.kmem.tcp.limit_in_bytes").write_text("9223372036854771712\n")
+    (memory / "memory.kmem.tcp.max_usage_in_bytes").write_text("1000\n")
+    cgroup.set_limits(_LIMITS)
+    assert _read(memory / "memory.kmem.tcp.limit_in_bytes") == str(64 * 1024 * 1024)
+    cgroup.reset_peak()
+    assert _read(memory / "memory.kmem.tcp.max_usage_in_bytes") == "0"
+    (mounts["cpuacct"] / _GROUP / "box-1" / "cpuacct.usage").write_text("0\n")
+    (memory / "memory.max_usage_in_bytes").write_text("7654321\n")
+    (memory / "memory.kmem.tcp.max_usage_in_bytes").write_text("30000000\n")
+    (memory / "memory.oom_control").write_text("oom_kill 0\n")
+    assert cgroup.stats().memory_peak_bytes == 7654321 + 30000000  # socket buffers are reported
+
+
 def test_v1_kill_freezes_kills_thaws(
     tmp_path: Path, writes: list[tuple[str, str]], sleeper: subprocess.Popen[bytes]
 ) -> None:

@@ -135,7 +135,10 @@ class Sandbox:
         if self.boxes_dir.exists():
             indexes |= {int(p.name) for p in self.boxes_dir.iterdir() if p.name.isdigit()}
         for index in sorted(indexes):
-            slot = slots.try_acquire(self.settings.run_dir, index, self.settings.box_uid_base)
+            try:
+                slot = slots.try_acquire(self.settings.run_dir, index, self.settings.box_uid_base)
+            except slots.UidInUse:
+                continue  # another sandlot instance's box: never ours to clean
             if slot is None:
                 continue  # a live process holds it
             try:
@@ -212,6 +215,9 @@ class Box:
         self.isolation = isolation
         self.root = sandbox.boxes_dir / str(slot.index)
         self.workdir = self.root / "work"
+        # What the jail binds from the host (synthetic /etc, the init), copied into the box's own
+        # tmpfs: the box's mountinfo then names paths of that tmpfs, not the host's state_dir.
+        self.jail_files = self.root / "jail"
         self._gvisor = sandbox.gvisor.bundle_for(sandbox.settings.run_dir / "gvisor" / str(slot.index), self.root)
         self._signal_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -255,6 +261,7 @@ class Box:
         self.workdir.mkdir(mode=0o700)
         os.chown(self.workdir, self.slot.uid, self.slot.gid)
         os.chmod(self.workdir, 0o700)
+        policy.write_jail_files(self.jail_files, etc_dir=self.sandbox.etc_dir, helper=self.sandbox.helper)
 
     def reset(self) -> None:
         """Forget everything a previous run left: a new tmpfs, not a tree walk."""
@@ -517,6 +524,11 @@ class Box:
         full.update(env)
         return full
 
+    def _base_rlimits(self) -> dict[str, int]:
+        """Every rlimit, for the whole box: the service's own limits never reach it."""
+        s = self.sandbox.settings
+        return policy.BOX_RLIMITS | {"nofile": s.open_files, "stack": s.stack_bytes}
+
     def _rlimits(self, limits: Limits | None) -> dict[str, int]:
         s = self.sandbox.settings
         rlimits = {"core": 0, "nofile": s.open_files, "stack": s.stack_bytes}
@@ -564,6 +576,7 @@ class Box:
                 helper=self.sandbox.helper,
                 control_dir=paths.control_dir,
             )
+            config["process"]["rlimits"] = policy.oci_rlimits(self._base_rlimits())
             (paths.run_dir / "config.json").write_text(json.dumps(config))
             pipes = Pipes.over_fifos(paths.status_fifo, paths.command_fifo if command is None else None)
         except OSError as exc:
@@ -586,16 +599,19 @@ class Box:
         s = self.sandbox.settings
         inner = policy.bwrap_argv(
             bwrap=s.bwrap_path,
-            helper=self.sandbox.helper,
+            helper=self.jail_files / policy.JAIL_INIT,
             workdir=self.workdir,
-            etc_dir=self.sandbox.etc_dir,
+            jail_files=self.jail_files,
             tmp_size_bytes=s.tmp_size_bytes,
             binds=binds,
             env=self._env(env) if command is not None else {},
             rlimits=self._rlimits(limits),
             command=command,
         )
-        return self._launcher(cgroup, ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)], inner)
+        identity = ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)]
+        for resource, amount in self._base_rlimits().items():
+            identity += ["--rlimit", f"{resource}={amount}"]  # as root: it may raise the service's hard limits
+        return self._launcher(cgroup, identity, inner)
 
     def _launcher(self, cgroup: Cgroup, identity: list[str], inner: list[str]) -> list[str]:
         """helper launch IDENTITY --cgroup ... -- INNER: join the box's cgroups, then exec inner."""

@@ -8,6 +8,14 @@ every process of the run is accounted from its first instruction.
 v1 ("legacy" or "hybrid" hosts) uses the memory, pids, cpu, cpuacct and freezer
 hierarchies wherever they are mounted (co-mounted or not). v2 uses one unified
 directory with the memory, pids and cpu controllers enabled for our subtree.
+
+Socket buffers: v2 charges them to the cgroup's memory (memory.current) on its
+own. v1 charges them to a host-wide pool unless the cgroup's TCP accounting is
+on, which writing ``memory.kmem.tcp.limit_in_bytes`` turns on (for sockets
+created afterwards: so it is written before any process joins). Despite its
+name this counter takes every socket's buffers (UDP too): they then have a
+budget of the memory limit of their own, and the peak reported is user memory
+plus socket buffers.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ EMPTY_TIMEOUT_S = 5.0
 _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 _V1_REQUIRED = ("memory", "pids", "cpuacct")
 _V2_CONTROLLERS = ("memory", "pids", "cpu")
+_V1_TCP_LIMIT = "memory.kmem.tcp.limit_in_bytes"  # v1's TCP buffer accounting (v2 charges sockets to memory)
+_V1_TCP_PEAK = "memory.kmem.tcp.max_usage_in_bytes"
 
 
 @dataclass(frozen=True)
@@ -194,11 +204,11 @@ class _V1Cgroup:
     def stats(self) -> CgroupStats:
         mem = self._dirs["memory"]
         oom = _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
-        return CgroupStats(
-            cpu_time_s=self.cpu_time_s(),
-            memory_peak_bytes=int(_read(mem / "memory.max_usage_in_bytes")),
-            oom_kills=oom,
-        )
+        peak = int(_read(mem / "memory.max_usage_in_bytes"))
+        tcp_peak = mem / _V1_TCP_PEAK
+        if tcp_peak.exists():  # charged apart from user memory on v1: count both
+            peak += int(_read(tcp_peak))
+        return CgroupStats(cpu_time_s=self.cpu_time_s(), memory_peak_bytes=peak, oom_kills=oom)
 
     def pids(self) -> list[int]:
         return _read_pids(self._dirs["pids"] / "cgroup.procs")
@@ -240,6 +250,8 @@ class _V1Cgroup:
             _write(limit_file, value)
             if memsw.exists():  # swap accounting on: equal to the limit forbids swap entirely
                 _write(memsw, value)
+        if (mem / _V1_TCP_LIMIT).exists():  # absent on kernels without kmem accounting
+            _write(mem / _V1_TCP_LIMIT, value)
         _write(self._dirs["pids"] / "pids.max", str(limits.max_pids))
         if "cpu" in self._dirs:
             _write(self._dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
@@ -247,7 +259,10 @@ class _V1Cgroup:
             _write(self._dirs["cpu"] / "cpu.shares", str(max(2, limits.cpu_weight * 1024 // CPU_WEIGHT_DEFAULT)))
 
     def reset_peak(self) -> None:
-        _write(self._dirs["memory"] / "memory.max_usage_in_bytes", "0")  # resets to current usage
+        mem = self._dirs["memory"]
+        _write(mem / "memory.max_usage_in_bytes", "0")  # resets to current usage
+        if (mem / _V1_TCP_PEAK).exists():
+            _write(mem / _V1_TCP_PEAK, "0")
 
 
 class CgroupV1Driver:

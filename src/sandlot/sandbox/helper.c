@@ -91,17 +91,66 @@ static void close_other_fds(int keep_a, int keep_b) {
         for (int fd = first; fd < 4096; fd++) close(fd);
 }
 
-/* launch --uid U --gid G | --keep-root [--cgroup PROCS_FILE]... -- PROGRAM ARGS... */
+struct rl { int resource; rlim_t value; };
+
+#define MAX_RLIMITS 40 /* every resource (16) twice: the box's baseline, then the run's own */
+
+/* NAME=VALUE, VALUE a count or -1 for unlimited. */
+static int parse_rlimit(const char *spec, struct rl *out) {
+    static const struct { const char *name; int resource; } names[] = {
+        {"fsize", RLIMIT_FSIZE}, {"core", RLIMIT_CORE}, {"nofile", RLIMIT_NOFILE},
+        {"stack", RLIMIT_STACK}, {"cpu", RLIMIT_CPU}, {"memlock", RLIMIT_MEMLOCK},
+        {"msgqueue", RLIMIT_MSGQUEUE}, {"nproc", RLIMIT_NPROC}, {"as", RLIMIT_AS},
+        {"data", RLIMIT_DATA}, {"rss", RLIMIT_RSS}, {"locks", RLIMIT_LOCKS},
+        {"sigpending", RLIMIT_SIGPENDING}, {"nice", RLIMIT_NICE}, {"rtprio", RLIMIT_RTPRIO},
+        {"rttime", RLIMIT_RTTIME},
+    };
+    const char *eq = strchr(spec, '=');
+    if (!eq) return -1;
+    for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
+        if (strlen(names[n].name) == (size_t)(eq - spec) && !strncmp(spec, names[n].name, eq - spec)) {
+            out->resource = names[n].resource;
+            out->value = !strcmp(eq + 1, "-1") ? RLIM_INFINITY : (rlim_t)parse_long(eq + 1, "bad rlimit");
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Soft and hard alike (the CPU hard limit one second later, so SIGXCPU comes before SIGKILL).
+ * Raising a hard limit needs CAP_SYS_RESOURCE, which sandlot itself may lack (a container):
+ * then the lower hard limit we run under stays, stricter than asked and never looser.
+ * Returns 0, or -1 with errno set. */
+static int apply_rlimits(const struct rl *limits, int n) {
+    for (int r = 0; r < n; r++) {
+        struct rlimit lim = {limits[r].value, limits[r].value}, held;
+        if (limits[r].resource == RLIMIT_CPU && limits[r].value != RLIM_INFINITY) lim.rlim_max = limits[r].value + 1;
+        if (setrlimit(limits[r].resource, &lim) == 0) continue;
+        if (errno != EPERM || getrlimit(limits[r].resource, &held) != 0) return -1;
+        if (lim.rlim_max > held.rlim_max) lim.rlim_max = held.rlim_max;
+        if (lim.rlim_cur > lim.rlim_max) lim.rlim_cur = lim.rlim_max;
+        if (setrlimit(limits[r].resource, &lim) != 0) return -1;
+    }
+    return 0;
+}
+
+/* launch --uid U --gid G | --keep-root [--cgroup PROCS_FILE]... [--rlimit NAME=VALUE]... -- PROGRAM ARGS...
+ * The rlimits are the box's baseline: set here, as root, because raising a hard
+ * limit the service itself runs under needs CAP_SYS_RESOURCE, which the box never has. */
 static int do_launch(int argc, char **argv) {
     long uid = -1, gid = -1;
     int keep_root = 0;
     const char *cgroups[MAX_ITEMS];
-    int ncg = 0, i = 2;
+    struct rl limits[MAX_RLIMITS];
+    int ncg = 0, nrl = 0, i = 2;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc) die("missing value for", argv[i]);
         if (!strcmp(argv[i], "--uid")) uid = parse_long(argv[i + 1], "bad uid");
         else if (!strcmp(argv[i], "--gid")) gid = parse_long(argv[i + 1], "bad gid");
         else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_ITEMS) cgroups[ncg++] = argv[i + 1];
+        else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_RLIMITS) {
+            if (parse_rlimit(argv[i + 1], &limits[nrl++]) != 0) { errno = EINVAL; die("bad rlimit", argv[i + 1]); }
+        }
         else if (!strcmp(argv[i], "--keep-root")) { keep_root = 1; i--; }
         else { errno = EINVAL; die("unknown option", argv[i]); }
     }
@@ -118,6 +167,7 @@ static int do_launch(int argc, char **argv) {
         if (write(fd, pid, len) != len) die("cannot join cgroup", cgroups[c]);
         close(fd);
     }
+    if (apply_rlimits(limits, nrl) != 0) die("setrlimit", NULL);
     reset_signals();
     /* --keep-root is for runsc, which must start as root and drops privileges itself. */
     if (!keep_root && setgroups(0, NULL) != 0) die("setgroups", NULL);
@@ -129,26 +179,6 @@ static int do_launch(int argc, char **argv) {
     execv(argv[i + 1], &argv[i + 1]);
     die("cannot execute", argv[i + 1]);
     return HELPER_FAILURE;
-}
-
-struct rl { int resource; rlim_t value; };
-
-static int parse_rlimit(const char *spec, struct rl *out) {
-    static const struct { const char *name; int resource; } names[] = {
-        {"fsize", RLIMIT_FSIZE}, {"core", RLIMIT_CORE}, {"nofile", RLIMIT_NOFILE},
-        {"stack", RLIMIT_STACK}, {"cpu", RLIMIT_CPU}, {"memlock", RLIMIT_MEMLOCK},
-        {"msgqueue", RLIMIT_MSGQUEUE}, {"nproc", RLIMIT_NPROC},
-    };
-    const char *eq = strchr(spec, '=');
-    if (!eq) return -1;
-    for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
-        if (strlen(names[n].name) == (size_t)(eq - spec) && !strncmp(spec, names[n].name, eq - spec)) {
-            out->resource = names[n].resource;
-            out->value = (rlim_t)parse_long(eq + 1, "bad rlimit");
-            return 0;
-        }
-    }
-    return -1;
 }
 
 static void report(int fd, const char *line) {
@@ -234,14 +264,14 @@ static int open_channel(const char *path, int flags, int at) {
 static int do_init(int argc, char **argv) {
     int status_fd = -1, command_fd = -1, nrl = 0, i = 2;
     const char *status_path = NULL, *command_path = NULL;
-    struct rl limits[MAX_ITEMS];
+    struct rl limits[MAX_RLIMITS];
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc) die("missing value for", argv[i]);
         if (!strcmp(argv[i], "--status-fd")) status_fd = (int)parse_long(argv[i + 1], "bad fd");
         else if (!strcmp(argv[i], "--command-fd")) command_fd = (int)parse_long(argv[i + 1], "bad fd");
         else if (!strcmp(argv[i], "--status-path")) status_path = argv[i + 1];
         else if (!strcmp(argv[i], "--command-path")) command_path = argv[i + 1];
-        else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_ITEMS) {
+        else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_RLIMITS) {
             if (parse_rlimit(argv[i + 1], &limits[nrl++]) != 0) { errno = EINVAL; die("bad rlimit", argv[i + 1]); }
         } else { errno = EINVAL; die("unknown option", argv[i]); }
     }
@@ -267,7 +297,7 @@ static int do_init(int argc, char **argv) {
         fcntl(command_fd, F_SETFD, FD_CLOEXEC);
         report(status_fd, "R\n");
         int more = 0;
-        if (read_command(command_fd, &program, &program_env, &limits[nrl], MAX_ITEMS - nrl, &more) != 0) {
+        if (read_command(command_fd, &program, &program_env, &limits[nrl], MAX_RLIMITS - nrl, &more) != 0) {
             char line[64];
             snprintf(line, sizeof line, "E %d command\n", errno);
             report(status_fd, line);
@@ -280,15 +310,11 @@ static int do_init(int argc, char **argv) {
     pid_t child = fork();
     if (child < 0) die("fork", NULL);
     if (child == 0) {
-        for (int r = 0; r < nrl; r++) {
-            struct rlimit lim = {limits[r].value, limits[r].value};
-            if (limits[r].resource == RLIMIT_CPU) lim.rlim_max = limits[r].value + 1;
-            if (setrlimit(limits[r].resource, &lim) != 0) {
-                char line[64];
-                snprintf(line, sizeof line, "E %d rlimit\n", errno);
-                report(status_fd, line);
-                _exit(127);
-            }
+        if (apply_rlimits(limits, nrl) != 0) {
+            char line[64];
+            snprintf(line, sizeof line, "E %d rlimit\n", errno);
+            report(status_fd, line);
+            _exit(127);
         }
         if (program_env != NULL) environ = program_env;
         execvp(program[0], program);

@@ -4,6 +4,15 @@ Default allow, with a deny list of the syscalls a sandboxed program has no
 business making. Denied calls fail with EPERM (so programs get an error, not a
 mysterious death); any foreign ABI (32-bit x86 via int 0x80, x32) kills the
 process, since it would bypass every per-syscall rule.
+
+Three rules look at arguments: socket families are an allow-list (a family a
+namespace does not isolate, such as vsock, reaches past the box), real-time
+scheduling policies are denied (a SCHED_FIFO loop would escape the CPU quota),
+and clone's namespace flags are denied like unshare.
+
+The policy is data (``DENIED_SYSCALLS``, ``ALLOWED_SOCKET_FAMILIES``,
+``ALLOWED_NETLINK_PROTOCOLS``, ``DENIED_SCHED_POLICIES``) so that every
+isolation level can apply the same one; ``compile_filter`` turns it into BPF.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from sandlot.errors import ConfigError
 _SCMP_ACT_KILL_PROCESS = 0x80000000
 _SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_FLTATR_ACT_BADARCH = 2
+_SCMP_CMP_GE = 5
+_SCMP_CMP_EQ = 4
 _SCMP_CMP_MASKED_EQ = 7
 
 
@@ -76,10 +87,36 @@ DENIED_SYSCALLS: dict[str, str] = {
     "clock_adjtime": "setting the clock",
     "adjtimex": "setting the clock",
     "fanotify_init": "watching the filesystem globally",
+    "inotify_init": "watches on shared read-only mounts report other tenants' file activity",
+    "inotify_init1": "watches on shared read-only mounts report other tenants' file activity",
+    "sched_setattr": "its policy is in memory seccomp cannot read; sched_setscheduler covers ordinary use",
     "nfsservctl": "kernel services",
     "migrate_pages": "NUMA policy",
     "move_pages": "NUMA policy",
 }
+
+# socket(2) and socketpair(2): the families a program may use; any other fails with EAFNOSUPPORT,
+# as if the kernel lacked it.
+ALLOWED_SOCKET_FAMILIES: dict[int, str] = {
+    1: "AF_UNIX: local sockets, inside the box's own mount and net namespaces",
+    2: "AF_INET: the box's own net namespace (loopback only)",
+    10: "AF_INET6: the box's own net namespace (loopback only)",
+    16: "AF_NETLINK: getifaddrs (glibc, Go's net.Interfaces, Node, Java) reads routes and links",
+}
+SOCKETPAIR_FAMILIES = (1,)  # only AF_UNIX implements socketpair
+# Netlink protocols a program may open (others fail with EPROTONOSUPPORT): the families of
+# netlink reach kernel subsystems (audit, uevents, netfilter, crypto) that are not the box's.
+ALLOWED_NETLINK_PROTOCOLS: dict[int, str] = {0: "NETLINK_ROUTE: getifaddrs, if_nametoindex"}
+_AF_NETLINK = 16
+_FAMILY_RANGE = 64  # AF_MAX is 46 on Linux 6.x; everything at or above this is denied wholesale
+
+# sched_setscheduler(2) policies denied (EPERM): real-time ones run ahead of the CFS quota.
+DENIED_SCHED_POLICIES: dict[int, str] = {
+    1: "SCHED_FIFO: runs until it yields, outside the CPU quota's fairness",
+    2: "SCHED_RR: real-time round robin",
+    6: "SCHED_DEADLINE: reserves CPU bandwidth on the host",
+}
+_SCHED_RESET_ON_FORK = 0x40000000  # may be OR'ed into the policy; the policy is the rest
 
 # clone(2) with any namespace flag: same reason as unshare.
 _CLONE_NAMESPACE_FLAGS = (
@@ -130,6 +167,41 @@ def _check(rc: int, what: str) -> None:
         raise ConfigError(f"libseccomp: {what}: {os.strerror(-rc)}")
 
 
+def _add_rule(lib: ctypes.CDLL, ctx: int, action: int, syscall: str, *cmps: tuple[int, int, int, int]) -> None:
+    """Add one rule: the syscall, when every (arg, op, a, b) comparison holds (none: always)."""
+    nr = lib.seccomp_syscall_resolve_name(syscall.encode())
+    if nr < 0:  # not a syscall on this architecture
+        return
+    array = (_ArgCmp * max(1, len(cmps)))(*(_ArgCmp(*c) for c in cmps))
+    _check(lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), array), f"rule for {syscall}")
+
+
+def _deny_socket_families(lib: ctypes.CDLL, ctx: int) -> None:
+    """socket/socketpair: an allow-list of families (libseccomp ORs rules, so deny each other value)."""
+    no_family = _act_errno(errno.EAFNOSUPPORT)
+    for syscall, allowed in (("socket", ALLOWED_SOCKET_FAMILIES), ("socketpair", SOCKETPAIR_FAMILIES)):
+        for family in range(_FAMILY_RANGE):
+            if family not in allowed:
+                _add_rule(lib, ctx, no_family, syscall, (0, _SCMP_CMP_EQ, family, 0))
+        # Compared on all 64 bits: a family with high bits set is denied too (the kernel would truncate it).
+        _add_rule(lib, ctx, no_family, syscall, (0, _SCMP_CMP_GE, _FAMILY_RANGE, 0))
+    no_protocol = _act_errno(errno.EPROTONOSUPPORT)
+    netlink = (0, _SCMP_CMP_EQ, _AF_NETLINK, 0)
+    for protocol in range(_FAMILY_RANGE):
+        if protocol not in ALLOWED_NETLINK_PROTOCOLS:
+            _add_rule(lib, ctx, no_protocol, "socket", netlink, (2, _SCMP_CMP_EQ, protocol, 0))
+    _add_rule(lib, ctx, no_protocol, "socket", netlink, (2, _SCMP_CMP_GE, _FAMILY_RANGE, 0))
+
+
+def _deny_realtime_scheduling(lib: ctypes.CDLL, ctx: int) -> None:
+    """sched_setscheduler with a real-time policy, with or without SCHED_RESET_ON_FORK."""
+    deny = _act_errno(errno.EPERM)
+    # The policy is an int: the kernel reads the low 32 bits only, so compare those alone.
+    mask = 0xFFFFFFFF & ~_SCHED_RESET_ON_FORK
+    for policy in DENIED_SCHED_POLICIES:
+        _add_rule(lib, ctx, deny, "sched_setscheduler", (1, _SCMP_CMP_MASKED_EQ, mask, policy))
+
+
 @lru_cache(maxsize=1)
 def compile_filter() -> bytes:
     """Build the policy and return it as a BPF program (what bwrap --seccomp reads)."""
@@ -153,6 +225,8 @@ def compile_filter() -> bytes:
             if _CLONE_NAMESPACE_FLAGS & flag:
                 cmp[0] = _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag)
                 _check(lib.seccomp_rule_add_array(ctx, deny, clone_nr, 1, cmp), "deny clone namespaces")
+        _deny_socket_families(lib, ctx)
+        _deny_realtime_scheduling(lib, ctx)
         # clone3 passes flags in memory seccomp cannot read: ENOSYS makes libc fall back to clone.
         clone3_nr = lib.seccomp_syscall_resolve_name(b"clone3")
         if clone3_nr >= 0:
