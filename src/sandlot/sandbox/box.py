@@ -283,7 +283,7 @@ class Box:
     def read_file(self, name: str, max_bytes: int) -> bytes:
         return hostfs.read_file(self.workdir, name, max_bytes=max_bytes)
 
-    def list_files(self) -> list[hostfs.FileInfo]:
+    def list_files(self) -> hostfs.Listing:
         return hostfs.list_files(self.workdir)
 
     def cow_bind(self, name: str, lower: Path, dest: str) -> policy.Bind:
