@@ -83,6 +83,7 @@ class ServerSettings:
     worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
     default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
     gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
+    allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
 
     @property
     def effective_pool_size(self) -> int:
