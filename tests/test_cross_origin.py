@@ -8,6 +8,7 @@ same site) and checks on the server's side that nothing ran.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +43,7 @@ async def test_cross_site_requests_are_refused_on_every_state_changing_route(
     service: Service, client: httpx.AsyncClient
 ) -> None:
     session_id = (await client.post("/api/v1/sessions")).json()["session_id"]
-    attempts = [
+    attempts: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/api/v1/run", {"json": RUN}),
         ("POST", "/api/v1/execute", {"content": b"echo ran", "headers": {"Content-Type": "text/plain"}}),
         ("POST", "/run", {"content": b"print('ran')"}),
@@ -54,8 +55,8 @@ async def test_cross_site_requests_are_refused_on_every_state_changing_route(
         ("POST", "/mcp", {"json": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}),
     ]
     for method, path, extra in attempts:
-        headers = {**EVIL, **extra.pop("headers", {})}  # type: ignore[dict-item]
-        response = await client.request(method, path, headers=headers, **extra)  # type: ignore[arg-type]
+        headers = {**EVIL, **extra.pop("headers", {})}
+        response = await client.request(method, path, headers=headers, **extra)
         assert response.status_code == 403, (path, response.text)
         assert response.json()["error"]["field"] == "Origin"
     # Without an Origin, a browser's Sec-Fetch-Site alone says so too (another port of this host: same-site).
