@@ -81,28 +81,29 @@ def parse_json(body: bytes, *, field: str = "body") -> Any:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RejectedError(f"{field}: not valid JSON ({exc})", field=field) from exc
     if _MAYBE_SURROGATE.search(body):
-        reject_lone_surrogates(data, field)
+        reject_lone_surrogates(data, whole=field)
     return data
 
 
-def reject_lone_surrogates(data: Any, where: str) -> None:
+def reject_lone_surrogates(data: Any, where: str = "", *, whole: str = "body") -> None:
     """Refuse a string no UTF-8 text can carry (a lone surrogate), naming where it was.
 
     JSON can spell one (``"\\ud800"``); passed on it would fail when encoded for
     the program, a file name or a reply, far from the request that caused it.
+    ``where`` is the path inside the document (``files[1].name``); ``whole`` names the document.
     """
     if isinstance(data, str):
         try:
             data.encode()
         except UnicodeEncodeError as exc:
-            raise RejectedError(f"{where}: a lone surrogate is not valid text", field=where) from exc
+            raise RejectedError(f"{where or whole}: a lone surrogate is not valid text", field=where or whole) from exc
     elif isinstance(data, dict):
         for key, value in data.items():
-            reject_lone_surrogates(key, where)
-            reject_lone_surrogates(value, f"{key}" if where == "body" else f"{where}.{key}")
+            reject_lone_surrogates(key, where, whole=whole)
+            reject_lone_surrogates(value, f"{where}.{key}" if where else str(key), whole=whole)
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            reject_lone_surrogates(value, f"{where}[{index}]")
+            reject_lone_surrogates(value, f"{where or whole}[{index}]", whole=whole)
 
 
 async def read_json(request: Request) -> Any:
