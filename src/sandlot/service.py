@@ -72,6 +72,7 @@ class ServerSettings:
     session_ttl_s: float = 30 * 60.0
     session_idle_s: float = 20 * 60.0
     max_body_bytes: int = 2 * 1024 * 1024
+    ws_max_stdin_bytes: int = 16 * 1024 * 1024  # stdin one WebSocket connection may send in all (held until read)
     drain_deadline_s: float = 30.0
     api_keys: tuple[ApiKey, ...] = ()
     start_worker: bool = True
