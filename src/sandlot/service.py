@@ -69,6 +69,7 @@ class ServerSettings:
     pool_size: int = 0  # 0: derived from the core count
     max_queued: int = 64  # tasks waiting for a worker before 429
     result_ttl_s: float = 600.0
+    result_memory_bytes: int = 256 * 1024 * 1024  # finished tasks' output kept in memory; the rest goes to disk
     session_ttl_s: float = 30 * 60.0
     session_idle_s: float = 20 * 60.0
     max_body_bytes: int = 2 * 1024 * 1024
@@ -106,7 +107,12 @@ def effective_claim_idle_ms(settings: Settings, server: ServerSettings) -> int:
 
 def _make_broker(settings: Settings, server: ServerSettings) -> Broker:
     if not server.redis_url:
-        return MemoryBroker(max_queued=server.max_queued, result_ttl_s=server.result_ttl_s)
+        return MemoryBroker(
+            max_queued=server.max_queued,
+            result_ttl_s=server.result_ttl_s,
+            max_result_bytes=server.result_memory_bytes,
+            spill_dir=settings.state_dir / "results",
+        )
     return RedisBroker(
         server.redis_url,
         max_queued=server.max_queued,
