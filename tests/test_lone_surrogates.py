@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosedError
 from sandlot.api.http import create_app
 
 from .test_http import client_fixture, live_server, running_service, service_fixture
+from .test_mcp import INITIALIZE, _mcp_app
 
 __all__ = ["client_fixture", "service_fixture"]  # fixtures, used by name
 
@@ -71,3 +72,22 @@ async def test_websocket_refuses_a_lone_surrogate_in_run_and_stdin() -> None:
                     messages.append(json.loads(await ws.recv()))
             assert messages[-1]["type"] == "error" and messages[-1]["error"]["field"] == "data", messages
         assert ws.close_code == 1008
+
+
+async def test_mcp_refuses_a_lone_surrogate() -> None:
+    """The MCP library parses its own bodies: a lone surrogate is its JSON-RPC parse error, a 400."""
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with running_service() as service, _mcp_app(service) as url, httpx.AsyncClient(timeout=30) as http:
+        opened = await http.post(url, content=_body(INITIALIZE), headers=accept)
+        session = {**accept, "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await http.post(url, content=_body(initialized), headers=session)
+        for arguments in (
+            {"language": "bash", "code": f"echo {LONE}"},
+            {"language": "bash", "code": "cat", "stdin": LONE},
+        ):
+            params = {"name": "run_code", "arguments": arguments}
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+            answer = await http.post(url, content=_body(call), headers=session)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == -32700  # JSON-RPC's parse error
