@@ -7,6 +7,7 @@ same site) and checks on the server's side that nothing ran.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,8 +22,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from sandlot.api.http import create_app
-from sandlot.service import Service
+from sandlot.service import Service, server_settings_from
 
+from .conftest import make_settings
 from .test_http import asgi_client, client_fixture, executions, live_server, running_service, service_fixture
 from .test_playground import CHROMIUM, CHROMIUM_ARGS
 
@@ -59,11 +61,22 @@ async def test_cross_site_requests_are_refused_on_every_state_changing_route(
         response = await client.request(method, path, headers=headers, **extra)
         assert response.status_code == 403, (path, response.text)
         assert response.json()["error"]["field"] == "Origin"
+    # And every other state-changing route the API declares, found in its OpenAPI document.
+    declared = [
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, operations in (await client.get("/openapi.json")).json()["paths"].items()
+        for method in operations
+        if method in ("post", "put", "delete", "patch")
+    ]
+    assert len(declared) > len(attempts)
+    for method, path in declared:
+        response = await client.request(method, path, headers=EVIL, content=b"{}")
+        assert response.status_code == 403, (method, path, response.text)
     # Without an Origin, a browser's Sec-Fetch-Site alone says so too (another port of this host: same-site).
     alone = await client.post("/api/v1/run", json=RUN, headers={"Sec-Fetch-Site": "same-site"})
     assert alone.status_code == 403
     assert executions(service, "bash", "ok") == 0
-    assert refused(service) == len(attempts) + 1
+    assert refused(service) == len(attempts) + len(declared) + 1
     # Reads pass: no page can read them without CORS headers, and the playground loads with them.
     assert (await client.get("/api/v1/languages", headers=EVIL)).status_code == 200
 
@@ -74,6 +87,11 @@ async def test_same_origin_and_programs_pass(service: Service, client: httpx.Asy
     assert (await client.post("/api/v1/run", json=RUN)).json()["stdout"] == "ran\n"  # curl, the clients
     typed = await client.post("/api/v1/run", json=RUN, headers={"Sec-Fetch-Site": "none"})  # typed in the bar
     assert typed.status_code == 200
+
+
+def test_allowed_origins_is_a_server_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDLOT_ALLOWED_ORIGINS", "https://ide.example")
+    assert server_settings_from(make_settings()).allowed_origins == "https://ide.example"
 
 
 async def test_allowed_origins_opens_the_door_for_a_named_site() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sandlot.config import Settings
+from sandlot.config import Settings, load_settings
 from sandlot.engine import Engine
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, SourceFile, StageEvent, Status
@@ -48,3 +48,10 @@ async def test_a_stage_within_its_own_limit_is_not_blamed_on_the_budget(engine: 
     _, exit_event = await _run(engine, box, ("sleep 30",))
     assert exit_event.result.status is Status.TIMEOUT
     assert exit_event.result.message.startswith("wall-clock time limit exceeded")
+
+
+def test_the_budgets_are_settings() -> None:
+    environ = {"SANDLOT_JOB_WALL_TIME_BUDGET_S": "30", "SANDLOT_JOB_CPU_TIME_BUDGET_S": "7.5"}
+    settings = load_settings(environ=environ)
+    assert (settings.job_wall_time_budget_s, settings.job_cpu_time_budget_s) == (30.0, 7.5)
+    assert load_settings(environ={}).job_wall_time_budget_s == 240.0
