@@ -65,7 +65,7 @@ async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -
 @router.get("/{session_id}/files", summary="The regular files of the session's workdir")
 async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     session = door.service.sessions.local(principal.tenant, session_id)
-    listing = await asyncio.to_thread(session.box.list_files)
+    listing = await asyncio.to_thread(session.box.listing)
     return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
 

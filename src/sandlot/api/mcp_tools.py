@@ -243,7 +243,7 @@ class Tools:
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
         session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
-        listing = await asyncio.to_thread(session.box.list_files)
+        listing = await asyncio.to_thread(session.box.listing)
         rows = [{"path": f.path, "size": f.size} for f in listing.files]
         text = "\n".join(f"{f.path} ({f.size} bytes)" for f in listing.files) or "the workdir is empty"
         if listing.truncated:
