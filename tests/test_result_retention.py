@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from sandlot.api.http import create_app
 from sandlot.broker.memory import MemoryBroker
@@ -82,3 +84,17 @@ def test_a_dead_brokers_spill_directory_is_swept(tmp_path: Path) -> None:
     assert live.path.exists() and other.path.exists()
     live.close()
     other.close()
+
+
+async def test_a_disk_that_cannot_take_a_spill_drops_the_result_not_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(self: SpillDir, task_id: str, events: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SpillDir, "write", full_disk)  # the disk is the collaborator here; the budget is tested
+    async with running_service(result_memory_bytes=_BUDGET) as service, asgi_client(create_app(service)) as client:
+        ids = await _runs(client, 5)  # every run still answers whole
+        broker = _broker(service)
+        await broker.wait_spills()
+        assert _held(broker) <= _BUDGET
+        assert (await client.get(f"/api/v1/tasks/{ids[0]}")).status_code == 404
+        assert (await client.get(f"/api/v1/tasks/{ids[-1]}")).json()["result"]["stdout"] == "4" * _OUTPUT

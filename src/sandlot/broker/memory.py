@@ -17,6 +17,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from sandlot.broker.spill import SpillDir, payload_bytes
 from sandlot.models import Event, ExitEvent
 
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -232,7 +234,12 @@ class MemoryBroker:
             if self._spill is None or not self._spill.can_hold(task_id):
                 self._forget(task_id)
                 continue
-            await asyncio.to_thread(self._spill.write, task_id, list(task.events))
+            try:
+                await asyncio.to_thread(self._spill.write, task_id, list(task.events))
+            except OSError as exc:  # a full or broken disk: the budget still holds, this result goes early
+                _log.warning("result of %s not spilled, dropped before its TTL: %s", task_id, exc)
+                self._forget(task_id)
+                continue
             if self._tasks.get(task_id) is not task:  # expired while we wrote
                 await asyncio.to_thread(self._spill.remove, task_id)
                 continue

@@ -69,11 +69,15 @@ class SpillDir:
     def write(self, task_id: str, events: list[Event]) -> None:
         final = self._file(task_id)
         partial = final.with_suffix(".partial")
-        with open(partial, "w", encoding="utf-8") as out:
-            for event in events:
-                out.write(json.dumps(event_to_wire(event), separators=(",", ":")))
-                out.write("\n")
-        os.replace(partial, final)  # a reader sees the whole file or none
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                for event in events:
+                    out.write(json.dumps(event_to_wire(event), separators=(",", ":")))
+                    out.write("\n")
+            os.replace(partial, final)  # a reader sees the whole file or none
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
 
     def read(self, task_id: str) -> list[Event] | None:
         """The task's events, or None if its file is gone."""
