@@ -109,6 +109,10 @@ class Settings:
     open_files: int = 256
     stack_bytes: int = 64 * MIB
     max_source_bytes: int = 1 * MIB
+    # One job's total over all its stages (compile, run, each of up to 32 commands); each stage's limits
+    # are capped by what is left. The defaults fit one compile and one run at their maxima.
+    job_wall_time_budget_s: float = 240.0
+    job_cpu_time_budget_s: float = 120.0
     run_defaults: Limits = DEFAULT_RUN_LIMITS
     run_maxima: Limits = MAX_RUN_LIMITS
     compile_defaults: Limits = DEFAULT_COMPILE_LIMITS

@@ -113,6 +113,8 @@ class Engine:
         if len(job.commands) > MAX_COMMANDS:
             raise RejectedError(f"too many commands (max {MAX_COMMANDS})", field="commands")
         for i, command in enumerate(job.commands):
+            if not _is_utf8(command):
+                raise RejectedError(f"commands[{i}]: is not valid UTF-8", field="commands")
             if not command.strip() or "\x00" in command or len(command.encode()) > MAX_COMMAND_BYTES:
                 raise RejectedError(f"commands[{i}]: must be a non-empty shell command without NUL", field="commands")
         if len(job.fetch_files) > MAX_FETCH_FILES:
@@ -138,6 +140,7 @@ class Engine:
         ``stdin`` overrides the job's own stdin bytes with a stream (interactive doors).
         """
         seq = itertools.count(1)
+        budget = JobBudget(self.settings.job_wall_time_budget_s, self.settings.job_cpu_time_budget_s)
 
         def stamp(event: Event) -> Event:
             return dataclasses.replace(event, seq=next(seq), time=time.time())
@@ -153,13 +156,12 @@ class Engine:
         if lang.compile is not None:
             yield stamp(StageEvent("compile"))
             compiled: Result | None = None
-            compile_run = box.run(
-                lang.compile, limits=prepared.compile_limits, env=lang.env, binds=binds, stage="compile"
-            )
+            compile_limits = budget.cap(prepared.compile_limits)
+            compile_run = box.run(lang.compile, limits=compile_limits, env=lang.env, binds=binds, stage="compile")
             async with contextlib.aclosing(compile_run) as items:
                 async for item in items:
                     if isinstance(item, Result):
-                        compiled = item
+                        compiled = budget.charge(item, asked=prepared.compile_limits, given=compile_limits)
             assert compiled is not None
             compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, user_name)
             compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
@@ -176,17 +178,24 @@ class Engine:
         else:
             plan = [("run", [*lang.run, *job.args])]
         for index, (name, argv) in enumerate(plan):
+            spent = budget.spent()
+            if spent:  # too little left to even set a box up: the job ends here, as a timeout
+                result = Result(Status.TIMEOUT, language=lang.name, compile_output=compile_output, message=spent)
+                yield stamp(ExitEvent(result, stages=tuple(stages)))
+                return
             yield stamp(StageEvent(name))
             stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
             finished = False
-            stage_run = box.run(argv, limits=prepared.limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name)
+            limits = budget.cap(prepared.limits)
+            stage_run = box.run(argv, limits=limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name)
             # aclosing: a consumer that stops early ends the run here, not in a GC finaliser later.
             async with contextlib.aclosing(stage_run) as items:
                 async for item in items:
                     if not isinstance(item, Result):
                         yield stamp(item)
                         continue
-                    final = dataclasses.replace(item, language=lang.name, compile_output=compile_output)
+                    charged = budget.charge(item, asked=prepared.limits, given=limits)
+                    final = dataclasses.replace(charged, language=lang.name, compile_output=compile_output)
                     if job.commands:
                         stages.append((name, final))
                         yield stamp(StageResultEvent(name, final))
@@ -240,6 +249,59 @@ class Engine:
             raise RejectedError(f"duplicate file names (the main file is stored as {lang.source_file})", field="files")
         for name, f in zip(names, files, strict=False):
             box.write_file(name, f.content)
+
+
+# Less than this left and the next stage is not started: setting a box up alone can take this long on a
+# loaded host, and a deadline that expires during set-up would look like a sandbox failure.
+_MIN_STAGE_WALL_S = 1.0
+_MIN_STAGE_CPU_S = 0.1
+
+
+@dataclass
+class JobBudget:
+    """A job's total wall-clock and CPU time over all its stages (compile, run, every command).
+
+    Each stage's limits are capped by what the earlier stages left; a stage that
+    times out under a capped limit is reported as the job's budget running out.
+    """
+
+    wall_time_s: float
+    cpu_time_s: float
+    used_wall_s: float = 0.0
+    used_cpu_s: float = 0.0
+
+    def spent(self) -> str:
+        """Why no further stage may start ("" while one may)."""
+        if self.wall_time_s - self.used_wall_s < _MIN_STAGE_WALL_S:
+            return self._ran_out("wall-clock", self.wall_time_s)
+        if self.cpu_time_s - self.used_cpu_s < _MIN_STAGE_CPU_S:
+            return self._ran_out("CPU", self.cpu_time_s)
+        return ""
+
+    def cap(self, limits: Limits) -> Limits:
+        wall = self.wall_time_s - self.used_wall_s
+        cpu = self.cpu_time_s - self.used_cpu_s
+        if wall >= limits.wall_time_limit_s and cpu >= limits.time_limit_s:
+            return limits  # the common case: the stage's own limits are the tighter ones
+        return dataclasses.replace(
+            limits, wall_time_limit_s=min(wall, limits.wall_time_limit_s), time_limit_s=min(cpu, limits.time_limit_s)
+        )
+
+    def charge(self, result: Result, *, asked: Limits, given: Limits) -> Result:
+        """Count the stage's time; say so when the job's budget, not the stage's limit, ended it."""
+        self.used_wall_s += result.wall_time
+        self.used_cpu_s += result.cpu_time
+        if result.status is not Status.TIMEOUT:
+            return result
+        if result.message.startswith("CPU") and given.time_limit_s < asked.time_limit_s:
+            return dataclasses.replace(result, message=self._ran_out("CPU", self.cpu_time_s))
+        if result.message.startswith("wall") and given.wall_time_limit_s < asked.wall_time_limit_s:
+            return dataclasses.replace(result, message=self._ran_out("wall-clock", self.wall_time_s))
+        return result
+
+    @staticmethod
+    def _ran_out(kind: str, budget_s: float) -> str:
+        return f"the job's {kind} time budget ran out ({budget_s:g} s over all its stages)"
 
 
 def _is_utf8(text: str) -> bool:

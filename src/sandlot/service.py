@@ -69,9 +69,11 @@ class ServerSettings:
     pool_size: int = 0  # 0: derived from the core count
     max_queued: int = 64  # tasks waiting for a worker before 429
     result_ttl_s: float = 600.0
+    result_memory_bytes: int = 256 * 1024 * 1024  # finished tasks' output kept in memory; the rest goes to disk
     session_ttl_s: float = 30 * 60.0
     session_idle_s: float = 20 * 60.0
     max_body_bytes: int = 2 * 1024 * 1024
+    ws_max_stdin_bytes: int = 16 * 1024 * 1024  # stdin one WebSocket connection may send in all (held until read)
     drain_deadline_s: float = 30.0
     api_keys: tuple[ApiKey, ...] = ()
     start_worker: bool = True
@@ -83,6 +85,7 @@ class ServerSettings:
     worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
     default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
     gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
+    allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
 
     @property
     def effective_pool_size(self) -> int:
@@ -104,7 +107,12 @@ def effective_claim_idle_ms(settings: Settings, server: ServerSettings) -> int:
 
 def _make_broker(settings: Settings, server: ServerSettings) -> Broker:
     if not server.redis_url:
-        return MemoryBroker(max_queued=server.max_queued, result_ttl_s=server.result_ttl_s)
+        return MemoryBroker(
+            max_queued=server.max_queued,
+            result_ttl_s=server.result_ttl_s,
+            max_result_bytes=server.result_memory_bytes,
+            spill_dir=settings.state_dir / "results",
+        )
     return RedisBroker(
         server.redis_url,
         max_queued=server.max_queued,

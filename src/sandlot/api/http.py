@@ -33,7 +33,8 @@ door and code; 499 when the client left before an answer) outermost, so it
 also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
 buffering them. ``POST /api/v1/execute`` never reaches them or FastAPI:
 ``SandlotApp`` hands it to ``http_execute.ExecuteRoute``, which caps and counts
-it the same way itself.
+it the same way itself. Before either, ``SameOriginOnly`` refuses state-changing
+requests a browser sends for another site's page (403; ``allowed_origins``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from sandlot.api.auth import Authenticator
 from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
 from sandlot.api.http_execute import ExecuteRoute
-from sandlot.api.http_middleware import BodyLimit, CountResponses
+from sandlot.api.http_middleware import BodyLimit, CountResponses, SameOriginOnly
 from sandlot.api.http_schemas import AUTH, answers
 from sandlot.service import Service
 
@@ -73,11 +74,16 @@ class SandlotApp(FastAPI):
     """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``http_execute``)."""
 
     execute_route: ExecuteRoute | None = None
+    origin_guard: SameOriginOnly | None = None
 
     def openapi(self) -> dict[str, Any]:
         return http_schemas.finish(super().openapi())  # no phantom 422s: see http_schemas
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.origin_guard
+        if guard is not None and guard.refuses(scope):  # before any route, the raw execute route included
+            await guard.refuse(scope, receive, send)
+            return
         route = self.execute_route
         if route is not None and route.serves(scope):
             await route(scope, receive, send)
@@ -116,6 +122,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)
     app.execute_route = ExecuteRoute(app.state.door, max_body_bytes=service.server.max_body_bytes)
+    app.origin_guard = SameOriginOnly(service.server.allowed_origins, metrics=service.metrics)
     return app
 
 

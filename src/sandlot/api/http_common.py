@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -30,6 +31,10 @@ from sandlot.service import Service
 T = TypeVar("T")
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 SHUTDOWN_RETRY_AFTER_S = 5.0  # another replica, or this one restarted, should answer by then
+
+# What can decode to a lone surrogate: a \\uD800-\\uDFFF escape, or its UTF-8-ish bytes (json.loads decodes bytes
+# with surrogatepass). Searched first so that the common body costs one C-level scan, not a walk.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (only when the server has keys configured).")
 
@@ -72,9 +77,33 @@ def bearer_token(authorization: str | None) -> str | None:
 def parse_json(body: bytes, *, field: str = "body") -> Any:
     """JSON, refusing what json.loads would let through but no limit can use (NaN, Infinity)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RejectedError(f"{field}: not valid JSON ({exc})", field=field) from exc
+    if _MAYBE_SURROGATE.search(body):
+        reject_lone_surrogates(data, whole=field)
+    return data
+
+
+def reject_lone_surrogates(data: Any, where: str = "", *, whole: str = "body") -> None:
+    """Refuse a string no UTF-8 text can carry (a lone surrogate), naming where it was.
+
+    JSON can spell one (``"\\ud800"``); passed on it would fail when encoded for
+    the program, a file name or a reply, far from the request that caused it.
+    ``where`` is the path inside the document (``files[1].name``); ``whole`` names the document.
+    """
+    if isinstance(data, str):
+        try:
+            data.encode()
+        except UnicodeEncodeError as exc:
+            raise RejectedError(f"{where or whole}: a lone surrogate is not valid text", field=where or whole) from exc
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            reject_lone_surrogates(key, where, whole=whole)
+            reject_lone_surrogates(value, f"{where}.{key}" if where else str(key), whole=whole)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            reject_lone_surrogates(value, f"{where or whole}[{index}]", whole=whole)
 
 
 async def read_json(request: Request) -> Any:

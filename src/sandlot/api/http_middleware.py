@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the body cap and the per-response counter.
+"""Pure ASGI middleware: the body cap, the per-response counter, the cross-origin guard.
 
 Both are plain ASGI wrappers rather than ``BaseHTTPMiddleware`` so that they
 see the raw message flow: the body cap refuses a request before any of its
@@ -155,3 +155,62 @@ async def send_json_bytes(send: Send, status: int, body: bytes, headers: dict[st
         raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+class SameOriginOnly:
+    """Refuse state-changing requests a browser sends on behalf of another site's page.
+
+    A page on any site can make the visitor's browser POST to ``http://127.0.0.1:8080``
+    (a "simple" request: ``text/plain``, ``mode: 'no-cors'``); the browser never lets
+    the page read the answer, but the code would run. Browsers say where a request
+    comes from: ``Origin`` on every cross-origin POST and WebSocket handshake, and
+    ``Sec-Fetch-Site``. A request is refused (403, or the WebSocket closed with
+    1008 before it is accepted) when its ``Origin`` is neither this server's own
+    (the ``Host`` it was sent to, as the playground's are) nor listed in
+    ``allowed_origins``, or, without an ``Origin``, when ``Sec-Fetch-Site`` says
+    ``cross-site`` or ``same-site`` (another port of the same host is same-site).
+    curl, the Python clients and other programs send neither header, so they pass.
+    Reads (GET, HEAD, OPTIONS) pass: without CORS headers no page can read them.
+    """
+
+    _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+    _SAFE_SITES = frozenset({b"same-origin", b"none"})
+
+    def __init__(self, allowed_origins: str, *, metrics: Metrics) -> None:
+        self.metrics = metrics
+        origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
+        self.allow_any = "*" in origins
+        self.allowed = frozenset(o.encode() for o in origins)
+
+    def refuses(self, scope: Scope) -> bool:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            return False
+        if scope["type"] == "http" and scope.get("method") in self._READS:
+            return False
+        origin = host = site = None
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                origin = value.lower()
+            elif name == b"host":
+                host = value.lower()
+            elif name == b"sec-fetch-site":
+                site = value.lower()
+        if origin is not None:
+            if origin in self.allowed:
+                return False
+            # Same origin: the page was served by this server under the name the browser used for it.
+            # Compared without the scheme, which a TLS-terminating proxy in front changes.
+            return host is None or origin.partition(b"://")[2] != host
+        return site is not None and site not in self._SAFE_SITES
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.metrics.requests.labels(door=door_of(scope), code="403").inc()
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect: the handshake is answered 403 by the server
+            await send({"type": "websocket.close", "code": 1008, "reason": "cross-origin request refused"})
+            return
+        message = (
+            "cross-origin request refused: this server only accepts state-changing requests from its own pages "
+            "and from programs (set allowed_origins to accept another site's)"
+        )
+        await send_json(send, 403, ApiError(403, "forbidden", message, field="Origin").body())

@@ -4,8 +4,9 @@ Runs name the session with ``session_id``; these routes create and end
 sessions and move files in and out of the workdir. The file operations are
 ``Box.write_file/read_file/list_files``, which never follow what a program
 planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
-here is a 400, a missing file a 404. They do not wait for a running execution
-of the session; a program sees a file appear or change as it would on any disk.
+here is a 400, a missing file a 404, a file the running program recreated while
+we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
+They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
 In distributed mode the box is on a worker, not here: creating and ending work
 on any API node, the file routes answer 400 (``Sessions.local``).
 """
@@ -24,7 +25,7 @@ from sandlot.api.http_errors import ApiError
 from sandlot.api.http_schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
 from sandlot.pool import Session
-from sandlot.sandbox.hostfs import FileMissing
+from sandlot.sandbox.hostfs import FileBusy, FileMissing
 
 MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -92,8 +93,8 @@ async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -
 )
 async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
     session = door.service.sessions.local(principal.tenant, session_id)
-    files = await asyncio.to_thread(session.box.list_files)
-    return {"files": [{"path": f.path, "size": f.size} for f in files]}
+    listing = await asyncio.to_thread(session.box.listing)
+    return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
 
 @router.put(
@@ -109,6 +110,8 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
     data = await request.body()
     try:
         await asyncio.to_thread(session.box.write_file, path, data)
+    except FileBusy as exc:
+        raise ApiError(409, "conflict", str(exc), field="path") from exc
     except RejectedError as exc:
         raise RejectedError(str(exc), field="path") from exc
     except OSError as exc:

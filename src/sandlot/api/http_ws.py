@@ -14,7 +14,9 @@ then closed (the program sees EOF after it, as with the JSON routes); without
 one, stdin stays open for ``stdin`` messages until ``close_stdin``. A bad
 message is answered ``{"type": "error", "error": {...}}`` and a close with 1008
 (1013 when the server is busy); the run it belonged to is cancelled, as it is
-when the client disconnects: nobody would see its output.
+when the client disconnects: nobody would see its output. A connection sends at
+most ``ws_max_stdin_bytes`` of stdin in all (the program need not read it, and
+until it does it is held in memory): past that, an error and a close with 1009.
 
 Two tasks relay while the run lasts: events to the client, the client's
 messages to the broker as control messages. Whichever ends first decides.
@@ -57,6 +59,7 @@ _CLOSE_POLICY = 1008
 _CLOSE_TOO_BIG = 1009
 _CLOSE_INTERNAL = 1011
 _CLOSE_TRY_LATER = 1013
+_CONTROL_COST_BYTES = 256  # what a queued control costs at least, whatever it carries
 
 router = APIRouter()
 _log = logging.getLogger(__name__)
@@ -128,14 +131,26 @@ async def _send_events(websocket: WebSocket, door: Door, spec: TaskSpec) -> None
 
 
 async def _follow_client(websocket: WebSocket, door: Door, spec: TaskSpec) -> None:
-    """Relay the client's messages as controls; returns when it disconnects, raises on a bad one."""
+    """Relay the client's messages as controls; returns when it disconnects, raises on a bad one.
+
+    Every control waits in the broker and the worker until the program takes it,
+    and a program need never read its stdin: so one connection may send at most
+    ``ws_max_stdin_bytes`` in all (stdin data, each message counted as at least
+    ``_CONTROL_COST_BYTES``). Past it the connection is refused (1009) and its run cancelled.
+    """
     broker = door.service.broker
+    budget = door.service.server.ws_max_stdin_bytes - len(spec.stdin)
     while True:
         try:
             data = await _receive_json(websocket, door.service.server.max_body_bytes)
         except WebSocketDisconnect:
             return
-        await broker.control(spec.tenant, spec.id, _control(data))
+        control = _control(data)
+        budget -= max(len(control.data), _CONTROL_COST_BYTES)
+        if budget < 0:
+            limit = door.service.server.ws_max_stdin_bytes
+            raise ApiError(413, "payload_too_large", f"stdin: over {limit} bytes on this connection", field="data")
+        await broker.control(spec.tenant, spec.id, control)
 
 
 def _control(data: dict[str, Any]) -> Control:

@@ -161,9 +161,10 @@ _OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {"path": _STRING, "size": {"type": "integer"}},
                     "required": ["path", "size"],
                 },
-            }
+            },
+            "truncated": {"type": "boolean"},
         },
-        "required": ["files"],
+        "required": ["files", "truncated"],
     },
 }
 _DESCRIPTIONS = {

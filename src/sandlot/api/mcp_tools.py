@@ -243,10 +243,12 @@ class Tools:
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
         session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
-        files = await asyncio.to_thread(session.box.list_files)
-        rows = [{"path": f.path, "size": f.size} for f in files]
-        text = "\n".join(f"{f.path} ({f.size} bytes)" for f in files) or "the workdir is empty"
-        return _answer({"files": rows}, text)
+        listing = await asyncio.to_thread(session.box.listing)
+        rows = [{"path": f.path, "size": f.size} for f in listing.files]
+        text = "\n".join(f"{f.path} ({f.size} bytes)" for f in listing.files) or "the workdir is empty"
+        if listing.truncated:
+            text += "\n(truncated: the workdir holds more than one listing shows)"
+        return _answer({"files": rows, "truncated": listing.truncated}, text)
 
 
 # ------------------------------------------------------------------ answers

@@ -3,6 +3,11 @@
 Queued tasks wait in per-tenant FIFOs served in rotation; each task keeps its
 event history (for replay) and a condition that wakes subscribers; results are
 dropped ``result_ttl_s`` after the task ends, by one timer per task.
+
+Finished tasks' output in memory is bounded by ``max_result_bytes``: past it
+the oldest finished tasks' events go to disk (``spill.SpillDir``) and are read
+back from there by ``get`` and ``subscribe`` until their TTL ends. Without a
+spill directory they are dropped early instead (a door then answers 404).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sandlot.broker import (
     DEFAULT_RESULT_TTL_S,
@@ -24,7 +31,11 @@ from sandlot.broker import (
     TaskStatus,
     cancelled_before_start,
 )
+from sandlot.broker.spill import SpillDir, payload_bytes
 from sandlot.models import Event, ExitEvent
+
+DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,12 +47,25 @@ class _Task:
     controls: asyncio.Queue[Control] = field(default_factory=asyncio.Queue)
     exit: ExitEvent | None = None
     idempotency_key: str | None = None
+    spilled: bool = False  # events and exit are on disk, not here
 
 
 class MemoryBroker:
-    def __init__(self, *, max_queued: int, result_ttl_s: float = DEFAULT_RESULT_TTL_S) -> None:
+    def __init__(
+        self,
+        *,
+        max_queued: int,
+        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        spill_dir: Path | None = None,
+    ) -> None:
         self.max_queued = max_queued
         self.result_ttl_s = result_ttl_s
+        self.max_result_bytes = max_result_bytes
+        self._spill = SpillDir(spill_dir) if spill_dir is not None else None
+        self._retained: dict[str, int] = {}  # finished tasks whose output is in memory, oldest first: bytes
+        self.retained_bytes = 0
+        self._spilling = asyncio.Lock()
         self._tasks: dict[str, _Task] = {}
         self._queues: dict[str, collections.deque[str]] = {}
         self._rotation: collections.deque[str] = collections.deque()
@@ -76,7 +100,13 @@ class MemoryBroker:
         task = self._tasks.get(task_id)
         if task is None or task.spec.tenant != tenant:
             return None
-        return TaskState(task.spec.id, tenant, task.status, task.spec.created, task.exit, task.spec)
+        exit_event = task.exit
+        if task.spilled:
+            events = await self._read_spilled(task_id)
+            exit_event = events[-1] if events and isinstance(events[-1], ExitEvent) else None
+            if exit_event is None:
+                return None  # its file is gone: as good as expired
+        return TaskState(task.spec.id, tenant, task.status, task.spec.created, exit_event, task.spec)
 
     async def subscribe(self, tenant: str, task_id: str) -> AsyncIterator[Event]:
         """Replay from the first event, then follow live until the exit event."""
@@ -87,7 +117,11 @@ class MemoryBroker:
         while True:
             async with task.changed:
                 await task.changed.wait_for(functools.partial(_has_more, task, sent))
-                batch = task.events[sent:]
+                batch = None if task.spilled else task.events[sent:]
+            if batch is None:  # finished and moved to disk meanwhile: the rest is there
+                for event in (await self._read_spilled(task_id))[sent:]:
+                    yield event
+                return
             for event in batch:
                 yield event
                 if isinstance(event, ExitEvent):
@@ -170,6 +204,54 @@ class MemoryBroker:
             task.changed.notify_all()
         loop = asyncio.get_running_loop()
         self._expiry[task_id] = loop.call_later(self.result_ttl_s, self._forget, task_id)
+        size = payload_bytes(task.events)
+        self._retained[task_id] = size
+        self.retained_bytes += size
+        await self._keep_within_budget()
+
+    async def _keep_within_budget(self) -> None:
+        """Spill (or drop) the oldest finished tasks' output until what stays in memory fits the budget.
+
+        A subscriber already replaying a task keeps the events it holds; later
+        readers read them from disk. One spill at a time, oldest first; until it is
+        written, memory holds up to one result more than the budget.
+        """
+        async with self._spilling:
+            await self._spill_oldest()
+
+    async def wait_spills(self) -> None:
+        """Return once no spill is under way (what is in memory is then within the budget)."""
+        async with self._spilling:
+            pass
+
+    async def _spill_oldest(self) -> None:
+        while self.retained_bytes > self.max_result_bytes and self._retained:
+            task_id = next(iter(self._retained))
+            self.retained_bytes -= self._retained.pop(task_id)
+            task = self._tasks.get(task_id)
+            if task is None:
+                continue
+            if self._spill is None or not self._spill.can_hold(task_id):
+                self._forget(task_id)
+                continue
+            try:
+                await asyncio.to_thread(self._spill.write, task_id, list(task.events))
+            except OSError as exc:  # a full or broken disk: the budget still holds, this result goes early
+                _log.warning("result of %s not spilled, dropped before its TTL: %s", task_id, exc)
+                self._forget(task_id)
+                continue
+            if self._tasks.get(task_id) is not task:  # expired while we wrote
+                await asyncio.to_thread(self._spill.remove, task_id)
+                continue
+            async with task.changed:
+                task.spilled = True
+                task.events = []
+                task.exit = None
+                task.changed.notify_all()
+
+    async def _read_spilled(self, task_id: str) -> list[Event]:
+        assert self._spill is not None
+        return await asyncio.to_thread(self._spill.read, task_id) or []
 
     async def controls(self, task_id: str) -> AsyncIterator[Control]:
         task = self._tasks.get(task_id)
@@ -180,7 +262,10 @@ class MemoryBroker:
 
     def _forget(self, task_id: str) -> None:
         self._expiry.pop(task_id, None)
+        self.retained_bytes -= self._retained.pop(task_id, 0)
         task = self._tasks.pop(task_id, None)
+        if task is not None and task.spilled and self._spill is not None:
+            self._spill.remove(task_id)  # one unlink: cheap enough for a timer callback
         if task is not None and task.idempotency_key is not None:
             self._idempotency.pop((task.spec.tenant, task.idempotency_key), None)
 
@@ -188,10 +273,12 @@ class MemoryBroker:
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
+        if self._spill is not None:
+            self._spill.close()
         with contextlib.suppress(Exception):
             async with self._available:
                 self._available.notify_all()
 
 
 def _has_more(task: _Task, sent: int) -> bool:
-    return len(task.events) > sent
+    return task.spilled or len(task.events) > sent

@@ -291,6 +291,10 @@ class Box:
         return hostfs.read_file(self.workdir, name, max_bytes=max_bytes)
 
     def list_files(self) -> list[hostfs.FileInfo]:
+        return self.listing().files
+
+    def listing(self) -> hostfs.Listing:
+        """The workdir's regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
         return hostfs.list_files(self.workdir)
 
     def cow_bind(self, name: str, lower: Path, dest: str) -> policy.Bind:

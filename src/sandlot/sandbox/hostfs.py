@@ -15,6 +15,7 @@ import ctypes.util
 import os
 import re
 import stat
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ _MNT_DETACH = 2
 _UMOUNT_NOFOLLOW = 8
 MAX_PATH_BYTES = 1024
 MAX_PATH_DEPTH = 32
+MAX_NAME_BYTES = 255  # NAME_MAX: a longer component is the caller's mistake (ENAMETOOLONG), said up front
+MAX_LIST_ENTRIES = 10_000  # files and directories one listing looks at before it stops (truncated)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -85,13 +88,19 @@ def mounts_below(prefix: Path) -> list[Path]:
 
 def validate_relative_path(name: str, *, field: str = "path") -> tuple[str, ...]:
     """Split a user-supplied relative path, refusing anything that could leave the workdir."""
-    if not name or "\x00" in name or len(name.encode()) > MAX_PATH_BYTES:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file can have this name
+        raise RejectedError(f"{field}: not valid UTF-8: {name!r}", field=field) from exc
+    if not name or "\x00" in name or len(encoded) > MAX_PATH_BYTES:
         raise RejectedError(f"{field}: invalid file name {name!r}", field=field)
     if name.startswith("/"):
         raise RejectedError(f"{field}: absolute paths are not allowed: {name!r}", field=field)
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if not parts or any(p == ".." for p in parts) or len(parts) > MAX_PATH_DEPTH:
         raise RejectedError(f"{field}: path must stay inside the workdir: {name!r}", field=field)
+    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        raise RejectedError(f"{field}: a path component is over {MAX_NAME_BYTES} bytes: {name!r}", field=field)
     return parts
 
 
@@ -135,12 +144,15 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
                 pass
             except IsADirectoryError as exc:
                 raise RejectedError(f"files.name: {name!r} is a directory") from exc
-            fd = os.open(
-                parts[-1],
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                mode,
-                dir_fd=dir_fd,
-            )
+            try:
+                fd = os.open(
+                    parts[-1],
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    mode,
+                    dir_fd=dir_fd,
+                )
+            except FileExistsError as exc:  # the running program created it again after our unlink
+                raise FileBusy(f"files.name: {name!r} was recreated by the running program; retry") from exc
             try:
                 view = memoryview(data)
                 while view:
@@ -156,6 +168,10 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
 
 class FileMissing(RejectedError):
     """The path names nothing in the workdir (a door's 404, not a refusal)."""
+
+
+class FileBusy(RejectedError):
+    """The running program changed the path while the host wrote it (a door's 409: try again)."""
 
 
 @dataclass(frozen=True)
@@ -206,32 +222,65 @@ def read_file(root: Path, name: str, *, max_bytes: int) -> bytes:
         os.close(root_fd)
 
 
-def list_files(root: Path, *, max_entries: int = 10_000) -> list[FileInfo]:
-    """Regular files below root, without following any link."""
+@dataclass(frozen=True)
+class Listing:
+    files: list[FileInfo]
+    truncated: bool  # the entry cap or the depth limit stopped the walk before it saw everything
+
+
+def list_files(root: Path, *, max_entries: int = MAX_LIST_ENTRIES) -> Listing:
+    """Regular files below root, without following any link, in bounded fds and time.
+
+    Directories still to visit are kept as relative paths, not open fds: each is
+    reopened from the root one component at a time with O_NOFOLLOW (a directory
+    the program swapped for a link meanwhile is skipped, never followed), so a
+    walk holds at most two fds per level of depth whatever the tree's width.
+    Every entry looked at, file or directory, counts toward ``max_entries``;
+    past it, or below MAX_PATH_DEPTH, the walk stops and says ``truncated``.
+    An entry the running program deletes while we look is simply not listed.
+    """
     out: list[FileInfo] = []
+    seen = 0
+    truncated = False
+    pending: deque[tuple[str, ...]] = deque([()])
     root_fd = open_root(root)
     try:
-        stack: list[tuple[int, str]] = [(os.dup(root_fd), "")]
-        while stack:
-            fd, prefix = stack.pop()
+        while pending and not truncated:
+            parts = pending.popleft()
+            try:
+                fd = _open_dir_beneath(root_fd, parts, create=False, uid=0, gid=0)
+            except OSError:
+                continue  # removed or replaced by the program since we saw it
             try:
                 with os.scandir(fd) as it:
                     for entry in it:
-                        if len(out) >= max_entries:
+                        seen += 1
+                        if seen > max_entries:
+                            truncated = True
                             break
-                        rel = prefix + entry.name
-                        if entry.is_dir(follow_symlinks=False):
-                            try:
-                                sub = os.open(
-                                    entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                                )
-                            except OSError:
-                                continue
-                            stack.append((sub, rel + "/"))
-                        elif entry.is_file(follow_symlinks=False):
-                            out.append(FileInfo(rel, entry.stat(follow_symlinks=False).st_size))
+                        if not _is_utf8(entry.name):
+                            continue  # no request could name it (paths are UTF-8), and JSON cannot carry it
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                if len(parts) + 1 >= MAX_PATH_DEPTH:
+                                    truncated = True  # its files could not be named in a request anyway
+                                    continue
+                                pending.append((*parts, entry.name))
+                            elif entry.is_file(follow_symlinks=False):
+                                size = entry.stat(follow_symlinks=False).st_size
+                                out.append(FileInfo("/".join((*parts, entry.name)), size))
+                        except FileNotFoundError:
+                            continue
             finally:
                 os.close(fd)
     finally:
         os.close(root_fd)
-    return sorted(out, key=lambda f: f.path)
+    return Listing(sorted(out, key=lambda f: f.path), truncated)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # os.scandir decodes undecodable bytes to lone surrogates
+        return False
+    return True
