@@ -68,7 +68,10 @@ async def test_cross_site_requests_are_refused_on_every_state_changing_route(
         for method in operations
         if method in ("post", "put", "delete", "patch")
     ]
-    assert len(declared) > len(attempts)
+    # The document holds the JSON API (Judge0, Piston and MCP are kept out of it, and listed above).
+    assert {("POST", "/api/v1/run"), ("POST", "/api/v1/sessions"), ("PUT", "/api/v1/sessions/x/files/x")} <= set(
+        declared
+    )
     for method, path in declared:
         response = await client.request(method, path, headers=EVIL, content=b"{}")
         assert response.status_code == 403, (method, path, response.text)

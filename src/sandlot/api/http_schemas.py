@@ -131,6 +131,7 @@ class FileEntry(_Closed):
 
 class FileList(_Closed):
     files: list[FileEntry]
+    truncated: bool = Field(description="the listing stopped at the server's entry cap")
 
 
 # ------------------------------------------------------------- requests
@@ -195,9 +196,9 @@ def json_body(schema: dict[str, Any], *, required: bool = True, example: Any = N
 _WHY = {
     400: "Bad input (any kind, type errors included); `field` names it",
     401: "An API key is required (only when the server has keys)",
-    403: "Unknown API key, or the key may not do this",
+    403: "Unknown API key, the key may not do this, or a cross-origin browser request",
     404: "No such task, session or file (or another tenant's)",
-    409: "The task has already finished",
+    409: "The task has already finished, or the box replaced the file while it was being written",
     413: "The request body is over the server's limit",
     429: "Over the key's quota, or the queue or pool is full; see Retry-After",
     503: "The server is shutting down, or the broker or the isolation level is unavailable; see Retry-After",

@@ -102,7 +102,7 @@ async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) ->
     status_code=201,
     openapi_extra=_RAW_BODY,
     response_model=None,
-    responses=answers(201, FileEntry, *_FILE_ERRORS, 413, 507, what="Written"),
+    responses=answers(201, FileEntry, *_FILE_ERRORS, 409, 413, 507, what="Written"),
     summary="Upload a file",
 )
 async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
