@@ -2,7 +2,7 @@
 # Install everything sandlot needs on a fresh Debian/Ubuntu machine (as root), then
 #   setup.sh run   -> run the main job
 #   setup.sh test  -> run the checks and the test suite (what CI runs)
-# Only package registries are used: Debian/Ubuntu apt and PyPI.
+# Only package registries are used: Debian/Ubuntu apt, PyPI and npm (the playground's editor).
 set -euo pipefail
 
 MODE="${1:-run}"
@@ -28,6 +28,8 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# npm builds the playground's editor; Debian ships it apart from nodejs (NodeSource's nodejs includes it).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -40,6 +42,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[dev]"
+
+# The playground's code editor: CodeMirror 6 and esbuild, pinned by web/playground/package-lock.json,
+# bundled into the package's static files (git-ignored); rebuilt only when its inputs changed.
+# --ignore-scripts: no install script from the registry runs as root (esbuild works without its own).
+EDITOR_DIR="$REPO/web/playground"
+EDITOR_BUNDLE="$REPO/src/sandlot/api/static/bundle/editor.js"
+if [ ! -f "$EDITOR_BUNDLE" ] || [ -n "$(find "$EDITOR_DIR/package-lock.json" "$EDITOR_DIR/src" -newer "$EDITOR_BUNDLE" -print -quit)" ]; then
+    echo "setup.sh: building the playground's editor (npm ci, esbuild)"
+    (cd "$EDITOR_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run --silent build >/dev/null)
+fi
 
 case "$MODE" in
     run)
