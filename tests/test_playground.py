@@ -350,3 +350,39 @@ async def test_assets_are_an_allowlist(served: Served) -> None:
         assert "/" not in paths and "/static/{name}" not in paths  # a page, not an API
         for path in ("/static/index.html", "/static/nope.js", "/static/..%2fplayground.py", "/static/"):
             assert (await client.get(path)).status_code == 404, path
+
+
+# ------------------------------------------------------------------ output and status rendering
+
+
+async def test_a_signal_is_told_once(visit: Visit) -> None:
+    page = visit.page
+    await visit.code(
+        "import os, signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\nos.kill(os.getpid(), signal.SIGINT)\n"
+    )
+    await visit.run()
+    await visit.finished("signaled")
+    text = await page.locator("#status").inner_text()
+    assert text.count("signal 2") == 1, text
+
+
+async def test_truncated_output_is_marked_where_it_stops(visit: Visit) -> None:
+    page = visit.page
+    await visit.code("import sys\nsys.stdout.write('x' * 3_000_000)\n")
+    await visit.run()
+    await visit.finished("output_limit")
+    marker = page.locator("#output > :last-child")
+    await expect(marker).to_have_class("out-truncated")
+    await expect(marker).to_contain_text("output truncated")
+    await expect(marker).to_be_visible()
+
+
+async def test_a_megabyte_of_output_arrives_whole(visit: Visit) -> None:
+    page = visit.page
+    # 10,000 lines of 100 bytes, written one by one (python -u): thousands of chunks to render.
+    await visit.code("for i in range(10_000):\n    print(f'{i:06d}' + 'y' * 93)\n")
+    await visit.run()
+    await visit.finished("ok")
+    expected = "".join(f"{i:06d}" + "y" * 93 + "\n" for i in range(10_000))
+    await page.wait_for_function("n => document.getElementById('output').textContent.length >= n", arg=len(expected))
+    assert await page.locator("#output").evaluate("el => el.textContent") == expected
