@@ -5,9 +5,11 @@ fallback a server without the bundle serves. Fixtures and helpers are test_playg
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, expect
@@ -160,3 +162,21 @@ async def test_without_the_bundle_the_plain_editor_works_and_says_so(browser: Br
         assert not any("/static/bundle/" in url for url in visit.urls), visit.urls
     finally:
         await close_page(visit)
+
+
+async def test_the_bundle_is_served_locally_and_the_page_carries_a_fresh_style_nonce(served: Served) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{served.address}") as client:
+        bundle = await client.get("/static/bundle/editor.js")
+        assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+        for path in ("/static/bundle/nope.js", "/static/bundle/..%2f..%2fplayground.py", "/static/bundle"):
+            assert (await client.get(path)).status_code == 404, path
+        nonces = []
+        for _ in range(2):
+            page = await client.get("/")
+            assert page.headers["cache-control"] == "no-store"  # the nonce must never be reused
+            policy = re.search(r"style-src 'self' 'nonce-([\w-]+)';", page.headers["content-security-policy"])
+            assert policy, page.headers["content-security-policy"]
+            assert f'data-style-nonce="{policy[1]}"' in page.text
+            assert 'data-code-editor="/static/bundle/editor.js"' in page.text
+            nonces.append(policy[1])
+        assert nonces[0] != nonces[1]

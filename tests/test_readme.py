@@ -1,7 +1,7 @@
 """Every command and code example in README.md, run as written, so the README cannot drift.
 
-The README's indented code blocks are extracted (``readme_blocks``) and each one
-is a test named after its line. A block is, by its content or by the marker
+The README's code blocks (indented or fenced) are extracted (``readme_blocks``)
+and each one is a test named after its line. A block is, by its content or by the marker
 comment right above it:
 
 - shell (the default): each command (``\\`` continuations joined) runs in
@@ -81,28 +81,48 @@ class Block:
         return f"line-{self.line}-{self.kind.replace(' ', '-')}"
 
 
+FENCE = re.compile(r"^(```+|~~~+)\s*(\S*)")
+FENCE_KINDS = {"": "shell", "sh": "shell", "bash": "shell", "shell": "shell", "python": "python", "json": "json"}
+
+
 def readme_blocks(text: str) -> list[Block]:
-    """The indented code blocks of ``text`` (a blank line, then lines indented by 4), with their kinds."""
+    """The code blocks of ``text``: indented (a blank line, then lines indented by 4) or fenced, with kinds.
+
+    A marker comment above a block decides its kind; else a fenced block's info string does (one not in
+    FENCE_KINDS fails the extraction: a new kind of example needs a way to run), else its content.
+    """
     lines = text.splitlines()
     blocks: list[Block] = []
     i = 0
     while i < len(lines):
-        starts = lines[i].startswith("    ") and lines[i].strip() and (i == 0 or not lines[i - 1].strip())
-        if not starts:
+        fence = FENCE.match(lines[i])
+        indented = lines[i].startswith("    ") and lines[i].strip() and (i == 0 or not lines[i - 1].strip())
+        if not fence and not indented:
             i += 1
             continue
         first = i
-        while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
-            i += 1
-        body = [line[4:] for line in lines[first:i]]
+        if fence:
+            first = i + 1
+            i = first
+            while i < len(lines) and not lines[i].startswith(fence[1]):
+                i += 1
+            body = lines[first:i]
+            i += 1  # the closing fence
+        else:
+            while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                i += 1
+            body = [line[4:] for line in lines[first:i]]
         while body and not body[-1].strip():
             body.pop()
-        above = next((lines[j].strip() for j in range(first - 1, -1, -1) if lines[j].strip()), "")
+        above = next((lines[j].strip() for j in range(first - 1 - bool(fence), -1, -1) if lines[j].strip()), "")
         marker = MARKER.match(above)
         if marker and marker["reason"]:
             blocks.append(Block(first + 1, tuple(body), "not run", marker["reason"]))
         elif marker:
             blocks.append(Block(first + 1, tuple(body), "python"))
+        elif fence:
+            assert fence[2] in FENCE_KINDS, f"README.md line {first}: no way to run a ```{fence[2]} block"
+            blocks.append(Block(first + 1, tuple(body), FENCE_KINDS[fence[2]]))
         else:
             blocks.append(Block(first + 1, tuple(body), "json" if body[0].startswith("{") else "shell"))
     return blocks
@@ -338,6 +358,7 @@ def test_every_readme_block_is_seen() -> None:
     lines = README.read_text().splitlines()
     covered = {block.line + offset for block in BLOCKS for offset in range(len(block.lines))}
     indented = {n for n, line in enumerate(lines, 1) if line.startswith("    ") and line.strip()}
+    indented -= {n for n, line in enumerate(lines, 1) if FENCE.match(line)}
     assert indented <= covered, f"README.md lines outside any block: {sorted(indented - covered)}"
     markers = sum(1 for line in lines if line.startswith("<!-- readme-test:"))
     assert markers == sum(block.kind in ("python", "not run") for block in BLOCKS), "a marker above no block"
