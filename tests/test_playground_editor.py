@@ -36,6 +36,7 @@ BROKEN_ON_LINE_3 = {
     "bash": "echo fine\n\nif then\n",
 }
 BROKEN_LINE = {"go": 5}  # go's sample needs its import first
+COMPILE_TIMEOUT_MS = 90_000  # bounded by the test's own timeout, not a claim about speed
 
 
 async def keyword_texts(visit: Visit) -> list[str]:
@@ -113,7 +114,9 @@ async def test_an_error_marks_its_line(visit: Visit, served: Served, language: s
     await page.get_by_label("Language").select_option(language)
     await visit.code(BROKEN_ON_LINE_3[language])
     await visit.run()
-    await visit.finished("runtime_error" if language in ("python", "javascript", "bash") else "compile_error")
+    status = "runtime_error" if language in ("python", "javascript", "bash") else "compile_error"
+    # javac on two busy cores can take longer than expect's default: wait for the result, however long.
+    await expect(page.locator("#status")).to_have_attribute("data-status", status, timeout=COMPILE_TIMEOUT_MS)
     marked = page.locator(".cm-line.cm-error-line")
     await expect(marked).to_have_count(1)
     line = BROKEN_LINE.get(language, 3)
