@@ -71,6 +71,14 @@ async def test_the_editor_is_codemirror_and_typing_works(visit: Visit, served: S
     await page.keyboard.press("Shift+Tab")  # back into the editor: Tab indents again
     await expect(editor).to_be_focused()
 
+    # Typing over a selection that starts with a highlighted token: Chromium's native edit would add a
+    # style attribute (a CSP violation, failing the page's teardown); the editor makes that edit itself.
+    await visit.code("return 1")
+    await editor.click()
+    await page.keyboard.press("Control+a")
+    await page.keyboard.type("x = 1")
+    await visit.expect_code("x = 1")
+
     if "go" in {lang.name for lang in served.service.languages.offered()}:
         await visit.code("")
         await page.get_by_label("Language").select_option("go")

@@ -109,6 +109,15 @@ export function createEditor(parent, { onEdit = () => {}, onRun = () => {}, labe
             v.setTabFocusMode(false);
             return false;
           },
+          // Typing over a selection natively makes Chromium wrap the new text in a style attribute that
+          // keeps the replaced token's colour, which the page's CSP blocks (and logs). Do that edit here.
+          beforeinput(event, v) {
+            const replaces = event.inputType === "insertText" && event.data && !v.state.selection.main.empty;
+            if (!replaces || event.isComposing || v.composing) return false;
+            event.preventDefault();
+            v.dispatch(v.state.replaceSelection(event.data), { scrollIntoView: true, userEvent: "input.type" });
+            return true;
+          },
         }),
         EditorView.updateListener.of((update) => {
           if (update.docChanged && !settingValue) onEdit();
