@@ -48,9 +48,9 @@ fi
 # --ignore-scripts: no install script from the registry runs as root (esbuild works without its own).
 EDITOR_DIR="$REPO/web/playground"
 EDITOR_BUNDLE="$REPO/src/sandlot/api/static/bundle/editor.js"
-if [ ! -f "$EDITOR_BUNDLE" ] || [ -n "$(find "$EDITOR_DIR/package-lock.json" "$EDITOR_DIR/src" -newer "$EDITOR_BUNDLE" -print -quit)" ]; then
+if [ ! -f "$EDITOR_BUNDLE" ] || [ -n "$(find "$EDITOR_DIR/package.json" "$EDITOR_DIR/package-lock.json" "$EDITOR_DIR/src" -newer "$EDITOR_BUNDLE" -print -quit)" ]; then
     echo "setup.sh: building the playground's editor (npm ci, esbuild)"
-    (cd "$EDITOR_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run --silent build >/dev/null)
+    (cd "$EDITOR_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run --silent build)
 fi
 
 case "$MODE" in
