@@ -2,7 +2,7 @@
 # Install everything sandlot needs on a fresh Debian/Ubuntu machine (as root), then
 #   setup.sh run   -> run the main job
 #   setup.sh test  -> run the checks and the test suite (what CI runs)
-# Only package registries are used: Debian/Ubuntu apt, PyPI and npm.
+# Only package registries are used: Debian/Ubuntu apt, PyPI and npm (the /docs page, the playground's editor).
 set -euo pipefail
 
 MODE="${1:-run}"
@@ -28,6 +28,8 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# npm builds the playground's editor; Debian ships it apart from nodejs (NodeSource's nodejs includes it).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -48,12 +50,6 @@ fi
 APIDOCS="$REPO/web/apidocs"
 APIDOCS_OUT="$REPO/src/sandlot/api/docs_assets"
 if ! cmp -s "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"; then
-    if ! command -v npm >/dev/null 2>&1; then
-        echo "setup.sh: installing npm"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -qq --no-install-recommends npm >/dev/null \
-            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null; }
-    fi
     (cd "$APIDOCS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
     cp "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"
 fi
@@ -61,6 +57,16 @@ mkdir -p "$APIDOCS_OUT"
 for asset in swagger-ui-bundle.js swagger-ui.css; do
     install -C -m 0644 "$APIDOCS/node_modules/swagger-ui-dist/$asset" "$APIDOCS_OUT/$asset"
 done
+
+# The playground's code editor: CodeMirror 6 and esbuild, pinned by web/playground/package-lock.json,
+# bundled into the package's static files (git-ignored); rebuilt only when its inputs changed.
+# --ignore-scripts: no install script from the registry runs as root (esbuild works without its own).
+EDITOR_DIR="$REPO/web/playground"
+EDITOR_BUNDLE="$REPO/src/sandlot/api/static/bundle/editor.js"
+if [ ! -f "$EDITOR_BUNDLE" ] || [ -n "$(find "$EDITOR_DIR/package.json" "$EDITOR_DIR/package-lock.json" "$EDITOR_DIR/src" -newer "$EDITOR_BUNDLE" -print -quit)" ]; then
+    echo "setup.sh: building the playground's editor (npm ci, esbuild)"
+    (cd "$EDITOR_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run --silent build)
+fi
 
 case "$MODE" in
     run)

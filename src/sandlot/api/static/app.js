@@ -2,9 +2,13 @@
 //
 // A run is one WebSocket (api.startRun): its first message carries the code, then the page
 // relays typed input and Stop presses, and renders what comes back. At most one run at a time.
+//
+// The editor is CodeMirror when the server has its bundle (the <body>'s data-code-editor names it),
+// else the plain textarea editor of editor.js, with a note saying why: the page works either way.
 
 import { ApiError, createSession, endSession, endSessionOnUnload, fetchLanguages, startRun } from "./api.js";
-import { createEditor } from "./editor.js";
+import { createEditor as createPlainEditor } from "./editor.js";
+import { errorLines } from "./errors.js";
 import { createOutput, createStatusLine } from "./output.js";
 import { decodeShare, encodeShare } from "./share.js";
 
@@ -31,11 +35,10 @@ const ui = {
   sendEof: $("send-eof"),
 };
 
-const editor = createEditor($("code"), $("gutter"), {
-  onEdit: () => {
-    ui.shareBox.hidden = true; // the link no longer matches the code
-  },
-});
+const onEdit = () => {
+  ui.shareBox.hidden = true; // the link no longer matches the code
+};
+let editor = null; // set by loadEditor, before the languages are loaded
 const output = createOutput($("output"));
 const status = createStatusLine($("status"));
 
@@ -43,6 +46,29 @@ const languages = new Map(); // name -> {name, display_name, version, sample, ..
 let loadedSample = ""; // the sample last put in the editor: code equal to it is not the user's
 let run = null; // {handle, interrupted, cancelled, failed, inputOpen} while a run lasts
 let session = null; // {id} once created; {pending: Promise} while being created
+
+// ------------------------------------------------------------------ the editor
+
+async function loadEditor() {
+  const url = document.body.dataset.codeEditor;
+  let why = "the code editor is not built on this server (scripts/setup.sh builds it with npm)";
+  if (url) {
+    try {
+      const bundle = await import(url);
+      const holder = $("editor");
+      holder.replaceChildren(); // the textarea and its gutter
+      const styleNonce = document.body.dataset.styleNonce;
+      return bundle.createEditor(holder, { onEdit, onRun: startRunning, labelledBy: "code-label", styleNonce });
+    } catch (err) {
+      why = `the code editor could not be loaded (${err.message})`;
+    }
+  }
+  const note = $("editor-note");
+  note.textContent = `Plain text editor: ${why}. No highlighting or error marks.`;
+  note.hidden = false;
+  const plain = createPlainEditor($("code"), $("gutter"), { onEdit });
+  return { ...plain, kind: "plain", setLanguage() {}, markErrors() {} };
+}
 
 // ------------------------------------------------------------------ languages
 
@@ -70,6 +96,7 @@ function selectLanguage(name, { keepCode = false } = {}) {
   ui.language.value = name;
   ui.version.textContent = lang.version && lang.version !== "unknown" ? lang.version : "";
   editor.setIndent(name === "go" ? "\t" : "    ");
+  editor.setLanguage(name);
   const current = editor.getValue();
   const edited = current.trim() !== "" && current !== loadedSample;
   if (!keepCode && !edited) editor.setValue(lang.sample || "");
@@ -77,6 +104,14 @@ function selectLanguage(name, { keepCode = false } = {}) {
 }
 
 ui.language.addEventListener("change", () => selectLanguage(ui.language.value));
+// Back to the language's sample, edited code or not (in CodeMirror, Ctrl+Z brings the code back).
+$("sample").addEventListener("click", () => {
+  const lang = languages.get(ui.language.value);
+  if (!lang) return;
+  editor.setValue(lang.sample || "");
+  loadedSample = lang.sample || "";
+  editor.focus();
+});
 
 // ------------------------------------------------------------------ share links
 
@@ -200,6 +235,7 @@ async function startRunning() {
   run = { handle: null, interrupted: false, cancelled: false, failed: false, inputOpen: !message.stdin };
   setRunning(true);
   output.clear();
+  editor.markErrors([]);
   status.show("connecting", "Starting…");
   $("output").scrollIntoView({ block: "nearest" }); // on a phone the output is below the fold
   const sessionId = await sessionForRun();
@@ -235,7 +271,18 @@ function onMessage(message) {
 function showExit(result) {
   // Compile output normally streams in; a result replayed without its events still shows it.
   if (result.compile_output && !output.has("out-compile")) output.append(result.compile_output, "out-compile");
+  if (result.truncated) output.note("[output truncated here: the run reached its output limit]", "out-truncated");
   status.showResult(result);
+  markErrors(result);
+}
+
+/** Mark the lines a compile error (or an interpreter's syntax error or traceback) points at. */
+function markErrors(result) {
+  const extensions = languages.get(result.language || ui.language.value)?.extensions || [];
+  let text = "";
+  if (result.status === "compile_error") text = result.compile_output;
+  else if (result.status === "runtime_error") text = result.stderr;
+  editor.markErrors(text ? errorLines(text, extensions) : []);
 }
 
 function showError(error) {
@@ -281,6 +328,7 @@ function setInputOpen(open) {
 
 ui.run.addEventListener("click", startRunning);
 document.addEventListener("keydown", (event) => {
+  if (event.defaultPrevented) return; // CodeMirror ran it already (its own Mod-Enter binding)
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
     event.preventDefault();
     startRunning();
@@ -334,4 +382,7 @@ ui.line.addEventListener("keydown", (event) => {
 ui.sendEof.addEventListener("click", sendEof);
 ui.clear.addEventListener("click", () => output.clear());
 
-loadLanguages();
+loadEditor().then((ready) => {
+  editor = ready;
+  loadLanguages();
+});

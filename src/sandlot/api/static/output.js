@@ -15,28 +15,53 @@ const STATUS_LABELS = {
 
 /**
  * Output as spans: out-stdout, out-stderr, out-compile (either stream of the compile stage),
- * out-stdin (what the user typed), out-info and out-error (the page's own notes).
+ * out-stdin (what the user typed), out-info and out-error (the page's own notes), out-truncated.
+ *
+ * Chunks are queued and written once per animation frame, runs of one class merged into one text
+ * append: a program printing 1 MB in thousands of chunks costs a few DOM writes and layouts per
+ * frame instead of one each (with a layout-forcing scroll check) per chunk.
  */
 export function createOutput(panel) {
-  let last = null; // the span the next chunk of the same class is appended to
+  let pending = []; // [text, cls] not in the DOM yet, in order
+  let frame = 0; // the requested animation frame, 0 when none
+  let endsLine = true; // the text so far (pending included) is empty or ends with a newline
+  const seen = new Set(); // the classes appended since the last clear
 
-  function append(text, cls) {
-    if (!text) return;
+  function flush() {
+    frame = 0;
+    if (!pending.length) return;
     const atBottom = panel.scrollHeight - panel.scrollTop - panel.clientHeight < 8;
-    if (last && last.className === cls && last === panel.lastChild) {
-      last.textContent += text;
-    } else {
-      last = document.createElement("span");
-      last.className = cls;
-      last.textContent = text;
-      panel.append(last);
+    const runs = [];
+    for (const [text, cls] of pending) {
+      const run = runs[runs.length - 1];
+      if (run && run.cls === cls) run.parts.push(text);
+      else runs.push({ cls, parts: [text] });
+    }
+    pending = [];
+    for (const { cls, parts } of runs) {
+      const text = parts.join("");
+      const last = panel.lastChild;
+      if (last && last.className === cls && last.firstChild) last.firstChild.appendData(text);
+      else {
+        const span = document.createElement("span");
+        span.className = cls;
+        span.textContent = text;
+        panel.append(span);
+      }
     }
     if (atBottom) panel.scrollTop = panel.scrollHeight;
   }
 
+  function append(text, cls) {
+    if (!text) return;
+    pending.push([text, cls]);
+    seen.add(cls);
+    endsLine = text.endsWith("\n");
+    if (!frame) frame = requestAnimationFrame(flush);
+  }
+
   /** A note of the page's own, on a line of its own. */
   function note(text, cls = "out-info") {
-    const endsLine = !panel.textContent || panel.textContent.endsWith("\n");
     append((endsLine ? "" : "\n") + text + "\n", cls);
   }
 
@@ -44,10 +69,14 @@ export function createOutput(panel) {
     append,
     note,
     clear() {
+      if (frame) cancelAnimationFrame(frame);
+      frame = 0;
+      pending = [];
+      endsLine = true;
+      seen.clear();
       panel.replaceChildren();
-      last = null;
     },
-    has: (cls) => panel.querySelector(`.${cls}`) !== null,
+    has: (cls) => seen.has(cls),
   };
 }
 
@@ -69,8 +98,12 @@ export function createStatusLine(element) {
 
 function resultDetails(result) {
   const details = [];
-  if (result.signal !== null && result.signal !== undefined) details.push(`signal ${result.signal}`);
-  else if (result.exit_code !== null && result.exit_code !== undefined) details.push(`exit code ${result.exit_code}`);
+  const hasSignal = result.signal !== null && result.signal !== undefined;
+  // The message of a signaled run already says "killed by signal N (NAME)": say it once.
+  const messageSaysSignal = hasSignal && (result.message || "").includes(`signal ${result.signal}`);
+  if (hasSignal) {
+    if (!messageSaysSignal) details.push(`signal ${result.signal}`);
+  } else if (result.exit_code !== null && result.exit_code !== undefined) details.push(`exit code ${result.exit_code}`);
   details.push(`wall ${formatSeconds(result.wall_time)}`);
   details.push(`CPU ${formatSeconds(result.cpu_time)}`);
   details.push(`memory ${formatBytes(result.memory_peak)}`);
