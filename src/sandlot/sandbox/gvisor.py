@@ -59,6 +59,13 @@ from sandlot.sandbox import policy
 CONTROL_DIR = "/.sandlot"  # where the FIFOs appear inside the sandbox
 STATUS_FIFO = "status"
 COMMAND_FIFO = "command"
+SIGNAL_FIFO = "signal"
+SECCOMP_FILE = "seccomp"
+INIT_UID = 0  # see "The init and the program" above
+# What the init starts with: switching the program to the box uid with an empty bounding set, searching
+# the box uid's 0700 workdir (its start-up cwd) and, the one it keeps after the fork, killing the box
+# uid's processes.
+INIT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH", "CAP_KILL")
 _PROBE_TIMEOUT_S = 30.0
 UNAVAILABLE = "isolation 'gvisor' is unavailable here: "
 
@@ -85,6 +92,14 @@ class GvisorBundle:
     @property
     def command_fifo(self) -> Path:
         return self.control_dir / COMMAND_FIFO
+
+    @property
+    def signal_fifo(self) -> Path:
+        return self.control_dir / SIGNAL_FIFO
+
+    @property
+    def seccomp_file(self) -> Path:
+        return self.control_dir / SECCOMP_FILE
 
 
 class Gvisor:
@@ -219,17 +234,23 @@ class Gvisor:
     def bundle_for(self, run_dir: Path, box_root: Path) -> GvisorBundle:
         return GvisorBundle(run_dir=run_dir, control_dir=box_root / ".gvisor")
 
-    def make_fifos(self, bundle: GvisorBundle, *, uid: int, gid: int, with_command: bool) -> None:
-        """Fresh FIFOs for one launch, owned by the box uid (the init opens them as that uid)."""
+    def make_channels(self, bundle: GvisorBundle, *, with_command: bool, seccomp_program: bytes) -> None:
+        """Fresh FIFOs and the seccomp program for one launch, root's alone (the init opens them as root)."""
         bundle.control_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(bundle.control_dir, uid, gid)
+        os.chown(bundle.control_dir, INIT_UID, INIT_UID)
         os.chmod(bundle.control_dir, 0o700)
-        for fifo in (bundle.status_fifo, bundle.command_fifo):
+        for fifo in (bundle.status_fifo, bundle.command_fifo, bundle.signal_fifo):
             with contextlib.suppress(FileNotFoundError):
                 fifo.unlink()
-            if fifo == bundle.status_fifo or with_command:
+            if fifo != bundle.command_fifo or with_command:
                 os.mkfifo(fifo, 0o600)
-                os.chown(fifo, uid, gid)
+        with contextlib.suppress(FileNotFoundError):
+            bundle.seccomp_file.unlink()
+        fd = os.open(bundle.seccomp_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, seccomp_program)  # a few KiB: one write to a fresh tmpfs file
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ argv and config
 
@@ -263,6 +284,7 @@ class Gvisor:
         binds: Sequence[policy.Bind],
         helper: Path | None,
         control_dir: Path | None,
+        capabilities: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The OCI runtime spec of one sandbox: the jail's policy in OCI terms."""
         tmp_options = ["nosuid", "nodev", "mode=1777", f"size={tmp_size_bytes}"]
@@ -287,8 +309,8 @@ class Gvisor:
             mounts.append(_bind(str(helper), policy.INIT_PATH, writable=False))
         if control_dir is not None:
             mounts.append(_bind(str(control_dir), CONTROL_DIR, writable=True))
-        no_caps: list[str] = []
-        cap_sets = ("bounding", "effective", "inheritable", "permitted", "ambient")
+        caps = list(capabilities)
+        cap_sets = {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": []}
         return {
             "ociVersion": "1.0.2",
             "process": {
@@ -297,7 +319,7 @@ class Gvisor:
                 "args": list(args),
                 "env": [f"{k}={v}" for k, v in env.items()],
                 "cwd": policy.BOX_WORKDIR if workdir is not None else "/",
-                "capabilities": dict.fromkeys(cap_sets, no_caps),
+                "capabilities": cap_sets,
                 "noNewPrivileges": True,
             },
             "root": {"path": str(self.rootfs), "readonly": True},
@@ -309,10 +331,21 @@ class Gvisor:
             },
         }
 
-    def init_args(self, *, with_command: bool, command: Sequence[str] | None, rlimits: Mapping[str, int]) -> list[str]:
+    def init_args(
+        self,
+        *,
+        with_command: bool,
+        command: Sequence[str] | None,
+        rlimits: Mapping[str, int],
+        uid: int,
+        gid: int,
+    ) -> list[str]:
+        """The init's argv: the channels, the program's uid, its seccomp program, output relayed."""
         args = [policy.INIT_PATH, "init", "--status-path", f"{CONTROL_DIR}/{STATUS_FIFO}"]
         if with_command:
             args += ["--command-path", f"{CONTROL_DIR}/{COMMAND_FIFO}"]
+        args += ["--signal-path", f"{CONTROL_DIR}/{SIGNAL_FIFO}", "--seccomp-path", f"{CONTROL_DIR}/{SECCOMP_FILE}"]
+        args += ["--uid", str(uid), "--gid", str(gid), "--relay-output"]
         for resource, amount in rlimits.items():
             args += ["--rlimit", f"{resource}={amount}"]
         if command is not None:

@@ -93,6 +93,13 @@ _CLONE_NAMESPACE_FLAGS = (
 )
 
 
+# mknod/mknodat of a device node: the jail's kernel refuses it without CAP_MKNOD, gVisor's tmpfs does
+# not; the node would open one of gVisor's own devices. FIFOs and plain files stay allowed.
+_S_IFMT = 0o170000
+_DEVICE_NODE_TYPES = (0o020000, 0o060000)  # S_IFCHR, S_IFBLK
+_MODE_ARG = {"mknod": 1, "mknodat": 2}
+
+
 class _ArgCmp(ctypes.Structure):
     _fields_ = [
         ("arg", ctypes.c_uint),
@@ -153,6 +160,11 @@ def compile_filter() -> bytes:
             if _CLONE_NAMESPACE_FLAGS & flag:
                 cmp[0] = _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag)
                 _check(lib.seccomp_rule_add_array(ctx, deny, clone_nr, 1, cmp), "deny clone namespaces")
+        for name, arg in _MODE_ARG.items():
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            for kind in _DEVICE_NODE_TYPES:
+                cmp[0] = _ArgCmp(arg, _SCMP_CMP_MASKED_EQ, _S_IFMT, kind)
+                _check(lib.seccomp_rule_add_array(ctx, deny, nr, 1, cmp), f"deny {name} of devices")
         # clone3 passes flags in memory seccomp cannot read: ENOSYS makes libc fall back to clone.
         clone3_nr = lib.seccomp_syscall_resolve_name(b"clone3")
         if clone3_nr >= 0:
