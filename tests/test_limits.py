@@ -57,19 +57,19 @@ def _host_processes_of_uid(uid: int) -> list[str]:
 
 
 @pytest.fixture
-def lone_box(sandbox: Sandbox) -> Iterator[Box]:
+def lone_box(sandbox: Sandbox, isolation: str) -> Iterator[Box]:
     """A box in a high slot, so its host uid is no other sandlot instance's (they share the uid range)."""
-    box = _open_high_box(sandbox)
+    box = _open_high_box(sandbox, isolation)
     try:
         yield box
     finally:
         box.close()
 
 
-def _open_high_box(sandbox: Sandbox) -> Box:
+def _open_high_box(sandbox: Sandbox, isolation: str) -> Box:
     for index in range(_HIGH_SLOTS.start, _HIGH_SLOTS.stop):
         try:
-            return sandbox.open_box(index)
+            return sandbox.open_box(index, isolation=isolation)
         except SandboxError:
             continue  # held by another test session
     raise AssertionError(f"no free slot in {_HIGH_SLOTS}")
