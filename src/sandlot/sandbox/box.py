@@ -316,7 +316,8 @@ class Box:
 
         The program is the child of the box's init, which is the child of the
         bwrap process we spawned; the init ignores signals sent from outside.
-        Returns False when nothing is running.
+        Under gVisor the init passes it on (one byte on its signal FIFO), so no
+        process is started per signal. Returns False when nothing is running.
         """
         current = self._current
         if current is None:

@@ -8,22 +8,37 @@ same slot (host uid, cgroup, size-capped tmpfs workdir), the same init
 (``sandlot-helper init`` as pid 1 of the sandbox), the same status protocol
 and the same ``RunMonitor``. What differs is how the box is started::
 
-    sandlot-helper launch --uid 0   (join the box's cgroups, stay root)
-      -> runsc run --bundle ...     (gVisor: Sentry + gofer, all in that cgroup)
-        -> sandlot-helper init      (pid 1 inside, as the box's uid)
-          -> the program
+    sandlot-helper launch --keep-root   (join the box's cgroups, stay root)
+      -> runsc run --bundle ...         (gVisor: Sentry + gofer, all in that cgroup)
+        -> sandlot-helper init          (pid 1 inside, as root of gVisor's kernel)
+          -> the program                (as the box's uid)
 
-runsc passes nothing but stdio into the sandbox, so the init's status and
-command channels are two host FIFOs in ``<box>/.gvisor`` (on the box's own
-tmpfs), bind-mounted at ``/.sandlot``; runsc's ``--host-fifo=open`` lets the
-init open them. The init unlinks both names as soon as it holds them, before
-any program exists, so a program cannot reopen them to forge a status.
+runsc passes nothing but stdio into the sandbox, so the init's status,
+command and signal channels are host FIFOs in ``<box>/.gvisor`` (on the box's
+own tmpfs), bind-mounted at ``/.sandlot``, next to a file holding the jail's
+seccomp program; runsc's ``--host-fifo=open`` lets the init open them. All of
+it is root's (mode 0600 in a 0700 directory), and the init unlinks every name
+as soon as it holds it, before any program exists, so a program cannot reopen
+them to forge a status.
 
 The host holds both ends of each FIFO from before the launch: a status reader
 (what the monitor reads) plus a writer kept until runsc exits (so EOF means
-the sandbox is gone, never "the init has not opened it yet"), and a command
+the sandbox is gone, never "the init has not opened it yet"), a command
 writer plus a reader that keeps a written command buffered until the init
-reads it.
+reads it, and a signal writer (one byte per signal, for the program's process
+group; a full FIFO drops it) plus a reader for the same reason.
+
+The init and the program. gVisor (runsc 2022) lacks four things the jail
+gets from the host kernel or bwrap, so the init supplies them (helper.c):
+it starts as root with only the capabilities of ``INIT_CAPABILITIES`` and
+keeps CAP_KILL alone after forking the program as the box uid with an empty
+bounding set, since gVisor lets a program SIGKILL its own pid 1 (a kernel
+ignores that) and a different uid is what stops it; it installs the same
+seccomp program bwrap loads; it relays the program's output from pipes of
+gVisor's own, since gVisor's writes to a host pipe return short; and it sets
+RLIMIT_NPROC to the run's ``max_processes``, which gVisor counts per uid,
+threads included, as the host cgroup's pids limit cannot (it sees gVisor's
+host threads, not the program's tasks).
 
 The bundle (``config.json``) is written per launch into the box's run
 directory: read-only /usr and /etc (the synthetic one, as files copied into a
@@ -36,7 +51,9 @@ Accounting: runsc runs with ``--ignore-cgroups`` inside the box's cgroup, so
 the cgroup holds the whole sandbox. CPU time and peak memory therefore
 include gVisor's own kernel doing the program's syscalls; the memory and task
 limits get an allowance for it (``gvisor_memory_overhead_bytes``,
-``gvisor_task_overhead``). docs/security.md has the figures.
+``gvisor_task_overhead``: the latter bounds gVisor's host threads, the
+program's own tasks are bounded by RLIMIT_NPROC above). docs/security.md has
+the figures.
 """
 
 from __future__ import annotations
