@@ -215,6 +215,38 @@ async def test_thread_bomb_is_capped(engine: Engine, sandbox: Sandbox, lone_box:
     assert _host_processes_of_uid(lone_box.slot.uid) == []
 
 
+GO_LOCKED_THREADS = """
+package main
+
+import (
+	"fmt"
+	"runtime"
+)
+
+func main() {
+	locked := make(chan struct{})
+	for i := 0; i < 1000; i++ {
+		go func() {
+			runtime.LockOSThread() // one OS thread each, for good
+			locked <- struct{}{}
+			select {}
+		}()
+	}
+	for i := 0; i < 1000; i++ {
+		<-locked
+	}
+	fmt.Println("locked 1000 OS threads")
+}
+"""
+
+
+async def test_go_cannot_lock_more_os_threads_than_max_processes(engine: Engine, box: Box) -> None:
+    run = await run_job(engine, box, "go", GO_LOCKED_THREADS, limits=LimitRequest(max_processes=32))
+    assert run.result.status is Status.RUNTIME_ERROR, run.result
+    assert "locked" not in run.stdout
+    assert "failed to create new OS thread" in run.stderr
+
+
 # ------------------------------------------------------------------ files, /tmp and output
 
 FILE_SIZE_BOMB = """
