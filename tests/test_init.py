@@ -47,7 +47,19 @@ raise SystemExit(7)
 """
 
 
-async def test_the_program_cannot_kill_or_stop_the_init(box: Box, settings: Settings) -> None:
+_COLD_AND_WARM = pytest.mark.parametrize("warm", [False, True], ids=["cold", "prelaunched"])
+
+
+def _start(box: Box, *, warm: bool) -> None:
+    """A prelaunched box gets its command, rlimits and seccomp program another way: test both."""
+    if warm:
+        box.prelaunch()
+        assert box.prelaunched
+
+
+@_COLD_AND_WARM
+async def test_the_program_cannot_kill_or_stop_the_init(box: Box, settings: Settings, warm: bool) -> None:
+    _start(box, warm=warm)
     result = await run_in(box, [PYTHON, "-c", _SIGNAL_THE_INIT], settings.run_defaults)
     # The run ends the program's way: not a "sandbox failure" the program caused.
     assert (result.status, result.exit_code, result.stdout) == (Status.RUNTIME_ERROR, 7, b"still here\n"), result
@@ -93,7 +105,9 @@ sys.stderr.write(f"{written}\\n")
 """
 
 
-async def test_a_one_mib_write_is_whole(box: Box, settings: Settings) -> None:
+@_COLD_AND_WARM
+async def test_a_one_mib_write_is_whole(box: Box, settings: Settings, warm: bool) -> None:
+    _start(box, warm=warm)
     result = await run_in(box, [PYTHON, "-c", _ONE_BIG_WRITE], _big_output(settings))
     assert result.status is Status.OK, result
     assert result.stderr == f"{MIB}\n".encode()
@@ -109,6 +123,26 @@ print("got SIGUSR1", flush=True)
 """
 
 _SIGNALS = 1500
+
+_LIMITS_INSIDE = """
+import resource
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(status["Seccomp"].strip(), resource.getrlimit(resource.RLIMIT_NPROC)[0])
+"""
+
+
+@_COLD_AND_WARM
+async def test_seccomp_and_the_process_limit_hold_however_the_box_started(
+    box: Box, settings: Settings, warm: bool
+) -> None:
+    _start(box, warm=warm)
+    limits = dataclasses.replace(settings.run_defaults, max_processes=17)
+    result = await run_in(box, [PYTHON, "-c", _LIMITS_INSIDE], limits)
+    assert result.status is Status.OK, result
+    seccomp, nproc = result.stdout.decode().split()
+    assert seccomp == "2"  # a filter is installed
+    if box.isolation == "gvisor":  # gVisor's own count; the jail's cgroup counts (test_limits.py)
+        assert int(nproc) == 16
 
 
 async def test_many_signals_start_no_process(box: Box, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
