@@ -260,6 +260,38 @@ async def test_websocket_runs_at_the_requested_level_with_live_stdin() -> None:
         assert (gvisor_uid != "uid 1000", read) == (True, "read line"), outputs  # the slot uid: it ran in gVisor
 
 
+_INTERRUPTIBLE = """
+import time
+try:
+    print("ready", flush=True)
+    time.sleep(30)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    raise SystemExit(3)
+"""
+
+
+async def test_websocket_signals_reach_a_gvisor_program_through_its_init() -> None:
+    """Ctrl-C from the door: a byte on the init's signal FIFO, no `runsc kill` (tests/test_init.py counts)."""
+    limits = {"time_limit": 10, "wall_time_limit": 20}
+    run = {"type": "run", "language": "python", "code": _INTERRUPTIBLE, "isolation": "gvisor", "limits": limits}
+    async with (
+        running_service(gvisor_pool_size=1) as service,
+        live_server(create_app(service)) as address,
+        connect(f"ws://{address}/api/v1/ws") as ws,
+    ):
+        await ws.send(json.dumps(run))
+        while (message := json.loads(await ws.recv())).get("data") != "ready\n":
+            assert message["type"] not in ("exit", "error"), message
+        for _ in range(100):
+            await ws.send(json.dumps({"type": "signal", "signal": "SIGINT"}))
+        while (message := json.loads(await ws.recv()))["type"] != "exit":
+            assert message["type"] != "error", message
+    result = message["result"]
+    assert (result["status"], result["exit_code"]) == ("runtime_error", 3), result
+    assert result["stdout"] == "ready\ninterrupted\n"
+
+
 async def test_grpc_runs_at_the_requested_level_and_refuses_an_unavailable_one() -> None:
     async with grpc_serving(ServerSettings(pool_size=1, gvisor_pool_size=1, default_isolation="gvisor")) as env:
         answers = {}
