@@ -90,6 +90,16 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+async def test_the_program_can_reopen_its_relayed_output(gvisor_box: Box, settings: Settings) -> None:
+    """The init's relay pipes belong to the program's uid, so /dev/stdout opens as the host pipes did."""
+    script = "echo out > /dev/stdout; echo err > /dev/stderr"
+    try:
+        result = await run_in(gvisor_box, ["/bin/bash", "-c", script], settings.run_defaults)
+    finally:
+        gvisor_box.close()
+    assert (result.status, result.stdout, result.stderr) == (Status.OK, b"out\n", b"err\n"), result
+
+
 _FORGE = """
 import json, os
 try:

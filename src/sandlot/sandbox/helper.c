@@ -325,7 +325,7 @@ static int do_init(int argc, char **argv) {
 
     int supervised = relay || signal_fd >= 0;
     int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, sigchld_fd = -1;
-    if (relay && (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0)) die("pipe", NULL);
+    if (relay) relay_pipes(out_pipe, err_pipe, uid, gid);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);

@@ -17,6 +17,7 @@ int reap(pid_t child, int *main_status, int *have_main, int block);
 /* helper_gvisor.c */
 void read_filter(const char *path, struct sock_fprog *prog);
 void keep_only_cap_kill(void);
+void relay_pipes(int out[2], int err[2], long uid, long gid);
 void supervise(pid_t child, int sigchld_fd, int out, int err, int signal_fd, int *main_status, int *have_main);
 
 #endif

@@ -51,6 +51,15 @@ void keep_only_cap_kill(void) {
     if (syscall(SYS_capset, &header, data) != 0) die("capset", NULL);
 }
 
+/* The program's stdout and stderr pipes, owned by its uid (as the effective uid while they are made),
+ * so that it can reopen them (`echo x > /dev/stderr`) as it could its host pipes. */
+void relay_pipes(int out[2], int err[2], long uid, long gid) {
+    if (uid > 0 && (setresgid(-1, gid, -1) != 0 || setresuid(-1, uid, -1) != 0)) die("seteuid", NULL);
+    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) die("pipe", NULL);
+    /* Back to root (the saved uid): that also restores the effective capabilities. */
+    if (uid > 0 && (setresuid(-1, 0, -1) != 0 || setresgid(-1, 0, -1) != 0)) die("seteuid back", NULL);
+}
+
 /* Write all of buf to fd, whatever short writes the other side makes. */
 static int write_all(int fd, const char *buf, size_t len) {
     while (len > 0) {
