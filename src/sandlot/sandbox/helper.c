@@ -372,6 +372,8 @@ static int do_init(int argc, char **argv) {
 
     int main_status = 0, have_main = 0;
     if (supervised) {
+        /* A host end closed early (the run is being torn down) must not kill the init before its report. */
+        signal(SIGPIPE, SIG_IGN);
         if (relay) {
             close(out_pipe[1]);
             close(err_pipe[1]);
