@@ -1,4 +1,4 @@
-"""The seccomp policy, compiled with libseccomp into a BPF program bwrap loads.
+"""The seccomp policy, compiled with libseccomp into one BPF program: bwrap loads it (jail), the init under gVisor.
 
 Default allow, with a deny list of the syscalls a sandboxed program has no
 business making. Denied calls fail with EPERM (so programs get an error, not a
