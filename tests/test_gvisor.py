@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -89,10 +90,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+async def test_the_program_can_reopen_its_relayed_output(gvisor_box: Box, settings: Settings) -> None:
+    """The init's relay pipes belong to the program's uid, so /dev/stdout opens as the host pipes did."""
+    script = "echo out > /dev/stdout; echo err > /dev/stderr"
+    try:
+        result = await run_in(gvisor_box, ["/bin/bash", "-c", script], settings.run_defaults)
+    finally:
+        gvisor_box.close()
+    assert (result.status, result.stdout, result.stderr) == (Status.OK, b"out\n", b"err\n"), result
+
+
 _FORGE = """
 import json, os
-out = {"control": os.listdir("/.sandlot")}
-for fd in (4, 5):
+try:
+    out = {"control": os.listdir("/.sandlot")}
+except OSError as exc:
+    out = {"control": exc.strerror}
+for fd in (4, 5, 6):
     try:
         os.write(os.open(f"/proc/1/fd/{fd}", os.O_WRONLY), b"X 1 0\\n")
         out[fd] = "wrote"
@@ -106,11 +120,13 @@ raise SystemExit(3)
 async def test_the_program_cannot_forge_the_inits_status(gvisor_box: Box, settings: Settings) -> None:
     try:
         result = await run_in(gvisor_box, [PYTHON, "-c", _FORGE], settings.run_defaults)
+        left = list(gvisor_box.root.joinpath(".gvisor").iterdir())
     finally:
         gvisor_box.close()
     seen = json.loads(result.stdout.decode().splitlines()[-1])
-    assert seen["control"] == []  # the init unlinked both FIFOs before the program existed
-    assert "wrote" not in (seen["4"], seen["5"]), seen
+    assert seen["control"] == "Permission denied"  # the init's (root's) alone
+    assert left == []  # and the init unlinked every channel before the program existed
+    assert "wrote" not in (seen["4"], seen["5"], seen["6"]), seen
     # Its own exit code stands: nothing it wrote was taken for the init's report.
     assert (result.status, result.exit_code) == (Status.RUNTIME_ERROR, 3), result
 
@@ -253,6 +269,39 @@ async def test_websocket_runs_at_the_requested_level_with_live_stdin() -> None:
         assert outputs["jail"] == "uid 1000\nread line\n"
         gvisor_uid, read = outputs["gvisor"].splitlines()
         assert (gvisor_uid != "uid 1000", read) == (True, "read line"), outputs  # the slot uid: it ran in gVisor
+
+
+_INTERRUPTIBLE = """
+import signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # pending, merged, never lost
+print("ready", flush=True)
+signal.sigwaitinfo({signal.SIGINT})
+print("interrupted", flush=True)
+raise SystemExit(3)
+"""
+
+
+async def test_websocket_signals_reach_a_gvisor_program_through_its_init() -> None:
+    """Ctrl-C from the door: a byte on the init's signal FIFO, no `runsc kill` (tests/test_init.py counts)."""
+    limits = {"time_limit": 10, "wall_time_limit": 20}
+    run = {"type": "run", "language": "python", "code": _INTERRUPTIBLE, "isolation": "gvisor", "limits": limits}
+    async with (
+        running_service(gvisor_pool_size=1) as service,
+        live_server(create_app(service)) as address,
+        connect(f"ws://{address}/api/v1/ws") as ws,
+    ):
+        await ws.send(json.dumps(run))
+        seen: list[dict[str, Any]] = []
+        while "ready\n" not in "".join(m["data"] for m in seen if m["type"] == "stdout"):
+            seen.append(json.loads(await ws.recv()))
+            assert seen[-1]["type"] not in ("exit", "error"), seen
+        for _ in range(100):
+            await ws.send(json.dumps({"type": "signal", "signal": "SIGINT"}))
+        while (message := json.loads(await ws.recv()))["type"] != "exit":
+            assert message["type"] != "error", message
+    result = message["result"]
+    assert (result["status"], result["exit_code"]) == ("runtime_error", 3), result
+    assert result["stdout"] == "ready\ninterrupted\n"
 
 
 async def test_grpc_runs_at_the_requested_level_and_refuses_an_unavailable_one() -> None:

@@ -57,19 +57,19 @@ def _host_processes_of_uid(uid: int) -> list[str]:
 
 
 @pytest.fixture
-def lone_box(sandbox: Sandbox) -> Iterator[Box]:
+def lone_box(sandbox: Sandbox, isolation: str) -> Iterator[Box]:
     """A box in a high slot, so its host uid is no other sandlot instance's (they share the uid range)."""
-    box = _open_high_box(sandbox)
+    box = _open_high_box(sandbox, isolation)
     try:
         yield box
     finally:
         box.close()
 
 
-def _open_high_box(sandbox: Sandbox) -> Box:
+def _open_high_box(sandbox: Sandbox, isolation: str) -> Box:
     for index in range(_HIGH_SLOTS.start, _HIGH_SLOTS.stop):
         try:
-            return sandbox.open_box(index)
+            return sandbox.open_box(index, isolation=isolation)
         except SandboxError:
             continue  # held by another test session
     raise AssertionError(f"no free slot in {_HIGH_SLOTS}")
@@ -213,6 +213,38 @@ async def test_thread_bomb_is_capped(engine: Engine, sandbox: Sandbox, lone_box:
     assert "can't start new thread" in run.stdout
     assert 0 < _last_int_line(run.stdout) < 20
     assert _host_processes_of_uid(lone_box.slot.uid) == []
+
+
+GO_LOCKED_THREADS = """
+package main
+
+import (
+	"fmt"
+	"runtime"
+)
+
+func main() {
+	locked := make(chan struct{})
+	for i := 0; i < 1000; i++ {
+		go func() {
+			runtime.LockOSThread() // one OS thread each, for good
+			locked <- struct{}{}
+			select {}
+		}()
+	}
+	for i := 0; i < 1000; i++ {
+		<-locked
+	}
+	fmt.Println("locked 1000 OS threads")
+}
+"""
+
+
+async def test_go_cannot_lock_more_os_threads_than_max_processes(engine: Engine, box: Box) -> None:
+    run = await run_job(engine, box, "go", GO_LOCKED_THREADS, limits=LimitRequest(max_processes=32))
+    assert run.result.status is Status.RUNTIME_ERROR, run.result
+    assert "locked" not in run.stdout
+    assert "failed to create new OS thread" in run.stderr
 
 
 # ------------------------------------------------------------------ files, /tmp and output

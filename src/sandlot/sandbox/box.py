@@ -55,7 +55,7 @@ from sandlot.sandbox.cgroups import (
     detect_driver,
     wait_empty,
 )
-from sandlot.sandbox.gvisor import Gvisor, GvisorUnavailable
+from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor, GvisorUnavailable
 from sandlot.sandbox.helper import helper_path
 from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
 from sandlot.sandbox.monitor import RunMonitor
@@ -219,7 +219,6 @@ class Box:
         # tmpfs: the box's mountinfo then names paths of that tmpfs, not the host's state_dir.
         self.jail_files = self.root / "jail"
         self._gvisor = sandbox.gvisor.bundle_for(sandbox.settings.run_dir / "gvisor" / str(slot.index), self.root)
-        self._signal_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
@@ -328,7 +327,8 @@ class Box:
 
         The program is the child of the box's init, which is the child of the
         bwrap process we spawned; the init ignores signals sent from outside.
-        Returns False when nothing is running.
+        Under gVisor the init passes it on (one byte on its signal FIFO), so no
+        process is started per signal. Returns False when nothing is running.
         """
         current = self._current
         if current is None:
@@ -346,30 +346,13 @@ class Box:
         return bool(children)
 
     def _signal_gvisor(self, current: RunMonitor, sig: int) -> bool:
-        # Inside the sandbox the init is pid 1 and forks the program first: it is pid 2.
-        container = current.launched.name
-        if not container:
+        # One byte on the init's signal FIFO: the init passes it to the program's process group. A full
+        # FIFO (64 KiB of undelivered signals) drops the signal, as the kernel merges pending ones.
+        fd = current.launched.pipes.signal_w
+        if fd is None or not 0 < sig < 256:  # the doors allow a few; one byte carries any of them
             return False
-        argv = [
-            str(self.sandbox.settings.runsc_path),
-            "--root",
-            str(self._gvisor.state_dir),
-            "kill",
-            "--pid",
-            "2",
-            container,
-            str(int(sig)),
-        ]
-
-        async def deliver() -> None:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-            )
-            await proc.wait()
-
-        task = asyncio.get_running_loop().create_task(deliver())
-        self._signal_tasks.add(task)
-        task.add_done_callback(self._signal_tasks.discard)
+        with contextlib.suppress(BlockingIOError):
+            os.write(fd, bytes([int(sig)]))
         return True
 
     # ------------------------------------------------------------- run
@@ -540,6 +523,11 @@ class Box:
             rlimits["fsize"] = limits.max_file_size_bytes
             # A backstop only: the CPU watchdog, summed over all processes, fires first.
             rlimits["cpu"] = math.ceil(limits.time_limit_s) + 1
+            if self.isolation == "gvisor":
+                # The cgroup's pids limit counts gVisor's host threads, not the program's tasks: gVisor's
+                # own RLIMIT_NPROC (per uid, threads included) does. The program's first task was forked
+                # by the root init and is counted as root's, hence the 1.
+                rlimits["nproc"] = max(1, limits.max_processes - 1)
         return rlimits
 
     def _spawn(
@@ -568,12 +556,20 @@ class Box:
         paths = self._gvisor
         try:
             paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            gv.make_fifos(paths, uid=self.slot.uid, gid=self.slot.gid, with_command=command is None)
-            config = gv.config(
-                args=gv.init_args(with_command=command is None, command=command, rlimits=self._rlimits(limits)),
-                env=self._env(env) if command is not None else {},
+            gv.make_channels(paths, with_command=command is None, seccomp_program=self.sandbox.seccomp_program)
+            init_args = gv.init_args(
+                with_command=command is None,
+                command=command,
+                rlimits=self._rlimits(limits),
                 uid=self.slot.uid,
                 gid=self.slot.gid,
+            )
+            config = gv.config(
+                args=init_args,
+                env=self._env(env) if command is not None else {},
+                uid=INIT_UID,
+                gid=INIT_UID,
+                capabilities=INIT_CAPABILITIES,
                 workdir=self.workdir,
                 tmp_size_bytes=self.sandbox.settings.tmp_size_bytes,
                 binds=binds,
@@ -582,7 +578,8 @@ class Box:
             )
             config["process"]["rlimits"] = policy.oci_rlimits(self._base_rlimits())
             (paths.run_dir / "config.json").write_text(json.dumps(config))
-            pipes = Pipes.over_fifos(paths.status_fifo, paths.command_fifo if command is None else None)
+            command_fifo = paths.command_fifo if command is None else None
+            pipes = Pipes.over_fifos(paths.status_fifo, command_fifo, paths.signal_fifo)
         except OSError as exc:
             raise SandboxError(f"cannot prepare the gVisor sandbox: {exc}") from exc
         container = f"{self.slot.cgroup_name}-{os.getpid()}-{next(_launch_ids)}"

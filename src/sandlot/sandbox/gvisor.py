@@ -8,22 +8,37 @@ same slot (host uid, cgroup, size-capped tmpfs workdir), the same init
 (``sandlot-helper init`` as pid 1 of the sandbox), the same status protocol
 and the same ``RunMonitor``. What differs is how the box is started::
 
-    sandlot-helper launch --uid 0   (join the box's cgroups, stay root)
-      -> runsc run --bundle ...     (gVisor: Sentry + gofer, all in that cgroup)
-        -> sandlot-helper init      (pid 1 inside, as the box's uid)
-          -> the program
+    sandlot-helper launch --keep-root   (join the box's cgroups, stay root)
+      -> runsc run --bundle ...         (gVisor: Sentry + gofer, all in that cgroup)
+        -> sandlot-helper init          (pid 1 inside, as root of gVisor's kernel)
+          -> the program                (as the box's uid)
 
-runsc passes nothing but stdio into the sandbox, so the init's status and
-command channels are two host FIFOs in ``<box>/.gvisor`` (on the box's own
-tmpfs), bind-mounted at ``/.sandlot``; runsc's ``--host-fifo=open`` lets the
-init open them. The init unlinks both names as soon as it holds them, before
-any program exists, so a program cannot reopen them to forge a status.
+runsc passes nothing but stdio into the sandbox, so the init's status,
+command and signal channels are host FIFOs in ``<box>/.gvisor`` (on the box's
+own tmpfs), bind-mounted at ``/.sandlot``, next to a file holding the jail's
+seccomp program; runsc's ``--host-fifo=open`` lets the init open them. All of
+it is root's (mode 0600 in a 0700 directory), and the init unlinks every name
+as soon as it holds it, before any program exists, so a program cannot reopen
+them to forge a status.
 
 The host holds both ends of each FIFO from before the launch: a status reader
 (what the monitor reads) plus a writer kept until runsc exits (so EOF means
-the sandbox is gone, never "the init has not opened it yet"), and a command
+the sandbox is gone, never "the init has not opened it yet"), a command
 writer plus a reader that keeps a written command buffered until the init
-reads it.
+reads it, and a signal writer (one byte per signal, for the program's process
+group; a full FIFO drops it) plus a reader for the same reason.
+
+The init and the program. gVisor (runsc 2022) lacks four things the jail
+gets from the host kernel or bwrap, so the init supplies them (helper.c):
+it starts as root with only the capabilities of ``INIT_CAPABILITIES`` and
+keeps CAP_KILL alone after forking the program as the box uid with an empty
+bounding set, since gVisor lets a program SIGKILL its own pid 1 (a kernel
+ignores that) and a different uid is what stops it; it installs the same
+seccomp program bwrap loads; it relays the program's output from pipes of
+gVisor's own, since gVisor's writes to a host pipe return short; and it sets
+RLIMIT_NPROC to the run's ``max_processes``, which gVisor counts per uid,
+threads included, as the host cgroup's pids limit cannot (it sees gVisor's
+host threads, not the program's tasks).
 
 The bundle (``config.json``) is written per launch into the box's run
 directory: read-only /usr and /etc (the synthetic one, as files copied into a
@@ -36,7 +51,9 @@ Accounting: runsc runs with ``--ignore-cgroups`` inside the box's cgroup, so
 the cgroup holds the whole sandbox. CPU time and peak memory therefore
 include gVisor's own kernel doing the program's syscalls; the memory and task
 limits get an allowance for it (``gvisor_memory_overhead_bytes``,
-``gvisor_task_overhead``). docs/security.md has the figures.
+``gvisor_task_overhead``: the latter bounds gVisor's host threads, the
+program's own tasks are bounded by RLIMIT_NPROC above). docs/security.md has
+the figures.
 """
 
 from __future__ import annotations
@@ -59,6 +76,13 @@ from sandlot.sandbox import policy
 CONTROL_DIR = "/.sandlot"  # where the FIFOs appear inside the sandbox
 STATUS_FIFO = "status"
 COMMAND_FIFO = "command"
+SIGNAL_FIFO = "signal"
+SECCOMP_FILE = "seccomp"
+INIT_UID = 0  # see "The init and the program" above
+# What the init starts with: switching the program to the box uid with an empty bounding set, searching
+# the box uid's 0700 workdir (its start-up cwd) and, the one it keeps after the fork, killing the box
+# uid's processes.
+INIT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH", "CAP_KILL")
 _PROBE_TIMEOUT_S = 30.0
 UNAVAILABLE = "isolation 'gvisor' is unavailable here: "
 
@@ -85,6 +109,14 @@ class GvisorBundle:
     @property
     def command_fifo(self) -> Path:
         return self.control_dir / COMMAND_FIFO
+
+    @property
+    def signal_fifo(self) -> Path:
+        return self.control_dir / SIGNAL_FIFO
+
+    @property
+    def seccomp_file(self) -> Path:
+        return self.control_dir / SECCOMP_FILE
 
 
 class Gvisor:
@@ -219,17 +251,23 @@ class Gvisor:
     def bundle_for(self, run_dir: Path, box_root: Path) -> GvisorBundle:
         return GvisorBundle(run_dir=run_dir, control_dir=box_root / ".gvisor")
 
-    def make_fifos(self, bundle: GvisorBundle, *, uid: int, gid: int, with_command: bool) -> None:
-        """Fresh FIFOs for one launch, owned by the box uid (the init opens them as that uid)."""
+    def make_channels(self, bundle: GvisorBundle, *, with_command: bool, seccomp_program: bytes) -> None:
+        """Fresh FIFOs and the seccomp program for one launch, root's alone (the init opens them as root)."""
         bundle.control_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(bundle.control_dir, uid, gid)
+        os.chown(bundle.control_dir, INIT_UID, INIT_UID)
         os.chmod(bundle.control_dir, 0o700)
-        for fifo in (bundle.status_fifo, bundle.command_fifo):
+        for fifo in (bundle.status_fifo, bundle.command_fifo, bundle.signal_fifo):
             with contextlib.suppress(FileNotFoundError):
                 fifo.unlink()
-            if fifo == bundle.status_fifo or with_command:
+            if fifo != bundle.command_fifo or with_command:
                 os.mkfifo(fifo, 0o600)
-                os.chown(fifo, uid, gid)
+        with contextlib.suppress(FileNotFoundError):
+            bundle.seccomp_file.unlink()
+        fd = os.open(bundle.seccomp_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, seccomp_program)  # a few KiB: one write to a fresh tmpfs file
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ argv and config
 
@@ -263,6 +301,7 @@ class Gvisor:
         binds: Sequence[policy.Bind],
         helper: Path | None,
         control_dir: Path | None,
+        capabilities: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The OCI runtime spec of one sandbox: the jail's policy in OCI terms."""
         tmp_options = ["nosuid", "nodev", "mode=1777", f"size={tmp_size_bytes}"]
@@ -287,8 +326,8 @@ class Gvisor:
             mounts.append(_bind(str(helper), policy.INIT_PATH, writable=False))
         if control_dir is not None:
             mounts.append(_bind(str(control_dir), CONTROL_DIR, writable=True))
-        no_caps: list[str] = []
-        cap_sets = ("bounding", "effective", "inheritable", "permitted", "ambient")
+        caps = list(capabilities)
+        cap_sets = {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": []}
         return {
             "ociVersion": "1.0.2",
             "process": {
@@ -297,7 +336,7 @@ class Gvisor:
                 "args": list(args),
                 "env": [f"{k}={v}" for k, v in env.items()],
                 "cwd": policy.BOX_WORKDIR if workdir is not None else "/",
-                "capabilities": dict.fromkeys(cap_sets, no_caps),
+                "capabilities": cap_sets,
                 "noNewPrivileges": True,
             },
             "root": {"path": str(self.rootfs), "readonly": True},
@@ -309,10 +348,21 @@ class Gvisor:
             },
         }
 
-    def init_args(self, *, with_command: bool, command: Sequence[str] | None, rlimits: Mapping[str, int]) -> list[str]:
+    def init_args(
+        self,
+        *,
+        with_command: bool,
+        command: Sequence[str] | None,
+        rlimits: Mapping[str, int],
+        uid: int,
+        gid: int,
+    ) -> list[str]:
+        """The init's argv: the channels, the program's uid, its seccomp program, output relayed."""
         args = [policy.INIT_PATH, "init", "--status-path", f"{CONTROL_DIR}/{STATUS_FIFO}"]
         if with_command:
             args += ["--command-path", f"{CONTROL_DIR}/{COMMAND_FIFO}"]
+        args += ["--signal-path", f"{CONTROL_DIR}/{SIGNAL_FIFO}", "--seccomp-path", f"{CONTROL_DIR}/{SECCOMP_FILE}"]
+        args += ["--uid", str(uid), "--gid", str(gid), "--relay-output"]
         for resource, amount in rlimits.items():
             args += ["--rlimit", f"{resource}={amount}"]
         if command is not None:

@@ -19,7 +19,18 @@
  *
  * Under gVisor (runsc passes nothing but stdio into the container) the same
  * init takes --status-path/--command-path instead: host FIFOs bind-mounted into
- * the sandbox, opened here, after which everything is as above.
+ * the sandbox, opened here, after which everything is as above, plus what the
+ * jail gets from the kernel or bwrap and gVisor (runsc 2022) does not give:
+ *   --uid/--gid      the init runs as root inside gVisor, keeping only CAP_KILL,
+ *                    and the program as the box uid: gVisor delivers even SIGKILL
+ *                    from a program to its pid 1, a kernel never does.
+ *   --seccomp-path   the jail's own BPF program, installed in the child.
+ *   --signal-path    a FIFO of signal numbers for the program's process group
+ *                    (an interactive door's Ctrl-C), instead of a `runsc kill`.
+ *   --relay-output   the program writes into pipes of gVisor's own, which block
+ *                    until a write is whole; the init copies them out. gVisor's
+ *                    writes to a host pipe return short (65536 of 1 MiB) and
+ *                    most runtimes do not retry.
  *
  * Errors of the helper itself are reported on stderr prefixed with
  * "sandlot-helper:" and exit code 125; sandlot tells them apart from the
@@ -30,23 +41,28 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "helper.h"
+
 extern char **environ;
 
-#define HELPER_FAILURE 125
 #define MAX_ITEMS 16
 
-static void die(const char *what, const char *arg) {
+void die(const char *what, const char *arg) {
     int saved = errno;
     fprintf(stderr, "sandlot-helper: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "",
             saved ? strerror(saved) : "invalid usage");
@@ -75,11 +91,10 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* Close every fd from 3 up, except the (up to two) given ones (-1: none). */
-static void close_other_fds(int keep_a, int keep_b) {
-    int keep[2] = {keep_a < keep_b ? keep_a : keep_b, keep_a < keep_b ? keep_b : keep_a};
+/* Close every fd from 3 up except those in keep (ascending; -1 entries are skipped). */
+static void close_other_fds(const int *keep, int nkeep) {
     int first = 3;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < nkeep; k++) {
         if (keep[k] < first) continue;
         if (keep[k] > first && syscall(SYS_close_range, first, keep[k] - 1, 0) != 0)
             for (int fd = first; fd < keep[k]; fd++) close(fd);
@@ -257,40 +272,71 @@ static int open_channel(const char *path, int flags, int at) {
     return at;
 }
 
+/* Reap every child; when the program is done, kill everything it started. Returns 1 once none is left. */
+int reap(pid_t child, int *main_status, int *have_main, int block) {
+    for (;;) {
+        int st;
+        pid_t got = waitpid(-1, &st, __WALL | (block ? 0 : WNOHANG));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return 1; /* ECHILD: everyone is reaped */
+        if (got == 0) return 0;
+        if (got == child) {
+            *main_status = st;
+            *have_main = 1;
+            /* The program is done: nothing it started may outlive it. */
+            kill(-1, SIGKILL);
+        }
+    }
+}
+
 /* init --status-fd N|--status-path P [--command-fd M|--command-path P] [--rlimit NAME=VALUE]...
- *      [-- PROGRAM ARGS...]   (pid 1 in the box)
- * With a command channel the box was launched ahead of time: init reports "R"
+ *      [--uid U --gid G] [--seccomp-path P] [--signal-path P] [--relay-output] [-- PROGRAM ARGS...]
+ * (pid 1 in the box). With a command channel the box was launched ahead of time: init reports "R"
  * (ready) and waits for the command, its environment and its rlimits on it. */
 static int do_init(int argc, char **argv) {
-    int status_fd = -1, command_fd = -1, nrl = 0, i = 2;
-    const char *status_path = NULL, *command_path = NULL;
+    int status_fd = -1, command_fd = -1, signal_fd = -1, relay = 0, nrl = 0, i = 2;
+    long uid = -1, gid = -1;
+    const char *status_path = NULL, *command_path = NULL, *seccomp_path = NULL, *signal_path = NULL;
     struct rl limits[MAX_RLIMITS];
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (!strcmp(argv[i], "--relay-output")) { relay = 1; i--; continue; }
         if (i + 1 >= argc) die("missing value for", argv[i]);
         if (!strcmp(argv[i], "--status-fd")) status_fd = (int)parse_long(argv[i + 1], "bad fd");
         else if (!strcmp(argv[i], "--command-fd")) command_fd = (int)parse_long(argv[i + 1], "bad fd");
         else if (!strcmp(argv[i], "--status-path")) status_path = argv[i + 1];
         else if (!strcmp(argv[i], "--command-path")) command_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--seccomp-path")) seccomp_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--signal-path")) signal_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--uid")) uid = parse_long(argv[i + 1], "bad uid");
+        else if (!strcmp(argv[i], "--gid")) gid = parse_long(argv[i + 1], "bad gid");
         else if (!strcmp(argv[i], "--rlimit") && nrl < MAX_RLIMITS) {
             if (parse_rlimit(argv[i + 1], &limits[nrl++]) != 0) { errno = EINVAL; die("bad rlimit", argv[i + 1]); }
         } else { errno = EINVAL; die("unknown option", argv[i]); }
     }
     /* kill(-1) below must only ever reach the box's own pid namespace. */
     if (getpid() != 1) { errno = EPERM; die("init must be pid 1 of a fresh pid namespace", NULL); }
+    if ((uid < 0) != (gid < 0) || uid == 0 || gid == 0) { errno = EINVAL; die("--uid and --gid: both, not root", NULL); }
     if (status_path != NULL) status_fd = open_channel(status_path, O_WRONLY, 4);
     if (command_path != NULL) command_fd = open_channel(command_path, O_RDONLY, 5);
+    if (signal_path != NULL) signal_fd = open_channel(signal_path, O_RDONLY, 6);
     if (status_fd < 3 || (command_fd < 0 && i + 1 >= argc)) {
         errno = EINVAL;
         die("usage: init --status-fd N|--status-path P [--command-fd M|--command-path P] [-- PROGRAM]", NULL);
     }
     char **program = i + 1 < argc ? &argv[i + 1] : NULL;
     char **program_env = NULL;
+    struct sock_fprog filter = {0, NULL};
+    if (seccomp_path != NULL) read_filter(seccomp_path, &filter);
 
-    /* Nothing but stdio, the status pipe and the command pipe survives; neither
-     * pipe reaches the program (close-on-exec), and a non-dumpable init cannot be
-     * inspected through /proc by the program running under the same uid. */
-    close_other_fds(status_fd, command_fd);
+    /* Nothing but stdio and the channels survives; none reaches the program (close-on-exec),
+     * and a non-dumpable init cannot be inspected through /proc by the program. */
+    int keep[3] = {status_fd, command_fd, signal_fd}; /* 4, 5, 6 or -1 */
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++)
+            if (keep[b] < keep[a]) { int t = keep[a]; keep[a] = keep[b]; keep[b] = t; }
+    close_other_fds(keep, 3);
     if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) die("status fd", NULL);
+    if (signal_fd >= 0) fcntl(signal_fd, F_SETFD, FD_CLOEXEC);
     prctl(PR_SET_DUMPABLE, 0);
     reset_signals();
     if (command_fd >= 0) {
@@ -307,38 +353,61 @@ static int do_init(int argc, char **argv) {
         close(command_fd);
     }
 
+    int supervised = relay || signal_fd >= 0;
+    int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, sigchld_fd = -1;
+    if (relay) relay_pipes(out_pipe, err_pipe, uid, gid);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    if (supervised) { /* blocked before the fork, so no exit goes unseen */
+        sigprocmask(SIG_BLOCK, &chld, NULL);
+        sigchld_fd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+        if (sigchld_fd < 0) die("signalfd", NULL);
+    }
+
     pid_t child = fork();
     if (child < 0) die("fork", NULL);
     if (child == 0) {
-        if (apply_rlimits(limits, nrl) != 0) {
-            char line[64];
-            snprintf(line, sizeof line, "E %d rlimit\n", errno);
-            report(status_fd, line);
-            _exit(127);
+        const char *step = "dup2";
+        sigprocmask(SIG_UNBLOCK, &chld, NULL);
+        if (relay && (dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0)) goto fail;
+        if (signal_fd >= 0) setpgid(0, 0); /* its own group: the one signals go to */
+        step = "rlimit";
+        if (apply_rlimits(limits, nrl) != 0) goto fail;
+        step = "setuid";
+        if (uid > 0) {
+            /* The bounding set goes first (that takes CAP_SETPCAP); the uid change then clears the rest. */
+            for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
+                if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) goto fail;
+            if (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) goto fail;
         }
+        step = "seccomp";
+        if (filter.filter != NULL && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+                                      prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter) != 0))
+            goto fail;
         if (program_env != NULL) environ = program_env;
         execvp(program[0], program);
+        step = "exec";
+    fail:;
         char line[64];
-        snprintf(line, sizeof line, "E %d exec\n", errno);
+        snprintf(line, sizeof line, "E %d %s\n", errno, step);
         report(status_fd, line);
         _exit(127);
     }
+    if (uid > 0) keep_only_cap_kill();
     report(status_fd, "S\n");
 
     int main_status = 0, have_main = 0;
-    for (;;) {
-        int st;
-        pid_t got = waitpid(-1, &st, __WALL);
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            break; /* ECHILD: everyone is reaped */
+    if (supervised) {
+        /* A host end closed early (the run is being torn down) must not kill the init before its report. */
+        signal(SIGPIPE, SIG_IGN);
+        if (relay) {
+            close(out_pipe[1]);
+            close(err_pipe[1]);
         }
-        if (got == child) {
-            main_status = st;
-            have_main = 1;
-            /* The program is done: nothing it started may outlive it. */
-            kill(-1, SIGKILL);
-        }
+        supervise(child, sigchld_fd, out_pipe[0], err_pipe[0], signal_fd, &main_status, &have_main);
+    } else {
+        reap(child, &main_status, &have_main, 1);
     }
     char line[64];
     snprintf(line, sizeof line, "X %d %d\n", have_main, main_status);

@@ -56,6 +56,8 @@ class Pipes:
     status_w: int
     command_r: int | None = None
     command_w: int | None = None
+    signal_r: int | None = None  # gVisor: held so that signal bytes wait in the FIFO for the init
+    signal_w: int | None = None
     fifos: bool = False
     _closed: set[int] = field(default_factory=set)
 
@@ -82,8 +84,8 @@ class Pipes:
         return pipes
 
     @classmethod
-    def over_fifos(cls, status_fifo: Path, command_fifo: Path | None) -> Pipes:
-        """Stdio pipes plus the host's ends of the status (and command) FIFOs."""
+    def over_fifos(cls, status_fifo: Path, command_fifo: Path | None, signal_fifo: Path) -> Pipes:
+        """Stdio pipes plus the host's ends of the status, signal (and command) FIFOs."""
         made: list[int] = []
         try:
             for _ in range(3):
@@ -96,6 +98,8 @@ class Pipes:
             if command_fifo is not None:
                 made += [_dup_high(os.open(command_fifo, os.O_RDONLY | flags))]
                 made += [_dup_high(os.open(command_fifo, os.O_WRONLY | flags))]
+            made += [_dup_high(os.open(signal_fifo, os.O_RDONLY | flags))]
+            made += [_dup_high(os.open(signal_fifo, os.O_WRONLY | flags))]
         except BaseException:
             for fd in made:
                 with contextlib.suppress(OSError):
@@ -106,6 +110,7 @@ class Pipes:
         pipes = cls(made[0], made[1], made[2], made[3], made[4], made[5], None, made[6], made[7], fifos=True)
         if command_fifo is not None:
             pipes.command_r, pipes.command_w = made[8], made[9]
+        pipes.signal_r, pipes.signal_w = made[-2], made[-1]
         return pipes
 
     def child_actions(self) -> list[tuple[int, int, int]]:
@@ -143,7 +148,8 @@ class Pipes:
 
     def close_all(self) -> None:
         self.close_child_ends()
-        for fd in (self.stdin_w, self.stdout, self.stderr, self.status, self.status_w, self.command_r, self.command_w):
+        ours = (self.stdin_w, self.stdout, self.stderr, self.status, self.status_w, self.command_r, self.command_w)
+        for fd in (*ours, self.signal_r, self.signal_w):
             self.close(fd)
 
 

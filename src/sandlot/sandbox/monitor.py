@@ -310,6 +310,14 @@ def classify(
         mb = limits.memory_limit_bytes // (1024 * 1024)
         return with_status(Status.MEMORY_LIMIT, f"memory limit exceeded ({mb} MB)")
     if wstatus is None:
+        # runsc and bwrap exit 128+N when the box's init died of signal N. The program is the only
+        # one in the box that could have done that (it cannot, by design; see helper.c), so the
+        # run is not blamed on the sandbox.
+        code = os.WEXITSTATUS(helper_wstatus) if os.WIFEXITED(helper_wstatus) else 0
+        init_sig = code - 128
+        if init_sig in signal.valid_signals():
+            message = f"the box's init was killed by signal {init_sig} ({signal.strsignal(init_sig)}) mid-run"
+            return dataclasses.replace(base, status=Status.SIGNALED, signal=init_sig, message=message)
         return dataclasses.replace(measured, message="sandbox failure: the box's init ended without a status")
     if sig is not None:
         if sig == signal.SIGXFSZ:

@@ -1,4 +1,4 @@
-"""The seccomp policy, compiled with libseccomp into a BPF program bwrap loads.
+"""The seccomp policy, compiled with libseccomp into one BPF program: bwrap loads it (jail), the init under gVisor.
 
 Default allow, with a deny list of the syscalls a sandboxed program has no
 business making. Denied calls fail with EPERM (so programs get an error, not a
@@ -130,6 +130,13 @@ _CLONE_NAMESPACE_FLAGS = (
 )
 
 
+# mknod/mknodat of a device node: the jail's kernel refuses it without CAP_MKNOD, gVisor's tmpfs does
+# not; the node would open one of gVisor's own devices. FIFOs and plain files stay allowed.
+_S_IFMT = 0o170000
+_DEVICE_NODE_TYPES = (0o020000, 0o060000)  # S_IFCHR, S_IFBLK
+_MODE_ARG = {"mknod": 1, "mknodat": 2}
+
+
 class _ArgCmp(ctypes.Structure):
     _fields_ = [
         ("arg", ctypes.c_uint),
@@ -227,6 +234,11 @@ def compile_filter() -> bytes:
                 _check(lib.seccomp_rule_add_array(ctx, deny, clone_nr, 1, cmp), "deny clone namespaces")
         _deny_socket_families(lib, ctx)
         _deny_realtime_scheduling(lib, ctx)
+        for name, arg in _MODE_ARG.items():
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            for kind in _DEVICE_NODE_TYPES:
+                cmp[0] = _ArgCmp(arg, _SCMP_CMP_MASKED_EQ, _S_IFMT, kind)
+                _check(lib.seccomp_rule_add_array(ctx, deny, nr, 1, cmp), f"deny {name} of devices")
         # clone3 passes flags in memory seccomp cannot read: ENOSYS makes libc fall back to clone.
         clone3_nr = lib.seccomp_syscall_resolve_name(b"clone3")
         if clone3_nr >= 0:
