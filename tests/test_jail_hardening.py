@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sandlot.config import Settings
+from sandlot.config import DEFAULT_RUN_LIMITS, Settings
 from sandlot.errors import SandboxError
 from sandlot.models import OutputEvent, Result, Status
 from sandlot.sandbox import Box, Sandbox
@@ -297,6 +297,11 @@ def test_every_rlimit_is_sandlots_and_realtime_is_denied(tmp_path: Path, isolati
             if held != resource.RLIM_INFINITY and (value == RLIM_UNLIMITED or value > held):
                 value = held
         expected[name] = [value, value]
+    if isolation == "gvisor":
+        # gVisor's own RLIMIT_NPROC is the run's process limit there (box.py::_rlimits): its cgroup counts
+        # gVisor's host threads, not the program's tasks. The program's first task is the init's.
+        n = DEFAULT_RUN_LIMITS.max_processes - 1
+        expected["nproc"] = [n, n]
     assert seen["limits"] == expected
     assert expected["rtprio"] == [0, 0] and expected["rttime"] == [0, 0]
     # The jail's seccomp policy denies real-time policies outright (the kernel would say EINVAL);
