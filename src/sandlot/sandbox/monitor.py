@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandlot.errors import SandboxError
-from sandlot.models import Limits, OutputEvent, Result, Status, StreamName
+from sandlot.models import CANCELLED, Limits, OutputEvent, Result, Status, StreamName
 from sandlot.sandbox.cgroups import Cgroup, CgroupStats
 from sandlot.sandbox.launch import Launched, StdinSource, feed_stdin
 
@@ -316,7 +316,7 @@ def classify(
     if state.kill_reason == "wall":
         return with_status(Status.TIMEOUT, f"wall-clock time limit exceeded ({limits.wall_time_limit_s:g} s)")
     if state.kill_reason == "cancelled":
-        return with_status(Status.SIGNALED, "cancelled by request")
+        return with_status(Status.SIGNALED, f"{CANCELLED} by request")
     if state.kill_reason == "output":
         return with_status(Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.max_output_bytes} bytes)")
     if oom_kills:
