@@ -32,7 +32,7 @@ from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
 
 SANDLOT = Path(sys.executable).with_name("sandlot")  # the console script of this venv
-STARTUP_TIMEOUT_S = 30.0  # the first start of a session also builds the helper and the Go cache
+STARTUP_TIMEOUT_S = 90.0  # the first start on a fresh machine also builds the helper and the Go cache, under load
 READY_POLL_S = 0.1
 REDIS_TIMEOUT_S = 10.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -36,6 +36,11 @@ __all__ = ["service_fixture"]  # a fixture, used by name
 
 # Prints, sleeps, prints: the first line must reach the client while the program still runs.
 TWO_PART = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second', flush=True)\n"
+# Prints, waits in its session's workdir for the file "go" (which the test puts there), prints.
+GATED = (
+    "import os, time\nprint('first', flush=True)\n"
+    "while not os.path.exists('go'):\n    time.sleep(0.01)\nprint('second', flush=True)\n"
+)
 
 
 @pytest.fixture(name="base")
@@ -77,7 +82,11 @@ async def _stdout(ws: ClientConnection, expected: str) -> None:
 
 
 async def test_sse_streams_output_while_the_program_runs(http: httpx.AsyncClient) -> None:
-    task_id = (await http.post("/api/v1/execute", json={"language": "python", "code": TWO_PART})).json()["task_id"]
+    # The program waits, after its first line, for a file the test puts in its session: "running"
+    # below is then certain however slow the machine is, never a guess about a sleep's length.
+    session = (await http.post("/api/v1/sessions", json={})).json()["session_id"]
+    body = {"language": "python", "code": GATED, "session_id": session, "limits": LONG_LIMITS}
+    task_id = (await http.post("/api/v1/execute", json=body)).json()["task_id"]
     frames: list[dict[str, Any]] = []
     async with http.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
         assert response.status_code == 200
@@ -88,6 +97,7 @@ async def test_sse_streams_output_while_the_program_runs(http: httpx.AsyncClient
                 break
         # The first line is here and the program has not ended: this is live, not a replay.
         assert (await http.get(f"/api/v1/tasks/{task_id}")).json()["status"] == "running"
+        assert (await http.put(f"/api/v1/sessions/{session}/files/go", content=b"")).status_code == 201
         frames += [frame async for frame in frame_lines]
     kinds = [f["event"] for f in frames]
     assert kinds[0] == "stage" and kinds[-1] == "exit"
