@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import itertools
 import signal
-import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,19 +35,13 @@ from sandlot.requests import new_task_id
 from sandlot.service import ApiKey, ServerSettings, Service
 
 from .conftest import make_settings
+from .nodes import free_ports
 from .test_http import note_submits
 
 _BOUND_S = 30.0  # no single wait below should come near this; it only turns a hang into a failure
 _FAST_LIMITS = dataclasses.replace(DEFAULT_RUN_LIMITS, time_limit_s=1.0)
 
 _SLEEPER = 'import time\nprint("started", flush=True)\ntime.sleep(60)\n'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -67,7 +60,8 @@ class _Env:
 async def grpc_serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
     service = await Service.start(make_settings(run_defaults=_FAST_LIMITS), server_settings)
     try:
-        address = f"127.0.0.1:{_free_port()}"
+        (port,) = free_ports(1)
+        address = f"127.0.0.1:{port}"
         server = create_grpc_server(service, address)
         await server.start()
         try:
