@@ -39,7 +39,8 @@ from .nodes import free_ports
 from .test_http import note_submits
 
 _BOUND_S = 30.0  # no single wait below should come near this; it only turns a hang into a failure
-_FAST_LIMITS = dataclasses.replace(DEFAULT_RUN_LIMITS, time_limit_s=1.0)
+# A short CPU limit, and a wall limit far above it: on a loaded machine 1 s of CPU can take many seconds.
+_FAST_LIMITS = dataclasses.replace(DEFAULT_RUN_LIMITS, time_limit_s=1.0, wall_time_limit_s=60.0)
 
 _SLEEPER = 'import time\nprint("started", flush=True)\ntime.sleep(60)\n'
 
