@@ -15,8 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandlot.config import Settings
-from sandlot.models import OutputEvent, Result, Status
+from sandlot.engine import Engine
+from sandlot.models import OutputEvent, Result, StageEvent, Status
 from sandlot.sandbox import Box, Sandbox
+
+from .conftest import run_job
 
 _PYTHON = "/usr/bin/python3"
 _BULK = 50_000  # what the program writes while the test holds the loop: fits in a 64 KiB pipe
@@ -73,6 +76,14 @@ async def test_output_unread_at_a_cancel_is_delivered_whole(box: Box, settings: 
     assert streamed == expected  # the events carry it too, in order
     assert result.status is Status.SIGNALED
     assert "cancelled" in result.message
+
+
+async def test_a_cancel_during_the_compile_says_cancelled_not_compile_error(engine: Engine, box: Box) -> None:
+    box.cancel_run()  # as a cancel that lands while the compiler runs: the stage is killed at once
+    run = await run_job(engine, box, "c", "int main(void) { return 0; }\n")
+    assert run.result.status is Status.SIGNALED, run.result
+    assert run.result.cancelled
+    assert not any(isinstance(e, StageEvent) and e.stage == "run" for e in run.events)
 
 
 async def test_a_pipe_held_outside_the_box_does_not_hang_the_run(

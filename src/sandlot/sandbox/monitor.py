@@ -285,6 +285,11 @@ def classify(
         memory_peak=memory_peak,
         truncated=state.truncated,
     )
+    if state.kill_reason == "cancelled" and not started:
+        # Cancelled while the box was still being set up: the cancel ended it, not a sandbox failure.
+        return dataclasses.replace(
+            measured, status=Status.SIGNALED, signal=signal.SIGKILL, message=f"{CANCELLED} by request"
+        )
     if not started or exec_error is not None:
         detail = (
             exec_error
