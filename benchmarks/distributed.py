@@ -23,7 +23,7 @@ it overruns its drain).
              the jobs streams are empty (a job leaves it only once its result is
              stored); every result is then checked (status ok, stdout "hi").
 
-    sudo /opt/sandlot-venv/bin/python benchmarks/distributed.py \
+    sudo .venv/bin/python benchmarks/distributed.py \
         [--requests 20000] [--rounds 3] [--jobs 200] [--workers 1,2,3]
 """
 

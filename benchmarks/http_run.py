@@ -16,7 +16,7 @@ bare ``python3 -c "print('hi')"`` started with posix_spawn + wait (stdout to
 ``--clients`` threads. The table gives p50/p99 in ms, executions (or spawns)
 per second, sandlot/bare ratios, the host's load average and the issue's targets.
 
-    sudo /opt/sandlot-venv/bin/python benchmarks/http_run.py [--pool-size 4] [--sequential 200] [--concurrent 400]
+    sudo .venv/bin/python benchmarks/http_run.py [--pool-size 4] [--sequential 200] [--concurrent 400]
 
 With ``--isolation gvisor`` every request asks for the gVisor level and the
 server's gVisor pool gets the ``--pool-size`` warm sandboxes (its jail pool

@@ -11,7 +11,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
-    if [[ -x /opt/sandlot-venv/bin/python ]]; then python=/opt/sandlot-venv/bin/python; else python=python3; fi
+    if [[ -x "$root/.venv/bin/python" ]]; then python="$root/.venv/bin/python"; else python=python3; fi
 fi
 out="$root/src/sandlot/api/gen"
 packages=(go_sandbox/v1 sandlot/v1)

@@ -14,7 +14,9 @@ nodes of one layout against one Redis, and stops every process it ever started.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,20 +34,54 @@ from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
 
 SANDLOT = Path(sys.executable).with_name("sandlot")  # the console script of this venv
-STARTUP_TIMEOUT_S = 30.0  # the first start of a session also builds the helper and the Go cache
+STARTUP_TIMEOUT_S = 90.0  # the first start on a fresh machine also builds the helper and the Go cache, under load
 READY_POLL_S = 0.1
 REDIS_TIMEOUT_S = 10.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GRACE_S = 15.0  # a node's listeners' grace after its drain, before SIGKILL
 
 
+# Ports for servers the tests start in other processes. A port merely found free (bind 0, close)
+# could be taken before the child binds it: by the kernel for anyone's bind(0) or outgoing
+# connection, or by another test run on this machine. So they come from below the kernel's
+# ephemeral range (it never hands those out by itself), each reserved with an flock held until
+# this process ends: no two test processes are given the same port, however many run at once.
+_PORT_RANGE = range(20_000, 30_000)
+_PORT_LOCK_DIR = Path("/run/sandlot-test-ports")
+_port_locks: list[int] = []  # the flocked files' fds: the reservations last as long as this process
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports free right now (all held open together, so no two are the same)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+    """Distinct loopback ports, free now and reserved for this process (see _PORT_RANGE)."""
+    _PORT_LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+    start = random.randrange(len(_PORT_RANGE))  # spread: concurrent callers rarely meet
+    ports: list[int] = []
+    for i in range(len(_PORT_RANGE)):
+        port = _PORT_RANGE[(start + i) % len(_PORT_RANGE)]
+        fd = os.open(_PORT_LOCK_DIR / str(port), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # another test process has it
+        if not _bindable(port):  # something outside the tests listens there
+            os.close(fd)
+            continue
+        _port_locks.append(fd)
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free ports left in {_PORT_RANGE}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def serve_args(http_port: int, grpc_port: int, pool_size: int) -> list[str]:

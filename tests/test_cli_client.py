@@ -166,11 +166,17 @@ def _json(stdout: bytes) -> dict[str, Any]:
     return value
 
 
-def _closed_port() -> int:
+@pytest.fixture(name="closed_port")
+def closed_port_fixture() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test.
+
+    Bound and never listened on, and held: a port merely found free and let go could
+    be taken by another process (the other test runs on this machine) before we connect.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-    return port  # nothing listens once the socket is closed
+        yield port
 
 
 def _wait_done(server: str, task_id: str) -> dict[str, Any]:
@@ -319,8 +325,8 @@ def test_an_unknown_extension_needs_a_language(server: str, program: Callable[..
     assert "use -l LANG" in _one_line(proc.stderr)
 
 
-def test_server_down(program: Callable[..., Path]) -> None:
-    down = f"http://127.0.0.1:{_closed_port()}"
+def test_server_down(program: Callable[..., Path], closed_port: int) -> None:
+    down = f"http://127.0.0.1:{closed_port}"
     proc = _sandlot(down, "submit", program("print(1)"))
     assert proc.returncode == 2
     assert _one_line(proc.stderr) == f"sandlot: cannot reach {down}: connection refused"

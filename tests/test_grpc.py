@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import itertools
 import signal
-import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,18 +35,14 @@ from sandlot.requests import new_task_id
 from sandlot.service import ApiKey, ServerSettings, Service
 
 from .conftest import make_settings
+from .nodes import free_ports
+from .test_http import note_submits
 
 _BOUND_S = 30.0  # no single wait below should come near this; it only turns a hang into a failure
-_FAST_LIMITS = dataclasses.replace(DEFAULT_RUN_LIMITS, time_limit_s=1.0)
+# A short CPU limit, and a wall limit far above it: on a loaded machine 1 s of CPU can take many seconds.
+_FAST_LIMITS = dataclasses.replace(DEFAULT_RUN_LIMITS, time_limit_s=1.0, wall_time_limit_s=60.0)
 
 _SLEEPER = 'import time\nprint("started", flush=True)\ntime.sleep(60)\n'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -66,7 +61,8 @@ class _Env:
 async def grpc_serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
     service = await Service.start(make_settings(run_defaults=_FAST_LIMITS), server_settings)
     try:
-        address = f"127.0.0.1:{_free_port()}"
+        (port,) = free_ports(1)
+        address = f"127.0.0.1:{port}"
         server = create_grpc_server(service, address)
         await server.start()
         try:
@@ -228,6 +224,7 @@ async def test_run_code_rejected_input_is_an_error_response(env: _Env) -> None:
         (Result(Status.TIMEOUT, message="wall-clock time limit exceeded (10 s)"), "timeout: wall-clock"),
         (Result(Status.COMPILE_ERROR, exit_code=1, message="compilation failed"), "compilation failed: exit status 1"),
         (Result(Status.INTERNAL_ERROR, message="sandbox failure: boom"), "sandbox failure: boom"),
+        (Result(Status.SIGNALED, signal=9, message="cancelled by request"), "cancelled by request"),
     ],
 )
 def test_exec_error_wording(result: Result, expected: str | None) -> None:
@@ -456,6 +453,37 @@ async def test_client_cancellation_kills_the_run(env: _Env) -> None:
     assert isinstance(final, ExitEvent)
     assert final.result.status is Status.SIGNALED
     assert final.result.message == "cancelled by request"
+
+
+async def test_execute_delivers_the_whole_output_of_a_cancelled_task(env: _Env) -> None:
+    call = env.sandlot.Execute(pb.ExecuteRequest(language="python", code=_SLEEPER))
+    task_id = dict(await call.initial_metadata())["sandlot-task-id"]
+    printed = b""
+    async with asyncio.timeout(_BOUND_S):
+        while b"\n" not in printed:  # the whole line: print() writes the text and its newline apart
+            event = await call.read()
+            if event.WhichOneof("kind") == "output":
+                printed += event.output.data
+    assert await env.service.broker.cancel("public", task_id)  # as another door's cancel does
+    rest = await _read_rest(call)
+    printed += b"".join(e.output.data for e in rest if e.WhichOneof("kind") == "output")
+    final = rest[-1].exit.result
+    assert printed == final.stdout == b"started\n"
+    assert final.status == pb.STATUS_SIGNALED
+    assert final.message == "cancelled by request"
+
+
+async def test_run_code_says_a_cancelled_task_was_cancelled(env: _Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    submitted = note_submits(env.service, monkeypatch)  # RunCode does not name its task
+    responses: list[sandbox_pb2.RunResponse] = []
+    async with asyncio.timeout(_BOUND_S):
+        async for response in env.go.RunCode(sandbox_pb2.RunRequest(code=_SLEEPER)):
+            responses.append(response)
+            if response.output == "started":  # a whole line (this door sends lines)
+                assert await env.service.broker.cancel("public", await submitted.get())
+    assert _outputs(responses) == ["started"]
+    assert responses[-1].is_error
+    assert responses[-1].exec_err == "cancelled by request"
 
 
 def test_every_status_has_a_wire_value() -> None:

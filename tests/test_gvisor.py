@@ -29,7 +29,7 @@ from sandlot.sandbox import Box, Sandbox
 from sandlot.sandbox.gvisor import GvisorUnavailable
 from sandlot.service import ApiKey, ServerSettings, Service
 
-from .conftest import make_settings, run_in
+from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE, make_settings, run_in
 from .test_grpc import grpc_serving
 from .test_http import asgi_client, live_server, running_service
 
@@ -239,8 +239,8 @@ def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
 
     program = tmp_path / "hello.py"
     program.write_text("import os; print('uid', os.getuid())\n")
-    env = {**os.environ, "SANDLOT_STATE_DIR": "/var/lib/sandlot-test", "SANDLOT_RUN_DIR": "/run/sandlot-test"}
-    env.update({"SANDLOT_CGROUP_NAME": "sandlot-test", "SANDLOT_BOX_UID_BASE": "910000000"})
+    env = {**os.environ, "SANDLOT_STATE_DIR": str(TEST_STATE_DIR), "SANDLOT_RUN_DIR": str(TEST_RUN_DIR)}
+    env.update({"SANDLOT_CGROUP_NAME": TEST_CGROUP, "SANDLOT_BOX_UID_BASE": str(TEST_UID_BASE)})
     cli = [str(Path(sys.executable).parent / "sandlot"), "run", str(program), "--json"]
     jailed = subprocess.run(cli, capture_output=True, env=env, timeout=60, check=False)
     gvisor = subprocess.run([*cli, "--isolation", "gvisor"], capture_output=True, env=env, timeout=60, check=False)

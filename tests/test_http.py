@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from sandlot.api.http import create_app
 from sandlot.api.http_render import OutputDecoder, event_data, ws_message
-from sandlot.broker import Broker
+from sandlot.broker import Broker, TaskSpec
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent
 from sandlot.service import ServerSettings, Service
 
@@ -84,15 +84,35 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> 
         await asyncio.sleep(0.02)
 
 
-async def wait_running(service: Service, tenant: str, task_id: str) -> None:
-    """Until the task's program has printed something: it is running inside its box."""
-    # Not the run StageEvent: it comes just before the launch, and a kill that lands
-    # during the launch is lost today (a sandbox race, reported to its owner).
+async def wait_running(service: Service, tenant: str, task_id: str) -> bytes:
+    """Until the task's program has printed a whole first line (returned): it runs inside its box.
+
+    A whole line, not the first output event: ``print`` in ``python -u`` writes the
+    text and its newline with two writes, and a cancel that lands between them would
+    rightly keep the text without its newline, which a test must not mistake for loss.
+    (Not the run StageEvent either: it comes just before the launch.)
+    """
+    stdout = b""
     async for event in service.broker.subscribe(tenant, task_id):
-        if isinstance(event, OutputEvent) and event.stage == "run":
-            return
+        if isinstance(event, OutputEvent) and event.stage == "run" and event.stream == "stdout":
+            stdout += event.data
+            if b"\n" in stdout:
+                return stdout
         assert not isinstance(event, ExitEvent), event
     pytest.fail("the task never started")
+
+
+def note_submits(service: Service, monkeypatch: pytest.MonkeyPatch) -> asyncio.Queue[str]:
+    """The ids of the tasks submitted from now on (routes that do not tell the client theirs)."""
+    submitted: asyncio.Queue[str] = asyncio.Queue()
+    submit = service.broker.submit
+
+    async def noting_submit(spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
+        submitted.put_nowait(spec.id)
+        return await submit(spec, idempotency_key=idempotency_key)
+
+    monkeypatch.setattr(service.broker, "submit", noting_submit)
+    return submitted
 
 
 async def wait_done(service: Service, tenant: str, task_id: str) -> ExitEvent:
@@ -240,8 +260,12 @@ async def test_cancel_kills_a_running_task(service: Service, client: httpx.Async
     assert cancelled.json() == {"task_id": task_id, "cancelled": True}
     result = (await wait_done(service, "public", task_id)).result
     assert result.status.value == "signaled"
-    assert "cancelled" in result.message
+    assert result.cancelled
     assert result.wall_time < 30  # killed, not finished
+    # What it printed before the cancel is all there, in the task's result as the door shows it.
+    shown = (await client.get(f"/api/v1/tasks/{task_id}")).json()
+    assert shown["result"]["stdout"] == "started\n"
+    assert shown["result"]["message"] == "cancelled by request"
 
     assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 409
     missing = await client.delete("/api/v1/tasks/nope")

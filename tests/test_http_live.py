@@ -17,7 +17,6 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from sandlot.api.http import create_app
-from sandlot.broker import TaskSpec
 from sandlot.service import Service
 
 from .test_http import (
@@ -25,6 +24,7 @@ from .test_http import (
     SLEEPER,
     executions,
     live_server,
+    note_submits,
     parse_sse,
     service_fixture,
     wait_done,
@@ -36,6 +36,11 @@ __all__ = ["service_fixture"]  # a fixture, used by name
 
 # Prints, sleeps, prints: the first line must reach the client while the program still runs.
 TWO_PART = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second', flush=True)\n"
+# Prints, waits in its session's workdir for the file "go" (which the test puts there), prints.
+GATED = (
+    "import os, time\nprint('first', flush=True)\n"
+    "while not os.path.exists('go'):\n    time.sleep(0.01)\nprint('second', flush=True)\n"
+)
 
 
 @pytest.fixture(name="base")
@@ -77,7 +82,11 @@ async def _stdout(ws: ClientConnection, expected: str) -> None:
 
 
 async def test_sse_streams_output_while_the_program_runs(http: httpx.AsyncClient) -> None:
-    task_id = (await http.post("/api/v1/execute", json={"language": "python", "code": TWO_PART})).json()["task_id"]
+    # The program waits, after its first line, for a file the test puts in its session: "running"
+    # below is then certain however slow the machine is, never a guess about a sleep's length.
+    session = (await http.post("/api/v1/sessions", json={})).json()["session_id"]
+    body = {"language": "python", "code": GATED, "session_id": session, "limits": LONG_LIMITS}
+    task_id = (await http.post("/api/v1/execute", json=body)).json()["task_id"]
     frames: list[dict[str, Any]] = []
     async with http.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
         assert response.status_code == 200
@@ -88,6 +97,7 @@ async def test_sse_streams_output_while_the_program_runs(http: httpx.AsyncClient
                 break
         # The first line is here and the program has not ended: this is live, not a replay.
         assert (await http.get(f"/api/v1/tasks/{task_id}")).json()["status"] == "running"
+        assert (await http.put(f"/api/v1/sessions/{session}/files/go", content=b"")).status_code == 201
         frames += [frame async for frame in frame_lines]
     kinds = [f["event"] for f in frames]
     assert kinds[0] == "stage" and kinds[-1] == "exit"
@@ -125,21 +135,48 @@ async def test_run_text_streams_while_the_program_runs(http: httpx.AsyncClient) 
     assert rest == "second\n"
 
 
+# ------------------------------------------- a cancelled task's output, whole
+
+
+async def test_sse_follower_gets_the_whole_output_of_a_cancelled_task(http: httpx.AsyncClient) -> None:
+    body = {"language": "python", "code": SLEEPER, "limits": LONG_LIMITS}
+    task_id = (await http.post("/api/v1/execute", json=body)).json()["task_id"]
+    frames: list[dict[str, Any]] = []
+    async with http.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+        frame_lines = _frames(response.aiter_lines())
+        async for frame in frame_lines:
+            frames.append(frame)
+            if _output(frames) == "started\n":
+                break
+        assert (await http.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
+        frames += [frame async for frame in frame_lines]
+    assert _output(frames) == "started\n"
+    assert frames[-1]["event"] == "exit"
+    assert frames[-1]["data"]["stdout"] == "started\n"
+    assert frames[-1]["data"]["message"] == "cancelled by request"
+
+
+async def test_websocket_gets_the_whole_output_of_a_cancelled_task(
+    service: Service, base: str, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted = note_submits(service, monkeypatch)
+    async with connect(f"ws://{base}/api/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "run", "language": "python", "code": SLEEPER, "limits": LONG_LIMITS}))
+        await _stdout(ws, "started\n")
+        assert (await http.delete(f"/api/v1/tasks/{await submitted.get()}")).status_code == 200
+        ended = await _until(ws, "exit")
+    assert ended["result"]["stdout"] == "started\n"
+    assert ended["result"]["status"] == "signaled"
+    assert ended["result"]["message"] == "cancelled by request"
+
+
 # ------------------------------------------------------- clients that leave
 
 
 async def test_hanging_up_on_run_kills_the_run(
     service: Service, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The synchronous route does not tell the client its task id; learn it from the broker.
-    submitted: asyncio.Queue[str] = asyncio.Queue()
-    submit = service.broker.submit
-
-    async def noting_submit(spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:
-        submitted.put_nowait(spec.id)
-        return await submit(spec, idempotency_key=idempotency_key)
-
-    monkeypatch.setattr(service.broker, "submit", noting_submit)
+    submitted = note_submits(service, monkeypatch)  # the synchronous route does not tell the client its id
     body = {"language": "python", "code": SLEEPER, "limits": LONG_LIMITS}
     request = asyncio.create_task(http.post("/api/v1/run", json=body))
     task_id = await submitted.get()

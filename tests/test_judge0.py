@@ -135,7 +135,9 @@ async def test_client_compile_error(client: judge0.Client) -> None:
 
 
 async def test_client_time_limit_and_nzec(client: judge0.Client) -> None:
-    spin = await run_with(client, source_code="while True: pass", language=PYTHON, cpu_time_limit=0.5, cpu_extra_time=0)
+    # The wall limit far above the CPU limit: on a loaded machine 0.5 s of CPU can take many seconds.
+    limits = {"cpu_time_limit": 0.5, "cpu_extra_time": 0, "wall_time_limit": 60}
+    spin = await run_with(client, source_code="while True: pass", language=PYTHON, **limits)
     assert spin.status == judge0.Status.TIME_LIMIT_EXCEEDED
     assert spin.time >= 0.5
     failing = await run_with(client, source_code="import sys\nprint('partial')\nsys.exit(3)", language=PYTHON)

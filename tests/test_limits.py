@@ -83,7 +83,9 @@ def _last_int_line(text: str) -> int:
 
 
 async def test_cpu_burn_times_out_within_limit(engine: Engine, box: Box) -> None:
-    run = await run_job(engine, box, "python", "while True:\n    pass\n", limits=LimitRequest(time_limit=2))
+    # A wall limit far above the CPU limit: on a loaded machine 2 s of CPU can take many seconds.
+    limits = LimitRequest(time_limit=2, wall_time_limit=60)
+    run = await run_job(engine, box, "python", "while True:\n    pass\n", limits=limits)
     result = run.result
     assert result.status is Status.TIMEOUT, result
     assert "CPU" in result.message
@@ -355,7 +357,7 @@ async def test_output_past_an_exactly_full_cap_is_truncated(engine: Engine, box:
 
 
 async def test_pipe_sized_output_flood_hits_output_limit(engine: Engine, box: Box) -> None:
-    run = await run_job(engine, box, "python", PIPE_SIZED_FLOOD, limits=LimitRequest(max_output=64, wall_time_limit=2))
+    run = await run_job(engine, box, "python", PIPE_SIZED_FLOOD, limits=LimitRequest(max_output=64, wall_time_limit=10))
     result = run.result
     assert len(result.stdout) + len(result.stderr) == 64 * 1024
     # Not left to flood until the wall-clock limit ends it.
@@ -446,7 +448,7 @@ async def test_child_cpu_time_counts(engine: Engine, box: Box) -> None:
 
 
 async def test_raw_command_reports_exit_and_fields(box: Box, settings: Settings) -> None:
-    limits = settings.resolve_limits(LimitRequest(time_limit=1, wall_time_limit=2, memory_limit=64))
+    limits = settings.resolve_limits(LimitRequest(time_limit=1, wall_time_limit=10, memory_limit=64))
     result = await run_in(box, ["/bin/sh", "-c", "echo hi; echo err >&2; exit 4"], limits)
     assert result.status is Status.RUNTIME_ERROR, result
     assert result.exit_code == 4
@@ -547,7 +549,8 @@ int main(void) {
 
 # Limits no gcc survives (it runs cc1 and as beside itself, and writes a binary
 # larger than 1 KB) but a single-process program that writes nothing does.
-_TIGHT = LimitRequest(time_limit=0.5, wall_time_limit=2, memory_limit=8, max_processes=3, max_file_size=1)
+# The wall limit is far above the CPU limit: on a loaded machine 0.5 s of CPU can take many seconds.
+_TIGHT = LimitRequest(time_limit=0.5, wall_time_limit=60, memory_limit=8, max_processes=3, max_file_size=1)
 
 
 async def _run_c(

@@ -33,7 +33,7 @@ from sandlot.api.mcp_server import shutdown
 from sandlot.service import ApiKey, Service
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE
-from .test_http import live_server, running_service
+from .test_http import live_server, note_submits, running_service, wait_running
 
 SANDLOT = str(Path(sys.executable).with_name("sandlot"))
 ENV = {
@@ -307,6 +307,22 @@ async def test_http_tools() -> None:
             assert client.protocol_version != "2025-11-25"
             data = _structured(await client.call_tool("run_code", {"language": "python", "code": "print(6 * 7)"}))
             assert data["stdout"] == "42\n"
+
+
+async def test_http_run_code_answers_the_whole_output_of_a_cancelled_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "import time\nprint('started', flush=True)\ntime.sleep(30)\n"
+    async with running_service() as service, _mcp_app(service) as url, _http_client(url) as client:
+        submitted = note_submits(service, monkeypatch)
+        call = asyncio.create_task(client.call_tool("run_code", {"language": "python", "code": code}))
+        task_id = await submitted.get()
+        await wait_running(service, "public", task_id)  # its whole first line is out
+        assert await service.broker.cancel("public", task_id)  # as another door's cancel does
+        async with asyncio.timeout(30):
+            answer = await call
+    data = _structured(answer)
+    assert data["stdout"] == "started\n"
+    assert data["status"] == "signaled" and data["message"] == "cancelled by request"
+    assert _text(answer).startswith("status: cancelled (signaled)")
 
 
 async def test_http_requires_a_key_when_keys_are_configured() -> None:

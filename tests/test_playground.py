@@ -24,7 +24,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, as
 from sandlot.api.http import create_app
 from sandlot.service import Service
 
-from .test_http import live_server, running_service
+from .test_http import live_server, note_submits, running_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -269,6 +269,20 @@ async def test_stop_interrupts_then_cancels(visit: Visit) -> None:
     await page.get_by_role("button", name="Force stop").click()
     await visit.finished("cancelled")
     await expect(page.get_by_role("button", name="Run")).to_be_enabled()
+
+
+async def test_a_run_cancelled_elsewhere_says_cancelled(
+    visit: Visit, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted = note_submits(served.service, monkeypatch)
+    await visit.code("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    await visit.run()
+    await expect(visit.page.locator("#output")).to_contain_text("started")
+    assert await served.service.broker.cancel("public", await submitted.get())  # an API client's DELETE
+    await visit.finished("cancelled")  # not "signaled": the result's message says why it was killed
+    await expect(visit.page.locator("#status")).to_contain_text("Cancelled")
+    await expect(visit.page.locator("#status")).to_contain_text("cancelled by request")
+    await expect(visit.page.locator("#output")).to_contain_text("started")
 
 
 # ------------------------------------------------------------------ share links and sessions

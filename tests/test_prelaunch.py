@@ -83,7 +83,10 @@ async def test_the_runs_own_limits_apply(box: Box, settings: Settings) -> None:
     assert capped.stdout.strip() and int(capped.stdout) < 10
 
     box.prelaunch()
-    burn = await run_in(box, [_PY, "-c", "while True: pass"], _limits(settings, time_limit_s=1.0))
+    # A wall limit far above the CPU limit: on a loaded machine 1 s of CPU can take many seconds.
+    burn = await run_in(
+        box, [_PY, "-c", "while True: pass"], _limits(settings, time_limit_s=1.0, wall_time_limit_s=60.0)
+    )
     assert burn.status is Status.TIMEOUT
     assert "CPU" in burn.message
     assert 1.0 <= burn.cpu_time <= 1.15

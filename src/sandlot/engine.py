@@ -318,7 +318,7 @@ def _printable_name(name: str) -> str:
 
 
 def _compile_failure(compiled: Result) -> Result:
-    if compiled.status is Status.INTERNAL_ERROR:
+    if compiled.status is Status.INTERNAL_ERROR or compiled.cancelled:  # not the compiler's failure
         return compiled
     reason = compiled.message if compiled.status is not Status.RUNTIME_ERROR else "compilation failed"
     if compiled.status is not Status.RUNTIME_ERROR:

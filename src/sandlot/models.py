@@ -14,13 +14,19 @@ from typing import Any, Literal
 
 StreamName = Literal["stdout", "stderr"]
 
+# A cancelled task ends as SIGNALED (SIGKILL, which is what ended it) with a message that begins
+# with this word: "cancelled by request", "cancelled before it started". No status of its own:
+# to the status model a cancel is one more way a program is killed; doors that show a status
+# to people say "cancelled" (Result.cancelled).
+CANCELLED = "cancelled"
+
 
 class Status(enum.StrEnum):
     """The outcome of an execution; one enum, every door maps it."""
 
     OK = "ok"
     RUNTIME_ERROR = "runtime_error"  # the program exited non-zero
-    SIGNALED = "signaled"  # the program died of a signal we did not send
+    SIGNALED = "signaled"  # the program died of a signal; a cancel (our SIGKILL) says so: Result.cancelled
     TIMEOUT = "timeout"  # CPU or wall-clock limit; the message says which
     MEMORY_LIMIT = "memory_limit"  # the cgroup OOM killer fired
     OUTPUT_LIMIT = "output_limit"  # stdout+stderr exceeded max_output_bytes
@@ -78,6 +84,11 @@ class Result:
             "language": self.language,
             "message": self.message,
         }
+
+    @property
+    def cancelled(self) -> bool:
+        """Was the task ended by a cancel (a client's request, a server shutting its run down)?"""
+        return self.status is Status.SIGNALED and self.message.startswith(CANCELLED)
 
     @property
     def shell_exit_code(self) -> int:

@@ -60,6 +60,8 @@ def exec_error(result: Result) -> str | None:
         return None
     if status is Status.RUNTIME_ERROR and result.exit_code is not None:
         return f"exit status {result.exit_code}"
+    if result.cancelled:  # not "signal: killed": the kill was ours, on request
+        return result.message
     if status is Status.SIGNALED and result.signal is not None:
         description = signal.strsignal(result.signal) or f"signal {result.signal}"
         return f"signal: {description.lower()}"

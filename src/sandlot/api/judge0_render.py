@@ -10,6 +10,10 @@ Status mapping (our ``Status`` -> Judge0 CE status id):
     memory_limit 12 and output_limit 12 (Judge0 has no status of their own; the
        message says which) · internal_error 13 · rejected (only if the worker
        refuses what the door accepted) 13
+    cancelled (signaled, message "cancelled ...") 12 Runtime Error (Other): Judge0
+       cannot cancel a running submission, so it has no status for one; 12 is its
+       catch-all for a run ended by something other than its own exit (not 13
+       Internal Error: nothing failed), and ``message`` says "cancelled"
 
 Like isolate, a run whose CPU time exceeded ``cpu_time_limit`` is a Time Limit
 Exceeded even when ``cpu_extra_time`` let it finish. One deliberate departure:
@@ -169,6 +173,8 @@ def judge0_status(result: Result, submission: Submission | None, stdout: bytes) 
         return 6
     if status in (Status.INTERNAL_ERROR, Status.REJECTED):
         return 13
+    if result.cancelled:  # before the CPU check: what a cancelled run had used is no verdict
+        return 12
     if status is Status.TIMEOUT or (submission is not None and result.cpu_time > submission.cpu_time_limit):
         return 5
     if status is Status.SIGNALED:

@@ -308,6 +308,8 @@ def _label(event: OutputEvent) -> str:
 
 def _result_text(result: Result) -> str:
     head = f"status: {result.status.value}"
+    if result.cancelled:  # a person reads this: say what happened, not only which signal did it
+        head = f"status: cancelled ({result.status.value})"
     if result.exit_code is not None:
         head += f" (exit code {result.exit_code})"
     if result.signal is not None:

@@ -11,6 +11,14 @@ whole history from the start, then live events, ending with the exit event.
 Doors steer a running task through ``control`` messages (stdin, close-stdin, a
 signal, cancel) that the worker running it receives.
 
+The exit event is the one durable end of a task: once a subscriber sees it,
+it is stored and final. Whatever bookkeeping follows it (acknowledging the
+job, dead-lettering it) comes after, never before: a crash in between must
+leave a job to acknowledge later, never a job acknowledged without a result.
+So the bookkeeping is done when the call that stored the exit returns
+(``finish``, or the ``claim`` / ``reclaim`` that ended a task itself), not
+when a subscriber first sees the exit.
+
 Two implementations share this protocol: ``memory.MemoryBroker`` (embedded
 mode, one process) and, for the distributed mode, a Redis Streams broker.
 """

@@ -28,7 +28,10 @@ live worker's job is never taken: while it runs, the worker calls
 ``heartbeat`` every third of ``claim_idle_ms``, which resets the entry's idle
 time (XCLAIM with min-idle 0, only if the entry is still this consumer's), so
 ``claim_idle_ms`` bounds how long a dead worker's job waits, not how long a
-job may run.
+job may run. A job delivered ``max_deliveries`` times ("worker lost") is
+ended by the take that finds it so: the exit is stored first, then the entry
+acknowledged, both before that ``claim`` or ``reclaim`` step returns (the
+order of every finish; see the package's contract).
 
 Workers say they are alive with ``presence`` (a score in ``workers``, said
 every ``presence_interval_s``, at most 5 s, and expiring after three of them,

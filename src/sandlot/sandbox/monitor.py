@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandlot.errors import SandboxError
-from sandlot.models import Limits, OutputEvent, Result, Status, StreamName
+from sandlot.models import CANCELLED, Limits, OutputEvent, Result, Status, StreamName
 from sandlot.sandbox.cgroups import Cgroup, CgroupStats
 from sandlot.sandbox.launch import Launched, StdinSource, feed_stdin
 
@@ -129,16 +129,20 @@ class RunMonitor:
                 self.kill("output")
             return True
 
+        def drain_now() -> None:
+            """Read stdout and stderr up to what they hold right now (no wait for EOF)."""
+            while "stdout" in open_streams and reader("stdout", pipes.stdout):
+                pass
+            while "stderr" in open_streams and reader("stderr", pipes.stderr):
+                pass
+
         def program_done() -> None:
             # The init reports only after reaping every process of the run: all output is
             # already in the pipes. Drain them now; the jail's teardown happens after the Result.
             if done.is_set():
                 return
             ended_at.append(time.monotonic())
-            while "stdout" in open_streams and reader("stdout", pipes.stdout):
-                pass
-            while "stderr" in open_streams and reader("stderr", pipes.stderr):
-                pass
+            drain_now()
             done.set()
 
         loop.add_reader(pidfd, on_exit)
@@ -171,14 +175,15 @@ class RunMonitor:
             waiters: set[asyncio.Future[Any]] = {done_wait, exited}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not done.is_set():
+                # Killed (cancel, a limit) or died: what the box wrote before is in the pipes,
+                # and the readers take it up to EOF, which comes once the last holder is gone.
                 done_wait.cancel()
-                try:
-                    async with asyncio.timeout(_DRAIN_GRACE_S):
-                        await streams_done.wait()
-                except TimeoutError:
-                    self.kill("stray")  # something still holds a pipe: end it
-                    async with asyncio.timeout(_DRAIN_GRACE_S):
-                        await streams_done.wait()
+                if not await _wait_event(streams_done, _DRAIN_GRACE_S):
+                    self.kill("stray")  # something of the box's still holds a pipe: end it
+                    if not await _wait_event(streams_done, _DRAIN_GRACE_S):
+                        # Nothing of the box is left, yet no EOF: a holder outside it. Everything the
+                        # box wrote is in the pipes by now; take it and end instead of waiting for ever.
+                        drain_now()
             queue.put_nowait(None)
 
         pump = asyncio.ensure_future(pump_until_exit())
@@ -232,6 +237,14 @@ class RunMonitor:
         return loop.time() + self.limits.wall_time_limit_s - (time.monotonic() - self.started)
 
 
+async def _wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for event up to timeout_s; True if it is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
+
+
 def _program_done(raw: bytearray) -> bool:
     """Has the init sent its final report (a complete "X" line)?"""
     return any(line.startswith(b"X ") for line in bytes(raw).split(b"\n")[:-1])
@@ -272,6 +285,11 @@ def classify(
         memory_peak=memory_peak,
         truncated=state.truncated,
     )
+    if state.kill_reason == "cancelled" and not started:
+        # Cancelled while the box was still being set up: the cancel ended it, not a sandbox failure.
+        return dataclasses.replace(
+            measured, status=Status.SIGNALED, signal=signal.SIGKILL, message=f"{CANCELLED} by request"
+        )
     if not started or exec_error is not None:
         detail = (
             exec_error
@@ -303,7 +321,7 @@ def classify(
     if state.kill_reason == "wall":
         return with_status(Status.TIMEOUT, f"wall-clock time limit exceeded ({limits.wall_time_limit_s:g} s)")
     if state.kill_reason == "cancelled":
-        return with_status(Status.SIGNALED, "cancelled by request")
+        return with_status(Status.SIGNALED, f"{CANCELLED} by request")
     if state.kill_reason == "output":
         return with_status(Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.max_output_bytes} bytes)")
     if oom_kills:

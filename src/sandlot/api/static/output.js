@@ -91,6 +91,11 @@ export function createStatusLine(element) {
       element.replaceChildren(name, ...details.map((d) => ` · ${d}`));
     },
     showResult(result) {
+      // A cancel ends a run as "signaled" (SIGKILL); its message says "cancelled ...": say that.
+      if (result.status === "signaled" && (result.message || "").startsWith("cancelled")) {
+        this.show("cancelled", "Cancelled", resultDetails(result));
+        return;
+      }
       this.show(result.status, STATUS_LABELS[result.status] || result.status, resultDetails(result));
     },
   };
