@@ -54,6 +54,18 @@ async def test_the_program_runs_on_gvisors_kernel_not_the_hosts(gvisor_box: Box,
     assert int(uid) == gvisor_box.slot.uid  # the slot's own uid: files it writes are that uid's on the host
 
 
+async def test_the_cpu_limit_is_the_hosts_to_enforce_not_gvisors_clock(gvisor_box: Box, settings: Settings) -> None:
+    """gVisor's task clocks run ahead of the cgroup's CPU counter on a busy host (preempted time counts), so
+    its RLIMIT_CPU must not be what ends a run: the backstop sits past the wall limit, the watchdog decides."""
+    limits = dataclasses.replace(settings.run_defaults, time_limit_s=2.0, wall_time_limit_s=10.0)
+    try:
+        result = await run_in(gvisor_box, ["/bin/sh", "-c", "ulimit -t"], limits)
+    finally:
+        gvisor_box.close()
+    assert result.status is Status.OK, result
+    assert int(result.stdout) > limits.wall_time_limit_s, result.stdout
+
+
 async def test_every_host_process_of_the_sandbox_is_in_the_box_cgroup_and_none_survives(
     sandbox: Sandbox, gvisor_box: Box, settings: Settings
 ) -> None:

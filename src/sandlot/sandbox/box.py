@@ -521,8 +521,14 @@ class Box:
         rlimits = {"core": 0, "nofile": s.open_files, "stack": s.stack_bytes}
         if limits is not None:
             rlimits["fsize"] = limits.max_file_size_bytes
-            # A backstop only: the CPU watchdog, summed over all processes, fires first.
+            # A backstop only: the CPU watchdog, summed over all processes from the cgroup, fires first.
             rlimits["cpu"] = math.ceil(limits.time_limit_s) + 1
+            if self.isolation == "gvisor":
+                # gVisor's task clocks, which its RLIMIT_CPU reads, count time a task was runnable but
+                # preempted by the host: on a busy host they ran 2-3x ahead of the cgroup's counter and
+                # SIGXCPU ended runs at 1.1 s of real CPU under a 2 s limit. There the backstop sits past
+                # the wall limit (twice it: the clocks sum threads), so the host's watchdogs decide.
+                rlimits["cpu"] = 2 * math.ceil(limits.wall_time_limit_s) + 1
             if self.isolation == "gvisor":
                 # The cgroup's pids limit counts gVisor's host threads, not the program's tasks: gVisor's
                 # own RLIMIT_NPROC (per uid, threads included) does. The program's first task was forked
