@@ -427,9 +427,13 @@ print("parent done")
 async def test_cpu_time_is_measured(engine: Engine, box: Box) -> None:
     run = await run_job(engine, box, "python", CPU_HALF_SECOND, limits=LimitRequest(time_limit=2))
     assert run.result.status is Status.OK, run.result
-    # Under gVisor the figure includes gVisor's own kernel starting the program (docs/security.md).
-    overhead = 0.6 if box.isolation == "gvisor" else 0.0
-    assert 0.4 <= run.result.cpu_time <= 0.7 + overhead, run.result.cpu_time
+    if box.isolation == "jail":
+        assert 0.4 <= run.result.cpu_time <= 0.7, run.result.cpu_time
+    else:
+        # The figure is the host's (the cgroup): it includes gVisor's own kernel starting the program
+        # (docs/security.md), and the program's own clock, gVisor's, counts preempted time on a busy host,
+        # so its 0.5 s may be less host CPU (0.37 s seen at load 6): no lower bound but a real one.
+        assert 0.1 <= run.result.cpu_time <= 1.3, run.result.cpu_time
 
 
 async def test_memory_peak_is_measured(engine: Engine, box: Box) -> None:
