@@ -521,3 +521,19 @@ def test_distributed_commands_without_redis_are_usage_errors(args: tuple[str, ..
     lines = proc.stderr.decode().splitlines()
     assert (proc.returncode, len(lines)) == (2, 1), proc.stderr
     assert lines[0].startswith("sandlot: " + needs), lines[0]
+
+
+# ------------------------------------------------------------ source names
+
+
+@pytest.mark.parametrize("name", ["Hello.java", "greeting.java"])
+def test_java_public_class_in_any_file_name(tmp_path: Path, name: str) -> None:
+    code = 'public class Hello {\n    public static void main(String[] a) { System.out.println("hi " + a[0]); }\n}\n'
+    proc = _sandlot("run", _write(tmp_path, name, code), "--", "there")
+    assert (proc.returncode, proc.stdout) == (0, b"hi there\n"), proc.stderr
+
+
+def test_python_traceback_names_the_users_file(tmp_path: Path) -> None:
+    proc = _sandlot("run", _write(tmp_path, "hello.py", "print('a')\nraise ValueError('boom')\n"))
+    assert proc.returncode == 1
+    assert b'File "/box/hello.py", line 2' in proc.stderr, proc.stderr

@@ -144,8 +144,9 @@ class Engine:
 
         lang = prepared.language
         job = prepared.job
-        user_name = _printable_name(job.user_file_name or lang.source_file)
-        self._write_sources(box, lang, job.files)
+        source = lang.source_name(job.user_file_name, job.files[0].content)
+        user_name = _printable_name(job.user_file_name or source.file)
+        self._write_sources(box, source.file, job.files)
         binds = self._binds(lang, box)
         stages: list[tuple[str, Result]] = []
 
@@ -154,14 +155,18 @@ class Engine:
             yield stamp(StageEvent("compile"))
             compiled: Result | None = None
             compile_run = box.run(
-                lang.compile, limits=prepared.compile_limits, env=lang.env, binds=binds, stage="compile"
+                lang.argv(lang.compile, source),
+                limits=prepared.compile_limits,
+                env=lang.env,
+                binds=binds,
+                stage="compile",
             )
             async with contextlib.aclosing(compile_run) as items:
                 async for item in items:
                     if isinstance(item, Result):
                         compiled = item
             assert compiled is not None
-            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, user_name)
+            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
             compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
             stages.append(("compile", compiled))
             if compile_output:
@@ -174,7 +179,7 @@ class Engine:
         if job.commands:
             plan = [(f"command {i + 1}", ["/bin/bash", "-c", cmd]) for i, cmd in enumerate(job.commands)]
         else:
-            plan = [("run", [*lang.run, *job.args])]
+            plan = [("run", [*lang.argv(lang.run, source), *job.args])]
         for index, (name, argv) in enumerate(plan):
             yield stamp(StageEvent(name))
             stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
@@ -234,10 +239,10 @@ class Engine:
             fetched.append((path, content))
         return fetched
 
-    def _write_sources(self, box: Box, lang: Language, files: tuple[SourceFile, ...]) -> None:
-        names = [lang.source_file] + [f.name for f in files[1:]]
+    def _write_sources(self, box: Box, main_name: str, files: tuple[SourceFile, ...]) -> None:
+        names = [main_name] + [f.name for f in files[1:]]
         if len(set(names)) != len(names):
-            raise RejectedError(f"duplicate file names (the main file is stored as {lang.source_file})", field="files")
+            raise RejectedError(f"duplicate file names (the main file is stored as {main_name})", field="files")
         for name, f in zip(names, files, strict=False):
             box.write_file(name, f.content)
 
@@ -266,10 +271,9 @@ def _compile_failure(compiled: Result) -> Result:
     )
 
 
-def _rewrite_compile_output(raw: bytes, lang: Language, user_name: str) -> bytes:
-    """Show the user's file name instead of our paths; drop lines that only show internals."""
+def _rewrite_compile_output(raw: bytes, lang: Language, src: str, user_name: str) -> bytes:
+    """Show the user's file name instead of our paths (``src`` is the name in the box); drop internals."""
     text = raw.decode("utf-8", "replace")
-    src = lang.source_file
     for internal in (f"{BOX_WORKDIR}/{src}", f"./{src}"):
         text = text.replace(internal, user_name)
     if user_name != src:

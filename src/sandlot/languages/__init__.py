@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandlot.errors import ConfigError, RejectedError
+from sandlot.languages.naming import SOURCE_NAMING, SourceName, choose
 
 _VERSION_TIMEOUT_S = 20
 _WARM_TIMEOUT_S = 300
@@ -57,6 +58,15 @@ class Language:
     cache: CacheSpec | None = None
     drop_compile_lines: tuple[str, ...] = ()
     sample: str = ""
+    source_naming: str = "user"  # see sandlot/languages/naming.py
+
+    def source_name(self, user_name: str | None, code: bytes) -> SourceName:
+        """The main source's name in the box and the entry point, for this job's file name and code."""
+        return choose(self.source_naming, self.source_file, self.extensions, user_name, code)
+
+    def argv(self, template: tuple[str, ...], source: SourceName) -> list[str]:
+        """A compile or run command with ``{source}`` and ``{main_class}`` filled in."""
+        return [arg.replace("{source}", source.file).replace("{main_class}", source.main_class) for arg in template]
 
     def describe(self, version: str) -> dict[str, Any]:
         """What the doors and `sandlot languages` show of the language."""
@@ -120,6 +130,9 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
             str(stdout_name) if stdout_name else None,
         )
     compile_cmd = _tuple(data, "compile", where) or None
+    naming = str(data.get("source_naming", "user"))
+    if naming not in SOURCE_NAMING:
+        raise ConfigError(f"{where}.source_naming: must be one of {', '.join(SOURCE_NAMING)}")
     return Language(
         name=name,
         display_name=str(data.get("display_name", name)),
@@ -136,6 +149,7 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
         cache=cache,
         drop_compile_lines=_tuple(data, "drop_compile_lines", where),
         sample=str(data.get("sample", "")).lstrip("\n"),
+        source_naming=naming,
     )
 
 
