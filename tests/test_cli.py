@@ -146,11 +146,77 @@ def test_stdin_from_dash(tmp_path: Path) -> None:
     assert proc.stdout == b"'piped in\\n'\n[]\n"
 
 
+def test_piped_stdin_is_forwarded_by_default(tmp_path: Path) -> None:
+    prog = _write(tmp_path, "echo.py", _ECHO)
+    proc = _sandlot("run", prog, stdin=b"5\n")  # echo 5 | sandlot run echo.py
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"'5\\n'\n[]\n"
+
+
+def test_redirected_file_stdin_is_forwarded_by_default(tmp_path: Path) -> None:
+    prog = _write(tmp_path, "echo.py", _ECHO)
+    with _write(tmp_path, "in.txt", "from a file\n").open("rb") as redirected:  # sandlot run echo.py < in.txt
+        proc = subprocess.run(
+            [str(_SANDLOT), "run", str(prog)],
+            stdin=redirected,
+            capture_output=True,
+            env=_env(),
+            timeout=_TIMEOUT_S,
+            check=False,
+        )
+    assert (proc.returncode, proc.stdout) == (0, b"'from a file\\n'\n[]\n"), proc.stderr
+
+
 def test_no_stdin_flag_means_empty_stdin(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
-    proc = _sandlot("run", prog, stdin=b"not for the program\n")
+    proc = _sandlot("run", prog, "--no-stdin", stdin=b"not for the program\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"''\n[]\n"
+
+
+def test_stdin_and_no_stdin_together_are_a_usage_error(tmp_path: Path) -> None:
+    prog = _write(tmp_path, "echo.py", _ECHO)
+    proc = _sandlot("run", prog, "--no-stdin", "--stdin", "-")
+    assert proc.returncode == 2
+    assert "--no-stdin" in _assert_one_line(proc.stderr)
+
+
+def _read_until(fd: int, wanted: bytes) -> bytes:
+    """Read a pty's master side until ``wanted`` shows up (or the other side is gone: EIO)."""
+    seen = b""
+    while wanted not in seen:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+def test_terminal_stdin_is_live(tmp_path: Path) -> None:
+    """At a terminal the program asks, the user answers, the program reads the answer: no Ctrl-D needed."""
+    prog = _write(tmp_path, "ask.py", "name = input('name? ')\nprint('hello ' + name)\nprint(repr(input()))\n")
+    master, slave = os.openpty()
+    with subprocess.Popen(
+        [str(_SANDLOT), "run", str(prog)], stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=_env()
+    ) as proc:
+        os.close(slave)
+        try:
+            prompt = _read_until(master, b"name? ")
+            assert prompt.endswith(b"name? "), (prompt, proc.stderr)
+            assert proc.poll() is None  # it waits for the answer, it did not get EOF
+            os.write(master, b"Ada\n")
+            answer = _read_until(master, b"hello Ada")
+            os.write(master, b"second line\n")
+            rest = _read_until(master, b"'second line'")
+            stderr = proc.stderr.read() if proc.stderr else b""
+        finally:
+            os.close(master)
+    assert b"hello Ada" in answer, answer
+    assert b"'second line'" in rest, rest
+    assert proc.returncode == 0, stderr
 
 
 def test_args_after_double_dash(tmp_path: Path) -> None:

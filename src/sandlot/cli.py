@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from sandlot import __version__
+from sandlot import __version__, cli_stdin
 from sandlot.cli_client import result, submit
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
@@ -74,6 +74,7 @@ def run(
     args: tuple[str, ...],
     language: str | None,
     stdin_path: str | None,
+    no_stdin: bool,
     time_limit: float | None,
     wall_time_limit: float | None,
     memory_limit: int | None,
@@ -90,13 +91,13 @@ def run(
         languages = LanguageRegistry.load(settings.languages_file)
         lang = languages.get(language) if language else languages.for_file(file.name)
         source = read_input(file, "FILE")
-        stdin = (
-            b""
-            if stdin_path is None
-            else (sys.stdin.buffer.read() if stdin_path == "-" else read_input(Path(stdin_path), "--stdin"))
-        )
+        stdin = cli_stdin.choose(stdin_path, no_stdin, live=True)
         job = Job(
-            language=lang.name, files=(SourceFile(file.name, source),), stdin=stdin, args=args, user_file_name=file.name
+            language=lang.name,
+            files=(SourceFile(file.name, source),),
+            stdin=stdin if isinstance(stdin, bytes) else b"",
+            args=args,
+            user_file_name=file.name,
         )
         engine = Engine(settings, languages)
         prepared = engine.prepare(job, limits)
@@ -107,13 +108,16 @@ def run(
         fail(f"sandlot: configuration error: {exc}")
         return
     try:
-        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail"))
+        live_fd = stdin if isinstance(stdin, int) else None
+        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail", live_fd))
     except BrokenPipeError:
         reader_left()  # the run was already ended and its box released on the way out
     finish(result, as_json)
 
 
-async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation: str) -> Result:
+async def _run_streaming(
+    engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None
+) -> Result:
     from sandlot.sandbox import Sandbox
 
     loop = asyncio.get_running_loop()
@@ -132,7 +136,8 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation
     try:
         # aclosing: if writing fails (a closed pipe), the run is ended and its cgroup
         # released here, before the box is closed below.
-        async with contextlib.aclosing(engine.execute(prepared, box)) as events:
+        stdin = None if live_stdin_fd is None else cli_stdin.live(live_stdin_fd)
+        async with contextlib.aclosing(engine.execute(prepared, box, stdin=stdin)) as events:
             async for event in events:
                 if isinstance(event, OutputEvent) and not as_json:
                     stream = out if event.stream == "stdout" and event.stage == "run" else err

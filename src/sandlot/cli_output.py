@@ -98,7 +98,13 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 # The program and its limits, as `run` and `submit` take them (the CLI contract's names and units).
 program_options = _options(
     click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension)."),
-    click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin."),
+    click.option(
+        "--stdin",
+        "stdin_path",
+        default=None,
+        help="File to feed as stdin, or - for sandlot's own (the default; submit skips a terminal).",
+    ),
+    click.option("--no-stdin", is_flag=True, help="Give the program an empty stdin (EOF at once)."),
     click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds."),
     click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds."),
     click.option("--memory-limit", type=int, default=None, help="Memory limit, MB."),
