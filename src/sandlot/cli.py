@@ -99,7 +99,7 @@ def run(
             args=args,
             user_file_name=file.name,
         )
-        engine = Engine(settings, languages)
+        engine = Engine(settings, languages, notice=_notice)
         prepared = engine.prepare(job, limits)
     except RejectedError as exc:
         finish_rejected(str(exc), language or "", as_json)
@@ -115,6 +115,11 @@ def run(
     finish(result, as_json)
 
 
+def _notice(message: str) -> None:
+    """A first use is slow (a cache being warmed): say so on stderr rather than sit silent."""
+    click.echo(f"sandlot: {message}...", err=True)
+
+
 async def _run_streaming(
     engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None
 ) -> Result:
@@ -128,7 +133,11 @@ async def _run_streaming(
     try:
         sandbox = Sandbox(engine.settings)
         box = await asyncio.to_thread(sandbox.open_box, None, isolation=isolation)
-    except (ConfigError, SandboxError) as exc:
+    except ConfigError as exc:  # the host's set-up, not the program: says what to change
+        return Result(
+            status=Status.INTERNAL_ERROR, message=f"configuration error: {exc}", language=prepared.language.name
+        )
+    except SandboxError as exc:
         return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
     out: BinaryIO = sys.stdout.buffer
     err: BinaryIO = sys.stderr.buffer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -225,3 +226,26 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         if raw_env is not None:
             values[f.name] = _coerce(f.name, raw_env, getattr(base, f.name))
     return dataclasses.replace(base, extra=extra, **values)
+
+
+def check_state_dir_reachable(state_dir: Path) -> None:
+    """Refuse a state dir that box users cannot reach, at start-up rather than on every run.
+
+    Boxes run as unprivileged uids of their own, and bubblewrap (running as one)
+    binds files from under the state dir: every directory above it must be
+    searchable by others (o+x). A state dir under a 0700 home or a ``mktemp -d``
+    would otherwise start fine and then fail every run with "Can't find source path".
+    """
+    path = Path(os.path.realpath(state_dir))  # the directories the kernel walks, links resolved
+    for parent in reversed(path.parents):
+        try:
+            mode = os.stat(parent).st_mode
+        except FileNotFoundError:
+            return  # created below by sandlot itself, searchable
+        except OSError as exc:
+            raise ConfigError(f"state_dir {path}: cannot inspect {parent}: {exc.strerror}") from exc
+        if not mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"state_dir {path} is unreachable for the boxes' users: {parent} is mode {stat.S_IMODE(mode):04o}; "
+                f"run `chmod o+x {parent}` or set SANDLOT_STATE_DIR outside it (default /var/lib/sandlot)"
+            )

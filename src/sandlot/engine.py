@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +67,12 @@ def rejected(message: str, language: str = "") -> Result:
 class Engine:
     """Stateless apart from its collaborators; one per process."""
 
-    def __init__(self, settings: Settings, languages: LanguageRegistry) -> None:
+    def __init__(
+        self, settings: Settings, languages: LanguageRegistry, *, notice: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
         self.languages = languages
+        self._notice = notice  # hears what makes a first use slow (a cache being warmed)
 
     def prepare(
         self,
@@ -207,7 +210,7 @@ class Engine:
         """Warm every offered language's shared cache now (start-up), not on a first request."""
         for lang in self.languages.offered():
             if lang.cache is not None:
-                warm_cache(lang, self.settings.state_dir / "cache")
+                warm_cache(lang, self.settings.state_dir / "cache", self._notice)
 
     def prelaunch_binds(self, box: Box) -> list[Bind]:
         """Every bind any offered language needs, so one pre-launched jail serves them all.
@@ -223,7 +226,7 @@ class Engine:
     def _binds(self, lang: Language, box: Box) -> list[Bind]:
         binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
         if lang.cache is not None:
-            lower = warm_cache(lang, self.settings.state_dir / "cache")
+            lower = warm_cache(lang, self.settings.state_dir / "cache", self._notice)
             binds.append(box.cow_bind(lang.cache.name, lower, lang.cache.dest))
         return binds
 

@@ -39,6 +39,7 @@ class CacheSpec:
     dest: str
     warm: tuple[str, ...]
     warm_stdout: str | None = None  # save warm's stdout here, host cache path rewritten to dest
+    warm_usual_s: int = 0  # how long warming usually takes, for the first-use notice
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
             str(raw["dest"]),
             _tuple(raw, "warm", where + ".cache"),
             str(stdout_name) if stdout_name else None,
+            int(raw.get("warm_usual_s", 0)),
         )
     compile_cmd = _tuple(data, "compile", where) or None
     naming = str(data.get("source_naming", "user"))
@@ -223,8 +225,11 @@ class LanguageRegistry:
         return {lang.name: self._versions[lang.name] for lang in self.offered()}
 
 
-def warm_cache(lang: Language, cache_root: Path) -> Path:
-    """Return the language's warm cache directory, warming it once per host (flock-guarded)."""
+def warm_cache(lang: Language, cache_root: Path, notice: Callable[[str], None] | None = None) -> Path:
+    """Return the language's warm cache directory, warming it once per host (flock-guarded).
+
+    ``notice`` hears one line before a (slow) warming or a wait for another process's.
+    """
     assert lang.cache is not None
     cache_root.mkdir(parents=True, exist_ok=True)
     os.chmod(cache_root, 0o700)  # only root (and overlays it mounts) reach the caches
@@ -232,6 +237,9 @@ def warm_cache(lang: Language, cache_root: Path) -> Path:
     marker = cache_root / f"{lang.cache.name}.warm"
     if marker.exists():
         return target
+    if notice is not None:
+        usual = f"; usually about {lang.cache.warm_usual_s} s" if lang.cache.warm_usual_s else ""
+        notice(f"preparing the {lang.display_name} build cache (first use on this host only{usual})")
     with open(cache_root / f"{lang.cache.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.exists():
