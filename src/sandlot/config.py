@@ -20,6 +20,7 @@ from typing import Any
 from sandlot.errors import ConfigError, RejectedError
 from sandlot.models import Limits
 
+CLI_FLAGS = "--"  # resolve_limits(where=CLI_FLAGS): name limits as the CLI's flags
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -118,7 +119,11 @@ class Settings:
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections other layers own
 
     def resolve_limits(self, request: LimitRequest | None, *, stage: str = "run", where: str | None = None) -> Limits:
-        """Fill defaults and reject values out of range, naming the limit (``where.name`` if given)."""
+        """Fill defaults and reject values out of range, naming the limit.
+
+        Named ``where.name`` if given (a request's field), ``--name-with-dashes`` for
+        ``where=CLI_FLAGS`` (the command line's flag), else plain ``name``.
+        """
         defaults, maxima = (
             (self.compile_defaults, self.compile_maxima) if stage == "compile" else (self.run_defaults, self.run_maxima)
         )
@@ -127,7 +132,7 @@ class Settings:
         req = request
 
         def pick(name: str, given: float | None, default: float, maximum: float, unit: str, scale: int) -> float:
-            name = f"{where}.{name}" if where else name
+            name = "--" + name.replace("_", "-") if where == CLI_FLAGS else f"{where}.{name}" if where else name
             if given is None:
                 return default
             if not math.isfinite(given) or given <= 0:

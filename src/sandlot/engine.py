@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.config import LimitRequest, Settings
+from sandlot.config import CLI_FLAGS, LimitRequest, Settings
 from sandlot.errors import RejectedError
 from sandlot.languages import Language, LanguageRegistry, warm_cache
 from sandlot.models import (
@@ -85,7 +85,7 @@ class Engine:
         """Validate everything a door accepted; raises RejectedError naming the field.
 
         With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
-        (request doors); without, just ``x`` (the CLI's flags).
+        (request doors); without, the CLI's flag (``--time-limit``).
         """
         language = self.languages.get(job.language)
         if not job.files:
@@ -126,7 +126,7 @@ class Engine:
             job=job,
             language=language,
             limits=job.limits
-            or self.settings.resolve_limits(limits, stage="run", where="limits" if qualify_fields else None),
+            or self.settings.resolve_limits(limits, stage="run", where="limits" if qualify_fields else CLI_FLAGS),
             compile_limits=job.compile_limits
             or self.settings.resolve_limits(
                 compile_limits, stage="compile", where="compile_limits" if qualify_fields else None
