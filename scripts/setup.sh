@@ -23,6 +23,7 @@ APT_PACKAGES=(
     prometheus                                  # the metrics test scrapes a real server
     chromium                                    # the playground tests drive it (via Playwright)
     redis-server                                # the Redis broker's tests start their own
+    hyperfine                                   # benchmarks/cli_startup.py times the CLI with it
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from sandlot import __version__, cli_stdin
-from sandlot.cli_client import result, submit
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
     fail,
@@ -52,7 +52,27 @@ def _settings(ctx: click.Context) -> Settings:
     return load_settings(config)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands whose modules load only when they run: a local ``run`` never imports the HTTP client.
+
+    (A CLI called once per test by a judge pays every import on every call.)
+    """
+
+    _lazy = {"submit": "sandlot.cli_client:submit", "result": "sandlot.cli_client:result"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self._lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, name = self._lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sandlot")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
 @click.pass_context
@@ -328,12 +348,6 @@ def mcp(ctx: click.Context, pool_size: int | None) -> None:
         asyncio.run(serve_stdio(settings, server))
     except (ConfigError, SandboxError) as exc:
         fail(f"sandlot: cannot serve MCP: {exc}")
-
-
-# ------------------------------------------------------ a server's client
-
-main.add_command(submit)
-main.add_command(result)
 
 
 def entrypoint() -> None:
