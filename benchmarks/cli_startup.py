@@ -2,10 +2,10 @@
 
 Judges and scripts call the CLI once per test, so the whole process counts:
 interpreter start, sandlot's imports, the cold box and the program. hyperfine
-(Debian package ``hyperfine``) runs both commands interleaved in one session,
-so both see the same machine noise; this prints their means and the ratio,
-then the import cost of ``sandlot.cli`` alone (``python -X importtime``, the
-median of several fresh interpreters) next to the bare interpreter's start.
+(Debian package ``hyperfine``) runs both commands back to back in one session;
+this prints their mean wall time and CPU time (user+system, which a loaded
+machine disturbs less) and the ratios, then the import cost of ``sandlot.cli``
+alone (``python -X importtime``, the median of several fresh interpreters).
 
     sudo .venv/bin/python benchmarks/cli_startup.py [--runs 50]
 """
@@ -26,8 +26,8 @@ HELLO = "print('hello')\n"
 _IMPORT_SAMPLES = 15
 
 
-def _hyperfine(commands: list[str], runs: int) -> list[float]:
-    """Mean seconds of each command, measured by hyperfine in one interleaved session."""
+def _hyperfine(commands: list[str], runs: int) -> list[tuple[float, float]]:
+    """(mean wall seconds, mean CPU seconds) of each command, measured by hyperfine in one session."""
     with tempfile.NamedTemporaryFile(suffix=".json") as export:
         subprocess.run(
             [
@@ -46,7 +46,7 @@ def _hyperfine(commands: list[str], runs: int) -> list[float]:
             stdout=subprocess.DEVNULL,
         )
         data = json.loads(Path(export.name).read_text())
-    return [float(result["mean"]) for result in data["results"]]
+    return [(float(r["mean"]), float(r["user"]) + float(r["system"])) for r in data["results"]]
 
 
 def _import_ms(python: str, module: str) -> float:
@@ -74,10 +74,11 @@ def main() -> None:
         hello.write_text(HELLO)
         bare_cmd, sandlot_cmd = f"/usr/bin/python3 {hello}", f"{sandlot} run {hello}"
         bare, boxed = _hyperfine([bare_cmd, sandlot_cmd], args.runs)
-    print(f"{'command':<36} {'mean':>10}")
-    print(f"{'python3 hello.py (bare)':<36} {bare * 1000:>8.1f} ms")
-    print(f"{'sandlot run hello.py':<36} {boxed * 1000:>8.1f} ms")
-    print(f"ratio {boxed / bare:.2f}x, overhead +{(boxed - bare) * 1000:.1f} ms")
+    print(f"{'command':<28} {'wall (mean)':>12} {'CPU (mean)':>12}")
+    for name, (wall, cpu) in (("python3 hello.py (bare)", bare), ("sandlot run hello.py", boxed)):
+        print(f"{name:<28} {wall * 1000:>9.1f} ms {cpu * 1000:>9.1f} ms")
+    extra_ms = (boxed[0] - bare[0]) * 1000
+    print(f"ratio: wall {boxed[0] / bare[0]:.2f}x (+{extra_ms:.1f} ms), CPU {boxed[1] / bare[1]:.2f}x")
     print(f"import sandlot.cli: {_import_ms(sys.executable, 'sandlot.cli'):.1f} ms (median of {_IMPORT_SAMPLES})")
 
 
