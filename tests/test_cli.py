@@ -8,10 +8,12 @@ shape. Every test here runs the installed console script, so real sandboxes run.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,38 @@ def test_no_stdin_flag_means_empty_stdin(tmp_path: Path) -> None:
     assert proc.stdout == b"''\n[]\n"
 
 
+def _take_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # in the child, stdin (a pty) becomes its controlling terminal
+
+
+# A new session whose controlling terminal is the child's stdin: what a login shell's session looks like.
+_CONTROLLING_TERMINAL: dict[str, Any] = {"start_new_session": True, "preexec_fn": _take_terminal}
+
+
+def test_a_background_run_does_not_read_the_terminal(tmp_path: Path) -> None:
+    """`sandlot run x.py &` at a shell: the terminal belongs to the foreground job; reading it would stop us."""
+    prog = _write(tmp_path, "echo.py", _ECHO)
+    master, slave = os.openpty()
+    # The pty is the controlling terminal of a job-control shell, which stays in the foreground; its
+    # background job keeps the terminal as stdin (bash -m), as at an interactive prompt.
+    command = ["bash", "-mc", '"$@" & wait $!', "bash", str(_SANDLOT), "run", str(prog)]
+    try:
+        proc = subprocess.run(
+            command,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=_env(),
+            timeout=_TIMEOUT_S,
+            check=False,
+            **_CONTROLLING_TERMINAL,
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert (proc.returncode, proc.stdout) == (0, b"''\n[]\n")
+
+
 def test_stdin_and_no_stdin_together_are_a_usage_error(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     proc = _sandlot("run", prog, "--no-stdin", "--stdin", "-")
@@ -199,8 +233,9 @@ def test_terminal_stdin_is_live(tmp_path: Path) -> None:
     """At a terminal the program asks, the user answers, the program reads the answer: no Ctrl-D needed."""
     prog = _write(tmp_path, "ask.py", "name = input('name? ')\nprint('hello ' + name)\nprint(repr(input()))\n")
     master, slave = os.openpty()
+    command = [str(_SANDLOT), "run", str(prog)]  # in the foreground of its terminal, as typed at a shell
     with subprocess.Popen(
-        [str(_SANDLOT), "run", str(prog)], stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=_env()
+        command, stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=_env(), **_CONTROLLING_TERMINAL
     ) as proc:
         os.close(slave)
         try:
@@ -546,6 +581,7 @@ def test_help_lists_run_options() -> None:
     for option in (
         "--language",
         "--stdin",
+        "--no-stdin",
         "--time-limit",
         "--wall-time-limit",
         "--memory-limit",

@@ -49,10 +49,12 @@ def choose(stdin_path: str | None, no_stdin: bool, *, live: bool) -> StdinChoice
     if fd is None:
         return b""
     mode = os.fstat(fd).st_mode
-    streamable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
-    if live and streamable:
+    terminal = os.isatty(fd)
+    if terminal and stdin_path is None and not _in_foreground(fd):
+        return b""  # `sandlot run x.py &`: reading the terminal would stop us (SIGTTIN)
+    if live and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or terminal):
         return fd
-    if os.isatty(fd) and stdin_path is None:
+    if terminal and stdin_path is None:
         return b""  # submit at a terminal: nothing to send (see the module docstring)
     return _read_whole(fd)
 
@@ -80,6 +82,13 @@ async def live(fd: int) -> AsyncIterator[bytes | None]:
         if not data:
             return
         yield data
+
+
+def _in_foreground(fd: int) -> bool:
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return True  # a terminal that is not our controlling one cannot stop us for reading it
 
 
 def _own_stdin() -> int | None:
