@@ -120,7 +120,7 @@ def run(
             user_file_name=file.name,
         )
         engine = Engine(settings, languages, notice=_notice)
-        prepared = engine.prepare(job, limits)
+        prepared = engine.prepare(job, limits, cli_flags=True)
     except RejectedError as exc:
         finish_rejected(str(exc), language or "", as_json)
         return

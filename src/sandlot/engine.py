@@ -81,12 +81,14 @@ class Engine:
         compile_limits: LimitRequest | None = None,
         *,
         qualify_fields: bool = False,
+        cli_flags: bool = False,
     ) -> PreparedJob:
         """Validate everything a door accepted; raises RejectedError naming the field.
 
         With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
-        (request doors); without, the CLI's flag (``--time-limit``).
+        (request doors); with ``cli_flags``, the CLI's flag (``--time-limit``); else just ``x``.
         """
+        run_where = "limits" if qualify_fields else CLI_FLAGS if cli_flags else None
         language = self.languages.get(job.language)
         if not job.files:
             raise RejectedError("no source given", field="code")
@@ -125,8 +127,7 @@ class Engine:
         return PreparedJob(
             job=job,
             language=language,
-            limits=job.limits
-            or self.settings.resolve_limits(limits, stage="run", where="limits" if qualify_fields else CLI_FLAGS),
+            limits=job.limits or self.settings.resolve_limits(limits, stage="run", where=run_where),
             compile_limits=job.compile_limits
             or self.settings.resolve_limits(
                 compile_limits, stage="compile", where="compile_limits" if qualify_fields else None
