@@ -9,6 +9,8 @@ CLI are each driven here with real sandboxes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sandlot.api.http import create_app
@@ -18,6 +20,7 @@ from sandlot.models import Job, SourceFile, Status
 from sandlot.sandbox import Box
 
 from .conftest import run_job
+from .test_cli import _sandlot, _write
 from .test_http import asgi_client, running_service
 
 SOLUTION = """
@@ -112,3 +115,16 @@ async def test_http_files_named_otherwise_run_their_public_class() -> None:
         response = await http.post("/api/v1/run", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["stdout"] == "com.example.app.Hello\n", response.json()
+
+
+@pytest.mark.parametrize("name", ["Hello.java", "greeting.java"])
+def test_java_public_class_in_any_file_name(tmp_path: Path, name: str) -> None:
+    code = 'public class Hello {\n    public static void main(String[] a) { System.out.println("hi " + a[0]); }\n}\n'
+    proc = _sandlot("run", _write(tmp_path, name, code), "--", "there")
+    assert (proc.returncode, proc.stdout) == (0, b"hi there\n"), proc.stderr
+
+
+def test_python_traceback_names_the_users_file(tmp_path: Path) -> None:
+    proc = _sandlot("run", _write(tmp_path, "hello.py", "print('a')\nraise ValueError('boom')\n"))
+    assert proc.returncode == 1
+    assert b'File "/box/hello.py", line 2' in proc.stderr, proc.stderr
