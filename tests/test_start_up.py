@@ -9,7 +9,9 @@ another test's state is shared. Waiting is on the process's own output lines
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,11 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sandlot.cli_output import FirstUseNotice
 from sandlot.config import Settings, load_settings
 from sandlot.sandbox.hostfs import mounts_below
 
 from .nodes import SANDLOT, free_ports, serve_args
 from .nodes import sweep as sweep_boxes
+from .test_cli_stdin import _read_until
 
 FRESH_ENV = {
     "SANDLOT_STATE_DIR": "/var/lib/sandlot-startup-test",
@@ -68,6 +72,29 @@ def test_the_first_go_run_says_what_takes_long(fresh_state: Path, tmp_path: Path
     assert first.stderr.decode() == f"sandlot: {WARMING}...\n"
     again = subprocess.run(command, capture_output=True, env=_env(), timeout=_TIMEOUT_S, check=False)
     assert (again.returncode, again.stdout, again.stderr) == (0, b"hello from go\n", b"")  # warm: silent
+
+
+def test_the_first_use_notice_counts_the_seconds_on_a_terminal() -> None:
+    master, slave = os.openpty()
+    try:
+        with open(slave, "w", encoding="utf-8") as terminal:
+            notice = FirstUseNotice(terminal, tick_s=0.01)
+            notice("warming a cache")
+            seen = _read_until(master, b"... 0 s")  # the ticker's first count, as it arrives
+            notice.done()
+            seen += _read_until(master, b"\n")
+    finally:
+        os.close(master)
+    assert seen.startswith(b"sandlot: warming a cache...\rsandlot: warming a cache... 0 s"), seen
+    assert re.search(rb"\rsandlot: warming a cache\.\.\. done in \d+ s\r?\n$", seen), seen
+
+
+def test_the_first_use_notice_is_one_plain_line_elsewhere() -> None:
+    log = io.StringIO()
+    notice = FirstUseNotice(log, tick_s=0.01)
+    notice("warming a cache")
+    notice.done()
+    assert log.getvalue() == "sandlot: warming a cache...\n"
 
 
 @pytest.mark.timeout(_TIMEOUT_S)

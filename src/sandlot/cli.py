@@ -24,6 +24,7 @@ import click
 from sandlot import __version__, cli_stdin
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
+    FirstUseNotice,
     fail,
     finish,
     finish_rejected,
@@ -119,7 +120,8 @@ def run(
             args=args,
             user_file_name=file.name,
         )
-        engine = Engine(settings, languages, notice=_notice)
+        notice = FirstUseNotice(sys.stderr)
+        engine = Engine(settings, languages, notice=notice)
         prepared = engine.prepare(job, limits, cli_flags=True)
     except RejectedError as exc:
         finish_rejected(str(exc), language or "", as_json)
@@ -129,19 +131,14 @@ def run(
         return
     try:
         live_fd = stdin if isinstance(stdin, int) else None
-        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail", live_fd))
+        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail", live_fd, notice))
     except BrokenPipeError:
         reader_left()  # the run was already ended and its box released on the way out
     finish(result, as_json)
 
 
-def _notice(message: str) -> None:
-    """A first use is slow (a cache being warmed): say so on stderr rather than sit silent."""
-    click.echo(f"sandlot: {message}...", err=True)
-
-
 async def _run_streaming(
-    engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None
+    engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None, notice: FirstUseNotice
 ) -> Result:
     from sandlot.sandbox import Sandbox
 
@@ -168,6 +165,7 @@ async def _run_streaming(
         stdin = None if live_stdin_fd is None else cli_stdin.live(live_stdin_fd)
         async with contextlib.aclosing(engine.execute(prepared, box, stdin=stdin)) as events:
             async for event in events:
+                notice.done()  # the first event comes after any first-use work
                 if isinstance(event, OutputEvent) and not as_json:
                     stream = out if event.stream == "stdout" and event.stage == "run" else err
                     stream.write(event.data)
@@ -181,6 +179,7 @@ async def _run_streaming(
             status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name
         )
     finally:
+        notice.done()
         await asyncio.to_thread(box.close)
     assert result is not None
     return result
