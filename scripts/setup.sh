@@ -24,6 +24,7 @@ APT_PACKAGES=(
     chromium                                    # the playground tests drive it (via Playwright)
     redis-server                                # the Redis broker's tests start their own
     hey                                         # the HTTP load generator of benchmarks/
+    hyperfine                                   # benchmarks/cli_startup.py times the CLI with it
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

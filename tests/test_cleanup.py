@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,14 +219,18 @@ def test_sweep_stale_cleans_a_dead_holders_slot(sandbox: Sandbox, settings: Sett
 def test_a_sweep_with_nothing_left_removes_the_parent_group(tmp_path: Path) -> None:
     """The group a Sandbox's cgroup driver makes on the way in is gone after a sweep that found no box."""
     name = f"sandlot-sweep-{os.getpid()}"
-    settings = dataclasses.replace(
-        make_settings(), cgroup_name=name, state_dir=tmp_path / "state", run_dir=tmp_path / "run"
-    )
+    # Not under tmp_path: a Sandbox refuses a state dir under a 0700 parent (pytest's tmp root is one).
+    state_dir = Path(tempfile.mkdtemp(prefix="sandlot-sweep-", dir="/var/tmp"))
+    state_dir.chmod(0o755)
+    settings = dataclasses.replace(make_settings(), cgroup_name=name, state_dir=state_dir, run_dir=tmp_path / "run")
     root = settings.cgroup_root
     places = [root / name, *(root / controller / name for controller in ("memory", "pids", "cpu", "cpuacct"))]
-    sandbox = Sandbox(settings)
-    assert any(place.exists() for place in places)
-    sandbox.sweep_stale()
+    try:
+        sandbox = Sandbox(settings)
+        assert any(place.exists() for place in places)
+        sandbox.sweep_stale()
+    finally:
+        shutil.rmtree(state_dir)
     assert [place for place in places if place.exists()] == []
 
 

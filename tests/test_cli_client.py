@@ -207,6 +207,12 @@ def test_stdin_from_a_file(server: str, program: Callable[..., Path], tmp_path: 
     assert (proc.returncode, proc.stdout) == (0, b"from a file\n")
 
 
+def test_piped_stdin_is_sent_by_default(server: str, program: Callable[..., Path]) -> None:
+    echo = program("import sys\nprint(repr(sys.stdin.read()))")
+    assert _sandlot(server, "submit", echo, stdin=b"5\n").stdout == b"'5\\n'\n"  # echo 5 | sandlot submit
+    assert _sandlot(server, "submit", echo, "--no-stdin", stdin=b"5\n").stdout == b"''\n"
+
+
 def test_a_signal_exits_128_plus_n(server: str, program: Callable[..., Path]) -> None:
     proc = _sandlot(server, "submit", program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"))
     assert proc.returncode == 128 + signal.SIGSEGV

@@ -377,7 +377,11 @@ async def test_files_encodings_names_and_the_main_file(client: httpx.AsyncClient
     ]
     response = await client.post(EXECUTE, json={"language": "python", "version": "*", "files": files})
     assert response.json()["run"]["stdout"] == "b'\\x00\\xffdata' hi helper\n"
-    clash = [{"name": "a.py", "content": "print(1)"}, {"name": "main.py", "content": "print(2)"}]
+    # The program keeps its own name (a.py), so a main.py beside it is just another file...
+    both = [{"name": "a.py", "content": "import main"}, {"name": "main.py", "content": "print(2)"}]
+    assert (await client.post(EXECUTE, json={**HELLO, "files": both})).json()["run"]["stdout"] == "2\n"
+    # ...but a program whose name cannot be kept is stored as main.py, and then two files share it.
+    clash = [{"name": "a", "content": "print(1)"}, {"name": "main.py", "content": "print(2)"}]
     refused = await client.post(EXECUTE, json={**HELLO, "files": clash})  # refused by the worker, still a 400
     assert refused.status_code == 400
     assert "duplicate file names" in refused.json()["message"]

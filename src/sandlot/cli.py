@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -20,10 +21,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from sandlot import __version__
-from sandlot.cli_client import result, submit
+from sandlot import __version__, cli_stdin
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
+    FirstUseNotice,
     fail,
     finish,
     finish_rejected,
@@ -52,7 +53,27 @@ def _settings(ctx: click.Context) -> Settings:
     return load_settings(config)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands whose modules load only when they run: a local ``run`` never imports the HTTP client.
+
+    (A CLI called once per test by a judge pays every import on every call.)
+    """
+
+    _lazy = {"submit": "sandlot.cli_client:submit", "result": "sandlot.cli_client:result"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self._lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, name = self._lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sandlot")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
 @click.pass_context
@@ -74,6 +95,7 @@ def run(
     args: tuple[str, ...],
     language: str | None,
     stdin_path: str | None,
+    no_stdin: bool,
     time_limit: float | None,
     wall_time_limit: float | None,
     memory_limit: int | None,
@@ -90,16 +112,17 @@ def run(
         languages = LanguageRegistry.load(settings.languages_file)
         lang = languages.get(language) if language else languages.for_file(file.name)
         source = read_input(file, "FILE")
-        stdin = (
-            b""
-            if stdin_path is None
-            else (sys.stdin.buffer.read() if stdin_path == "-" else read_input(Path(stdin_path), "--stdin"))
-        )
+        stdin = cli_stdin.choose(stdin_path, no_stdin, live=True)
         job = Job(
-            language=lang.name, files=(SourceFile(file.name, source),), stdin=stdin, args=args, user_file_name=file.name
+            language=lang.name,
+            files=(SourceFile(file.name, source),),
+            stdin=stdin if isinstance(stdin, bytes) else b"",
+            args=args,
+            user_file_name=file.name,
         )
-        engine = Engine(settings, languages)
-        prepared = engine.prepare(job, limits)
+        notice = FirstUseNotice(sys.stderr)
+        engine = Engine(settings, languages, notice=notice)
+        prepared = engine.prepare(job, limits, cli_flags=True)
     except RejectedError as exc:
         finish_rejected(str(exc), language or "", as_json)
         return
@@ -107,13 +130,16 @@ def run(
         fail(f"sandlot: configuration error: {exc}")
         return
     try:
-        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail"))
+        live_fd = stdin if isinstance(stdin, int) else None
+        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail", live_fd, notice))
     except BrokenPipeError:
         reader_left()  # the run was already ended and its box released on the way out
     finish(result, as_json)
 
 
-async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation: str) -> Result:
+async def _run_streaming(
+    engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None, notice: FirstUseNotice
+) -> Result:
     from sandlot.sandbox import Sandbox
 
     loop = asyncio.get_running_loop()
@@ -124,7 +150,11 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation
     try:
         sandbox = Sandbox(engine.settings)
         box = await asyncio.to_thread(sandbox.open_box, None, isolation=isolation)
-    except (ConfigError, SandboxError) as exc:
+    except ConfigError as exc:  # the host's set-up, not the program: says what to change
+        return Result(
+            status=Status.INTERNAL_ERROR, message=f"configuration error: {exc}", language=prepared.language.name
+        )
+    except SandboxError as exc:
         return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
     out: BinaryIO = sys.stdout.buffer
     err: BinaryIO = sys.stderr.buffer
@@ -132,8 +162,10 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation
     try:
         # aclosing: if writing fails (a closed pipe), the run is ended and its cgroup
         # released here, before the box is closed below.
-        async with contextlib.aclosing(engine.execute(prepared, box)) as events:
+        stdin = None if live_stdin_fd is None else cli_stdin.live(live_stdin_fd)
+        async with contextlib.aclosing(engine.execute(prepared, box, stdin=stdin)) as events:
             async for event in events:
+                notice.done()  # the first event comes after any first-use work
                 if isinstance(event, OutputEvent) and not as_json:
                     stream = out if event.stream == "stdout" and event.stage == "run" else err
                     stream.write(event.data)
@@ -147,6 +179,7 @@ async def _run_streaming(engine: Engine, prepared: Any, as_json: bool, isolation
             status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name
         )
     finally:
+        notice.done()
         await asyncio.to_thread(box.close)
     assert result is not None
     return result
@@ -314,12 +347,6 @@ def mcp(ctx: click.Context, pool_size: int | None) -> None:
         asyncio.run(serve_stdio(settings, server))
     except (ConfigError, SandboxError) as exc:
         fail(f"sandlot: cannot serve MCP: {exc}")
-
-
-# ------------------------------------------------------ a server's client
-
-main.add_command(submit)
-main.add_command(result)
 
 
 def entrypoint() -> None:

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import click
 
+from sandlot import cli_stdin
 from sandlot.cli_output import EXIT_COMPILE_ERROR, EXIT_NOT_PROGRAM, finish, program_options, read_input, reader_left
 from sandlot.client import DEFAULT_SERVER, ClientError, Output, SandlotClient, language_for_file
 from sandlot.config import LimitRequest
@@ -66,6 +67,7 @@ def submit(
     as_json: bool,
     language: str | None,
     stdin_path: str | None,
+    no_stdin: bool,
     time_limit: float | None,
     wall_time_limit: float | None,
     memory_limit: int | None,
@@ -87,11 +89,8 @@ def submit(
     try:
         lang = language or language_for_file(file.name)
         source = read_input(file, "FILE")
-        stdin = (
-            b""
-            if stdin_path is None
-            else (sys.stdin.buffer.read() if stdin_path == "-" else read_input(Path(stdin_path), "--stdin"))
-        )
+        stdin = cli_stdin.choose(stdin_path, no_stdin, live=False)
+        assert isinstance(stdin, bytes)  # live=False: never a stream (HTTP sends stdin in the request)
         client = SandlotClient(server, api_key)
     except RejectedError as exc:
         _finish_failure(Status.REJECTED, str(exc), lang, None, as_json)

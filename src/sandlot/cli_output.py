@@ -12,9 +12,11 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 
@@ -55,6 +57,48 @@ def finish(result: Result, as_json: bool) -> None:
     if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT) and not as_json:
         click.echo(f"sandlot: {result.status.value}: {result.message}", err=True)
     sys.exit(result.shell_exit_code)
+
+
+class FirstUseNotice:
+    """One line on stderr before slow first-use work (a cache being warmed), rather than silence.
+
+    On a terminal the line also counts the seconds until ``done()``, from a
+    daemon thread (the work blocks the caller's thread); elsewhere (a pipe, a
+    log) it stays one plain line.
+    """
+
+    def __init__(self, stream: TextIO, *, tick_s: float = 1.0) -> None:
+        self._stream = stream
+        self._tick_s = tick_s
+        self._live = stream.isatty()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._line = ""
+        self._started = 0.0
+
+    def __call__(self, message: str) -> None:
+        self.done()  # one notice at a time
+        self._line, self._started = f"sandlot: {message}...", time.monotonic()
+        self._stream.write(self._line if self._live else self._line + "\n")
+        self._stream.flush()
+        if self._live:
+            self._stop.clear()
+            self._ticker = threading.Thread(target=self._tick, name="sandlot-notice", daemon=True)
+            self._ticker.start()
+
+    def done(self) -> None:
+        if self._ticker is None:
+            return
+        self._stop.set()
+        self._ticker.join()
+        self._ticker = None
+        self._stream.write(f"\r{self._line} done in {time.monotonic() - self._started:.0f} s\n")
+        self._stream.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self._tick_s):  # a display refresh, not a wait for a condition
+            self._stream.write(f"\r{self._line} {time.monotonic() - self._started:.0f} s")
+            self._stream.flush()
 
 
 def wants_json(argv: list[str]) -> bool:
@@ -98,7 +142,13 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 # The program and its limits, as `run` and `submit` take them (the CLI contract's names and units).
 program_options = _options(
     click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension)."),
-    click.option("--stdin", "stdin_path", default=None, help="File to feed as stdin, or - for sandlot's own stdin."),
+    click.option(
+        "--stdin",
+        "stdin_path",
+        default=None,
+        help="File to feed as stdin, or - for sandlot's own (the default; submit skips a terminal).",
+    ),
+    click.option("--no-stdin", is_flag=True, help="Give the program an empty stdin (EOF at once)."),
     click.option("--time-limit", type=float, default=None, help="CPU time limit, seconds."),
     click.option("--wall-time-limit", type=float, default=None, help="Wall-clock limit, seconds."),
     click.option("--memory-limit", type=int, default=None, help="Memory limit, MB."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 from sandlot.errors import ConfigError, RejectedError
 from sandlot.models import Limits
 
+CLI_FLAGS = "--"  # resolve_limits(where=CLI_FLAGS): name limits as the CLI's flags
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -121,7 +123,11 @@ class Settings:
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections other layers own
 
     def resolve_limits(self, request: LimitRequest | None, *, stage: str = "run", where: str | None = None) -> Limits:
-        """Fill defaults and reject values out of range, naming the limit (``where.name`` if given)."""
+        """Fill defaults and reject values out of range, naming the limit.
+
+        Named ``where.name`` if given (a request's field), ``--name-with-dashes`` for
+        ``where=CLI_FLAGS`` (the command line's flag), else plain ``name``.
+        """
         defaults, maxima = (
             (self.compile_defaults, self.compile_maxima) if stage == "compile" else (self.run_defaults, self.run_maxima)
         )
@@ -130,7 +136,7 @@ class Settings:
         req = request
 
         def pick(name: str, given: float | None, default: float, maximum: float, unit: str, scale: int) -> float:
-            name = f"{where}.{name}" if where else name
+            name = "--" + name.replace("_", "-") if where == CLI_FLAGS else f"{where}.{name}" if where else name
             if given is None:
                 return default
             if not math.isfinite(given) or given <= 0:
@@ -229,3 +235,26 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         if raw_env is not None:
             values[f.name] = _coerce(f.name, raw_env, getattr(base, f.name))
     return dataclasses.replace(base, extra=extra, **values)
+
+
+def check_state_dir_reachable(state_dir: Path) -> None:
+    """Refuse a state dir that box users cannot reach, at start-up rather than on every run.
+
+    Boxes run as unprivileged uids of their own, and bubblewrap (running as one)
+    binds files from under the state dir: every directory above it must be
+    searchable by others (o+x). A state dir under a 0700 home or a ``mktemp -d``
+    would otherwise start fine and then fail every run with "Can't find source path".
+    """
+    path = Path(os.path.realpath(state_dir))  # the directories the kernel walks, links resolved
+    for parent in reversed(path.parents):
+        try:
+            mode = os.stat(parent).st_mode
+        except FileNotFoundError:
+            return  # created below by sandlot itself, searchable
+        except OSError as exc:
+            raise ConfigError(f"state_dir {path}: cannot inspect {parent}: {exc.strerror}") from exc
+        if not mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"state_dir {path} is unreachable for the boxes' users: {parent} is mode {stat.S_IMODE(mode):04o}; "
+                f"run `chmod o+x {parent}` or set SANDLOT_STATE_DIR outside it (default /var/lib/sandlot)"
+            )

@@ -13,11 +13,11 @@ import dataclasses
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.config import LimitRequest, Settings
+from sandlot.config import CLI_FLAGS, LimitRequest, Settings
 from sandlot.errors import RejectedError
 from sandlot.languages import Language, LanguageRegistry, warm_cache
 from sandlot.models import (
@@ -67,9 +67,12 @@ def rejected(message: str, language: str = "") -> Result:
 class Engine:
     """Stateless apart from its collaborators; one per process."""
 
-    def __init__(self, settings: Settings, languages: LanguageRegistry) -> None:
+    def __init__(
+        self, settings: Settings, languages: LanguageRegistry, *, notice: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
         self.languages = languages
+        self._notice = notice  # hears what makes a first use slow (a cache being warmed)
 
     def prepare(
         self,
@@ -78,12 +81,14 @@ class Engine:
         compile_limits: LimitRequest | None = None,
         *,
         qualify_fields: bool = False,
+        cli_flags: bool = False,
     ) -> PreparedJob:
         """Validate everything a door accepted; raises RejectedError naming the field.
 
         With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
-        (request doors); without, just ``x`` (the CLI's flags).
+        (request doors); with ``cli_flags``, the CLI's flag (``--time-limit``); else just ``x``.
         """
+        run_where = "limits" if qualify_fields else CLI_FLAGS if cli_flags else None
         language = self.languages.get(job.language)
         if not job.files:
             raise RejectedError("no source given", field="code")
@@ -124,8 +129,7 @@ class Engine:
         return PreparedJob(
             job=job,
             language=language,
-            limits=job.limits
-            or self.settings.resolve_limits(limits, stage="run", where="limits" if qualify_fields else None),
+            limits=job.limits or self.settings.resolve_limits(limits, stage="run", where=run_where),
             compile_limits=job.compile_limits
             or self.settings.resolve_limits(
                 compile_limits, stage="compile", where="compile_limits" if qualify_fields else None
@@ -147,8 +151,9 @@ class Engine:
 
         lang = prepared.language
         job = prepared.job
-        user_name = _printable_name(job.user_file_name or lang.source_file)
-        self._write_sources(box, lang, job.files)
+        source = lang.source_name(job.user_file_name, job.files[0].content)
+        user_name = _printable_name(job.user_file_name or source.file)
+        self._write_sources(box, source.file, job.files)
         binds = self._binds(lang, box)
         stages: list[tuple[str, Result]] = []
 
@@ -157,13 +162,19 @@ class Engine:
             yield stamp(StageEvent("compile"))
             compiled: Result | None = None
             compile_limits = budget.cap(prepared.compile_limits)
-            compile_run = box.run(lang.compile, limits=compile_limits, env=lang.env, binds=binds, stage="compile")
+            compile_run = box.run(
+                lang.argv(lang.compile, source),
+                limits=compile_limits,
+                env=lang.env,
+                binds=binds,
+                stage="compile",
+            )
             async with contextlib.aclosing(compile_run) as items:
                 async for item in items:
                     if isinstance(item, Result):
                         compiled = budget.charge(item, asked=prepared.compile_limits, given=compile_limits)
             assert compiled is not None
-            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, user_name)
+            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
             compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
             stages.append(("compile", compiled))
             if compile_output:
@@ -176,7 +187,7 @@ class Engine:
         if job.commands:
             plan = [(f"command {i + 1}", ["/bin/bash", "-c", cmd]) for i, cmd in enumerate(job.commands)]
         else:
-            plan = [("run", [*lang.run, *job.args])]
+            plan = [("run", [*lang.argv(lang.run, source), *job.args])]
         for index, (name, argv) in enumerate(plan):
             spent = budget.spent()
             if spent:  # too little left to even set a box up: the job ends here, as a timeout
@@ -211,7 +222,7 @@ class Engine:
         """Warm every offered language's shared cache now (start-up), not on a first request."""
         for lang in self.languages.offered():
             if lang.cache is not None:
-                warm_cache(lang, self.settings.state_dir / "cache")
+                warm_cache(lang, self.settings.state_dir / "cache", self._notice)
 
     def prelaunch_binds(self, box: Box) -> list[Bind]:
         """Every bind any offered language needs, so one pre-launched jail serves them all.
@@ -227,7 +238,7 @@ class Engine:
     def _binds(self, lang: Language, box: Box) -> list[Bind]:
         binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
         if lang.cache is not None:
-            lower = warm_cache(lang, self.settings.state_dir / "cache")
+            lower = warm_cache(lang, self.settings.state_dir / "cache", self._notice)
             binds.append(box.cow_bind(lang.cache.name, lower, lang.cache.dest))
         return binds
 
@@ -243,10 +254,10 @@ class Engine:
             fetched.append((path, content))
         return fetched
 
-    def _write_sources(self, box: Box, lang: Language, files: tuple[SourceFile, ...]) -> None:
-        names = [lang.source_file] + [f.name for f in files[1:]]
+    def _write_sources(self, box: Box, main_name: str, files: tuple[SourceFile, ...]) -> None:
+        names = [main_name] + [f.name for f in files[1:]]
         if len(set(names)) != len(names):
-            raise RejectedError(f"duplicate file names (the main file is stored as {lang.source_file})", field="files")
+            raise RejectedError(f"duplicate file names (the main file is stored as {main_name})", field="files")
         for name, f in zip(names, files, strict=False):
             box.write_file(name, f.content)
 
@@ -328,10 +339,9 @@ def _compile_failure(compiled: Result) -> Result:
     )
 
 
-def _rewrite_compile_output(raw: bytes, lang: Language, user_name: str) -> bytes:
-    """Show the user's file name instead of our paths; drop lines that only show internals."""
+def _rewrite_compile_output(raw: bytes, lang: Language, src: str, user_name: str) -> bytes:
+    """Show the user's file name instead of our paths (``src`` is the name in the box); drop internals."""
     text = raw.decode("utf-8", "replace")
-    src = lang.source_file
     for internal in (f"{BOX_WORKDIR}/{src}", f"./{src}"):
         text = text.replace(internal, user_name)
     if user_name != src:

@@ -196,7 +196,7 @@ class Service:
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
-        engine = Engine(settings, languages)
+        engine = Engine(settings, languages, notice=lambda message: log.warning("%s...", message))
         await asyncio.to_thread(engine.warm_caches)
         size = server.effective_pool_size
 
@@ -332,3 +332,8 @@ class Service:
         await self.broker.close()
         for pool in reversed(list(self.pools.values())):
             await pool.close()
+
+
+def count_boxes(n: int) -> str:
+    """``1 box``, ``4 boxes``: for the start-up lines."""
+    return f"{n} box" if n == 1 else f"{n} boxes"

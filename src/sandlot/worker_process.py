@@ -21,7 +21,7 @@ import signal
 from urllib.parse import urlsplit
 
 from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, effective_claim_idle_ms, freeze_start_up_objects
+from sandlot.service import ServerSettings, Service, count_boxes, effective_claim_idle_ms, freeze_start_up_objects
 
 log = logging.getLogger("sandlot.worker_process")
 
@@ -36,8 +36,8 @@ async def run_worker(settings: Settings, server: ServerSettings) -> None:
         service = await Service.start(settings, server)
         try:
             log.warning(
-                "sandlot worker running %d boxes on %s (claim timeout %d ms)",
-                service.pool.size,
+                "sandlot worker running %s on %s (claim timeout %d ms)",
+                count_boxes(service.pool.size),
                 _redacted(server.redis_url),
                 effective_claim_idle_ms(settings, server),
             )

@@ -318,13 +318,14 @@ async def language(language_id: str, state: StateDep, caller: CallerDep) -> dict
     if found is None:
         raise judge0_error(404, f"language with id {language_id} doesn't exist")
     ours = found.language
+    names = ours.source_name(None, ours.sample.encode())  # the default names, as for code sent without a name
     return {
         "id": found.id,
         "name": found.name,
         "is_archived": False,
-        "source_file": ours.source_file,
-        "compile_cmd": shlex.join(ours.compile) if ours.compile else None,
-        "run_cmd": shlex.join(ours.run),
+        "source_file": names.file,
+        "compile_cmd": shlex.join(ours.argv(ours.compile, names)) if ours.compile else None,
+        "run_cmd": shlex.join(ours.argv(ours.run, names)),
     }
 
 

@@ -59,7 +59,7 @@ from sandlot.api.http_common import bearer_token
 from sandlot.api.http_errors import ApiError, as_api_error, error_response
 from sandlot.api.mcp_tools import Tools
 from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, server_settings_from
+from sandlot.service import ServerSettings, Service, count_boxes, server_settings_from
 
 log = logging.getLogger("sandlot.mcp")
 
@@ -153,7 +153,7 @@ async def _serve_stdio_until(service: Service, stop: asyncio.Event) -> None:
     mcp_server = build_server(service, Authenticator(()), default=Principal(STDIO_TENANT))
     serving = asyncio.create_task(_serve_stdio_streams(mcp_server), name="sandlot-mcp-stdio")
     stopping = asyncio.create_task(stop.wait())
-    log.info("sandlot MCP serving on stdio with %d boxes", service.pool.size)
+    log.info("sandlot MCP serving on stdio with %s", count_boxes(service.pool.size))
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not serving.done():

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from sandlot.api import mcp_server
 from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, freeze_start_up_objects
+from sandlot.service import ServerSettings, Service, count_boxes, freeze_start_up_objects
 
 log = logging.getLogger("sandlot.server")
 _LISTENER_GRACE_S = 5.0
@@ -54,6 +54,16 @@ def _listen(door: str, host: str, port: int) -> socket.socket:
     # a response's second write waits for the client's delayed ACK (40 ms). Accepted sockets inherit it.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _announce(server: ServerSettings, boxes: int) -> None:
+    """Once listening: where each door is, one line each, then that /readyz now says yes."""
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    base = f"http://{host}:{server.http_port}"
+    log.warning("sandlot playground  %s/", base)
+    log.warning("sandlot API docs    %s/docs", base)
+    log.warning("sandlot gRPC        %s:%d", host, server.grpc_port)
+    log.warning("sandlot ready with %s (%s/readyz answers 200)", count_boxes(boxes), base)
 
 
 async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
@@ -116,14 +126,7 @@ async def _run(
         if http_task.done():
             await http_task
             return
-        log.warning(
-            "sandlot serving http://%s:%d and grpc %s:%d with %d boxes",
-            server.host,
-            server.http_port,
-            server.host,
-            server.grpc_port,
-            service.pool.size,
-        )
+        _announce(server, service.pool.size)
         freeze_start_up_objects()
         if ready is not None:
             ready.set()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandlot.errors import ConfigError, RejectedError
+from sandlot.languages.naming import SOURCE_NAMING, SourceName, choose
 
 _VERSION_TIMEOUT_S = 20
 _WARM_TIMEOUT_S = 300
@@ -38,6 +39,7 @@ class CacheSpec:
     dest: str
     warm: tuple[str, ...]
     warm_stdout: str | None = None  # save warm's stdout here, host cache path rewritten to dest
+    warm_usual_s: int = 0  # how long warming usually takes, for the first-use notice
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ class Language:
     cache: CacheSpec | None = None
     drop_compile_lines: tuple[str, ...] = ()
     sample: str = ""
+    source_naming: str = "user"  # see sandlot/languages/naming.py
+
+    def source_name(self, user_name: str | None, code: bytes) -> SourceName:
+        """The main source's name in the box and the entry point, for this job's file name and code."""
+        return choose(self.source_naming, self.source_file, self.extensions, user_name, code)
+
+    def argv(self, template: tuple[str, ...], source: SourceName) -> list[str]:
+        """A compile or run command with ``{source}`` and ``{main_class}`` filled in."""
+        return [arg.replace("{source}", source.file).replace("{main_class}", source.main_class) for arg in template]
 
     def describe(self, version: str) -> dict[str, Any]:
         """What the doors and `sandlot languages` show of the language."""
@@ -118,8 +129,12 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
             str(raw["dest"]),
             _tuple(raw, "warm", where + ".cache"),
             str(stdout_name) if stdout_name else None,
+            int(raw.get("warm_usual_s", 0)),
         )
     compile_cmd = _tuple(data, "compile", where) or None
+    naming = str(data.get("source_naming", "user"))
+    if naming not in SOURCE_NAMING:
+        raise ConfigError(f"{where}.source_naming: must be one of {', '.join(SOURCE_NAMING)}")
     return Language(
         name=name,
         display_name=str(data.get("display_name", name)),
@@ -136,6 +151,7 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
         cache=cache,
         drop_compile_lines=_tuple(data, "drop_compile_lines", where),
         sample=str(data.get("sample", "")).lstrip("\n"),
+        source_naming=naming,
     )
 
 
@@ -209,8 +225,11 @@ class LanguageRegistry:
         return {lang.name: self._versions[lang.name] for lang in self.offered()}
 
 
-def warm_cache(lang: Language, cache_root: Path) -> Path:
-    """Return the language's warm cache directory, warming it once per host (flock-guarded)."""
+def warm_cache(lang: Language, cache_root: Path, notice: Callable[[str], None] | None = None) -> Path:
+    """Return the language's warm cache directory, warming it once per host (flock-guarded).
+
+    ``notice`` hears one line before a (slow) warming or a wait for another process's.
+    """
     assert lang.cache is not None
     cache_root.mkdir(parents=True, exist_ok=True)
     os.chmod(cache_root, 0o700)  # only root (and overlays it mounts) reach the caches
@@ -218,6 +237,9 @@ def warm_cache(lang: Language, cache_root: Path) -> Path:
     marker = cache_root / f"{lang.cache.name}.warm"
     if marker.exists():
         return target
+    if notice is not None:
+        usual = f"; usually about {lang.cache.warm_usual_s} s" if lang.cache.warm_usual_s else ""
+        notice(f"preparing the {lang.display_name} build cache (first use on this host only{usual})")
     with open(cache_root / f"{lang.cache.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.exists():

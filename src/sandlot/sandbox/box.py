@@ -42,7 +42,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.config import Settings
+from sandlot.config import Settings, check_state_dir_reachable
 from sandlot.errors import ConfigError, SandboxError
 from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, seccomp, slots
@@ -84,6 +84,7 @@ class Sandbox:
         if not os.access(settings.bwrap_path, os.X_OK):
             raise ConfigError(f"bubblewrap not found at {settings.bwrap_path}; install the bubblewrap package")
         self.settings = settings
+        check_state_dir_reachable(settings.state_dir)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.state_dir, 0o711)
         self.boxes_dir = settings.state_dir / "boxes"

@@ -323,7 +323,7 @@ def classify(
     if state.kill_reason == "cancelled":
         return with_status(Status.SIGNALED, f"{CANCELLED} by request")
     if state.kill_reason == "output":
-        return with_status(Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.max_output_bytes} bytes)")
+        return with_status(Status.OUTPUT_LIMIT, f"output limit exceeded ({_kb(limits.max_output_bytes)})")
     if oom_kills:
         mb = limits.memory_limit_bytes // (1024 * 1024)
         return with_status(Status.MEMORY_LIMIT, f"memory limit exceeded ({mb} MB)")
@@ -339,8 +339,13 @@ def classify(
         return dataclasses.replace(measured, message="sandbox failure: the box's init ended without a status")
     if sig is not None:
         if sig == signal.SIGXFSZ:
-            return with_status(Status.SIGNALED, f"file size limit exceeded ({limits.max_file_size_bytes} bytes)")
+            return with_status(Status.SIGNALED, f"file size limit exceeded ({_kb(limits.max_file_size_bytes)})")
         return with_status(Status.SIGNALED, f"killed by signal {sig} ({signal.Signals(sig).name})")
     if exit_code:
         return with_status(Status.RUNTIME_ERROR, f"exited with code {exit_code}")
     return base
+
+
+def _kb(size_bytes: int) -> str:
+    """A size in the unit the limit was given in (KB) and in bytes: ``4 KB = 4096 bytes``."""
+    return f"{size_bytes / 1024:g} KB = {size_bytes} bytes"

@@ -147,11 +147,14 @@ class _ArgCmp(ctypes.Structure):
 
 
 def _load_libseccomp() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    # The package's soname first: find_library runs `ldconfig -p` (a process) on every CLI call.
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError as exc:
-        raise ConfigError(f"libseccomp not found ({exc}); install libseccomp2") from exc
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so", use_errno=True)
+        except OSError as exc:
+            raise ConfigError(f"libseccomp not found ({exc}); install libseccomp2") from exc
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
