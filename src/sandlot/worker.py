@@ -13,18 +13,31 @@ program, a signal reaches its process group, cancel kills the box.
 ``drain`` stops claiming, lets running tasks finish until a deadline, then
 cancels the rest (their boxes are killed and their exit events say so).
 
+A loop claims only when a box is free for the job (more free boxes than jobs
+claimed and not started yet): a worker never holds jobs it cannot start now,
+which would wait behind its runs, and be the last to come back if it died.
+
 With a broker whose jobs are taken over from silent workers (``Heartbeating``:
 Redis), a third task per claimed job heartbeats until its exit is stored, so a
 run longer than the broker's claim timeout is never handed to a second worker
-while this one lives. Stale jobs of dead workers are reclaimed by the broker's
-own ``claim`` (see ``sandlot.broker.redis``): only a loop with a free slot
-takes one, so a busy worker never hoards jobs it cannot start.
+while this one lives.
+
+Fencing: every write of a task's events and result carries this worker's
+delivery token, and the broker refuses it once the job has moved on (this
+worker was taken for dead while frozen or cut off, or wedged past the claim
+timeout). The first refused write (``Superseded``), a heartbeat that finds the
+job gone, or a presence that says this worker had been declared dead,
+*supersedes* the run: it is stopped (its box's processes killed) and ends here
+without a result, since the task ends on the worker that has it now. A worker
+that cannot reach Redis for longer than the presence TTL stops its runs too,
+and hands each job back once Redis answers, unless it moved on meanwhile.
 
 With a broker many worker processes share (``Distributed``), the worker also:
 
 - says it is alive (``presence``, every few seconds, before its first claim),
   and releases the boxes of sessions that are no longer its own (ended,
-  expired, or moved to another worker while this one looked dead);
+  expired, or moved to another worker while this one looked dead); the live
+  workers' presences are what notice a dead one and requeue its jobs at once;
 - binds a session's job before running it (``sessions.bind``): the job runs
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
@@ -47,7 +60,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, Superseded, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
 from sandlot.errors import RejectedError, SandlotError, SessionNotFound
 from sandlot.metrics import Metrics
@@ -77,12 +90,19 @@ class _Run:
 
     spec: TaskSpec
     published: list[ExitEvent] = field(default_factory=list)  # the exit, once stored
-    started: bool = False  # the box is leased and the engine runs
+    started: bool = False  # the box is leased, the task marked running, and the engine runs
     handed_back: bool = False  # the job went back to the queue (or over to another worker)
+    superseded: bool = False  # the job moved on to another worker: this run ends without a result
+    cut_off: str = ""  # why the run was stopped while Redis was unreachable (it is handed back when it answers)
 
     @property
     def settled(self) -> bool:
-        return bool(self.published) or self.handed_back
+        return bool(self.published) or self.handed_back or self.superseded
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by this worker, not by a drain: its claim loop carries on."""
+        return self.superseded or bool(self.cut_off)
 
 
 class Worker:
@@ -110,6 +130,10 @@ class Worker:
         self._session_locks: weakref.WeakValueDictionary[_SessionKey, asyncio.Lock] = weakref.WeakValueDictionary()
         self._generations: dict[_SessionKey, int] = {}  # bumped each time this worker opens a session's box
         self._chores: set[asyncio.Task[None]] = set()
+        self._claiming = 0  # loops past the claim gate, waiting for a job
+        self._freed = asyncio.Event()  # a box was freed, or a claimed job went without starting
+        for pool in self.pools.values():
+            pool.on_free = self._freed.set
 
     def start(self) -> None:
         if isinstance(self.broker, Distributed):
@@ -117,6 +141,10 @@ class Worker:
         else:
             self._present.set()
         self._loops = [asyncio.create_task(self._loop(), name=f"sandlot-worker-{i}") for i in range(self.concurrency)]
+
+    async def present(self) -> None:
+        """Until the first presence was said (or tried): from then on other nodes see this worker."""
+        await self._present.wait()
 
     async def drain(self, deadline_s: float) -> None:
         """Stop claiming; give running tasks until the deadline, then cancel them (or hand them back)."""
@@ -148,6 +176,8 @@ class Worker:
         assert current is not None
         await self._present.wait()
         while not self._stopping:
+            await self._room_to_start()
+            self._claiming += 1
             try:
                 spec = await self.broker.claim()
             except asyncio.CancelledError:
@@ -156,11 +186,37 @@ class Worker:
                 log.exception("claiming a task failed; retrying")
                 await asyncio.sleep(_CLAIM_RETRY_S)
                 continue
+            finally:
+                self._claiming -= 1
             run = self._runs[current] = _Run(spec)
             try:
                 await self.run_task(spec, run)
+            except asyncio.CancelledError:
+                if self._stopping or not run.interrupted:
+                    raise
+                current.uncancel()  # this worker stopped the run itself; the loop goes on
             finally:
                 self._runs.pop(current, None)
+                self._freed.set()
+
+    async def _room_to_start(self) -> None:
+        """Wait until a box is free for one more job than this worker has claimed and not started."""
+        while True:
+            free = sum(pool.available for pool in self.pools.values())
+            unstarted = sum(1 for run in self._runs.values() if not run.started)
+            if free > unstarted + self._claiming:
+                return
+            self._freed.clear()
+            await self._freed.wait()
+
+    def _interrupt(self, run: _Run, *, superseded: bool = False, cut_off: str = "") -> None:
+        """Stop a run this worker can no longer finish: its job moved on, or Redis is out of reach."""
+        if run.settled or run.interrupted:
+            return
+        run.superseded, run.cut_off = superseded, cut_off
+        for loop_task, held in self._runs.items():
+            if held is run:
+                loop_task.cancel()
 
     async def run_task(self, spec: TaskSpec, run: _Run | None = None) -> None:
         """Run one claimed task to exactly one terminal result (or, when stopping, back to the queue)."""
@@ -188,9 +244,16 @@ class Worker:
                 and not await self._bind_session(self.broker, run, spec.session_id)
             ):
                 return  # handed over to the worker holding the session's box
-            await self.broker.mark_running(spec.id)
             await self._execute(run, output)
+        except Superseded as exc:
+            log.warning("%s; stopping its run here", exc)
+            run.superseded = True
         except asyncio.CancelledError:
+            if run.superseded:
+                raise  # settled: no result from here
+            if run.cut_off and isinstance(self.broker, Distributed) and not run.published:
+                await self._hand_back(self.broker, run, run.cut_off, patience_s=_HAND_BACK_PATIENCE_S)
+                raise
             if self._stopping and isinstance(self.broker, Distributed) and not run.published:
                 await self._hand_back(self.broker, run, "the worker stopped during the run; it starts again on another")
             # Keep what the program had printed: it was already streamed to the client.
@@ -303,18 +366,38 @@ class Worker:
         return lock
 
     async def _presence(self, broker: Distributed) -> None:
-        """Say this worker is alive; release the boxes of sessions that are no longer its own."""
+        """Say this worker is alive; release the boxes of sessions that are no longer its own.
+
+        A presence that says this worker had been declared dead (it was silent past
+        the TTL: frozen, or cut off) supersedes every run it has: their jobs went to
+        other workers. A presence that cannot reach Redis for longer than the TTL
+        stops the runs as well (the live workers will have taken their jobs), and
+        hands each back once Redis answers, unless it moved on meanwhile.
+        """
+        levels = sorted(self.pools)
+        said_at = time.monotonic()
+        first = True
         while True:
             held = {key: self._generations.get(key, 0) for pool in self.pools.values() for key in pool.session_keys()}
             owned: set[_SessionKey] | None = None
             try:
-                owned = await broker.presence(list(held))
+                presence = await broker.presence(list(held), levels)
+                owned, said_at = presence.owned, time.monotonic()
+                if presence.lost and not first:
+                    log.warning("this worker was taken for dead (silent too long); its jobs went to other workers")
+                    for run in list(self._runs.values()):
+                        self._interrupt(run, superseded=True)
+                first = False
             except BrokerUnavailable as exc:
                 log.warning("presence: %s", exc)
             except Exception:  # never let presence end: a silent worker looks dead and loses its sessions
                 log.exception("presence failed")
             finally:
                 self._present.set()
+            if time.monotonic() - said_at > broker.presence_ttl_s:
+                why = "redis was unreachable longer than the worker's presence lasts; the run starts again"
+                for run in list(self._runs.values()):
+                    self._interrupt(run, cut_off=why)
             for key, generation in held.items():
                 if owned is not None and key not in owned:
                     chore = asyncio.create_task(self._drop_session(key, generation), name=f"drop-session-{key[1]}")
@@ -340,7 +423,6 @@ class Worker:
             box = await lease.__aenter__()
         except PoolFull as exc:
             raise SandlotError(str(exc)) from exc
-        run.started = True
         if self.metrics is not None:
             self.metrics.box_wait.observe(time.monotonic() - waited_from)
         box.clear_cancel()
@@ -349,6 +431,10 @@ class Worker:
         if self.metrics is not None:
             self.metrics.active_workers.inc()
         try:
+            # "running" once it has its box: a job claimed and still waiting (for its session's previous
+            # run) is still "queued", and starts afresh without a notice if its worker is lost.
+            await self.broker.mark_running(spec.id)
+            run.started = True
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
             async with contextlib.aclosing(self.engine.execute(prepared, box, stdin=stdin)) as events:
                 async for event in events:
@@ -380,6 +466,7 @@ class Worker:
             if not still_ours:
                 if not run.settled:  # after the exit or a hand-back, the job is simply not ours any more
                     log.warning("task %s was taken over by another worker while this one ran it", run.spec.id)
+                    self._interrupt(run, superseded=True)
                 return
 
     async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:

@@ -49,6 +49,7 @@ from sandlot.api.http_common import Door, DoorDep, PrincipalDep
 from sandlot.api.http_errors import install_handlers
 from sandlot.api.http_execute import ExecuteRoute
 from sandlot.api.http_middleware import BodyLimit, CountResponses
+from sandlot.engine import check_isolation
 from sandlot.service import Service
 
 _service_routes = APIRouter(tags=["service"])
@@ -117,11 +118,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@_service_routes.get("/readyz", summary="The pool is ready and the server accepts work")
-async def readyz(door: DoorDep) -> JSONResponse:
-    if door.service.ready:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "not_ready"}, status_code=503)
+@_service_routes.get("/readyz", summary="The server accepts work and a live worker serves the isolation level")
+async def readyz(door: DoorDep, isolation: str = "") -> JSONResponse:
+    """200 when this node accepts work and some live worker serves ``isolation`` (default: the server's
+    default level); in the distributed mode an API node without a live worker answers 503 ``no_worker``."""
+    service = door.service
+    if not service.ready:
+        return JSONResponse({"status": "not_ready"}, status_code=503)
+    level = isolation or service.server.default_isolation
+    check_isolation(level)
+    if not await service.serves(level):
+        return JSONResponse(
+            {"status": "no_worker", "message": f"no live worker serves isolation {level!r}"}, status_code=503
+        )
+    return JSONResponse({"status": "ready"})
 
 
 @_service_routes.get("/metrics", response_class=Response, summary="Prometheus metrics")
