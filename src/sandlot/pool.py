@@ -176,6 +176,11 @@ class BoxPool:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def idle_sessions(self) -> int:
+        """Sessions whose box no run is using right now."""
+        return sum(1 for session in self._sessions.values() if session.active_runs == 0)
+
     # --------------------------------------------------------------- leases
 
     @contextlib.asynccontextmanager

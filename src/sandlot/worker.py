@@ -131,9 +131,10 @@ class Worker:
         self._generations: dict[_SessionKey, int] = {}  # bumped each time this worker opens a session's box
         self._chores: set[asyncio.Task[None]] = set()
         self._claiming = 0  # loops past the claim gate, waiting for a job
-        self._freed = asyncio.Event()  # a box was freed, or a claimed job went without starting
+        self._freed = asyncio.Event()  # the gate's inputs changed: a box freed, a claim or a run ended
+        self._boxless = False  # a job went back for want of a box: only routed jobs until a box is freed
         for pool in self.pools.values():
-            pool.on_free = self._freed.set
+            pool.on_free = self._box_freed
 
     def start(self) -> None:
         if isinstance(self.broker, Distributed):
@@ -176,18 +177,16 @@ class Worker:
         assert current is not None
         await self._present.wait()
         while not self._stopping:
-            await self._room_to_start()
-            self._claiming += 1
             try:
-                spec = await self.broker.claim()
+                spec = await self._next_job()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a broker error must not end this claim loop for good
                 log.exception("claiming a task failed; retrying")
                 await asyncio.sleep(_CLAIM_RETRY_S)
                 continue
-            finally:
-                self._claiming -= 1
+            if spec is None:
+                continue
             run = self._runs[current] = _Run(spec)
             try:
                 await self.run_task(spec, run)
@@ -199,15 +198,36 @@ class Worker:
                 self._runs.pop(current, None)
                 self._freed.set()
 
-    async def _room_to_start(self) -> None:
-        """Wait until a box is free for one more job than this worker has claimed and not started."""
-        while True:
-            free = sum(pool.available for pool in self.pools.values())
-            unstarted = sum(1 for run in self._runs.values() if not run.started)
-            if free > unstarted + self._claiming:
-                return
-            self._freed.clear()
-            await self._freed.wait()
+    async def _next_job(self) -> TaskSpec | None:
+        """The next job this worker can start now; None to look again (the gate's inputs changed).
+
+        Shared by many workers (``Distributed``), it claims any job only while a box is
+        free for one more job than it has claimed and not started; otherwise only the
+        runs routed to it, of the sessions whose boxes it holds (they run in those), or
+        it waits for a box. The embedded mode's worker is the only one: it claims freely.
+        """
+        broker = self.broker
+        if not isinstance(broker, Distributed):
+            return await broker.claim()
+        # A session's idle box counts: its next run (in ``returned`` after its worker was lost) starts there.
+        free = sum(pool.available + pool.idle_sessions for pool in self.pools.values())
+        unstarted = sum(1 for run in self._runs.values() if not run.started)
+        if free > unstarted + self._claiming and not self._boxless:
+            self._claiming += 1
+            try:
+                return await broker.claim()
+            finally:
+                self._claiming -= 1
+                self._freed.set()  # a claim ended: another loop may pass the gate now
+        if any(pool.session_count for pool in self.pools.values()):
+            return await broker.claim_routed()  # None after one blocking read: then the gate is looked at again
+        self._freed.clear()
+        await self._freed.wait()
+        return None
+
+    def _box_freed(self) -> None:
+        self._boxless = False
+        self._freed.set()
 
     def _interrupt(self, run: _Run, *, superseded: bool = False, cut_off: str = "") -> None:
         """Stop a run this worker can no longer finish: its job moved on, or Redis is out of reach."""
@@ -237,6 +257,12 @@ class Worker:
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
+            if isinstance(self.broker, Distributed) and not self._can_start(spec):
+                # Claimed on an idle session box's account, but it needs a free one: another worker starts
+                # it now (front of the queue, not counted), rather than it waiting here behind the runs.
+                self._boxless = True
+                await self._hand_back(self.broker, run, "")
+                return
             # Inside the try: a broker outage here (Redis) must end in a result too, not end the claim loop.
             if (
                 spec.session_id is not None
@@ -358,6 +384,13 @@ class Worker:
                 await self.broker.publish(spec.id, NoticeEvent(NOTICE_SESSION_RESET, message))
         return True
 
+    def _can_start(self, spec: TaskSpec) -> bool:
+        """Whether the job can have a box now: its session's own here, or a free one of its level."""
+        pool = pool_for_run(self.pools, spec.isolation or self.default_isolation, spec.tenant, None)
+        if spec.session_id is not None and pool.has_session(spec.tenant, spec.session_id):
+            return True
+        return pool.available > 0
+
     def _session_lock(self, key: _SessionKey) -> asyncio.Lock:
         """One binding at a time per session here: two of its jobs must not both open a box."""
         lock = self._session_locks.get(key)
@@ -435,6 +468,7 @@ class Worker:
             # run) is still "queued", and starts afresh without a notice if its worker is lost.
             await self.broker.mark_running(spec.id)
             run.started = True
+            self._freed.set()  # one claimed job fewer waits: the claim gate may open
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
             async with contextlib.aclosing(self.engine.execute(prepared, box, stdin=stdin)) as events:
                 async for event in events:

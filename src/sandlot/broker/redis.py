@@ -556,18 +556,32 @@ class RedisBroker:
             await self._redis.set(idem, task_id, ex=IDEMPOTENCY_PENDING_TTL_S)  # its task is gone: a new one
             return None
 
-    async def _claim_step(self, token: str) -> tuple[TaskSpec | None, str]:
+    async def claim_routed(self) -> TaskSpec | None:
+        """A job of this worker's inbox (runs of the sessions whose boxes it holds), or None if none came
+        within one blocking read: what a worker with no free box can still start (in a session's box)."""
+        token = ""
+        for _ in range(2):  # a take, and if a token came meanwhile, the take it announced
+            spec, token = await self._claim_step(token, routed_only=True)
+            if spec is not None or not token:
+                return spec
+        return None
+
+    async def _claim_step(self, token: str, *, routed_only: bool = False) -> tuple[TaskSpec | None, str]:
         """One step of ``claim``: a task, or None and the token to take the next job with."""
-        if not token and time.monotonic() >= self._next_reclaim:
+        if not token and not routed_only and time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.claim_idle_ms / 1000
             await self.reclaim()  # what it finds goes to the front, for this worker or any other
         async with self._reachable():
             reply = await self._take_next(
-                keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)], args=[self.consumer_name, token]
+                keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)],
+                args=[self.consumer_name, token, int(routed_only)],
             )
             if reply:
                 stream, entry_id, fields = reply
                 return await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields))), ""
+            if routed_only:
+                popped = await self._redis.blpop([Keys.wake_of(self._inbox)], timeout=_BLOCK_MS / 1000)
+                return None, to_str(popped[0]) if popped else ""
             block_s = max(0.001, min(_BLOCK_MS / 1000, self._next_reclaim - time.monotonic()))
             popped = await self._redis.blpop([Keys.wake_of(self._inbox), self.keys.wake], timeout=block_s)
         return None, to_str(popped[0]) if popped else ""

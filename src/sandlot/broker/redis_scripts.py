@@ -287,7 +287,7 @@ return {1, redis.call('INCR', KEYS[6])}
 )
 
 # KEYS: Q, this worker's inbox, its wake list. ARGV: consumer, the wake list a token was already popped
-# from ('' for none). -> {stream, entry id, fields} or {} when there is nothing to take.
+# from ('' for none), 1 to look in the inbox only. -> {stream, entry id, fields} or {} when there is nothing.
 # Order: this worker's inbox (its sessions), then `returned`, then one job of the tenant at the head of
 # the rotation, whose stream moves to the tail while it has more (each tenant's own order is kept).
 TAKE_NEXT = (
@@ -311,6 +311,7 @@ end
 
 local entry = read(KEYS[6])
 if entry then return taken(KEYS[6], entry, KEYS[7]) end
+if ARGV[3] == '1' then return {} end
 entry = read(Q.returned)
 if entry then return taken(Q.returned, entry, Q.wake) end
 for _ = 1, redis.call('LLEN', Q.rotation) do
