@@ -30,7 +30,7 @@ from .test_serve_process import read_until_output, sse_frames, wait_until
 
 LAYOUT = NodeLayout(
     "recover",
-    uid_base=950_000_000,
+    uid_base=970_000_000,  # apart from the other files' layouts and the benchmarks' 950_000_000
     nodes=range(1, 5),
     max_boxes=16,
     drain_deadline_s=10.0,
