@@ -18,7 +18,7 @@ about recovery is shortened). Per round, on a fresh Redis and fresh nodes:
 commit before presence-based recovery, as a baseline):
 
     sudo .venv/bin/python benchmarks/recovery.py [--rounds 3] [--jobs 16] [--sleep 2]
-    git worktree add /tmp/sandlot-before 8cb2253
+    mkdir -p /tmp/sandlot-before && git archive 8cb2253 src | tar -x -C /tmp/sandlot-before
     sudo .venv/bin/python benchmarks/recovery.py --pythonpath /tmp/sandlot-before/src --rounds 1 --timeout 330
 """
 

@@ -21,18 +21,25 @@ entry, counts the delivery) unless it was cancelled while queued (acknowledged
 and skipped) or has no state (dead-lettered, like any entry that is not ours).
 The entry stays pending until ``finish`` has stored the exit event: only then
 is it XACKed and XDELed (an empty tenant stream goes with it), so a worker
-that dies leaves its job pending, and ``reclaim`` (run by ``claim`` every
-``claim_idle_ms``) takes it over with XAUTOCLAIM on every stream; past
-``max_deliveries`` the task ends as internal_error "worker lost" instead. A
-live worker's job is never taken: while it runs, the worker calls
-``heartbeat`` every third of ``claim_idle_ms``, which resets the entry's idle
-time (XCLAIM with min-idle 0, only if the entry is still this consumer's), so
-``claim_idle_ms`` bounds how long a dead worker's job waits, not how long a
-job may run.
+that dies leaves its job pending.
 
-Workers say they are alive with ``presence`` (a score in ``workers``, said
-every ``presence_interval_s``, at most 5 s, and expiring after three of them,
-independently of ``claim_idle_ms``). A session's first job binds the session
+Recovery. Workers say they are alive with ``presence`` (a score in
+``workers``, said every third of ``presence_ttl_s``, and the levels they
+serve). Each presence also finds the workers whose presence expired and, in
+the same script (so two watchers never both do it), requeues every job they
+held at the front: a new ``returned`` entry that ``replaces`` the dead one,
+which is acknowledged. The task's TAKE accepts the replacement, counts the
+delivery (past ``max_deliveries`` the task ends as internal_error "worker
+lost", its entry acknowledged before that exit is stored), adds a
+``requeued`` notice if the run had started, and bumps the task's ``fence``.
+Every write a worker makes for a task (RUN, PUBLISH, FINISH, UNCLAIM) carries
+the fence it took the task with and is refused once it is not the current
+one (``Superseded``): a frozen worker that comes back never publishes a
+second result. ``claim_idle_ms`` is only a backstop, for a live worker wedged
+in a job: a running job's entry is heartbeated every third of it (XCLAIM
+with min-idle 0, only if still this consumer's), and ``reclaim`` (run by
+``claim`` every ``claim_idle_ms``) requeues every entry idle longer, the same
+way. A session's first job binds the session
 to the worker that takes it (``sessions.bind``: the owner and the box are
 recorded in the session's hash); its later jobs are routed to that worker's
 inbox. When the owner's presence has expired, new jobs go to the tenant's
