@@ -13,8 +13,10 @@ program, a signal reaches its process group, cancel kills the box.
 ``drain`` stops claiming, lets running tasks finish until a deadline, then
 cancels the rest (their boxes are killed and their exit events say so).
 
-A loop claims only when a box is free for the job (more free boxes than jobs
-claimed and not started yet): a worker never holds jobs it cannot start now,
+With many workers (``Distributed``) a loop claims any job only while a box is
+there for it (free, or a session's idle one, beyond the jobs claimed and not
+started yet); otherwise it takes only the runs routed to it (its sessions',
+which run in their boxes). A worker never holds jobs it cannot start now,
 which would wait behind its runs, and be the last to come back if it died.
 
 With a broker whose jobs are taken over from silent workers (``Heartbeating``:
@@ -38,7 +40,7 @@ With a broker many worker processes share (``Distributed``), the worker also:
   and releases the boxes of sessions that are no longer its own (ended,
   expired, or moved to another worker while this one looked dead); the live
   workers' presences are what notice a dead one and requeue its jobs at once;
-- binds a session's job before running it (``sessions.bind``): the job runs
+- binds a session's job before running it (``worker_sessions``): the job runs
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
   handed over to the live worker that holds the box;
@@ -56,13 +58,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, Superseded, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
-from sandlot.errors import RejectedError, SandlotError, SessionNotFound
+from sandlot.errors import RejectedError, SandlotError
 from sandlot.metrics import Metrics
 from sandlot.models import (
     NOTICE_REQUEUED,
@@ -75,13 +76,13 @@ from sandlot.models import (
 )
 from sandlot.pool import BoxPool, PoolFull, pool_for_run
 from sandlot.sandbox import Box
+from sandlot.worker_sessions import SessionBoxes, SessionKey
 
 log = logging.getLogger("sandlot.worker")
 _CLAIM_RETRY_S = 1.0
 _HAND_BACK_PATIENCE_S = 60.0  # how long a job caught in a Redis outage waits to be handed back, not reclaimed
+_SESSION_RESET_MESSAGE = "the session's box was lost with its worker; this run starts in a fresh, empty box"
 _CANCEL_GRACE_S = 5.0  # after the drain deadline, for cancelled runs to release their boxes and hand back
-
-_SessionKey = tuple[str, str]  # (tenant, session id)
 
 
 @dataclass
@@ -127,9 +128,7 @@ class Worker:
         self._stopping = False
         self._present = asyncio.Event()  # the first presence was said (or tried): claiming may start
         self._presence_task: asyncio.Task[None] | None = None
-        self._session_locks: weakref.WeakValueDictionary[_SessionKey, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._generations: dict[_SessionKey, int] = {}  # bumped each time this worker opens a session's box
-        self._chores: set[asyncio.Task[None]] = set()
+        self._sessions = SessionBoxes(self.pools, default_isolation)
         self._claiming = 0  # loops past the claim gate, waiting for a job
         self._freed = asyncio.Event()  # the gate's inputs changed: a box freed, a claim or a run ended
         self._boxless = False  # a job went back for want of a box: only routed jobs until a box is freed
@@ -151,9 +150,9 @@ class Worker:
         """Stop claiming; give running tasks until the deadline, then cancel them (or hand them back)."""
         self._stopping = True
         distributed = self.broker if isinstance(self.broker, Distributed) else None
-        for chore in (self._presence_task, *self._chores):
-            if chore is not None:
-                chore.cancel()
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+        self._sessions.cancel()
         for loop_task in self._loops:
             if loop_task not in self._runs:
                 loop_task.cancel()
@@ -355,34 +354,14 @@ class Worker:
 
     async def _bind_session(self, broker: Distributed, run: _Run, session_id: str) -> bool:
         """Make sure the session's box is here; False if the job went to the worker holding it."""
-        spec = run.spec
-        key = (spec.tenant, session_id)
-        # The API node set the job's level to the session's own (Sessions.level_for_run).
-        level = spec.isolation or self.default_isolation
-        pool = pool_for_run(self.pools, level, spec.tenant, None)
-        async with self._session_lock(key):
-            have_box = pool.has_session(*key)
-            # A stale copy of the box would be replaced, so it leaves room too.
-            room = have_box or pool.session_room
-            binding = await broker.sessions.bind(*key, have_box=have_box, room=room)
-            if binding.verdict == "gone":
-                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
-            if binding.verdict == "full":
-                raise PoolFull(f"this worker's session limit ({pool.max_sessions}) is reached")
-            if binding.verdict == "elsewhere":
-                run.handed_back = True
-                await broker.hand_back(spec.id)
-                return False
-            if binding.verdict in ("new", "reset"):
-                if have_box:  # a stale copy: the session moved away and back while this worker looked dead
-                    with contextlib.suppress(SessionNotFound):
-                        await pool.end_session(*key)
-                await pool.adopt_session(*key, expires_in_s=binding.expires_in_s)
-                self._generations[key] = self._generations.get(key, 0) + 1
-            if binding.verdict == "reset":
-                message = "the session's box was lost with its worker; this run starts in a fresh, empty box"
-                await self.broker.publish(spec.id, NoticeEvent(NOTICE_SESSION_RESET, message))
-        return True
+        verdict = await self._sessions.bind(broker, run.spec, session_id)
+        if verdict == "reset":
+            await self.broker.publish(run.spec.id, NoticeEvent(NOTICE_SESSION_RESET, _SESSION_RESET_MESSAGE))
+        if verdict != "elsewhere":
+            return True
+        run.handed_back = True
+        await broker.hand_back(run.spec.id)
+        return False
 
     def _can_start(self, spec: TaskSpec) -> bool:
         """Whether the job can have a box now: its session's own here, or a free one of its level."""
@@ -390,13 +369,6 @@ class Worker:
         if spec.session_id is not None and pool.has_session(spec.tenant, spec.session_id):
             return True
         return pool.available > 0
-
-    def _session_lock(self, key: _SessionKey) -> asyncio.Lock:
-        """One binding at a time per session here: two of its jobs must not both open a box."""
-        lock = self._session_locks.get(key)
-        if lock is None:
-            lock = self._session_locks[key] = asyncio.Lock()
-        return lock
 
     async def _presence(self, broker: Distributed) -> None:
         """Say this worker is alive; release the boxes of sessions that are no longer its own.
@@ -411,8 +383,8 @@ class Worker:
         said_at = time.monotonic()
         first = True
         while True:
-            held = {key: self._generations.get(key, 0) for pool in self.pools.values() for key in pool.session_keys()}
-            owned: set[_SessionKey] | None = None
+            held = self._sessions.held()
+            owned: set[SessionKey] | None = None
             try:
                 presence = await broker.presence(list(held), levels)
                 owned, said_at = presence.owned, time.monotonic()
@@ -431,19 +403,9 @@ class Worker:
                 why = "redis was unreachable longer than the worker's presence lasts; the run starts again"
                 for run in list(self._runs.values()):
                     self._interrupt(run, cut_off=why)
-            for key, generation in held.items():
-                if owned is not None and key not in owned:
-                    chore = asyncio.create_task(self._drop_session(key, generation), name=f"drop-session-{key[1]}")
-                    self._chores.add(chore)
-                    chore.add_done_callback(self._chores.discard)
+            if owned is not None:
+                self._sessions.release(held, owned)
             await asyncio.sleep(broker.presence_interval_s)
-
-    async def _drop_session(self, key: _SessionKey, generation: int) -> None:
-        async with self._session_lock(key):
-            if self._generations.get(key, 0) == generation:  # not reopened since presence looked
-                for pool in self.pools.values():
-                    with contextlib.suppress(SessionNotFound):
-                        await pool.end_session(*key)  # waits for a run in it to end
 
     async def _execute(self, run: _Run, output: dict[str, bytearray]) -> None:
         spec = run.spec
