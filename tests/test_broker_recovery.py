@@ -157,3 +157,22 @@ async def test_serving_counts_the_live_workers_of_a_level(brokers: MakeRedis, db
     assert (await api.serving("jail"), await api.serving("gvisor")) == (1, 0)
     await asyncio.sleep(_TTL_S + 0.1)  # silent past its presence TTL: not counted, even before a sweep
     assert await api.serving("jail") == 0
+
+
+async def test_a_worker_killed_while_it_drains_is_taken_over_like_any_dead_one(
+    brokers: MakeRedis, db: aioredis.Redis
+) -> None:
+    api = brokers(max_queued=16)
+    draining, live = _worker(brokers, "draining"), _worker(brokers, "live")
+    await draining.presence([])
+    await live.presence([])
+    spec = _spec()
+    await api.submit(spec)
+    assert (await _claim(draining)).id == spec.id
+    await draining.mark_running(spec.id)
+    await draining.leave()  # SIGTERM: it drains; then it is killed (SIGKILL) before it retires
+    assert await api.serving("jail") == 1  # a leaving worker is not counted
+    await _until_taken_over(live, db, 1)  # its presence expired: its job comes back, not after claim_idle_ms
+    assert (await _claim(live)).id == spec.id
+    await live.finish(spec.id, _ok())
+    assert await _pending(db) == 0

@@ -706,7 +706,9 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
     assert await leaving.reclaim() == 0
     assert (await _claim(other)).id == after.id  # routed to the new owner
     await other.finish(after.id, _ok())
-    assert not await raw.exists(_KEYS.inbox("leaving"))
+    assert await raw.exists(_KEYS.inbox("leaving"))  # still there while it drains: it could die meanwhile
+    assert await leaving.retire() == 0
+    assert not await raw.exists(_KEYS.inbox("leaving"))  # gone once it retired
     assert await _pending(raw) == 0
 
 

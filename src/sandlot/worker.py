@@ -150,8 +150,6 @@ class Worker:
         """Stop claiming; give running tasks until the deadline, then cancel them (or hand them back)."""
         self._stopping = True
         distributed = self.broker if isinstance(self.broker, Distributed) else None
-        if self._presence_task is not None:
-            self._presence_task.cancel()
         self._sessions.cancel()
         for loop_task in self._loops:
             if loop_task not in self._runs:
@@ -168,6 +166,11 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=_CANCEL_GRACE_S)
+        # Presence is said until here: a worker killed while it drains is taken over like any dead one.
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence_task
         if distributed is not None:
             await _quietly("retire", distributed.retire())
 

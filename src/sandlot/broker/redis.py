@@ -521,7 +521,7 @@ class RedisBroker:
     async def leave(self) -> None:
         """No more jobs routed to this worker; what waits unread in its inbox goes to ``returned``."""
         async with self._reachable():
-            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name])
+            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name, 0])
 
     async def retire(self) -> int:
         """Hand back every job still pending to this consumer (call once nothing runs); how many went back."""
@@ -544,7 +544,7 @@ class RedisBroker:
                     elif await self._requeue(task.decode(errors="replace"), stream, entry_id, ""):
                         handed += 1
             self._held.clear()
-            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name])
+            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name, 1])
         return handed
 
     # ------------------------------------------------------------ private

@@ -161,9 +161,11 @@ local function open_stream(stream)
   redis.call('SADD', Q.streams, stream)
 end
 
+-- A worker jobs may be routed to: its presence has not expired, and it is not leaving (draining).
 local function alive(inbox, now)
   local deadline = redis.call('ZSCORE', Q.workers, inbox)
-  return deadline ~= false and tonumber(deadline) > now
+  if deadline == false or tonumber(deadline) <= now then return false end
+  return redis.call('HGET', Q.workers .. ':names', inbox .. '|leaving') ~= '1'
 end
 
 -- Keep a session for its idle time from now, never past its absolute expiry. -> ms left (<= 0: it ended)
@@ -245,12 +247,8 @@ local function take_over(consumer)
   return moved
 end
 
--- A dead worker (its presence expired): the jobs it held go back to the front (take_over), its inbox's
--- undelivered entries move to `returned` (a wake token each), and its inbox, tokens and presence go.
-local function sweep(inbox, consumer)
-  local names = Q.workers .. ':names'
-  local dead = redis.call('HGET', names, inbox)
-  if dead then take_over(dead) end
+-- A worker's inbox: its undelivered entries move to `returned` (a wake token each).
+local function move_unread(inbox, consumer)
   while true do
     local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', 100, 'STREAMS', inbox, '>')
     if type(r) ~= 'table' or not r[1] then break end
@@ -262,12 +260,25 @@ local function sweep(inbox, consumer)
       redis.call('XDEL', inbox, entry[1])
     end
   end
+end
+
+-- A worker gone for good: its presence, names and (once empty) its inbox and tokens.
+local function forget(inbox)
   redis.call('ZREM', Q.workers, inbox)
-  redis.call('HDEL', names, inbox, inbox .. '|levels')
+  redis.call('HDEL', Q.workers .. ':names', inbox, inbox .. '|levels', inbox .. '|leaving')
   if redis.call('XLEN', inbox) == 0 then
     redis.call('DEL', inbox, inbox .. ':wake')
     redis.call('SREM', Q.streams, inbox)
   end
+end
+
+-- A dead worker (its presence expired, draining or not): the jobs it held go back to the front
+-- (take_over), its inbox's unread entries to `returned`, and it is forgotten.
+local function sweep(inbox, consumer)
+  local dead = redis.call('HGET', Q.workers .. ':names', inbox)
+  if dead then take_over(dead) end
+  move_unread(inbox, consumer)
+  forget(inbox)
 end
 """
 
@@ -414,20 +425,22 @@ local now, n = now_ms(), 0
 local names = Q.workers .. ':names'
 for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
   local levels = redis.call('HGET', names, inbox .. '|levels') or ''
-  if string.find(' ' .. levels .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then n = n + 1 end
+  local leaving = redis.call('HGET', names, inbox .. '|leaving') == '1'
+  if not leaving and string.find(' ' .. levels .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then n = n + 1 end
 end
 return n
 """
 )
 
-# KEYS: Q, this worker's inbox. ARGV: consumer. The worker stops being routed to; what waits in its inbox
-# unread goes to `returned`.
+# KEYS: Q, this worker's inbox. ARGV: consumer, 1 if it is gone for good (retired). The worker stops being
+# routed to and counted as serving (it is leaving); what waits in its inbox unread goes to `returned`. While
+# it drains it keeps saying its presence, so if it dies then, its jobs are taken over as any dead worker's.
 LEAVE = (
     _QUEUE
     + """
-redis.call('ZREM', Q.workers, KEYS[6])
-redis.call('HDEL', Q.workers .. ':names', KEYS[6], KEYS[6] .. '|levels')
-sweep(KEYS[6], ARGV[1])
+redis.call('HSET', Q.workers .. ':names', KEYS[6] .. '|leaving', '1')
+move_unread(KEYS[6], ARGV[1])
+if ARGV[2] == '1' then forget(KEYS[6]) end
 """
 )
 
