@@ -200,6 +200,9 @@ def test_readiness_and_synchronous_runs_say_when_no_worker_serves_the_level(clus
         assert "no live worker serves isolation 'jail'" in hung.json()["error"]["message"]
         text = client.post("/run", content="print('x')\n")
         assert text.status_code == 503, text.text
+        piston_body = {"language": "python", "version": "*", "files": [{"content": "1"}]}
+        piston = client.post("/api/v2/execute", json=piston_body)
+        assert piston.status_code == 503, piston.text
         queued = _submit(client, _python("print('queued')\n"))  # an asynchronous submit still queues
 
         worker = cluster.worker(2, pool_size=1)

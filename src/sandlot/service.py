@@ -261,11 +261,12 @@ class Service:
     async def serves(self, isolation: str = "") -> bool:
         """Whether a run at the level can start: in the distributed mode, some live worker serves it.
 
-        The embedded mode's worker is this process. ``BrokerUnavailable`` when Redis cannot be asked.
+        The embedded broker's jobs are taken in this process (by its worker, or whatever claims
+        them there): nothing to ask. ``BrokerUnavailable`` when Redis cannot be asked.
         """
         if isinstance(self.broker, Distributed):
             return await self.broker.serving(isolation or self.server.default_isolation) > 0
-        return self.worker is not None
+        return True
 
     async def require_worker(self, spec: TaskSpec) -> None:
         """Refuse (``NoWorker``, HTTP 503) a run whose caller waits for it when no worker could take it."""
