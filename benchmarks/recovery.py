@@ -12,7 +12,8 @@ about recovery is shortened). Per round, on a fresh Redis and fresh nodes:
      PID), and the worker is SIGKILLed;
   3. the clock runs from the SIGKILL until every one of those jobs is done
      (polled in Redis every 50 ms), bounded by ``--timeout``;
-  4. every job's event stream must hold exactly one exit event, status ok.
+  4. every job's event stream must hold exactly one exit event, status ok;
+  5. once the nodes stopped, the killed worker's boxes are swept (as its restart would).
 
 ``--pythonpath DIR`` runs the nodes from another checkout's ``src`` (e.g. the
 commit before presence-based recovery, as a baseline):
@@ -34,12 +35,15 @@ import time
 import httpx
 import redis
 
-from distributed import _Cluster, _cluster, _redis_server
+from distributed import _Cluster, _cluster, _node_env, _redis_server
 from sandlot.broker.keys import WORKERS_GROUP, Keys
+from sandlot.config import load_settings
+from sandlot.sandbox import Sandbox
 
 KEYS = Keys()
 POLL_S = 0.05
 DEFAULT_POOL = max(2, (os.cpu_count() or 1) * 2)  # the worker's default --pool-size
+VICTIM = 2  # the node number of the worker that is killed
 
 
 def _held_by(client: redis.Redis, pid: int) -> list[str]:
@@ -70,10 +74,17 @@ def _exit_statuses(client: redis.Redis, task_id: str) -> list[str]:
     return statuses
 
 
+def _sweep(n: int) -> None:
+    """Release what node n's killed process could not: its boxes (cgroup kill, unmount), then its group."""
+    sandbox = Sandbox(load_settings(environ=_node_env(n)))
+    sandbox.sweep_stale()
+    sandbox.driver.remove_group()
+
+
 def _round(cluster: _Cluster, args: argparse.Namespace) -> float | None:
     """One kill; the seconds from it to the last of the victim's jobs done (None: not within the timeout)."""
     api = cluster.api(1)
-    victim, other = cluster.worker(2, DEFAULT_POOL), cluster.worker(3, DEFAULT_POOL)
+    victim, other = cluster.worker(VICTIM, DEFAULT_POOL), cluster.worker(VICTIM + 1, DEFAULT_POOL)
     for node in (api, victim, other):
         node.wait_ready()
     code = f"import time\ntime.sleep({args.sleep})\nprint('done')\n"
@@ -131,6 +142,7 @@ def main() -> None:
         print(f"round {n}:")
         with _redis_server() as url, _cluster(url) as cluster:
             took = _round(cluster, args)
+        _sweep(VICTIM)
         if took is not None:
             times.append(took)
     if times:
