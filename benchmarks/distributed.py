@@ -149,9 +149,10 @@ class _Node:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise SystemExit(f"node {self.n} exited with {self.proc.returncode}:\n{self.log.read_text()}")
-                if self.http_port:
+                if self.http_port:  # up: ready, or waiting for its first live worker (503 no_worker)
                     with contextlib.suppress(httpx.TransportError):
-                        if client.get(self.url + "/readyz").status_code == 200:
+                        ready = client.get(self.url + "/readyz")
+                        if ready.status_code == 200 or ready.json().get("status") == "no_worker":
                             return
                 elif "sandlot worker running" in self.log.read_text(errors="replace"):
                     return

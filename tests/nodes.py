@@ -256,13 +256,15 @@ class Node:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self) -> None:
-        """An API node until /readyz answers 200, a worker until it logs that it runs; fails if it exits first."""
+        """An API node until /readyz says it accepts work (200, or 503 ``no_worker``: up, but no live worker
+        yet), a worker until it logs that it runs (its presence is said by then); fails if it exits first."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.http_port:
                     with contextlib.suppress(httpx.TransportError):
-                        if client.get(self.url + "/readyz").status_code == 200:
+                        ready = client.get(self.url + "/readyz")
+                        if ready.status_code == 200 or ready.json().get("status") == "no_worker":
                             return
                 elif "sandlot worker running" in self.output():
                     return

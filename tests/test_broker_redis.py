@@ -18,17 +18,37 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, QueueFull, TaskSpec
+from sandlot.broker import (
+    Broker,
+    BrokerUnavailable,
+    Control,
+    Distributed,
+    Heartbeating,
+    QueueFull,
+    Superseded,
+    TaskSpec,
+)
 from sandlot.broker.keys import WORKERS_GROUP, Keys
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
 from sandlot.errors import SessionNotFound
-from sandlot.models import Event, ExitEvent, OutputEvent, Result, SourceFile, StageEvent, Status
+from sandlot.models import (
+    NOTICE_REQUEUED,
+    Event,
+    ExitEvent,
+    NoticeEvent,
+    OutputEvent,
+    Result,
+    SourceFile,
+    StageEvent,
+    Status,
+)
 
 from .nodes import RedisServer
 
 _WAIT_S = 30.0  # a bound for what should happen promptly (on a loaded machine too), never a measurement
 _IDLE_MS = 200  # claim_idle_ms of the redelivery tests
+_PRESENCE_TTL_S = 0.6  # presence_ttl_s of the tests where a silent worker is taken for dead
 _KEYS = Keys()
 
 
@@ -403,10 +423,16 @@ async def test_a_lost_workers_job_is_reclaimed_by_another(make_redis: MakeRedis,
     # "lost" never finishes; "rescuer" gets the job once it was idle for claim_idle_ms.
     assert await _claim(rescuer) == spec
     await rescuer.mark_running(spec.id)
+    with pytest.raises(Superseded):  # the slow one comes back: fenced off, nothing it writes is kept
+        await lost.publish(spec.id, OutputEvent("stdout", b"late", seq=2))
     await rescuer.publish(spec.id, OutputEvent("stdout", b"again", seq=1))  # the retry starts over
     await rescuer.finish(spec.id, _ok())
     events = await _collect(rescuer.subscribe("a", spec.id))
-    assert [e.seq for e in events] == [1, 2, 3]  # still strictly increasing
+    assert [e.seq for e in events] == [1, 2, 3, 4]  # still strictly increasing
+    assert [e.kind for e in events] == ["output", "notice", "output", "exit"]
+    assert isinstance(events[1], NoticeEvent)
+    assert events[1].code == NOTICE_REQUEUED  # the run that had started is said to start again
+    assert [e.data for e in events if isinstance(e, OutputEvent)] == [b"partial", b"again"]
     assert await _pending(raw) == 0
     await lost.finish(spec.id, ExitEvent(Result(Status.OK, message="late")))  # the slow one: ignored
     state = await rescuer.get("a", spec.id)
@@ -425,12 +451,12 @@ async def test_a_heartbeating_workers_job_is_never_reclaimed(make_redis: MakeRed
     for _ in range(6):  # twice claim_idle_ms in all, one heartbeat interval at a time
         await asyncio.sleep(holder.heartbeat_interval_s)
         assert await holder.heartbeat(spec.id)
-        assert await other.reclaim() == []
+        assert await other.reclaim() == 0
     # Silent from here on: the job is taken over, and a late heartbeat does not take it back.
     assert await _claim(other) == spec
     assert not await holder.heartbeat(spec.id)
-    (entry,) = await raw.xpending_range(_KEYS.tenant_jobs("a"), WORKERS_GROUP, min="-", max="+", count=10)
-    assert entry["consumer"] == b"other"
+    (entry,) = await raw.xpending_range(_KEYS.returned, WORKERS_GROUP, min="-", max="+", count=10)
+    assert entry["consumer"] == b"other"  # requeued at the front, and taken from there
     await other.finish(spec.id, _ok())
     assert not await other.heartbeat(spec.id)  # acknowledged: nothing left to keep
     assert await _pending(raw) == 0
@@ -439,20 +465,23 @@ async def test_a_heartbeating_workers_job_is_never_reclaimed(make_redis: MakeRed
 async def test_past_max_deliveries_the_task_ends_as_worker_lost(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
     first = make_redis(consumer_name="first", claim_idle_ms=_IDLE_MS, max_deliveries=2)
     second = make_redis(consumer_name="second", claim_idle_ms=_IDLE_MS, max_deliveries=2)
-    # No idle wait for the third: its reclaim takes the pending entry at once, so the test can
-    # await the very step that ends the task (a background claim would end it at some point).
+    # No idle wait for the third: its reclaim requeues the pending entry at once, and the test awaits the
+    # very claim step that takes it and ends the task (a background claim would end it at some point).
     third = make_redis(consumer_name="third", claim_idle_ms=0, max_deliveries=2)
     spec = _spec()
     await _running(first, spec)
     assert await _claim(second) == spec  # delivery 2 of 2, and that worker dies too
-    assert await _within(third.reclaim()) == []  # delivery 3: not run, ended
-    # The contract: when the step that stored the exit returns, the job is acknowledged too.
+    assert await _within(third.reclaim()) == 1  # back at the front of the queue
+    assert await _within(third._claim_step("")) == (None, "")  # delivery 3: not run, ended
+    # The contract: the exit is stored first, then the job acknowledged, both before the step that took
+    # it returns (a crash between leaves the entry pending, and the next take finds the task done).
     assert await _pending(raw) == 0
     events = await _collect(third.subscribe("a", spec.id))
-    assert len(events) == 1
-    assert isinstance(events[0], ExitEvent)
-    assert events[0].result.status is Status.INTERNAL_ERROR
-    assert events[0].result.message == "worker lost"
+    # The second delivery said the run starts again; the third is past max_deliveries and ends the task.
+    assert [e.kind for e in events] == ["notice", "exit"]
+    assert isinstance(events[-1], ExitEvent)
+    assert events[-1].result.status is Status.INTERNAL_ERROR
+    assert events[-1].result.message == "worker lost"
     assert await raw.xlen(_KEYS.deadletter) == 0  # a task's own job, ended with a result: not a stray
 
 
@@ -608,8 +637,8 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     make_redis: MakeRedis, raw: aioredis.Redis
 ) -> None:
     api = make_redis()
-    first = make_redis(consumer_name="first", claim_idle_ms=_IDLE_MS)
-    second = make_redis(consumer_name="second", claim_idle_ms=_IDLE_MS)
+    first = make_redis(consumer_name="first", claim_idle_ms=_IDLE_MS, presence_ttl_s=_PRESENCE_TTL_S)
+    second = make_redis(consumer_name="second", claim_idle_ms=_IDLE_MS, presence_ttl_s=_PRESENCE_TTL_S)
     with pytest.raises(SessionNotFound):
         await api.submit(_spec(session_id="nope"))
     assert await api.queued() == 0
@@ -631,11 +660,11 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     assert (await first.sessions.bind("a", session, have_box=False, room=True)).verdict == "new"
     assert (await second.sessions.bind("a", session, have_box=False, room=True)).verdict == "elsewhere"
     await first.finish(run.id, _ok())
-    assert await first.presence([("a", session)]) == {("a", session)}
+    assert (await first.presence([("a", session)])).owned == {("a", session)}
 
     routed = _spec(session_id=session)
     await api.submit(routed)  # to the owner's inbox: the other worker never sees it
-    assert await second.reclaim() == []
+    assert await second.reclaim() == 0
     assert (await _claim(first)).id == routed.id
     assert (await first.sessions.bind("a", session, have_box=True, room=True)).verdict == "ready"
     await first.finish(routed.id, _ok())
@@ -651,7 +680,9 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     binding = await second.sessions.bind("a", session, have_box=False, room=True)
     assert binding.verdict == "reset"
     assert 0 < binding.expires_in_s <= 60
-    assert await first.presence([("a", session)]) == set()  # the old owner learns it lost the session
+    presence = await first.presence([("a", session)])
+    assert presence.owned == set()  # the old owner learns it lost the session
+    assert presence.lost  # and that it was taken for dead meanwhile
     await second.finish(stranded.id, _ok())
 
     assert await api.sessions.end("a", session)
@@ -677,10 +708,12 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
     await other.finish(queued.id, _ok())
     after = _spec(session_id=session)
     await api.submit(after)
-    assert await leaving.reclaim() == []
+    assert await leaving.reclaim() == 0
     assert (await _claim(other)).id == after.id  # routed to the new owner
     await other.finish(after.id, _ok())
-    assert not await raw.exists(_KEYS.inbox("leaving"))
+    assert await raw.exists(_KEYS.inbox("leaving"))  # still there while it drains: it could die meanwhile
+    assert await leaving.retire() == 0
+    assert not await raw.exists(_KEYS.inbox("leaving"))  # gone once it retired
     assert await _pending(raw) == 0
 
 

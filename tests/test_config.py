@@ -265,6 +265,7 @@ def test_from_mapping_where_prefix() -> None:
 
 
 def test_distributed_server_settings_and_the_derived_claim_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandlot.broker.redis import DEFAULT_PRESENCE_TTL_S
     from sandlot.service import CLAIM_GRACE_S, effective_claim_idle_ms, server_settings_from
 
     settings = load_settings(environ={})
@@ -276,3 +277,6 @@ def test_distributed_server_settings_and_the_derived_claim_timeout(monkeypatch: 
     assert effective_claim_idle_ms(settings, server) == int((longest_s + CLAIM_GRACE_S) * 1000)
     monkeypatch.setenv("SANDLOT_CLAIM_IDLE_MS", "2000")
     assert effective_claim_idle_ms(settings, server_settings_from(settings)) == 2000
+    assert server.presence_ttl_s == DEFAULT_PRESENCE_TTL_S  # a dead worker's jobs move after a few seconds
+    monkeypatch.setenv("SANDLOT_PRESENCE_TTL_S", "9")
+    assert server_settings_from(settings).presence_ttl_s == 9.0

@@ -92,6 +92,13 @@ def _exits(client: httpx.Client, task_id: str) -> list[dict[str, Any]]:
     return [frame["data"] for frame in frames if frame["event"] == "exit"]
 
 
+def _submit_body(client: httpx.Client, body: dict[str, Any]) -> str:
+    response = client.post("/api/v1/execute", json=body)
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
 def _stdout_of(client: httpx.Client, task_id: str) -> str:
     with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
         frames = list(sse_frames(response.iter_lines()))
@@ -361,16 +368,20 @@ def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Clus
     api = cluster.api(1, **slow_reclaim)
     stopping = cluster.worker(2, pool_size=2, drain_deadline_s=3, **slow_reclaim)  # a 3 s drain < the 6 s run
     cluster.start(api, stopping)
+    keys = Keys()
+    rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
     with httpx.Client(base_url=api.url, timeout=30.0) as client:
-        # The session pins one of the worker's two boxes; the long run takes the other.
+        # The session pins one of the worker's two boxes; the long run takes it, and the session's next
+        # run is claimed too (a box is free) and waits there for the long one: claimed, not started.
         session_id = client.post("/api/v1/sessions").json()["session_id"]
-        pinning = client.post("/api/v1/run", json=execution(HELLO) | {"session_id": session_id})
+        in_session = {"session_id": session_id}
+        pinning = client.post("/api/v1/run", json=execution(HELLO) | in_session)
         assert (pinning.status_code, pinning.json()["stdout"]) == (200, "hello\n"), pinning.text
-        long_id = submit(client, SLEEP_6S)
+        long_id = _submit_body(client, execution(SLEEP_6S) | in_session)
         with client.stream("GET", f"/api/v1/tasks/{long_id}/events") as response:
             read_until_output(sse_frames(response.iter_lines()), "started\n")
-        waiting_id = submit(client, HELLO)  # claimed by the worker's free loop, which waits for a box
-        wait_until(lambda: client.get(f"/api/v1/tasks/{waiting_id}").json()["status"] == "running", 20.0, "claimed")
+        waiting_id = _submit_body(client, execution(HELLO) | in_session)
+        wait_until(lambda: rdb.hget(keys.state(waiting_id), "entry") is not None, 20.0, "claimed")
 
         stopping.proc.send_signal(signal.SIGTERM)
         assert stopping.proc.wait(STOP_TIMEOUT_S) == 0, stopping.output()
@@ -383,15 +394,16 @@ def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Clus
         assert (waiting["status"], waiting["stdout"]) == ("ok", "hello\n"), waiting
         assert (long["status"], long["stdout"]) == ("ok", "started\nfinished\n"), long
         waiting_frames, long_frames = _frames(client, waiting_id), _frames(client, long_id)
-        assert _notices(waiting_frames) == []  # it never started on the stopping worker
-        assert _notices(long_frames) == ["requeued"]  # it had: its client is told the run starts again
+        # The waiting one went back first (at once), and starts the session afresh on the other worker (the
+        # notice says so); the long one, handed back at the drain deadline, follows it in that box, and its
+        # client is told the run starts again.
+        assert _notices(waiting_frames) == ["session_reset"]
+        assert _notices(long_frames) == ["requeued"]
         assert _stdout(long_frames) == "started\nstarted\nfinished\n"
         for frames in (waiting_frames, long_frames):
             assert [frame["event"] for frame in frames].count("exit") == 1
 
-    rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
     try:
-        keys = Keys()
         for task_id in (long_id, waiting_id):  # handing back does not count as a delivery
             assert int(rdb.hget(keys.state(task_id), "deliveries") or 0) == 1
         assert int(rdb.get(keys.queued) or 0) == 0

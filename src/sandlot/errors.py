@@ -42,6 +42,18 @@ class Unavailable(SandlotError):
     """sandlot cannot serve this right now (HTTP 503, gRPC UNAVAILABLE); nothing was run."""
 
 
+class NoWorker(Unavailable):
+    """No live worker serves an isolation level (the distributed mode): a run that waits for its result
+    would wait with no end in sight, so it is refused (HTTP 503) instead; queued submits still queue."""
+
+    def __init__(self, level: str) -> None:
+        super().__init__(
+            f"no live worker serves isolation {level!r} right now, so a run that waits for its result would hang; "
+            "start a worker (sandlot worker --redis ...), or queue it with POST /api/v1/execute"
+        )
+        self.level = level
+
+
 class IsolationUnavailable(Unavailable):
     """An isolation level cannot run here; the message names the level and the exact reason."""
 

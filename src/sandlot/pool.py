@@ -125,6 +125,7 @@ class BoxPool:
         self._expiry_task: asyncio.Task[None] | None = None
         self._closed = False
         self.ready = False
+        self.on_free: Callable[[], None] | None = None  # told when a box is free again (a worker's claim gate)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -174,6 +175,11 @@ class BoxPool:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def idle_sessions(self) -> int:
+        """Sessions whose box no run is using right now."""
+        return sum(1 for session in self._sessions.values() if session.active_runs == 0)
 
     # --------------------------------------------------------------- leases
 
@@ -253,6 +259,8 @@ class BoxPool:
             if waiter.future.done():
                 continue
             waiter.future.set_result(self._free.popleft())
+        if self._free and self.on_free is not None:
+            self.on_free()
 
     async def _give_back(self, box: Box) -> None:
         if self._closed:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, BrokerUnavailable, Distributed, TaskSpec
 from sandlot.broker.memory import MemoryBroker
-from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, RedisBroker
+from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, DEFAULT_PRESENCE_TTL_S, RedisBroker
 from sandlot.config import Settings
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import AuthError, ConfigError, RejectedError, SandboxError
+from sandlot.errors import AuthError, ConfigError, NoWorker, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
@@ -79,7 +79,8 @@ class ServerSettings:
     start_worker: bool = True
     prelaunch: bool = True  # keep each idle box's next jail launched ahead of time
     redis_url: str = ""  # distributed mode's broker; "": the embedded memory broker
-    claim_idle_ms: int = 0  # a job unacknowledged this long, without heartbeats, is taken over; 0: derived
+    claim_idle_ms: int = 0  # a live worker silent this long on a job (wedged) loses it; 0: derived
+    presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S  # a worker silent this long is dead: its jobs go elsewhere
     max_deliveries: int = DEFAULT_MAX_DELIVERIES  # runs of one job before it ends as "worker lost"
     events_maxlen: int = DEFAULT_EVENTS_MAXLEN  # events kept per task stream (approximate trim)
     worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
@@ -121,6 +122,7 @@ def _make_broker(settings: Settings, server: ServerSettings) -> Broker:
         claim_idle_ms=effective_claim_idle_ms(settings, server),
         max_deliveries=server.max_deliveries,
         events_maxlen=server.events_maxlen,
+        presence_ttl_s=server.presence_ttl_s,
     )
 
 
@@ -247,6 +249,7 @@ class Service:
                 default_isolation=server.default_isolation,
             )
             worker.start()
+            await worker.present()  # API nodes count this worker before it is reported ready
         directory = the_broker.sessions if isinstance(the_broker, Distributed) else None
         sessions = Sessions(
             pools,
@@ -262,6 +265,22 @@ class Service:
     @property
     def ready(self) -> bool:
         return self.accepting and self.pool.ready
+
+    async def serves(self, isolation: str = "") -> bool:
+        """Whether a run at the level can start: in the distributed mode, some live worker serves it.
+
+        The embedded broker's jobs are taken in this process (by its worker, or whatever claims
+        them there): nothing to ask. ``BrokerUnavailable`` when Redis cannot be asked.
+        """
+        if isinstance(self.broker, Distributed):
+            return await self.broker.serving(isolation or self.server.default_isolation) > 0
+        return True
+
+    async def require_worker(self, spec: TaskSpec) -> None:
+        """Refuse (``NoWorker``, HTTP 503) a run whose caller waits for it when no worker could take it."""
+        level = spec.isolation or self.server.default_isolation
+        if not await self.serves(level):
+            raise NoWorker(level)
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)

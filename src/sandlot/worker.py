@@ -13,19 +13,34 @@ program, a signal reaches its process group, cancel kills the box.
 ``drain`` stops claiming, lets running tasks finish until a deadline, then
 cancels the rest (their boxes are killed and their exit events say so).
 
+With many workers (``Distributed``) a loop claims any job only while a box is
+there for it (free, or a session's idle one, beyond the jobs claimed and not
+started yet); otherwise it takes only the runs routed to it (its sessions',
+which run in their boxes). A worker never holds jobs it cannot start now,
+which would wait behind its runs, and be the last to come back if it died.
+
 With a broker whose jobs are taken over from silent workers (``Heartbeating``:
 Redis), a third task per claimed job heartbeats until its exit is stored, so a
 run longer than the broker's claim timeout is never handed to a second worker
-while this one lives. Stale jobs of dead workers are reclaimed by the broker's
-own ``claim`` (see ``sandlot.broker.redis``): only a loop with a free slot
-takes one, so a busy worker never hoards jobs it cannot start.
+while this one lives.
+
+Fencing: every write of a task's events and result carries this worker's
+delivery token, and the broker refuses it once the job has moved on (this
+worker was taken for dead while frozen or cut off, or wedged past the claim
+timeout). The first refused write (``Superseded``), a heartbeat that finds the
+job gone, or a presence that says this worker had been declared dead,
+*supersedes* the run: it is stopped (its box's processes killed) and ends here
+without a result, since the task ends on the worker that has it now. A worker
+that cannot reach Redis for longer than the presence TTL stops its runs too,
+and hands each job back once Redis answers, unless it moved on meanwhile.
 
 With a broker many worker processes share (``Distributed``), the worker also:
 
 - says it is alive (``presence``, every few seconds, before its first claim),
   and releases the boxes of sessions that are no longer its own (ended,
-  expired, or moved to another worker while this one looked dead);
-- binds a session's job before running it (``sessions.bind``): the job runs
+  expired, or moved to another worker while this one looked dead); the live
+  workers' presences are what notice a dead one and requeue its jobs at once;
+- binds a session's job before running it (``worker_sessions``): the job runs
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
   handed over to the live worker that holds the box;
@@ -43,13 +58,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, TaskSpec
+from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, Superseded, TaskSpec
 from sandlot.engine import Engine, check_isolation, rejected
-from sandlot.errors import RejectedError, SandlotError, SessionNotFound
+from sandlot.errors import RejectedError, SandlotError
 from sandlot.metrics import Metrics
 from sandlot.models import (
     NOTICE_REQUEUED,
@@ -62,13 +76,13 @@ from sandlot.models import (
 )
 from sandlot.pool import BoxPool, PoolFull, pool_for_run
 from sandlot.sandbox import Box
+from sandlot.worker_sessions import SessionBoxes, SessionKey
 
 log = logging.getLogger("sandlot.worker")
 _CLAIM_RETRY_S = 1.0
 _HAND_BACK_PATIENCE_S = 60.0  # how long a job caught in a Redis outage waits to be handed back, not reclaimed
+_SESSION_RESET_MESSAGE = "the session's box was lost with its worker; this run starts in a fresh, empty box"
 _CANCEL_GRACE_S = 5.0  # after the drain deadline, for cancelled runs to release their boxes and hand back
-
-_SessionKey = tuple[str, str]  # (tenant, session id)
 
 
 @dataclass
@@ -77,12 +91,19 @@ class _Run:
 
     spec: TaskSpec
     published: list[ExitEvent] = field(default_factory=list)  # the exit, once stored
-    started: bool = False  # the box is leased and the engine runs
+    started: bool = False  # the box is leased, the task marked running, and the engine runs
     handed_back: bool = False  # the job went back to the queue (or over to another worker)
+    superseded: bool = False  # the job moved on to another worker: this run ends without a result
+    cut_off: str = ""  # why the run was stopped while Redis was unreachable (it is handed back when it answers)
 
     @property
     def settled(self) -> bool:
-        return bool(self.published) or self.handed_back
+        return bool(self.published) or self.handed_back or self.superseded
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by this worker, not by a drain: its claim loop carries on."""
+        return self.superseded or bool(self.cut_off)
 
 
 class Worker:
@@ -107,9 +128,12 @@ class Worker:
         self._stopping = False
         self._present = asyncio.Event()  # the first presence was said (or tried): claiming may start
         self._presence_task: asyncio.Task[None] | None = None
-        self._session_locks: weakref.WeakValueDictionary[_SessionKey, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._generations: dict[_SessionKey, int] = {}  # bumped each time this worker opens a session's box
-        self._chores: set[asyncio.Task[None]] = set()
+        self._sessions = SessionBoxes(self.pools, default_isolation)
+        self._claiming = 0  # loops past the claim gate, waiting for a job
+        self._freed = asyncio.Event()  # the gate's inputs changed: a box freed, a claim or a run ended
+        self._boxless = False  # a job went back for want of a box: only routed jobs until a box is freed
+        for pool in self.pools.values():
+            pool.on_free = self._box_freed
 
     def start(self) -> None:
         if isinstance(self.broker, Distributed):
@@ -118,13 +142,15 @@ class Worker:
             self._present.set()
         self._loops = [asyncio.create_task(self._loop(), name=f"sandlot-worker-{i}") for i in range(self.concurrency)]
 
+    async def present(self) -> None:
+        """Until the first presence was said (or tried): from then on other nodes see this worker."""
+        await self._present.wait()
+
     async def drain(self, deadline_s: float) -> None:
         """Stop claiming; give running tasks until the deadline, then cancel them (or hand them back)."""
         self._stopping = True
         distributed = self.broker if isinstance(self.broker, Distributed) else None
-        for chore in (self._presence_task, *self._chores):
-            if chore is not None:
-                chore.cancel()
+        self._sessions.cancel()
         for loop_task in self._loops:
             if loop_task not in self._runs:
                 loop_task.cancel()
@@ -140,6 +166,11 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=_CANCEL_GRACE_S)
+        # Presence is said until here: a worker killed while it drains is taken over like any dead one.
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence_task
         if distributed is not None:
             await _quietly("retire", distributed.retire())
 
@@ -149,18 +180,65 @@ class Worker:
         await self._present.wait()
         while not self._stopping:
             try:
-                spec = await self.broker.claim()
+                spec = await self._next_job()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a broker error must not end this claim loop for good
                 log.exception("claiming a task failed; retrying")
                 await asyncio.sleep(_CLAIM_RETRY_S)
                 continue
+            if spec is None:
+                continue
             run = self._runs[current] = _Run(spec)
             try:
                 await self.run_task(spec, run)
+            except asyncio.CancelledError:
+                if self._stopping or not run.interrupted:
+                    raise
+                current.uncancel()  # this worker stopped the run itself; the loop goes on
             finally:
                 self._runs.pop(current, None)
+                self._freed.set()
+
+    async def _next_job(self) -> TaskSpec | None:
+        """The next job this worker can start now; None to look again (the gate's inputs changed).
+
+        Shared by many workers (``Distributed``), it claims any job only while a box is
+        free for one more job than it has claimed and not started; otherwise only the
+        runs routed to it, of the sessions whose boxes it holds (they run in those), or
+        it waits for a box. The embedded mode's worker is the only one: it claims freely.
+        """
+        broker = self.broker
+        if not isinstance(broker, Distributed):
+            return await broker.claim()
+        # A session's idle box counts: its next run (in ``returned`` after its worker was lost) starts there.
+        free = sum(pool.available + pool.idle_sessions for pool in self.pools.values())
+        unstarted = sum(1 for run in self._runs.values() if not run.started)
+        if free > unstarted + self._claiming and not self._boxless:
+            self._claiming += 1
+            try:
+                return await broker.claim()
+            finally:
+                self._claiming -= 1
+                self._freed.set()  # a claim ended: another loop may pass the gate now
+        if any(pool.session_count for pool in self.pools.values()):
+            return await broker.claim_routed()  # None after one blocking read: then the gate is looked at again
+        self._freed.clear()
+        await self._freed.wait()
+        return None
+
+    def _box_freed(self) -> None:
+        self._boxless = False
+        self._freed.set()
+
+    def _interrupt(self, run: _Run, *, superseded: bool = False, cut_off: str = "") -> None:
+        """Stop a run this worker can no longer finish: its job moved on, or Redis is out of reach."""
+        if run.settled or run.interrupted:
+            return
+        run.superseded, run.cut_off = superseded, cut_off
+        for loop_task, held in self._runs.items():
+            if held is run:
+                loop_task.cancel()
 
     async def run_task(self, spec: TaskSpec, run: _Run | None = None) -> None:
         """Run one claimed task to exactly one terminal result (or, when stopping, back to the queue)."""
@@ -181,6 +259,12 @@ class Worker:
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
+            if isinstance(self.broker, Distributed) and not self._can_start(spec):
+                # Claimed on an idle session box's account, but it needs a free one: another worker starts
+                # it now (front of the queue, not counted), rather than it waiting here behind the runs.
+                self._boxless = True
+                await self._hand_back(self.broker, run, "")
+                return
             # Inside the try: a broker outage here (Redis) must end in a result too, not end the claim loop.
             if (
                 spec.session_id is not None
@@ -188,9 +272,16 @@ class Worker:
                 and not await self._bind_session(self.broker, run, spec.session_id)
             ):
                 return  # handed over to the worker holding the session's box
-            await self.broker.mark_running(spec.id)
             await self._execute(run, output)
+        except Superseded as exc:
+            log.warning("%s; stopping its run here", exc)
+            run.superseded = True
         except asyncio.CancelledError:
+            if run.superseded:
+                raise  # settled: no result from here
+            if run.cut_off and isinstance(self.broker, Distributed) and not run.published:
+                await self._hand_back(self.broker, run, run.cut_off, patience_s=_HAND_BACK_PATIENCE_S)
+                raise
             if self._stopping and isinstance(self.broker, Distributed) and not run.published:
                 await self._hand_back(self.broker, run, "the worker stopped during the run; it starts again on another")
             # Keep what the program had printed: it was already streamed to the client.
@@ -266,68 +357,58 @@ class Worker:
 
     async def _bind_session(self, broker: Distributed, run: _Run, session_id: str) -> bool:
         """Make sure the session's box is here; False if the job went to the worker holding it."""
-        spec = run.spec
-        key = (spec.tenant, session_id)
-        # The API node set the job's level to the session's own (Sessions.level_for_run).
-        level = spec.isolation or self.default_isolation
-        pool = pool_for_run(self.pools, level, spec.tenant, None)
-        async with self._session_lock(key):
-            have_box = pool.has_session(*key)
-            # A stale copy of the box would be replaced, so it leaves room too.
-            room = have_box or pool.session_room
-            binding = await broker.sessions.bind(*key, have_box=have_box, room=room)
-            if binding.verdict == "gone":
-                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
-            if binding.verdict == "full":
-                raise PoolFull(f"this worker's session limit ({pool.max_sessions}) is reached")
-            if binding.verdict == "elsewhere":
-                run.handed_back = True
-                await broker.hand_back(spec.id)
-                return False
-            if binding.verdict in ("new", "reset"):
-                if have_box:  # a stale copy: the session moved away and back while this worker looked dead
-                    with contextlib.suppress(SessionNotFound):
-                        await pool.end_session(*key)
-                await pool.adopt_session(*key, expires_in_s=binding.expires_in_s)
-                self._generations[key] = self._generations.get(key, 0) + 1
-            if binding.verdict == "reset":
-                message = "the session's box was lost with its worker; this run starts in a fresh, empty box"
-                await self.broker.publish(spec.id, NoticeEvent(NOTICE_SESSION_RESET, message))
-        return True
+        verdict = await self._sessions.bind(broker, run.spec, session_id)
+        if verdict == "reset":
+            await self.broker.publish(run.spec.id, NoticeEvent(NOTICE_SESSION_RESET, _SESSION_RESET_MESSAGE))
+        if verdict != "elsewhere":
+            return True
+        run.handed_back = True
+        await broker.hand_back(run.spec.id)
+        return False
 
-    def _session_lock(self, key: _SessionKey) -> asyncio.Lock:
-        """One binding at a time per session here: two of its jobs must not both open a box."""
-        lock = self._session_locks.get(key)
-        if lock is None:
-            lock = self._session_locks[key] = asyncio.Lock()
-        return lock
+    def _can_start(self, spec: TaskSpec) -> bool:
+        """Whether the job can have a box now: its session's own here, or a free one of its level."""
+        pool = pool_for_run(self.pools, spec.isolation or self.default_isolation, spec.tenant, None)
+        if spec.session_id is not None and pool.has_session(spec.tenant, spec.session_id):
+            return True
+        return pool.available > 0
 
     async def _presence(self, broker: Distributed) -> None:
-        """Say this worker is alive; release the boxes of sessions that are no longer its own."""
+        """Say this worker is alive; release the boxes of sessions that are no longer its own.
+
+        A presence that says this worker had been declared dead (it was silent past
+        the TTL: frozen, or cut off) supersedes every run it has: their jobs went to
+        other workers. A presence that cannot reach Redis for longer than the TTL
+        stops the runs as well (the live workers will have taken their jobs), and
+        hands each back once Redis answers, unless it moved on meanwhile.
+        """
+        levels = sorted(self.pools)
+        said_at = time.monotonic()
+        first = True
         while True:
-            held = {key: self._generations.get(key, 0) for pool in self.pools.values() for key in pool.session_keys()}
-            owned: set[_SessionKey] | None = None
+            held = self._sessions.held()
+            owned: set[SessionKey] | None = None
             try:
-                owned = await broker.presence(list(held))
+                presence = await broker.presence(list(held), levels)
+                owned, said_at = presence.owned, time.monotonic()
+                if presence.lost and not first:
+                    log.warning("this worker was taken for dead (silent too long); its jobs went to other workers")
+                    for run in list(self._runs.values()):
+                        self._interrupt(run, superseded=True)
+                first = False
             except BrokerUnavailable as exc:
                 log.warning("presence: %s", exc)
             except Exception:  # never let presence end: a silent worker looks dead and loses its sessions
                 log.exception("presence failed")
             finally:
                 self._present.set()
-            for key, generation in held.items():
-                if owned is not None and key not in owned:
-                    chore = asyncio.create_task(self._drop_session(key, generation), name=f"drop-session-{key[1]}")
-                    self._chores.add(chore)
-                    chore.add_done_callback(self._chores.discard)
+            if time.monotonic() - said_at > broker.presence_ttl_s:
+                why = "redis was unreachable longer than the worker's presence lasts; the run starts again"
+                for run in list(self._runs.values()):
+                    self._interrupt(run, cut_off=why)
+            if owned is not None:
+                self._sessions.release(held, owned)
             await asyncio.sleep(broker.presence_interval_s)
-
-    async def _drop_session(self, key: _SessionKey, generation: int) -> None:
-        async with self._session_lock(key):
-            if self._generations.get(key, 0) == generation:  # not reopened since presence looked
-                for pool in self.pools.values():
-                    with contextlib.suppress(SessionNotFound):
-                        await pool.end_session(*key)  # waits for a run in it to end
 
     async def _execute(self, run: _Run, output: dict[str, bytearray]) -> None:
         spec = run.spec
@@ -340,7 +421,6 @@ class Worker:
             box = await lease.__aenter__()
         except PoolFull as exc:
             raise SandlotError(str(exc)) from exc
-        run.started = True
         if self.metrics is not None:
             self.metrics.box_wait.observe(time.monotonic() - waited_from)
         box.clear_cancel()
@@ -349,6 +429,11 @@ class Worker:
         if self.metrics is not None:
             self.metrics.active_workers.inc()
         try:
+            # "running" once it has its box: a job claimed and still waiting (for its session's previous
+            # run) is still "queued", and starts afresh without a notice if its worker is lost.
+            await self.broker.mark_running(spec.id)
+            run.started = True
+            self._freed.set()  # one claimed job fewer waits: the claim gate may open
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
             async with contextlib.aclosing(self.engine.execute(prepared, box, stdin=stdin)) as events:
                 async for event in events:
@@ -380,6 +465,7 @@ class Worker:
             if not still_ours:
                 if not run.settled:  # after the exit or a hand-back, the job is simply not ours any more
                     log.warning("task %s was taken over by another worker while this one ran it", run.spec.id)
+                    self._interrupt(run, superseded=True)
                 return
 
     async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:

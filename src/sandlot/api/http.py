@@ -65,6 +65,7 @@ from sandlot.api.http_errors import install_handlers
 from sandlot.api.http_execute import ExecuteRoute
 from sandlot.api.http_middleware import BodyLimit, CountResponses, SameOriginOnly
 from sandlot.api.http_schemas import AUTH, answers
+from sandlot.engine import check_isolation
 from sandlot.service import Service
 
 _service_routes = APIRouter(tags=["service"])
@@ -153,15 +154,24 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     response_model=None,
     responses={
-        **answers(200, http_schemas.Readiness, what="Ready"),
-        503: {"model": http_schemas.Readiness, "description": "Not ready (starting, or draining)"},
+        **answers(200, http_schemas.Readiness, 400, what="Ready"),
+        503: {"model": http_schemas.Readiness, "description": "Not ready (starting, draining, or no live worker)"},
     },
-    summary="The pool is ready and the server accepts work",
+    summary="The server accepts work and a live worker serves the isolation level",
 )
-async def readyz(door: DoorDep) -> JSONResponse:
-    if door.service.ready:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "not_ready"}, status_code=503)
+async def readyz(door: DoorDep, isolation: str = "") -> JSONResponse:
+    """200 when this node accepts work and some live worker serves ``isolation`` (default: the server's
+    default level); in the distributed mode an API node without a live worker answers 503 ``no_worker``."""
+    service = door.service
+    if not service.ready:
+        return JSONResponse({"status": "not_ready"}, status_code=503)
+    level = isolation or service.server.default_isolation
+    check_isolation(level)
+    if not await service.serves(level):
+        return JSONResponse(
+            {"status": "no_worker", "message": f"no live worker serves isolation {level!r}"}, status_code=503
+        )
+    return JSONResponse({"status": "ready"})
 
 
 @_service_routes.get(

@@ -140,13 +140,21 @@ def _finite_float(text: str) -> float:
 # --------------------------------------------------------------- submitting
 
 
-async def submit(door: Door, principal: Principal, spec: TaskSpec, *, idempotency: str | None = None) -> TaskSpec:
-    """Validate, take an execution slot of the caller's key, and queue the task."""
+async def submit(
+    door: Door, principal: Principal, spec: TaskSpec, *, idempotency: str | None = None, waits: bool = False
+) -> TaskSpec:
+    """Validate, take an execution slot of the caller's key, and queue the task.
+
+    ``waits``: the caller holds its request open for the result (``/run``), so with no live
+    worker for the level it gets a 503 now rather than a wait with no end (``Service.require_worker``).
+    """
     service = door.service
     # A 4xx naming the field now, before the request touches its key's quota.
     spec = service.validate(spec, min_isolation=principal.min_isolation)
     if not service.accepting:
         raise ApiError(503, "unavailable", "the server is shutting down", retry_after_s=SHUTDOWN_RETRY_AFTER_S)
+    if waits:
+        await service.require_worker(spec)
     broker = service.broker
     tenant = principal.tenant
 

@@ -115,7 +115,8 @@ class Health(_Closed):
 
 
 class Readiness(_Closed):
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "not_ready", "no_worker"]
+    message: str | None = Field(default=None, description="with no_worker: which level has no live worker")
 
 
 class SessionCreated(_Closed):

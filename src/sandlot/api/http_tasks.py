@@ -82,7 +82,7 @@ _JSON_OR_TEXT_BODY = {
 )
 async def run_sync(request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
     spec = parse_execution(await read_json(request), tenant=principal.tenant)
-    spec = await submit(door, principal, spec)
+    spec = await submit(door, principal, spec, waits=True)
     finished, exit_event = await race_disconnect(request.receive, _wait_exit(door.service.broker, spec))
     if not finished or exit_event is None:
         await cancel_task(door.service.broker, spec.tenant, spec.id)

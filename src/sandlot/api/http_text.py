@@ -72,7 +72,7 @@ async def run_text(
         code = decode_code(await request.body())
         name = language or detect_language(code, door.service.languages)
         spec = parse_execution({"language": name, "code": code}, tenant=principal.tenant)
-        spec = await submit(door, principal, spec)
+        spec = await submit(door, principal, spec, waits=True)
     except MAPPED_ERRORS as exc:
         return _error_text(as_api_error(exc))
     events = subscribe(door.service.broker, spec.tenant, spec.id)

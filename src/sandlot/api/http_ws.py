@@ -85,7 +85,7 @@ async def _start(websocket: WebSocket, door: Door, principal: Principal) -> Task
     if data.pop("type", None) != "run":
         raise RejectedError('type: the first message must be {"type": "run", ...}', field="type")
     spec = parse_execution(data, tenant=principal.tenant, interactive=True)
-    spec = await submit(door, principal, spec)
+    spec = await submit(door, principal, spec, waits=True)
     if spec.stdin:
         broker = door.service.broker
         await broker.control(spec.tenant, spec.id, Control("stdin", spec.stdin))

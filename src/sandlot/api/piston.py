@@ -221,7 +221,7 @@ class _PistonRoutes:
             if not request.headers.get("content-type", "").startswith("application/json"):
                 return _message(415, "requests must be of type application/json")
             runtime, spec = self._parse(parse_json(await request.body()), principal.tenant)
-            spec = await submit(door, principal, spec)
+            spec = await submit(door, principal, spec, waits=True)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
         finished, events = await race_disconnect(request.receive, _collect(door, spec))

@@ -62,6 +62,12 @@ class BrokerUnavailable(Unavailable):
     """The broker's backing store cannot be reached (HTTP 503)."""
 
 
+class Superseded(SandlotError):
+    """This worker's delivery of a task is no longer the current one: the job moved on to another worker
+    (this one was taken for dead, or wedged past its deadline). Nothing it writes for the task is kept; it
+    stops the run and forgets the task."""
+
+
 def _limits_json(limits: LimitRequest | None) -> dict[str, Any] | None:
     return None if limits is None else dict(vars(limits))
 
@@ -241,12 +247,28 @@ class SessionDirectory(Protocol):
     async def bind(self, tenant: str, session_id: str, *, have_box: bool, room: bool) -> SessionBinding: ...
 
 
+@dataclass(frozen=True)
+class Presence:
+    """What a worker learns when it says it is alive.
+
+    ``owned``: which of its session boxes still have their session here. ``lost``:
+    it had been taken for dead since its last presence (silent longer than the
+    presence TTL: frozen, or cut off from Redis), so every job it held went to
+    other workers; it must stop those runs, whose writes are fenced off anyway.
+    """
+
+    owned: set[tuple[str, str]]
+    lost: bool = False
+
+
 @runtime_checkable
 class Distributed(Heartbeating, Protocol):
     """A broker shared by many worker processes (Redis): jobs and sessions move between workers.
 
     The worker says it is alive with ``presence`` every ``presence_interval_s``
-    (and learns which of its session boxes still have a session); ``hand_back``
+    (and learns which of its session boxes still have a session, and whether it
+    had been taken for dead); a worker whose presence expires has its jobs taken
+    over at once by the live ones (see ``sandlot.broker.redis``); ``hand_back``
     returns a job it holds but will not finish to the queue's front; on SIGTERM
     ``leave`` stops jobs being routed to it, and ``retire``, once nothing runs,
     hands back whatever it still holds.
@@ -258,7 +280,20 @@ class Distributed(Heartbeating, Protocol):
     @property
     def presence_interval_s(self) -> float: ...
 
-    async def presence(self, sessions: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
+    @property
+    def presence_ttl_s(self) -> float:
+        """How long a worker's presence lasts: silent longer, it is taken for dead."""
+        ...
+
+    async def presence(self, sessions: Sequence[tuple[str, str]], levels: Sequence[str]) -> Presence: ...
+
+    async def serving(self, level: str) -> int:
+        """How many live workers serve the isolation level (their presence has not expired)."""
+        ...
+
+    async def claim_routed(self) -> TaskSpec | None:
+        """A job routed to this worker (its sessions' runs) if one comes within a blocking read, else None."""
+        ...
 
     async def hand_back(self, task_id: str) -> bool: ...
 

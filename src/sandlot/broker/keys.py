@@ -7,8 +7,9 @@ key or break a hash tag):
 ``<p>:{t:<task>}:state`` (hash)
     tenant, status, spec (JSON), created, idem (the idempotency key's name),
     entry + stream (the jobs entry and its stream, while a worker holds it),
-    deliveries, seq (the last event's), exit + exit_seq. No TTL while queued or
-    running; ``result_ttl_s`` after finish.
+    deliveries, fence (the delivery token: bumped by every take, carried by
+    every write of the worker holding it), seq (the last event's), exit +
+    exit_seq. No TTL while queued or running; ``result_ttl_s`` after finish.
 ``<p>:{t:<task>}:events`` (stream)
     The task's events: ``seq`` + ``event`` (wire JSON); the exit event is always
     the last. Bounded by ``MAXLEN ~ events_maxlen``; ``result_ttl_s`` after finish.
@@ -23,8 +24,9 @@ The queue, all under the ``{jobs}`` hash tag (one Cluster slot):
     stays pending until its task's exit is stored, then it is XACKed and XDELed;
     the stream (and its group) is deleted once empty.
 ``<p>:{jobs}:returned`` (stream, group ``workers``)
-    Jobs a stopping worker handed back, and jobs of a dead worker's inbox: served
-    before any tenant's stream.
+    Jobs a stopping worker handed back, every job a dead worker held (an entry
+    with ``replaces``: the dead one's entry id), jobs of a dead worker's inbox,
+    and stale jobs requeued by the idle backstop: served before any tenant's stream.
 ``<p>:{jobs}:worker:<name>`` (stream, group ``workers``)
     A worker's inbox: the jobs of the sessions whose box it holds. Its name in the
     ``workers`` set and as a session's owner is this key. Removed when the worker
@@ -41,7 +43,11 @@ The queue, all under the ``{jobs}`` hash tag (one Cluster slot):
     ``reclaim`` looks for the jobs of lost workers.
 ``<p>:{jobs}:workers`` (sorted set)
     Live workers' inbox keys, scored by the time (ms, Redis clock) their
-    presence expires; refreshed every few seconds (``presence_interval_s``).
+    presence expires (``presence_ttl_s``); refreshed every third of it.
+``<p>:{jobs}:workers:names`` (hash)
+    Per live worker's inbox key: its consumer name (whose pending jobs are taken
+    over when it is found dead) and, under ``<inbox>|levels``, the isolation
+    levels it serves (readiness). Named by the scripts from ``workers``.
 ``<p>:{jobs}:session:<tenant>:<id>`` (hash)
     A session of the distributed mode: created, expires_at (ms), owner (the
     inbox of the worker its jobs go to), boxed (the inbox of the worker that

@@ -21,21 +21,26 @@ entry, counts the delivery) unless it was cancelled while queued (acknowledged
 and skipped) or has no state (dead-lettered, like any entry that is not ours).
 The entry stays pending until ``finish`` has stored the exit event: only then
 is it XACKed and XDELed (an empty tenant stream goes with it), so a worker
-that dies leaves its job pending, and ``reclaim`` (run by ``claim`` every
-``claim_idle_ms``) takes it over with XAUTOCLAIM on every stream; past
-``max_deliveries`` the task ends as internal_error "worker lost" instead. A
-live worker's job is never taken: while it runs, the worker calls
-``heartbeat`` every third of ``claim_idle_ms``, which resets the entry's idle
-time (XCLAIM with min-idle 0, only if the entry is still this consumer's), so
-``claim_idle_ms`` bounds how long a dead worker's job waits, not how long a
-job may run. A job delivered ``max_deliveries`` times ("worker lost") is
-ended by the take that finds it so: the exit is stored first, then the entry
-acknowledged, both before that ``claim`` or ``reclaim`` step returns (the
-order of every finish; see the package's contract).
+that dies leaves its job pending.
 
-Workers say they are alive with ``presence`` (a score in ``workers``, said
-every ``presence_interval_s``, at most 5 s, and expiring after three of them,
-independently of ``claim_idle_ms``). A session's first job binds the session
+Recovery. Workers say they are alive with ``presence`` (a score in
+``workers``, said every third of ``presence_ttl_s``, and the levels they
+serve). Each presence also finds the workers whose presence expired and, in
+the same script (so two watchers never both do it), requeues every job they
+held at the front: a new ``returned`` entry that ``replaces`` the dead one,
+which is acknowledged. The task's TAKE accepts the replacement, counts the
+delivery (past ``max_deliveries`` the task ends as internal_error "worker
+lost": the exit stored first, then the entry acknowledged, the order of every
+finish), adds a
+``requeued`` notice if the run had started, and bumps the task's ``fence``.
+Every write a worker makes for a task (RUN, PUBLISH, FINISH, UNCLAIM) carries
+the fence it took the task with and is refused once it is not the current
+one (``Superseded``): a frozen worker that comes back never publishes a
+second result. ``claim_idle_ms`` is only a backstop, for a live worker wedged
+in a job: a running job's entry is heartbeated every third of it (XCLAIM
+with min-idle 0, only if still this consumer's), and ``reclaim`` (run by
+``claim`` every ``claim_idle_ms``) requeues every entry idle longer, the same
+way. A session's first job binds the session
 to the worker that takes it (``sessions.bind``: the owner and the box are
 recorded in the session's hash); its later jobs are routed to that worker's
 inbox. When the owner's presence has expired, new jobs go to the tenant's
@@ -77,6 +82,7 @@ raising, since the worker has nothing better to do than wait.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -85,6 +91,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 
@@ -99,7 +106,9 @@ from sandlot.broker import (
     DEFAULT_RESULT_TTL_S,
     BrokerUnavailable,
     Control,
+    Presence,
     QueueFull,
+    Superseded,
     TaskSpec,
     TaskState,
     TaskStatus,
@@ -122,12 +131,19 @@ from sandlot.broker.redis_wire import (
     to_str,
 )
 from sandlot.errors import SessionNotFound
-from sandlot.models import Event, ExitEvent
+from sandlot.models import NOTICE_REQUEUED, Event, ExitEvent, NoticeEvent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLAIM_IDLE_MS = 60_000
 DEFAULT_MAX_DELIVERIES = 3
+# A worker silent this long is taken for dead and its jobs go to live workers. Said every third of it, so
+# two presences in a row can be missed (a loaded host, a slow Redis reply) before that happens.
+DEFAULT_PRESENCE_TTL_S = 6.0
+_PRESENCE_BEATS = 3
+_VOID = "void"  # a fence no delivery has (they are numbers): the write is refused
+_VOID_KEPT = 1024  # void task ids remembered (a task's run ends soon after it is found void)
+_REQUEUED_MESSAGE = "the worker running it was lost; the run starts again from the beginning on another"
 DEFAULT_EVENTS_MAXLEN = 10_000
 _BLOCK_MS = 5_000  # longest blocking read: bounds how late an expired stream, a due reclaim or a lost token is noticed
 _SOCKET_TIMEOUT_S = _BLOCK_MS / 1000 + 5.0  # a blocking read plus slack; a dead peer is noticed after this
@@ -136,14 +152,19 @@ _BACKOFF_FIRST_S = 0.1
 _BACKOFF_CAP_S = 5.0
 _REPLAY_PAGE = 500
 _RETIRE_PAGE = 1000  # pending entries looked at per stream when a worker retires
-# A worker's presence: said this often at most (a third of claim_idle_ms if less), and gone after three
-# silent intervals; so a session whose worker died moves on within seconds, whatever claim_idle_ms is.
-_PRESENCE_INTERVAL_CAP_S = 5.0
-_PRESENCE_BEATS = 3
 _STATUSES = ("queued", "running", "done")
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _Entry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A job this consumer holds: its entry, and the delivery token (``fence``) its writes carry."""
+
+    stream: str
+    entry: str
+    fence: str
 
 
 class RedisBroker:
@@ -157,6 +178,7 @@ class RedisBroker:
         claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
         keys: Keys | None = None,
     ) -> None:
         self.max_queued = max_queued
@@ -165,6 +187,7 @@ class RedisBroker:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.events_maxlen = events_maxlen
+        self.presence_ttl_s = presence_ttl_s
         self.keys = keys or Keys()
         self._redis = aioredis.Redis.from_url(
             url,
@@ -188,12 +211,14 @@ class RedisBroker:
         self._dequeue_script, self._run = script(lua.DEQUEUE), script(lua.RUN)
         self._publish, self._finish, self._control = script(lua.PUBLISH), script(lua.FINISH), script(lua.CONTROL)
         self._release_key, self._heartbeat = script(lua.RELEASE_KEY), script(lua.HEARTBEAT)
-        self._presence, self._leave = script(lua.PRESENCE), script(lua.LEAVE)
+        self._presence, self._leave, self._serving = script(lua.PRESENCE), script(lua.LEAVE), script(lua.SERVING)
         k = self.keys
         self._queue = [k.streams, k.rotation, k.wake, k.workers, k.returned]  # the first KEYS of a queue script
         self._inbox = k.inbox(self.consumer_name)
         self.sessions = RedisSessions(self._redis, k, self._queue, self._inbox, self._reachable)
-        self._held: dict[str, tuple[str, str]] = {}  # task id -> (stream, entry id), for the tasks this consumer runs
+        self._held: dict[str, _Held] = {}  # the tasks this consumer runs
+        # Tasks whose delivery here turned out void (Superseded): any later write of ours is refused too.
+        self._void: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._depth = 0  # the global counter as this process last saw it
         self._next_reclaim = 0.0
         self._reach = _Reachable()
@@ -317,7 +342,7 @@ class RedisBroker:
                 return False
             if status == b"queued" and entry is None and spec_json is not None:
                 spec = TaskSpec.from_json(spec_json)
-                if await self._store_exit(task_id, cancelled_before_start(spec), only_if_unclaimed=True):
+                if await self._store_exit(task_id, cancelled_before_start(spec), only_if_unclaimed=True) == 1:
                     self._depth = await self._dequeue(task_id)
                     await self._redis.srem(self.keys.dequeued, task_id)
                     return True
@@ -353,16 +378,14 @@ class RedisBroker:
             if spec is not None:
                 return spec
 
-    async def reclaim(self, *, count: int = 1) -> list[TaskSpec]:
-        """Take over up to ``count`` jobs pending longer than ``claim_idle_ms`` on other consumers."""
-        specs: list[TaskSpec] = []
+    async def reclaim(self) -> int:
+        """Requeue at the front every job pending longer than ``claim_idle_ms``; how many went back.
+
+        The backstop for a live worker wedged in a job past its deadline (a dead
+        worker's jobs go back as soon as its presence expires, see ``presence``).
+        """
         async with self._reachable():
-            reply = await self._reclaim(keys=self._queue, args=[self.consumer_name, self.claim_idle_ms, count])
-            for stream, entry_id, fields in reply or ():
-                spec = await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields)), retry=True)
-                if spec is not None:
-                    specs.append(spec)
-        return specs
+            return int(await self._reclaim(keys=self._queue, args=[self.consumer_name, self.claim_idle_ms]))
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -375,33 +398,53 @@ class RedisBroker:
         False once the job is no longer ours: acknowledged, handed back, or taken over
         after we were silent too long. Raises ``BrokerUnavailable`` in an outage.
         """
+        held = self._held.get(task_id)
+        if held is None:
+            return False
         async with self._reachable():
-            held = self._held.get(task_id)
-            if held is None:
-                stream, entry = await self._redis.hmget(self.keys.state(task_id), ["stream", "entry"])
-                if stream is None or entry is None:
-                    return False
-                held = self._held[task_id] = (to_str(stream), to_str(entry))
-            refreshed = await self._heartbeat(keys=[held[0]], args=[held[1], self.consumer_name, WORKERS_GROUP])
+            refreshed = await self._heartbeat(keys=[held.stream], args=[held.entry, self.consumer_name, WORKERS_GROUP])
         return bool(refreshed)
 
     async def mark_running(self, task_id: str) -> None:
         async with self._reachable():
-            await self._run(keys=[self.keys.state(task_id)])
+            current = await self._run(keys=[self.keys.state(task_id)], args=[self._fence(task_id)])
+        if not int(current):
+            self._superseded(task_id)
 
     async def publish(self, task_id: str, event: Event) -> None:
+        """Add an event to the task's stream; ``Superseded`` if this worker's delivery is no longer current."""
         async with self._reachable():
-            await self._publish(
+            stored = await self._publish(
                 keys=[self.keys.state(task_id), self.keys.events(task_id)],
-                args=[event.seq, json.dumps(event_to_wire(event)), self.events_maxlen],
+                args=[event.seq, json.dumps(event_to_wire(event)), self.events_maxlen, self._fence(task_id)],
             )
+        if int(stored) < 0:
+            self._superseded(task_id)
 
     async def finish(self, task_id: str, exit_event: ExitEvent) -> None:
+        """Store the exit and acknowledge the job; ``Superseded`` (nothing stored) if it moved on."""
         try:
             async with self._reachable():
-                await self._store_exit(task_id, exit_event, only_if_unclaimed=False)
+                fence = self._fence(task_id)
+                stored = await self._store_exit(task_id, exit_event, only_if_unclaimed=False, fence=fence)
+            if stored < 0:
+                self._superseded(task_id)
         finally:
             self._held.pop(task_id, None)
+
+    def _fence(self, task_id: str) -> str:
+        """The delivery token of a task this consumer holds ('' for one it does not: an unfenced write)."""
+        held = self._held.get(task_id)
+        if held is None:
+            return _VOID if task_id in self._void else ""
+        return held.fence
+
+    def _superseded(self, task_id: str) -> None:
+        self._held.pop(task_id, None)
+        self._void[task_id] = None
+        while len(self._void) > _VOID_KEPT:
+            self._void.popitem(last=False)
+        raise Superseded(f"task {task_id} moved on to another worker; this worker's run of it is void")
 
     async def controls(self, task_id: str) -> AsyncIterator[Control]:
         """Every control message for the task, from the first; waits out a Redis outage."""
@@ -440,21 +483,31 @@ class RedisBroker:
 
     @property
     def presence_interval_s(self) -> float:
-        """How often a worker says it is alive: a third of ``claim_idle_ms``, at most ``_PRESENCE_INTERVAL_CAP_S``."""
-        return min(self.heartbeat_interval_s, _PRESENCE_INTERVAL_CAP_S)
+        """How often a worker says it is alive: a third of ``presence_ttl_s``."""
+        return self.presence_ttl_s / _PRESENCE_BEATS
 
-    async def presence(self, sessions: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Say this worker is alive for three presence intervals more; which of the given sessions still come here.
+    async def presence(self, sessions: Sequence[tuple[str, str]], levels: Sequence[str] = ("jail",)) -> Presence:
+        """Say this worker is alive (serving ``levels``) for ``presence_ttl_s`` more.
 
-        Also sweeps the inboxes of dead workers: their unread jobs go to ``returned``.
+        Also declares the workers whose presence expired dead and, in the same
+        script, sends every job they held (started or not) back to the front of
+        the queue and their inboxes' unread jobs to ``returned``. Returns which of
+        the given sessions still come here, and whether this worker had itself
+        been declared dead since its last presence.
         """
         session_keys = [self.keys.session(tenant, session_id) for tenant, session_id in sessions]
-        ttl_ms = int(self.presence_interval_s * _PRESENCE_BEATS * 1000)
+        ttl_ms = max(1, int(self.presence_ttl_s * 1000))
         async with self._reachable():
-            owned = await self._presence(
-                keys=[*self._queue, self._inbox, *session_keys], args=[ttl_ms, self.consumer_name]
+            reply = await self._presence(
+                keys=[*self._queue, self._inbox, *session_keys], args=[ttl_ms, self.consumer_name, " ".join(levels)]
             )
-        return {pair for pair, flag in zip(sessions, owned or (), strict=False) if int(flag)}
+        lost, *owned = reply
+        return Presence({pair for pair, flag in zip(sessions, owned, strict=False) if int(flag)}, bool(int(lost)))
+
+    async def serving(self, level: str) -> int:
+        """How many live workers (presence not expired) serve the isolation level."""
+        async with self._reachable():
+            return int(await self._serving(keys=self._queue, args=[level]))
 
     async def hand_back(self, task_id: str) -> bool:
         """Give a job this consumer holds back to the front of the queue; False if it was not ours any more."""
@@ -462,14 +515,14 @@ class RedisBroker:
         if held is None:
             return False
         async with self._reachable():
-            requeued = await self._requeue(task_id, *held)
+            requeued = await self._requeue(task_id, held.stream, held.entry, held.fence)
         self._held.pop(task_id, None)  # only now: with Redis unreachable it is still ours, to try again
         return requeued
 
     async def leave(self) -> None:
         """No more jobs routed to this worker; what waits unread in its inbox goes to ``returned``."""
         async with self._reachable():
-            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name])
+            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name, 0])
 
     async def retire(self) -> int:
         """Hand back every job still pending to this consumer (call once nothing runs); how many went back."""
@@ -489,10 +542,10 @@ class RedisBroker:
                     task = rows[0][1].get(b"task") if rows else None
                     if task is None:
                         await self._ack(stream, entry_id)
-                    elif await self._requeue(task.decode(errors="replace"), stream, entry_id):
+                    elif await self._requeue(task.decode(errors="replace"), stream, entry_id, ""):
                         handed += 1
             self._held.clear()
-            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name])
+            await self._leave(keys=[*self._queue, self._inbox], args=[self.consumer_name, 1])
         return handed
 
     # ------------------------------------------------------------ private
@@ -511,33 +564,48 @@ class RedisBroker:
             await self._redis.set(idem, task_id, ex=IDEMPOTENCY_PENDING_TTL_S)  # its task is gone: a new one
             return None
 
-    async def _claim_step(self, token: str) -> tuple[TaskSpec | None, str]:
+    async def claim_routed(self) -> TaskSpec | None:
+        """A job of this worker's inbox (runs of the sessions whose boxes it holds), or None if none came
+        within one blocking read: what a worker with no free box can still start (in a session's box)."""
+        token = ""
+        for _ in range(2):  # a take, and if a token came meanwhile, the take it announced
+            spec, token = await self._claim_step(token, routed_only=True)
+            if spec is not None or not token:
+                return spec
+        return None
+
+    async def _claim_step(self, token: str, *, routed_only: bool = False) -> tuple[TaskSpec | None, str]:
         """One step of ``claim``: a task, or None and the token to take the next job with."""
-        if not token and time.monotonic() >= self._next_reclaim:
+        if not token and not routed_only and time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.claim_idle_ms / 1000
-            stale = await self.reclaim(count=1)
-            if stale:
-                return stale[0], ""
+            await self.reclaim()  # what it finds goes to the front, for this worker or any other
         async with self._reachable():
             reply = await self._take_next(
-                keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)], args=[self.consumer_name, token]
+                keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)],
+                args=[self.consumer_name, token, int(routed_only)],
             )
             if reply:
                 stream, entry_id, fields = reply
-                return await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields)), retry=False), ""
+                return await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields))), ""
+            if routed_only:
+                popped = await self._redis.blpop([Keys.wake_of(self._inbox)], timeout=_BLOCK_MS / 1000)
+                return None, to_str(popped[0]) if popped else ""
             block_s = max(0.001, min(_BLOCK_MS / 1000, self._next_reclaim - time.monotonic()))
             popped = await self._redis.blpop([Keys.wake_of(self._inbox), self.keys.wake], timeout=block_s)
         return None, to_str(popped[0]) if popped else ""
 
-    async def _take_entry(self, delivered: _Entry, *, retry: bool) -> TaskSpec | None:
+    async def _take_entry(self, delivered: _Entry) -> TaskSpec | None:
         """Take one delivered jobs entry: the task's spec, or None (skipped or dead-lettered)."""
         stream, entry_id, fields = delivered
         if b"task" not in fields:
             await self._dead_letter(delivered, "malformed entry: no task id")
             return None
         task_id = fields[b"task"].decode(errors="replace")
+        replaces = fields.get(b"replaces", b"").decode(errors="replace")  # a lost worker's entry, requeued
+        notice = json.dumps(event_to_wire(NoticeEvent(NOTICE_REQUEUED, _REQUEUED_MESSAGE, time=time.time())))
         verdict, *rest = await self._take(
-            keys=[self.keys.state(task_id)], args=[entry_id, self.max_deliveries if retry else 0, stream]
+            keys=[self.keys.state(task_id), self.keys.events(task_id)],
+            args=[entry_id, self.max_deliveries, stream, replaces, notice],
         )
         verdict = verdict.decode()
         if verdict == "done":  # cancelled while queued, or finished but not yet acknowledged
@@ -553,18 +621,24 @@ class RedisBroker:
             spec = TaskSpec.from_json(rest[0])
         except (ValueError, KeyError, TypeError) as exc:
             await self._dead_letter(delivered, f"malformed spec of task {task_id!r}: {exc}")
-            await self._store_exit(task_id, internal(f"malformed task spec: {exc}"), only_if_unclaimed=False)
+            await self._store_exit(
+                task_id, internal(f"malformed task spec: {exc}"), only_if_unclaimed=False, fence=to_str(rest[1])
+            )
             return None
+        fence = to_str(rest[1])
         if verdict == "lost":
+            # The order of every finish: the exit is stored, then the entry (recorded by the take) is
+            # acknowledged by _store_exit. A crash between leaves the entry pending; its next take finds
+            # the task done and acknowledges it, where the other order would leave a task with no job.
             lost = internal("worker lost", language=spec.language)
-            await self._store_exit(task_id, lost, only_if_unclaimed=False)
+            await self._store_exit(task_id, lost, only_if_unclaimed=False, fence=fence)
             return None
-        self._held[task_id] = (stream, entry_id)
+        self._held[task_id] = _Held(stream, entry_id, fence)
         return spec
 
-    async def _requeue(self, task_id: str, stream: str, entry_id: str) -> bool:
+    async def _requeue(self, task_id: str, stream: str, entry_id: str, fence: str) -> bool:
         """Unclaim the task (its slot), then requeue it at the front and acknowledge the held entry ({jobs})."""
-        raw_verdict, *rest = await self._unclaim(keys=[self.keys.state(task_id)], args=[entry_id])
+        raw_verdict, *rest = await self._unclaim(keys=[self.keys.state(task_id)], args=[entry_id, fence])
         verdict = to_str(raw_verdict)
         if verdict == "other":  # taken over by another worker: its entry is not ours to touch
             return False
@@ -583,8 +657,14 @@ class RedisBroker:
     async def _dequeue(self, task_id: str) -> int:
         return int(await self._dequeue_script(keys=[self.keys.queued, self.keys.dequeued], args=[task_id]))
 
-    async def _store_exit(self, task_id: str, exit_event: ExitEvent, *, only_if_unclaimed: bool) -> bool:
-        """Store the exit (after every earlier event), expire the task, then acknowledge its job."""
+    async def _store_exit(
+        self, task_id: str, exit_event: ExitEvent, *, only_if_unclaimed: bool, fence: str = ""
+    ) -> int:
+        """Store the exit (after every earlier event), expire the task, then acknowledge its job.
+
+        -> 1 stored, 0 not (unknown, already done, or claimed when ``only_if_unclaimed``), -1 not the
+        current delivery (``fence``).
+        """
         stored, entry, idem, stream = await self._finish(
             keys=[self.keys.state(task_id), self.keys.events(task_id), self.keys.control(task_id)],
             args=[
@@ -593,16 +673,17 @@ class RedisBroker:
                 self.events_maxlen,
                 max(1, int(self.result_ttl_s * 1000)),
                 int(only_if_unclaimed),
+                fence,
             ],
         )
-        if not int(stored):
-            return False
+        if int(stored) != 1:
+            return int(stored)
         if entry and stream:
             await self._ack(stream.decode(), entry.decode())
             await self._redis.srem(self.keys.dequeued, task_id)  # finished: no further take can come
         if idem:
             await self._redis.pexpire(idem.decode(), max(1, int(self.result_ttl_s * 1000)))
-        return True
+        return 1
 
     async def _ack(self, stream: str, entry_id: str) -> None:
         await self._ack_script(keys=[*self._queue, stream], args=[entry_id, int(self.keys.is_tenant_jobs(stream))])

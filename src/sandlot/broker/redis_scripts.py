@@ -16,8 +16,13 @@ from __future__ import annotations
 
 # ------------------------------------------------------------ a task's scripts
 
-# KEYS: state. ARGV: entry id, max deliveries (0: no limit), stream. -> {verdict, spec}
-# 'new': taken for the first time since it was queued (it leaves the queued count); 'ok': delivered again.
+# KEYS: state, events. ARGV: entry id, max deliveries, stream, the entry it replaces ('' for none), the JSON
+# of a `requeued` notice. -> {verdict, spec, fence}
+# 'new': taken for the first time since it was queued (it leaves the queued count); 'ok': delivered again,
+# replacing the entry of a worker that was lost (a started run gets the notice first); 'lost': delivered
+# `max deliveries` times already, the taker stores "worker lost". Every take bumps `fence`, the delivery
+# token every later write of the taker carries (PUBLISH, FINISH, RUN, UNCLAIM): a worker that was only
+# frozen and comes back writes nothing once its delivery is no longer the current one.
 TAKE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -25,18 +30,25 @@ if status == 'done' then return {'done'} end
 local entry = redis.call('HGET', KEYS[1], 'entry')
 local verdict = 'ok'
 if not entry then
-  redis.call('HSET', KEYS[1], 'entry', ARGV[1], 'stream', ARGV[3])
   verdict = 'new'
-elseif entry ~= ARGV[1] then
+elseif entry ~= ARGV[1] and entry ~= ARGV[4] then
   return {'duplicate'}
-elseif ARGV[2] ~= '0' and tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') >= tonumber(ARGV[2]) then
-  return {'lost', redis.call('HGET', KEYS[1], 'spec')}
+elseif tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') >= tonumber(ARGV[2]) then
+  verdict = 'lost'
+end
+redis.call('HSET', KEYS[1], 'entry', ARGV[1], 'stream', ARGV[3])
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+if verdict == 'lost' then return {verdict, redis.call('HGET', KEYS[1], 'spec'), fence} end
+if verdict == 'ok' and status == 'running' then
+  local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
+  redis.call('HSET', KEYS[1], 'seq', seq, 'status', 'queued')
+  redis.call('XADD', KEYS[2], '*', 'seq', seq, 'event', ARGV[5])
 end
 redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-return {verdict, redis.call('HGET', KEYS[1], 'spec')}
+return {verdict, redis.call('HGET', KEYS[1], 'spec'), fence}
 """
 
-# KEYS: state. ARGV: entry id. -> {'ok', spec} | {'done'} | {'missing'} | {'other'}
+# KEYS: state. ARGV: entry id, fence. -> {'ok', spec} | {'done'} | {'missing'} | {'other'}
 # Gives a held job back: the task is queued again, with no entry, and this delivery does not count.
 # No entry recorded: the entry was read but never taken (an interrupted claim), so it is the task's one.
 # 'other': the entry is no longer the task's (another worker took it over): nothing to give back.
@@ -46,6 +58,7 @@ if not status then return {'missing'} end
 if status == 'done' then return {'done'} end
 local held = redis.call('HGET', KEYS[1], 'entry')
 if held and held ~= ARGV[1] then return {'other'} end
+if held and ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return {'other'} end
 redis.call('HDEL', KEYS[1], 'entry', 'stream')
 redis.call('HSET', KEYS[1], 'status', 'queued')
 if held and tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') > 0 then
@@ -54,26 +67,47 @@ end
 return {'ok', redis.call('HGET', KEYS[1], 'spec')}
 """
 
-# KEYS: state. Only a queued task becomes running (never a finished one, nor an unknown id).
-RUN = """
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
+# Whether ARGV[i] is the task's current delivery ('': a write that is no worker's, such as a queued cancel).
+_FENCED = """
+local function current(i)
+  return ARGV[i] == '' or redis.call('HGET', KEYS[1], 'fence') == ARGV[i]
+end
 """
 
-# KEYS: state, events. ARGV: seq, event JSON, maxlen. -> the stored seq, or 0 (unknown or done task)
-PUBLISH = """
+# KEYS: state. ARGV: fence. Only a queued task becomes running (never a finished one, nor an unknown id).
+# -> 1, or 0 when the delivery is no longer the current one.
+RUN = (
+    _FENCED
+    + """
+if not current(1) then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
+return 1
+"""
+)
+
+# KEYS: state, events. ARGV: seq, event JSON, maxlen, fence. -> the stored seq, 0 (unknown or done task), or
+# -1 (the delivery is no longer the current one: the job moved on to another worker).
+PUBLISH = (
+    _FENCED
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'done' then return 0 end
+if not current(4) then return -1 end
 local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1)
 redis.call('HSET', KEYS[1], 'seq', seq)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', ARGV[2])
 return seq
 """
+)
 
-# KEYS: state, events, control. ARGV: seq, exit JSON, maxlen, ttl ms, only-if-unclaimed 0/1.
-# -> {stored 0/1, entry id, idempotency key name, entry's stream}
-FINISH = """
+# KEYS: state, events, control. ARGV: seq, exit JSON, maxlen, ttl ms, only-if-unclaimed 0/1, fence.
+# -> {stored 1 | 0 (unknown, done or claimed) | -1 (not the current delivery), entry id, idempotency key, stream}
+FINISH = (
+    _FENCED
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'done' then return {0, '', '', ''} end
+if not current(6) then return {-1, '', '', ''} end
 local entry = redis.call('HGET', KEYS[1], 'entry') or ''
 if ARGV[5] == '1' and (status ~= 'queued' or entry ~= '') then return {0, '', '', ''} end
 local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1)
@@ -82,6 +116,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', AR
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {1, entry, redis.call('HGET', KEYS[1], 'idem') or '', redis.call('HGET', KEYS[1], 'stream') or ''}
 """
+)
 
 # KEYS: state, control. ARGV: tenant, kind, data, signal, maxlen. -> 1 sent, 0 not (unknown, foreign, done)
 CONTROL = """
@@ -126,9 +161,11 @@ local function open_stream(stream)
   redis.call('SADD', Q.streams, stream)
 end
 
+-- A worker jobs may be routed to: its presence has not expired, and it is not leaving (draining).
 local function alive(inbox, now)
   local deadline = redis.call('ZSCORE', Q.workers, inbox)
-  return deadline ~= false and tonumber(deadline) > now
+  if deadline == false or tonumber(deadline) <= now then return false end
+  return redis.call('HGET', Q.workers .. ':names', inbox .. '|leaving') ~= '1'
 end
 
 -- Keep a session for its idle time from now, never past its absolute expiry. -> ms left (<= 0: it ended)
@@ -172,9 +209,46 @@ local function ack(stream, entry, deletable)
   end
 end
 
--- A worker's inbox: its undelivered entries move to `returned` (a wake token each); once nothing is
--- pending there either, the inbox, its tokens and the worker's presence go.
-local function sweep(inbox, consumer)
+-- A pending jobs entry goes back to the front: a new entry in `returned` that `replaces` it (the task's
+-- TAKE accepts it in place of the old one, counts the delivery and fences the old holder off), with a
+-- wake token; the old entry is acknowledged and deleted here, in the same script, so two watchers can
+-- never both requeue it.
+local function requeue_pending(stream, entry_id, fields)
+  local task, tenant
+  for i = 1, #fields, 2 do
+    if fields[i] == 'task' then task = fields[i + 1] elseif fields[i] == 'tenant' then tenant = fields[i + 1] end
+  end
+  if task then
+    open_stream(Q.returned)
+    redis.call('XADD', Q.returned, '*', 'task', task, 'tenant', tenant or '', 'replaces', entry_id)
+    redis.call('RPUSH', Q.wake, '1')
+  end
+  ack(stream, entry_id, string.find(stream, ':{jobs}:tenant:', 1, true) ~= nil)
+  return task and 1 or 0
+end
+
+-- Every job a lost consumer held (pending to it on any jobs stream, started or not) goes back to the front.
+local function take_over(consumer)
+  local moved = 0
+  for _, stream in ipairs(redis.call('SMEMBERS', Q.streams)) do
+    while true do
+      local ok, pending = pcall(redis.call, 'XPENDING', stream, GROUP, '-', '+', 100, consumer)
+      if not ok or #pending == 0 then break end
+      for _, item in ipairs(pending) do
+        local rows = redis.call('XRANGE', stream, item[1], item[1])
+        if rows[1] then
+          moved = moved + requeue_pending(stream, item[1], rows[1][2])
+        else
+          redis.pcall('XACK', stream, GROUP, item[1])
+        end
+      end
+    end
+  end
+  return moved
+end
+
+-- A worker's inbox: its undelivered entries move to `returned` (a wake token each).
+local function move_unread(inbox, consumer)
   while true do
     local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', 100, 'STREAMS', inbox, '>')
     if type(r) ~= 'table' or not r[1] then break end
@@ -186,11 +260,25 @@ local function sweep(inbox, consumer)
       redis.call('XDEL', inbox, entry[1])
     end
   end
+end
+
+-- A worker gone for good: its presence, names and (once empty) its inbox and tokens.
+local function forget(inbox)
+  redis.call('ZREM', Q.workers, inbox)
+  redis.call('HDEL', Q.workers .. ':names', inbox, inbox .. '|levels', inbox .. '|leaving')
   if redis.call('XLEN', inbox) == 0 then
     redis.call('DEL', inbox, inbox .. ':wake')
-    redis.call('ZREM', Q.workers, inbox)
     redis.call('SREM', Q.streams, inbox)
   end
+end
+
+-- A dead worker (its presence expired, draining or not): the jobs it held go back to the front
+-- (take_over), its inbox's unread entries to `returned`, and it is forgotten.
+local function sweep(inbox, consumer)
+  local dead = redis.call('HGET', Q.workers .. ':names', inbox)
+  if dead then take_over(dead) end
+  move_unread(inbox, consumer)
+  forget(inbox)
 end
 """
 
@@ -210,7 +298,7 @@ return {1, redis.call('INCR', KEYS[6])}
 )
 
 # KEYS: Q, this worker's inbox, its wake list. ARGV: consumer, the wake list a token was already popped
-# from ('' for none). -> {stream, entry id, fields} or {} when there is nothing to take.
+# from ('' for none), 1 to look in the inbox only. -> {stream, entry id, fields} or {} when there is nothing.
 # Order: this worker's inbox (its sessions), then `returned`, then one job of the tenant at the head of
 # the rotation, whose stream moves to the tail while it has more (each tenant's own order is kept).
 TAKE_NEXT = (
@@ -234,6 +322,7 @@ end
 
 local entry = read(KEYS[6])
 if entry then return taken(KEYS[6], entry, KEYS[7]) end
+if ARGV[3] == '1' then return {} end
 entry = read(Q.returned)
 if entry then return taken(Q.returned, entry, Q.wake) end
 for _ = 1, redis.call('LLEN', Q.rotation) do
@@ -250,27 +339,34 @@ return {}
 """
 )
 
-# KEYS: Q. ARGV: consumer, min idle ms, count. -> {{stream, entry id, fields or nil}, ...}: XAUTOCLAIM over
-# every stream.
+# KEYS: Q. ARGV: consumer, min idle ms. -> how many jobs went back to the front.
+# The backstop for a worker that is alive (its presence is said) but silent on a job past its deadline: every
+# entry idle longer than `min idle` on any stream (XAUTOCLAIM, so two reclaimers never both see one) is
+# requeued at the front, as a dead worker's are, for whichever worker is free; none is kept by the caller.
 RECLAIM = (
     _QUEUE
     + """
-local found, want = {}, tonumber(ARGV[3])
+local moved = 0
 for _, stream in ipairs(redis.call('SMEMBERS', Q.streams)) do
-  if #found >= want then break end
   if redis.call('EXISTS', stream) == 0 then
     redis.call('SREM', Q.streams, stream)
   else
     local cursor = '0-0'
     repeat
-      local r = redis.pcall('XAUTOCLAIM', stream, GROUP, ARGV[1], ARGV[2], cursor, 'COUNT', want - #found)
+      local r = redis.pcall('XAUTOCLAIM', stream, GROUP, ARGV[1], ARGV[2], cursor, 'COUNT', 100)
       if type(r) ~= 'table' or r.err then break end
       cursor = r[1]
-      for _, entry in ipairs(r[2]) do found[#found + 1] = {stream, entry[1], entry[2]} end
-    until cursor == '0-0' or #found >= want
+      for _, entry in ipairs(r[2]) do
+        if type(entry) == 'table' and type(entry[2]) == 'table' then
+          moved = moved + requeue_pending(stream, entry[1], entry[2])
+        else
+          redis.pcall('XACK', stream, GROUP, type(entry) == 'table' and entry[1] or entry)
+        end
+      end
+    until cursor == '0-0'
   end
 end
-return found
+return moved
 """
 )
 
@@ -296,33 +392,55 @@ ack(KEYS[8], ARGV[3], ARGV[5] == '1')
 """
 )
 
-# KEYS: Q, this worker's inbox, then the sessions it holds a box for. ARGV: presence ttl ms, consumer.
-# -> for each session, 1 if its jobs still come here, else 0 (ended, expired, or moved to another worker).
-# Every live worker's presence also sweeps the inboxes of the dead (presence expired) to `returned`.
+# KEYS: Q, this worker's inbox, then the sessions it holds a box for. ARGV: presence ttl ms, consumer, the
+# isolation levels it serves (space-separated). -> {1 if this worker had been declared dead since its last
+# presence (the jobs it held went to others: it must drop them), then for each session 1 if its jobs still
+# come here, else 0 (ended, expired, or moved to another worker)}.
+# Every live worker's presence also declares the dead (presence expired) and takes their jobs over (sweep).
 PRESENCE = (
     _QUEUE
     + """
 local now = now_ms()
+local names = Q.workers .. ':names'
+local lost = (redis.call('HGET', names, KEYS[6]) == false) and 1 or 0
 redis.call('ZADD', Q.workers, now + tonumber(ARGV[1]), KEYS[6])
+redis.call('HSET', names, KEYS[6], ARGV[2], KEYS[6] .. '|levels', ARGV[3])
 open_stream(KEYS[6])
 for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '-inf', '(' .. now)) do
   sweep(inbox, ARGV[2])
 end
-local owned = {}
+local reply = {lost}
 for i = 7, #KEYS do
-  owned[#owned + 1] = redis.call('HGET', KEYS[i], 'owner') == KEYS[6] and 1 or 0
+  reply[#reply + 1] = redis.call('HGET', KEYS[i], 'owner') == KEYS[6] and 1 or 0
 end
-return owned
+return reply
 """
 )
 
-# KEYS: Q, this worker's inbox. ARGV: consumer. The worker stops being routed to; what waits in its inbox
-# unread goes to `returned`.
+# KEYS: Q. ARGV: isolation level. -> how many live workers (presence not expired) serve the level.
+SERVING = (
+    _QUEUE
+    + """
+local now, n = now_ms(), 0
+local names = Q.workers .. ':names'
+for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
+  local levels = redis.call('HGET', names, inbox .. '|levels') or ''
+  local leaving = redis.call('HGET', names, inbox .. '|leaving') == '1'
+  if not leaving and string.find(' ' .. levels .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then n = n + 1 end
+end
+return n
+"""
+)
+
+# KEYS: Q, this worker's inbox. ARGV: consumer, 1 if it is gone for good (retired). The worker stops being
+# routed to and counted as serving (it is leaving); what waits in its inbox unread goes to `returned`. While
+# it drains it keeps saying its presence, so if it dies then, its jobs are taken over as any dead worker's.
 LEAVE = (
     _QUEUE
     + """
-redis.call('ZREM', Q.workers, KEYS[6])
-sweep(KEYS[6], ARGV[1])
+redis.call('HSET', Q.workers .. ':names', KEYS[6] .. '|leaving', '1')
+move_unread(KEYS[6], ARGV[1])
+if ARGV[2] == '1' then forget(KEYS[6]) end
 """
 )
 
