@@ -247,6 +247,7 @@ class Node:
     stop_timeout_s: float  # SIGTERM to SIGKILL: its drain deadline and its listeners' grace, with a margin
     http_port: int = 0  # 0: a worker, no listener
     uids: range = range(0)  # its boxes' uids
+    grpc_port: int = 0  # 0: a worker, no listener
 
     @property
     def url(self) -> str:
@@ -310,7 +311,9 @@ class Cluster:
     def api(self, n: int, **settings: object) -> Node:
         http_port, grpc_port = free_ports(2)
         command = serve_args(http_port, grpc_port, 1)
-        return self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
+        node = self._launch(n, [*command, "--redis", self.redis.url, "--no-worker"], http_port, settings)
+        node.grpc_port = grpc_port
+        return node
 
     def worker(self, n: int, pool_size: int = 1, gvisor_pool_size: int = 0, **settings: object) -> Node:
         return self._launch(n, worker_args(self.redis.url, pool_size, gvisor_pool_size), 0, settings)

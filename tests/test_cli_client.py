@@ -134,11 +134,19 @@ def _sandlot(server: str, *args: str | Path, stdin: bytes = b"", **env: str) -> 
     )
 
 
+# A suite started in the background (`cmd &` in a script) ignores SIGINT, and an ignored signal stays
+# ignored across exec, so sandlot would rightly leave it so (as under nohup). The command runs as from a
+# terminal's foreground instead, where Ctrl-C has its default action.
+_AS_AT_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 @contextlib.contextmanager
 def _popen(server: str, *args: str | Path) -> Iterator[subprocess.Popen[bytes]]:
     """The command running with its streams piped; killed if the test ends before it does."""
     with subprocess.Popen(
-        [str(_SANDLOT), *(str(a) for a in args)],
+        [sys.executable, "-c", _AS_AT_A_TERMINAL, str(_SANDLOT), *(str(a) for a in args)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,  # small: read only once stdout has ended

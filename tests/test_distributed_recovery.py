@@ -11,16 +11,23 @@ directories, cgroup name and box uids (``LAYOUT``, see tests/nodes.py).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.types import TextContent
 
+from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis import DEFAULT_PRESENCE_TTL_S
 
@@ -68,6 +75,17 @@ def rdb(recovery_redis: RedisServer) -> Iterator[redis.Redis]:
 def _clean_host() -> Iterator[None]:
     with LAYOUT.swept():
         yield
+
+
+async def _mcp_run_code(url: str) -> str:
+    """run_code over the node's streamable HTTP MCP door: the text of its (error) answer."""
+    async with (
+        create_mcp_http_client() as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy") as client,
+    ):
+        answer = await client.call_tool("run_code", {"language": "python", "code": "print('x')"})
+    assert answer.is_error, answer
+    return " ".join(part.text for part in answer.content if isinstance(part, TextContent))
 
 
 def _python(code: str, **extra: Any) -> dict[str, Any]:
@@ -203,6 +221,18 @@ def test_readiness_and_synchronous_runs_say_when_no_worker_serves_the_level(clus
         piston_body = {"language": "python", "version": "*", "files": [{"content": "1"}]}
         piston = client.post("/api/v2/execute", json=piston_body)
         assert piston.status_code == 503, piston.text
+        judge0_body = {"language_id": 71, "source_code": "print('x')"}
+        judge0 = client.post("/judge0/submissions", params={"wait": "true"}, json=judge0_body)
+        assert judge0.status_code == 503, judge0.text
+        assert "no live worker" in judge0.text
+        assert client.post("/judge0/submissions", json=judge0_body).status_code == 201  # without wait: queued
+        assert "no live worker serves isolation 'jail'" in asyncio.run(_mcp_run_code(api.url))
+        with grpc.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
+            execute = channel.unary_stream("/sandlot.v1.Sandlot/Execute", pb.ExecuteRequest.SerializeToString)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(execute(pb.ExecuteRequest(language="python", code="print('x')"), timeout=30))
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, refused.value
+            assert "no live worker" in (refused.value.details() or "")
         queued = _submit(client, _python("print('queued')\n"))  # an asynchronous submit still queues
 
         worker = cluster.worker(2, pool_size=1)

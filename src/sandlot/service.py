@@ -322,12 +322,14 @@ class Service:
         return await self.sessions.create(tenant, self.isolation_for(isolation, min_isolation))
 
     async def submit(
-        self, spec: TaskSpec, *, idempotency_key: str | None = None, min_isolation: str = "jail"
+        self, spec: TaskSpec, *, idempotency_key: str | None = None, min_isolation: str = "jail", waits: bool = False
     ) -> TaskSpec:
-        """Validate and queue."""
+        """Validate and queue; ``waits``: the caller waits for the result, so refuse it with no live worker."""
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
         spec = self.validate(spec, min_isolation=min_isolation)
+        if waits:
+            await self.require_worker(spec)
         return await self.enqueue(spec, idempotency_key=idempotency_key)
 
     async def enqueue(self, spec: TaskSpec, *, idempotency_key: str | None = None) -> TaskSpec:

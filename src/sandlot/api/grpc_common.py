@@ -134,6 +134,7 @@ class Door:
         spec = service.validate(spec, min_isolation=current.principal.min_isolation)
         if not service.accepting:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        await service.require_worker(spec)  # every RPC here follows its task: with no live worker, UNAVAILABLE
         async with await self._auth.admit(current.principal, functools.partial(self._running, spec.tenant)) as slot:
             spec = await service.enqueue(spec)
             slot.bind(spec.id)

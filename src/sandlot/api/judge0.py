@@ -165,7 +165,7 @@ async def create_submission(
     encoded = base64_encoded == "true"
     requested = parse_fields(fields)
     submission = state.parse(await read_json(request), caller.tenant, encoded)
-    await state.submit(caller, submission)
+    await state.submit(caller, submission, waits=wait == "true")
     if wait != "true":
         return JSONResponse({"token": submission.token}, status_code=201)
     broker = state.service.broker

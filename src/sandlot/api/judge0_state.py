@@ -93,12 +93,15 @@ class Judge0State:
             allow_private_callbacks=self.options.callback_allow_private,
         )
 
-    async def submit(self, principal: Principal, submission: Submission) -> None:
-        """Queue it like any door (quotas, queue bound); what the engine would refuse is a 422."""
+    async def submit(self, principal: Principal, submission: Submission, *, waits: bool = False) -> None:
+        """Queue it like any door (quotas, queue bound); what the engine would refuse is a 422.
+
+        ``waits`` (``wait=true``): with no live worker for its level, a 503 now instead of a wait with no end.
+        """
         # The record travels with the task: any API node can render it (verdict, request fields).
         spec = dataclasses.replace(submission.to_spec(self.limits.max_cpu_time_limit), door_data=record_of(submission))
         try:
-            await submit(self.door, principal, spec)
+            await submit(self.door, principal, spec, waits=waits)
         except RejectedError as exc:
             raise Judge0Invalid({_FIELD_NAMES.get(exc.field or "", "base"): [str(exc)]}) from exc
         self.store.add(submission)

@@ -136,7 +136,8 @@ class Tools:
         """Queue spec within the caller's quota of executions in flight (as the HTTP door does)."""
         running = functools.partial(self._running, spec.tenant)
         async with await self._auth.admit(principal, running) as slot:
-            spec = await self.service.submit(spec, min_isolation=principal.min_isolation)
+            # run_code answers with the result: with no live worker for the level that would never come.
+            spec = await self.service.submit(spec, min_isolation=principal.min_isolation, waits=True)
             slot.bind(spec.id)
         return spec
 
