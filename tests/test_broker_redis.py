@@ -753,3 +753,28 @@ async def test_submit_survives_a_redis_that_lost_its_scripts(make_redis: MakeRed
     assert [(await _claim(worker)).id for _ in range(2)] == [first.id, second.id]
     state = await api.get("a", second.id)
     assert state is not None and state.status == "queued"
+
+
+async def test_a_claim_cancelled_while_its_take_is_in_flight_gives_the_job_back(
+    make_redis: MakeRedis, raw: aioredis.Redis
+) -> None:
+    """A draining worker cancels its claim loop; a take Redis runs after the cancel must not strand the job.
+
+    Redis is paused for writes, so the claim's take is sent and waits there; the claim is cancelled; when
+    the pause ends Redis runs the take. The job must then be back at the front, not pending to this consumer
+    until some later retire.
+    """
+    first = make_redis(consumer_name="first")
+    spec = _spec()
+    await first.submit(spec)
+    await raw.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+    claiming = asyncio.create_task(first.claim())
+    async with asyncio.timeout(_WAIT_S):  # until the take is sent and held by the pause
+        while b"cmd=evalsha" not in await raw.execute_command("CLIENT", "LIST"):
+            await asyncio.sleep(0.01)
+    claiming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claiming
+    assert await _pending(raw) == 0  # given back: nothing left pending to the cancelled consumer
+    second = make_redis(consumer_name="second")
+    assert await _claim(second) == spec  # and taken at once by another worker

@@ -171,22 +171,19 @@ def test_language_flag_for_unknown_extension(tmp_path: Path) -> None:
 
 
 def test_live_streaming(tmp_path: Path) -> None:
-    prog = _write(
-        tmp_path,
-        "slow.py",
-        "import sys, time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')\n",
-    )
+    # The program prints, then waits for a line the test sends only once it has seen the first: no timing.
+    prog = _write(tmp_path, "gated.py", "print('first', flush=True)\ninput()\nprint('second')\n")
     with subprocess.Popen(
         [str(_SANDLOT), "run", str(prog)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         env=_env(),
     ) as proc:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         still_running = proc.poll() is None
-        rest, err = proc.communicate(timeout=_TIMEOUT_S)
+        rest, err = proc.communicate(b"go\n", timeout=_TIMEOUT_S)
     assert first == b"first\n", err
     assert still_running, "the first line arrived only after the program ended"
     assert rest == b"second\n"

@@ -397,7 +397,7 @@ def test_sigterm_hands_jobs_back_and_another_worker_runs_each_once(cluster: Clus
         # The waiting one went back first (at once), and starts the session afresh on the other worker (the
         # notice says so); the long one, handed back at the drain deadline, follows it in that box, and its
         # client is told the run starts again.
-        assert _notices(waiting_frames) == ["session_reset"]
+        assert _notices(waiting_frames) == ["session_reset"], (waiting_frames, long_frames)
         assert _notices(long_frames) == ["requeued"]
         assert _stdout(long_frames) == "started\nstarted\nfinished\n"
         for frames in (waiting_frames, long_frames):

@@ -580,19 +580,36 @@ class RedisBroker:
             self._next_reclaim = time.monotonic() + self.claim_idle_ms / 1000
             await self.reclaim()  # what it finds goes to the front, for this worker or any other
         async with self._reachable():
-            reply = await self._take_next(
-                keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)],
-                args=[self.consumer_name, token, int(routed_only)],
-            )
-            if reply:
-                stream, entry_id, fields = reply
-                return await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields))), ""
+            taking = asyncio.ensure_future(self._take_one(token, routed_only))
+            try:
+                taken, spec = await asyncio.shield(taking)
+            except asyncio.CancelledError:
+                # A cancel (the worker draining) must not strand a job the take already took in Redis: it
+                # would stay pending to this consumer until retire, after the drain deadline, instead of
+                # going back to the front at once like every claimed job that has not started.
+                taken, spec = await taking
+                if spec is not None:
+                    await self.hand_back(spec.id)
+                raise
+            if taken:
+                return spec, ""
             if routed_only:
                 popped = await self._redis.blpop([Keys.wake_of(self._inbox)], timeout=_BLOCK_MS / 1000)
                 return None, to_str(popped[0]) if popped else ""
             block_s = max(0.001, min(_BLOCK_MS / 1000, self._next_reclaim - time.monotonic()))
             popped = await self._redis.blpop([Keys.wake_of(self._inbox), self.keys.wake], timeout=block_s)
         return None, to_str(popped[0]) if popped else ""
+
+    async def _take_one(self, token: str, routed_only: bool) -> tuple[bool, TaskSpec | None]:
+        """Take the next jobs entry there is: (False, None) if none, else (True, its spec or None if void)."""
+        reply = await self._take_next(
+            keys=[*self._queue, self._inbox, Keys.wake_of(self._inbox)],
+            args=[self.consumer_name, token, int(routed_only)],
+        )
+        if not reply:
+            return False, None
+        stream, entry_id, fields = reply
+        return True, await self._take_entry((to_str(stream), to_str(entry_id), _pairs(fields)))
 
     async def _take_entry(self, delivered: _Entry) -> TaskSpec | None:
         """Take one delivered jobs entry: the task's spec, or None (skipped or dead-lettered)."""
