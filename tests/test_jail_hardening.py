@@ -33,6 +33,7 @@ from sandlot.sandbox import Box, Sandbox
 from sandlot.sandbox.policy import BOX_RLIMITS, RLIM_UNLIMITED
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE, run_in
+from .test_isolation import _running
 
 BOTH_LEVELS = True  # the behaviour suite: every test runs at isolation jail and gvisor
 
@@ -312,34 +313,6 @@ def test_every_rlimit_is_sandlots_and_realtime_is_denied(tmp_path: Path, isolati
 # ------------------------------------------------------------- uid collisions
 
 
-@contextlib.asynccontextmanager
-async def _program_running(box: Box, settings: Settings) -> AsyncIterator[asyncio.Task[Result]]:
-    """A program that runs until cancelled, started and known to be running."""
-    ready = asyncio.Event()
-    limits = dataclasses.replace(settings.run_defaults, wall_time_limit_s=settings.run_maxima.wall_time_limit_s)
-
-    async def consume() -> Result:
-        result: Result | None = None
-        async for item in box.run(["/usr/bin/bash", "-c", "echo ready; exec sleep 1000"], limits=limits):
-            if isinstance(item, OutputEvent):
-                ready.set()
-            else:
-                result = item
-        assert result is not None
-        return result
-
-    task = asyncio.create_task(consume())
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def _processes_of_uid(uid: int) -> int:
     count = 0
     for entry in os.scandir("/proc"):
@@ -356,7 +329,8 @@ async def test_two_instances_with_one_uid_base_never_share_a_uid(
     other = Sandbox(dataclasses.replace(settings, run_dir=tmp_path / "run"))
     box = sandbox.open_box()
     try:
-        async with _program_running(box, settings) as running:
+        limits = dataclasses.replace(settings.run_defaults, wall_time_limit_s=settings.run_maxima.wall_time_limit_s)
+        async with _running(box, "", limits) as running:  # running until the block ends
             assert not running.done(), running.result()
             with pytest.raises(SandboxError, match=f"host uid {box.slot.uid} .* another sandlot instance"):
                 other.open_box(box.slot.index)
