@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Regenerate the gRPC code under src/sandlot/api/gen from proto/ (the output is committed).
+# Regenerate the gRPC code under src/sandlot/api/grpc/gen from proto/ (the output is committed).
 #
 #   scripts/gen_proto.sh            # uses $PYTHON, else the project venv, else python3
 #
 # protoc writes absolute imports named after the .proto paths ("from go_sandbox.v1
-# import sandbox_pb2"); they are rewritten to live under sandlot.api.gen. The .pyi
+# import sandbox_pb2"); they are rewritten to live under sandlot.api.grpc.gen. The .pyi
 # stubs (mypy-protobuf) let mypy --strict check the code that uses the messages.
 set -euo pipefail
 
@@ -13,7 +13,7 @@ python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
     if [[ -x "$root/.venv/bin/python" ]]; then python="$root/.venv/bin/python"; else python=python3; fi
 fi
-out="$root/src/sandlot/api/gen"
+out="$root/src/sandlot/api/grpc/gen"
 packages=(go_sandbox/v1 sandlot/v1)
 
 rm -rf "$out"
@@ -46,9 +46,9 @@ mapfile -t generated < <(find "$out" -name '*_pb2*.py' -o -name '*_pb2*.pyi')
 for pkg in "${packages[@]}"; do
     dotted="${pkg//\//.}"
     sed -i -E \
-        -e "s/^from ${dotted//./\\.} import /from sandlot.api.gen.${dotted} import /" \
-        -e "s/^import ${dotted//./\\.}\./import sandlot.api.gen.${dotted}./" \
-        -e "s/([^.[:alnum:]_])${dotted//./\\.}\.([[:alnum:]_]+_pb2)/\1sandlot.api.gen.${dotted}.\2/g" \
+        -e "s/^from ${dotted//./\\.} import /from sandlot.api.grpc.gen.${dotted} import /" \
+        -e "s/^import ${dotted//./\\.}\./import sandlot.api.grpc.gen.${dotted}./" \
+        -e "s/([^.[:alnum:]_])${dotted//./\\.}\.([[:alnum:]_]+_pb2)/\1sandlot.api.grpc.gen.${dotted}.\2/g" \
         "${generated[@]}"
 done
 echo "generated into ${out#"$root"/}:"

@@ -46,11 +46,11 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[dev]"
 
 # The API docs page (/docs): Swagger UI from npm, pinned by web/apidocs/package-lock.json. Only the two
-# files the page serves are copied into the package (src/sandlot/api/docs_assets, git-ignored).
+# files the page serves are copied into the package (src/sandlot/api/http/docs_assets, git-ignored).
 # --ignore-scripts: no install-time code runs (swagger-ui-dist's one dependency is a telemetry hook).
 # npm ci runs again only when the lock file changed, so a re-run needs no network.
 APIDOCS="$REPO/web/apidocs"
-APIDOCS_OUT="$REPO/src/sandlot/api/docs_assets"
+APIDOCS_OUT="$REPO/src/sandlot/api/http/docs_assets"
 if ! cmp -s "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"; then
     (cd "$APIDOCS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
     cp "$APIDOCS/package-lock.json" "$APIDOCS/node_modules/.sandlot-installed-lock"
@@ -64,7 +64,7 @@ done
 # bundled into the package's static files (git-ignored); rebuilt only when its inputs changed.
 # --ignore-scripts: no install script from the registry runs as root (esbuild works without its own).
 EDITOR_DIR="$REPO/web/playground"
-EDITOR_BUNDLE="$REPO/src/sandlot/api/static/bundle/editor.js"
+EDITOR_BUNDLE="$REPO/src/sandlot/api/http/static/bundle/editor.js"
 if [ ! -f "$EDITOR_BUNDLE" ] || [ -n "$(find "$EDITOR_DIR/package.json" "$EDITOR_DIR/package-lock.json" "$EDITOR_DIR/src" -newer "$EDITOR_BUNDLE" -print -quit)" ]; then
     echo "setup.sh: building the playground's editor (npm ci, esbuild)"
     (cd "$EDITOR_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run --silent build)

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.client import ClientError, SandlotClient, SseEvent, parse_sse
 from sandlot.models import Status
 from sandlot.service import ApiKey

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.engine import Engine
 from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, Job, SourceFile, StageEvent, StageResultEvent, Status

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.service import Service, server_settings_from
 
 from .conftest import make_settings

@@ -27,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import TextContent
 
-from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis import DEFAULT_PRESENCE_TTL_S
 

@@ -17,9 +17,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 from playwright.async_api import Browser, ConsoleMessage, expect
 
-from sandlot.api import docs_page
-from sandlot.api.http import create_app
-from sandlot.api.http_errors import install_handlers
+from sandlot.api.http import docs_page
+from sandlot.api.http.app import create_app
+from sandlot.api.http.errors import install_handlers
 
 from .test_http import asgi_client, live_server, running_service
 from .test_playground import DESKTOP, Visit, browser_fixture, close_page

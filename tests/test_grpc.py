@@ -22,12 +22,12 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sandlot.api.gen.go_sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
-from sandlot.api.gen.sandlot.v1 import sandlot_pb2_grpc
-from sandlot.api.grpc_go_sandbox import exec_error, language_of
-from sandlot.api.grpc_sandlot import _event
-from sandlot.api.grpc_server import create_grpc_server
+from sandlot.api.grpc.gen.go_sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2_grpc
+from sandlot.api.grpc.go_sandbox_v1 import exec_error, language_of
+from sandlot.api.grpc.sandlot_v1 import _event
+from sandlot.api.grpc.server import create_grpc_server
 from sandlot.broker import TaskSpec
 from sandlot.config import DEFAULT_RUN_LIMITS
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent, Result, SourceFile, Status

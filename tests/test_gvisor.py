@@ -20,9 +20,9 @@ import grpc
 import pytest
 from websockets.asyncio.client import connect
 
-from sandlot.api.gen.go_sandbox.v1 import sandbox_pb2
-from sandlot.api.gen.sandlot.v1 import sandlot_pb2 as pb
-from sandlot.api.http import create_app
+from sandlot.api.grpc.gen.go_sandbox.v1 import sandbox_pb2
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.api.http.app import create_app
 from sandlot.config import Settings
 from sandlot.models import Status
 from sandlot.sandbox import Box, Sandbox

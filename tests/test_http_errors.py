@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 
 from .test_http import asgi_client, client_fixture, running_service, service_fixture
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.broker import TaskSpec
 from sandlot.broker.memory import MemoryBroker
 from sandlot.service import ApiKey, Service
@@ -153,7 +153,7 @@ async def test_an_unexpected_failure_is_a_logged_500_with_no_detail(caplog: pyte
         running_service(broker=_FailingBroker(max_queued=8)) as service,
         asgi_client(create_app(service)) as client,
     ):
-        with caplog.at_level(logging.ERROR, logger="sandlot.api.http_execute"):
+        with caplog.at_level(logging.ERROR, logger="sandlot.api.http.execute"):
             response = await client.post("/api/v1/execute", json={"language": "python", "code": "print(1)"})
         assert response.status_code == 500
         assert response.json() == {"error": {"code": "internal_error", "message": "internal error", "field": None}}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.service import Service
 
 from .test_http import (

@@ -24,12 +24,12 @@ import pytest
 import pytest_asyncio
 from judge0.base_types import Config
 
-from sandlot.api.auth import Authenticator
-from sandlot.api.http import create_app
-from sandlot.api.http_middleware import door_of
-from sandlot.api.judge0_callbacks import CallbackPolicy, deliver
-from sandlot.api.judge0_store import SubmissionStore, from_record, record_of
-from sandlot.api.judge0_submission import Judge0Limits, callback_url_problem, parse_submission, unzip_files
+from sandlot.api.common.auth import Authenticator
+from sandlot.api.http.app import create_app
+from sandlot.api.http.middleware import door_of
+from sandlot.api.judge0.callbacks import CallbackPolicy, deliver
+from sandlot.api.judge0.store import SubmissionStore, from_record, record_of
+from sandlot.api.judge0.submission import Judge0Limits, callback_url_problem, parse_submission, unzip_files
 from sandlot.broker import TaskSpec
 from sandlot.errors import RejectedError
 from sandlot.service import ApiKey, ServerSettings, Service

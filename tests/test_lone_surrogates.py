@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 
 from .test_http import client_fixture, live_server, running_service, service_fixture
 from .test_mcp import INITIALIZE, _mcp_app

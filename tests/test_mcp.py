@@ -28,8 +28,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 
-from sandlot.api.http import create_app
-from sandlot.api.mcp_server import shutdown
+from sandlot.api.http.app import create_app
+from sandlot.api.mcp.server import shutdown
 from sandlot.service import ApiKey, Service
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE

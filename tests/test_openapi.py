@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 from jsonschema import Draft202012Validator
 
-from sandlot.api.auth import Authenticator
-from sandlot.api.http import create_app
+from sandlot.api.common.auth import Authenticator
+from sandlot.api.http.app import create_app
 from sandlot.service import ApiKey, Service
 
 from .test_http import LONG_LIMITS, SLEEPER, asgi_client, running_service, wait_done, wait_running

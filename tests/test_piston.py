@@ -21,8 +21,8 @@ import pytest
 from fastapi import FastAPI
 from pyston import File, PystonClient, http_handler
 
-from sandlot.api.http import create_app
-from sandlot.api.semver import satisfies
+from sandlot.api.http.app import create_app
+from sandlot.api.piston.semver import satisfies
 from sandlot.broker import TaskSpec
 from sandlot.config import DEFAULT_RUN_LIMITS, MIB
 from sandlot.models import ExitEvent, Result, Status

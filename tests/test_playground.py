@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.service import Service
 
 from .test_http import live_server, note_submits, running_service

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, expect
 
-from sandlot.api import playground
-from sandlot.api.http import create_app
+from sandlot.api.http import playground
+from sandlot.api.http.app import create_app
 
 from .test_http import live_server
 from .test_playground import Served, Visit, browser_fixture, close_page, open_page, served_fixture, visit_fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.spill import SpillDir, payload_bytes
 from sandlot.service import Service

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.engine import Engine
 from sandlot.languages.naming import choose
 from sandlot.models import Job, SourceFile, Status

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from sandlot.api.http import create_app
+from sandlot.api.http.app import create_app
 from sandlot.broker import Control
 
 from .test_http import live_server, running_service, wait_done

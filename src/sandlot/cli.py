@@ -331,7 +331,7 @@ def _server_settings(
 @click.pass_context
 def mcp(ctx: click.Context, pool_size: int | None) -> None:
     """Serve the MCP tools (run_code, sessions, files) on stdin/stdout, with an embedded service."""
-    from sandlot.api.mcp_server import serve_stdio, stdio_server_settings
+    from sandlot.api.mcp.server import serve_stdio, stdio_server_settings
 
     # stdout carries the protocol: every log line goes to stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -20,7 +20,7 @@ import grpc
 import uvicorn
 from fastapi import FastAPI
 
-from sandlot.api import mcp_server
+from sandlot.api.mcp import server as mcp_server
 from sandlot.config import Settings
 from sandlot.service import ServerSettings, Service, count_boxes, freeze_start_up_objects
 
@@ -67,9 +67,9 @@ def _announce(server: ServerSettings, boxes: int) -> None:
 
 
 async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
-    from sandlot.api.auth import Authenticator
-    from sandlot.api.grpc_server import create_grpc_server
-    from sandlot.api.http import create_app
+    from sandlot.api.common.auth import Authenticator
+    from sandlot.api.grpc.server import create_grpc_server
+    from sandlot.api.http.app import create_app
 
     http_socket = _listen("HTTP", server.host, server.http_port)
     try:

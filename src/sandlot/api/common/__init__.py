@@ -1,0 +1,1 @@
+"""What every door shares: authentication (and the door-neutral request flow)."""

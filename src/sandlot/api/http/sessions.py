@@ -1,0 +1,142 @@
+"""Sessions: a box pinned to a tenant, whose workdir files survive between runs.
+
+Runs name the session with ``session_id``; these routes create and end
+sessions and move files in and out of the workdir. The file operations are
+``Box.write_file/read_file/list_files``, which never follow what a program
+planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
+here is a 400, a missing file a 404, a file the running program recreated while
+we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
+They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
+In distributed mode the box is on a worker, not here: creating and ending work
+on any API node, the file routes answer 400 (``Sessions.local``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from sandlot.api.http.door import DoorDep, PrincipalDep, parse_json
+from sandlot.api.http.errors import ApiError
+from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
+from sandlot.errors import RejectedError
+from sandlot.pool import Session
+from sandlot.sandbox.hostfs import FileBusy, FileMissing
+
+MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
+
+_RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string"}}}}}
+_SESSION_BODY = json_body(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"}},
+    },
+    required=False,
+)
+# The file routes answer 400 in distributed mode, where the session's box is on a worker.
+_FILE_ERRORS = (400, *AUTH, 404)
+
+
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_SESSION_BODY,
+    response_model=None,
+    responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
+    summary="Create a session (a box kept for this tenant)",
+)
+async def create_session(request: Request, door: DoorDep, principal: PrincipalDep) -> JSONResponse:
+    """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
+    body = await request.body()
+    data = parse_json(body) if body.strip() else {}
+    if not isinstance(data, dict):
+        raise RejectedError("the body must be a JSON object", field="body")
+    isolation = data.get("isolation") or ""
+    if not isinstance(isolation, str):
+        raise RejectedError("isolation: must be a string", field="isolation")
+    session = await door.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
+    return JSONResponse(
+        {
+            "session_id": session.id,
+            "expires_in_s": session.expires_in_s,
+            "isolation": session.isolation,
+        },
+        status_code=201,
+    )
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    response_model=None,
+    responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
+    summary="End a session and wipe its box",
+)
+async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
+    await door.service.sessions.end(principal.tenant, session_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{session_id}/files",
+    response_model=None,
+    responses=answers(200, FileList, *_FILE_ERRORS),
+    summary="The regular files of the session's workdir",
+)
+async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
+    session = door.service.sessions.local(principal.tenant, session_id)
+    listing = await asyncio.to_thread(session.box.listing)
+    return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
+
+
+@router.put(
+    "/{session_id}/files/{path:path}",
+    status_code=201,
+    openapi_extra=_RAW_BODY,
+    response_model=None,
+    responses=answers(201, FileEntry, *_FILE_ERRORS, 409, 413, 507, what="Written"),
+    summary="Upload a file",
+)
+async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
+    session = door.service.sessions.local(principal.tenant, session_id)
+    data = await request.body()
+    try:
+        await asyncio.to_thread(session.box.write_file, path, data)
+    except FileBusy as exc:
+        raise ApiError(409, "conflict", str(exc), field="path") from exc
+    except RejectedError as exc:
+        raise RejectedError(str(exc), field="path") from exc
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise ApiError(507, "workspace_full", f"{path}: the session's workdir is full", field="path") from exc
+        raise
+    return JSONResponse({"path": path, "size": len(data)}, status_code=201)
+
+
+@router.get(
+    "/{session_id}/files/{path:path}",
+    response_class=Response,
+    responses=answers(200, None, *_FILE_ERRORS, media="application/octet-stream", what="The file's bytes"),
+    summary="Download a file",
+)
+async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:
+    session = door.service.sessions.local(principal.tenant, session_id)
+    data = await _read(session, path)
+    return Response(data, media_type="application/octet-stream")
+
+
+async def _read(session: Session, path: str) -> bytes:
+    try:
+        return await asyncio.to_thread(session.box.read_file, path, MAX_DOWNLOAD_BYTES)
+    except FileMissing as exc:
+        raise ApiError(404, "not_found", str(exc), field="path") from exc
+    except RejectedError as exc:  # a link, fifo or other refusal
+        raise RejectedError(str(exc), field="path") from exc

@@ -1,0 +1,184 @@
+"""The Judge0 door's long-lived state: options, limits, languages, the store, submitting and reading.
+
+One ``Judge0State`` per app (``app.state.judge0``), built by ``judge0.install``
+beside the app's ``Door``. Submitting goes through the same ``submit`` as every
+HTTP door (validation, the key's quota, the queue bound); reading asks the
+broker for the task and the store for what only Judge0 has, then renders.
+Callbacks are tasks of this process that wait for the task's exit event, so
+the worker never waits on a client's receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import sandlot
+from sandlot.api.common.auth import Principal
+from sandlot.api.http.door import Door, submit, subscribe
+from sandlot.api.judge0.callbacks import CallbackPolicy, deliver
+from sandlot.api.judge0.render import DEFAULT_FIELDS, Judge0Language, offered_languages, render_submission
+from sandlot.api.judge0.store import SubmissionStore, from_record, record_of
+from sandlot.api.judge0.submission import Judge0Invalid, Judge0Limits, Submission, parse_submission
+from sandlot.broker import TaskState
+from sandlot.errors import RejectedError
+from sandlot.models import ExitEvent, OutputEvent
+from sandlot.service import Service
+
+log = logging.getLogger("sandlot.judge0")
+
+MAX_TASK_LIFETIME_S = 3600.0  # queueing + compile + run, generously: how long a record outlives its submit
+# Our RejectedError fields, as Judge0 names them (what service.validate may still refuse).
+_FIELD_NAMES = {
+    "code": "source_code",
+    "files": "additional_files",
+    "args": "command_line_arguments",
+    "stdin": "stdin",
+    "language": "language_id",
+    "limits.time_limit": "cpu_time_limit",
+    "limits.wall_time_limit": "wall_time_limit",
+    "limits.memory_limit": "memory_limit",
+    "limits.max_processes": "max_processes_and_or_threads",
+    "limits.max_file_size": "max_file_size",
+}
+
+
+@dataclass(frozen=True)
+class Judge0Options:
+    """``[judge0]`` in the config file (``SANDLOT_JUDGE0_CALLBACK_ALLOW_PRIVATE`` overrides that one)."""
+
+    callback_allow_private: bool = False
+    homepage: str | None = None
+    source_code: str | None = None
+    maintainer: str | None = None
+
+    @classmethod
+    def from_service(cls, service: Service) -> Judge0Options:
+        raw = dict(service.settings.extra.get("judge0", {}))
+        env = os.environ.get("SANDLOT_JUDGE0_CALLBACK_ALLOW_PRIVATE")
+        allow = env if env is not None else raw.get("callback_allow_private", False)
+        return cls(
+            callback_allow_private=str(allow).strip().lower() in ("1", "true", "yes", "on"),
+            homepage=_text_option(raw.get("homepage")),
+            source_code=_text_option(raw.get("source_code")),
+            maintainer=_text_option(raw.get("maintainer", f"sandlot {sandlot.__version__}")),
+        )
+
+
+class Judge0State:
+    """The Judge0 door's long-lived state, one per app (``app.state.judge0``), beside the app's Door."""
+
+    def __init__(self, door: Door, options: Judge0Options) -> None:
+        self.door = door
+        self.service = service = door.service
+        self.options = options
+        self.limits = Judge0Limits.from_settings(service.settings)
+        self.callbacks = CallbackPolicy(allow_private=options.callback_allow_private)
+        self.languages: dict[int, Judge0Language] = offered_languages(service.languages, service.versions())
+        self.store = SubmissionStore(retention_s=service.server.result_ttl_s + MAX_TASK_LIFETIME_S)
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    def parse(self, data: Any, tenant: str, base64_encoded: bool) -> Submission:
+        return parse_submission(
+            data,
+            tenant=tenant,
+            base64_encoded=base64_encoded,
+            limits=self.limits,
+            languages={i: lang.language.name for i, lang in self.languages.items()},
+            allow_private_callbacks=self.options.callback_allow_private,
+        )
+
+    async def submit(self, principal: Principal, submission: Submission, *, waits: bool = False) -> None:
+        """Queue it like any door (quotas, queue bound); what the engine would refuse is a 422.
+
+        ``waits`` (``wait=true``): with no live worker for its level, a 503 now instead of a wait with no end.
+        """
+        # The record travels with the task: any API node can render it (verdict, request fields).
+        spec = dataclasses.replace(submission.to_spec(self.limits.max_cpu_time_limit), door_data=record_of(submission))
+        try:
+            await submit(self.door, principal, spec, waits=waits)
+        except RejectedError as exc:
+            raise Judge0Invalid({_FIELD_NAMES.get(exc.field or "", "base"): [str(exc)]}) from exc
+        self.store.add(submission)
+        if submission.callback_url:
+            task = asyncio.create_task(self._callback(submission), name=f"judge0-callback-{submission.token}")
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def lookup(self, tenant: str, token: str) -> tuple[TaskState, Submission | None] | None:
+        state = await self.service.broker.get(tenant, token)
+        submission = self.store.get(tenant, token)
+        if state is None:
+            if submission is not None:  # the broker has let the task go: so do we
+                self.store.forget(token)
+            return None
+        if submission is None and state.spec is not None:  # taken by another API node, or evicted here
+            submission = from_record(state.spec)
+        return state, submission
+
+    async def wait_done(self, tenant: str, token: str) -> None:
+        async for event in subscribe(self.service.broker, tenant, token):
+            if isinstance(event, ExitEvent):
+                return
+
+    async def render(
+        self,
+        state: TaskState,
+        submission: Submission | None,
+        *,
+        fields: tuple[str, ...],
+        base64_encoded: bool,
+    ) -> dict[str, Any]:
+        merged = None
+        if submission is not None and submission.redirect_stderr_to_stdout and state.exit is not None:
+            merged = await self._merged_output(submission)
+        return render_submission(
+            state.id,
+            state,
+            submission,
+            merged,
+            fields=fields,
+            base64_encoded=base64_encoded,
+            languages=self.languages,
+        )
+
+    async def aclose(self) -> None:
+        """Stop pending callbacks (optional: for a server that wants them gone before the loop ends)."""
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+
+    async def _merged_output(self, submission: Submission) -> bytes:
+        """stdout and stderr in the order the program wrote them, from the task's event history."""
+        kept = self.store.merged_output(submission.token)
+        if kept is not None:
+            return kept
+        chunks = [
+            event.data
+            async for event in subscribe(self.service.broker, submission.tenant, submission.token)
+            if isinstance(event, OutputEvent) and event.stage != "compile"
+        ]
+        merged = b"".join(chunks)
+        self.store.keep_merged_output(submission.token, merged)
+        return merged
+
+    async def _callback(self, submission: Submission) -> None:
+        assert submission.callback_url is not None
+        try:
+            await self.wait_done(submission.tenant, submission.token)
+            found = await self.lookup(submission.tenant, submission.token)
+            if found is None:
+                return
+            body = await self.render(found[0], submission, fields=DEFAULT_FIELDS, base64_encoded=True)
+            await deliver(submission.callback_url, json.dumps(body).encode(), self.callbacks)
+        except Exception:
+            log.exception("judge0 callback for %s failed", submission.token)
+
+
+def _text_option(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,1 @@
+"""The MCP door: sandlot's tools for AI agents over streamable HTTP."""
