@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -452,3 +453,46 @@ async def test_free_boxes_wait_with_their_next_jail_launched(sandbox: Sandbox, s
 async def test_without_prelaunch_binds_nothing_is_launched_ahead(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 1) as pool, pool.lease("a") as box:
         assert not box.prelaunched
+
+
+# ------------------------------------------------------------ box lifecycle races
+
+
+def test_a_reset_in_flight_ends_before_close_gives_the_slot_away(sandbox: Sandbox, monkeypatch: Any) -> None:
+    """A pool closing while a box's reset still runs in its thread (a cancelled give-back keeps running there)
+    must not let that reset mount over the slot's next holder: close waits for it, and the next box keeps
+    its files. Without the box's lifecycle lock, the late reset hid the next run's sources ("open *.go")."""
+    box = sandbox.open_box()
+    entered, resume = threading.Event(), threading.Event()
+    real_prepare = Box.prepare
+
+    def held_prepare(self: Box) -> None:
+        if self is box:
+            entered.set()
+            resume.wait(_WAIT_S)
+        real_prepare(self)
+
+    monkeypatch.setattr(Box, "prepare", held_prepare)
+    resetting = threading.Thread(target=box.reset)
+    resetting.start()
+    assert entered.wait(_WAIT_S)
+    closing = threading.Thread(target=box.close)
+    closing.start()
+    closing.join(1.0)  # with the lock it waits for the reset; without, it is done by now
+    successor: Box | None = None
+    try:
+        if not closing.is_alive():
+            successor = sandbox.open_box(box.slot.index)
+            successor.write_file("keep.txt", b"mine")
+        resume.set()
+        resetting.join(_WAIT_S)
+        closing.join(_WAIT_S)
+        assert not resetting.is_alive() and not closing.is_alive()
+        if successor is None:
+            successor = sandbox.open_box(box.slot.index)
+            successor.write_file("keep.txt", b"mine")
+        assert successor.read_file("keep.txt", 100) == b"mine"
+    finally:
+        resume.set()
+        if successor is not None:
+            successor.close()

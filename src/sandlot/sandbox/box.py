@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +225,11 @@ class Box:
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
         self._cancel_requested = False
+        # reset, prelaunch and close run in worker threads and on the loop: one at a time, and never one
+        # after close. A give-back cancelled at shutdown leaves its reset running in its thread; without
+        # this lock close would release the slot under it and the late reset would mount over the slot's
+        # next holder.
+        self._lifecycle = threading.RLock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -265,22 +271,25 @@ class Box:
 
     def reset(self) -> None:
         """Forget everything a previous run left: a new tmpfs, not a tree walk."""
-        if self._closed:
-            raise SandboxError(f"box {self.slot.index} is closed")
-        self._discard_warm()  # it binds the old workdir
-        for mount in hostfs.mounts_below(self.root):
-            hostfs.unmount(mount)
-        self.prepare()
+        with self._lifecycle:
+            if self._closed:
+                raise SandboxError(f"box {self.slot.index} is closed")
+            self._discard_warm()  # it binds the old workdir
+            for mount in hostfs.mounts_below(self.root):
+                hostfs.unmount(mount)
+            self.prepare()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._discard_warm()
-            self.clean_leftovers()
-        finally:
-            self.slot.release()
+        """Kill what runs, clean the slot and give it up; waits for a reset or prelaunch in progress."""
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._discard_warm()
+                self.clean_leftovers()
+            finally:
+                self.slot.release()
 
     # ----------------------------------------------------------- files
 
@@ -364,6 +373,10 @@ class Box:
         A later ``run`` uses it when its binds are among ``binds``; otherwise it
         starts cold. Failures here are not fatal: the next run starts cold.
         """
+        with self._lifecycle:
+            self._prelaunch_locked(binds)
+
+    def _prelaunch_locked(self, binds: Sequence[policy.Bind]) -> None:
         self._discard_warm()
         if self._closed:
             return
