@@ -24,9 +24,9 @@ from sandlot.api.grpc.gen.go_sandbox.v1 import sandbox_pb2
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
 from sandlot.config import Settings
+from sandlot.errors import IsolationUnavailable
 from sandlot.models import Status
 from sandlot.sandbox import Box, Sandbox
-from sandlot.sandbox.gvisor import GvisorUnavailable
 from sandlot.service import ApiKey, ServerSettings, Service
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE, make_settings, run_in
@@ -175,7 +175,7 @@ async def test_the_bundle_keeps_the_jails_policy(gvisor_box: Box) -> None:
 def test_a_missing_runsc_is_refused_with_the_exact_reason(tmp_path: Path) -> None:
     settings = dataclasses.replace(make_settings(), runsc_path=tmp_path / "no-runsc")
     sandbox = Sandbox(settings)
-    with pytest.raises(GvisorUnavailable) as refused:
+    with pytest.raises(IsolationUnavailable) as refused:
         sandbox.open_box(isolation="gvisor")
     assert "isolation 'gvisor' is unavailable here: runsc not found" in str(refused.value)
     assert str(tmp_path / "no-runsc") in str(refused.value)

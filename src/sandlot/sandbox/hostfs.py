@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.errors import RejectedError, SandboxError
+from sandlot.errors import FileBusy, FileMissing, RejectedError, SandboxError
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -173,14 +173,6 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
             os.close(dir_fd)
     finally:
         os.close(root_fd)
-
-
-class FileMissing(RejectedError):
-    """The path names nothing in the workdir (a door's 404, not a refusal)."""
-
-
-class FileBusy(RejectedError):
-    """The running program changed the path while the host wrote it (a door's 409: try again)."""
 
 
 @dataclass(frozen=True)

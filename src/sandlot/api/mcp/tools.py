@@ -41,15 +41,14 @@ from typing import Any
 import anyio
 from mcp import types
 
-from sandlot.api.common.auth import Authenticator, AuthError, Principal
+from sandlot.api.common.auth import Authenticator, Principal
+from sandlot.api.common.errors import Kind, classify
 from sandlot.api.http.render import OutputDecoder
 from sandlot.api.mcp.schemas import tool_definitions
-from sandlot.broker import QueueFull, TaskSpec
-from sandlot.errors import RejectedError, Unavailable
+from sandlot.broker import TaskSpec
+from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
-from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.requests import decode_content, parse_execution
-from sandlot.sandbox.hostfs import FileMissing
 from sandlot.service import Service
 
 log = logging.getLogger("sandlot.mcp")
@@ -263,20 +262,29 @@ def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=message)], is_error=True)
 
 
+# The metric code of each kind; a refusal of the caller (unauthorized, forbidden, rate limited) counts
+# with its own finer code ("too_many_executions", ...). A conflict is counted as the refusal it is.
+_CODES = {
+    Kind.REJECTED: "rejected",
+    Kind.NOT_FOUND: "not_found",
+    Kind.CONFLICT: "rejected",
+    Kind.BUSY: "busy",
+    Kind.UNAVAILABLE: "unavailable",
+    Kind.INTERNAL: "internal_error",
+}
+_SAYS_WHEN_TO_RETRY = frozenset({Kind.RATE_LIMITED, Kind.BUSY})
+
+
 def _failure(exc: Exception, tool: str) -> tuple[str, str]:
     """The metric code and the message of a failed call; the caller's mistakes say what to fix."""
-    if isinstance(exc, SessionNotFound | FileMissing):  # RejectedErrors, but a missing thing
-        return "not_found", str(exc)
-    if isinstance(exc, RejectedError):
-        return "rejected", str(exc)
-    if isinstance(exc, AuthError):
-        return exc.code, _with_retry(str(exc), exc.retry_after_s)
-    if isinstance(exc, QueueFull | PoolFull):
-        return "busy", _with_retry(str(exc), exc.retry_after_s)
-    if isinstance(exc, Unavailable):
-        return "unavailable", str(exc) or "the service is unavailable; retry later"
-    log.exception("MCP tool %s failed", tool)
-    return "internal_error", "internal error (the server logged it)"
+    failure = classify(exc)
+    if failure.kind is Kind.INTERNAL:
+        log.exception("MCP tool %s failed", tool)
+        return "internal_error", "internal error (the server logged it)"
+    message = failure.message
+    if failure.kind in _SAYS_WHEN_TO_RETRY:
+        message = _with_retry(message, failure.retry_after_s)
+    return _CODES.get(failure.kind, failure.code), message
 
 
 def _with_retry(message: str, retry_after_s: float | None) -> str:
