@@ -19,6 +19,7 @@ from sandlot.api.judge0.errors import STATUS as JUDGE0_STATUS
 from sandlot.api.judge0.render import InvalidFields
 from sandlot.api.judge0.submission import Judge0Invalid
 from sandlot.api.mcp.tools import _failure
+from sandlot.config import LimitRequest
 from sandlot.errors import (
     UNAVAILABLE_RETRY_AFTER_S,
     AtCapacity,
@@ -38,6 +39,7 @@ from sandlot.errors import (
     UidInUse,
     Unavailable,
 )
+from sandlot.sandbox.hostfs import validate_relative_path
 
 # One row per class of the hierarchy (AuthError and AtCapacity once per variant): the exception, then the
 # Failure classify must make of it.
@@ -146,8 +148,16 @@ def test_an_empty_unavailable_still_says_something() -> None:
 def test_for_field_keeps_the_class_and_the_message() -> None:
     moved = FileMissing("a.txt: no such file", field="files.name").for_field("path")
     assert (type(moved), str(moved), moved.field) == (FileMissing, "a.txt: no such file", "path")
-    renamed = RejectedError("limits.time_limit: too long").for_field("time_limit", "time_limit: too long")
-    assert (str(renamed), renamed.field) == ("time_limit: too long", "time_limit")
+    busy = FileBusy.at("files.name", "'a' was recreated by the running program; retry").for_field("path")
+    assert (type(busy), str(busy), busy.field) == (
+        FileBusy,
+        "path: 'a' was recreated by the running program; retry",
+        "path",
+    )
+    limit = RejectedError.at("limits.time_limit", "1000 exceeds the maximum of 60 s", separator=" ").for_field(
+        "time_limit"
+    )
+    assert (str(limit), limit.field) == ("time_limit 1000 exceeds the maximum of 60 s", "time_limit")
 
 
 # ------------------------------------------------------------------ each door's table
@@ -206,3 +216,13 @@ def test_mcp_codes_and_messages() -> None:
     assert _failure(limited, "run_code") == ("too_many_executions", "2 in flight; retry in 1 s")
     assert _failure(NoWorker("jail"), "run_code") == ("unavailable", str(NoWorker("jail")))
     assert _failure(SandboxError("detail"), "run_code") == ("internal_error", "internal error (the server logged it)")
+
+
+def test_a_door_renames_the_file_layers_field_without_reading_the_message() -> None:
+    with pytest.raises(RejectedError) as refused:
+        validate_relative_path("../escape", field="files.name")
+    moved = refused.value.for_field("path")
+    assert (str(moved), moved.field) == ("path: path must stay inside the workdir: '../escape'", "path")
+    with pytest.raises(RejectedError) as not_a_number:
+        LimitRequest.from_mapping({"time_limit": "fast"})
+    assert str(not_a_number.value.for_field("time_limit")) == "time_limit: must be a number"

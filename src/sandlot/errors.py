@@ -50,15 +50,33 @@ class SandlotError(Exception):
 
 
 class RejectedError(SandlotError):
-    """The request is invalid: the message says which field and why."""
+    """The request is invalid: the message says which field and why.
+
+    Made by ``at(field, reason)``, the message is "field: reason" and a door that calls the field
+    otherwise renames it with ``for_field`` (no message is ever taken apart to find the field).
+    """
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.reason: str | None = None  # set by at(): the message without the field's name
+        self._separator = ": "
 
-    def for_field(self, field: str | None, message: str | None = None) -> Self:
-        """The same refusal (same class: a missing file stays missing) naming a door's own field."""
-        return type(self)(str(self) if message is None else message, field=field)
+    @classmethod
+    def at(cls, field: str, reason: str, *, separator: str = ": ") -> Self:
+        """A refusal of ``field`` whose message is "{field}{separator}{reason}"."""
+        error = cls(f"{field}{separator}{reason}", field=field)
+        error.reason, error._separator = reason, separator
+        return error
+
+    def for_field(self, field: str) -> Self:
+        """The same refusal (same class: a missing file stays missing) naming a door's own field.
+
+        A message made by ``at`` names the new field; any other message is kept as it is.
+        """
+        if self.reason is None:
+            return type(self)(str(self), field=field)
+        return type(self).at(field, self.reason, separator=self._separator)
 
 
 class SessionNotFound(RejectedError):

@@ -57,6 +57,8 @@ DOOR = "mcp"
 MAX_READ_BYTES = 8 * 1024 * 1024  # read_file answers in one message; larger files are refused
 MAX_WRITE_BYTES = 16 * 1024 * 1024  # decoded content of one write_file
 _MIB = 1024 * 1024
+_LIMIT_ARGUMENTS = ("time_limit", "memory_limit")  # run_code's limits, passed on as the request's limits.*
+_LIMIT_ARGUMENT_OF = {f"limits.{name}": name for name in _LIMIT_ARGUMENTS}
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 Progress = Callable[[float, str], Awaitable[None]]  # (output bytes so far, chunk text)
@@ -115,7 +117,7 @@ class Tools:
             for key in ("language", "code", "stdin", "args", "session_id")
             if arguments.get(key) is not None
         }
-        limits = {key: arguments[key] for key in ("time_limit", "memory_limit") if arguments.get(key) is not None}
+        limits = {key: arguments[key] for key in _LIMIT_ARGUMENTS if arguments.get(key) is not None}
         if limits:
             request["limits"] = limits
         try:
@@ -216,7 +218,7 @@ class Tools:
         try:
             await asyncio.to_thread(session.box.write_file, path, data)
         except RejectedError as exc:
-            raise _path_error(exc) from exc
+            raise exc.for_field("path") from exc  # the file layer's files.name
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise RejectedError(f"path: the session's workdir is full; {path} not written", field="path") from exc
@@ -231,7 +233,7 @@ class Tools:
         try:
             data = await asyncio.to_thread(session.box.read_file, path, MAX_READ_BYTES)
         except RejectedError as exc:  # missing, a link, a fifo, too large
-            raise _path_error(exc) from exc
+            raise exc.for_field("path") from exc  # the file layer's files.name
         try:
             text, encoding = data.decode("utf-8"), "utf8"
         except UnicodeDecodeError:
@@ -293,18 +295,8 @@ def _with_retry(message: str, retry_after_s: float | None) -> str:
 
 def _unqualified(exc: RejectedError) -> RejectedError:
     """Limit errors name ``limits.time_limit``; the tool's argument is plain ``time_limit``."""
-    message = str(exc)
-    if not message.startswith("limits."):
-        return exc
-    return RejectedError(message.removeprefix("limits."), field=(exc.field or "").removeprefix("limits.") or None)
-
-
-def _path_error(exc: RejectedError) -> RejectedError:
-    """The file layer names its argument ``files.name``; the tools call it ``path``."""
-    message = str(exc)
-    if message.startswith("files.name"):
-        message = "path" + message.removeprefix("files.name")
-    return type(exc)(message, field="path")
+    argument = _LIMIT_ARGUMENT_OF.get(exc.field or "")
+    return exc if argument is None else exc.for_field(argument)
 
 
 def _label(event: OutputEvent) -> str:
