@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from sandlot.config import Settings
+from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.models import Status
-from sandlot.pool import BoxPool, PoolFull, SessionNotFound
+from sandlot.pool import BoxPool
 from sandlot.sandbox import Bind, Box, Sandbox, hostfs, slots
 
 from .conftest import run_in
@@ -163,7 +164,7 @@ async def test_past_max_waiting_a_lease_fails_at_once(sandbox: Sandbox) -> None:
         async with pool.lease("holder"):
             waiters = [await _enqueue(pool, _record(pool, t, t, granted)) for t in ("a", "b")]
             # While the box is still held: the third attempt cannot have waited for it.
-            with pytest.raises(PoolFull) as refused:
+            with pytest.raises(AtCapacity) as refused:
                 async with asyncio.timeout(_WAIT_S), pool.lease("c"):
                     pytest.fail("leased past max_waiting")
             assert refused.value.retry_after_s > 0
@@ -271,7 +272,7 @@ async def test_ending_a_session_returns_its_box_reset(sandbox: Sandbox, settings
 async def test_max_sessions_is_enforced(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 2, max_sessions=1) as pool:
         first = await pool.create_session("a")
-        with pytest.raises(PoolFull) as refused:
+        with pytest.raises(AtCapacity) as refused:
             await pool.create_session("b")
         assert refused.value.retry_after_s > 0
         assert pool.available == 1  # the refused session took no box
@@ -282,7 +283,7 @@ async def test_max_sessions_is_enforced(sandbox: Sandbox) -> None:
 
 async def test_a_session_is_refused_not_queued_when_no_box_is_free(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 1, max_sessions=1) as pool, pool.lease("a"):
-        with pytest.raises(PoolFull) as refused:
+        with pytest.raises(AtCapacity) as refused:
             async with asyncio.timeout(_WAIT_S):
                 await pool.create_session("b")
         assert refused.value.retry_after_s > 0
@@ -307,7 +308,7 @@ async def test_an_adopted_session_keeps_its_id_and_waits_for_a_box(sandbox: Sand
             assert box is session.box
             await _sh(box, "echo kept > /box/kept.txt", settings)
         assert not pool.session_room
-        with pytest.raises(PoolFull):
+        with pytest.raises(AtCapacity):
             await pool.adopt_session("b", "another", expires_in_s=60)
         await pool.end_session("a", "named-elsewhere")
         assert pool.session_room
@@ -403,7 +404,7 @@ async def test_close_releases_every_box_and_fails_pending_waiters(sandbox: Sandb
         waiters = [await _enqueue(pool, _record(pool, t, t, granted)) for t in ("c", "d")]
         await pool.close()
         for waiter in waiters:
-            with pytest.raises(PoolFull):
+            with pytest.raises(AtCapacity):
                 async with asyncio.timeout(_WAIT_S):
                     await waiter
         assert granted == []
@@ -411,7 +412,7 @@ async def test_close_releases_every_box_and_fails_pending_waiters(sandbox: Sandb
         assert pool.available == 0
         cleanliness = [_slot_is_clean(sandbox, index) for index in indexes]
         assert False not in cleanliness, cleanliness
-        with pytest.raises(PoolFull):
+        with pytest.raises(AtCapacity):
             async with pool.lease("e"):
                 pytest.fail("leased from a closed pool")
     finally:

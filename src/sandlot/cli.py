@@ -35,7 +35,7 @@ from sandlot.cli_output import (
 )
 from sandlot.config import LimitRequest, Settings, load_settings
 from sandlot.engine import Engine, rejected
-from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
+from sandlot.errors import ConfigError, IsolationUnavailable, RejectedError, SandboxError, SandlotError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
 from sandlot.sandbox.box import ISOLATION_LEVELS
@@ -154,7 +154,7 @@ async def _run_streaming(
         return Result(
             status=Status.INTERNAL_ERROR, message=f"configuration error: {exc}", language=prepared.language.name
         )
-    except SandboxError as exc:
+    except (SandboxError, IsolationUnavailable) as exc:  # e.g. --isolation gvisor where runsc cannot run
         return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
     out: BinaryIO = sys.stdout.buffer
     err: BinaryIO = sys.stderr.buffer

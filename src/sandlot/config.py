@@ -76,15 +76,15 @@ class LimitRequest:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
-                raise RejectedError(f"{where}.{key}: unknown limit", field=f"{where}.{key}")
+                raise RejectedError.at(f"{where}.{key}", "unknown limit")
             if value is None:
                 continue
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not is_number:
-                raise RejectedError(f"{where}.{key}: must be a number", field=f"{where}.{key}")
+                raise RejectedError.at(f"{where}.{key}", "must be a number")
             wants_float = key in ("time_limit", "wall_time_limit")
             if not wants_float and isinstance(value, float) and not value.is_integer():
-                raise RejectedError(f"{where}.{key}: must be a whole number", field=f"{where}.{key}")
+                raise RejectedError.at(f"{where}.{key}", "must be a whole number")
             values[key] = float(value) if wants_float else int(value)
         return cls(**values)
 
@@ -140,10 +140,12 @@ class Settings:
             if given is None:
                 return default
             if not math.isfinite(given) or given <= 0:
-                raise RejectedError(f"{name} must be positive, got {given:g}", field=name)
+                raise RejectedError.at(name, f"must be positive, got {given:g}", separator=" ")
             value = given * scale
             if value > maximum:
-                raise RejectedError(f"{name} {given:g} exceeds the maximum of {maximum / scale:g} {unit}", field=name)
+                raise RejectedError.at(
+                    name, f"{given:g} exceeds the maximum of {maximum / scale:g} {unit}", separator=" "
+                )
             return value
 
         return Limits(

@@ -19,18 +19,17 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, Distributed, TaskSpec
+from sandlot.broker import Broker, Distributed, TaskSpec
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, DEFAULT_PRESENCE_TTL_S, RedisBroker
 from sandlot.config import Settings
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import AuthError, ConfigError, NoWorker, RejectedError, SandboxError
+from sandlot.errors import AuthError, BrokerUnavailable, ConfigError, IsolationUnavailable, NoWorker, RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
-from sandlot.sandbox.gvisor import UNAVAILABLE
 from sandlot.sessions import SessionInfo, Sessions
 from sandlot.worker import Worker
 
@@ -223,8 +222,8 @@ class Service:
         elif server.start_worker:  # an API node without one runs nothing: its workers' pools decide the levels
             try:
                 await asyncio.to_thread(sandbox.check_isolation, "gvisor")
-            except SandboxError as exc:
-                problems["gvisor"] = str(exc).removeprefix(UNAVAILABLE)
+            except IsolationUnavailable as exc:
+                problems["gvisor"] = exc.reason
                 log.warning("isolation gvisor is unavailable: %s", exc)
             else:
                 # Always pre-launched: gVisor's start is never on the request path.

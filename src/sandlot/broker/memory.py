@@ -25,13 +25,13 @@ from pathlib import Path
 from sandlot.broker import (
     DEFAULT_RESULT_TTL_S,
     Control,
-    QueueFull,
     TaskSpec,
     TaskState,
     TaskStatus,
     cancelled_before_start,
 )
 from sandlot.broker.spill import SpillDir, payload_bytes
+from sandlot.errors import AtCapacity
 from sandlot.models import Event, ExitEvent
 
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
@@ -82,7 +82,7 @@ class MemoryBroker:
             if earlier is not None and earlier in self._tasks:
                 return self._tasks[earlier].spec
         if self._queued >= self.max_queued:
-            raise QueueFull(f"{self._queued} executions are already queued")
+            raise AtCapacity("queue", f"{self._queued} executions are already queued")
         task = _Task(spec, idempotency_key=idempotency_key)
         self._tasks[spec.id] = task
         if idempotency_key is not None:

@@ -104,11 +104,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sandlot.broker import (
     DEFAULT_RESULT_TTL_S,
-    BrokerUnavailable,
     Control,
     Presence,
-    QueueFull,
-    Superseded,
     TaskSpec,
     TaskState,
     TaskStatus,
@@ -130,7 +127,7 @@ from sandlot.broker.redis_wire import (
     text,
     to_str,
 )
-from sandlot.errors import SessionNotFound
+from sandlot.errors import AtCapacity, BrokerUnavailable, SessionNotFound, Superseded
 from sandlot.models import NOTICE_REQUEUED, Event, ExitEvent, NoticeEvent
 
 log = logging.getLogger(__name__)
@@ -258,7 +255,7 @@ class RedisBroker:
                     await self._release_key(keys=[idem], args=[spec.id])
                 if int(verdict) < 0:
                     raise SessionNotFound(f"session {spec.session_id!r} not found or expired", field="session_id")
-                raise QueueFull(f"{self._depth} executions are already queued")
+                raise AtCapacity("queue", f"{self._depth} executions are already queued")
         return spec
 
     async def _queue_job(self, hset: tuple[Arg, ...], evalsha: tuple[Arg, ...]) -> tuple[int, int]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandlot.config import Settings, check_state_dir_reachable
-from sandlot.errors import ConfigError, SandboxError
+from sandlot.errors import ConfigError, SandboxError, UidInUse
 from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, seccomp, slots
 from sandlot.sandbox.cgroups import (
@@ -56,12 +56,12 @@ from sandlot.sandbox.cgroups import (
     detect_driver,
     wait_empty,
 )
-from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor, GvisorUnavailable
+from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor
 from sandlot.sandbox.helper import helper_path
 from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
 from sandlot.sandbox.monitor import RunMonitor
 
-__all__ = ["ISOLATION_LEVELS", "Box", "GvisorUnavailable", "Sandbox", "StdinSource"]
+__all__ = ["ISOLATION_LEVELS", "Box", "Sandbox", "StdinSource"]
 
 ISOLATION_LEVELS = ("jail", "gvisor")  # weakest first
 _launch_ids = itertools.count()
@@ -100,7 +100,7 @@ class Sandbox:
         self.gvisor = Gvisor(settings, etc_dir=self.etc_dir)
 
     def check_isolation(self, isolation: str, *, probe: bool = True) -> None:
-        """Raise unless boxes of this level can start here (GvisorUnavailable says exactly why).
+        """Raise unless boxes of this level can start here (IsolationUnavailable says exactly why).
 
         ``probe=False`` skips starting a throw-away gVisor sandbox (see ``Gvisor.check``).
         """
@@ -139,7 +139,7 @@ class Sandbox:
         for index in sorted(indexes):
             try:
                 slot = slots.try_acquire(self.settings.run_dir, index, self.settings.box_uid_base)
-            except slots.UidInUse:
+            except UidInUse:
                 continue  # another sandlot instance's box: never ours to clean
             if slot is None:
                 continue  # a live process holds it

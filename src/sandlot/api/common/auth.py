@@ -34,7 +34,7 @@ from types import TracebackType
 
 from sandlot.errors import AuthError
 
-__all__ = ["PUBLIC_TENANT", "ApiKey", "AuthError", "Authenticator", "Principal"]
+__all__ = ["PUBLIC_TENANT", "ApiKey", "Authenticator", "Principal"]
 from sandlot.service import ApiKey
 
 PUBLIC_TENANT = "public"
