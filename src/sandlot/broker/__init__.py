@@ -49,7 +49,6 @@ from sandlot.models import (
 )
 
 TaskStatus = Literal["queued", "running", "done"]
-DEFAULT_RESULT_TTL_S = 600.0
 
 
 class QueueFull(SandlotError):
