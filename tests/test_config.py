@@ -404,7 +404,18 @@ def test_coerce(raw: object, kind: object, expected: object) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "kind"),
-    [("maybe", bool), (2, bool), ("1.5", int), (1.5, int), (True, int), ("nan", float), (False, float), (3, str)],
+    [
+        ("maybe", bool),
+        (2, bool),
+        ("1.5", int),
+        (1.5, int),
+        (True, int),
+        ("nan", float),
+        (False, float),
+        (3, str),
+        ("", Path),
+        (7, Path),
+    ],
 )
 def test_coerce_refuses(raw: object, kind: object) -> None:
     with pytest.raises(ConfigError, match=r"setting name: expected .*, got " + re.escape(repr(raw))):

@@ -285,8 +285,10 @@ def coerce(raw: object, kind: Any, name: str) -> Any:
         if number is None or not math.isfinite(number):
             raise _bad_value(name, raw, "a number")
         return number
-    if kind in (str, Path) and isinstance(raw, str):
-        return kind(raw)
+    if kind is str and isinstance(raw, str):
+        return raw
+    if kind is Path and isinstance(raw, str) and raw:  # Path("") is the working directory: never meant
+        return Path(raw)
     raise _bad_value(name, raw, "a path" if kind is Path else "a string")
 
 
