@@ -1,4 +1,4 @@
-"""Settings: TOML and environment precedence, limit resolution and units, LimitRequest parsing."""
+"""Settings: precedence (defaults, TOML, environment, flags), unknown keys, coercion, limit resolution, LimitRequest."""
 
 from __future__ import annotations
 

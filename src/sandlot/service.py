@@ -100,6 +100,7 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
+        settings = dataclasses.replace(settings, server=server)  # one truth: the flags' server settings, not the file's
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
         engine = Engine(settings, languages, notice=lambda message: log.warning("%s...", message))
