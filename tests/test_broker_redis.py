@@ -719,7 +719,8 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
 
 @pytest.mark.slow
 async def test_a_service_on_redis_runs_python_and_another_node_sees_it(make_redis: MakeRedis) -> None:
-    from sandlot.service import ServerSettings, Service
+    from sandlot.config import ServerSettings
+    from sandlot.service import Service
     from tests.conftest import make_settings
 
     service = await Service.start(

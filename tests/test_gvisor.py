@@ -23,11 +23,11 @@ from websockets.asyncio.client import connect
 from sandlot.api.grpc.gen.go_sandbox.v1 import sandbox_pb2
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
-from sandlot.config import Settings
+from sandlot.config import ApiKey, ServerSettings, Settings
 from sandlot.errors import IsolationUnavailable
 from sandlot.models import Status
 from sandlot.sandbox import Box, Sandbox
-from sandlot.service import ApiKey, ServerSettings, Service
+from sandlot.service import Service
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE, make_settings, run_in
 from .test_grpc import grpc_serving

@@ -9,8 +9,9 @@ import pytest
 
 from sandlot.api.common.auth import Authenticator
 from sandlot.api.http.app import create_app
+from sandlot.config import ApiKey
 from sandlot.errors import AuthError
-from sandlot.service import ApiKey, Service
+from sandlot.service import Service
 
 from .test_http import LONG_LIMITS, SLEEPER, asgi_client, client_fixture, running_service, service_fixture, wait_done
 

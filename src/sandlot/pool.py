@@ -38,13 +38,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from sandlot.config import SERVER_DEFAULTS
 from sandlot.errors import AtCapacity, IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
 from sandlot.sandbox import Bind, Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 __all__ = [
-    "DEFAULT_SESSION_IDLE_S",
-    "DEFAULT_SESSION_TTL_S",
     "BoxPool",
     "Session",
     "check_level",
@@ -52,9 +51,6 @@ __all__ = [
     "find_session",
     "pool_for_run",
 ]
-
-DEFAULT_SESSION_TTL_S = 30 * 60.0
-DEFAULT_SESSION_IDLE_S = 20 * 60.0
 
 
 @dataclass
@@ -88,8 +84,8 @@ class BoxPool:
         *,
         max_waiting: int,
         max_sessions: int | None = None,
-        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
-        session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+        session_ttl_s: float = SERVER_DEFAULTS.session_ttl_s,
+        session_idle_s: float = SERVER_DEFAULTS.session_idle_s,
         clock: Callable[[], float] = time.monotonic,
         prelaunch_binds: Callable[[Box], Sequence[Bind]] | None = None,
         isolation: str = "jail",

@@ -20,8 +20,8 @@ import logging
 import signal
 from urllib.parse import urlsplit
 
-from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, count_boxes, effective_claim_idle_ms, freeze_start_up_objects
+from sandlot.config import ServerSettings, Settings
+from sandlot.service import Service, count_boxes, effective_claim_idle_ms, freeze_start_up_objects
 
 log = logging.getLogger("sandlot.worker_process")
 

@@ -48,7 +48,6 @@ from sandlot.models import (
 )
 
 TaskStatus = Literal["queued", "running", "done"]
-DEFAULT_RESULT_TTL_S = 600.0
 
 
 def _limits_json(limits: LimitRequest | None) -> dict[str, Any] | None:

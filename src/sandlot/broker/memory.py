@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandlot.broker import (
-    DEFAULT_RESULT_TTL_S,
     Control,
     TaskSpec,
     TaskState,
@@ -31,10 +30,10 @@ from sandlot.broker import (
     cancelled_before_start,
 )
 from sandlot.broker.spill import SpillDir, payload_bytes
+from sandlot.config import SERVER_DEFAULTS
 from sandlot.errors import AtCapacity
 from sandlot.models import Event, ExitEvent
 
-DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
 _log = logging.getLogger(__name__)
 
 
@@ -55,8 +54,8 @@ class MemoryBroker:
         self,
         *,
         max_queued: int,
-        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        result_ttl_s: float = SERVER_DEFAULTS.result_ttl_s,
+        max_result_bytes: int = SERVER_DEFAULTS.result_memory_bytes,
         spill_dir: Path | None = None,
     ) -> None:
         self.max_queued = max_queued

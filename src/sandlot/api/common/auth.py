@@ -35,7 +35,7 @@ from types import TracebackType
 from sandlot.errors import AuthError
 
 __all__ = ["PUBLIC_TENANT", "ApiKey", "Authenticator", "Principal"]
-from sandlot.service import ApiKey
+from sandlot.config import ApiKey
 
 PUBLIC_TENANT = "public"
 _SECONDS_PER_MINUTE = 60.0
