@@ -47,14 +47,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 import sandlot
+from sandlot.api.common.asgi import CoreDep
 from sandlot.api.common.auth import Authenticator
+from sandlot.api.common.core import Core
 from sandlot.api.http import docs_page, playground
 from sandlot.api.http import schemas as http_schemas
 from sandlot.api.http import sessions as http_sessions
 from sandlot.api.http import tasks as http_tasks
 from sandlot.api.http import text as http_text
 from sandlot.api.http import ws as http_ws
-from sandlot.api.http.door import Door, DoorDep, PrincipalDep
+from sandlot.api.http.door import PrincipalDep
 from sandlot.api.http.errors import install_handlers
 from sandlot.api.http.execute import ExecuteRoute
 from sandlot.api.http.middleware import BodyLimit, CountResponses, SameOriginOnly
@@ -101,7 +103,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # One Authenticator per process, shared with the gRPC door, so a key's quotas are one budget.
-    app.state.door = Door(service, authenticator or Authenticator(service.server.api_keys))
+    app.state.core = Core(service, authenticator or Authenticator(service.server.api_keys))
     install_handlers(app)
     for router in (
         http_tasks.router,
@@ -119,7 +121,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)
-    app.execute_route = ExecuteRoute(app.state.door, max_body_bytes=service.server.max_body_bytes)
+    app.execute_route = ExecuteRoute(app.state.core, max_body_bytes=service.server.max_body_bytes)
     app.origin_guard = SameOriginOnly(service.server.allowed_origins, metrics=service.metrics)
     return app
 
@@ -130,9 +132,9 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     responses=answers(200, http_schemas.Languages, *AUTH),
     summary="The languages this server offers",
 )
-async def languages(door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    registry = door.service.languages
-    versions = door.service.versions()
+async def languages(core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
+    registry = core.service.languages
+    versions = core.service.versions()
     return {
         "languages": [
             {**lang.describe(versions.get(lang.name, "unknown")), "sample": lang.sample} for lang in registry.offered()
@@ -156,10 +158,10 @@ async def healthz() -> dict[str, str]:
     },
     summary="The server accepts work and a live worker serves the isolation level",
 )
-async def readyz(door: DoorDep, isolation: str = "") -> JSONResponse:
+async def readyz(core: CoreDep, isolation: str = "") -> JSONResponse:
     """200 when this node accepts work and some live worker serves ``isolation`` (default: the server's
     default level); in the distributed mode an API node without a live worker answers 503 ``no_worker``."""
-    service = door.service
+    service = core.service
     if not service.ready:
         return JSONResponse({"status": "not_ready"}, status_code=503)
     level = isolation or service.server.default_isolation
@@ -177,5 +179,5 @@ async def readyz(door: DoorDep, isolation: str = "") -> JSONResponse:
     responses=answers(200, None, media="text/plain", what="The Prometheus text format"),
     summary="Prometheus metrics",
 )
-async def metrics(door: DoorDep) -> Response:
-    return Response(generate_latest(door.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(core: CoreDep) -> Response:
+    return Response(generate_latest(core.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

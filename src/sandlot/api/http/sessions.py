@@ -20,7 +20,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.http.door import DoorDep, PrincipalDep, parse_json
+from sandlot.api.common.asgi import CoreDep
+from sandlot.api.common.parsing import parse_json
+from sandlot.api.http.door import PrincipalDep
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
@@ -53,7 +55,7 @@ _FILE_ERRORS = (400, *AUTH, 404)
     responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
     summary="Create a session (a box kept for this tenant)",
 )
-async def create_session(request: Request, door: DoorDep, principal: PrincipalDep) -> JSONResponse:
+async def create_session(request: Request, core: CoreDep, principal: PrincipalDep) -> JSONResponse:
     """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
     body = await request.body()
     data = parse_json(body) if body.strip() else {}
@@ -62,7 +64,7 @@ async def create_session(request: Request, door: DoorDep, principal: PrincipalDe
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
-    session = await door.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
+    session = await core.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
     return JSONResponse(
         {
             "session_id": session.id,
@@ -80,8 +82,8 @@ async def create_session(request: Request, door: DoorDep, principal: PrincipalDe
     responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
     summary="End a session and wipe its box",
 )
-async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    await door.service.sessions.end(principal.tenant, session_id)
+async def end_session(session_id: str, core: CoreDep, principal: PrincipalDep) -> Response:
+    await core.service.sessions.end(principal.tenant, session_id)
     return Response(status_code=204)
 
 
@@ -91,8 +93,8 @@ async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -
     responses=answers(200, FileList, *_FILE_ERRORS),
     summary="The regular files of the session's workdir",
 )
-async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    session = door.service.sessions.local(principal.tenant, session_id)
+async def list_files(session_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
+    session = core.service.sessions.local(principal.tenant, session_id)
     listing = await asyncio.to_thread(session.box.listing)
     return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
@@ -105,8 +107,8 @@ async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) ->
     responses=answers(201, FileEntry, *_FILE_ERRORS, 409, 413, 507, what="Written"),
     summary="Upload a file",
 )
-async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.sessions.local(principal.tenant, session_id)
+async def put_file(session_id: str, path: str, request: Request, core: CoreDep, principal: PrincipalDep) -> Response:
+    session = core.service.sessions.local(principal.tenant, session_id)
     data = await request.body()
     try:
         await asyncio.to_thread(session.box.write_file, path, data)
@@ -127,8 +129,8 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
     responses=answers(200, None, *_FILE_ERRORS, media="application/octet-stream", what="The file's bytes"),
     summary="Download a file",
 )
-async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.sessions.local(principal.tenant, session_id)
+async def get_file(session_id: str, path: str, core: CoreDep, principal: PrincipalDep) -> Response:
+    session = core.service.sessions.local(principal.tenant, session_id)
     data = await _read(session, path)
     return Response(data, media_type="application/octet-stream")
 

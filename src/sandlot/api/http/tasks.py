@@ -16,21 +16,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, CoreDep, finish_quietly, race_disconnect, read_json
 from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import (
-    Door,
-    DoorDep,
-    PrincipalDep,
-    cancel_task,
-    finish_quietly,
-    race_disconnect,
-    read_json,
-    submit,
-    subscribe,
-)
+from sandlot.api.common.core import Core
+from sandlot.api.common.render import OutputDecoder, exit_body
+from sandlot.api.http.door import PrincipalDep
 from sandlot.api.http.errors import ApiError
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
-from sandlot.api.http.render import SSE_KEEPALIVE, OutputDecoder, event_data, exit_body, sse_frame
+from sandlot.api.http.render import SSE_KEEPALIVE, event_data, sse_frame
 from sandlot.api.http.schemas import (
     AUTH,
     EXECUTION_EXAMPLE,
@@ -43,7 +35,7 @@ from sandlot.api.http.schemas import (
     answers,
     json_body,
 )
-from sandlot.broker import Broker, BrokerUnavailable, TaskSpec, TaskState
+from sandlot.broker import BrokerUnavailable, TaskState
 from sandlot.models import Event, ExitEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
 
@@ -80,13 +72,15 @@ _JSON_OR_TEXT_BODY = {
     },
     summary="Run and wait for the result",
 )
-async def run_sync(request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
+async def run_sync(request: Request, core: CoreDep, principal: PrincipalDep) -> Response:
     spec = parse_execution(await read_json(request), tenant=principal.tenant)
-    spec = await submit(door, principal, spec, waits=True)
-    finished, exit_event = await race_disconnect(request.receive, _wait_exit(door.service.broker, spec))
-    if not finished or exit_event is None:
-        await cancel_task(door.service.broker, spec.tenant, spec.id)
+    spec = await core.submit(principal, spec, waits=True)
+    finished, exit_event = await race_disconnect(request.receive, core.wait_exit(spec.tenant, spec.id))
+    if not finished:
+        await core.cancel(spec.tenant, spec.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    if exit_event is None:
+        raise ApiError(404, "not_found", f"task {spec.id} vanished before it finished", field="task_id")
     result = exit_event.result
     if result.status is Status.REJECTED:
         raise ApiError(400, "rejected", result.message)
@@ -121,8 +115,8 @@ async def execute(
     responses=answers(200, TaskStateBody, *AUTH, 404, 503),
     summary="A task's state, and its result when done",
 )
-async def get_task(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    state = await _task(door, principal, task_id)
+async def get_task(task_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
+    state = await _task(core, principal, task_id)
     body: dict[str, Any] = {"task_id": state.id, "status": state.status}
     if state.exit is not None:
         body["result"] = exit_body(state.exit)
@@ -135,9 +129,9 @@ async def get_task(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict
     responses=answers(200, Cancelled, *AUTH, 404, 409, 503),
     summary="Cancel a task (kills its run)",
 )
-async def cancel(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    state = await _task(door, principal, task_id)
-    if state.status == "done" or not await door.service.broker.cancel(principal.tenant, task_id):
+async def cancel(task_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
+    state = await _task(core, principal, task_id)
+    if state.status == "done" or not await core.service.broker.cancel(principal.tenant, task_id):
         raise ApiError(409, "conflict", f"task {task_id} has already finished", field="task_id")
     return {"task_id": task_id, "cancelled": True}
 
@@ -158,13 +152,13 @@ async def cancel(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[s
 )
 async def events(
     task_id: str,
-    door: DoorDep,
+    core: CoreDep,
     principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
-    await _task(door, principal, task_id)
+    await _task(core, principal, task_id)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    stream = _sse(door.service.broker, principal.tenant, task_id, after)
+    stream = _sse(core, principal.tenant, task_id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of a live stream
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
@@ -172,25 +166,18 @@ async def events(
 # ----------------------------------------------------------------- helpers
 
 
-async def _task(door: Door, principal: Principal, task_id: str) -> TaskState:
-    state = await door.service.broker.get(principal.tenant, task_id)
+async def _task(core: Core, principal: Principal, task_id: str) -> TaskState:
+    state = await core.service.broker.get(principal.tenant, task_id)
     if state is None:  # unknown, expired, or another tenant's: all look the same
         raise ApiError(404, "not_found", f"task {task_id} not found", field="task_id")
     return state
 
 
-async def _wait_exit(broker: Broker, spec: TaskSpec) -> ExitEvent:
-    async for event in subscribe(broker, spec.tenant, spec.id):
-        if isinstance(event, ExitEvent):
-            return event
-    raise ApiError(404, "not_found", f"task {spec.id} vanished before it finished", field="task_id")
-
-
-async def _sse(broker: Broker, tenant: str, task_id: str, after: int) -> AsyncIterator[bytes]:
+async def _sse(core: Core, tenant: str, task_id: str, after: int) -> AsyncIterator[bytes]:
     decoder = OutputDecoder()
     last_id = 0
     try:
-        async for event in _with_keepalives(subscribe(broker, tenant, task_id)):
+        async for event in _with_keepalives(core.events(tenant, task_id)):
             if event is None:
                 yield SSE_KEEPALIVE
                 continue

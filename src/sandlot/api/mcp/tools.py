@@ -31,26 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
-import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import anyio
 from mcp import types
 
-from sandlot.api.common.auth import Authenticator, AuthError, Principal
-from sandlot.api.http.render import OutputDecoder
+from sandlot.api.common.auth import AuthError, Principal
+from sandlot.api.common.core import Core
+from sandlot.api.common.render import OutputDecoder
 from sandlot.api.mcp.schemas import tool_definitions
-from sandlot.broker import QueueFull, TaskSpec
+from sandlot.broker import QueueFull
 from sandlot.errors import RejectedError, Unavailable
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.requests import decode_content, parse_execution
 from sandlot.sandbox.hostfs import FileMissing
-from sandlot.service import Service
 
 log = logging.getLogger("sandlot.mcp")
 
@@ -67,9 +66,9 @@ _Handler = Callable[[Principal, Mapping[str, Any], Progress], Awaitable[types.Ca
 class Tools:
     """The tools of one Service; ``call`` runs one tool call for a caller."""
 
-    def __init__(self, service: Service, authenticator: Authenticator) -> None:
-        self.service = service
-        self._auth = authenticator
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.service = service = core.service
         self._handlers: dict[str, _Handler] = {
             "run_code": self._run_code,
             "list_languages": self._list_languages,
@@ -121,10 +120,11 @@ class Tools:
             request["limits"] = limits
         try:
             spec = parse_execution(request, tenant=principal.tenant)
-            spec = await self._submit(principal, spec)
+            # run_code answers with the result: with no live worker for the level that would never come.
+            spec = await self.core.submit(principal, spec, waits=True)
         except RejectedError as exc:
             raise _unqualified(exc) from exc
-        result = (await self._follow(spec, progress)).result
+        result = (await self._follow(spec.tenant, spec.id, progress)).result
         return types.CallToolResult(
             content=[types.TextContent(text=_result_text(result))],
             structured_content=result.to_dict(),
@@ -132,26 +132,11 @@ class Tools:
             is_error=result.status in (Status.REJECTED, Status.INTERNAL_ERROR),
         )
 
-    async def _submit(self, principal: Principal, spec: TaskSpec) -> TaskSpec:
-        """Queue spec within the caller's quota of executions in flight (as the HTTP door does)."""
-        running = functools.partial(self._running, spec.tenant)
-        async with await self._auth.admit(principal, running) as slot:
-            # run_code answers with the result: with no live worker for the level that would never come.
-            spec = await self.service.submit(spec, min_isolation=principal.min_isolation, waits=True)
-            slot.bind(spec.id)
-        return spec
-
-    async def _running(self, tenant: str, task_id: str) -> bool:
-        state = await self.service.broker.get(tenant, task_id)
-        return state is not None and state.status != "done"
-
-    async def _follow(self, spec: TaskSpec, progress: Progress) -> ExitEvent:
+    async def _follow(self, tenant: str, task_id: str, progress: Progress) -> ExitEvent:
         """Report output as progress until the exit event; leaving early for any reason cancels the task."""
-        broker = self.service.broker
         decoder = OutputDecoder()
         sent = 0
-        events = broker.subscribe(spec.tenant, spec.id)
-        try:
+        async with contextlib.aclosing(self.core.follow(tenant, task_id)) as events:
             async for event in events:
                 if isinstance(event, ExitEvent):
                     return event
@@ -160,17 +145,7 @@ class Tools:
                     text = decoder.decode(event)
                     if text:  # else only the start of a character split between chunks
                         await progress(sent, _label(event) + text)
-            raise RuntimeError(f"the event stream of task {spec.id} ended without an exit event")
-        except BaseException:
-            # Shielded: we are usually here because the call was cancelled.
-            with anyio.CancelScope(shield=True):
-                await broker.cancel(spec.tenant, spec.id)
-            raise
-        finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+        raise RuntimeError(f"the event stream of task {task_id} ended without an exit event")
 
     async def _list_languages(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress

@@ -55,20 +55,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import (
-    Door,
-    bearer_token,
-    cancel_task,
-    get_door,
-    parse_json,
-    race_disconnect,
-    submit,
-    subscribe,
-)
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, core_of, race_disconnect
+from sandlot.api.common.auth import Principal, bearer_token
+from sandlot.api.common.core import Core
+from sandlot.api.common.parsing import parse_json
+from sandlot.api.common.render import OutputDecoder
 from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
-from sandlot.api.http.render import OutputDecoder
 from sandlot.api.piston.semver import satisfies, semver
 from sandlot.broker import TaskSpec
 from sandlot.config import MIB, LimitRequest, Settings
@@ -202,31 +194,31 @@ class _PistonRoutes:
 
     async def runtimes(self, request: Request) -> Response:
         try:
-            _principal(await get_door(request), request)
+            _principal(await core_of(request), request)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
         return JSONResponse([rt.as_json() for rt in self._runtimes])
 
     async def packages(self, request: Request) -> Response:
         try:
-            _principal(await get_door(request), request)
+            _principal(await core_of(request), request)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
         return JSONResponse([])
 
     async def execute(self, request: Request) -> Response:
-        door = await get_door(request)
+        core = await core_of(request)
         try:
-            principal = _principal(door, request)
+            principal = _principal(core, request)
             if not request.headers.get("content-type", "").startswith("application/json"):
                 return _message(415, "requests must be of type application/json")
             runtime, spec = self._parse(parse_json(await request.body()), principal.tenant)
-            spec = await submit(door, principal, spec, waits=True)
+            spec = await core.submit(principal, spec, waits=True)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
-        finished, events = await race_disconnect(request.receive, _collect(door, spec))
+        finished, events = await race_disconnect(request.receive, core.collect(spec.tenant, spec.id))
         if not finished:
-            await cancel_task(door.service.broker, spec.tenant, spec.id)
+            await core.cancel(spec.tenant, spec.id)
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if events is None:
             return _message(500, f"task {spec.id} vanished before it finished")
@@ -274,10 +266,10 @@ class _PistonRoutes:
 # ------------------------------------------------------------------ parsing
 
 
-def _principal(door: Door, request: Request) -> Principal:
+def _principal(core: Core, request: Request) -> Principal:
     """The caller; Piston clients send the key bare, so ``Authorization: KEY`` works as ``Bearer KEY`` does."""
     header = request.headers.get("authorization")
-    return door.auth.authenticate(bearer_token(header) or (header or "").strip() or None)
+    return core.auth.authenticate(bearer_token(header) or (header or "").strip() or None)
 
 
 def _sources(files: Sequence[dict[str, Any]]) -> tuple[SourceFile, ...]:
@@ -344,16 +336,6 @@ def _limit_request(body: dict[str, Any], stage: str, maxima: Limits) -> LimitReq
 
 
 # ------------------------------------------------------------------ rendering
-
-
-async def _collect(door: Door, spec: TaskSpec) -> list[Event] | None:
-    """The task's events through its exit event; None if its record vanished first."""
-    events: list[Event] = []
-    async for event in subscribe(door.service.broker, spec.tenant, spec.id):
-        events.append(event)
-        if isinstance(event, ExitEvent):
-            return events
-    return None
 
 
 @dataclass
