@@ -2,7 +2,7 @@
 
 Runs name the session with ``session_id``; these routes create and end
 sessions and move files in and out of the workdir. The file operations are
-``Box.write_file/read_file/list_files``, which never follow what a program
+``Sessions.files`` (the box's), which never follow what a program
 planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
 here is a 400, a missing file a 404, a file the running program recreated while
 we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
@@ -13,8 +13,6 @@ on any API node, the file routes answer 400 (``Sessions.local``).
 
 from __future__ import annotations
 
-import asyncio
-import errno
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -26,11 +24,9 @@ from sandlot.api.http.door import PrincipalDep
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
-from sandlot.pool import Session
-from sandlot.sandbox.hostfs import FileBusy, FileMissing
+from sandlot.sessions import NO_SPACE_ERRNOS, FileBusy, FileMissing
 
 MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
 
@@ -94,8 +90,7 @@ async def end_session(session_id: str, core: CoreDep, principal: PrincipalDep) -
     summary="The regular files of the session's workdir",
 )
 async def list_files(session_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
-    session = core.service.sessions.local(principal.tenant, session_id)
-    listing = await asyncio.to_thread(session.box.listing)
+    listing = await core.service.sessions.files(principal.tenant, session_id).listing()
     return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
 
@@ -108,16 +103,16 @@ async def list_files(session_id: str, core: CoreDep, principal: PrincipalDep) ->
     summary="Upload a file",
 )
 async def put_file(session_id: str, path: str, request: Request, core: CoreDep, principal: PrincipalDep) -> Response:
-    session = core.service.sessions.local(principal.tenant, session_id)
+    files = core.service.sessions.files(principal.tenant, session_id)
     data = await request.body()
     try:
-        await asyncio.to_thread(session.box.write_file, path, data)
+        await files.write(path, data)
     except FileBusy as exc:
         raise ApiError(409, "conflict", str(exc), field="path") from exc
     except RejectedError as exc:
         raise RejectedError(str(exc), field="path") from exc
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
+        if exc.errno in NO_SPACE_ERRNOS:
             raise ApiError(507, "workspace_full", f"{path}: the session's workdir is full", field="path") from exc
         raise
     return JSONResponse({"path": path, "size": len(data)}, status_code=201)
@@ -130,15 +125,11 @@ async def put_file(session_id: str, path: str, request: Request, core: CoreDep, 
     summary="Download a file",
 )
 async def get_file(session_id: str, path: str, core: CoreDep, principal: PrincipalDep) -> Response:
-    session = core.service.sessions.local(principal.tenant, session_id)
-    data = await _read(session, path)
-    return Response(data, media_type="application/octet-stream")
-
-
-async def _read(session: Session, path: str) -> bytes:
+    files = core.service.sessions.files(principal.tenant, session_id)
     try:
-        return await asyncio.to_thread(session.box.read_file, path, MAX_DOWNLOAD_BYTES)
+        data = await files.read(path, MAX_DOWNLOAD_BYTES)
     except FileMissing as exc:
         raise ApiError(404, "not_found", str(exc), field="path") from exc
     except RejectedError as exc:  # a link, fifo or other refusal
         raise RejectedError(str(exc), field="path") from exc
+    return Response(data, media_type="application/octet-stream")

@@ -46,7 +46,7 @@ from sandlot.config import KIB, LimitRequest, Settings
 from sandlot.engine import MAX_FILES
 from sandlot.errors import RejectedError
 from sandlot.models import SourceFile
-from sandlot.sandbox.hostfs import validate_relative_path
+from sandlot.paths import validate_relative_path
 
 MAX_CPU_EXTRA_TIME_S = 5.0  # Judge0's default maximum
 DEFAULT_CPU_EXTRA_TIME_S = 1.0  # Judge0's default

@@ -23,16 +23,14 @@ program's doing: bad arguments, quotas, a sandbox failure. A call abandoned by
 the client (cancelled, or its connection gone) cancels its task.
 
 The session tools pin a box to the caller's tenant (``create_session``), move
-files in and out of its workdir with the link-safe ``Box`` file operations, and
+files in and out of its workdir with the link-safe ``Sessions.files``, and
 ``run_code(session_id=...)`` runs there, seeing the files.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import errno
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,7 +47,7 @@ from sandlot.errors import RejectedError, Unavailable
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.requests import decode_content, parse_execution
-from sandlot.sandbox.hostfs import FileMissing
+from sandlot.sessions import NO_SPACE_ERRNOS, FileMissing
 
 log = logging.getLogger("sandlot.mcp")
 
@@ -57,7 +55,6 @@ DOOR = "mcp"
 MAX_READ_BYTES = 8 * 1024 * 1024  # read_file answers in one message; larger files are refused
 MAX_WRITE_BYTES = 16 * 1024 * 1024  # decoded content of one write_file
 _MIB = 1024 * 1024
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 Progress = Callable[[float, str], Awaitable[None]]  # (output bytes so far, chunk text)
 _Handler = Callable[[Principal, Mapping[str, Any], Progress], Awaitable[types.CallToolResult]]
@@ -183,18 +180,18 @@ class Tools:
     async def _write_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
+        files = self.service.sessions.files(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         content = _string(arguments, "content", empty_ok=True)
         data = decode_content(content, arguments.get("encoding", "utf8"))
         if len(data) > MAX_WRITE_BYTES:
             raise RejectedError(f"content: larger than {MAX_WRITE_BYTES // _MIB} MB", field="content")
         try:
-            await asyncio.to_thread(session.box.write_file, path, data)
+            await files.write(path, data)
         except RejectedError as exc:
             raise _path_error(exc) from exc
         except OSError as exc:
-            if exc.errno in _NO_SPACE:
+            if exc.errno in NO_SPACE_ERRNOS:
                 raise RejectedError(f"path: the session's workdir is full; {path} not written", field="path") from exc
             raise
         return _answer({"path": path, "size": len(data)}, f"wrote {len(data)} bytes to {path}")
@@ -202,10 +199,10 @@ class Tools:
     async def _read_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
+        files = self.service.sessions.files(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         try:
-            data = await asyncio.to_thread(session.box.read_file, path, MAX_READ_BYTES)
+            data = await files.read(path, MAX_READ_BYTES)
         except RejectedError as exc:  # missing, a link, a fifo, too large
             raise _path_error(exc) from exc
         try:
@@ -218,8 +215,7 @@ class Tools:
     async def _list_files(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
-        listing = await asyncio.to_thread(session.box.listing)
+        listing = await self.service.sessions.files(principal.tenant, _string(arguments, "session_id")).listing()
         rows = [{"path": f.path, "size": f.size} for f in listing.files]
         text = "\n".join(f"{f.path} ({f.size} bytes)" for f in listing.files) or "the workdir is empty"
         if listing.truncated:
