@@ -56,7 +56,7 @@ from sandlot.api.http import sessions as http_sessions
 from sandlot.api.http import tasks as http_tasks
 from sandlot.api.http import text as http_text
 from sandlot.api.http import ws as http_ws
-from sandlot.api.http.door import PrincipalDep
+from sandlot.api.http.door import CallerDep
 from sandlot.api.http.errors import install_handlers
 from sandlot.api.http.execute import ExecuteRoute
 from sandlot.api.http.middleware import BodyLimit, CountResponses, SameOriginOnly
@@ -132,9 +132,9 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     responses=answers(200, http_schemas.Languages, *AUTH),
     summary="The languages this server offers",
 )
-async def languages(core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
-    registry = core.service.languages
-    versions = core.service.versions()
+async def languages(caller: CallerDep) -> dict[str, Any]:
+    registry = caller.service.languages
+    versions = caller.service.versions()
     return {
         "languages": [
             {**lang.describe(versions.get(lang.name, "unknown")), "sample": lang.sample} for lang in registry.offered()

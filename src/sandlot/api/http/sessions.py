@@ -18,9 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.common.asgi import CoreDep
 from sandlot.api.common.parsing import parse_json
-from sandlot.api.http.door import PrincipalDep
+from sandlot.api.http.door import CallerDep
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
@@ -51,7 +50,7 @@ _FILE_ERRORS = (400, *AUTH, 404)
     responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
     summary="Create a session (a box kept for this tenant)",
 )
-async def create_session(request: Request, core: CoreDep, principal: PrincipalDep) -> JSONResponse:
+async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
     body = await request.body()
     data = parse_json(body) if body.strip() else {}
@@ -60,7 +59,9 @@ async def create_session(request: Request, core: CoreDep, principal: PrincipalDe
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
-    session = await core.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
+    session = await caller.service.create_session(
+        caller.tenant, isolation, min_isolation=caller.principal.min_isolation
+    )
     return JSONResponse(
         {
             "session_id": session.id,
@@ -78,8 +79,8 @@ async def create_session(request: Request, core: CoreDep, principal: PrincipalDe
     responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
     summary="End a session and wipe its box",
 )
-async def end_session(session_id: str, core: CoreDep, principal: PrincipalDep) -> Response:
-    await core.service.sessions.end(principal.tenant, session_id)
+async def end_session(session_id: str, caller: CallerDep) -> Response:
+    await caller.service.sessions.end(caller.tenant, session_id)
     return Response(status_code=204)
 
 
@@ -89,8 +90,8 @@ async def end_session(session_id: str, core: CoreDep, principal: PrincipalDep) -
     responses=answers(200, FileList, *_FILE_ERRORS),
     summary="The regular files of the session's workdir",
 )
-async def list_files(session_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
-    listing = await core.service.sessions.files(principal.tenant, session_id).listing()
+async def list_files(session_id: str, caller: CallerDep) -> dict[str, Any]:
+    listing = await caller.service.sessions.files(caller.tenant, session_id).listing()
     return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
 
@@ -102,8 +103,8 @@ async def list_files(session_id: str, core: CoreDep, principal: PrincipalDep) ->
     responses=answers(201, FileEntry, *_FILE_ERRORS, 409, 413, 507, what="Written"),
     summary="Upload a file",
 )
-async def put_file(session_id: str, path: str, request: Request, core: CoreDep, principal: PrincipalDep) -> Response:
-    files = core.service.sessions.files(principal.tenant, session_id)
+async def put_file(session_id: str, path: str, request: Request, caller: CallerDep) -> Response:
+    files = caller.service.sessions.files(caller.tenant, session_id)
     data = await request.body()
     try:
         await files.write(path, data)
@@ -124,8 +125,8 @@ async def put_file(session_id: str, path: str, request: Request, core: CoreDep, 
     responses=answers(200, None, *_FILE_ERRORS, media="application/octet-stream", what="The file's bytes"),
     summary="Download a file",
 )
-async def get_file(session_id: str, path: str, core: CoreDep, principal: PrincipalDep) -> Response:
-    files = core.service.sessions.files(principal.tenant, session_id)
+async def get_file(session_id: str, path: str, caller: CallerDep) -> Response:
+    files = caller.service.sessions.files(caller.tenant, session_id)
     try:
         data = await files.read(path, MAX_DOWNLOAD_BYTES)
     except FileMissing as exc:

@@ -13,14 +13,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, CoreDep, finish_quietly, race_disconnect, read_json
-from sandlot.api.common.auth import Principal
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, finish_quietly, race_disconnect, read_json
 from sandlot.api.common.core import Core
 from sandlot.api.common.render import OutputDecoder, exit_body
-from sandlot.api.http.door import PrincipalDep
+from sandlot.api.http.door import Caller, CallerDep, LanguageQuery
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.render import SSE_KEEPALIVE, event_data, sse_frame
 from sandlot.api.http.schemas import (
@@ -72,12 +71,12 @@ _JSON_OR_TEXT_BODY = {
     },
     summary="Run and wait for the result",
 )
-async def run_sync(request: Request, core: CoreDep, principal: PrincipalDep) -> Response:
-    spec = parse_execution(await read_json(request), tenant=principal.tenant)
-    spec = await core.submit(principal, spec, waits=True)
-    finished, exit_event = await race_disconnect(request.receive, core.wait_exit(spec.tenant, spec.id))
+async def run_sync(request: Request, caller: CallerDep) -> Response:
+    spec = parse_execution(await read_json(request), tenant=caller.tenant)
+    spec = await caller.core.submit(caller.principal, spec, waits=True)
+    finished, exit_event = await race_disconnect(request.receive, caller.core.wait_exit(spec.tenant, spec.id))
     if not finished:
-        await core.cancel(spec.tenant, spec.id)
+        await caller.core.cancel(spec.tenant, spec.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if exit_event is None:
         raise ApiError(404, "not_found", f"task {spec.id} vanished before it finished", field="task_id")
@@ -97,11 +96,8 @@ async def run_sync(request: Request, core: CoreDep, principal: PrincipalDep) -> 
     responses=answers(202, Queued, *SUBMIT, what="Queued: follow it at /api/v1/tasks/{task_id}"),
 )
 async def execute(
-    principal: PrincipalDep,
-    language: Annotated[
-        str | None,
-        Query(description="the language of a raw body, or of a JSON request that names none (default: detected)"),
-    ] = None,
+    caller: CallerDep,
+    language: LanguageQuery = None,
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
     """Declared here for the OpenAPI document (and 405 on other methods); ``http_execute.ExecuteRoute``,
@@ -115,8 +111,8 @@ async def execute(
     responses=answers(200, TaskStateBody, *AUTH, 404, 503),
     summary="A task's state, and its result when done",
 )
-async def get_task(task_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
-    state = await _task(core, principal, task_id)
+async def get_task(task_id: str, caller: CallerDep) -> dict[str, Any]:
+    state = await _task(caller, task_id)
     body: dict[str, Any] = {"task_id": state.id, "status": state.status}
     if state.exit is not None:
         body["result"] = exit_body(state.exit)
@@ -129,9 +125,9 @@ async def get_task(task_id: str, core: CoreDep, principal: PrincipalDep) -> dict
     responses=answers(200, Cancelled, *AUTH, 404, 409, 503),
     summary="Cancel a task (kills its run)",
 )
-async def cancel(task_id: str, core: CoreDep, principal: PrincipalDep) -> dict[str, Any]:
-    state = await _task(core, principal, task_id)
-    if state.status == "done" or not await core.service.broker.cancel(principal.tenant, task_id):
+async def cancel(task_id: str, caller: CallerDep) -> dict[str, Any]:
+    state = await _task(caller, task_id)
+    if state.status == "done" or not await caller.service.broker.cancel(caller.tenant, task_id):
         raise ApiError(409, "conflict", f"task {task_id} has already finished", field="task_id")
     return {"task_id": task_id, "cancelled": True}
 
@@ -152,13 +148,12 @@ async def cancel(task_id: str, core: CoreDep, principal: PrincipalDep) -> dict[s
 )
 async def events(
     task_id: str,
-    core: CoreDep,
-    principal: PrincipalDep,
+    caller: CallerDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
-    await _task(core, principal, task_id)
+    await _task(caller, task_id)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    stream = _sse(core, principal.tenant, task_id, after)
+    stream = _sse(caller.core, caller.tenant, task_id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of a live stream
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
@@ -166,8 +161,8 @@ async def events(
 # ----------------------------------------------------------------- helpers
 
 
-async def _task(core: Core, principal: Principal, task_id: str) -> TaskState:
-    state = await core.service.broker.get(principal.tenant, task_id)
+async def _task(caller: Caller, task_id: str) -> TaskState:
+    state = await caller.service.broker.get(caller.tenant, task_id)
     if state is None:  # unknown, expired, or another tenant's: all look the same
         raise ApiError(404, "not_found", f"task {task_id} not found", field="task_id")
     return state

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
-from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, CoreDep, race_disconnect
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, race_disconnect
 from sandlot.api.common.auth import Principal
 from sandlot.api.common.core import Core
 from sandlot.api.common.render import OutputDecoder
-from sandlot.api.http.door import PrincipalDep, decode_code
+from sandlot.api.http.door import CallerDep, LanguageQuery, decode_code
 from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
 from sandlot.api.http.schemas import AUTH, text_answers
 from sandlot.errors import RejectedError
@@ -56,28 +55,27 @@ router = APIRouter(tags=["text"])
 )
 async def run_text(
     request: Request,
-    core: CoreDep,
-    principal: PrincipalDep,
-    language: Annotated[str | None, Query(description="default: detected from the source")] = None,
+    caller: CallerDep,
+    language: LanguageQuery = None,
 ) -> Response:
     try:
         code = decode_code(await request.body())
-        name = language or detect_language(code, core.service.languages)
-        spec = parse_execution({"language": name, "code": code}, tenant=principal.tenant)
-        spec = await core.submit(principal, spec, waits=True)
+        name = language or detect_language(code, caller.service.languages)
+        spec = parse_execution({"language": name, "code": code}, tenant=caller.tenant)
+        spec = await caller.core.submit(caller.principal, spec, waits=True)
     except MAPPED_ERRORS as exc:
         return _error_text(as_api_error(exc))
-    events = core.events(spec.tenant, spec.id)
+    events = caller.core.events(spec.tenant, spec.id)
     connected, first = await race_disconnect(request.receive, anext(events, None))
     if not connected or first is None:  # the client left (or the task vanished) before the first event
         await events.aclose()
-        await core.cancel(spec.tenant, spec.id)
+        await caller.core.cancel(spec.tenant, spec.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(first, ExitEvent) and first.result.status in (Status.REJECTED, Status.INTERNAL_ERROR):
         await events.aclose()
         status = 400 if first.result.status is Status.REJECTED else 500
         return PlainTextResponse(f"{first.result.message}\n", status_code=status, media_type=TEXT_MEDIA_TYPE)
-    stream = _stream(core, principal, spec.id, first, events)
+    stream = _stream(caller.core, caller.principal, spec.id, first, events)
     return StreamingResponse(stream, media_type=TEXT_MEDIA_TYPE, headers={"X-Sandlot-Task-Id": spec.id})
 
 
