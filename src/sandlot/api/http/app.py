@@ -35,6 +35,13 @@ buffering them. ``POST /api/v1/execute`` never reaches them or FastAPI:
 ``SandlotApp`` hands it to ``http_execute.ExecuteRoute``, which caps and counts
 it the same way itself. Before either, ``SameOriginOnly`` refuses state-changing
 requests a browser sends for another site's page (403; ``allowed_origins``).
+
+The Judge0, Piston and MCP doors are mounted here, the one module that imports
+them: they share the app's middlewares (body cap, counting, origin guard) by
+being mounted, not by importing this door. They find the process's ``Core`` on
+the app (``api.common.asgi.core_of``) and import nothing of this door but
+``errors`` (``ApiError``, what the app's middlewares raise); see
+``tests/test_api_layout.py``.
 """
 
 from __future__ import annotations
