@@ -89,7 +89,8 @@ class Core:
         finally:
             close = getattr(inner, "aclose", None)
             if close is not None:
-                await close()
+                with anyio.CancelScope(shield=True):  # we are often here because the reader was cancelled
+                    await close()
 
     async def follow(self, tenant: str, task_id: str) -> AsyncGenerator[Event, None]:
         """The events up to the exit event; a reader that stops before it (or fails) cancels the task."""
