@@ -1,7 +1,7 @@
 """What both gRPC doors share: who is calling, how errors become statuses, and following a task.
 
 Every RPC runs inside ``Door.call``: it authenticates the caller with the
-shared ``api.auth`` rules (the tenant is the API key's, else "public"; per-key
+shared ``api.common.auth`` rules (the tenant is the API key's, else "public"; per-key
 request rate), turns a ``SandlotError`` raised by the handler into
 the matching gRPC status, and counts the request in ``sandlot_requests_total``
 with the status it ended with, whatever path it took.

@@ -9,30 +9,30 @@ or plain text. It never runs a process; the worker does.
 
 Routes (one module each)::
 
-    http_tasks     POST /api/v1/run  GET|DELETE /api/v1/tasks/{id}  GET /api/v1/tasks/{id}/events (SSE)
-    http_execute   POST /api/v1/execute (a raw ASGI route in front of FastAPI: the ingest path)
-    http_text      POST /run (the Go code runner's text door)
-    http_ws        GET /api/v1/ws (interactive WebSocket)
-    http_sessions  /api/v1/sessions[/{id}[/files[/{path}]]]
+    tasks          POST /api/v1/run  GET|DELETE /api/v1/tasks/{id}  GET /api/v1/tasks/{id}/events (SSE)
+    execute        POST /api/v1/execute (a raw ASGI route in front of FastAPI: the ingest path)
+    text           POST /run (the Go code runner's text door)
+    ws             GET /api/v1/ws (interactive WebSocket)
+    sessions       /api/v1/sessions[/{id}[/files[/{path}]]]
     here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs: docs_page)
     playground     GET /  /static/{name} (the web page)
     piston         GET /api/v2/runtimes  POST /api/v2/execute (Piston-compatible)
     judge0         /judge0/submissions[/batch]  /languages  /statuses  ... (Judge0-compatible)
-    mcp_server     /mcp (MCP streamable HTTP: run code, languages, session files)
+    mcp            /mcp (MCP streamable HTTP: run code, languages, session files)
 
 Every route but the last four (and the docs) needs ``Authorization: Bearer
 KEY`` when the server has API keys (``auth``). Errors are always
 ``{"error": {"code", "message", "field"}}``; the mapping from exceptions to
-statuses lives in ``http_errors`` (bad input is 400 whatever its kind, type
+statuses lives in ``errors`` (bad input is 400 whatever its kind, type
 errors included; an unknown or foreign task or session is 404). The OpenAPI
-document declares each route's real answers from ``http_schemas`` (checked
+document declares each route's real answers from ``schemas`` (checked
 against live answers by the tests); the Judge0, Piston and MCP doors are kept
 out of it, their own projects document them. Two pure ASGI
 middlewares wrap everything: ``CountResponses`` (``sandlot_requests_total`` by
 door and code; 499 when the client left before an answer) outermost, so it
 also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
 buffering them. ``POST /api/v1/execute`` never reaches them or FastAPI:
-``SandlotApp`` hands it to ``http_execute.ExecuteRoute``, which caps and counts
+``SandlotApp`` hands it to ``execute.ExecuteRoute``, which caps and counts
 it the same way itself. Before either, ``SameOriginOnly`` refuses state-changing
 requests a browser sends for another site's page (403; ``allowed_origins``).
 
@@ -78,7 +78,7 @@ _service_routes = APIRouter(tags=["service"])
 
 
 class SandlotApp(FastAPI):
-    """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``http_execute``)."""
+    """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``execute``)."""
 
     execute_route: ExecuteRoute | None = None
     origin_guard: SameOriginOnly | None = None

@@ -15,12 +15,12 @@ answer with it: the caller from ``Authorization`` (``Authenticator``, quotas
 included), the body from ``parse_json``/``decode_code`` and
 ``parse_execution`` (a raw body's language as ``POST /run`` detects it),
 validation, the key's execution slot and the queueing from
-``http_common.submit``, every error from ``as_api_error``. Being outside
+``Core.submit`` (``api.common.core``), every error from ``as_api_error``. Being outside
 the middlewares, it does their two jobs itself, the same way: the body cap
 (413 before reading a declared oversize body, or as soon as a chunked one goes
 over) and the count in ``sandlot_requests_total`` (door ``http``; 499 when the
 client left before an answer, 500 for anything unexpected, which is logged and
-answered with no detail). The FastAPI route of the same path in ``http_tasks``
+answered with no detail). The FastAPI route of the same path in ``tasks``
 only declares it, for the OpenAPI document and 405 on other methods.
 """
 

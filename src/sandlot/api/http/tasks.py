@@ -4,7 +4,7 @@
 a client that gives up has its task cancelled, so the box is not kept busy for
 nobody. ``POST /api/v1/execute`` only queues; the task is then followed with
 ``GET /api/v1/tasks/{id}`` or its event stream, and outlives the request. It is
-declared here but served by ``http_execute``, a raw ASGI route (the ingest path).
+declared here but served by ``execute``, a raw ASGI route (the ingest path).
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ async def execute(
     language: LanguageQuery = None,
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
-    """Declared here for the OpenAPI document (and 405 on other methods); ``http_execute.ExecuteRoute``,
+    """Declared here for the OpenAPI document (and 405 on other methods); ``execute.ExecuteRoute``,
     a raw ASGI route in front of FastAPI, answers every POST to this path, so this body never runs."""
-    raise RuntimeError("POST /api/v1/execute is served by http_execute.ExecuteRoute")
+    raise RuntimeError("POST /api/v1/execute is served by execute.ExecuteRoute")
 
 
 @router.get(

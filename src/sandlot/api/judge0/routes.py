@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 A Judge0 client submits ``{source_code, language_id, stdin, expected_output,
-limits...}``; the door validates it (``judge0_submission``: Judge0's units and
+limits...}``; the door validates it (``submission``: Judge0's units and
 its 422 ``{"field": ["message"]}`` errors), turns it into a TaskSpec whose id is
 the token (a UUID, as in Judge0) and submits it like any door, quotas and queue
 bound included. Reading a submission asks the broker for the task and renders
-it as Judge0 does (``judge0_render``: status ids, fields, base64). Nothing here
+it as Judge0 does (``render``: status ids, fields, base64). Nothing here
 runs a process: the worker runs the task, a callback is a PUT from this process.
 
 Routes (prefix /judge0)::
@@ -35,7 +35,7 @@ Where this differs from Judge0, knowingly:
 - ``redirect_stderr_to_stdout`` merges the two pipes' chunks in the order they
   were read: writes microseconds apart can come out swapped (an exact ``2>&1``
   needs the sandbox to give both one pipe).
-- The Judge0-only half of a submission (``judge0_store``) travels with its
+- The Judge0-only half of a submission (``store``) travels with its
   task, so behind several API replicas any of them renders any token whole;
   but ``GET /submissions`` lists what this process took, and a callback is
   sent by the process that took the submission (if it stops before the task

@@ -9,7 +9,7 @@ How the Judge0 knobs map onto ours:
 
 - ``cpu_time_limit`` + ``cpu_extra_time`` is our CPU limit (clipped to our
   maximum); like isolate, a run whose CPU time went past ``cpu_time_limit``
-  alone is still reported as Time Limit Exceeded (``judge0_render``).
+  alone is still reported as Time Limit Exceeded (``render``).
 - ``wall_time_limit``, ``max_processes_and_or_threads``, ``max_file_size`` map
   one to one; ``memory_limit`` KB becomes whole MiB, rounded up.
 - ``stack_limit`` is checked against the server's stack rlimit and otherwise

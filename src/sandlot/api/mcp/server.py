@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``build_server`` puts the tools of ``mcp_tools`` behind the SDK's low-level
+``build_server`` puts the tools of ``tools`` behind the SDK's low-level
 ``Server`` (hand-written schemas, our own argument checks, no global state).
 Both transports serve the same Server; they differ in who the caller is:
 

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 ``Tools`` is the door logic of MCP, independent of the transport (stdio or
-streamable HTTP; ``mcp_server`` wires both); the tools' definitions are in
-``mcp_schemas``. A call names a tool and passes a JSON object; the arguments
+streamable HTTP; ``server`` wires both); the tools' definitions are in
+``schemas``. A call names a tool and passes a JSON object; the arguments
 are checked here, strictly and by name, so that a mistake comes back as a tool
 error (``isError: true``) whose message names the argument, which a model can
 read and correct. Only an unknown tool is a protocol error, as the MCP
