@@ -11,7 +11,7 @@ import pytest
 
 from sandlot.api.common.errors import ANSWERED, INTERNAL_MESSAGE, Failure, Kind, classify
 from sandlot.api.grpc.door import STATUS as GRPC_STATUS
-from sandlot.api.grpc.door import Refused, status_for
+from sandlot.api.grpc.door import status_for
 from sandlot.api.http.errors import STATUS as HTTP_STATUS
 from sandlot.api.http.errors import ApiError, as_api_error
 from sandlot.api.judge0.errors import QUEUE_FULL, as_judge0_error
@@ -124,7 +124,7 @@ def test_every_class_of_the_hierarchy_has_a_case() -> None:
     covered = {type(exc) for exc, _ in CASES}
     from sandlot import client  # its ClientError is the client library's own (a separate distribution later)
 
-    missing = {c for c in subclasses(SandlotError) if c.__module__ != client.__name__} - covered - {Refused}
+    missing = {c for c in subclasses(SandlotError) if c.__module__ != client.__name__} - covered
     assert not missing, f"classify has no case for {sorted(c.__name__ for c in missing)}"
 
 
@@ -192,7 +192,6 @@ def test_grpc_status_of_each_kind() -> None:
     assert status_for(AtCapacity("pool", "x")) is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert status_for(NoWorker("jail")) is grpc.StatusCode.UNAVAILABLE
     assert status_for(SandboxError("x")) is grpc.StatusCode.INTERNAL
-    assert status_for(Refused(grpc.StatusCode.UNAVAILABLE, "draining")) is grpc.StatusCode.UNAVAILABLE
 
 
 def test_judge0_answers_in_its_own_words() -> None:

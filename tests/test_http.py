@@ -22,8 +22,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from sandlot.api.common.render import OutputDecoder
 from sandlot.api.http.app import create_app
-from sandlot.api.http.render import OutputDecoder, event_data, ws_message
+from sandlot.api.http.render import event_data, ws_message
 from sandlot.broker import Broker, TaskSpec
 from sandlot.config import ServerSettings
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent

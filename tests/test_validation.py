@@ -13,7 +13,7 @@ from sandlot.engine import MAX_ARG_BYTES, MAX_ARGS, MAX_FILES, Engine, PreparedJ
 from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Job, Limits, Result, SourceFile, Status
-from sandlot.sandbox.hostfs import MAX_PATH_BYTES, MAX_PATH_DEPTH, validate_relative_path
+from sandlot.paths import MAX_PATH_BYTES, MAX_PATH_DEPTH, validate_relative_path
 
 from .conftest import make_settings
 

@@ -32,9 +32,9 @@ from sandlot.models import (
     StageResultEvent,
     Status,
 )
+from sandlot.paths import validate_relative_path
 from sandlot.sandbox import BOX_WORKDIR, Bind, Box
 from sandlot.sandbox.box import ISOLATION_LEVELS, StdinSource
-from sandlot.sandbox.hostfs import validate_relative_path
 
 MAX_FILES = 64
 MAX_ARGS = 256

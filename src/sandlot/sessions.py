@@ -6,8 +6,12 @@ directory (``SessionDirectory``, Redis) and its box is opened by the worker that
 takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
 session; none holds its box, so moving files in and out of a session's workdir
-(``local``) works in embedded mode only: in distributed mode a run puts files in
-with ``files`` and takes them out with ``fetch_files``.
+(``files``) works in embedded mode only: in
+distributed mode a run puts files in with ``files`` and takes them out with
+``fetch_files``. The file operations are the box's link-safe ones (``hostfs``),
+run off the event loop; the doors only ever see their results and the errors
+named here (``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
+``NO_SPACE_ERRNOS`` when the workdir is full).
 
 A session runs at one isolation level, chosen when it is created: embedded, its
 box is in that level's pool; distributed, the level is recorded with the session
@@ -17,12 +21,26 @@ box in its pool of that level.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandlot.broker import SessionDirectory
 from sandlot.errors import SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
+from sandlot.sandbox.hostfs import Listing
+
+__all__ = [
+    "NO_SPACE_ERRNOS",
+    "Listing",
+    "SessionFiles",
+    "SessionInfo",
+    "Sessions",
+]
+
+# A write that failed with one of these found the session's workdir (or its quota) full.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -108,3 +126,25 @@ class Sessions:
                 field="session_id",
             )
         return find_session(self._pools, tenant, session_id)
+
+    def files(self, tenant: str, session_id: str) -> SessionFiles:
+        """The session's workdir, to move files in and out: embedded mode only."""
+        return SessionFiles(self.local(tenant, session_id))
+
+
+@dataclass(frozen=True)
+class SessionFiles:
+    """The workdir of a session whose box is in this process; each operation runs off the event loop."""
+
+    _session: Session
+
+    async def write(self, path: str, data: bytes) -> None:
+        await asyncio.to_thread(self._session.box.write_file, path, data)
+
+    async def read(self, path: str, max_bytes: int) -> bytes:
+        """The file's bytes; refused when larger than ``max_bytes``."""
+        return await asyncio.to_thread(self._session.box.read_file, path, max_bytes)
+
+    async def listing(self) -> Listing:
+        """The regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
+        return await asyncio.to_thread(self._session.box.listing)

@@ -2,9 +2,10 @@
 
 One package per door -- ``http`` (JSON, SSE, WebSocket, ``POST /run``, the
 playground and ``/docs``), ``grpc`` (go_sandbox.v1 and sandlot.v1), ``judge0``,
-``piston`` and ``mcp`` -- and ``common`` for what every door shares (auth).
-``server`` runs the HTTP and gRPC listeners in one process.
+``piston`` and ``mcp`` -- and ``common`` for what every door shares (submit and
+follow, auth, parsing, rendering). ``server`` runs the HTTP and gRPC listeners
+in one process.
 
-A door never runs a process or touches a box's cgroup; it talks to the
-``Service`` it is given (broker, pool, languages, metrics).
+A door never runs a process or touches a box or its cgroup; it calls
+``common`` and the ``Service`` it is given (``tests/test_api_layout.py``).
 """

@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandlot.errors import FileBusy, FileMissing, RejectedError, SandboxError
+from sandlot.paths import MAX_PATH_DEPTH, validate_relative_path
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
 _MNT_DETACH = 2
 _UMOUNT_NOFOLLOW = 8
-MAX_PATH_BYTES = 1024
-MAX_PATH_DEPTH = 32
-MAX_NAME_BYTES = 255  # NAME_MAX: a longer component is the caller's mistake (ENAMETOOLONG), said up front
 MAX_LIST_ENTRIES = 10_000  # files and directories one listing looks at before it stops (truncated)
 
 
@@ -90,27 +88,6 @@ def mounts_below(prefix: Path) -> list[Path]:
             if point == prefix_s or point.startswith(prefix_s + "/"):
                 found.append(Path(point))
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
-
-
-# --------------------------------------------------------------- paths
-
-
-def validate_relative_path(name: str, *, field: str = "path") -> tuple[str, ...]:
-    """Split a user-supplied relative path, refusing anything that could leave the workdir."""
-    try:
-        encoded = name.encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate: no file can have this name
-        raise RejectedError.at(field, f"not valid UTF-8: {name!r}") from exc
-    if not name or "\x00" in name or len(encoded) > MAX_PATH_BYTES:
-        raise RejectedError.at(field, f"invalid file name {name!r}")
-    if name.startswith("/"):
-        raise RejectedError.at(field, f"absolute paths are not allowed: {name!r}")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
-    if not parts or any(p == ".." for p in parts) or len(parts) > MAX_PATH_DEPTH:
-        raise RejectedError.at(field, f"path must stay inside the workdir: {name!r}")
-    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
-        raise RejectedError.at(field, f"a path component is over {MAX_NAME_BYTES} bytes: {name!r}")
-    return parts
 
 
 def _open_dir_beneath(root_fd: int, parts: tuple[str, ...], *, create: bool, uid: int, gid: int) -> int:

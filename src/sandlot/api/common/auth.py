@@ -20,7 +20,8 @@ Two quotas per key, both optional (0 = unlimited):
 
 Keys are looked up by their SHA-256 digest, so the lookup time says nothing
 about how much of a guessed key was right. Nothing here knows about HTTP: the
-gRPC door uses it too, mapping ``AuthError.status`` to its own codes.
+gRPC door uses it too, mapping ``AuthError.status`` to its own codes. Every door
+reads the key of a ``Bearer`` header (HTTP, or gRPC metadata) with ``bearer_token``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from types import TracebackType
 
 from sandlot.errors import AuthError
 
-__all__ = ["PUBLIC_TENANT", "ApiKey", "Authenticator", "Principal"]
+__all__ = ["PUBLIC_TENANT", "ApiKey", "Authenticator", "Principal", "bearer_token"]
 from sandlot.config import ApiKey
 
 PUBLIC_TENANT = "public"
@@ -168,6 +169,12 @@ class Authenticator:
             bucket = _TokenBucket(key.requests_per_minute, float(key.requests_per_minute), self._clock())
             self._buckets[digest] = bucket
         return bucket
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The KEY of an ``Authorization: Bearer KEY`` header (any case of ``Bearer``); None when there is none."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def retry_after_header(seconds: float) -> str:

@@ -5,7 +5,7 @@ with the go-sandbox service it replaces (grpc_go_sandbox), and sandlot's own
 ``sandlot.v1.Sandlot`` (grpc_sandlot). Beside them: server reflection, so
 grpcurl and friends need no .proto files, and the standard health service
 (SERVING for "" and each service name). Authentication, error statuses and the
-request metric are shared by both doors (grpc_common). The generated code
+request metric are shared by both doors (``door``). The generated code
 lives in ``sandlot.api.grpc.gen`` (scripts/gen_proto.sh).
 """
 

@@ -9,32 +9,39 @@ or plain text. It never runs a process; the worker does.
 
 Routes (one module each)::
 
-    http_tasks     POST /api/v1/run  GET|DELETE /api/v1/tasks/{id}  GET /api/v1/tasks/{id}/events (SSE)
-    http_execute   POST /api/v1/execute (a raw ASGI route in front of FastAPI: the ingest path)
-    http_text      POST /run (the Go code runner's text door)
-    http_ws        GET /api/v1/ws (interactive WebSocket)
-    http_sessions  /api/v1/sessions[/{id}[/files[/{path}]]]
+    tasks          POST /api/v1/run  GET|DELETE /api/v1/tasks/{id}  GET /api/v1/tasks/{id}/events (SSE)
+    execute        POST /api/v1/execute (a raw ASGI route in front of FastAPI: the ingest path)
+    text           POST /run (the Go code runner's text door)
+    ws             GET /api/v1/ws (interactive WebSocket)
+    sessions       /api/v1/sessions[/{id}[/files[/{path}]]]
     here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs: docs_page)
     playground     GET /  /static/{name} (the web page)
     piston         GET /api/v2/runtimes  POST /api/v2/execute (Piston-compatible)
     judge0         /judge0/submissions[/batch]  /languages  /statuses  ... (Judge0-compatible)
-    mcp_server     /mcp (MCP streamable HTTP: run code, languages, session files)
+    mcp            /mcp (MCP streamable HTTP: run code, languages, session files)
 
 Every route but the last four (and the docs) needs ``Authorization: Bearer
 KEY`` when the server has API keys (``auth``). Errors are always
 ``{"error": {"code", "message", "field"}}``; the mapping from exceptions to
-statuses lives in ``http_errors`` (bad input is 400 whatever its kind, type
+statuses lives in ``errors`` (bad input is 400 whatever its kind, type
 errors included; an unknown or foreign task or session is 404). The OpenAPI
-document declares each route's real answers from ``http_schemas`` (checked
+document declares each route's real answers from ``schemas`` (checked
 against live answers by the tests); the Judge0, Piston and MCP doors are kept
 out of it, their own projects document them. Two pure ASGI
 middlewares wrap everything: ``CountResponses`` (``sandlot_requests_total`` by
 door and code; 499 when the client left before an answer) outermost, so it
 also counts the 413s of ``BodyLimit``, which refuses oversized bodies before
 buffering them. ``POST /api/v1/execute`` never reaches them or FastAPI:
-``SandlotApp`` hands it to ``http_execute.ExecuteRoute``, which caps and counts
+``SandlotApp`` hands it to ``execute.ExecuteRoute``, which caps and counts
 it the same way itself. Before either, ``SameOriginOnly`` refuses state-changing
 requests a browser sends for another site's page (403; ``allowed_origins``).
+
+The Judge0, Piston and MCP doors are mounted here, the one module that imports
+them: they share the app's middlewares (body cap, counting, origin guard) by
+being mounted, not by importing this door. They find the process's ``Core`` on
+the app (``api.common.asgi.core_of``) and import nothing of this door but
+``errors`` (``ApiError``, what the app's middlewares raise); see
+``tests/test_api_layout.py``.
 """
 
 from __future__ import annotations
@@ -47,14 +54,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 import sandlot
+from sandlot.api.common.asgi import CoreDep
 from sandlot.api.common.auth import Authenticator
+from sandlot.api.common.core import Core
 from sandlot.api.http import docs_page, playground
 from sandlot.api.http import schemas as http_schemas
 from sandlot.api.http import sessions as http_sessions
 from sandlot.api.http import tasks as http_tasks
 from sandlot.api.http import text as http_text
 from sandlot.api.http import ws as http_ws
-from sandlot.api.http.door import Door, DoorDep, PrincipalDep
+from sandlot.api.http.door import CallerDep
 from sandlot.api.http.errors import install_handlers
 from sandlot.api.http.execute import ExecuteRoute
 from sandlot.api.http.middleware import BodyLimit, CountResponses, SameOriginOnly
@@ -69,7 +78,7 @@ _service_routes = APIRouter(tags=["service"])
 
 
 class SandlotApp(FastAPI):
-    """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``http_execute``)."""
+    """FastAPI, with ``POST /api/v1/execute`` answered before any of FastAPI's machinery (``execute``)."""
 
     execute_route: ExecuteRoute | None = None
     origin_guard: SameOriginOnly | None = None
@@ -101,7 +110,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # One Authenticator per process, shared with the gRPC door, so a key's quotas are one budget.
-    app.state.door = Door(service, authenticator or Authenticator(service.server.api_keys))
+    app.state.core = Core(service, authenticator or Authenticator(service.server.api_keys))
     install_handlers(app)
     for router in (
         http_tasks.router,
@@ -119,7 +128,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     # Added last = outermost: the counter sees every answer, the 413s of BodyLimit included.
     app.add_middleware(BodyLimit, max_body_bytes=service.server.max_body_bytes)
     app.add_middleware(CountResponses, metrics=service.metrics)
-    app.execute_route = ExecuteRoute(app.state.door, max_body_bytes=service.server.max_body_bytes)
+    app.execute_route = ExecuteRoute(app.state.core, max_body_bytes=service.server.max_body_bytes)
     app.origin_guard = SameOriginOnly(service.server.allowed_origins, metrics=service.metrics)
     return app
 
@@ -130,9 +139,9 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
     responses=answers(200, http_schemas.Languages, *AUTH),
     summary="The languages this server offers",
 )
-async def languages(door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    registry = door.service.languages
-    versions = door.service.versions()
+async def languages(caller: CallerDep) -> dict[str, Any]:
+    registry = caller.service.languages
+    versions = caller.service.versions()
     return {
         "languages": [
             {**lang.describe(versions.get(lang.name, "unknown")), "sample": lang.sample} for lang in registry.offered()
@@ -156,10 +165,10 @@ async def healthz() -> dict[str, str]:
     },
     summary="The server accepts work and a live worker serves the isolation level",
 )
-async def readyz(door: DoorDep, isolation: str = "") -> JSONResponse:
+async def readyz(core: CoreDep, isolation: str = "") -> JSONResponse:
     """200 when this node accepts work and some live worker serves ``isolation`` (default: the server's
     default level); in the distributed mode an API node without a live worker answers 503 ``no_worker``."""
-    service = door.service
+    service = core.service
     if not service.ready:
         return JSONResponse({"status": "not_ready"}, status_code=503)
     level = isolation or service.server.default_isolation
@@ -177,5 +186,5 @@ async def readyz(door: DoorDep, isolation: str = "") -> JSONResponse:
     responses=answers(200, None, media="text/plain", what="The Prometheus text format"),
     summary="Prometheus metrics",
 )
-async def metrics(door: DoorDep) -> Response:
-    return Response(generate_latest(door.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(core: CoreDep) -> Response:
+    return Response(generate_latest(core.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -17,13 +17,12 @@ built answers /docs with 503 and one line saying how to build them, never a 500.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
+from sandlot.api.http.assets import ASSET_HEADERS, Asset, serve
 from sandlot.api.http.errors import ApiError
 
 ASSETS_DIR = Path(__file__).with_name("docs_assets")
@@ -35,23 +34,11 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_HEADERS = {
-    "Cache-Control": "no-cache",  # revalidate: the ETag makes that a cheap 304
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": _CSP,
-}
+_HEADERS = {**ASSET_HEADERS, "Content-Security-Policy": _CSP}
 NOT_BUILT = (
     "The API documentation page is not built on this server: run scripts/setup.sh "
     "(it runs npm ci in web/apidocs). The OpenAPI document itself is at {openapi}."
 )
-
-
-@dataclass(frozen=True)
-class _Asset:
-    body: bytes
-    content_type: str
-    etag: str
 
 
 def install(app: FastAPI, assets_dir: Path = ASSETS_DIR) -> None:
@@ -72,24 +59,17 @@ def install(app: FastAPI, assets_dir: Path = ASSETS_DIR) -> None:
         found = assets.get(name)
         if found is None:
             raise ApiError(404, "not_found", f"/docs-assets/{name}: no such file", field="path")
-        headers = {**_HEADERS, "ETag": found.etag}
-        if found.etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        return Response(found.body, media_type=found.content_type, headers=headers)
+        return serve(request, found, _HEADERS)
 
 
-def _load(directory: Path, openapi: str) -> dict[str, _Asset]:
+def _load(directory: Path, openapi: str) -> dict[str, Asset]:
     """Our start-up script, and the built assets found in ``directory`` (none when it was never built)."""
-    assets = {_INIT: _asset(_INIT_JS.replace("{openapi}", openapi).encode(), "text/javascript; charset=utf-8")}
+    assets = {_INIT: Asset.of(_INIT_JS.replace("{openapi}", openapi).encode(), "text/javascript; charset=utf-8")}
     for name, content_type in _BUILT.items():
         path = directory / name
         if path.is_file():
-            assets[name] = _asset(path.read_bytes(), content_type)
+            assets[name] = Asset.of(path.read_bytes(), content_type)
     return assets
-
-
-def _asset(body: bytes, content_type: str) -> _Asset:
-    return _Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
 
 _PAGE = """<!doctype html>

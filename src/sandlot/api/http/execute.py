@@ -15,12 +15,12 @@ answer with it: the caller from ``Authorization`` (``Authenticator``, quotas
 included), the body from ``parse_json``/``decode_code`` and
 ``parse_execution`` (a raw body's language as ``POST /run`` detects it),
 validation, the key's execution slot and the queueing from
-``http_common.submit``, every error from ``as_api_error``. Being outside
+``Core.submit`` (``api.common.core``), every error from ``as_api_error``. Being outside
 the middlewares, it does their two jobs itself, the same way: the body cap
 (413 before reading a declared oversize body, or as soon as a chunked one goes
 over) and the count in ``sandlot_requests_total`` (door ``http``; 499 when the
 client left before an answer, 500 for anything unexpected, which is logged and
-answered with no detail). The FastAPI route of the same path in ``http_tasks``
+answered with no detail). The FastAPI route of the same path in ``tasks``
 only declares it, for the OpenAPI document and 405 on other methods.
 """
 
@@ -34,9 +34,13 @@ from urllib.parse import parse_qsl
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
-from sandlot.api.http.door import Door, bearer_token, decode_code, idempotency_key, parse_json, submit
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST
+from sandlot.api.common.auth import bearer_token
+from sandlot.api.common.core import Core
+from sandlot.api.common.parsing import parse_json
+from sandlot.api.http.door import decode_code, idempotency_key
 from sandlot.api.http.errors import MAPPED_ERRORS, as_api_error
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST, content_length, send_json, send_json_bytes, too_large
+from sandlot.api.http.middleware import content_length, send_json, send_json_bytes, too_large
 from sandlot.api.http.text import detect_language
 from sandlot.errors import RejectedError
 from sandlot.requests import parse_execution
@@ -55,8 +59,8 @@ class _ClientGone(Exception):
 class ExecuteRoute:
     """Answers ``POST /api/v1/execute``: see the module's docstring."""
 
-    def __init__(self, door: Door, *, max_body_bytes: int) -> None:
-        self.door = door
+    def __init__(self, core: Core, *, max_body_bytes: int) -> None:
+        self.core = core
         self.max_body_bytes = max_body_bytes
         self._counted: dict[int, Counter] = {}  # status code -> its child counter, looked up once
 
@@ -98,18 +102,18 @@ class ExecuteRoute:
                 content_type = value.decode("latin-1")
             elif name == b"idempotency-key" and idempotency is None:
                 idempotency = value.decode("latin-1")
-        door = self.door
-        principal = door.auth.authenticate(bearer_token(authorization))
+        core = self.core
+        principal = core.auth.authenticate(bearer_token(authorization))
         language = _query_value(scope["query_string"], "language")
         body = await self._read_body(receive)
         # The level when the body names none, settled now rather than by replacing the spec in validate.
-        level = door.service.isolation_for("", principal.min_isolation)
+        level = core.service.isolation_for("", principal.min_isolation)
         data = parse_json(body) if _is_json(content_type) else self._sniff(body, language)
         spec = parse_execution(data, tenant=principal.tenant, default_language=language, default_isolation=level)
         key = idempotency_key(idempotency)
-        spec = await submit(door, principal, spec, idempotency=key)
+        spec = await core.submit(principal, spec, idempotency_key=key)
         status = "queued"  # just accepted; only a replayed Idempotency-Key can name a task further along
-        if key is not None and (state := await door.service.broker.get(principal.tenant, spec.id)) is not None:
+        if key is not None and (state := await core.service.broker.get(principal.tenant, spec.id)) is not None:
             status = state.status
         return {"task_id": spec.id, "status": status}
 
@@ -131,7 +135,7 @@ class ExecuteRoute:
             if isinstance(data, dict) and ("language" in data or "code" in data):
                 return data
         code = decode_code(body)
-        return {"language": language or detect_language(code, self.door.service.languages), "code": code}
+        return {"language": language or detect_language(code, self.core.service.languages), "code": code}
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body; 413 as soon as it goes over the cap, whatever it declared."""
@@ -152,7 +156,7 @@ class ExecuteRoute:
     def _count(self, status: int) -> None:
         counter = self._counted.get(status)
         if counter is None:
-            counter = self._counted[status] = self.door.service.metrics.requests.labels(door=DOOR, code=str(status))
+            counter = self._counted[status] = self.core.service.metrics.requests.labels(door=DOOR, code=str(status))
         counter.inc()
 
 

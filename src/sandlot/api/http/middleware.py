@@ -12,11 +12,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST
 from sandlot.api.http.errors import ApiError
 from sandlot.metrics import Metrics
 
-# A response we never sent because the client went away first (nginx's convention).
-CLIENT_CLOSED_REQUEST = 499
 _WS_ABNORMAL_CLOSE = 1006
 # As FastAPI's JSONResponse writes it: compact, UTF-8. Made once: json.dumps with options builds one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

@@ -31,14 +31,13 @@ instead of pretending to work.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from sandlot.api.http.assets import ASSET_HEADERS, Asset, serve
 from sandlot.api.http.errors import ApiError
 from sandlot.service import Service
 
@@ -59,18 +58,6 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{nonce}'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_COMMON_HEADERS = {
-    "Cache-Control": "no-cache",  # revalidate: the ETag makes that a cheap 304
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # share links carry code in the fragment; keep URLs to ourselves
-}
-
-
-@dataclass(frozen=True)
-class _Asset:
-    body: bytes
-    content_type: str
-    etag: str
 
 
 def install(app: FastAPI, service: Service, *, bundle_dir: Path | None = None) -> None:
@@ -90,13 +77,13 @@ def install(app: FastAPI, service: Service, *, bundle_dir: Path | None = None) -
     index = assets[INDEX_FILE]
     if EDITOR_BUNDLE in bundle:
         slot = b'data-code-editor="/static/bundle/' + EDITOR_BUNDLE.encode() + b'"'
-        index = _asset(index.body.replace(_EDITOR_SLOT, slot), index.content_type)
+        index = Asset.of(index.body.replace(_EDITOR_SLOT, slot), index.content_type)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
         nonce = secrets.token_urlsafe(18)  # URL-safe base64: no character that needs escaping in HTML
         body = index.body.replace(_NONCE_SLOT, b'data-style-nonce="' + nonce.encode() + b'"')
-        headers = {**_COMMON_HEADERS, "Cache-Control": "no-store", "Content-Security-Policy": _CSP.format(nonce=nonce)}
+        headers = {**ASSET_HEADERS, "Cache-Control": "no-store", "Content-Security-Policy": _CSP.format(nonce=nonce)}
         return Response(body, media_type=index.content_type, headers=headers)
 
     @app.get("/static/bundle/{name}", include_in_schema=False)
@@ -104,33 +91,22 @@ def install(app: FastAPI, service: Service, *, bundle_dir: Path | None = None) -
         asset = bundle.get(name)
         if asset is None:
             raise ApiError(404, "not_found", f"/static/bundle/{name}: no such file", field="path")
-        return _serve(request, asset)
+        return serve(request, asset)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
         asset = assets.get(name)
         if asset is None or name == INDEX_FILE:
             raise ApiError(404, "not_found", f"/static/{name}: no such file", field="path")
-        return _serve(request, asset)
+        return serve(request, asset)
 
 
-def _load_assets(directory: Path) -> dict[str, _Asset]:
+def _load_assets(directory: Path) -> dict[str, Asset]:
     """Every file of a known type directly in ``directory`` (no subfolders, no dotfiles)."""
-    assets: dict[str, _Asset] = {}
+    assets: dict[str, Asset] = {}
     for path in sorted(directory.iterdir()):
         content_type = _CONTENT_TYPES.get(path.suffix)
         if content_type is None or path.name.startswith(".") or not path.is_file():
             continue
-        assets[path.name] = _asset(path.read_bytes(), content_type)
+        assets[path.name] = Asset.of(path.read_bytes(), content_type)
     return assets
-
-
-def _asset(body: bytes, content_type: str) -> _Asset:
-    return _Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
-
-
-def _serve(request: Request, asset: _Asset, extra: dict[str, str] | None = None) -> Response:
-    headers = {**_COMMON_HEADERS, "ETag": asset.etag, **(extra or {})}
-    if asset.etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(asset.body, media_type=asset.content_type, headers=headers)

@@ -1,6 +1,6 @@
 """What the HTTP API's OpenAPI document says each route takes and answers.
 
-The routes build their answers as plain dicts (``http_render.exit_body`` and
+The routes build their answers as plain dicts (``api.common.render.exit_body`` and
 friends) and parse their bodies themselves (``sandlot.requests``), so these
 models are declarations for the document only: routes name them in
 ``responses=`` and never validate through them (``response_model=None``), which
@@ -11,7 +11,7 @@ field appears, so a new field must be declared here too.
 
 ``finish`` post-processes FastAPI's document: FastAPI adds a 422
 ``HTTPValidationError`` answer to every route with parameters, but this server
-answers bad input with 400 and the one error shape (``http_errors``), so those
+answers bad input with 400 and the one error shape (``errors``), so those
 phantom answers and their schemas are removed.
 """
 

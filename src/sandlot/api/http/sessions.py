@@ -2,7 +2,7 @@
 
 Runs name the session with ``session_id``; these routes create and end
 sessions and move files in and out of the workdir. The file operations are
-``Box.write_file/read_file/list_files``, which never follow what a program
+``Sessions.files`` (the box's), which never follow what a program
 planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
 here is a 400, a missing file a 404, a file the running program recreated while
 we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
@@ -13,21 +13,19 @@ on any API node, the file routes answer 400 (``Sessions.local``).
 
 from __future__ import annotations
 
-import asyncio
-import errno
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.http.door import DoorDep, PrincipalDep, parse_json
+from sandlot.api.common.parsing import parse_json
+from sandlot.api.http.door import CallerDep
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
-from sandlot.pool import Session
+from sandlot.sessions import NO_SPACE_ERRNOS
 
 MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
 
@@ -52,7 +50,7 @@ _FILE_ERRORS = (400, *AUTH, 404)
     responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
     summary="Create a session (a box kept for this tenant)",
 )
-async def create_session(request: Request, door: DoorDep, principal: PrincipalDep) -> JSONResponse:
+async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
     body = await request.body()
     data = parse_json(body) if body.strip() else {}
@@ -61,7 +59,9 @@ async def create_session(request: Request, door: DoorDep, principal: PrincipalDe
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
-    session = await door.service.create_session(principal.tenant, isolation, min_isolation=principal.min_isolation)
+    session = await caller.service.create_session(
+        caller.tenant, isolation, min_isolation=caller.principal.min_isolation
+    )
     return JSONResponse(
         {
             "session_id": session.id,
@@ -79,8 +79,8 @@ async def create_session(request: Request, door: DoorDep, principal: PrincipalDe
     responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
     summary="End a session and wipe its box",
 )
-async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    await door.service.sessions.end(principal.tenant, session_id)
+async def end_session(session_id: str, caller: CallerDep) -> Response:
+    await caller.service.sessions.end(caller.tenant, session_id)
     return Response(status_code=204)
 
 
@@ -90,9 +90,8 @@ async def end_session(session_id: str, door: DoorDep, principal: PrincipalDep) -
     responses=answers(200, FileList, *_FILE_ERRORS),
     summary="The regular files of the session's workdir",
 )
-async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    session = door.service.sessions.local(principal.tenant, session_id)
-    listing = await asyncio.to_thread(session.box.listing)
+async def list_files(session_id: str, caller: CallerDep) -> dict[str, Any]:
+    listing = await caller.service.sessions.files(caller.tenant, session_id).listing()
     return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
 
@@ -104,15 +103,15 @@ async def list_files(session_id: str, door: DoorDep, principal: PrincipalDep) ->
     responses=answers(201, FileEntry, *_FILE_ERRORS, 409, 413, 507, what="Written"),
     summary="Upload a file",
 )
-async def put_file(session_id: str, path: str, request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.sessions.local(principal.tenant, session_id)
+async def put_file(session_id: str, path: str, request: Request, caller: CallerDep) -> Response:
+    files = caller.service.sessions.files(caller.tenant, session_id)
     data = await request.body()
     try:
-        await asyncio.to_thread(session.box.write_file, path, data)
+        await files.write(path, data)
     except RejectedError as exc:  # a link, a fifo, a path leaving the workdir; FileBusy: a 409
         raise exc.for_field("path") from exc
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
+        if exc.errno in NO_SPACE_ERRNOS:
             raise ApiError(507, "workspace_full", f"{path}: the session's workdir is full", field="path") from exc
         raise
     return JSONResponse({"path": path, "size": len(data)}, status_code=201)
@@ -124,14 +123,10 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
     responses=answers(200, None, *_FILE_ERRORS, media="application/octet-stream", what="The file's bytes"),
     summary="Download a file",
 )
-async def get_file(session_id: str, path: str, door: DoorDep, principal: PrincipalDep) -> Response:
-    session = door.service.sessions.local(principal.tenant, session_id)
-    data = await _read(session, path)
-    return Response(data, media_type="application/octet-stream")
-
-
-async def _read(session: Session, path: str) -> bytes:
+async def get_file(session_id: str, path: str, caller: CallerDep) -> Response:
+    files = caller.service.sessions.files(caller.tenant, session_id)
     try:
-        return await asyncio.to_thread(session.box.read_file, path, MAX_DOWNLOAD_BYTES)
+        data = await files.read(path, MAX_DOWNLOAD_BYTES)
     except RejectedError as exc:  # a link, fifo or other refusal; FileMissing: a 404
         raise exc.for_field("path") from exc
+    return Response(data, media_type="application/octet-stream")

@@ -4,7 +4,7 @@
 a client that gives up has its task cancelled, so the box is not kept busy for
 nobody. ``POST /api/v1/execute`` only queues; the task is then followed with
 ``GET /api/v1/tasks/{id}`` or its event stream, and outlives the request. It is
-declared here but served by ``http_execute``, a raw ASGI route (the ingest path).
+declared here but served by ``execute``, a raw ASGI route (the ingest path).
 """
 
 from __future__ import annotations
@@ -13,24 +13,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import (
-    Door,
-    DoorDep,
-    PrincipalDep,
-    cancel_task,
-    finish_quietly,
-    race_disconnect,
-    read_json,
-    submit,
-    subscribe,
-)
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, finish_quietly, race_disconnect, read_json
+from sandlot.api.common.core import Core
+from sandlot.api.common.render import OutputDecoder, exit_body
+from sandlot.api.http.door import Caller, CallerDep, LanguageQuery
 from sandlot.api.http.errors import ApiError
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
-from sandlot.api.http.render import SSE_KEEPALIVE, OutputDecoder, event_data, exit_body, sse_frame
+from sandlot.api.http.render import SSE_KEEPALIVE, event_data, sse_frame
 from sandlot.api.http.schemas import (
     AUTH,
     EXECUTION_EXAMPLE,
@@ -43,7 +34,7 @@ from sandlot.api.http.schemas import (
     answers,
     json_body,
 )
-from sandlot.broker import Broker, TaskSpec, TaskState
+from sandlot.broker import TaskState
 from sandlot.errors import BrokerUnavailable
 from sandlot.models import Event, ExitEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
@@ -81,13 +72,15 @@ _JSON_OR_TEXT_BODY = {
     },
     summary="Run and wait for the result",
 )
-async def run_sync(request: Request, door: DoorDep, principal: PrincipalDep) -> Response:
-    spec = parse_execution(await read_json(request), tenant=principal.tenant)
-    spec = await submit(door, principal, spec, waits=True)
-    finished, exit_event = await race_disconnect(request.receive, _wait_exit(door.service.broker, spec))
-    if not finished or exit_event is None:
-        await cancel_task(door.service.broker, spec.tenant, spec.id)
+async def run_sync(request: Request, caller: CallerDep) -> Response:
+    spec = parse_execution(await read_json(request), tenant=caller.tenant)
+    spec = await caller.core.submit(caller.principal, spec, waits=True)
+    finished, exit_event = await race_disconnect(request.receive, caller.core.wait_exit(spec.tenant, spec.id))
+    if not finished:
+        await caller.core.cancel(spec.tenant, spec.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    if exit_event is None:
+        raise ApiError(404, "not_found", f"task {spec.id} vanished before it finished", field="task_id")
     result = exit_event.result
     if result.status is Status.REJECTED:
         raise ApiError(400, "rejected", result.message)
@@ -104,16 +97,13 @@ async def run_sync(request: Request, door: DoorDep, principal: PrincipalDep) -> 
     responses=answers(202, Queued, *SUBMIT, what="Queued: follow it at /api/v1/tasks/{task_id}"),
 )
 async def execute(
-    principal: PrincipalDep,
-    language: Annotated[
-        str | None,
-        Query(description="the language of a raw body, or of a JSON request that names none (default: detected)"),
-    ] = None,
+    caller: CallerDep,
+    language: LanguageQuery = None,
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
-    """Declared here for the OpenAPI document (and 405 on other methods); ``http_execute.ExecuteRoute``,
+    """Declared here for the OpenAPI document (and 405 on other methods); ``execute.ExecuteRoute``,
     a raw ASGI route in front of FastAPI, answers every POST to this path, so this body never runs."""
-    raise RuntimeError("POST /api/v1/execute is served by http_execute.ExecuteRoute")
+    raise RuntimeError("POST /api/v1/execute is served by execute.ExecuteRoute")
 
 
 @router.get(
@@ -122,8 +112,8 @@ async def execute(
     responses=answers(200, TaskStateBody, *AUTH, 404, 503),
     summary="A task's state, and its result when done",
 )
-async def get_task(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    state = await _task(door, principal, task_id)
+async def get_task(task_id: str, caller: CallerDep) -> dict[str, Any]:
+    state = await _task(caller, task_id)
     body: dict[str, Any] = {"task_id": state.id, "status": state.status}
     if state.exit is not None:
         body["result"] = exit_body(state.exit)
@@ -136,9 +126,9 @@ async def get_task(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict
     responses=answers(200, Cancelled, *AUTH, 404, 409, 503),
     summary="Cancel a task (kills its run)",
 )
-async def cancel(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[str, Any]:
-    state = await _task(door, principal, task_id)
-    if state.status == "done" or not await door.service.broker.cancel(principal.tenant, task_id):
+async def cancel(task_id: str, caller: CallerDep) -> dict[str, Any]:
+    state = await _task(caller, task_id)
+    if state.status == "done" or not await caller.service.broker.cancel(caller.tenant, task_id):
         raise ApiError(409, "conflict", f"task {task_id} has already finished", field="task_id")
     return {"task_id": task_id, "cancelled": True}
 
@@ -159,13 +149,12 @@ async def cancel(task_id: str, door: DoorDep, principal: PrincipalDep) -> dict[s
 )
 async def events(
     task_id: str,
-    door: DoorDep,
-    principal: PrincipalDep,
+    caller: CallerDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
-    await _task(door, principal, task_id)
+    await _task(caller, task_id)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    stream = _sse(door.service.broker, principal.tenant, task_id, after)
+    stream = _sse(caller.core, caller.tenant, task_id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of a live stream
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
@@ -173,25 +162,18 @@ async def events(
 # ----------------------------------------------------------------- helpers
 
 
-async def _task(door: Door, principal: Principal, task_id: str) -> TaskState:
-    state = await door.service.broker.get(principal.tenant, task_id)
+async def _task(caller: Caller, task_id: str) -> TaskState:
+    state = await caller.service.broker.get(caller.tenant, task_id)
     if state is None:  # unknown, expired, or another tenant's: all look the same
         raise ApiError(404, "not_found", f"task {task_id} not found", field="task_id")
     return state
 
 
-async def _wait_exit(broker: Broker, spec: TaskSpec) -> ExitEvent:
-    async for event in subscribe(broker, spec.tenant, spec.id):
-        if isinstance(event, ExitEvent):
-            return event
-    raise ApiError(404, "not_found", f"task {spec.id} vanished before it finished", field="task_id")
-
-
-async def _sse(broker: Broker, tenant: str, task_id: str, after: int) -> AsyncIterator[bytes]:
+async def _sse(core: Core, tenant: str, task_id: str, after: int) -> AsyncIterator[bytes]:
     decoder = OutputDecoder()
     last_id = 0
     try:
-        async for event in _with_keepalives(subscribe(broker, tenant, task_id)):
+        async for event in _with_keepalives(core.events(tenant, task_id)):
             if event is None:
                 yield SSE_KEEPALIVE
                 continue

@@ -17,25 +17,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, race_disconnect
 from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import (
-    Door,
-    DoorDep,
-    PrincipalDep,
-    cancel_task,
-    decode_code,
-    race_disconnect,
-    submit,
-    subscribe,
-)
+from sandlot.api.common.core import Core
+from sandlot.api.common.render import OutputDecoder
+from sandlot.api.http.door import CallerDep, LanguageQuery, decode_code
 from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
-from sandlot.api.http.render import OutputDecoder
 from sandlot.api.http.schemas import AUTH, text_answers
 from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
@@ -64,28 +55,27 @@ router = APIRouter(tags=["text"])
 )
 async def run_text(
     request: Request,
-    door: DoorDep,
-    principal: PrincipalDep,
-    language: Annotated[str | None, Query(description="default: detected from the source")] = None,
+    caller: CallerDep,
+    language: LanguageQuery = None,
 ) -> Response:
     try:
         code = decode_code(await request.body())
-        name = language or detect_language(code, door.service.languages)
-        spec = parse_execution({"language": name, "code": code}, tenant=principal.tenant)
-        spec = await submit(door, principal, spec, waits=True)
+        name = language or detect_language(code, caller.service.languages)
+        spec = parse_execution({"language": name, "code": code}, tenant=caller.tenant)
+        spec = await caller.core.submit(caller.principal, spec, waits=True)
     except MAPPED_ERRORS as exc:
         return _error_text(as_api_error(exc))
-    events = subscribe(door.service.broker, spec.tenant, spec.id)
+    events = caller.core.events(spec.tenant, spec.id)
     connected, first = await race_disconnect(request.receive, anext(events, None))
     if not connected or first is None:  # the client left (or the task vanished) before the first event
         await events.aclose()
-        await cancel_task(door.service.broker, spec.tenant, spec.id)
+        await caller.core.cancel(spec.tenant, spec.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(first, ExitEvent) and first.result.status in (Status.REJECTED, Status.INTERNAL_ERROR):
         await events.aclose()
         status = 400 if first.result.status is Status.REJECTED else 500
         return PlainTextResponse(f"{first.result.message}\n", status_code=status, media_type=TEXT_MEDIA_TYPE)
-    stream = _stream(door, principal, spec.id, first, events)
+    stream = _stream(caller.core, caller.principal, spec.id, first, events)
     return StreamingResponse(stream, media_type=TEXT_MEDIA_TYPE, headers={"X-Sandlot-Task-Id": spec.id})
 
 
@@ -132,7 +122,7 @@ def _interpreter_language(program: str, rest: str, languages: LanguageRegistry) 
 
 
 async def _stream(
-    door: Door, principal: Principal, task_id: str, first: Event, events: AsyncGenerator[Event, None]
+    core: Core, principal: Principal, task_id: str, first: Event, events: AsyncGenerator[Event, None]
 ) -> AsyncIterator[bytes]:
     render = _TextRenderer()
     finished = isinstance(first, ExitEvent)
@@ -149,7 +139,7 @@ async def _stream(
     finally:
         await events.aclose()
         if not finished:  # the client hung up mid-run
-            await cancel_task(door.service.broker, principal.tenant, task_id)
+            await core.cancel(principal.tenant, task_id)
 
 
 class _TextRenderer:

@@ -33,19 +33,13 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import (
-    Door,
-    bearer_token,
-    cancel_task,
-    finish_quietly,
-    get_door,
-    parse_json,
-    submit,
-    subscribe,
-)
+from sandlot.api.common.asgi import core_of, finish_quietly
+from sandlot.api.common.auth import Principal, bearer_token
+from sandlot.api.common.core import Core
+from sandlot.api.common.parsing import parse_json
+from sandlot.api.common.render import OutputDecoder
 from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
-from sandlot.api.http.render import OutputDecoder, ws_message
+from sandlot.api.http.render import ws_message
 from sandlot.broker import Control, TaskSpec
 from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent
@@ -67,35 +61,35 @@ _log = logging.getLogger(__name__)
 
 @router.websocket("/api/v1/ws")
 async def interactive(websocket: WebSocket) -> None:
-    door = await get_door(websocket)
+    core = await core_of(websocket)
     await websocket.accept()
     try:
-        principal = door.auth.authenticate(bearer_token(websocket.headers.get("authorization")))
-        spec = await _start(websocket, door, principal)
+        principal = core.auth.authenticate(bearer_token(websocket.headers.get("authorization")))
+        spec = await _start(websocket, core, principal)
     except WebSocketDisconnect:
         return
     except MAPPED_ERRORS as exc:
         await _refuse(websocket, as_api_error(exc))
         return
-    await _relay(websocket, door, spec)
+    await _relay(websocket, core, spec)
 
 
-async def _start(websocket: WebSocket, door: Door, principal: Principal) -> TaskSpec:
-    data = await _receive_json(websocket, door.service.server.max_body_bytes)
+async def _start(websocket: WebSocket, core: Core, principal: Principal) -> TaskSpec:
+    data = await _receive_json(websocket, core.service.server.max_body_bytes)
     if data.pop("type", None) != "run":
         raise RejectedError('type: the first message must be {"type": "run", ...}', field="type")
     spec = parse_execution(data, tenant=principal.tenant, interactive=True)
-    spec = await submit(door, principal, spec, waits=True)
+    spec = await core.submit(principal, spec, waits=True)
     if spec.stdin:
-        broker = door.service.broker
+        broker = core.service.broker
         await broker.control(spec.tenant, spec.id, Control("stdin", spec.stdin))
         await broker.control(spec.tenant, spec.id, Control("close_stdin"))
     return spec
 
 
-async def _relay(websocket: WebSocket, door: Door, spec: TaskSpec) -> None:
-    outbox = asyncio.create_task(_send_events(websocket, door, spec))
-    inbox = asyncio.create_task(_follow_client(websocket, door, spec))
+async def _relay(websocket: WebSocket, core: Core, spec: TaskSpec) -> None:
+    outbox = asyncio.create_task(_send_events(websocket, core, spec))
+    inbox = asyncio.create_task(_follow_client(websocket, core, spec))
     try:
         await asyncio.wait({outbox, inbox}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -103,7 +97,7 @@ async def _relay(websocket: WebSocket, door: Door, spec: TaskSpec) -> None:
         await finish_quietly(inbox)
         if not delivered:  # the client left or broke the protocol (or we are shutting down): nobody will read it
             await finish_quietly(outbox)
-            await cancel_task(door.service.broker, spec.tenant, spec.id)
+            await core.cancel(spec.tenant, spec.id)
     if delivered:
         with contextlib.suppress(RuntimeError, OSError):  # the client may have closed first
             await websocket.close(_CLOSE_NORMAL)
@@ -121,16 +115,16 @@ def _log_unexpected(error: BaseException | None) -> None:
         _log.error("WebSocket relay failed", exc_info=error)
 
 
-async def _send_events(websocket: WebSocket, door: Door, spec: TaskSpec) -> None:
+async def _send_events(websocket: WebSocket, core: Core, spec: TaskSpec) -> None:
     decoder = OutputDecoder()
-    async for event in subscribe(door.service.broker, spec.tenant, spec.id):
+    async for event in core.events(spec.tenant, spec.id):
         if isinstance(event, ExitEvent):
             for stage, stream, text in decoder.flush():
                 await websocket.send_json({"type": stream, "data": text, "stage": stage})
         await websocket.send_json(ws_message(event, decoder))
 
 
-async def _follow_client(websocket: WebSocket, door: Door, spec: TaskSpec) -> None:
+async def _follow_client(websocket: WebSocket, core: Core, spec: TaskSpec) -> None:
     """Relay the client's messages as controls; returns when it disconnects, raises on a bad one.
 
     Every control waits in the broker and the worker until the program takes it,
@@ -138,17 +132,17 @@ async def _follow_client(websocket: WebSocket, door: Door, spec: TaskSpec) -> No
     ``ws_max_stdin_bytes`` in all (stdin data, each message counted as at least
     ``_CONTROL_COST_BYTES``). Past it the connection is refused (1009) and its run cancelled.
     """
-    broker = door.service.broker
-    budget = door.service.server.ws_max_stdin_bytes - len(spec.stdin)
+    broker = core.service.broker
+    budget = core.service.server.ws_max_stdin_bytes - len(spec.stdin)
     while True:
         try:
-            data = await _receive_json(websocket, door.service.server.max_body_bytes)
+            data = await _receive_json(websocket, core.service.server.max_body_bytes)
         except WebSocketDisconnect:
             return
         control = _control(data)
         budget -= max(len(control.data), _CONTROL_COST_BYTES)
         if budget < 0:
-            limit = door.service.server.ws_max_stdin_bytes
+            limit = core.service.server.ws_max_stdin_bytes
             raise ApiError(413, "payload_too_large", f"stdin: over {limit} bytes on this connection", field="data")
         await broker.control(spec.tenant, spec.id, control)
 

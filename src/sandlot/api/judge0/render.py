@@ -74,6 +74,20 @@ _LANGUAGE_IDS: dict[int, tuple[str, str]] = {
 }
 
 DEFAULT_FIELDS = ("token", "time", "memory", "stdout", "stderr", "compile_output", "message", "status")
+# The limits and options a submission asked for, echoed back as given (``fields=*`` lists them in this order).
+_LIMIT_FIELDS = (
+    "number_of_runs",
+    "cpu_time_limit",
+    "cpu_extra_time",
+    "wall_time_limit",
+    "memory_limit",
+    "stack_limit",
+    "max_processes_and_or_threads",
+    "enable_per_process_and_thread_time_limit",
+    "enable_per_process_and_thread_memory_limit",
+    "max_file_size",
+)
+_OPTION_FIELDS = ("compiler_options", "command_line_arguments", "redirect_stderr_to_stdout", "callback_url")
 ALL_FIELDS = (
     "source_code",
     "language_id",
@@ -87,44 +101,21 @@ ALL_FIELDS = (
     "memory",
     "stderr",
     "token",
-    "number_of_runs",
-    "cpu_time_limit",
-    "cpu_extra_time",
-    "wall_time_limit",
-    "memory_limit",
-    "stack_limit",
-    "max_processes_and_or_threads",
-    "enable_per_process_and_thread_time_limit",
-    "enable_per_process_and_thread_memory_limit",
-    "max_file_size",
+    *_LIMIT_FIELDS,
     "compile_output",
     "exit_code",
     "exit_signal",
     "message",
     "wall_time",
-    "compiler_options",
-    "command_line_arguments",
-    "redirect_stderr_to_stdout",
-    "callback_url",
+    *_OPTION_FIELDS,
     "additional_files",
     "enable_network",
     "status",
     "language",
 )
-_REQUEST_DECIMALS = ("cpu_time_limit", "cpu_extra_time", "wall_time_limit")
-_REQUEST_VALUES = (
-    "number_of_runs",
-    "memory_limit",
-    "stack_limit",
-    "max_processes_and_or_threads",
-    "enable_per_process_and_thread_time_limit",
-    "enable_per_process_and_thread_memory_limit",
-    "max_file_size",
-    "compiler_options",
-    "command_line_arguments",
-    "redirect_stderr_to_stdout",
-    "callback_url",
-    "enable_network",
+_REQUEST_DECIMALS = ("cpu_time_limit", "cpu_extra_time", "wall_time_limit")  # shown as "2.0", as Ruby does
+_REQUEST_VALUES = tuple(
+    name for name in (*_LIMIT_FIELDS, *_OPTION_FIELDS, "enable_network") if name not in _REQUEST_DECIMALS
 )
 
 

@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 A Judge0 client submits ``{source_code, language_id, stdin, expected_output,
-limits...}``; the door validates it (``judge0_submission``: Judge0's units and
+limits...}``; the door validates it (``submission``: Judge0's units and
 its 422 ``{"field": ["message"]}`` errors), turns it into a TaskSpec whose id is
 the token (a UUID, as in Judge0) and submits it like any door, quotas and queue
 bound included. Reading a submission asks the broker for the task and renders
-it as Judge0 does (``judge0_render``: status ids, fields, base64). Nothing here
+it as Judge0 does (``render``: status ids, fields, base64). Nothing here
 runs a process: the worker runs the task, a callback is a PUT from this process.
 
 Routes (prefix /judge0)::
@@ -35,7 +35,7 @@ Where this differs from Judge0, knowingly:
 - ``redirect_stderr_to_stdout`` merges the two pipes' chunks in the order they
   were read: writes microseconds apart can come out swapped (an exact ``2>&1``
   needs the sandbox to give both one pipe).
-- The Judge0-only half of a submission (``judge0_store``) travels with its
+- The Judge0-only half of a submission (``store``) travels with its
   task, so behind several API replicas any of them renders any token whole;
   but ``GET /submissions`` lists what this process took, and a callback is
   sent by the process that took the submission (if it stops before the task
@@ -55,9 +55,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, CoreDep, race_disconnect, read_json
 from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import Door, DoorDep, cancel_task, race_disconnect, read_json
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
+from sandlot.api.common.core import Core
 from sandlot.api.judge0 import info as judge0_info
 from sandlot.api.judge0.errors import Judge0Error, Judge0Route, as_judge0_error, judge0_error
 from sandlot.api.judge0.render import JUDGE0_VERSION, STATUSES, NotUtf8, parse_fields
@@ -77,9 +77,9 @@ NOT_UTF8_MANY = (
 
 def install(app: FastAPI, service: Service) -> None:
     """Mount the Judge0 routes under /judge0 on an app built by ``create_app(service)``."""
-    door = app.state.door
-    assert isinstance(door, Door) and door.service is service, "call install(app, service) after create_app(service)"
-    app.state.judge0 = Judge0State(door, service.settings.judge0)
+    core = app.state.core
+    assert isinstance(core, Core) and core.service is service, "call install(app, service) after create_app(service)"
+    app.state.judge0 = Judge0State(core, service.settings.judge0)
     # Out of sandlot's OpenAPI document: Judge0's own documentation describes this API and its error shape.
     app.include_router(router, include_in_schema=False)
 
@@ -98,11 +98,11 @@ async def _get_state(conn: HTTPConnection) -> Judge0State:
 
 
 async def _get_principal(
-    door: DoorDep,
+    core: CoreDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     auth_token: Annotated[str | None, Depends(_auth_token)],
 ) -> Principal:
-    return door.auth.authenticate(bearer.credentials if bearer else auth_token)
+    return core.auth.authenticate(bearer.credentials if bearer else auth_token)
 
 
 StateDep = Annotated[Judge0State, Depends(_get_state)]
@@ -168,10 +168,9 @@ async def create_submission(
     await state.submit(caller, submission, waits=wait == "true")
     if wait != "true":
         return JSONResponse({"token": submission.token}, status_code=201)
-    broker = state.service.broker
-    finished, _ = await race_disconnect(request.receive, state.wait_done(caller.tenant, submission.token))
+    finished, _ = await race_disconnect(request.receive, state.core.wait_exit(caller.tenant, submission.token))
     if not finished:
-        await cancel_task(broker, caller.tenant, submission.token)
+        await state.core.cancel(caller.tenant, submission.token)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     found = await state.lookup(caller.tenant, submission.token)
     if found is None:
@@ -293,7 +292,7 @@ async def delete_submission(
     if task.status != "done" and await state.service.broker.cancel(caller.tenant, token):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CANCEL_WAIT_S):
-                await state.wait_done(caller.tenant, token)
+                await state.core.wait_exit(caller.tenant, token)
         task, submission = await _find(state, caller, token)
     # Forced base64, as Judge0 does: the answer is always representable.
     return await state.render(task, submission, fields=requested, base64_encoded=True)

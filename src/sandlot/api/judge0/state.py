@@ -1,8 +1,8 @@
 """The Judge0 door's long-lived state: options, limits, languages, the store, submitting and reading.
 
 One ``Judge0State`` per app (``app.state.judge0``), built by ``judge0.install``
-beside the app's ``Door``. Submitting goes through the same ``submit`` as every
-HTTP door (validation, the key's quota, the queue bound); reading asks the
+beside the app's ``Core``. Submitting goes through the same ``Core.submit`` as every
+door (validation, the key's quota, the queue bound); reading asks the
 broker for the task and the store for what only Judge0 has, then renders.
 Callbacks are tasks of this process that wait for the task's exit event, so
 the worker never waits on a client's receiver.
@@ -18,7 +18,7 @@ from typing import Any
 
 import sandlot
 from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import Door, submit, subscribe
+from sandlot.api.common.core import Core
 from sandlot.api.judge0.callbacks import CallbackPolicy, deliver
 from sandlot.api.judge0.render import DEFAULT_FIELDS, Judge0Language, offered_languages, render_submission
 from sandlot.api.judge0.store import SubmissionStore, from_record, record_of
@@ -26,7 +26,7 @@ from sandlot.api.judge0.submission import Judge0Invalid, Judge0Limits, Submissio
 from sandlot.broker import TaskState
 from sandlot.config import Judge0Settings
 from sandlot.errors import RejectedError
-from sandlot.models import ExitEvent, OutputEvent
+from sandlot.models import OutputEvent
 
 log = logging.getLogger("sandlot.judge0")
 
@@ -47,11 +47,11 @@ _FIELD_NAMES = {
 
 
 class Judge0State:
-    """The Judge0 door's long-lived state, one per app (``app.state.judge0``), beside the app's Door."""
+    """The Judge0 door's long-lived state, one per app (``app.state.judge0``), beside the app's Core."""
 
-    def __init__(self, door: Door, options: Judge0Settings) -> None:
-        self.door = door
-        self.service = service = door.service
+    def __init__(self, core: Core, options: Judge0Settings) -> None:
+        self.core = core
+        self.service = service = core.service
         if options.maintainer is None:  # unset: this server's name and version
             options = dataclasses.replace(options, maintainer=f"sandlot {sandlot.__version__}")
         self.options = options
@@ -79,7 +79,7 @@ class Judge0State:
         # The record travels with the task: any API node can render it (verdict, request fields).
         spec = dataclasses.replace(submission.to_spec(self.limits.max_cpu_time_limit), door_data=record_of(submission))
         try:
-            await submit(self.door, principal, spec, waits=waits)
+            await self.core.submit(principal, spec, waits=waits)
         except RejectedError as exc:
             raise Judge0Invalid({_FIELD_NAMES.get(exc.field or "", "base"): [str(exc)]}) from exc
         self.store.add(submission)
@@ -98,11 +98,6 @@ class Judge0State:
         if submission is None and state.spec is not None:  # taken by another API node, or evicted here
             submission = from_record(state.spec)
         return state, submission
-
-    async def wait_done(self, tenant: str, token: str) -> None:
-        async for event in subscribe(self.service.broker, tenant, token):
-            if isinstance(event, ExitEvent):
-                return
 
     async def render(
         self,
@@ -138,7 +133,7 @@ class Judge0State:
             return kept
         chunks = [
             event.data
-            async for event in subscribe(self.service.broker, submission.tenant, submission.token)
+            async for event in self.core.events(submission.tenant, submission.token)
             if isinstance(event, OutputEvent) and event.stage != "compile"
         ]
         merged = b"".join(chunks)
@@ -148,7 +143,7 @@ class Judge0State:
     async def _callback(self, submission: Submission) -> None:
         assert submission.callback_url is not None
         try:
-            await self.wait_done(submission.tenant, submission.token)
+            await self.core.wait_exit(submission.tenant, submission.token)
             found = await self.lookup(submission.tenant, submission.token)
             if found is None:
                 return

@@ -9,7 +9,7 @@ How the Judge0 knobs map onto ours:
 
 - ``cpu_time_limit`` + ``cpu_extra_time`` is our CPU limit (clipped to our
   maximum); like isolate, a run whose CPU time went past ``cpu_time_limit``
-  alone is still reported as Time Limit Exceeded (``judge0_render``).
+  alone is still reported as Time Limit Exceeded (``render``).
 - ``wall_time_limit``, ``max_processes_and_or_threads``, ``max_file_size`` map
   one to one; ``memory_limit`` KB becomes whole MiB, rounded up.
 - ``stack_limit`` is checked against the server's stack rlimit and otherwise
@@ -46,7 +46,7 @@ from sandlot.config import KIB, LimitRequest, Settings
 from sandlot.engine import MAX_FILES
 from sandlot.errors import RejectedError
 from sandlot.models import SourceFile
-from sandlot.sandbox.hostfs import validate_relative_path
+from sandlot.paths import validate_relative_path
 
 MAX_CPU_EXTRA_TIME_S = 5.0  # Judge0's default maximum
 DEFAULT_CPU_EXTRA_TIME_S = 1.0  # Judge0's default

@@ -3,7 +3,7 @@
 Written by hand rather than derived from signatures: they are the contract a
 model reads, so each argument says its unit and the limits say their default
 and maximum (from the settings). Arguments are checked against the names here
-(``mcp_tools``); the output schemas describe the structured content, which
+(``tools``); the output schemas describe the structured content, which
 clients validate.
 """
 

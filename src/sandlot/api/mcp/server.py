@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``build_server`` puts the tools of ``mcp_tools`` behind the SDK's low-level
+``build_server`` puts the tools of ``tools`` behind the SDK's low-level
 ``Server`` (hand-written schemas, our own argument checks, no global state).
 Both transports serve the same Server; they differ in who the caller is:
 
@@ -54,8 +54,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import sandlot
-from sandlot.api.common.auth import Authenticator, Principal
-from sandlot.api.http.door import bearer_token
+from sandlot.api.common.auth import Authenticator, Principal, bearer_token
+from sandlot.api.common.core import Core
 from sandlot.api.http.errors import ApiError, as_api_error, error_response
 from sandlot.api.mcp.tools import Tools
 from sandlot.config import ServerSettings, Settings, server_settings_from
@@ -79,7 +79,7 @@ _INSTRUCTIONS = (
 
 def build_server(service: Service, authenticator: Authenticator, *, default: Principal | None = None) -> Server[Any]:
     """The MCP Server over the Service's tools; ``default`` is the caller when the transport names none (stdio)."""
-    tools = Tools(service, authenticator)
+    tools = Tools(Core(service, authenticator))
 
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -219,8 +219,8 @@ def install(app: FastAPI, service: Service) -> None:
     """Serve MCP over streamable HTTP at ``/mcp`` on app, with app's Authenticator (see the module docstring)."""
     if isinstance(getattr(app.state, "mcp", None), _HttpEndpoint):
         return  # installed already (by create_app): one endpoint, one session manager
-    door = getattr(app.state, "door", None)
-    authenticator = getattr(door, "auth", None)
+    core = getattr(app.state, "core", None)
+    authenticator = getattr(core, "auth", None)
     if not isinstance(authenticator, Authenticator):
         authenticator = Authenticator(service.server.api_keys)
     endpoint = _HttpEndpoint(build_server(service, authenticator), service.server, authenticator)

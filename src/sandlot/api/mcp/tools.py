@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 ``Tools`` is the door logic of MCP, independent of the transport (stdio or
-streamable HTTP; ``mcp_server`` wires both); the tools' definitions are in
-``mcp_schemas``. A call names a tool and passes a JSON object; the arguments
+streamable HTTP; ``server`` wires both); the tools' definitions are in
+``schemas``. A call names a tool and passes a JSON object; the arguments
 are checked here, strictly and by name, so that a mistake comes back as a tool
 error (``isError: true``) whose message names the argument, which a model can
 read and correct. Only an unknown tool is a protocol error, as the MCP
@@ -23,33 +23,30 @@ program's doing: bad arguments, quotas, a sandbox failure. A call abandoned by
 the client (cancelled, or its connection gone) cancels its task.
 
 The session tools pin a box to the caller's tenant (``create_session``), move
-files in and out of its workdir with the link-safe ``Box`` file operations, and
+files in and out of its workdir with the link-safe ``Sessions.files``, and
 ``run_code(session_id=...)`` runs there, seeing the files.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import errno
-import functools
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import anyio
 from mcp import types
 
-from sandlot.api.common.auth import Authenticator, Principal
+from sandlot.api.common.auth import Principal
+from sandlot.api.common.core import Core
 from sandlot.api.common.errors import Kind, classify
-from sandlot.api.http.render import OutputDecoder
+from sandlot.api.common.render import OutputDecoder
 from sandlot.api.mcp.schemas import tool_definitions
-from sandlot.broker import TaskSpec
 from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.requests import decode_content, parse_execution
-from sandlot.service import Service
+from sandlot.sessions import NO_SPACE_ERRNOS
 
 log = logging.getLogger("sandlot.mcp")
 
@@ -59,7 +56,6 @@ MAX_WRITE_BYTES = 16 * 1024 * 1024  # decoded content of one write_file
 _MIB = 1024 * 1024
 _LIMIT_ARGUMENTS = ("time_limit", "memory_limit")  # run_code's limits, passed on as the request's limits.*
 _LIMIT_ARGUMENT_OF = {f"limits.{name}": name for name in _LIMIT_ARGUMENTS}
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 Progress = Callable[[float, str], Awaitable[None]]  # (output bytes so far, chunk text)
 _Handler = Callable[[Principal, Mapping[str, Any], Progress], Awaitable[types.CallToolResult]]
@@ -68,9 +64,9 @@ _Handler = Callable[[Principal, Mapping[str, Any], Progress], Awaitable[types.Ca
 class Tools:
     """The tools of one Service; ``call`` runs one tool call for a caller."""
 
-    def __init__(self, service: Service, authenticator: Authenticator) -> None:
-        self.service = service
-        self._auth = authenticator
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.service = service = core.service
         self._handlers: dict[str, _Handler] = {
             "run_code": self._run_code,
             "list_languages": self._list_languages,
@@ -122,10 +118,11 @@ class Tools:
             request["limits"] = limits
         try:
             spec = parse_execution(request, tenant=principal.tenant)
-            spec = await self._submit(principal, spec)
+            # run_code answers with the result: with no live worker for the level that would never come.
+            spec = await self.core.submit(principal, spec, waits=True)
         except RejectedError as exc:
             raise _unqualified(exc) from exc
-        result = (await self._follow(spec, progress)).result
+        result = (await self._follow(spec.tenant, spec.id, progress)).result
         return types.CallToolResult(
             content=[types.TextContent(text=_result_text(result))],
             structured_content=result.to_dict(),
@@ -133,26 +130,11 @@ class Tools:
             is_error=result.status in (Status.REJECTED, Status.INTERNAL_ERROR),
         )
 
-    async def _submit(self, principal: Principal, spec: TaskSpec) -> TaskSpec:
-        """Queue spec within the caller's quota of executions in flight (as the HTTP door does)."""
-        running = functools.partial(self._running, spec.tenant)
-        async with await self._auth.admit(principal, running) as slot:
-            # run_code answers with the result: with no live worker for the level that would never come.
-            spec = await self.service.submit(spec, min_isolation=principal.min_isolation, waits=True)
-            slot.bind(spec.id)
-        return spec
-
-    async def _running(self, tenant: str, task_id: str) -> bool:
-        state = await self.service.broker.get(tenant, task_id)
-        return state is not None and state.status != "done"
-
-    async def _follow(self, spec: TaskSpec, progress: Progress) -> ExitEvent:
+    async def _follow(self, tenant: str, task_id: str, progress: Progress) -> ExitEvent:
         """Report output as progress until the exit event; leaving early for any reason cancels the task."""
-        broker = self.service.broker
         decoder = OutputDecoder()
         sent = 0
-        events = broker.subscribe(spec.tenant, spec.id)
-        try:
+        async with contextlib.aclosing(self.core.follow(tenant, task_id)) as events:
             async for event in events:
                 if isinstance(event, ExitEvent):
                     return event
@@ -161,17 +143,7 @@ class Tools:
                     text = decoder.decode(event)
                     if text:  # else only the start of a character split between chunks
                         await progress(sent, _label(event) + text)
-            raise RuntimeError(f"the event stream of task {spec.id} ended without an exit event")
-        except BaseException:
-            # Shielded: we are usually here because the call was cancelled.
-            with anyio.CancelScope(shield=True):
-                await broker.cancel(spec.tenant, spec.id)
-            raise
-        finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+        raise RuntimeError(f"the event stream of task {task_id} ended without an exit event")
 
     async def _list_languages(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
@@ -209,18 +181,18 @@ class Tools:
     async def _write_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
+        files = self.service.sessions.files(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         content = _string(arguments, "content", empty_ok=True)
         data = decode_content(content, arguments.get("encoding", "utf8"))
         if len(data) > MAX_WRITE_BYTES:
             raise RejectedError(f"content: larger than {MAX_WRITE_BYTES // _MIB} MB", field="content")
         try:
-            await asyncio.to_thread(session.box.write_file, path, data)
+            await files.write(path, data)
         except RejectedError as exc:
             raise exc.for_field("path") from exc  # the file layer's files.name
         except OSError as exc:
-            if exc.errno in _NO_SPACE:
+            if exc.errno in NO_SPACE_ERRNOS:
                 raise RejectedError(f"path: the session's workdir is full; {path} not written", field="path") from exc
             raise
         return _answer({"path": path, "size": len(data)}, f"wrote {len(data)} bytes to {path}")
@@ -228,10 +200,10 @@ class Tools:
     async def _read_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
+        files = self.service.sessions.files(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         try:
-            data = await asyncio.to_thread(session.box.read_file, path, MAX_READ_BYTES)
+            data = await files.read(path, MAX_READ_BYTES)
         except RejectedError as exc:  # missing, a link, a fifo, too large
             raise exc.for_field("path") from exc  # the file layer's files.name
         try:
@@ -244,8 +216,7 @@ class Tools:
     async def _list_files(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        session = self.service.sessions.local(principal.tenant, _string(arguments, "session_id"))
-        listing = await asyncio.to_thread(session.box.listing)
+        listing = await self.service.sessions.files(principal.tenant, _string(arguments, "session_id")).listing()
         rows = [{"path": f.path, "size": f.size} for f in listing.files]
         text = "\n".join(f"{f.path} ({f.size} bytes)" for f in listing.files) or "the workdir is empty"
         if listing.truncated:

@@ -12,7 +12,7 @@ Theory of operation
 Like every door this one parses and renders only: the request becomes a
 ``TaskSpec``, is submitted through the same admission and quota path as the
 JSON door, and the answer is rendered from the task's event stream once its
-exit event arrives (a client that hangs up has its task cancelled).
+exit event arrives (``render``; a client that hangs up has its task cancelled).
 
 Piston's rules kept as they are:
 
@@ -47,38 +47,28 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandlot.api.common.auth import Principal
-from sandlot.api.http.door import (
-    Door,
-    bearer_token,
-    cancel_task,
-    get_door,
-    parse_json,
-    race_disconnect,
-    submit,
-    subscribe,
-)
+from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, core_of, race_disconnect
+from sandlot.api.common.auth import Principal, bearer_token
+from sandlot.api.common.core import Core
+from sandlot.api.common.parsing import parse_json
 from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
-from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
-from sandlot.api.http.render import OutputDecoder
+from sandlot.api.piston.render import MS_PER_S, message, render
 from sandlot.api.piston.semver import satisfies, semver
 from sandlot.broker import TaskSpec
 from sandlot.config import MIB, LimitRequest, Settings
 from sandlot.errors import RejectedError
-from sandlot.models import Event, ExitEvent, Limits, OutputEvent, Result, SourceFile, Status, StreamName
+from sandlot.models import Limits, SourceFile
 from sandlot.requests import new_task_id
 from sandlot.service import Service
 
 PREFIX = "/api/v2"
-MS_PER_S = 1000
 
 # Piston's names where ours differ, the aliases Piston's packages declare, and its shared runtimes.
 _PISTON_LANGUAGE = {"cpp": "c++"}
@@ -92,14 +82,6 @@ _PISTON_ALIASES: dict[str, tuple[str, ...]] = {
 }
 _PISTON_RUNTIME = {"javascript": "node", "c": "gcc", "cpp": "gcc"}
 _ENCODINGS = ("utf8", "base64", "hex")
-_STATUS: dict[Status, str | None] = {
-    Status.OK: None,
-    Status.RUNTIME_ERROR: "RE",
-    Status.SIGNALED: "SG",
-    Status.TIMEOUT: "TO",
-    Status.MEMORY_LIMIT: "SG",
-}
-_KILLED = {"TO", "OL", "EL"}
 # Piston's limit suffix -> (the Limits field it caps, Piston units per Limits unit).
 _LIMITS = (
     ("timeout", "wall_time_limit_s", MS_PER_S),
@@ -202,35 +184,35 @@ class _PistonRoutes:
 
     async def runtimes(self, request: Request) -> Response:
         try:
-            _principal(await get_door(request), request)
+            _principal(await core_of(request), request)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
         return JSONResponse([rt.as_json() for rt in self._runtimes])
 
     async def packages(self, request: Request) -> Response:
         try:
-            _principal(await get_door(request), request)
+            _principal(await core_of(request), request)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
         return JSONResponse([])
 
     async def execute(self, request: Request) -> Response:
-        door = await get_door(request)
+        core = await core_of(request)
         try:
-            principal = _principal(door, request)
+            principal = _principal(core, request)
             if not request.headers.get("content-type", "").startswith("application/json"):
-                return _message(415, "requests must be of type application/json")
+                return message(415, "requests must be of type application/json")
             runtime, spec = self._parse(parse_json(await request.body()), principal.tenant)
-            spec = await submit(door, principal, spec, waits=True)
+            spec = await core.submit(principal, spec, waits=True)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
-        finished, events = await race_disconnect(request.receive, _collect(door, spec))
+        finished, events = await race_disconnect(request.receive, core.collect(spec.tenant, spec.id))
         if not finished:
-            await cancel_task(door.service.broker, spec.tenant, spec.id)
+            await core.cancel(spec.tenant, spec.id)
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if events is None:
-            return _message(500, f"task {spec.id} vanished before it finished")
-        return _render(runtime, events)
+            return message(500, f"task {spec.id} vanished before it finished")
+        return render(runtime.language, runtime.version, events)
 
     def _parse(self, body: Any, tenant: str) -> tuple[_Runtime, TaskSpec]:
         """Piston's checks, in Piston's order and words, then ours."""
@@ -274,10 +256,10 @@ class _PistonRoutes:
 # ------------------------------------------------------------------ parsing
 
 
-def _principal(door: Door, request: Request) -> Principal:
+def _principal(core: Core, request: Request) -> Principal:
     """The caller; Piston clients send the key bare, so ``Authorization: KEY`` works as ``Bearer KEY`` does."""
     header = request.headers.get("authorization")
-    return door.auth.authenticate(bearer_token(header) or (header or "").strip() or None)
+    return core.auth.authenticate(bearer_token(header) or (header or "").strip() or None)
 
 
 def _sources(files: Sequence[dict[str, Any]]) -> tuple[SourceFile, ...]:
@@ -343,97 +325,5 @@ def _limit_request(body: dict[str, Any], stage: str, maxima: Limits) -> LimitReq
     )
 
 
-# ------------------------------------------------------------------ rendering
-
-
-async def _collect(door: Door, spec: TaskSpec) -> list[Event] | None:
-    """The task's events through its exit event; None if its record vanished first."""
-    events: list[Event] = []
-    async for event in subscribe(door.service.broker, spec.tenant, spec.id):
-        events.append(event)
-        if isinstance(event, ExitEvent):
-            return events
-    return None
-
-
-@dataclass
-class _StageOutput:
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)  # both streams, in the order they were read
-    last_stream: StreamName | None = None  # the stream written when the output cap was hit
-
-    def add(self, stream: StreamName, text: str) -> None:
-        (self.stdout if stream == "stdout" else self.stderr).append(text)
-        self.output.append(text)
-
-
-def _stage_outputs(events: Sequence[Event]) -> dict[str, _StageOutput]:
-    decoder = OutputDecoder()
-    stages: dict[str, _StageOutput] = {}
-    for event in events:
-        if isinstance(event, OutputEvent) and event.data:
-            stage = stages.setdefault(event.stage, _StageOutput())
-            stage.add(event.stream, decoder.decode(event))
-            stage.last_stream = event.stream
-    for name, stream, text in decoder.flush():
-        stages.setdefault(name, _StageOutput()).add(stream, text)
-    return stages
-
-
-def _render(runtime: _Runtime, events: Sequence[Event]) -> Response:
-    exit_event = events[-1]
-    assert isinstance(exit_event, ExitEvent)
-    result = exit_event.result
-    if result.status is Status.REJECTED:  # noticed by the worker (e.g. two files with one name)
-        return _message(400, result.message)
-    outputs = _stage_outputs(events)
-    body: dict[str, Any] = {"language": runtime.language, "version": runtime.version}
-    compiled = dict(exit_event.stages).get("compile")
-    if compiled is not None:
-        body["compile"] = _stage(compiled, outputs.get("compile", _StageOutput()))
-    if compiled is not None and compiled.status is not Status.OK:
-        body["run"] = body["compile"]  # what Piston answers when the run never started
-        failed = compiled
-    else:
-        body["run"] = _stage(result, outputs.get("run", _StageOutput()))
-        failed = result
-    return JSONResponse(body, status_code=500 if failed.status is Status.INTERNAL_ERROR else 200)
-
-
-def _stage(result: Result, output: _StageOutput) -> dict[str, Any]:
-    if result.status is Status.OUTPUT_LIMIT:
-        status: str | None = "EL" if output.last_stream == "stderr" else "OL"
-    else:
-        status = _STATUS.get(result.status, "XX")
-    killed = status in _KILLED or result.status is Status.MEMORY_LIMIT
-    signal_name = "SIGKILL" if killed else _signal_name(result.signal)
-    return {
-        "stdout": "".join(output.stdout),
-        "stderr": "".join(output.stderr),
-        "output": "".join(output.output),
-        "code": None if killed or result.signal is not None else result.exit_code,
-        "signal": signal_name,
-        "message": result.message or None,
-        "status": status,
-        "cpu_time": round(result.cpu_time * MS_PER_S),
-        "wall_time": round(result.wall_time * MS_PER_S),
-        "memory": result.memory_peak,
-    }
-
-
-def _signal_name(number: int | None) -> str | None:
-    if number is None:
-        return None
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return None
-
-
-def _message(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"message": message}, status_code=status, headers=headers)
-
-
 def _error(error: ApiError) -> Response:
-    return _message(error.status, error.message, error.headers())
+    return message(error.status, error.message, error.headers())
