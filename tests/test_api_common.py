@@ -11,10 +11,10 @@ import pytest
 from sandlot.api.common.auth import Authenticator, AuthError, Principal, bearer_token
 from sandlot.api.common.core import SHUTTING_DOWN, Core
 from sandlot.broker import TaskSpec
+from sandlot.config import ApiKey
 from sandlot.errors import RejectedError, Unavailable
 from sandlot.models import ExitEvent, OutputEvent, SourceFile, Status
 from sandlot.requests import new_task_id
-from sandlot.service import ApiKey
 
 from .test_http import running_service, wait_running
 

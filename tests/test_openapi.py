@@ -23,7 +23,7 @@ from sandlot.api.http.app import create_app
 from sandlot.config import ApiKey
 from sandlot.service import Service
 
-from .test_http import LONG_LIMITS, SLEEPER, asgi_client, running_service, wait_done, wait_running
+from .test_http import LONG_LIMITS, SLEEPER, asgi_client, running_service, wait_done, wait_running, wait_until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 
@@ -151,8 +151,10 @@ async def test_tasks_and_their_errors(doc: Document, service: Service, client: h
     await wait_done(service, "public", running)
 
 
-async def test_sessions_and_their_errors(doc: Document, client: httpx.AsyncClient) -> None:
+async def test_sessions_and_their_errors(doc: Document, client: httpx.AsyncClient, service: Service) -> None:
     sessions, one = "/api/v1/sessions", "/api/v1/sessions/{session_id}"
+    # A session takes a free box (never a queued one): wait until the earlier tests' boxes are back.
+    await wait_until(lambda: service.pool.busy == 0 and service.pool.available == service.pool.size)
     files, file = f"{one}/files", f"{one}/files/{{path}}"
     created = doc.check(await client.post(sessions), "post", sessions)
     assert created.status_code == 201
