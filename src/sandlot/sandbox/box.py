@@ -233,10 +233,7 @@ class Box:
         try:
             launched = self._chain.spawn(cgroup, None, None, {}, binds)
         except SandboxError:
-            # Nothing was started, so nothing joined the cgroup: one rmdir, no wait (a failure
-            # leaves it to the next run's clear_stale).
-            with contextlib.suppress(SandboxError):
-                cgroup.remove()
+            self._reaper(cgroup).discard_unused()
             return
         self._warm = _Warm(launched, cgroup, frozenset(binds))
 

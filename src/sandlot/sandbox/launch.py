@@ -165,7 +165,7 @@ class Launched:
     status_seen: bytearray = field(default_factory=bytearray)  # status read before the monitor took over
 
     def kill(self) -> None:
-        """SIGKILL the spawned process through its pidfd (immune to pid reuse).
+        """SIGKILL the spawned process through its pidfd (immune to pid reuse); reaper.py calls it.
 
         This covers the moment before the launcher has joined the cgroup: once
         bwrap dies, its init gets the parent-death signal and the whole pid

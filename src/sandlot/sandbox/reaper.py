@@ -23,7 +23,8 @@ does both, through a ``Reaper`` made per launch:
   cgroup is killed, and the cgroup removed once empty (``end_cgroup``). Raises
   ``SandboxError`` if a process survived.
 * ``Reaper.reap_blocking()`` -- the same from a worker thread, without the grace,
-  for a prelaunched jail that never ran (``Box.reset`` / ``Box.close``).
+  for a prelaunched jail that never ran (``Box.reset`` / ``Box.close``);
+  ``Reaper.discard_unused()`` for a cgroup whose launch failed (nothing joined it).
 * ``clean_slot()`` -- after a crash, at ``open_box`` and the start-up sweep: a
   slot's stale cgroup, and every live process with the slot's uid (it belongs
   to that slot alone, whatever cgroup the process is in). ``clear_stale()`` is
@@ -124,6 +125,11 @@ class Reaper:
         # Normally the init already ended everything and the cgroup is empty: remove it here and now.
         if self.cgroup.pids() or not self.cgroup.remove():
             await asyncio.to_thread(end_cgroup, self.cgroup, self.name)
+
+    def discard_unused(self) -> None:
+        """A cgroup nothing joined (its launch failed): one rmdir, no wait; a failure is left to clear_stale."""
+        with contextlib.suppress(SandboxError):
+            self.cgroup.remove()
 
     def reap_blocking(self) -> None:
         """``reap`` for a worker thread and a jail that never ran: kill at once, wait, remove."""
