@@ -29,6 +29,9 @@ import pytest
 from sandlot.config import Settings
 from sandlot.models import Limits, OutputEvent, Result, Status
 from sandlot.sandbox import Bind, Box, Sandbox, cgroups
+from sandlot.sandbox.cgroups import CgroupLimits
+from sandlot.sandbox.launch import Pipes, spawn
+from sandlot.sandbox.reaper import Reaper, end_cgroup
 
 BOTH_LEVELS = True
 
@@ -131,7 +134,7 @@ def _pidfds(pids: list[int]) -> dict[int, int]:
     return found
 
 
-def _assert_nothing_left(sandbox: Sandbox, box: Box, members: dict[int, int]) -> None:
+def _assert_nothing_left(sandbox: Sandbox, box: Box, members: dict[int, int], *, cgroup_gone: bool = True) -> None:
     # The box's cgroup is gone once its last task has passed the kernel's cgroup exit, which comes
     # before that task (the pid namespace's init waits there for its children) is finally gone: so
     # wait for the exits. A process nothing killed (the programs here sleep 100 s) never comes.
@@ -146,7 +149,8 @@ def _assert_nothing_left(sandbox: Sandbox, box: Box, members: dict[int, int]) ->
         for fd in members.values():
             os.close(fd)
     assert survivors == [], {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in survivors}
-    assert sandbox.driver.open_existing(box.slot.cgroup_name) is None
+    if cgroup_gone:
+        assert sandbox.driver.open_existing(box.slot.cgroup_name) is None
     assert _live_with_uid(box.slot.uid) == []
 
 
@@ -259,3 +263,26 @@ async def test_a_cgroup_still_busy_is_waited_for_off_the_loop(
     assert busy.busy == 0
     _assert_nothing_left(sandbox, box, members)
     assert loop_waits.sleeps_on_loop == 0
+
+
+async def test_a_reap_cancelled_midway_still_kills_and_releases(sandbox: Sandbox, box: Box) -> None:
+    """A run's end cancelled while it waits for the launcher: the launcher dies all the same, and its fds go."""
+    name = box.slot.cgroup_name  # the box holds the slot, and has no cgroup between runs
+    cgroup = sandbox.driver.create(name, CgroupLimits(memory_bytes=64 * MIB, max_pids=8, cpu_cores=1.0))
+    try:
+        launched = spawn(["/bin/sleep", "100"], Pipes.create(sandbox.seccomp_program, with_command=False))
+        members = _pidfds([launched.pid])
+        reaper = Reaper(cgroup, name, launched)
+        reaping = asyncio.ensure_future(reaper.reap())
+        await asyncio.sleep(0)  # it starts, and waits for the launcher to exit on its own
+        assert not reaping.done()
+        reaping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reaping
+        _assert_nothing_left(sandbox, box, members, cgroup_gone=False)
+        await reaper.watch()  # reaped on its pidfd
+        await asyncio.sleep(0)
+        with pytest.raises(OSError):
+            os.fstat(launched.pidfd)
+    finally:
+        await asyncio.to_thread(end_cgroup, cgroup, name)

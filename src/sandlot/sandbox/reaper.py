@@ -112,13 +112,21 @@ class Reaper:
         launched = self.launched
         if launched is not None:
             exited = self.watch()
-            if not exited.done():
-                try:
-                    async with asyncio.timeout(LAUNCHER_GRACE_S):
-                        await asyncio.shield(exited)
-                except TimeoutError:
-                    self.kill()
-                    await asyncio.shield(exited)  # SIGKILLed: its pidfd says when it is gone
+            try:
+                if not exited.done():
+                    try:
+                        async with asyncio.timeout(LAUNCHER_GRACE_S):
+                            await asyncio.shield(exited)
+                    except TimeoutError:
+                        self.kill()
+                        await asyncio.shield(exited)  # SIGKILLed: its pidfd says when it is gone
+            except asyncio.CancelledError:
+                # Whoever waited went away: nothing of the box may outlive that. The launcher is
+                # reaped on its pidfd as usual and its fds released then; a cgroup left behind is
+                # the next run's clear_stale (or the next clean_slot).
+                self.kill()
+                exited.add_done_callback(lambda _: launched.close())
+                raise
             launched.close()
         if self._killing is not None:
             await self._killing
