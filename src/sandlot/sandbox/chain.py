@@ -18,6 +18,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sandlot.errors import SandboxError
@@ -59,6 +60,17 @@ async def _await_ready(launched: Launched, timeout_s: float) -> None:
                 if not data:
                     return
                 launched.status_seen += data
+
+
+@dataclass(frozen=True)
+class _Start:
+    """One launch of the chain; without a command (prelaunch) the init waits for one."""
+
+    cgroup: Cgroup
+    command: Sequence[str] | None
+    limits: Limits | None
+    env: Mapping[str, str]
+    binds: Sequence[policy.Bind]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -141,63 +153,50 @@ class Chain:
         binds: Sequence[policy.Bind],
     ) -> Launched:
         """Start the box's chain; without a command its init waits for one on the command channel."""
+        start = _Start(cgroup, command, limits, env, binds)
         if self.isolation == "gvisor":
-            return self._spawn_gvisor(cgroup, command, limits, env, binds)
+            return self._spawn_gvisor(start)
         pipes = Pipes.create(self.sandbox.seccomp_program, with_command=command is None)
-        return spawn(self._build_argv(cgroup, command, limits, env, binds), pipes)
+        return spawn(self._build_argv(start), pipes)
 
-    def _spawn_gvisor(
-        self,
-        cgroup: Cgroup,
-        command: Sequence[str] | None,
-        limits: Limits | None,
-        env: Mapping[str, str],
-        binds: Sequence[policy.Bind],
-    ) -> Launched:
+    def _spawn_gvisor(self, start: _Start) -> Launched:
         gv = self.sandbox.gvisor
         paths = self._gvisor
         try:
             paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            gv.make_channels(paths, with_command=command is None, seccomp_program=self.sandbox.seccomp_program)
+            gv.make_channels(paths, with_command=start.command is None, seccomp_program=self.sandbox.seccomp_program)
             init_args = gv.init_args(
-                with_command=command is None,
-                command=command,
-                rlimits=self._rlimits(limits),
+                with_command=start.command is None,
+                command=start.command,
+                rlimits=self._rlimits(start.limits),
                 uid=self.slot.uid,
                 gid=self.slot.gid,
             )
             config = gv.config(
                 args=init_args,
-                env=self._env(env) if command is not None else {},
+                env=self._env(start.env) if start.command is not None else {},
                 uid=INIT_UID,
                 gid=INIT_UID,
                 capabilities=INIT_CAPABILITIES,
                 workdir=self.workdir,
                 tmp_size_bytes=self.sandbox.settings.tmp_size_bytes,
-                binds=binds,
+                binds=start.binds,
                 helper=self.sandbox.helper,
                 control_dir=paths.control_dir,
             )
             config["process"]["rlimits"] = policy.oci_rlimits(self._base_rlimits())
             (paths.run_dir / "config.json").write_text(json.dumps(config))
-            command_fifo = paths.command_fifo if command is None else None
+            command_fifo = paths.command_fifo if start.command is None else None
             pipes = Pipes.over_fifos(paths.status_fifo, command_fifo, paths.signal_fifo)
         except OSError as exc:
             raise SandboxError(f"cannot prepare the gVisor sandbox: {exc}") from exc
         container = f"{self.slot.cgroup_name}-{os.getpid()}-{next(_launch_ids)}"
         inner = gv.runsc_argv(paths.state_dir, paths.run_dir, container)
-        launched = spawn(self._launcher(cgroup, ["--keep-root"], inner), pipes)
+        launched = spawn(self._launcher(start.cgroup, ["--keep-root"], inner), pipes)
         launched.name = container
         return launched
 
-    def _build_argv(
-        self,
-        cgroup: Cgroup,
-        command: Sequence[str] | None,
-        limits: Limits | None,
-        env: Mapping[str, str],
-        binds: Sequence[policy.Bind],
-    ) -> list[str]:
+    def _build_argv(self, start: _Start) -> list[str]:
         """helper launch ... -- bwrap ... -- init ...; without a command the init waits for one."""
         s = self.sandbox.settings
         inner = policy.bwrap_argv(
@@ -206,15 +205,15 @@ class Chain:
             workdir=self.workdir,
             jail_files=self.jail_files,
             tmp_size_bytes=s.tmp_size_bytes,
-            binds=binds,
-            env=self._env(env) if command is not None else {},
-            rlimits=self._rlimits(limits),
-            command=command,
+            binds=start.binds,
+            env=self._env(start.env) if start.command is not None else {},
+            rlimits=self._rlimits(start.limits),
+            command=start.command,
         )
         identity = ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)]
         for resource, amount in self._base_rlimits().items():
             identity += ["--rlimit", f"{resource}={amount}"]  # as root: it may raise the service's hard limits
-        return self._launcher(cgroup, identity, inner)
+        return self._launcher(start.cgroup, identity, inner)
 
     def _launcher(self, cgroup: Cgroup, identity: list[str], inner: list[str]) -> list[str]:
         """helper launch IDENTITY --cgroup ... -- INNER: join the box's cgroups, then exec inner."""
