@@ -21,7 +21,8 @@ does both, through a ``Reaper`` made per launch:
   ``LAUNCHER_GRACE_S`` to exit on its own (normally the init has reported and
   the namespaces are tearing down), then is killed; whatever is left in the
   cgroup is killed, and the cgroup removed once empty (``end_cgroup``). Raises
-  ``SandboxError`` if a process survived.
+  ``SandboxError`` if a process survived. Cancelled midway, it still kills the
+  box, and the launcher's fds are released once it is gone.
 * ``Reaper.reap_blocking()`` -- the same from a worker thread, without the grace,
   for a prelaunched jail that never ran (``Box.reset`` / ``Box.close``);
   ``Reaper.discard_unused()`` for a cgroup whose launch failed (nothing joined it).
@@ -39,8 +40,9 @@ Blocking waits stay off the event loop: waiting for processes to exit is done
 on pidfds; the waits that can only poll (v1's ``freezer.state`` has no
 notification, and exited tasks may take a scheduler tick to leave a cgroup)
 run in a worker thread, bounded by ``FREEZE_TIMEOUT_S`` and ``EMPTY_TIMEOUT_S``.
-The synchronous Box methods that end a box (``reset``, ``close``, ``open_box``,
-``Sandbox.sweep_stale``) block, and their callers run them in a worker thread.
+The synchronous methods that end a box (``Box.reset``, ``Box.close``,
+``Sandbox.open_box``, ``Sandbox.sweep_stale``) block; their callers run them in a
+worker thread.
 """
 
 from __future__ import annotations
