@@ -322,6 +322,26 @@ def test_v1_kill_freezes_kills_thaws(
     assert sleeper.wait(timeout=30) == -9
 
 
+def test_v1_create_survives_another_process_removing_the_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another sandlot process's remove_group can fall between our ensure_group and our mkdir."""
+    mounts = _v1_mounts(tmp_path)
+    driver = CgroupV1Driver(mounts, _GROUP)
+    real = driver._ensure_group
+    calls: list[int] = []
+
+    def racing() -> None:
+        real()
+        if not calls:
+            (mounts["cpu"] / _GROUP).rmdir()  # the other process found it empty just now
+        calls.append(1)
+
+    monkeypatch.setattr(driver, "_ensure_group", racing)
+    cgroup = driver.create("box-1", _LIMITS)
+    assert len(calls) == 2
+    assert (mounts["cpu"] / _GROUP / "box-1" / "cpu.cfs_quota_us").is_file()
+    assert len(cgroup.procs_files) == len(_V1_ALL)
+
+
 def test_v1_existing_names_and_open_existing(tmp_path: Path) -> None:
     mounts = _v1_mounts(tmp_path)
     driver = CgroupV1Driver(mounts, _GROUP)

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``Sandbox`` is created once per process: it checks bubblewrap, builds the static
+``Sandbox`` (host.py) is created once per process: it checks bubblewrap, builds the static
 helper, compiles the seccomp program and detects the cgroup version. ``open_box``
 takes a free slot (an flock), cleans whatever a dead holder left, and mounts
 the box's own size-capped tmpfs at ``<state_dir>/boxes/<n>``; ``work/`` inside
@@ -24,47 +24,39 @@ over and the workdir reset: fresh namespaces, fresh cgroup, the init waiting on
 a command pipe. ``run`` then only sets the run's limits on the cgroup, records
 the accounting baselines and sends the command (launch.py); the program starts
 at once. Either way ``monitor.RunMonitor`` streams the output, enforces the
-limits and builds the one ``Result``.
+limits and builds the one ``Result``, and the run's ``reaper.Reaper`` ends the
+box and removes its cgroup, whatever ended the run: reaper.py is the one owner
+of killing a box (a discarded prelaunched jail and a crashed holder's leftovers
+included).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import itertools
-import json
-import math
 import os
 import shutil
-import signal
 import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sandlot.config import Settings, check_state_dir_reachable
-from sandlot.errors import ConfigError, SandboxError, UidInUse
+from sandlot.errors import SandboxError
 from sandlot.models import Limits, OutputEvent, Result
-from sandlot.sandbox import hostfs, policy, seccomp, slots
-from sandlot.sandbox.cgroups import (
-    CPU_WEIGHT_WARMING,
-    Cgroup,
-    CgroupDriver,
-    CgroupLimits,
-    CgroupStats,
-    detect_driver,
-    wait_empty,
-)
-from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor
-from sandlot.sandbox.helper import helper_path
-from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
+from sandlot.sandbox import hostfs, policy, slots
+from sandlot.sandbox.cgroups import CPU_WEIGHT_WARMING, Cgroup, CgroupLimits, CgroupStats
+from sandlot.sandbox.chain import Chain
+from sandlot.sandbox.launch import Launched, StdinSource
 from sandlot.sandbox.monitor import RunMonitor
+from sandlot.sandbox.reaper import Reaper, clean_slot, clear_stale
 
-__all__ = ["ISOLATION_LEVELS", "Box", "Sandbox", "StdinSource"]
+if TYPE_CHECKING:
+    from sandlot.sandbox.host import Sandbox
+
+__all__ = ["ISOLATION_LEVELS", "Box", "StdinSource"]
 
 ISOLATION_LEVELS = ("jail", "gvisor")  # weakest first
-_launch_ids = itertools.count()
 
 
 @dataclass
@@ -74,138 +66,6 @@ class _Warm:
     launched: Launched
     cgroup: Cgroup
     binds: frozenset[policy.Bind]
-
-
-class Sandbox:
-    """Host-wide sandbox context, created once at start-up and passed in."""
-
-    def __init__(self, settings: Settings, *, driver: CgroupDriver | None = None) -> None:
-        if os.geteuid() != 0:
-            raise ConfigError("sandlot must run as root to create boxes (it drops to a per-box uid itself)")
-        if not os.access(settings.bwrap_path, os.X_OK):
-            raise ConfigError(f"bubblewrap not found at {settings.bwrap_path}; install the bubblewrap package")
-        self.settings = settings
-        check_state_dir_reachable(settings.state_dir)
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(settings.state_dir, 0o711)
-        self.boxes_dir = settings.state_dir / "boxes"
-        self.boxes_dir.mkdir(exist_ok=True)
-        os.chmod(self.boxes_dir, 0o711)
-        self.etc_dir = settings.state_dir / "etc"
-        policy.write_synthetic_etc(self.etc_dir)
-        os.chmod(self.etc_dir, 0o755)
-        self.helper = helper_path(settings.state_dir)
-        self.seccomp_program = seccomp.compile_filter()
-        self.driver = driver or detect_driver(settings.cgroup_name)
-        self.gvisor = Gvisor(settings, etc_dir=self.etc_dir)
-
-    def check_isolation(self, isolation: str, *, probe: bool = True) -> None:
-        """Raise unless boxes of this level can start here (IsolationUnavailable says exactly why).
-
-        ``probe=False`` skips starting a throw-away gVisor sandbox (see ``Gvisor.check``).
-        """
-        if isolation == "gvisor":
-            self.gvisor.check(probe=probe)
-        elif isolation != "jail":
-            raise SandboxError(f"unknown isolation level {isolation!r}")
-
-    def open_box(self, index: int | None = None, *, isolation: str = "jail") -> Box:
-        """Take a slot (the given one, or the first free) and prepare its workdir."""
-        self.check_isolation(isolation, probe=False)  # a server probed at start; the CLI's run says it all
-        s = self.settings
-        if index is None:
-            slot = slots.acquire_any(s.run_dir, s.box_uid_base, s.max_boxes)
-        else:
-            maybe = slots.try_acquire(s.run_dir, index, s.box_uid_base)
-            if maybe is None:
-                raise SandboxError(f"box slot {index} is held by another process")
-            slot = maybe
-        box = Box(self, slot, isolation=isolation)
-        try:
-            box.clean_leftovers()
-            box.prepare()
-        except BaseException:
-            slot.release()
-            raise
-        return box
-
-    def sweep_stale(self) -> int:
-        """Clean every slot no live process holds (run at start-up). Returns how many had leftovers."""
-        cleaned = 0
-        names = set(self.driver.existing_names())
-        indexes = {int(n.removeprefix("box-")) for n in names if n.removeprefix("box-").isdigit()}
-        if self.boxes_dir.exists():
-            indexes |= {int(p.name) for p in self.boxes_dir.iterdir() if p.name.isdigit()}
-        for index in sorted(indexes):
-            try:
-                slot = slots.try_acquire(self.settings.run_dir, index, self.settings.box_uid_base)
-            except UidInUse:
-                continue  # another sandlot instance's box: never ours to clean
-            if slot is None:
-                continue  # a live process holds it
-            try:
-                box = Box(self, slot)
-                cleaned += box.clean_leftovers()
-            finally:
-                slot.release()
-        self.driver.remove_group()  # made by the driver on the way in; kept only while a box is in it
-        return cleaned
-
-
-async def _await_ready(launched: Launched, timeout_s: float) -> None:
-    """Read the status channel up to the init's "R" (ready) line; anything else read is kept for the monitor."""
-    loop = asyncio.get_running_loop()
-    fd = launched.pipes.status
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            while b"R\n" not in launched.status_seen and launched.alive():
-                try:
-                    data = os.read(fd, 4096)
-                except BlockingIOError:
-                    ready = loop.create_future()
-                    loop.add_reader(fd, ready.set_result, None)
-                    try:
-                        async with asyncio.timeout(0.05):  # re-check that the sandbox still lives
-                            await ready
-                    except TimeoutError:
-                        pass
-                    finally:
-                        loop.remove_reader(fd)
-                    continue
-                if not data:
-                    return
-                launched.status_seen += data
-
-
-def kill_uid(uid: int) -> int:
-    """SIGKILL every live process whose real uid is ``uid`` (zombies are already dead). Returns how many."""
-    killed = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:  # /proc/<pid> belongs to the process's (effective) uid
-                continue
-            with open(f"/proc/{entry.name}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue  # gone already
-        if fields.get("State", "").strip().startswith("Z"):
-            continue
-        uids = fields.get("Uid", "").split()
-        if uids and int(uids[0]) == uid:
-            try:
-                fd = os.pidfd_open(int(entry.name))
-            except OSError:
-                continue
-            try:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-    return killed
 
 
 class Box:
@@ -221,6 +81,7 @@ class Box:
         # tmpfs: the box's mountinfo then names paths of that tmpfs, not the host's state_dir.
         self.jail_files = self.root / "jail"
         self._gvisor = sandbox.gvisor.bundle_for(sandbox.settings.run_dir / "gvisor" / str(slot.index), self.root)
+        self._chain = Chain(sandbox, slot, isolation, self.workdir, self.jail_files, self._gvisor)
         self._closed = False
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
@@ -235,16 +96,7 @@ class Box:
 
     def clean_leftovers(self) -> int:
         """Remove what a previous holder of this slot left behind. Returns 1 if anything was found."""
-        found = 0
-        stale = self.sandbox.driver.open_existing(self.slot.cgroup_name)
-        if stale is not None:
-            found = 1
-            stale.kill()
-            stale.remove()
-        # The slot's uid belongs to this slot alone: any live process with it now is a leftover,
-        # whatever cgroup it is (or is not yet) in.
-        if kill_uid(self.slot.uid):
-            found = 1
+        found = int(clean_slot(self.sandbox.driver, self.slot.cgroup_name, self.slot.uid))
         for mount in hostfs.mounts_below(self.root):
             found = 1
             hostfs.unmount(mount)
@@ -371,14 +223,15 @@ class Box:
         """Start the next run's jail now (after a reset), so a run only has to send its command.
 
         A later ``run`` uses it when its binds are among ``binds``; otherwise it
-        starts cold. Failures here are not fatal: the next run starts cold.
+        starts cold. Failures here are not fatal: the next run starts cold. A jail
+        already waiting is kept (it is as fresh as a new one): replacing it would
+        wait for its end on the event loop, and ``run`` discards one that does not fit.
         """
         with self._lifecycle:
             self._prelaunch_locked(binds)
 
     def _prelaunch_locked(self, binds: Sequence[policy.Bind]) -> None:
-        self._discard_warm()
-        if self._closed:
+        if self._closed or self._warm is not None:
             return
         s = self.sandbox.settings
         try:
@@ -390,10 +243,9 @@ class Box:
         except SandboxError:
             return
         try:
-            launched = self._spawn(cgroup, None, None, {}, binds)
+            launched = self._chain.spawn(cgroup, None, None, {}, binds)
         except SandboxError:
-            cgroup.kill()
-            cgroup.remove()
+            self._reaper(cgroup).discard_unused()
             return
         self._warm = _Warm(launched, cgroup, frozenset(binds))
 
@@ -402,28 +254,25 @@ class Box:
         """Is a jail waiting for this box's next run?"""
         return self._warm is not None
 
-    def _discard_warm(self) -> None:
-        warm, self._warm = self._warm, None
-        if warm is None:
-            return
-        warm.launched.kill()  # before the cgroup: the launcher may not have joined it yet
-        with contextlib.suppress(SandboxError):
-            warm.cgroup.kill()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(warm.launched.pid, 0)
-        warm.launched.close()
-        with contextlib.suppress(SandboxError):
-            warm.cgroup.remove()
+    def _reaper(self, cgroup: Cgroup, launched: Launched | None = None) -> Reaper:
+        return Reaper(cgroup, self.slot.cgroup_name, launched)
 
-    def _take_warm(self, binds: Sequence[policy.Bind]) -> _Warm | None:
-        warm = self._warm
-        if warm is None:
-            return None
-        if not set(binds) <= warm.binds or not warm.launched.alive():
-            self._discard_warm()
-            return None
-        self._warm = None
-        return warm
+    def _discard_warm(self) -> None:
+        """End the waiting jail (from a worker thread: Box.reset and Box.close run in one)."""
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            with contextlib.suppress(SandboxError):  # what survives is the next clean's
+                self._reaper(warm.cgroup, warm.launched).reap_blocking()
+
+    async def _take_warm(self, binds: Sequence[policy.Bind]) -> _Warm | None:
+        warm, self._warm = self._warm, None
+        if warm is None or (set(binds) <= warm.binds and warm.launched.alive()):
+            return warm
+        reaper = self._reaper(warm.cgroup, warm.launched)
+        reaper.kill()
+        with contextlib.suppress(SandboxError):  # what survives is the next clear_stale's
+            await reaper.reap()
+        return None
 
     def _cgroup_limits(self, limits: Limits) -> CgroupLimits:
         s = self.sandbox.settings
@@ -452,7 +301,7 @@ class Box:
         """Run command in the box: yields OutputEvents as produced, then exactly one Result."""
         if self._closed:  # its slot (uid, cgroup) may already belong to another box
             raise SandboxError(f"box {self.slot.index} is closed")
-        warm = self._take_warm(binds)
+        warm = await self._take_warm(binds)
         baseline: CgroupStats | None = None
         if warm is not None:
             cgroup = warm.cgroup
@@ -462,21 +311,24 @@ class Box:
                 cgroup.reset_peak()
                 baseline = cgroup.stats()
             except SandboxError:
-                warm.launched.close()
-                cgroup.kill()
-                await self._finish_cgroup(cgroup)
+                reaper = self._reaper(cgroup, launched)
+                reaper.kill()
+                await reaper.reap()
                 warm = None
         if warm is None:
+            await clear_stale(self.sandbox.driver, self.slot.cgroup_name)
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:
-                launched = self._spawn(cgroup, command, limits, env or {}, binds)
+                launched = self._chain.spawn(cgroup, command, limits, env or {}, binds)
             except SandboxError:
-                await self._finish_cgroup(cgroup)
+                await self._reaper(cgroup).reap()
                 raise
+        reaper = self._reaper(cgroup, launched)
         monitor = RunMonitor(
             launched,
             cgroup,
             limits,
+            reaper=reaper,
             stage=stage,
             cpu_rate=self.sandbox.settings.cpu_cores_per_box,
             baseline=baseline,
@@ -486,157 +338,10 @@ class Box:
             if self._cancel_requested:
                 monitor.kill("cancelled")
             if warm is not None:
-                await self._send_command(launched, command, limits, env or {})
+                await self._chain.send_command(launched, command, limits, env or {})
             async with contextlib.aclosing(monitor.events(stdin)) as items:
                 async for item in items:
                     yield item
         finally:
             self._current = None
-            await self._finish_cgroup(cgroup)
-
-    async def _send_command(
-        self, launched: Launched, command: Sequence[str], limits: Limits, env: Mapping[str, str]
-    ) -> None:
-        pipes = launched.pipes
-        assert pipes.command_w is not None
-        message = encode_command(command, self._env(env), self._rlimits(limits))
-        if pipes.fifos:
-            # Over a FIFO the init must hold the command's read end before ours closes:
-            # gVisor's open of a FIFO with no writer left would wait for ever.
-            await _await_ready(launched, limits.wall_time_limit_s)
-        fd = pipes.take(pipes.command_w)
-        try:
-            os.set_blocking(fd, False)
-            await write_all(fd, message)  # a dead init shows up as a setup failure in the Result
-        finally:
-            os.close(fd)
-
-    async def _finish_cgroup(self, cgroup: Cgroup) -> None:
-        # Normally the box's init already ended everything; the freeze-and-kill
-        # is for whatever did not go with it.
-        if cgroup.pids():
-            cgroup.kill()
-        if not await wait_empty(cgroup):
-            raise SandboxError(f"processes survived in {self.slot.cgroup_name} after kill")
-        cgroup.remove()
-
-    def _env(self, env: Mapping[str, str]) -> dict[str, str]:
-        full = {"PATH": policy.BASE_PATH, "HOME": policy.BOX_WORKDIR, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        full.update(env)
-        return full
-
-    def _base_rlimits(self) -> dict[str, int]:
-        """Every rlimit, for the whole box: the service's own limits never reach it."""
-        s = self.sandbox.settings
-        return policy.BOX_RLIMITS | {"nofile": s.open_files, "stack": s.stack_bytes}
-
-    def _rlimits(self, limits: Limits | None) -> dict[str, int]:
-        s = self.sandbox.settings
-        rlimits = {"core": 0, "nofile": s.open_files, "stack": s.stack_bytes}
-        if limits is not None:
-            rlimits["fsize"] = limits.max_file_size_bytes
-            # A backstop only: the CPU watchdog, summed over all processes from the cgroup, fires first.
-            rlimits["cpu"] = math.ceil(limits.time_limit_s) + 1
-            if self.isolation == "gvisor":
-                # gVisor's task clocks, which its RLIMIT_CPU reads, count time a task was runnable but
-                # preempted by the host: on a busy host they ran 2-3x ahead of the cgroup's counter and
-                # SIGXCPU ended runs at 1.1 s of real CPU under a 2 s limit. There the backstop sits past
-                # the wall limit (twice it: the clocks sum threads), so the host's watchdogs decide.
-                rlimits["cpu"] = 2 * math.ceil(limits.wall_time_limit_s) + 1
-            if self.isolation == "gvisor":
-                # The cgroup's pids limit counts gVisor's host threads, not the program's tasks: gVisor's
-                # own RLIMIT_NPROC (per uid, threads included) does. The program's first task was forked
-                # by the root init and is counted as root's, hence the 1.
-                rlimits["nproc"] = max(1, limits.max_processes - 1)
-        return rlimits
-
-    def _spawn(
-        self,
-        cgroup: Cgroup,
-        command: Sequence[str] | None,
-        limits: Limits | None,
-        env: Mapping[str, str],
-        binds: Sequence[policy.Bind],
-    ) -> Launched:
-        """Start the box's chain; without a command its init waits for one on the command channel."""
-        if self.isolation == "gvisor":
-            return self._spawn_gvisor(cgroup, command, limits, env, binds)
-        pipes = Pipes.create(self.sandbox.seccomp_program, with_command=command is None)
-        return spawn(self._build_argv(cgroup, command, limits, env, binds), pipes)
-
-    def _spawn_gvisor(
-        self,
-        cgroup: Cgroup,
-        command: Sequence[str] | None,
-        limits: Limits | None,
-        env: Mapping[str, str],
-        binds: Sequence[policy.Bind],
-    ) -> Launched:
-        gv = self.sandbox.gvisor
-        paths = self._gvisor
-        try:
-            paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            gv.make_channels(paths, with_command=command is None, seccomp_program=self.sandbox.seccomp_program)
-            init_args = gv.init_args(
-                with_command=command is None,
-                command=command,
-                rlimits=self._rlimits(limits),
-                uid=self.slot.uid,
-                gid=self.slot.gid,
-            )
-            config = gv.config(
-                args=init_args,
-                env=self._env(env) if command is not None else {},
-                uid=INIT_UID,
-                gid=INIT_UID,
-                capabilities=INIT_CAPABILITIES,
-                workdir=self.workdir,
-                tmp_size_bytes=self.sandbox.settings.tmp_size_bytes,
-                binds=binds,
-                helper=self.sandbox.helper,
-                control_dir=paths.control_dir,
-            )
-            config["process"]["rlimits"] = policy.oci_rlimits(self._base_rlimits())
-            (paths.run_dir / "config.json").write_text(json.dumps(config))
-            command_fifo = paths.command_fifo if command is None else None
-            pipes = Pipes.over_fifos(paths.status_fifo, command_fifo, paths.signal_fifo)
-        except OSError as exc:
-            raise SandboxError(f"cannot prepare the gVisor sandbox: {exc}") from exc
-        container = f"{self.slot.cgroup_name}-{os.getpid()}-{next(_launch_ids)}"
-        inner = gv.runsc_argv(paths.state_dir, paths.run_dir, container)
-        launched = spawn(self._launcher(cgroup, ["--keep-root"], inner), pipes)
-        launched.name = container
-        return launched
-
-    def _build_argv(
-        self,
-        cgroup: Cgroup,
-        command: Sequence[str] | None,
-        limits: Limits | None,
-        env: Mapping[str, str],
-        binds: Sequence[policy.Bind],
-    ) -> list[str]:
-        """helper launch ... -- bwrap ... -- init ...; without a command the init waits for one."""
-        s = self.sandbox.settings
-        inner = policy.bwrap_argv(
-            bwrap=s.bwrap_path,
-            helper=self.jail_files / policy.JAIL_INIT,
-            workdir=self.workdir,
-            jail_files=self.jail_files,
-            tmp_size_bytes=s.tmp_size_bytes,
-            binds=binds,
-            env=self._env(env) if command is not None else {},
-            rlimits=self._rlimits(limits),
-            command=command,
-        )
-        identity = ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)]
-        for resource, amount in self._base_rlimits().items():
-            identity += ["--rlimit", f"{resource}={amount}"]  # as root: it may raise the service's hard limits
-        return self._launcher(cgroup, identity, inner)
-
-    def _launcher(self, cgroup: Cgroup, identity: list[str], inner: list[str]) -> list[str]:
-        """helper launch IDENTITY --cgroup ... -- INNER: join the box's cgroups, then exec inner."""
-        launch = [str(self.sandbox.helper), "launch", *identity]
-        for procs in cgroup.procs_files:
-            launch += ["--cgroup", str(procs)]
-        return [*launch, "--", *inner]
+            await reaper.reap()

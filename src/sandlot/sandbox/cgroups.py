@@ -16,16 +16,20 @@ created afterwards: so it is written before any process joins). Despite its
 name this counter takes every socket's buffers (UDP too): they then have a
 budget of the memory limit of their own, and the peak reported is user memory
 plus socket buffers.
+
+This module is the mechanism only (create, limit, read, signal, rmdir); when and
+in what order a box's processes are killed and its cgroup removed, and every
+wait that takes, belongs to ``reaper.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +41,8 @@ CPU_PERIOD_US = 100_000
 CPU_WEIGHT_DEFAULT = 100  # cgroup v2's cpu.weight scale (1..10000); v1's cpu.shares is it x 1024 / 100
 CPU_WEIGHT_WARMING = 1  # a box starting ahead of time yields the CPU to boxes running programs
 FREEZE_TIMEOUT_S = 1.0
-EMPTY_TIMEOUT_S = 5.0
+_GROUP_RACE_TRIES = 3  # see _mkdir_in_group
+_FREEZE_TICK_S = 0.0005  # freezer.state has no notification: polled, in a worker thread only
 _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 _V1_REQUIRED = ("memory", "pids", "cpuacct")
 _V2_CONTROLLERS = ("memory", "pids", "cpu")
@@ -72,9 +77,13 @@ class Cgroup(Protocol):
 
     def pids(self) -> list[int]: ...
 
-    def kill(self) -> None: ...
+    def kill(self) -> None:
+        """SIGKILL every process in it. May wait (v1's freezer): never on an event loop (reaper.py)."""
+        ...
 
-    def remove(self) -> None: ...
+    def remove(self) -> bool:
+        """rmdir it, once: True if it is gone, False while tasks are still leaving it (EBUSY)."""
+        ...
 
     def set_limits(self, limits: CgroupLimits) -> None: ...
 
@@ -84,7 +93,9 @@ class Cgroup(Protocol):
 class CgroupDriver(Protocol):
     version: int
 
-    def create(self, name: str, limits: CgroupLimits) -> Cgroup: ...
+    def create(self, name: str, limits: CgroupLimits) -> Cgroup:
+        """A fresh cgroup; one an earlier run left must be ended first (reaper.clear_stale)."""
+        ...
 
     def open_existing(self, name: str) -> Cgroup | None: ...
 
@@ -135,53 +146,34 @@ def _kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _rmdir(path: Path) -> None:
-    """Remove one cgroup directory, waiting briefly for exiting tasks to leave."""
-    deadline = time.monotonic() + EMPTY_TIMEOUT_S
-    while True:
+def _mkdir_in_group(path: Path, ensure_group: Callable[[], None]) -> None:
+    """mkdir a box's cgroup, making the parent group again if another process removed it meanwhile.
+
+    Every sandlot process sharing the group removes it when it finds it empty
+    (``remove_group``), which can fall between our ``ensure_group`` and this mkdir;
+    once our directory exists the parent is no longer empty and stays.
+    """
+    for attempt in range(_GROUP_RACE_TRIES):
         try:
-            os.rmdir(path)
+            path.mkdir()
             return
         except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise SandboxError(f"cgroup: cannot remove {path}: {exc.strerror}") from exc
-            pids = _read_pids(path / "cgroup.procs")
-            _kill_all(pids)
-            _wait_pids_gone(pids, deadline - time.monotonic())
+            if attempt == _GROUP_RACE_TRIES - 1:
+                raise
+            ensure_group()
 
 
-def _wait_pids_gone(pids: list[int], timeout_s: float) -> None:
-    """Block until the given processes are gone, on pidfds (no polling loop)."""
-    import select
-
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            select.select([fd], [], [], max(timeout_s, 0.0))
-        finally:
-            os.close(fd)
-    if not pids:
-        # Exited tasks can take a scheduler tick to leave the cgroup.
-        time.sleep(0.001)
-
-
-async def wait_empty(cgroup: Cgroup, timeout_s: float = EMPTY_TIMEOUT_S) -> bool:
-    """Wait (on pidfds) until no process is left in the cgroup."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        pids = cgroup.pids()
-        if not pids:
-            return True
-        remaining = deadline - loop.time()
-        if remaining <= 0:
+def _rmdir(path: Path) -> bool:
+    """Remove one cgroup directory: True if it is gone, False if tasks are still leaving it."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
             return False
-        await loop.run_in_executor(None, _wait_pids_gone, pids, min(remaining, 0.5))
+        raise SandboxError(f"cgroup: cannot remove {path}: {exc.strerror}") from exc
+    return True
 
 
 # ----------------------------------------------------------------------- v1
@@ -227,15 +219,15 @@ class _V1Cgroup:
         _write(state, "FROZEN")
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
         while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
-            time.sleep(0.0005)
+            time.sleep(_FREEZE_TICK_S)
         try:
             _kill_all(_read_pids(freezer / "cgroup.procs"))
         finally:
             _write(state, "THAWED")
 
-    def remove(self) -> None:
-        for d in self._unique_dirs:
-            _rmdir(d)
+    def remove(self) -> bool:
+        removed = [_rmdir(d) for d in self._unique_dirs]  # every directory, even after a busy one
+        return all(removed)
 
     def set_limits(self, limits: CgroupLimits) -> None:
         mem = self._dirs["memory"]
@@ -290,16 +282,12 @@ class CgroupV1Driver:
         return {c: base / self._group / name for c, base in self._mounts.items()}
 
     def create(self, name: str, limits: CgroupLimits) -> Cgroup:
-        stale = self.open_existing(name)
-        if stale is not None:
-            stale.kill()
-            stale.remove()
         dirs = self._dirs(name)
         created: list[Path] = []
         try:
             self._ensure_group()
             for d in dict.fromkeys(dirs.values()):
-                d.mkdir()
+                _mkdir_in_group(d, self._ensure_group)
                 created.append(d)
             # Swap accounting on: memsw equal to the limit forbids swap entirely.
             _V1Cgroup(dirs).set_limits(limits)
@@ -369,8 +357,8 @@ class _V2Cgroup:
         finally:
             _write(self._path / "cgroup.freeze", "0")
 
-    def remove(self) -> None:
-        _rmdir(self._path)
+    def remove(self) -> bool:
+        return _rmdir(self._path)
 
     def set_limits(self, limits: CgroupLimits) -> None:
         _write(self._path / "memory.max", str(limits.memory_bytes))
@@ -416,14 +404,10 @@ class CgroupV2Driver:
         _write(self._base / "cgroup.subtree_control", " ".join("+" + c for c in _V2_CONTROLLERS))
 
     def create(self, name: str, limits: CgroupLimits) -> Cgroup:
-        stale = self.open_existing(name)
-        if stale is not None:
-            stale.kill()
-            stale.remove()
         path = self._base / name
         try:
             self._ensure_group()
-            path.mkdir()
+            _mkdir_in_group(path, self._ensure_group)
         except OSError as exc:
             raise SandboxError(f"cgroup: cannot create {path}: {exc.strerror}") from exc
         cgroup = _V2Cgroup(path)

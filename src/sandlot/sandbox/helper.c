@@ -17,6 +17,12 @@
  *                    |                   private pipe, kills every survivor.
  *                    `- the program
  *
+ * The status lines and the command message are specified once, in
+ * sandbox/protocol.py (their letters are helper.h's STATUS_* names). Inside the
+ * box the init's reap() ends whatever the program started; everything outside
+ * its reach (the init itself, bwrap, runsc, the cgroup) is ended by the host's
+ * one owner of killing a box, sandbox/reaper.py.
+ *
  * Under gVisor (runsc passes nothing but stdio into the container) the same
  * init takes --status-path/--command-path instead: host FIFOs bind-mounted into
  * the sandbox, opened here, after which everything is as above, plus what the
@@ -210,9 +216,9 @@ static void report(int fd, const char *line) {
 #define MAX_COMMAND_BYTES (1 << 20)
 #define MAX_COMMAND_ITEMS 4096
 
-/* A command sent by the host to a pre-launched box: NUL-terminated strings,
- *   <argc> argv... <envc> env... [<nrl> NAME=VALUE...]
- * read until EOF. Returns 0, or -1 with errno set. */
+/* The command message sent by the host to a pre-launched box (specified in sandbox/protocol.py):
+ * NUL-terminated strings, <argc> argv... <envc> env... [<nrl> NAME=VALUE...], read until EOF.
+ * Returns 0, or -1 with errno set. */
 static int read_command(int fd, char ***argv_out, char ***env_out, struct rl *limits, int max_rl, int *nrl) {
     static char buf[MAX_COMMAND_BYTES];
     static char *items[MAX_COMMAND_ITEMS];
@@ -272,7 +278,8 @@ static int open_channel(const char *path, int flags, int at) {
     return at;
 }
 
-/* Reap every child; when the program is done, kill everything it started. Returns 1 once none is left. */
+/* Reap every child; when the program is done, kill everything it started. Returns 1 once none is left.
+ * The box's own half of ending a run; the host's half is sandbox/reaper.py. */
 int reap(pid_t child, int *main_status, int *have_main, int block) {
     for (;;) {
         int st;
@@ -291,8 +298,9 @@ int reap(pid_t child, int *main_status, int *have_main, int block) {
 
 /* init --status-fd N|--status-path P [--command-fd M|--command-path P] [--rlimit NAME=VALUE]...
  *      [--uid U --gid G] [--seccomp-path P] [--signal-path P] [--relay-output] [-- PROGRAM ARGS...]
- * (pid 1 in the box). With a command channel the box was launched ahead of time: init reports "R"
- * (ready) and waits for the command, its environment and its rlimits on it. */
+ * (pid 1 in the box). Its status lines and the command message are specified in sandbox/protocol.py.
+ * With a command channel the box was launched ahead of time: init reports STATUS_READY and waits for
+ * the command, its environment and its rlimits on it. */
 static int do_init(int argc, char **argv) {
     int status_fd = -1, command_fd = -1, signal_fd = -1, relay = 0, nrl = 0, i = 2;
     long uid = -1, gid = -1;
@@ -341,11 +349,11 @@ static int do_init(int argc, char **argv) {
     reset_signals();
     if (command_fd >= 0) {
         fcntl(command_fd, F_SETFD, FD_CLOEXEC);
-        report(status_fd, "R\n");
+        report(status_fd, STATUS_READY "\n");
         int more = 0;
         if (read_command(command_fd, &program, &program_env, &limits[nrl], MAX_RLIMITS - nrl, &more) != 0) {
             char line[64];
-            snprintf(line, sizeof line, "E %d command\n", errno);
+            snprintf(line, sizeof line, STATUS_EXEC_ERROR " %d command\n", errno);
             report(status_fd, line);
             return 0;
         }
@@ -390,12 +398,12 @@ static int do_init(int argc, char **argv) {
         step = "exec";
     fail:;
         char line[64];
-        snprintf(line, sizeof line, "E %d %s\n", errno, step);
+        snprintf(line, sizeof line, STATUS_EXEC_ERROR " %d %s\n", errno, step);
         report(status_fd, line);
         _exit(127);
     }
     if (uid > 0) keep_only_cap_kill();
-    report(status_fd, "S\n");
+    report(status_fd, STATUS_STARTED "\n");
 
     int main_status = 0, have_main = 0;
     if (supervised) {
@@ -410,7 +418,7 @@ static int do_init(int argc, char **argv) {
         reap(child, &main_status, &have_main, 1);
     }
     char line[64];
-    snprintf(line, sizeof line, "X %d %d\n", have_main, main_status);
+    snprintf(line, sizeof line, STATUS_EXITED " %d %d\n", have_main, main_status);
     report(status_fd, line);
     return 0;
 }

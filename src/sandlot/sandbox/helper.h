@@ -7,6 +7,13 @@
 
 #define HELPER_FAILURE 125
 
+/* The status channel's line kinds: the protocol is specified once, in sandbox/protocol.py
+ * (StatusLine there has the same letters; tests/test_protocol.py checks they agree). */
+#define STATUS_READY "R"      /* "R": waiting for the command message */
+#define STATUS_EXEC_ERROR "E" /* "E <errno> <step>": setting up or starting the program failed */
+#define STATUS_STARTED "S"    /* "S": the program is forked, setup is complete */
+#define STATUS_EXITED "X"     /* "X <have> <wstatus>": the final report, everything reaped */
+
 /* Report "sandlot-helper: WHAT ARG: strerror(errno)" on stderr and exit HELPER_FAILURE. */
 void die(const char *what, const char *arg);
 

@@ -2,7 +2,8 @@
 
 A box is started either with its command (cold: the CLI, or a run whose binds
 the box was not prepared for) or ahead of time with none: then the init waits
-on the command channel and the command message starts the program (see box.py).
+on the command channel and the command message starts the program (see box.py;
+the message is specified in protocol.py).
 The jail gets its status and command channels as inherited pipes (fds 4, 5);
 gVisor passes only stdio into the sandbox, so there they are host FIFOs
 (``Pipes.over_fifos``, see gvisor.py).
@@ -15,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +165,7 @@ class Launched:
     status_seen: bytearray = field(default_factory=bytearray)  # status read before the monitor took over
 
     def kill(self) -> None:
-        """SIGKILL the spawned process through its pidfd (immune to pid reuse).
+        """SIGKILL the spawned process through its pidfd (immune to pid reuse); reaper.py calls it.
 
         This covers the moment before the launcher has joined the cgroup: once
         bwrap dies, its init gets the parent-death signal and the whole pid
@@ -196,16 +197,6 @@ def spawn(argv: Sequence[str], pipes: Pipes) -> Launched:
         raise SandboxError(f"cannot start the sandbox helper: {exc}") from exc
     pipes.close_child_ends()
     return Launched(pid, os.pidfd_open(pid), pipes)
-
-
-def encode_command(argv: Sequence[str], env: Mapping[str, str], rlimits: Mapping[str, int]) -> bytes:
-    """The init's command message: NUL-terminated counts and strings (see helper.c)."""
-    items = [str(len(argv)), *argv, str(len(env)), *(f"{k}={v}" for k, v in env.items())]
-    items += [str(len(rlimits)), *(f"{k}={v}" for k, v in rlimits.items())]
-    for item in items:
-        if "\x00" in item:
-            raise SandboxError("a command, argument or environment value contains NUL")
-    return b"".join(item.encode("utf-8", "surrogateescape") + b"\x00" for item in items)
 
 
 async def feed_stdin(fd: int, source: StdinSource) -> None:

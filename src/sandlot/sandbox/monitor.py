@@ -2,8 +2,10 @@
 
 The wall clock, the CPU budget (re-armed from the cgroup's counter: the next
 check is when the budget could first be spent at the box's CPU quota, never a
-busy poll) and the output cap each kill the whole cgroup when they fire. The
-init's status pipe says whether setup completed and how the program ended, so a
+busy poll) and the output cap each kill the whole box when they fire, through
+the run's ``Reaper`` (reaper.py), which also tells when the launcher exited and,
+after the Result, ends and removes the box. The init's status lines
+(protocol.py) say whether setup completed and how the program ended, so a
 sandbox failure is never mistaken for the program's.
 """
 
@@ -21,8 +23,10 @@ from typing import Any
 
 from sandlot.errors import SandboxError
 from sandlot.models import CANCELLED, Limits, OutputEvent, Result, Status, StreamName
+from sandlot.sandbox import protocol
 from sandlot.sandbox.cgroups import Cgroup, CgroupStats
 from sandlot.sandbox.launch import Launched, StdinSource, feed_stdin
+from sandlot.sandbox.reaper import Reaper
 
 _READ_CHUNK = 64 * 1024
 _MIN_CPU_CHECK_S = 0.002
@@ -48,6 +52,7 @@ class RunMonitor:
         cgroup: Cgroup,
         limits: Limits,
         *,
+        reaper: Reaper,
         stage: str,
         cpu_rate: float,
         baseline: CgroupStats | None = None,
@@ -55,6 +60,7 @@ class RunMonitor:
     ) -> None:
         self.launched = launched
         self.cgroup = cgroup
+        self.reaper = reaper
         self.limits = limits
         self.stage = stage
         self.cpu_rate = max(cpu_rate, 0.01)
@@ -68,31 +74,22 @@ class RunMonitor:
         return self.launched.pid
 
     def kill(self, reason: str) -> None:
+        """End the run now (the first reason given is the one the Result reports)."""
         if self.state.kill_reason is None:
             self.state.kill_reason = reason
-        with contextlib.suppress(SandboxError):
-            self.cgroup.kill()
-        self.launched.kill()  # in case the launcher has not joined the cgroup yet
+        self.reaper.kill()
 
     async def events(self, stdin: StdinSource) -> AsyncGenerator[OutputEvent | Result, None]:
         """Yield OutputEvents as produced, then exactly one Result."""
         loop = asyncio.get_running_loop()
         state = self.state
         pipes = self.launched.pipes
-        pid, pidfd = self.launched.pid, self.launched.pidfd
         queue: asyncio.Queue[OutputEvent | None] = asyncio.Queue()
-        exited: asyncio.Future[int] = loop.create_future()
+        exited = self.reaper.watch()
         open_streams = {"stdout", "stderr", "status"}
         streams_done = asyncio.Event()
         done = asyncio.Event()  # the program and everything it started are gone
         ended_at: list[float] = []
-
-        def on_exit() -> None:
-            loop.remove_reader(pidfd)
-            _, wstatus = os.waitpid(pid, 0)
-            pipes.launcher_exited()
-            if not exited.done():
-                exited.set_result(wstatus)
 
         def reader(name: str, fd: int) -> bool:
             """Read one chunk; False when nothing more is there right now."""
@@ -110,7 +107,7 @@ class RunMonitor:
                 return False
             if name == "status":
                 state.status_lines += data
-                if _program_done(state.status_lines):
+                if protocol.has_exited(state.status_lines):
                     program_done()
                 return True
             if state.output_left <= 0:
@@ -145,7 +142,6 @@ class RunMonitor:
             drain_now()
             done.set()
 
-        loop.add_reader(pidfd, on_exit)
         loop.add_reader(pipes.stdout, reader, "stdout", pipes.stdout)
         loop.add_reader(pipes.stderr, reader, "stderr", pipes.stderr)
         loop.add_reader(pipes.status, reader, "status", pipes.status)
@@ -188,50 +184,33 @@ class RunMonitor:
 
         pump = asyncio.ensure_future(pump_until_exit())
         try:
-            try:
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        break
-                    yield item
-                await pump
-                wall_time = (ended_at[0] if ended_at else time.monotonic()) - self.started
-                stats = self.cgroup.stats()
-            finally:
-                wall_timer.cancel()
-                for timer in cpu_timers:
-                    timer.cancel()
-                pump.cancel()
-                stdin_task.cancel()
-                for fd in (pipes.stdout, pipes.stderr, pipes.status):
-                    loop.remove_reader(fd)
-                if not done.is_set() and not exited.done():
-                    self.kill("cancelled")  # the consumer went away mid-run
-            yield classify(
-                state,
-                exited.result() if exited.done() else 0,
-                self.limits,
-                wall_time=wall_time,
-                cpu_time=max(0.0, stats.cpu_time_s - self.baseline.cpu_time_s),
-                memory_peak=stats.memory_peak_bytes,
-                oom_kills=stats.oom_kills - self.baseline.oom_kills,
-            )
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                yield item
+            await pump
+            wall_time = (ended_at[0] if ended_at else time.monotonic()) - self.started
+            stats = self.cgroup.stats()
         finally:
-            await self._reap(exited)
-
-    async def _reap(self, exited: asyncio.Future[int]) -> None:
-        """Wait for the jail itself to exit (its namespaces' teardown), then release it."""
-        loop = asyncio.get_running_loop()
-        if not exited.done():
-            try:
-                async with asyncio.timeout(_DRAIN_GRACE_S):
-                    await asyncio.shield(exited)
-            except TimeoutError:
-                self.kill("stray")
-                loop.remove_reader(self.launched.pidfd)
-                await loop.run_in_executor(None, os.waitpid, self.launched.pid, 0)
-        loop.remove_reader(self.launched.pidfd)
-        self.launched.close()
+            wall_timer.cancel()
+            for timer in cpu_timers:
+                timer.cancel()
+            pump.cancel()
+            stdin_task.cancel()
+            for fd in (pipes.stdout, pipes.stderr, pipes.status):
+                loop.remove_reader(fd)
+            if not done.is_set() and not exited.done():
+                self.kill("cancelled")  # the consumer went away mid-run
+        yield classify(
+            state,
+            exited.result() if exited.done() else 0,
+            self.limits,
+            wall_time=wall_time,
+            cpu_time=max(0.0, stats.cpu_time_s - self.baseline.cpu_time_s),
+            memory_peak=stats.memory_peak_bytes,
+            oom_kills=stats.oom_kills - self.baseline.oom_kills,
+        )
 
     def _deadline(self, loop: asyncio.AbstractEventLoop) -> float:
         return loop.time() + self.limits.wall_time_limit_s - (time.monotonic() - self.started)
@@ -245,27 +224,6 @@ async def _wait_event(event: asyncio.Event, timeout_s: float) -> bool:
     return event.is_set()
 
 
-def _program_done(raw: bytearray) -> bool:
-    """Has the init sent its final report (a complete "X" line)?"""
-    return any(line.startswith(b"X ") for line in bytes(raw).split(b"\n")[:-1])
-
-
-def _parse_status(raw: bytes) -> tuple[bool, int | None, str | None]:
-    """(setup completed, wait status of the command, exec error). "R" (ready) lines are ignored."""
-    started = False
-    wstatus: int | None = None
-    exec_error: str | None = None
-    for line in raw.decode("ascii", "replace").splitlines():
-        parts = line.split()
-        if parts[:1] == ["S"]:
-            started = True
-        elif parts[:1] == ["E"] and len(parts) >= 3 and parts[1].isdigit():
-            exec_error = f"{parts[2]} failed: {os.strerror(int(parts[1]))}"
-        elif parts[:1] == ["X"] and len(parts) == 3 and parts[1] == "1":
-            wstatus = int(parts[2])
-    return started, wstatus, exec_error
-
-
 def classify(
     state: _RunState,
     helper_wstatus: int,
@@ -277,7 +235,8 @@ def classify(
     oom_kills: int,
 ) -> Result:
     """Turn what was observed into one Result of the status model."""
-    started, wstatus, exec_error = _parse_status(bytes(state.status_lines))
+    report = protocol.parse_status(state.status_lines)
+    started, wstatus, exec_error = report.started, report.wstatus, report.exec_error
     measured = Result(
         status=Status.INTERNAL_ERROR,
         wall_time=wall_time,
