@@ -55,7 +55,7 @@ from sandlot.sandbox.cgroups import (
     detect_driver,
     wait_empty,
 )
-from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor, GvisorUnavailable
+from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor, GvisorUnavailable, host_task_limit
 from sandlot.sandbox.helper import helper_path
 from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
 from sandlot.sandbox.monitor import RunMonitor
@@ -417,7 +417,7 @@ class Box:
         if self.isolation == "gvisor":  # the cgroup holds gVisor's own kernel too
             return CgroupLimits(
                 memory_bytes=limits.memory_limit_bytes + s.gvisor_memory_overhead_bytes,
-                max_pids=limits.max_processes + s.gvisor_task_overhead,
+                max_pids=host_task_limit(limits.max_processes, s.gvisor_task_overhead),
                 cpu_cores=s.cpu_cores_per_box,
             )
         return CgroupLimits(
