@@ -60,7 +60,8 @@ tracer only) and keeps it, and stubs are pooled, never ended (gVisor issue
 3942). With ``max_processes + 256`` a bash fork bomb capped at 20 processes
 took the host tasks to 228-276 and, in 8 runs of 40, runsc's next stub
 failed with EAGAIN, the Sentry panicked and the init could write no status.
-docs/security.md has the figures.
+The memory limit bounds them as well: their kernel memory (~26 KiB each) is
+charged to the box's memory cgroup. docs/security.md has the figures.
 """
 
 from __future__ import annotations
