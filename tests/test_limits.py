@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandlot.config import MIB, LimitRequest, Settings
+from sandlot.config import DEFAULT_RUN_LIMITS, MIB, LimitRequest, Settings
 from sandlot.engine import Engine
 from sandlot.errors import RejectedError, SandboxError
 from sandlot.models import Event, ExitEvent, Job, SourceFile, StageEvent, StageResultEvent, Status
@@ -181,26 +181,30 @@ async def test_fork_bomb_is_capped_and_leaves_nothing(engine: Engine, sandbox: S
     assert _host_processes_of_uid(lone_box.slot.uid) == []
 
 
-async def test_bash_fork_bomb_ends_and_leaves_nothing(engine: Engine, sandbox: Sandbox, lone_box: Box) -> None:
+@pytest.mark.parametrize("max_processes", [20, DEFAULT_RUN_LIMITS.max_processes])
+async def test_bash_fork_bomb_ends_and_leaves_nothing(
+    engine: Engine, sandbox: Sandbox, lone_box: Box, max_processes: int
+) -> None:
     run = await run_job(
         engine,
         lone_box,
         "bash",
         ":(){ :|:& };:\nsleep 1\n",  # the script lingers while the bomb runs into the cap
-        limits=LimitRequest(max_processes=20, time_limit=1, wall_time_limit=2),
+        # The wall clock runs from the launch: gVisor's start-up took over 2 s once in 40 runs on a loaded host.
+        limits=LimitRequest(max_processes=max_processes, time_limit=1, wall_time_limit=5),
     )
     assert sandbox.driver.open_existing(lone_box.slot.cgroup_name) is None
     assert _host_processes_of_uid(lone_box.slot.uid) == []
-    if (
-        lone_box.isolation == "gvisor"
-        and run.result.status is Status.INTERNAL_ERROR
-        and run.result.message == "sandbox failure: the box's init ended without a status"
-    ):
-        # A known defect, open in issue 12: in about one run in five the gVisor sandbox ends with no status
-        # from its init when the script exits while the bomb is still forking. The bomb was capped and left
-        # nothing (checked above); only the status is wrong, blaming the sandbox for the program's doing.
-        pytest.xfail("gVisor: the init ends without a status under a bash fork bomb (issue 12)")
-    assert run.result.status is not Status.INTERNAL_ERROR, run.result
+    # The program's own verdict at both levels, never a sandbox failure: the script ends (exit 0) unless the
+    # bomb took its every process slot first, when bash retries its own fork until the wall limit. Under
+    # gVisor the host tasks of runsc's stubs grow far past max_processes (gvisor.host_task_limit): with a
+    # cgroup limit of max_processes + 256, runsc failed (the init ended without a status) in 8 runs of 40 at
+    # 20 and in 10 of 10 at 64.
+    assert run.result.status in (Status.OK, Status.TIMEOUT), run.result
+    if run.result.status is Status.OK:
+        assert run.result.exit_code == 0, run.result
+    else:
+        assert "time limit exceeded" in run.result.message, run.result
 
 
 THREAD_BOMB = """
@@ -252,10 +256,14 @@ func main() {
 
 
 async def test_go_cannot_lock_more_os_threads_than_max_processes(engine: Engine, box: Box) -> None:
-    run = await run_job(engine, box, "go", GO_LOCKED_THREADS, limits=LimitRequest(max_processes=32))
-    # The runtime then throws and dumps a stack per goroutine (1,000 of them): under gVisor on a busy
-    # host that dump can outlast the CPU limit (seen once in five full runs), which ends it as a timeout.
-    assert run.result.status in (Status.RUNTIME_ERROR, Status.TIMEOUT), run.result
+    # The runtime then throws and dumps a stack per goroutine (1,000 of them) in ~60,000 writes of ~6 bytes
+    # (strace on the host): under gVisor's ptrace platform each is a trapped syscall, and the dump took
+    # 0.7-4.3 s of CPU in 6 quiet runs (0.05 s at jail), which the default 5 s limit did not always cover
+    # on a busy host. That is the platform's syscall cost (not the host pids limit of the bash fork bomb
+    # above), so the CPU limit here leaves it room: what is checked is the thread limit's verdict.
+    limits = LimitRequest(max_processes=32, time_limit=30, wall_time_limit=60)
+    run = await run_job(engine, box, "go", GO_LOCKED_THREADS, limits=limits)
+    assert run.result.status is Status.RUNTIME_ERROR, run.result
     assert "locked" not in run.stdout
     assert "failed to create new OS thread" in run.stderr
 

@@ -168,7 +168,7 @@ class Settings:
     runsc_path: Path = Path("/usr/bin/runsc")  # gVisor, for isolation "gvisor"
     gvisor_platform: str = "ptrace"  # runsc --platform
     gvisor_memory_overhead_bytes: int = 32 * MIB  # gVisor's own kernel, on top of the run's memory limit
-    gvisor_task_overhead: int = 256  # host threads of gVisor itself, on top of max_processes
+    gvisor_task_overhead: int = 256  # runsc's, the gofer's, the Sentry's own host threads (gvisor.host_task_limit)
     box_uid_base: int = 900_000_000  # box N runs as host uid/gid base+N
     max_boxes: int = 1024
     box_disk_bytes: int = 256 * MIB  # the workdir tmpfs (sources, build output)

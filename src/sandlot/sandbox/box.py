@@ -47,6 +47,7 @@ from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, slots
 from sandlot.sandbox.cgroups import CPU_WEIGHT_WARMING, Cgroup, CgroupLimits, CgroupStats
 from sandlot.sandbox.chain import Chain
+from sandlot.sandbox.gvisor import host_task_limit
 from sandlot.sandbox.launch import Launched, StdinSource
 from sandlot.sandbox.monitor import RunMonitor
 from sandlot.sandbox.reaper import Reaper, clean_slot, clear_stale
@@ -279,7 +280,7 @@ class Box:
         if self.isolation == "gvisor":  # the cgroup holds gVisor's own kernel too
             return CgroupLimits(
                 memory_bytes=limits.memory_limit_bytes + s.gvisor_memory_overhead_bytes,
-                max_pids=limits.max_processes + s.gvisor_task_overhead,
+                max_pids=host_task_limit(limits.max_processes, s.gvisor_task_overhead),
                 cpu_cores=s.cpu_cores_per_box,
             )
         return CgroupLimits(

@@ -49,11 +49,19 @@ symlinks, /usr/local masked, the workdir at /box, size-capped tmpfs /tmp and
 
 Accounting: runsc runs with ``--ignore-cgroups`` inside the box's cgroup, so
 the cgroup holds the whole sandbox. CPU time and peak memory therefore
-include gVisor's own kernel doing the program's syscalls; the memory and task
-limits get an allowance for it (``gvisor_memory_overhead_bytes``,
-``gvisor_task_overhead``: the latter bounds gVisor's host threads, the
-program's own tasks are bounded by RLIMIT_NPROC above). docs/security.md has
-the figures.
+include gVisor's own kernel doing the program's syscalls; the memory limit
+gets an allowance for it (``gvisor_memory_overhead_bytes``). The program's
+tasks are bounded by RLIMIT_NPROC inside; the cgroup's pids limit only has to
+hold gVisor's host tasks for that many, which ``host_task_limit`` sizes for
+the worst case. It is not a small multiple: under the ptrace platform every
+address space of the sandbox is a host stub process that gets a stub thread
+for each Sentry thread that ever ran one of its tasks (a thread can have one
+tracer only) and keeps it, and stubs are pooled, never ended (gVisor issue
+3942). With ``max_processes + 256`` a bash fork bomb capped at 20 processes
+took the host tasks to 228-276 and, in 8 runs of 40, runsc's next stub
+failed with EAGAIN, the Sentry panicked and the init could write no status.
+The memory limit bounds them as well: their kernel memory (~26 KiB each) is
+charged to the box's memory cgroup. docs/security.md has the figures.
 """
 
 from __future__ import annotations
@@ -84,6 +92,30 @@ INIT_UID = 0  # see "The init and the program" above
 # uid's processes.
 INIT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH", "CAP_KILL")
 _PROBE_TIMEOUT_S = 30.0
+# Go threads of the Sentry that no task of the program holds (its runtime, timers, gofer and host I/O):
+# about 17 on an idle sandbox with 2 CPUs, counted here with room to spare.
+_SENTRY_SERVICE_THREADS = 32
+_PIDS_MAX_LIMIT = 4 * 1024 * 1024  # the largest pids.max the kernel accepts (PID_MAX_LIMIT, 64-bit)
+
+
+def host_task_limit(max_processes: int, fixed_overhead: int) -> int:
+    """The host cgroup's pids limit for a gVisor box whose program may have ``max_processes`` tasks.
+
+    An upper bound of what runsc's ptrace platform can need, so that gVisor's own
+    threads are never what hits it (see "Accounting" above): the program's
+    tasks are bounded inside, by RLIMIT_NPROC. ``fixed_overhead`` covers runsc,
+    the gofer and the Sentry's start-up (``gvisor_task_overhead``).
+    """
+    tasks = max_processes + 1  # the program's, plus the init
+    # A Sentry thread not locked to a stub is running Go code (two per CPU: running and spinning) or held
+    # by one task: in a host syscall, or tracing the task's stub while it runs the program's code.
+    sentry_threads = tasks + 2 * (os.cpu_count() or 1) + _SENTRY_SERVICE_THREADS
+    # A live one per process, a second while one execs, a third for one whose release is under way.
+    address_spaces = 3 * tasks
+    # Each: its first thread, the Sentry thread locked to it for making more, and a stub thread for
+    # each Sentry thread that ran a task in it plus one for each that changed its mappings.
+    per_address_space = 2 + 2 * sentry_threads
+    return min(_PIDS_MAX_LIMIT, fixed_overhead + sentry_threads + address_spaces * per_address_space)
 
 
 @dataclass(frozen=True)
