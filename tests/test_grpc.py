@@ -36,6 +36,7 @@ from sandlot.service import ApiKey, ServerSettings, Service
 
 from .conftest import make_settings
 from .nodes import free_ports
+from .root import require_root
 from .test_http import note_submits
 
 _BOUND_S = 30.0  # no single wait below should come near this; it only turns a hang into a failure
@@ -59,6 +60,7 @@ class _Env:
 
 @contextlib.asynccontextmanager
 async def grpc_serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
+    require_root()
     service = await Service.start(make_settings(run_defaults=_FAST_LIMITS), server_settings)
     try:
         (port,) = free_ports(1)

@@ -172,6 +172,7 @@ async def test_the_bundle_keeps_the_jails_policy(gvisor_box: Box) -> None:
     assert argv[argv.index("--network") + 1] == "none"
 
 
+@pytest.mark.root
 def test_a_missing_runsc_is_refused_with_the_exact_reason(tmp_path: Path) -> None:
     settings = dataclasses.replace(make_settings(), runsc_path=tmp_path / "no-runsc")
     sandbox = Sandbox(settings)
@@ -245,6 +246,7 @@ async def test_the_server_default_level_applies_to_requests_naming_none() -> Non
             assert asked.json()["stdout"] == "1000\n"
 
 
+@pytest.mark.root
 def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
     import subprocess
     import sys
