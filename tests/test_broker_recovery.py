@@ -14,9 +14,9 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from sandlot.broker import Superseded
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis import RedisBroker
+from sandlot.errors import Superseded
 from sandlot.models import NOTICE_REQUEUED, ExitEvent, NoticeEvent, OutputEvent
 
 from .test_broker_redis import (  # noqa: F401  (fixtures)

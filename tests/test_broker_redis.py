@@ -20,18 +20,15 @@ import redis.asyncio as aioredis
 
 from sandlot.broker import (
     Broker,
-    BrokerUnavailable,
     Control,
     Distributed,
     Heartbeating,
-    QueueFull,
-    Superseded,
     TaskSpec,
 )
 from sandlot.broker.keys import WORKERS_GROUP, Keys
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
-from sandlot.errors import SessionNotFound
+from sandlot.errors import AtCapacity, BrokerUnavailable, SessionNotFound, Superseded
 from sandlot.models import (
     NOTICE_REQUEUED,
     Event,
@@ -202,7 +199,7 @@ async def test_submit_past_max_queued_raises_queue_full(make: MakeBroker) -> Non
     broker = make(max_queued=2)
     await broker.submit(_spec("a"))
     await broker.submit(_spec("b"))
-    with pytest.raises(QueueFull) as refused:
+    with pytest.raises(AtCapacity) as refused:
         await broker.submit(_spec("c"))
     assert refused.value.retry_after_s > 0
     assert broker.queue_depth() == 2
@@ -218,7 +215,7 @@ async def test_an_idempotency_key_returns_the_earlier_task(make: MakeBroker) -> 
     again = await broker.submit(_spec("a"), idempotency_key="k")  # even with the queue full
     assert again == first
     assert broker.queue_depth() == 1
-    with pytest.raises(QueueFull):
+    with pytest.raises(AtCapacity):
         await broker.submit(_spec("a"), idempotency_key="other")
     await broker.close()
 
@@ -722,7 +719,8 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
 
 @pytest.mark.slow
 async def test_a_service_on_redis_runs_python_and_another_node_sees_it(make_redis: MakeRedis) -> None:
-    from sandlot.service import ServerSettings, Service
+    from sandlot.config import ServerSettings
+    from sandlot.service import Service
     from tests.conftest import make_settings
 
     service = await Service.start(

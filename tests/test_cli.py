@@ -513,6 +513,20 @@ def test_configuration_error_is_one_line(tmp_path: Path) -> None:
     assert "missing.toml" in _assert_one_line(proc.stderr)
 
 
+def test_a_config_file_typo_or_bad_value_stops_the_command_in_one_line(tmp_path: Path) -> None:
+    ok = _write(tmp_path, "ok.py", "print(1)\n")
+    typo = _write(tmp_path, "typo.toml", "max_boxs = 3\n")
+    proc = _sandlot("--config", typo, "run", ok)
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    assert "unknown setting max_boxs" in _assert_one_line(proc.stderr)
+    assert "did you mean max_boxes?" in proc.stderr.decode()
+    bad = _write(tmp_path, "bad.toml", '[server]\nhttp_port = "eighty"\n')
+    proc = _sandlot("serve", "--config", bad)
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    line = _assert_one_line(proc.stderr)
+    assert "[server].http_port" in line and "'eighty'" in line and "whole number" in line
+
+
 @pytest.mark.root
 def test_a_reader_that_leaves_early_is_sigpipe_not_a_traceback(tmp_path: Path) -> None:
     prog = tmp_path / "many.py"

@@ -27,8 +27,8 @@ import pytest
 
 from sandlot.api.http.app import create_app
 from sandlot.client import ClientError, SandlotClient, SseEvent, parse_sse
+from sandlot.config import ApiKey
 from sandlot.models import Status
-from sandlot.service import ApiKey
 
 from .root import require_root
 from .test_cli import _CONTRACT_KEYS

@@ -22,9 +22,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from sandlot.api.http.app import create_app
-from sandlot.service import Service, server_settings_from
+from sandlot.config import load_settings, server_settings_from
+from sandlot.service import Service
 
-from .conftest import make_settings
 from .test_http import asgi_client, client_fixture, executions, live_server, running_service, service_fixture
 from .test_playground import CHROMIUM, CHROMIUM_ARGS
 
@@ -94,7 +94,7 @@ async def test_same_origin_and_programs_pass(service: Service, client: httpx.Asy
 
 def test_allowed_origins_is_a_server_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDLOT_ALLOWED_ORIGINS", "https://ide.example")
-    assert server_settings_from(make_settings()).allowed_origins == "https://ide.example"
+    assert server_settings_from(load_settings()).allowed_origins == "https://ide.example"
 
 
 async def test_allowed_origins_opens_the_door_for_a_named_site() -> None:

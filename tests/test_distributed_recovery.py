@@ -2,7 +2,7 @@
 
 No timeout is shortened here (the layout sets no ``claim_idle_ms``, no presence
 TTL): a killed worker's jobs must come back through its presence expiring
-(``DEFAULT_PRESENCE_TTL_S``), not through the idle backstop (``claim_idle_ms``,
+(``presence_ttl_s``), not through the idle backstop (``claim_idle_ms``,
 270 s by default). Waits are bounded generously (the host is shared) but well
 below the backstop, so a test passing through the backstop would fail; timings
 are printed, never asserted tightly. Every node has its own state and run
@@ -29,7 +29,7 @@ from mcp.types import TextContent
 
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.broker.keys import Keys
-from sandlot.broker.redis import DEFAULT_PRESENCE_TTL_S
+from sandlot.config import SERVER_DEFAULTS
 
 from .nodes import Cluster, NodeLayout, RedisServer, running_redis
 from .test_distributed_faults import _exits, _frames, _pending, _queued, _submit, _wait_all_done
@@ -136,7 +136,7 @@ def test_a_killed_workers_running_and_waiting_jobs_end_within_seconds(cluster: C
         victim.proc.kill()
         killed_at = time.monotonic()
         assert victim.proc.wait(10.0) == -signal.SIGKILL
-        bound_s = DEFAULT_PRESENCE_TTL_S + 4 + MARGIN_S  # the TTL, the run itself, a margin
+        bound_s = SERVER_DEFAULTS.presence_ttl_s + 4 + MARGIN_S  # the TTL, the run itself, a margin
         assert bound_s < DEFAULT_CLAIM_IDLE_S
         results = _wait_all_done(client, [running, waiting], bound_s)
         recovered_s = time.monotonic() - killed_at
@@ -184,7 +184,7 @@ def test_a_frozen_worker_that_comes_back_publishes_nothing_and_stops_its_run(
             # Past its presence TTL the job goes to the other worker and starts again there.
             wait_until(
                 lambda: "python3" in survivor.box_processes().values(),
-                DEFAULT_PRESENCE_TTL_S + MARGIN_S,
+                SERVER_DEFAULTS.presence_ttl_s + MARGIN_S,
                 "the job started again on the other worker",
             )
             assert "python3" in victim.box_processes().values()  # the frozen worker's copy still runs

@@ -29,10 +29,10 @@ from sandlot.api.grpc.go_sandbox_v1 import exec_error, language_of
 from sandlot.api.grpc.sandlot_v1 import _event
 from sandlot.api.grpc.server import create_grpc_server
 from sandlot.broker import TaskSpec
-from sandlot.config import DEFAULT_RUN_LIMITS
+from sandlot.config import DEFAULT_RUN_LIMITS, ApiKey, ServerSettings
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent, Result, SourceFile, Status
 from sandlot.requests import new_task_id
-from sandlot.service import ApiKey, ServerSettings, Service
+from sandlot.service import Service
 
 from .conftest import make_settings
 from .nodes import free_ports

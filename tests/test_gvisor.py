@@ -23,11 +23,11 @@ from websockets.asyncio.client import connect
 from sandlot.api.grpc.gen.go_sandbox.v1 import sandbox_pb2
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
-from sandlot.config import Settings
+from sandlot.config import ApiKey, ServerSettings, Settings
+from sandlot.errors import IsolationUnavailable
 from sandlot.models import Status
 from sandlot.sandbox import Box, Sandbox
-from sandlot.sandbox.gvisor import GvisorUnavailable
-from sandlot.service import ApiKey, ServerSettings, Service
+from sandlot.service import Service
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE, make_settings, run_in
 from .test_grpc import grpc_serving
@@ -176,7 +176,7 @@ async def test_the_bundle_keeps_the_jails_policy(gvisor_box: Box) -> None:
 def test_a_missing_runsc_is_refused_with_the_exact_reason(tmp_path: Path) -> None:
     settings = dataclasses.replace(make_settings(), runsc_path=tmp_path / "no-runsc")
     sandbox = Sandbox(settings)
-    with pytest.raises(GvisorUnavailable) as refused:
+    with pytest.raises(IsolationUnavailable) as refused:
         sandbox.open_box(isolation="gvisor")
     assert "isolation 'gvisor' is unavailable here: runsc not found" in str(refused.value)
     assert str(tmp_path / "no-runsc") in str(refused.value)
@@ -216,6 +216,21 @@ async def test_an_unavailable_level_is_a_503_naming_it_never_a_weaker_run() -> N
         unknown = await client.post("/api/v1/run", json={"language": "python", "code": "print(1)", "isolation": "vm"})
         assert unknown.status_code == 400
         assert unknown.json()["error"]["field"] == "isolation"
+
+
+@pytest.mark.root
+async def test_a_level_runsc_cannot_serve_is_a_503_with_runscs_reason_named_once(tmp_path: Path) -> None:
+    settings = make_settings(runsc_path=tmp_path / "no-runsc")
+    service = await Service.start(settings, ServerSettings(pool_size=1, gvisor_pool_size=1, drain_deadline_s=2.0))
+    try:
+        async with asgi_client(create_app(service)) as client:
+            body = {"language": "python", "code": "print(1)", "isolation": "gvisor"}
+            reply = await client.post("/api/v1/run", json=body)
+    finally:
+        await service.stop()
+    assert reply.status_code == 503, reply.text
+    reason = f"runsc not found at {tmp_path / 'no-runsc'}; install the runsc package (gVisor)"
+    assert reply.json()["error"]["message"] == f"isolation 'gvisor' is unavailable here: {reason}"
 
 
 async def test_an_api_key_can_require_gvisor() -> None:
@@ -261,6 +276,25 @@ def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
     assert (jailed.returncode, gvisor.returncode) == (0, 0), (jailed.stderr, gvisor.stderr)
     assert json.loads(jailed.stdout)["stdout"] == "uid 1000\n"
     assert json.loads(gvisor.stdout)["stdout"].startswith("uid 91")
+
+
+@pytest.mark.root
+def test_cli_run_isolation_gvisor_without_runsc_says_why_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = tmp_path / "hello.py"
+    program.write_text("print('never')\n")
+    env = {**os.environ, "SANDLOT_STATE_DIR": str(TEST_STATE_DIR), "SANDLOT_RUN_DIR": str(TEST_RUN_DIR)}
+    env.update({"SANDLOT_CGROUP_NAME": TEST_CGROUP, "SANDLOT_BOX_UID_BASE": str(TEST_UID_BASE)})
+    env["SANDLOT_RUNSC_PATH"] = str(tmp_path / "no-runsc")
+    cli = [str(Path(sys.executable).parent / "sandlot"), "run", str(program), "--isolation", "gvisor"]
+    refused = subprocess.run(cli, capture_output=True, env=env, timeout=60, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.decode().splitlines() == [
+        f"sandlot: sandbox failure: isolation 'gvisor' is unavailable here: runsc not found at {tmp_path / 'no-runsc'}"
+        "; install the runsc package (gVisor)"
+    ]
 
 
 UID_CODE = "import os, sys\nprint('uid', os.getuid())\nprint('read', sys.stdin.readline().strip(), flush=True)\n"

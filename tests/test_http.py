@@ -25,8 +25,9 @@ from fastapi import FastAPI
 from sandlot.api.http.app import create_app
 from sandlot.api.http.render import OutputDecoder, event_data, ws_message
 from sandlot.broker import Broker, TaskSpec
+from sandlot.config import ServerSettings
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent
-from sandlot.service import ServerSettings, Service
+from sandlot.service import Service
 
 from .conftest import make_settings
 from .root import require_root

@@ -22,7 +22,8 @@ from starlette.types import Message
 from sandlot.api.http.app import create_app
 from sandlot.broker import TaskSpec
 from sandlot.broker.memory import MemoryBroker
-from sandlot.service import ApiKey, Service
+from sandlot.config import ApiKey
+from sandlot.service import Service
 
 from .test_http import asgi_client, client_fixture, running_service, service_fixture, wait_done
 

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from sandlot.api.common.auth import Authenticator, AuthError
+from sandlot.api.common.auth import Authenticator
 from sandlot.api.http.app import create_app
-from sandlot.service import ApiKey, Service
+from sandlot.config import ApiKey
+from sandlot.errors import AuthError
+from sandlot.service import Service
 
 from .test_http import LONG_LIMITS, SLEEPER, asgi_client, client_fixture, running_service, service_fixture, wait_done
 

@@ -31,8 +31,9 @@ from sandlot.api.judge0.callbacks import CallbackPolicy, deliver
 from sandlot.api.judge0.store import SubmissionStore, from_record, record_of
 from sandlot.api.judge0.submission import Judge0Limits, callback_url_problem, parse_submission, unzip_files
 from sandlot.broker import TaskSpec
+from sandlot.config import ApiKey, Judge0Settings, ServerSettings, load_settings
 from sandlot.errors import RejectedError
-from sandlot.service import ApiKey, ServerSettings, Service
+from sandlot.service import Service
 
 from .conftest import make_settings
 from .root import require_root
@@ -57,7 +58,7 @@ class Live:
 @pytest_asyncio.fixture(name="live", scope="module", loop_scope="module")
 async def live_fixture() -> AsyncIterator[Live]:
     require_root()
-    settings = make_settings(extra={"judge0": {"callback_allow_private": True}})  # callbacks to our loopback
+    settings = make_settings(judge0=Judge0Settings(callback_allow_private=True))  # callbacks to our loopback
     service = await Service.start(settings, ServerSettings(gvisor_pool_size=0, pool_size=4, drain_deadline_s=2.0))
     try:
         app = create_app(service)
@@ -485,8 +486,9 @@ async def test_callbacks_to_private_addresses_are_refused_unless_allowed(
     _, headers, payload = receiver.requests[0]
     assert headers["host"] == by_name.split("/")[2]  # sent to the checked address, under its name
     assert payload == b'{"ok": 1}'
-    monkeypatch.setenv("SANDLOT_JUDGE0_CALLBACK_ALLOW_PRIVATE", "0")
-    app = create_app(live.service)
+    monkeypatch.setenv("SANDLOT_JUDGE0_CALLBACK_ALLOW_PRIVATE", "0")  # over the fixture's [judge0] table
+    settings = dataclasses.replace(live.service.settings, judge0=load_settings().judge0)
+    app = create_app(dataclasses.replace(live.service, settings=settings))
     async with asgi_client(app) as client:
         body = {"source_code": "print(1)", "language_id": PYTHON, "callback_url": "http://127.0.0.1:9/"}
         refused = await client.post("/judge0/submissions", json=body)

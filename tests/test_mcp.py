@@ -30,7 +30,8 @@ from mcp.types import CallToolResult, TextContent
 
 from sandlot.api.http.app import create_app
 from sandlot.api.mcp.server import shutdown
-from sandlot.service import ApiKey, Service
+from sandlot.config import ApiKey
+from sandlot.service import Service
 
 from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE
 from .test_http import live_server, note_submits, running_service, wait_running

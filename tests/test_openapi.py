@@ -20,7 +20,8 @@ from jsonschema import Draft202012Validator
 
 from sandlot.api.common.auth import Authenticator
 from sandlot.api.http.app import create_app
-from sandlot.service import ApiKey, Service
+from sandlot.config import ApiKey
+from sandlot.service import Service
 
 from .test_http import LONG_LIMITS, SLEEPER, asgi_client, running_service, wait_done, wait_running
 

@@ -24,9 +24,9 @@ from pyston import File, PystonClient, http_handler
 from sandlot.api.http.app import create_app
 from sandlot.api.piston.semver import satisfies
 from sandlot.broker import TaskSpec
-from sandlot.config import DEFAULT_RUN_LIMITS, MIB
+from sandlot.config import DEFAULT_RUN_LIMITS, MIB, ApiKey, ServerSettings
 from sandlot.models import ExitEvent, Result, Status
-from sandlot.service import ApiKey, ServerSettings, Service
+from sandlot.service import Service
 
 from .conftest import make_settings
 from .root import require_root

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from sandlot.config import Settings
+from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.models import Status
-from sandlot.pool import BoxPool, PoolFull, SessionNotFound
+from sandlot.pool import BoxPool
 from sandlot.sandbox import Bind, Box, Sandbox, hostfs, slots
 
 from .conftest import run_in
@@ -162,7 +164,7 @@ async def test_past_max_waiting_a_lease_fails_at_once(sandbox: Sandbox) -> None:
         async with pool.lease("holder"):
             waiters = [await _enqueue(pool, _record(pool, t, t, granted)) for t in ("a", "b")]
             # While the box is still held: the third attempt cannot have waited for it.
-            with pytest.raises(PoolFull) as refused:
+            with pytest.raises(AtCapacity) as refused:
                 async with asyncio.timeout(_WAIT_S), pool.lease("c"):
                     pytest.fail("leased past max_waiting")
             assert refused.value.retry_after_s > 0
@@ -270,7 +272,7 @@ async def test_ending_a_session_returns_its_box_reset(sandbox: Sandbox, settings
 async def test_max_sessions_is_enforced(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 2, max_sessions=1) as pool:
         first = await pool.create_session("a")
-        with pytest.raises(PoolFull) as refused:
+        with pytest.raises(AtCapacity) as refused:
             await pool.create_session("b")
         assert refused.value.retry_after_s > 0
         assert pool.available == 1  # the refused session took no box
@@ -281,7 +283,7 @@ async def test_max_sessions_is_enforced(sandbox: Sandbox) -> None:
 
 async def test_a_session_is_refused_not_queued_when_no_box_is_free(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 1, max_sessions=1) as pool, pool.lease("a"):
-        with pytest.raises(PoolFull) as refused:
+        with pytest.raises(AtCapacity) as refused:
             async with asyncio.timeout(_WAIT_S):
                 await pool.create_session("b")
         assert refused.value.retry_after_s > 0
@@ -306,7 +308,7 @@ async def test_an_adopted_session_keeps_its_id_and_waits_for_a_box(sandbox: Sand
             assert box is session.box
             await _sh(box, "echo kept > /box/kept.txt", settings)
         assert not pool.session_room
-        with pytest.raises(PoolFull):
+        with pytest.raises(AtCapacity):
             await pool.adopt_session("b", "another", expires_in_s=60)
         await pool.end_session("a", "named-elsewhere")
         assert pool.session_room
@@ -402,7 +404,7 @@ async def test_close_releases_every_box_and_fails_pending_waiters(sandbox: Sandb
         waiters = [await _enqueue(pool, _record(pool, t, t, granted)) for t in ("c", "d")]
         await pool.close()
         for waiter in waiters:
-            with pytest.raises(PoolFull):
+            with pytest.raises(AtCapacity):
                 async with asyncio.timeout(_WAIT_S):
                     await waiter
         assert granted == []
@@ -410,7 +412,7 @@ async def test_close_releases_every_box_and_fails_pending_waiters(sandbox: Sandb
         assert pool.available == 0
         cleanliness = [_slot_is_clean(sandbox, index) for index in indexes]
         assert False not in cleanliness, cleanliness
-        with pytest.raises(PoolFull):
+        with pytest.raises(AtCapacity):
             async with pool.lease("e"):
                 pytest.fail("leased from a closed pool")
     finally:
@@ -452,3 +454,46 @@ async def test_free_boxes_wait_with_their_next_jail_launched(sandbox: Sandbox, s
 async def test_without_prelaunch_binds_nothing_is_launched_ahead(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 1) as pool, pool.lease("a") as box:
         assert not box.prelaunched
+
+
+# ------------------------------------------------------------ box lifecycle races
+
+
+def test_a_reset_in_flight_ends_before_close_gives_the_slot_away(sandbox: Sandbox, monkeypatch: Any) -> None:
+    """A pool closing while a box's reset still runs in its thread (a cancelled give-back keeps running there)
+    must not let that reset mount over the slot's next holder: close waits for it, and the next box keeps
+    its files. Without the box's lifecycle lock, the late reset hid the next run's sources ("open *.go")."""
+    box = sandbox.open_box()
+    entered, resume = threading.Event(), threading.Event()
+    real_prepare = Box.prepare
+
+    def held_prepare(self: Box) -> None:
+        if self is box:
+            entered.set()
+            resume.wait(_WAIT_S)
+        real_prepare(self)
+
+    monkeypatch.setattr(Box, "prepare", held_prepare)
+    resetting = threading.Thread(target=box.reset)
+    resetting.start()
+    assert entered.wait(_WAIT_S)
+    closing = threading.Thread(target=box.close)
+    closing.start()
+    closing.join(1.0)  # with the lock it waits for the reset; without, it is done by now
+    successor: Box | None = None
+    try:
+        if not closing.is_alive():
+            successor = sandbox.open_box(box.slot.index)
+            successor.write_file("keep.txt", b"mine")
+        resume.set()
+        resetting.join(_WAIT_S)
+        closing.join(_WAIT_S)
+        assert not resetting.is_alive() and not closing.is_alive()
+        if successor is None:
+            successor = sandbox.open_box(box.slot.index)
+            successor.write_file("keep.txt", b"mine")
+        assert successor.read_file("keep.txt", 100) == b"mine"
+    finally:
+        resume.set()
+        if successor is not None:
+            successor.close()

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sandlot.broker import SessionBinding
-from sandlot.errors import IsolationUnavailable, RejectedError
-from sandlot.pool import BoxPool, SessionNotFound
+from sandlot.errors import IsolationUnavailable, RejectedError, SessionFilesUnavailable, SessionNotFound
+from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
-from sandlot.sessions import SessionFilesUnavailable, Sessions
+from sandlot.sessions import Sessions
 
 
 class _Directory:

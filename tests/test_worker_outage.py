@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from sandlot.broker import BrokerUnavailable, Control, Presence
+from sandlot.broker import Control, Presence
 from sandlot.broker.redis import RedisBroker
+from sandlot.errors import BrokerUnavailable
 from sandlot.models import NOTICE_REQUEUED, Event, ExitEvent, NoticeEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
 

@@ -33,15 +33,15 @@ from sandlot.cli_output import (
     reader_left,
     wants_json,
 )
-from sandlot.config import LimitRequest, Settings, load_settings
+from sandlot.config import LimitRequest, Settings, load_settings, server_settings_from
 from sandlot.engine import Engine, rejected
-from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
+from sandlot.errors import ConfigError, IsolationUnavailable, RejectedError, SandboxError, SandlotError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 if TYPE_CHECKING:
-    from sandlot.service import ServerSettings
+    from sandlot.config import ServerSettings
 
 
 class _UsageFailure(Exception):
@@ -154,7 +154,7 @@ async def _run_streaming(
         return Result(
             status=Status.INTERNAL_ERROR, message=f"configuration error: {exc}", language=prepared.language.name
         )
-    except SandboxError as exc:
+    except (SandboxError, IsolationUnavailable) as exc:  # e.g. --isolation gvisor where runsc cannot run
         return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
     out: BinaryIO = sys.stdout.buffer
     err: BinaryIO = sys.stderr.buffer
@@ -310,15 +310,13 @@ def _server_settings(
     ctx: click.Context, config_file: Path | None, **overrides: object
 ) -> tuple[Settings, ServerSettings]:
     """Settings and server settings for a serving command (flags win); exits 2 on a mistake."""
-    from sandlot.service import server_settings_from
-
     if config_file is not None:
         ctx.obj["config"] = config_file
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         settings = _settings(ctx)
         server = server_settings_from(settings, **overrides)
-    except (ConfigError, RejectedError) as exc:
+    except ConfigError as exc:
         fail(f"sandlot: configuration error: {exc}")
         raise  # not reached: fail exits
     if server.effective_pool_size < 1:
@@ -338,7 +336,7 @@ def mcp(ctx: click.Context, pool_size: int | None) -> None:
     try:
         settings = _settings(ctx)
         server = stdio_server_settings(settings, pool_size=pool_size)
-    except (ConfigError, RejectedError) as exc:
+    except ConfigError as exc:
         fail(f"sandlot: configuration error: {exc}")
         return
     if server.effective_pool_size < 1:

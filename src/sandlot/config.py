@@ -1,61 +1,71 @@
-"""Typed settings: defaults, maxima, paths. One object, created at start-up, passed in.
+"""Every setting of sandlot: typed frozen sections, one default each, one loader, one coercion.
 
-Precedence: built-in defaults < TOML file (``--config`` or ``SANDLOT_CONFIG``) <
-``SANDLOT_*`` environment variables < command-line flags (applied by the caller
-with ``dataclasses.replace``).
+Sections, as they appear in the TOML file (docs/configuration.md lists every key):
+
+- top level: ``Settings``'s own fields (paths, the sandbox's sizes, the job budgets);
+- ``[run_defaults]``, ``[run_maxima]``, ``[compile_defaults]``, ``[compile_maxima]``: ``Limits`` tables;
+- ``[server]``: ``ServerSettings`` (the serving process: listeners, pool, broker, sessions, drain);
+- ``[api_keys]``: ``KEY = "tenant"`` or ``KEY = { tenant = ..., max_concurrent = ..., ... }`` (``ApiKey``);
+- ``[judge0]``: ``Judge0Settings`` (the Judge0 door's ``/about`` and callback policy).
+
+Precedence, lowest first: the defaults written here < the TOML file (``--config`` or
+``SANDLOT_CONFIG``) < ``SANDLOT_*`` environment variables < command-line flags
+(``server_settings_from``'s overrides; ``run``'s limit flags go through ``resolve_limits``).
+``load_settings`` is the one loader; ``coerce`` the one conversion of a file's value or an
+environment string to a setting's type (one truthy parse among them).
+
+Environment names: ``SANDLOT_`` + the key in capitals for the top level and ``[server]``
+(``SANDLOT_MAX_BOXES``, ``SANDLOT_HTTP_PORT``), ``SANDLOT_JUDGE0_`` + key for ``[judge0]``,
+``SANDLOT_API_KEYS="key:tenant,..."`` (added to the file's keys); limit tables have none.
+
+Mistakes are start-up failures (``ConfigError``, the CLI prints one line and exits 2): an
+unknown key or table in the file is refused with its name and the closest known one; a value
+of the wrong type names the key, the value and what was expected. An unknown ``SANDLOT_*``
+environment variable is only warned about (one line): other tools (the client's
+``SANDLOT_SERVER``, a deployment's own) share the prefix, and a shell's stray export should
+not stop a server, while a file is sandlot's alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sandlot.errors import ConfigError, RejectedError
 from sandlot.models import Limits
+
+log = logging.getLogger(__name__)
 
 CLI_FLAGS = "--"  # resolve_limits(where=CLI_FLAGS): name limits as the CLI's flags
 KIB = 1024
 MIB = 1024 * KIB
 
-DEFAULT_RUN_LIMITS = Limits(
-    time_limit_s=5.0,
-    wall_time_limit_s=10.0,
-    memory_limit_bytes=256 * MIB,
-    max_processes=64,
-    max_file_size_bytes=16 * MIB,
-    max_output_bytes=1 * MIB,
-)
-MAX_RUN_LIMITS = Limits(
-    time_limit_s=60.0,
-    wall_time_limit_s=120.0,
-    memory_limit_bytes=4096 * MIB,
-    max_processes=512,
-    max_file_size_bytes=256 * MIB,
-    max_output_bytes=64 * MIB,
-)
-DEFAULT_COMPILE_LIMITS = Limits(
-    time_limit_s=20.0,
-    wall_time_limit_s=30.0,
-    memory_limit_bytes=1024 * MIB,
-    max_processes=256,
-    max_file_size_bytes=128 * MIB,
-    max_output_bytes=256 * KIB,
-)
-MAX_COMPILE_LIMITS = Limits(
-    time_limit_s=60.0,
-    wall_time_limit_s=120.0,
-    memory_limit_bytes=4096 * MIB,
-    max_processes=512,
-    max_file_size_bytes=512 * MIB,
-    max_output_bytes=4 * MIB,
-)
+# Every stage limit's four values: run default, run maximum, compile default, compile maximum.
+_LIMIT_TABLE: dict[str, tuple[float, float, float, float]] = {
+    "time_limit_s": (5.0, 60.0, 20.0, 60.0),
+    "wall_time_limit_s": (10.0, 120.0, 30.0, 120.0),
+    "memory_limit_bytes": (256 * MIB, 4096 * MIB, 1024 * MIB, 4096 * MIB),
+    "max_processes": (64, 512, 256, 512),
+    "max_file_size_bytes": (16 * MIB, 256 * MIB, 128 * MIB, 512 * MIB),
+    "max_output_bytes": (1 * MIB, 64 * MIB, 256 * KIB, 4 * MIB),
+}
+
+
+def _limits_column(column: int) -> Limits:
+    kinds = typing.get_type_hints(Limits)
+    return Limits(**{name: kinds[name](row[column]) for name, row in _LIMIT_TABLE.items()})
+
+
+DEFAULT_RUN_LIMITS, MAX_RUN_LIMITS, DEFAULT_COMPILE_LIMITS, MAX_COMPILE_LIMITS = map(_limits_column, range(4))
 
 
 @dataclass(frozen=True)
@@ -76,27 +86,84 @@ class LimitRequest:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
-                raise RejectedError(f"{where}.{key}: unknown limit", field=f"{where}.{key}")
+                raise RejectedError.at(f"{where}.{key}", "unknown limit")
             if value is None:
                 continue
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not is_number:
-                raise RejectedError(f"{where}.{key}: must be a number", field=f"{where}.{key}")
+                raise RejectedError.at(f"{where}.{key}", "must be a number")
             wants_float = key in ("time_limit", "wall_time_limit")
             if not wants_float and isinstance(value, float) and not value.is_integer():
-                raise RejectedError(f"{where}.{key}: must be a whole number", field=f"{where}.{key}")
+                raise RejectedError.at(f"{where}.{key}", "must be a whole number")
             values[key] = float(value) if wants_float else int(value)
         return cls(**values)
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One ``[api_keys]`` entry: the bearer token, its tenant and its quotas."""
+
+    key: str
+    tenant: str
+    max_concurrent: int = 0  # 0: unlimited
+    requests_per_minute: int = 0  # 0: unlimited
+    min_isolation: str = "jail"  # requests of this key never run at a weaker level
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: the serving process's own knobs (limits and paths are top-level settings)."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 50051
+    pool_size: int = 0  # 0: derived from the core count
+    max_queued: int = 64  # tasks waiting for a worker before 429
+    result_ttl_s: float = 600.0
+    result_memory_bytes: int = 256 * MIB  # finished tasks' output kept in memory; the rest goes to disk
+    session_ttl_s: float = 30 * 60.0
+    session_idle_s: float = 20 * 60.0
+    max_body_bytes: int = 2 * MIB
+    ws_max_stdin_bytes: int = 16 * MIB  # stdin one WebSocket connection may send in all (held until read)
+    drain_deadline_s: float = 30.0
+    api_keys: tuple[ApiKey, ...] = ()  # [api_keys] and SANDLOT_API_KEYS, not [server]
+    start_worker: bool = True
+    prelaunch: bool = True  # keep each idle box's next jail launched ahead of time
+    redis_url: str = ""  # distributed mode's broker; "": the embedded memory broker
+    claim_idle_ms: int = 0  # a live worker silent this long on a job (wedged) loses it; 0: derived
+    presence_ttl_s: float = 6.0  # a worker silent this long is dead: its jobs go elsewhere
+    max_deliveries: int = 3  # runs of one job before it ends as "worker lost"
+    events_maxlen: int = 10_000  # events kept per task stream (approximate trim)
+    worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
+    default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
+    gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
+    allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
+
+    @property
+    def effective_pool_size(self) -> int:
+        return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
+
+
+SERVER_DEFAULTS = ServerSettings()  # for what is built without a ServerSettings (the pool's, the brokers' defaults)
+
+
+@dataclass(frozen=True)
+class Judge0Settings:
+    """``[judge0]``: the Judge0 door's ``/about`` answer and its callback policy."""
+
+    callback_allow_private: bool = False  # callbacks to loopback and private addresses (tests, one host)
+    homepage: str | None = None
+    source_code: str | None = None
+    maintainer: str | None = None  # None: "sandlot <version>"
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Everything configurable about sandlot."""
+    """Everything configurable about sandlot: the top-level settings and every section."""
 
     state_dir: Path = Path("/var/lib/sandlot")  # boxes, caches, the built helper
     run_dir: Path = Path("/run/sandlot")  # slot locks
-    cgroup_root: Path = Path("/sys/fs/cgroup")
-    cgroup_name: str = "sandlot"
+    cgroup_name: str = "sandlot"  # the parent group of every box, in each hierarchy /proc/self/mountinfo shows
     bwrap_path: Path = Path("/usr/bin/bwrap")
     runsc_path: Path = Path("/usr/bin/runsc")  # gVisor, for isolation "gvisor"
     gvisor_platform: str = "ptrace"  # runsc --platform
@@ -115,12 +182,13 @@ class Settings:
     # are capped by what is left. The defaults fit one compile and one run at their maxima.
     job_wall_time_budget_s: float = 240.0
     job_cpu_time_budget_s: float = 120.0
+    languages_file: Path | None = None  # None: the built-in languages.toml
     run_defaults: Limits = DEFAULT_RUN_LIMITS
     run_maxima: Limits = MAX_RUN_LIMITS
     compile_defaults: Limits = DEFAULT_COMPILE_LIMITS
     compile_maxima: Limits = MAX_COMPILE_LIMITS
-    languages_file: Path | None = None  # None: the built-in languages.toml
-    extra: Mapping[str, Any] = field(default_factory=dict)  # sections other layers own
+    server: ServerSettings = field(default_factory=ServerSettings)
+    judge0: Judge0Settings = field(default_factory=Judge0Settings)
 
     def resolve_limits(self, request: LimitRequest | None, *, stage: str = "run", where: str | None = None) -> Limits:
         """Fill defaults and reject values out of range, naming the limit.
@@ -140,10 +208,12 @@ class Settings:
             if given is None:
                 return default
             if not math.isfinite(given) or given <= 0:
-                raise RejectedError(f"{name} must be positive, got {given:g}", field=name)
+                raise RejectedError.at(name, f"must be positive, got {given:g}", separator=" ")
             value = given * scale
             if value > maximum:
-                raise RejectedError(f"{name} {given:g} exceeds the maximum of {maximum / scale:g} {unit}", field=name)
+                raise RejectedError.at(
+                    name, f"{given:g} exceeds the maximum of {maximum / scale:g} {unit}", separator=" "
+                )
             return value
 
         return Limits(
@@ -175,66 +245,205 @@ class Settings:
         )
 
 
-_LIMIT_SECTIONS = ("run_defaults", "run_maxima", "compile_defaults", "compile_maxima")
+_LIMIT_TABLES = ("run_defaults", "run_maxima", "compile_defaults", "compile_maxima")
+_SECTIONS = {"server": "SANDLOT_", "judge0": "SANDLOT_JUDGE0_"}  # table -> its environment prefix
+_TABLES = (*_LIMIT_TABLES, *_SECTIONS, "api_keys")
+_TOP_LEVEL = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in _TABLES)
+# SANDLOT_* variables that are not settings: the file's name, and the client commands' own.
+_OTHER_VARIABLES = frozenset({"SANDLOT_CONFIG", "SANDLOT_SERVER", "SANDLOT_API_KEY"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+_S = TypeVar("_S")
 
 
-def _coerce(name: str, raw: Any, target: Any) -> Any:
-    """Convert a TOML or environment value to the type of the default it replaces."""
-    try:
-        if isinstance(target, bool):
-            if isinstance(raw, bool):
-                return raw
-            return str(raw).strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(target, int):
+def coerce(raw: object, kind: Any, name: str) -> Any:
+    """A TOML value or an environment string as a setting of type ``kind``; ConfigError names ``name``.
+
+    The one conversion every loader uses: numbers may come as strings (the environment's
+    only type), a whole float is an int, booleans are true/false or 1/0, yes/no, on/off.
+    """
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+        if raw == "":
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    text = raw.strip().lower() if isinstance(raw, str) else None
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise _bad_value(name, raw, "true or false (or 1/0, yes/no, on/off)")
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
             return int(raw)
-        if isinstance(target, float):
-            return float(raw)
-        if isinstance(target, Path) or (target is None and name.endswith("_file")):
-            return Path(str(raw))
-        if isinstance(target, str):
-            return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name}: cannot use {raw!r}: {exc}") from exc
-    raise ConfigError(f"setting {name}: unsupported value {raw!r}")
+        if text is not None and text.lstrip("+-").isdigit():
+            return int(text)
+        raise _bad_value(name, raw, "a whole number")
+    if kind is float:
+        number = _number(raw)
+        if number is None or not math.isfinite(number):
+            raise _bad_value(name, raw, "a number")
+        return number
+    if kind is str and isinstance(raw, str):
+        return raw
+    if kind is Path and isinstance(raw, str) and raw:  # Path("") is the working directory: never meant
+        return Path(raw)
+    raise _bad_value(name, raw, "a path" if kind is Path else "a string")
+
+
+def _number(raw: object) -> float | None:
+    if isinstance(raw, bool):  # a bool is an int to Python, never a number to a user
+        return None
+    if isinstance(raw, int | float):
+        return float(raw)
+    try:
+        return float(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+
+
+def _bad_value(name: str, raw: object, expected: str) -> ConfigError:
+    return ConfigError(f"setting {name}: expected {expected}, got {raw!r}")
 
 
 def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the optional TOML file and the SANDLOT_* environment."""
+    """The one loader: defaults < the TOML file < ``SANDLOT_*`` variables (see the module's docstring)."""
     env = os.environ if environ is None else environ
-    base = Settings()
-    values: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
     path = config_file or (Path(env["SANDLOT_CONFIG"]) if env.get("SANDLOT_CONFIG") else None)
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from exc
-        for key, raw in data.items():
-            if key in _LIMIT_SECTIONS and isinstance(raw, dict):
-                current: Limits = getattr(base, key)
-                unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(Limits)})
-                if unknown:
-                    raise ConfigError(f"config section [{key}]: unknown limit {unknown[0]!r}")
-                try:
-                    values[key] = dataclasses.replace(
-                        current, **{k: _coerce(k, v, getattr(current, k)) for k, v in raw.items()}
-                    )
-                except TypeError as exc:
-                    raise ConfigError(f"config section [{key}]: {exc}") from exc
-            elif key in {f.name for f in dataclasses.fields(Settings)} and key != "extra":
-                values[key] = _coerce(key, raw, getattr(base, key))
-            else:
-                extra[key] = raw
-    for f in dataclasses.fields(Settings):
-        if f.name in _LIMIT_SECTIONS or f.name == "extra":
+    data = _read_toml(path) if path is not None else {}
+    in_file = f" in {path}" if path is not None else ""
+    top: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    for key, raw in data.items():
+        if key not in _TABLES:
+            if key not in _TOP_LEVEL:
+                if isinstance(raw, dict):
+                    raise _unknown(f"[{key}]", in_file, key, _TABLES, section=True)
+                raise _unknown(key, in_file, key, _TOP_LEVEL)
+            top[key] = raw
+        elif isinstance(raw, dict):
+            tables[key] = raw
+        else:
+            raise _bad_value(f"{key}{in_file}", raw, f"a table [{key}]")
+    base = Settings()
+    values: dict[str, Any] = _overlay(base, top, env, "SANDLOT_", "", in_file, skip=_TABLES)
+    for name in _LIMIT_TABLES:
+        if name in tables:
+            values[name] = dataclasses.replace(
+                getattr(base, name), **_overlay(getattr(base, name), tables[name], {}, None, name, in_file)
+            )
+    judge0 = _overlay(base.judge0, tables.get("judge0", {}), env, _SECTIONS["judge0"], "judge0", in_file)
+    server = _overlay(base.server, tables.get("server", {}), env, _SECTIONS["server"], "server", in_file)
+    server["api_keys"] = tuple(_api_keys(tables.get("api_keys", {}), env, in_file))
+    _warn_unknown_variables(env)
+    return dataclasses.replace(
+        base,
+        server=dataclasses.replace(base.server, **server),
+        judge0=dataclasses.replace(base.judge0, **judge0),
+        **values,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+
+
+def _overlay(
+    current: object,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    env_prefix: str | None,
+    section: str,
+    in_file: str,
+    *,
+    skip: tuple[str, ...] = ("api_keys",),
+) -> dict[str, Any]:
+    """The values a section's table, then its environment variables, set; unknown keys refused."""
+    kinds = _kinds(type(current))
+    names = [name for name in kinds if name not in skip]
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        label = f"[{section}].{key}" if section else key
+        if key not in names:
+            raise _unknown(label, in_file, key, names)
+        values[key] = coerce(raw, kinds[key], label + in_file)
+    for name in names if env_prefix is not None else ():
+        variable = f"{env_prefix}{name.upper()}"
+        if variable in env:
+            label = f"[{section}].{name}" if section else name
+            values[name] = coerce(env[variable], kinds[name], f"{label} ({variable})")
+    return values
+
+
+def _kinds(section: type) -> dict[str, Any]:
+    return typing.get_type_hints(section)
+
+
+def _unknown(label: str, in_file: str, key: str, known: typing.Iterable[str], *, section: bool = False) -> ConfigError:
+    hint = _did_you_mean(key, known, "[{}]" if section else "{}")
+    return ConfigError(f"unknown {'section' if section else 'setting'} {label}{in_file}{hint}")
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str], form: str = "{}") -> str:
+    import difflib  # only on the way to an error or a warning: keeps a command's start-up import-light
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {form.format(close[0])}?" if close else ""
+
+
+def _api_keys(table: Mapping[str, Any], env: Mapping[str, str], in_file: str) -> Iterator[ApiKey]:
+    for key, spec in table.items():
+        if isinstance(spec, str):
+            yield ApiKey(key, spec)
             continue
-        raw_env = env.get("SANDLOT_" + f.name.upper())
-        if raw_env is not None:
-            values[f.name] = _coerce(f.name, raw_env, getattr(base, f.name))
-    return dataclasses.replace(base, extra=extra, **values)
+        if not isinstance(spec, dict):
+            raise _bad_value(f"[api_keys].{key}{in_file}", spec, 'a tenant name or a table { tenant = "..." }')
+        fields = _overlay(ApiKey(key, key), spec, {}, None, f"api_keys.{key}", in_file, skip=("key",))
+        yield ApiKey(**{"key": key, "tenant": key, **fields})
+    for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
+        key, _, tenant = pair.partition(":")
+        yield ApiKey(key.strip(), tenant.strip() or key.strip())
+
+
+def setting_variables() -> frozenset[str]:
+    """Every ``SANDLOT_*`` environment variable a setting is read from."""
+    names = {f"SANDLOT_{name.upper()}" for name in _TOP_LEVEL}
+    for section, prefix in _SECTIONS.items():
+        names.update(f"{prefix}{name.upper()}" for name in _kinds(type(getattr(Settings(), section))))
+    return frozenset(names)
+
+
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    known = setting_variables() | _OTHER_VARIABLES
+    for variable in sorted(name for name in env if name.startswith("SANDLOT_") and name not in known):
+        log.warning("sandlot: ignoring %s: no setting reads it%s", variable, _did_you_mean(variable, sorted(known)))
+
+
+def server_settings_from(settings: Settings, **flags: object) -> ServerSettings:
+    """The loaded ``[server]`` settings with the command line's flags (those not None) on top, checked."""
+    from sandlot.sandbox.box import ISOLATION_LEVELS  # the box's own list; a lazy import keeps `run` light
+
+    server = settings.server
+    kinds = _kinds(ServerSettings)
+    given: dict[str, Any] = {name: value for name, value in flags.items() if value is not None}
+    for name in given:
+        if name not in kinds:
+            raise TypeError(f"server_settings_from: no server setting {name!r}")
+    server = dataclasses.replace(server, **given)
+    levels = [("[server].default_isolation", server.default_isolation)]
+    levels += [(f"[api_keys].{k.key}.min_isolation", k.min_isolation) for k in server.api_keys]
+    for name, level in levels:
+        if level not in ISOLATION_LEVELS:
+            raise _bad_value(name, level, "one of " + ", ".join(ISOLATION_LEVELS))
+    return server
 
 
 def check_state_dir_reachable(state_dir: Path) -> None:

@@ -9,7 +9,7 @@ visible to the next one) before it is offered again.
 
 Waiters queue per tenant; a freed box goes to the oldest waiter of the next
 tenant in rotation, so one tenant's burst cannot starve another. The total
-number of waiters is bounded: past it ``PoolFull`` is raised at once (HTTP 429,
+number of waiters is bounded: past it ``AtCapacity`` is raised at once (HTTP 429,
 gRPC RESOURCE_EXHAUSTED). A waiter that is cancelled (its client went away)
 simply leaves the queue.
 
@@ -38,34 +38,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sandlot.errors import IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
+from sandlot.config import SERVER_DEFAULTS
+from sandlot.errors import AtCapacity, IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
 from sandlot.fairness import TenantRotation
 from sandlot.sandbox import Bind, Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 __all__ = [
-    "DEFAULT_SESSION_IDLE_S",
-    "DEFAULT_SESSION_TTL_S",
     "BoxPool",
-    "PoolFull",
     "Session",
-    "SessionNotFound",
     "check_level",
     "check_session_level",
     "find_session",
     "pool_for_run",
 ]
-
-DEFAULT_SESSION_TTL_S = 30 * 60.0
-DEFAULT_SESSION_IDLE_S = 20 * 60.0
-
-
-class PoolFull(SandlotError):
-    """Too many executions are already waiting; retry later."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -99,8 +85,8 @@ class BoxPool:
         *,
         max_waiting: int,
         max_sessions: int | None = None,
-        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
-        session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+        session_ttl_s: float = SERVER_DEFAULTS.session_ttl_s,
+        session_idle_s: float = SERVER_DEFAULTS.session_idle_s,
         clock: Callable[[], float] = time.monotonic,
         prelaunch_binds: Callable[[Box], Sequence[Bind]] | None = None,
         isolation: str = "jail",
@@ -148,7 +134,7 @@ class BoxPool:
                 await self._expiry_task
         for waiter in self._waiting:
             if not waiter.future.done():
-                waiter.future.set_exception(PoolFull("the server is shutting down"))
+                waiter.future.set_exception(AtCapacity("pool", "the server is shutting down"))
         self._waiting.clear()
         self._sessions.clear()
         boxes, self._boxes = self._boxes, []
@@ -209,11 +195,11 @@ class BoxPool:
 
     async def _take(self, tenant: str) -> Box:
         if not self.ready:
-            raise PoolFull("the pool is not ready")
+            raise AtCapacity("pool", "the pool is not ready")
         if self._free and not self._waiting:
             return self._free.popleft()
         if self.waiting >= self.max_waiting:
-            raise PoolFull(f"{self.waiting} executions are already waiting for a box")
+            raise AtCapacity("pool", f"{self.waiting} executions are already waiting for a box")
         loop = asyncio.get_running_loop()
         waiter = _Waiter(tenant, loop.create_future())
         self._waiting.push(tenant, waiter)
@@ -268,10 +254,10 @@ class BoxPool:
 
     async def create_session(self, tenant: str) -> Session:
         if len(self._sessions) >= self.max_sessions:
-            raise PoolFull(f"the session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
+            raise AtCapacity("pool", f"the session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
         if not self._free or self._waiting:
             # A session pins a box for minutes: never queue for one, ask to retry instead.
-            raise PoolFull("no box is free for a new session right now", retry_after_s=5.0)
+            raise AtCapacity("pool", "no box is free for a new session right now", retry_after_s=5.0)
         box = self._free.popleft()
         now = self._clock()
         session = Session(
@@ -295,7 +281,9 @@ class BoxPool:
         if existing is not None and existing.deadline(self.session_idle_s) > self._clock():
             return existing
         if not self.session_room:
-            raise PoolFull(f"this worker's session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
+            raise AtCapacity(
+                "pool", f"this worker's session limit ({self.max_sessions}) is reached", retry_after_s=30.0
+            )
         box = await self._take(tenant)
         now = self._clock()
         session = Session(

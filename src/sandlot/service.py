@@ -17,23 +17,26 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, Distributed, TaskSpec
+from sandlot.broker import Broker, Distributed, TaskSpec
 from sandlot.broker.memory import MemoryBroker
-from sandlot.broker.redis import DEFAULT_EVENTS_MAXLEN, DEFAULT_MAX_DELIVERIES, DEFAULT_PRESENCE_TTL_S, RedisBroker
-from sandlot.config import Settings
+from sandlot.broker.redis import RedisBroker
+from sandlot.config import ServerSettings, Settings
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import AuthError, ConfigError, NoWorker, RejectedError, SandboxError
+from sandlot.errors import (
+    AuthError,
+    BrokerUnavailable,
+    IsolationUnavailable,
+    NoWorker,
+)
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
-from sandlot.sandbox.gvisor import UNAVAILABLE
 from sandlot.sessions import SessionInfo, Sessions
 from sandlot.worker import Worker
 
@@ -72,49 +75,6 @@ def stop_on_signals() -> Iterator[asyncio.Event]:
             loop.remove_signal_handler(sig)
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    key: str
-    tenant: str
-    max_concurrent: int = 0  # 0: unlimited
-    requests_per_minute: int = 0  # 0: unlimited
-    min_isolation: str = "jail"  # requests of this key never run at a weaker level
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """The serving process's own knobs (limits and paths stay in Settings)."""
-
-    host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_port: int = 50051
-    pool_size: int = 0  # 0: derived from the core count
-    max_queued: int = 64  # tasks waiting for a worker before 429
-    result_ttl_s: float = 600.0
-    result_memory_bytes: int = 256 * 1024 * 1024  # finished tasks' output kept in memory; the rest goes to disk
-    session_ttl_s: float = 30 * 60.0
-    session_idle_s: float = 20 * 60.0
-    max_body_bytes: int = 2 * 1024 * 1024
-    ws_max_stdin_bytes: int = 16 * 1024 * 1024  # stdin one WebSocket connection may send in all (held until read)
-    drain_deadline_s: float = 30.0
-    api_keys: tuple[ApiKey, ...] = ()
-    start_worker: bool = True
-    prelaunch: bool = True  # keep each idle box's next jail launched ahead of time
-    redis_url: str = ""  # distributed mode's broker; "": the embedded memory broker
-    claim_idle_ms: int = 0  # a live worker silent this long on a job (wedged) loses it; 0: derived
-    presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S  # a worker silent this long is dead: its jobs go elsewhere
-    max_deliveries: int = DEFAULT_MAX_DELIVERIES  # runs of one job before it ends as "worker lost"
-    events_maxlen: int = DEFAULT_EVENTS_MAXLEN  # events kept per task stream (approximate trim)
-    worker_name: str = ""  # this worker's consumer name; "": hostname-pid-random
-    default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
-    gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
-    allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
-
-    @property
-    def effective_pool_size(self) -> int:
-        return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
-
-
 def effective_claim_idle_ms(settings: Settings, server: ServerSettings) -> int:
     """The set ``claim_idle_ms``, else the longest compile + run wall limit plus a grace.
 
@@ -148,58 +108,6 @@ def _make_broker(settings: Settings, server: ServerSettings) -> Broker:
     )
 
 
-def server_settings_from(settings: Settings, **overrides: object) -> ServerSettings:
-    """Read [server] and [api_keys] from the TOML extras and SANDLOT_* variables; overrides win."""
-    raw = dict(settings.extra.get("server", {}))
-    env = os.environ
-    values: dict[str, object] = {}
-    defaults = ServerSettings()
-    for name in ServerSettings.__dataclass_fields__:
-        if name == "api_keys":
-            continue
-        value: object = raw.get(name, env.get("SANDLOT_" + name.upper()))
-        if value is None:
-            continue
-        default = getattr(defaults, name)
-        try:
-            if isinstance(default, bool):
-                values[name] = str(value).lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
-                values[name] = int(str(value))
-            elif isinstance(default, float):
-                values[name] = float(str(value))
-            else:
-                values[name] = str(value)
-        except (TypeError, ValueError) as exc:
-            raise RejectedError(f"server setting {name}: cannot use {value!r}") from exc
-    keys: list[ApiKey] = []
-    for key, spec in dict(settings.extra.get("api_keys", {})).items():
-        if isinstance(spec, str):
-            keys.append(ApiKey(key, spec))
-        elif isinstance(spec, dict):
-            keys.append(
-                ApiKey(
-                    key,
-                    str(spec.get("tenant", key)),
-                    int(spec.get("max_concurrent", 0)),
-                    int(spec.get("requests_per_minute", 0)),
-                    str(spec.get("min_isolation", "jail")),
-                )
-            )
-    for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
-        key, _, tenant = pair.partition(":")
-        keys.append(ApiKey(key.strip(), tenant.strip() or key.strip()))
-    values["api_keys"] = tuple(keys)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    server = ServerSettings(**values)  # type: ignore[arg-type]
-    for level in (server.default_isolation, *(k.min_isolation for k in server.api_keys)):
-        try:
-            check_isolation(level)
-        except RejectedError as exc:
-            raise ConfigError(f"server settings: {exc}") from exc
-    return server
-
-
 @dataclass
 class Service:
     settings: Settings
@@ -218,6 +126,7 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
+        settings = dataclasses.replace(settings, server=server)  # one truth: the flags' server settings, not the file's
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
         engine = Engine(settings, languages, notice=lambda message: log.warning("%s...", message))
@@ -245,8 +154,8 @@ class Service:
         elif server.start_worker:  # an API node without one runs nothing: its workers' pools decide the levels
             try:
                 await asyncio.to_thread(sandbox.check_isolation, "gvisor")
-            except SandboxError as exc:
-                problems["gvisor"] = str(exc).removeprefix(UNAVAILABLE)
+            except IsolationUnavailable as exc:
+                problems["gvisor"] = exc.reason
                 log.warning("isolation gvisor is unavailable: %s", exc)
             else:
                 # Always pre-launched: gVisor's start is never on the request path.

@@ -21,12 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandlot.broker import SessionDirectory
-from sandlot.errors import RejectedError
-from sandlot.pool import BoxPool, Session, SessionNotFound, check_level, find_session, pool_for_run
-
-
-class SessionFilesUnavailable(RejectedError):
-    """Session file operations need the box in this process; in distributed mode it is on a worker."""
+from sandlot.errors import SessionFilesUnavailable, SessionNotFound
+from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class Sessions:
         return self._directory is not None
 
     async def create(self, tenant: str, isolation: str) -> SessionInfo:
-        """A new session at a settled level (PoolFull in embedded mode when no box can be pinned now).
+        """A new session at a settled level (AtCapacity in embedded mode when no box can be pinned now).
 
         Embedded, a level this process has no pool of is IsolationUnavailable (503);
         distributed, the worker that takes the session's first job opens its box.

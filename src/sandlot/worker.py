@@ -61,9 +61,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 
-from sandlot.broker import Broker, BrokerUnavailable, Control, Distributed, Heartbeating, Superseded, TaskSpec
+from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
 from sandlot.metrics import Metrics
 from sandlot.models import (
     NOTICE_REQUEUED,
@@ -74,7 +74,7 @@ from sandlot.models import (
     Status,
     terminal_event,
 )
-from sandlot.pool import BoxPool, PoolFull, pool_for_run
+from sandlot.pool import BoxPool, pool_for_run
 from sandlot.sandbox import Box
 from sandlot.worker_sessions import SessionBoxes, SessionKey
 
@@ -415,7 +415,7 @@ class Worker:
         try:
             lease = pool_for_run(self.pools, level, spec.tenant, spec.session_id).lease(spec.tenant, spec.session_id)
             box = await lease.__aenter__()
-        except PoolFull as exc:
+        except AtCapacity as exc:
             raise SandlotError(str(exc)) from exc
         if self.metrics is not None:
             self.metrics.box_wait.observe(time.monotonic() - waited_from)

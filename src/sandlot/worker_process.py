@@ -18,15 +18,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from sandlot.config import Settings
-from sandlot.service import (
-    ServerSettings,
-    Service,
-    count_boxes,
-    effective_claim_idle_ms,
-    freeze_start_up_objects,
-    stop_on_signals,
-)
+from sandlot.config import ServerSettings, Settings
+from sandlot.service import Service, count_boxes, effective_claim_idle_ms, freeze_start_up_objects, stop_on_signals
 
 log = logging.getLogger("sandlot.worker_process")
 

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 from sandlot.broker import Distributed, TaskSpec
-from sandlot.errors import SessionNotFound
-from sandlot.pool import BoxPool, PoolFull, pool_for_run
+from sandlot.errors import AtCapacity, SessionNotFound
+from sandlot.pool import BoxPool, pool_for_run
 
 SessionKey = tuple[str, str]  # (tenant, session id)
 
@@ -65,7 +65,7 @@ class SessionBoxes:
             if binding.verdict == "gone":
                 raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
             if binding.verdict == "full":
-                raise PoolFull(f"this worker's session limit ({pool.max_sessions}) is reached")
+                raise AtCapacity("pool", f"this worker's session limit ({pool.max_sessions}) is reached")
             if binding.verdict == "elsewhere":
                 return "elsewhere"
             if binding.verdict in ("new", "reset"):

@@ -20,8 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from sandlot.api.mcp import server as mcp_server
-from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, count_boxes, freeze_start_up_objects, stop_on_signals
+from sandlot.config import ServerSettings, Settings
+from sandlot.service import Service, count_boxes, freeze_start_up_objects, stop_on_signals
 
 log = logging.getLogger("sandlot.server")
 _LISTENER_GRACE_S = 5.0

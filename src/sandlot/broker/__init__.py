@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A door validates a request into a ``TaskSpec`` and ``submit``s it (bounded:
-``QueueFull`` past the limit; an idempotency key returns the earlier task). A
+``AtCapacity`` past the limit; an idempotency key returns the earlier task). A
 worker ``claim``s tasks fairly across tenants, marks them running, ``publish``es
 every event of the run and ``finish``es with the final ``ExitEvent``; results
 are kept for a TTL. Any door can ``subscribe`` to a task's events: it gets the
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sandlot.config import LimitRequest
-from sandlot.errors import SandlotError, Unavailable
 from sandlot.models import (
     Event,
     ExitEvent,
@@ -50,23 +49,6 @@ from sandlot.models import (
 )
 
 TaskStatus = Literal["queued", "running", "done"]
-DEFAULT_RESULT_TTL_S = 600.0
-
-
-class QueueFull(SandlotError):
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class BrokerUnavailable(Unavailable):
-    """The broker's backing store cannot be reached (HTTP 503)."""
-
-
-class Superseded(SandlotError):
-    """This worker's delivery of a task is no longer the current one: the job moved on to another worker
-    (this one was taken for dead, or wedged past its deadline). Nothing it writes for the task is kept; it
-    stops the run and forgets the task."""
 
 
 def _limits_json(limits: LimitRequest | None) -> dict[str, Any] | None:

@@ -22,19 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandlot.broker import (
-    DEFAULT_RESULT_TTL_S,
     Control,
-    QueueFull,
     TaskSpec,
     TaskState,
     TaskStatus,
     cancelled_before_start,
 )
 from sandlot.broker.spill import SpillDir, payload_bytes
+from sandlot.config import SERVER_DEFAULTS
+from sandlot.errors import AtCapacity
 from sandlot.fairness import TenantRotation
 from sandlot.models import Event, ExitEvent
 
-DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
 _log = logging.getLogger(__name__)
 
 
@@ -55,8 +54,8 @@ class MemoryBroker:
         self,
         *,
         max_queued: int,
-        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        result_ttl_s: float = SERVER_DEFAULTS.result_ttl_s,
+        max_result_bytes: int = SERVER_DEFAULTS.result_memory_bytes,
         spill_dir: Path | None = None,
     ) -> None:
         self.max_queued = max_queued
@@ -80,7 +79,7 @@ class MemoryBroker:
             if earlier is not None and earlier in self._tasks:
                 return self._tasks[earlier].spec
         if len(self._queue) >= self.max_queued:
-            raise QueueFull(f"{len(self._queue)} executions are already queued")
+            raise AtCapacity("queue", f"{len(self._queue)} executions are already queued")
         task = _Task(spec, idempotency_key=idempotency_key)
         self._tasks[spec.id] = task
         if idempotency_key is not None:

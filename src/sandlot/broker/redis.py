@@ -103,12 +103,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sandlot.broker import (
-    DEFAULT_RESULT_TTL_S,
-    BrokerUnavailable,
     Control,
     Presence,
-    QueueFull,
-    Superseded,
     TaskSpec,
     TaskState,
     TaskStatus,
@@ -129,21 +125,19 @@ from sandlot.broker.redis_wire import (
     text,
     to_str,
 )
-from sandlot.errors import SessionNotFound
+from sandlot.config import SERVER_DEFAULTS
+from sandlot.errors import AtCapacity, BrokerUnavailable, SessionNotFound, Superseded
 from sandlot.models import NOTICE_REQUEUED, Event, ExitEvent, NoticeEvent, Status, terminal_event
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLAIM_IDLE_MS = 60_000
-DEFAULT_MAX_DELIVERIES = 3
-# A worker silent this long is taken for dead and its jobs go to live workers. Said every third of it, so
-# two presences in a row can be missed (a loaded host, a slow Redis reply) before that happens.
-DEFAULT_PRESENCE_TTL_S = 6.0
+# A worker silent for presence_ttl_s is taken for dead and its jobs go to live workers. Presence is said
+# every third of it, so two in a row can be missed (a loaded host, a slow Redis reply) before that happens.
 _PRESENCE_BEATS = 3
 _VOID = "void"  # a fence no delivery has (they are numbers): the write is refused
 _VOID_KEPT = 1024  # void task ids remembered (a task's run ends soon after it is found void)
 _REQUEUED_MESSAGE = "the worker running it was lost; the run starts again from the beginning on another"
-DEFAULT_EVENTS_MAXLEN = 10_000
 _BLOCK_MS = 5_000  # longest blocking read: bounds how late an expired stream, a due reclaim or a lost token is noticed
 _SOCKET_TIMEOUT_S = _BLOCK_MS / 1000 + 5.0  # a blocking read plus slack; a dead peer is noticed after this
 _CONNECT_TIMEOUT_S = 2.0
@@ -172,12 +166,12 @@ class RedisBroker:
         url: str,
         *,
         max_queued: int,
-        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+        result_ttl_s: float = SERVER_DEFAULTS.result_ttl_s,
         consumer_name: str | None = None,
         claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
-        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
-        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
-        presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
+        max_deliveries: int = SERVER_DEFAULTS.max_deliveries,
+        events_maxlen: int = SERVER_DEFAULTS.events_maxlen,
+        presence_ttl_s: float = SERVER_DEFAULTS.presence_ttl_s,
         keys: Keys | None = None,
     ) -> None:
         self.max_queued = max_queued
@@ -257,7 +251,7 @@ class RedisBroker:
                     await self._release_key(keys=[idem], args=[spec.id])
                 if int(verdict) < 0:
                     raise SessionNotFound(f"session {spec.session_id!r} not found or expired", field="session_id")
-                raise QueueFull(f"{self._depth} executions are already queued")
+                raise AtCapacity("queue", f"{self._depth} executions are already queued")
         return spec
 
     async def _queue_job(self, hset: tuple[Arg, ...], evalsha: tuple[Arg, ...]) -> tuple[int, int]:

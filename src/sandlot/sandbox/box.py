@@ -38,12 +38,13 @@ import math
 import os
 import shutil
 import signal
+import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandlot.config import Settings, check_state_dir_reachable
-from sandlot.errors import ConfigError, SandboxError
+from sandlot.errors import ConfigError, SandboxError, UidInUse
 from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, seccomp, slots
 from sandlot.sandbox.cgroups import (
@@ -55,12 +56,12 @@ from sandlot.sandbox.cgroups import (
     detect_driver,
     wait_empty,
 )
-from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor, GvisorUnavailable
+from sandlot.sandbox.gvisor import INIT_CAPABILITIES, INIT_UID, Gvisor
 from sandlot.sandbox.helper import helper_path
 from sandlot.sandbox.launch import Launched, Pipes, StdinSource, encode_command, spawn, write_all
 from sandlot.sandbox.monitor import RunMonitor
 
-__all__ = ["ISOLATION_LEVELS", "Box", "GvisorUnavailable", "Sandbox", "StdinSource"]
+__all__ = ["ISOLATION_LEVELS", "Box", "Sandbox", "StdinSource"]
 
 ISOLATION_LEVELS = ("jail", "gvisor")  # weakest first
 _launch_ids = itertools.count()
@@ -99,7 +100,7 @@ class Sandbox:
         self.gvisor = Gvisor(settings, etc_dir=self.etc_dir)
 
     def check_isolation(self, isolation: str, *, probe: bool = True) -> None:
-        """Raise unless boxes of this level can start here (GvisorUnavailable says exactly why).
+        """Raise unless boxes of this level can start here (IsolationUnavailable says exactly why).
 
         ``probe=False`` skips starting a throw-away gVisor sandbox (see ``Gvisor.check``).
         """
@@ -138,7 +139,7 @@ class Sandbox:
         for index in sorted(indexes):
             try:
                 slot = slots.try_acquire(self.settings.run_dir, index, self.settings.box_uid_base)
-            except slots.UidInUse:
+            except UidInUse:
                 continue  # another sandlot instance's box: never ours to clean
             if slot is None:
                 continue  # a live process holds it
@@ -224,6 +225,11 @@ class Box:
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
         self._cancel_requested = False
+        # reset, prelaunch and close run in worker threads and on the loop: one at a time, and never one
+        # after close. A give-back cancelled at shutdown leaves its reset running in its thread; without
+        # this lock close would release the slot under it and the late reset would mount over the slot's
+        # next holder.
+        self._lifecycle = threading.RLock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -265,22 +271,25 @@ class Box:
 
     def reset(self) -> None:
         """Forget everything a previous run left: a new tmpfs, not a tree walk."""
-        if self._closed:
-            raise SandboxError(f"box {self.slot.index} is closed")
-        self._discard_warm()  # it binds the old workdir
-        for mount in hostfs.mounts_below(self.root):
-            hostfs.unmount(mount)
-        self.prepare()
+        with self._lifecycle:
+            if self._closed:
+                raise SandboxError(f"box {self.slot.index} is closed")
+            self._discard_warm()  # it binds the old workdir
+            for mount in hostfs.mounts_below(self.root):
+                hostfs.unmount(mount)
+            self.prepare()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._discard_warm()
-            self.clean_leftovers()
-        finally:
-            self.slot.release()
+        """Kill what runs, clean the slot and give it up; waits for a reset or prelaunch in progress."""
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._discard_warm()
+                self.clean_leftovers()
+            finally:
+                self.slot.release()
 
     # ----------------------------------------------------------- files
 
@@ -364,6 +373,10 @@ class Box:
         A later ``run`` uses it when its binds are among ``binds``; otherwise it
         starts cold. Failures here are not fatal: the next run starts cold.
         """
+        with self._lifecycle:
+            self._prelaunch_locked(binds)
+
+    def _prelaunch_locked(self, binds: Sequence[policy.Bind]) -> None:
         self._discard_warm()
         if self._closed:
             return

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from sandlot.config import Settings
-from sandlot.errors import SandboxError
+from sandlot.errors import IsolationUnavailable
 from sandlot.sandbox import policy
 
 CONTROL_DIR = "/.sandlot"  # where the FIFOs appear inside the sandbox
@@ -84,11 +84,6 @@ INIT_UID = 0  # see "The init and the program" above
 # uid's processes.
 INIT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH", "CAP_KILL")
 _PROBE_TIMEOUT_S = 30.0
-UNAVAILABLE = "isolation 'gvisor' is unavailable here: "
-
-
-class GvisorUnavailable(SandboxError):
-    """runsc is missing or cannot start a sandbox on this host; the message says exactly why."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +130,7 @@ class Gvisor:
     # ------------------------------------------------------------ availability
 
     def check(self, *, probe: bool = True) -> None:
-        """Raise GvisorUnavailable with runsc's own words unless boxes can start here.
+        """Raise IsolationUnavailable with runsc's own words unless boxes can start here.
 
         The cheap part (runsc present, the shared host files ready) runs once and
         is enough to open a box: a launch that fails then shows runsc's error in its
@@ -149,7 +144,7 @@ class Gvisor:
             self._problem = self._probe()
             self._probed = True
         if self._problem is not None:
-            raise GvisorUnavailable(f"{UNAVAILABLE}{self._problem}")
+            raise IsolationUnavailable("gvisor", self._problem)
 
     def _prepare(self) -> str | None:
         runsc = self.settings.runsc_path

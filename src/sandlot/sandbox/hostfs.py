@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.errors import RejectedError, SandboxError
+from sandlot.errors import FileBusy, FileMissing, RejectedError, SandboxError
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -102,16 +102,16 @@ def validate_relative_path(name: str, *, field: str = "path") -> tuple[str, ...]
     try:
         encoded = name.encode()
     except UnicodeEncodeError as exc:  # a lone surrogate: no file can have this name
-        raise RejectedError(f"{field}: not valid UTF-8: {name!r}", field=field) from exc
+        raise RejectedError.at(field, f"not valid UTF-8: {name!r}") from exc
     if not name or "\x00" in name or len(encoded) > MAX_PATH_BYTES:
-        raise RejectedError(f"{field}: invalid file name {name!r}", field=field)
+        raise RejectedError.at(field, f"invalid file name {name!r}")
     if name.startswith("/"):
-        raise RejectedError(f"{field}: absolute paths are not allowed: {name!r}", field=field)
+        raise RejectedError.at(field, f"absolute paths are not allowed: {name!r}")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if not parts or any(p == ".." for p in parts) or len(parts) > MAX_PATH_DEPTH:
-        raise RejectedError(f"{field}: path must stay inside the workdir: {name!r}", field=field)
+        raise RejectedError.at(field, f"path must stay inside the workdir: {name!r}")
     if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
-        raise RejectedError(f"{field}: a path component is over {MAX_NAME_BYTES} bytes: {name!r}", field=field)
+        raise RejectedError.at(field, f"a path component is over {MAX_NAME_BYTES} bytes: {name!r}")
     return parts
 
 
@@ -155,14 +155,14 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
         try:
             dir_fd = _open_dir_beneath(root_fd, parts[:-1], create=True, uid=uid, gid=gid)
         except (NotADirectoryError, OSError) as exc:
-            raise RejectedError(f"files.name: cannot create directory for {name!r}: {exc.strerror}") from exc
+            raise RejectedError.at("files.name", f"cannot create directory for {name!r}: {exc.strerror}") from exc
     with _owned(dir_fd):
         try:
             os.unlink(parts[-1], dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         except IsADirectoryError as exc:
-            raise RejectedError(f"files.name: {name!r} is a directory") from exc
+            raise RejectedError.at("files.name", f"{name!r} is a directory") from exc
         try:
             fd = os.open(
                 parts[-1],
@@ -171,20 +171,12 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
                 dir_fd=dir_fd,
             )
         except FileExistsError as exc:  # the running program created it again after our unlink
-            raise FileBusy(f"files.name: {name!r} was recreated by the running program; retry") from exc
+            raise FileBusy.at("files.name", f"{name!r} was recreated by the running program; retry") from exc
     with _owned(fd):
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fchown(fd, uid, gid)
-
-
-class FileMissing(RejectedError):
-    """The path names nothing in the workdir (a door's 404, not a refusal)."""
-
-
-class FileBusy(RejectedError):
-    """The running program changed the path while the host wrote it (a door's 409: try again)."""
 
 
 @dataclass(frozen=True)

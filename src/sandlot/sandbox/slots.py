@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.errors import SandboxError
+from sandlot.errors import SandboxError, UidInUse
 
 UID_LOCK_DIR = Path("/run/sandlot-uids")  # host-wide, whatever an instance's run_dir
 
@@ -41,10 +41,6 @@ class Slot:
         for fd in (self.uid_lock_fd, self.lock_fd):  # closing drops the flock
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-class UidInUse(SandboxError):
-    """The slot's host uid is held by another sandlot instance (same box_uid_base, another run_dir)."""
 
 
 def _lock_dir(path: Path) -> Path:

@@ -34,8 +34,8 @@ from types import TracebackType
 
 from sandlot.errors import AuthError
 
-__all__ = ["PUBLIC_TENANT", "ApiKey", "AuthError", "Authenticator", "Principal"]
-from sandlot.service import ApiKey
+__all__ = ["PUBLIC_TENANT", "ApiKey", "Authenticator", "Principal"]
+from sandlot.config import ApiKey
 
 PUBLIC_TENANT = "public"
 _SECONDS_PER_MINUTE = 60.0

@@ -24,11 +24,11 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from sandlot.api.common.auth import PUBLIC_TENANT, Authenticator, AuthError, Principal
-from sandlot.broker import QueueFull, TaskSpec
-from sandlot.errors import RejectedError, SandlotError, Unavailable
+from sandlot.api.common.auth import PUBLIC_TENANT, Authenticator, Principal
+from sandlot.api.common.errors import Kind, classify
+from sandlot.broker import TaskSpec
+from sandlot.errors import RejectedError, SandlotError
 from sandlot.models import Event, ExitEvent
-from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.service import Service
 
 FIELD_METADATA_KEY = "sandlot-field"  # trailing metadata naming the rejected request field
@@ -36,11 +36,17 @@ TASK_ID_METADATA_KEY = "sandlot-task-id"  # initial metadata naming the task
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-# auth speaks HTTP statuses; these are their gRPC equivalents.
-_AUTH_STATUS = {
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+# The caller's mistakes and the server's troubles never share a status.
+STATUS = {
+    Kind.REJECTED: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Kind.CONFLICT: grpc.StatusCode.ABORTED,
+    Kind.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    Kind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    Kind.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
 
@@ -65,20 +71,8 @@ class Call:
 
 
 def status_for(exc: SandlotError) -> grpc.StatusCode:
-    """The gRPC status of an error; the caller's mistakes and the server's troubles never share one."""
-    if isinstance(exc, Refused):
-        return exc.code
-    if isinstance(exc, AuthError):
-        return _AUTH_STATUS.get(exc.status, grpc.StatusCode.PERMISSION_DENIED)
-    if isinstance(exc, SessionNotFound):  # a RejectedError, but a missing thing rather than a bad one
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, RejectedError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, (QueueFull, PoolFull)):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status of an error (``Refused`` names its own)."""
+    return exc.code if isinstance(exc, Refused) else STATUS[classify(exc).kind]
 
 
 def _details(exc: SandlotError) -> str:

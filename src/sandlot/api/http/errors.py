@@ -2,15 +2,15 @@
 
     {"error": {"code": "rejected", "message": "limits.time_limit: ...", "field": "limits.time_limit"}}
 
-``as_api_error`` maps the layers' exceptions to statuses once, for JSON routes,
-the text door and the WebSocket alike:
+``as_api_error`` renders ``classify``'s verdict (api/common/errors.py; the
+class-by-class table is in sandlot/errors.py) once, for JSON routes, the text
+door and the WebSocket alike. The code is the failure's own ("rejected",
+"pool_full", "too_many_executions", ...); the status is the kind's:
 
-    RejectedError           400 rejected (any bad input, type errors included)
-    SessionNotFound         404 not_found
-    AuthError               401 / 403 / 429 as the authenticator says
-    QueueFull, PoolFull     429 queue_full / pool_full, with Retry-After
-    Unavailable             503 unavailable, with Retry-After (the broker, or an isolation level)
-    anything else           500 internal_error, with no detail (logged by the server)
+    rejected 400 · not_found 404 · conflict 409 · unauthorized 401 · forbidden 403
+    rate_limited 429 · busy 429 · unavailable 503 · internal 500 (with no detail; logged by the server)
+
+Retry-After goes with every failure that says how long to wait.
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandlot.api.common.auth import AuthError, retry_after_header
-from sandlot.broker import QueueFull
-from sandlot.errors import RejectedError, Unavailable
-from sandlot.pool import PoolFull, SessionNotFound
-
-BROKER_RETRY_AFTER_S = 5.0
+from sandlot.api.common.auth import retry_after_header
+from sandlot.api.common.errors import ANSWERED, INTERNAL_MESSAGE, Kind, classify
 
 _HTTP_CODES = {
     400: "rejected",
@@ -74,27 +70,33 @@ class ApiError(Exception):
         return headers
 
 
+STATUS = {
+    Kind.REJECTED: 400,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.UNAUTHORIZED: 401,
+    Kind.FORBIDDEN: 403,
+    Kind.RATE_LIMITED: 429,
+    Kind.BUSY: 429,
+    Kind.UNAVAILABLE: 503,
+    Kind.INTERNAL: 500,
+}
+
+
 def as_api_error(exc: BaseException) -> ApiError:
-    """The one mapping from an exception to what the client is told."""
+    """What the client is told of an exception."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, SessionNotFound):  # before RejectedError: it is one
-        return ApiError(404, "not_found", str(exc), field=exc.field)
-    if isinstance(exc, RejectedError):
-        return ApiError(400, "rejected", str(exc), field=exc.field)
-    if isinstance(exc, AuthError):
-        return ApiError(exc.status, exc.code, str(exc), retry_after_s=exc.retry_after_s)
-    if isinstance(exc, QueueFull):
-        return ApiError(429, "queue_full", str(exc), retry_after_s=exc.retry_after_s)
-    if isinstance(exc, PoolFull):
-        return ApiError(429, "pool_full", str(exc), retry_after_s=exc.retry_after_s)
-    if isinstance(exc, Unavailable):
-        return ApiError(503, "unavailable", str(exc) or "the broker is unavailable", retry_after_s=BROKER_RETRY_AFTER_S)
-    return ApiError(500, "internal_error", "internal error")
+    failure = classify(exc)
+    if failure.kind is Kind.INTERNAL:  # ours: the detail is for the server's log, not the client
+        return ApiError(500, failure.code, INTERNAL_MESSAGE)
+    return ApiError(
+        STATUS[failure.kind], failure.code, failure.message, field=failure.field, retry_after_s=failure.retry_after_s
+    )
 
 
-# The exceptions with a mapping of their own (the rest are 500s).
-MAPPED_ERRORS = (ApiError, RejectedError, AuthError, QueueFull, PoolFull, Unavailable)
+# The exceptions with an answer of their own (the rest are 500s, logged).
+MAPPED_ERRORS: tuple[type[Exception], ...] = (ApiError, *ANSWERED)
 
 
 def error_response(error: ApiError) -> Response:

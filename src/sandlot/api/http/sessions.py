@@ -25,7 +25,6 @@ from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
 from sandlot.errors import RejectedError
 from sandlot.pool import Session
-from sandlot.sandbox.hostfs import FileBusy, FileMissing
 
 MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -110,10 +109,8 @@ async def put_file(session_id: str, path: str, request: Request, door: DoorDep, 
     data = await request.body()
     try:
         await asyncio.to_thread(session.box.write_file, path, data)
-    except FileBusy as exc:
-        raise ApiError(409, "conflict", str(exc), field="path") from exc
-    except RejectedError as exc:
-        raise RejectedError(str(exc), field="path") from exc
+    except RejectedError as exc:  # a link, a fifo, a path leaving the workdir; FileBusy: a 409
+        raise exc.for_field("path") from exc
     except OSError as exc:
         if exc.errno in _NO_SPACE:
             raise ApiError(507, "workspace_full", f"{path}: the session's workdir is full", field="path") from exc
@@ -136,7 +133,5 @@ async def get_file(session_id: str, path: str, door: DoorDep, principal: Princip
 async def _read(session: Session, path: str) -> bytes:
     try:
         return await asyncio.to_thread(session.box.read_file, path, MAX_DOWNLOAD_BYTES)
-    except FileMissing as exc:
-        raise ApiError(404, "not_found", str(exc), field="path") from exc
-    except RejectedError as exc:  # a link, fifo or other refusal
-        raise RejectedError(str(exc), field="path") from exc
+    except RejectedError as exc:  # a link, fifo or other refusal; FileMissing: a 404
+        raise exc.for_field("path") from exc

@@ -43,7 +43,8 @@ from sandlot.api.http.schemas import (
     answers,
     json_body,
 )
-from sandlot.broker import Broker, BrokerUnavailable, TaskSpec, TaskState
+from sandlot.broker import Broker, TaskSpec, TaskState
+from sandlot.errors import BrokerUnavailable
 from sandlot.models import Event, ExitEvent, OutputEvent, Status
 from sandlot.requests import parse_execution
 

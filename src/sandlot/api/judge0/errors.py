@@ -19,13 +19,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from sandlot.api.common.auth import AuthError, retry_after_header
-from sandlot.api.http.errors import BROKER_RETRY_AFTER_S, ApiError
-from sandlot.api.judge0.render import InvalidFields
+from sandlot.api.common.auth import retry_after_header
+from sandlot.api.common.errors import Kind, classify
+from sandlot.api.http.errors import ApiError
 from sandlot.api.judge0.submission import Judge0Invalid
-from sandlot.broker import QueueFull
-from sandlot.errors import RejectedError, Unavailable
-from sandlot.pool import PoolFull
+
+# Judge0's status for each kind: any bad request is a 400 (its 422 is Judge0Invalid's), a full queue a 503.
+STATUS = {
+    Kind.REJECTED: 400,
+    Kind.NOT_FOUND: 400,
+    Kind.CONFLICT: 400,
+    Kind.UNAUTHORIZED: 401,
+    Kind.FORBIDDEN: 403,
+    Kind.RATE_LIMITED: 429,
+    Kind.BUSY: 503,
+    Kind.UNAVAILABLE: 503,
+}
+QUEUE_FULL = "queue is full"  # Judge0's own words, whichever of our queues is full
 
 
 class Judge0Error(Exception):
@@ -64,25 +74,20 @@ def as_judge0_error(exc: Exception) -> Judge0Error | None:
     """The one mapping from an exception to a Judge0 answer; None: not ours to answer."""
     if isinstance(exc, Judge0Error):
         return exc
-    if isinstance(exc, Judge0Invalid):
+    if isinstance(exc, Judge0Invalid):  # before classify's REJECTED: it is a RejectedError with every field's list
         return Judge0Error(422, exc.errors)
-    if isinstance(exc, (InvalidFields, RejectedError)):
-        return judge0_error(400, str(exc))
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body"))
         return judge0_error(400, f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request")
-    retry: float | None = None
-    if isinstance(exc, (QueueFull, PoolFull)):
-        status, message, retry = 503, "queue is full", exc.retry_after_s
-    elif isinstance(exc, Unavailable):
-        status, message, retry = 503, str(exc) or "the broker is unavailable", BROKER_RETRY_AFTER_S
-    elif isinstance(exc, AuthError):
-        status, message, retry = exc.status, str(exc), exc.retry_after_s
-    elif isinstance(exc, ApiError):
+    if isinstance(exc, ApiError):
         status, message, retry = exc.status, exc.message, exc.retry_after_s
     else:
-        return None
+        failure = classify(exc)
+        if failure.kind not in STATUS:  # ours: the app's handler answers a 500 without detail
+            return None
+        status, retry = STATUS[failure.kind], failure.retry_after_s
+        message = QUEUE_FULL if failure.kind is Kind.BUSY else failure.message
     headers = {"Retry-After": retry_after_header(retry)} if retry is not None else {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"

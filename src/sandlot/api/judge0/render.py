@@ -37,6 +37,7 @@ from typing import Any
 
 from sandlot.api.judge0.submission import Submission
 from sandlot.broker import TaskState
+from sandlot.errors import RejectedError
 from sandlot.languages import Language, LanguageRegistry
 from sandlot.models import Result, Status
 
@@ -131,9 +132,11 @@ class NotUtf8(Exception):
     """A requested text field cannot be shown without base64."""
 
 
-class InvalidFields(Exception):
+class InvalidFields(RejectedError):
+    """``?fields=`` names fields Judge0 does not have (a 400)."""
+
     def __init__(self, names: list[str]) -> None:
-        super().__init__(f"invalid fields: [{', '.join(names)}]")
+        super().__init__(f"invalid fields: [{', '.join(names)}]", field="fields")
 
 
 @dataclass(frozen=True)

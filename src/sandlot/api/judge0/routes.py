@@ -61,7 +61,7 @@ from sandlot.api.http.middleware import CLIENT_CLOSED_REQUEST
 from sandlot.api.judge0 import info as judge0_info
 from sandlot.api.judge0.errors import Judge0Error, Judge0Route, as_judge0_error, judge0_error
 from sandlot.api.judge0.render import JUDGE0_VERSION, STATUSES, NotUtf8, parse_fields
-from sandlot.api.judge0.state import Judge0Options, Judge0State
+from sandlot.api.judge0.state import Judge0State
 from sandlot.api.judge0.submission import Submission
 from sandlot.broker import TaskState
 from sandlot.service import Service
@@ -79,7 +79,7 @@ def install(app: FastAPI, service: Service) -> None:
     """Mount the Judge0 routes under /judge0 on an app built by ``create_app(service)``."""
     door = app.state.door
     assert isinstance(door, Door) and door.service is service, "call install(app, service) after create_app(service)"
-    app.state.judge0 = Judge0State(door, Judge0Options.from_service(service))
+    app.state.judge0 = Judge0State(door, service.settings.judge0)
     # Out of sandlot's OpenAPI document: Judge0's own documentation describes this API and its error shape.
     app.include_router(router, include_in_schema=False)
 

@@ -14,8 +14,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import sandlot
@@ -26,9 +24,9 @@ from sandlot.api.judge0.render import DEFAULT_FIELDS, Judge0Language, offered_la
 from sandlot.api.judge0.store import SubmissionStore, from_record, record_of
 from sandlot.api.judge0.submission import Judge0Invalid, Judge0Limits, Submission, parse_submission
 from sandlot.broker import TaskState
+from sandlot.config import Judge0Settings
 from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, OutputEvent
-from sandlot.service import Service
 
 log = logging.getLogger("sandlot.judge0")
 
@@ -48,34 +46,14 @@ _FIELD_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Judge0Options:
-    """``[judge0]`` in the config file (``SANDLOT_JUDGE0_CALLBACK_ALLOW_PRIVATE`` overrides that one)."""
-
-    callback_allow_private: bool = False
-    homepage: str | None = None
-    source_code: str | None = None
-    maintainer: str | None = None
-
-    @classmethod
-    def from_service(cls, service: Service) -> Judge0Options:
-        raw = dict(service.settings.extra.get("judge0", {}))
-        env = os.environ.get("SANDLOT_JUDGE0_CALLBACK_ALLOW_PRIVATE")
-        allow = env if env is not None else raw.get("callback_allow_private", False)
-        return cls(
-            callback_allow_private=str(allow).strip().lower() in ("1", "true", "yes", "on"),
-            homepage=_text_option(raw.get("homepage")),
-            source_code=_text_option(raw.get("source_code")),
-            maintainer=_text_option(raw.get("maintainer", f"sandlot {sandlot.__version__}")),
-        )
-
-
 class Judge0State:
     """The Judge0 door's long-lived state, one per app (``app.state.judge0``), beside the app's Door."""
 
-    def __init__(self, door: Door, options: Judge0Options) -> None:
+    def __init__(self, door: Door, options: Judge0Settings) -> None:
         self.door = door
         self.service = service = door.service
+        if options.maintainer is None:  # unset: this server's name and version
+            options = dataclasses.replace(options, maintainer=f"sandlot {sandlot.__version__}")
         self.options = options
         self.limits = Judge0Limits.from_settings(service.settings)
         self.callbacks = CallbackPolicy(allow_private=options.callback_allow_private)
@@ -178,7 +156,3 @@ class Judge0State:
             await deliver(submission.callback_url, json.dumps(body).encode(), self.callbacks)
         except Exception:
             log.exception("judge0 callback for %s failed", submission.token)
-
-
-def _text_option(value: object) -> str | None:
-    return None if value is None else str(value)

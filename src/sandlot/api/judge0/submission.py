@@ -58,7 +58,7 @@ MAX_CALLBACK_URL_CHARS = 2048
 Errors = dict[str, list[str]]
 
 
-class Judge0Invalid(Exception):
+class Judge0Invalid(RejectedError):
     """A submission Judge0 would answer with 422: every field's messages."""
 
     def __init__(self, errors: Errors) -> None:

@@ -53,12 +53,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import sandlot
-from sandlot.api.common.auth import Authenticator, AuthError, Principal
+from sandlot.api.common.auth import Authenticator, Principal
 from sandlot.api.http.door import bearer_token
 from sandlot.api.http.errors import ApiError, as_api_error, error_response
 from sandlot.api.mcp.tools import Tools
-from sandlot.config import Settings
-from sandlot.service import ServerSettings, Service, count_boxes, server_settings_from, stop_on_signals
+from sandlot.config import ServerSettings, Settings, server_settings_from
+from sandlot.errors import AuthError
+from sandlot.service import Service, count_boxes, stop_on_signals
 
 log = logging.getLogger("sandlot.mcp")
 

@@ -41,15 +41,14 @@ from typing import Any
 import anyio
 from mcp import types
 
-from sandlot.api.common.auth import Authenticator, AuthError, Principal
+from sandlot.api.common.auth import Authenticator, Principal
+from sandlot.api.common.errors import Kind, classify
 from sandlot.api.http.render import OutputDecoder
 from sandlot.api.mcp.schemas import tool_definitions
-from sandlot.broker import QueueFull, TaskSpec
-from sandlot.errors import RejectedError, Unavailable
+from sandlot.broker import TaskSpec
+from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, OutputEvent, Result, Status
-from sandlot.pool import PoolFull, SessionNotFound
 from sandlot.requests import decode_content, parse_execution
-from sandlot.sandbox.hostfs import FileMissing
 from sandlot.service import Service
 
 log = logging.getLogger("sandlot.mcp")
@@ -58,6 +57,8 @@ DOOR = "mcp"
 MAX_READ_BYTES = 8 * 1024 * 1024  # read_file answers in one message; larger files are refused
 MAX_WRITE_BYTES = 16 * 1024 * 1024  # decoded content of one write_file
 _MIB = 1024 * 1024
+_LIMIT_ARGUMENTS = ("time_limit", "memory_limit")  # run_code's limits, passed on as the request's limits.*
+_LIMIT_ARGUMENT_OF = {f"limits.{name}": name for name in _LIMIT_ARGUMENTS}
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 Progress = Callable[[float, str], Awaitable[None]]  # (output bytes so far, chunk text)
@@ -116,7 +117,7 @@ class Tools:
             for key in ("language", "code", "stdin", "args", "session_id")
             if arguments.get(key) is not None
         }
-        limits = {key: arguments[key] for key in ("time_limit", "memory_limit") if arguments.get(key) is not None}
+        limits = {key: arguments[key] for key in _LIMIT_ARGUMENTS if arguments.get(key) is not None}
         if limits:
             request["limits"] = limits
         try:
@@ -217,7 +218,7 @@ class Tools:
         try:
             await asyncio.to_thread(session.box.write_file, path, data)
         except RejectedError as exc:
-            raise _path_error(exc) from exc
+            raise exc.for_field("path") from exc  # the file layer's files.name
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise RejectedError(f"path: the session's workdir is full; {path} not written", field="path") from exc
@@ -232,7 +233,7 @@ class Tools:
         try:
             data = await asyncio.to_thread(session.box.read_file, path, MAX_READ_BYTES)
         except RejectedError as exc:  # missing, a link, a fifo, too large
-            raise _path_error(exc) from exc
+            raise exc.for_field("path") from exc  # the file layer's files.name
         try:
             text, encoding = data.decode("utf-8"), "utf8"
         except UnicodeDecodeError:
@@ -263,20 +264,29 @@ def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=message)], is_error=True)
 
 
+# The metric code of each kind; a refusal of the caller (unauthorized, forbidden, rate limited) counts
+# with its own finer code ("too_many_executions", ...). A conflict is counted as the refusal it is.
+_CODES = {
+    Kind.REJECTED: "rejected",
+    Kind.NOT_FOUND: "not_found",
+    Kind.CONFLICT: "rejected",
+    Kind.BUSY: "busy",
+    Kind.UNAVAILABLE: "unavailable",
+    Kind.INTERNAL: "internal_error",
+}
+_SAYS_WHEN_TO_RETRY = frozenset({Kind.RATE_LIMITED, Kind.BUSY})
+
+
 def _failure(exc: Exception, tool: str) -> tuple[str, str]:
     """The metric code and the message of a failed call; the caller's mistakes say what to fix."""
-    if isinstance(exc, SessionNotFound | FileMissing):  # RejectedErrors, but a missing thing
-        return "not_found", str(exc)
-    if isinstance(exc, RejectedError):
-        return "rejected", str(exc)
-    if isinstance(exc, AuthError):
-        return exc.code, _with_retry(str(exc), exc.retry_after_s)
-    if isinstance(exc, QueueFull | PoolFull):
-        return "busy", _with_retry(str(exc), exc.retry_after_s)
-    if isinstance(exc, Unavailable):
-        return "unavailable", str(exc) or "the service is unavailable; retry later"
-    log.exception("MCP tool %s failed", tool)
-    return "internal_error", "internal error (the server logged it)"
+    failure = classify(exc)
+    if failure.kind is Kind.INTERNAL:
+        log.exception("MCP tool %s failed", tool)
+        return "internal_error", "internal error (the server logged it)"
+    message = failure.message
+    if failure.kind in _SAYS_WHEN_TO_RETRY:
+        message = _with_retry(message, failure.retry_after_s)
+    return _CODES.get(failure.kind, failure.code), message
 
 
 def _with_retry(message: str, retry_after_s: float | None) -> str:
@@ -285,18 +295,8 @@ def _with_retry(message: str, retry_after_s: float | None) -> str:
 
 def _unqualified(exc: RejectedError) -> RejectedError:
     """Limit errors name ``limits.time_limit``; the tool's argument is plain ``time_limit``."""
-    message = str(exc)
-    if not message.startswith("limits."):
-        return exc
-    return RejectedError(message.removeprefix("limits."), field=(exc.field or "").removeprefix("limits.") or None)
-
-
-def _path_error(exc: RejectedError) -> RejectedError:
-    """The file layer names its argument ``files.name``; the tools call it ``path``."""
-    message = str(exc)
-    if message.startswith("files.name"):
-        message = "path" + message.removeprefix("files.name")
-    return type(exc)(message, field="path")
+    argument = _LIMIT_ARGUMENT_OF.get(exc.field or "")
+    return exc if argument is None else exc.for_field(argument)
 
 
 def _label(event: OutputEvent) -> str:
