@@ -1,14 +1,17 @@
 """Shared fixtures: a real Sandbox in test-only state, cgroup and lock locations.
 
-Everything runs for real (bubblewrap, cgroups, seccomp); tests need root. The
-state directory is not under pytest's tmp_path because box uids must be able
-to traverse to their workdir, and pytest's tmp dirs are mode 0700.
+Everything runs for real (bubblewrap, cgroups, seccomp), which needs root. A
+test needs root when it uses the ``sandbox`` fixture (directly or through
+``box``, ``engine`` runs, ...), starts a Service or a server process (they call
+``root.require_root``), or is marked ``root`` (e.g. it runs ``sandlot run``).
+Run as another user, those are skipped with the reason and the pure-logic
+tests still run. The state directory is not under pytest's tmp_path because box uids must be
+able to traverse to their workdir, and pytest's tmp dirs are mode 0700.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +27,22 @@ from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sandbox.hostfs import mounts_below
 
 from .nodes import RedisServer, running_redis
+from .root import IS_ROOT, SANDBOXES, require_root
 
 TEST_STATE_DIR = Path("/var/lib/sandlot-test")
 TEST_RUN_DIR = Path("/run/sandlot-test")
 TEST_CGROUP = "sandlot-test"
 TEST_UID_BASE = 910_000_000  # apart from a real install's boxes on the same host
 
-if os.geteuid() != 0:  # pragma: no cover - the suite is meaningless without root
-    pytest.exit("sandlot's tests run real sandboxes and need root", returncode=2)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Not root: skip, with the reason, every test marked ``root`` (``root(why)`` says why)."""
+    if IS_ROOT:
+        return
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"needs root: {marker.args[0] if marker.args else SANDBOXES}"))
 
 
 def make_settings(**overrides: object) -> Settings:
@@ -53,6 +64,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def sandbox(settings: Settings) -> Iterator[Sandbox]:
+    require_root()  # and so every test that reaches a sandbox through any fixture
     sb = Sandbox(settings)
     sb.sweep_stale()
     yield sb
@@ -169,9 +181,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Leave nothing behind even if a test died mid-run.
 
     Only slots no live process holds are cleaned (a concurrent test session may
-    still be using others), and the lock directory stays.
+    still be using others), and the lock directory stays. Not root, no test ran a box.
     """
-    Sandbox(make_settings()).sweep_stale()
+    if IS_ROOT:
+        Sandbox(make_settings()).sweep_stale()
 
 
 @pytest.fixture

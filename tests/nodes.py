@@ -33,6 +33,8 @@ from sandlot.config import Settings, load_settings
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
 
+from .root import require_root
+
 SANDLOT = Path(sys.executable).with_name("sandlot")  # the console script of this venv
 STARTUP_TIMEOUT_S = 90.0  # the first start on a fresh machine also builds the helper and the Go cache, under load
 READY_POLL_S = 0.1
@@ -53,6 +55,7 @@ _port_locks: list[int] = []  # the flocked files' fds: the reservations last as 
 
 def free_ports(count: int) -> list[int]:
     """Distinct loopback ports, free now and reserved for this process (see _PORT_RANGE)."""
+    require_root("its server's port is reserved in the suite's lock directory under /run")
     _PORT_LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
     start = random.randrange(len(_PORT_RANGE))  # spread: concurrent callers rarely meet
     ports: list[int] = []
@@ -111,6 +114,7 @@ def processes_of(uids: range) -> dict[int, str]:
 
 def sweep(settings: Settings) -> None:
     """Clean what an earlier failure left (sandlot's own sweep: cgroup kill, unmount), then the empty group."""
+    require_root()
     sandbox = Sandbox(settings)
     sandbox.sweep_stale()
     sandbox.driver.remove_group()

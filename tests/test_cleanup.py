@@ -216,6 +216,7 @@ def test_sweep_stale_cleans_a_dead_holders_slot(sandbox: Sandbox, settings: Sett
             root.rmdir()
 
 
+@pytest.mark.root
 def test_a_sweep_with_nothing_left_removes_the_parent_group(tmp_path: Path) -> None:
     """The group a Sandbox's cgroup driver makes on the way in is gone after a sweep that found no box."""
     name = f"sandlot-sweep-{os.getpid()}"

@@ -85,6 +85,7 @@ def _assert_one_line(stderr: bytes) -> str:
 # ------------------------------------------------------------ exit codes and streams
 
 
+@pytest.mark.root
 def test_exit_code_passthrough(tmp_path: Path) -> None:
     prog = _write(tmp_path, "exit7.py", "import sys\nsys.exit(7)\n")
     proc = _sandlot("run", prog)
@@ -93,6 +94,7 @@ def test_exit_code_passthrough(tmp_path: Path) -> None:
     assert proc.stderr == b""
 
 
+@pytest.mark.root
 def test_success_exits_zero(tmp_path: Path) -> None:
     prog = _write(tmp_path, "ok.py", "print('fine')\n")
     proc = _sandlot("run", prog)
@@ -100,12 +102,14 @@ def test_success_exits_zero(tmp_path: Path) -> None:
     assert proc.stdout == b"fine\n"
 
 
+@pytest.mark.root
 def test_signal_exit_code(tmp_path: Path) -> None:
     prog = _write(tmp_path, "segv.sh", "kill -SEGV $$\n")
     proc = _sandlot("run", prog)
     assert proc.returncode == 128 + 11, proc.stderr
 
 
+@pytest.mark.root
 def test_signal_json(tmp_path: Path) -> None:
     prog = _write(tmp_path, "segv.sh", "kill -SEGV $$\n")
     proc = _sandlot("run", prog, "--json")
@@ -116,6 +120,7 @@ def test_signal_json(tmp_path: Path) -> None:
     assert data["exit_code"] is None
 
 
+@pytest.mark.root
 def test_stdout_and_stderr_are_separate(tmp_path: Path) -> None:
     prog = _write(
         tmp_path,
@@ -131,6 +136,7 @@ def test_stdout_and_stderr_are_separate(tmp_path: Path) -> None:
 _ECHO = "import sys\nprint(repr(sys.stdin.read()))\nprint(sys.argv[1:])\n"
 
 
+@pytest.mark.root
 def test_stdin_from_file(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     data = _write(tmp_path, "input.txt", "line one\nline two\n")
@@ -139,6 +145,7 @@ def test_stdin_from_file(tmp_path: Path) -> None:
     assert proc.stdout == b"'line one\\nline two\\n'\n[]\n"
 
 
+@pytest.mark.root
 def test_stdin_from_dash(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     proc = _sandlot("run", prog, "--stdin", "-", stdin=b"piped in\n")
@@ -146,6 +153,7 @@ def test_stdin_from_dash(tmp_path: Path) -> None:
     assert proc.stdout == b"'piped in\\n'\n[]\n"
 
 
+@pytest.mark.root
 def test_args_after_double_dash(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     proc = _sandlot("run", prog, "--", "a", "b c", "--json", "-l", "x")
@@ -153,6 +161,7 @@ def test_args_after_double_dash(tmp_path: Path) -> None:
     assert proc.stdout == b"''\n['a', 'b c', '--json', '-l', 'x']\n"
 
 
+@pytest.mark.root
 def test_language_flag_overrides_extension(tmp_path: Path) -> None:
     # Valid bash, a syntax error as Python: only -l decides how it runs.
     prog = _write(tmp_path, "script.py", "echo from-bash\n")
@@ -163,6 +172,7 @@ def test_language_flag_overrides_extension(tmp_path: Path) -> None:
     assert data["language"] == "bash"
 
 
+@pytest.mark.root
 def test_language_flag_for_unknown_extension(tmp_path: Path) -> None:
     prog = _write(tmp_path, "prog.txt", "print('as python')\n")
     proc = _sandlot("run", prog, "-l", "py")
@@ -170,6 +180,7 @@ def test_language_flag_for_unknown_extension(tmp_path: Path) -> None:
     assert proc.stdout == b"as python\n"
 
 
+@pytest.mark.root
 def test_live_streaming(tmp_path: Path) -> None:
     # The program prints, then waits for a line the test sends only once it has seen the first: no timing.
     prog = _write(tmp_path, "gated.py", "print('first', flush=True)\ninput()\nprint('second')\n")
@@ -193,6 +204,7 @@ def test_live_streaming(tmp_path: Path) -> None:
 # ------------------------------------------------------------ --json
 
 
+@pytest.mark.root
 def test_json_keys_and_types(tmp_path: Path) -> None:
     prog = _write(tmp_path, "mixed.py", "import sys\nprint('o')\nprint('e', file=sys.stderr)\nsys.exit(3)\n")
     proc = _sandlot("run", prog, "--json")
@@ -214,6 +226,7 @@ def test_json_keys_and_types(tmp_path: Path) -> None:
     assert isinstance(data["message"], str)
 
 
+@pytest.mark.root
 def test_json_ok_run(tmp_path: Path) -> None:
     prog = _write(tmp_path, "ok.py", "print('fine')\n")
     proc = _sandlot("run", prog, "--json")
@@ -225,6 +238,7 @@ def test_json_ok_run(tmp_path: Path) -> None:
     assert data["stdout"] == "fine\n"
 
 
+@pytest.mark.root
 def test_json_non_utf8_output(tmp_path: Path) -> None:
     prog = _write(tmp_path, "bytes.py", "import sys\nsys.stdout.buffer.write(b'\\xff\\xfeok')\n")
     proc = _sandlot("run", prog, "--json")
@@ -248,6 +262,7 @@ def test_json_non_utf8_output(tmp_path: Path) -> None:
         ),
     ],
 )
+@pytest.mark.root
 def test_compile_error(tmp_path: Path, name: str, code: str, expected: str) -> None:
     prog = _write(tmp_path, name, code)
     proc = _sandlot("run", prog)
@@ -260,6 +275,7 @@ def test_compile_error(tmp_path: Path, name: str, code: str, expected: str) -> N
     assert "/box/" not in err
 
 
+@pytest.mark.root
 def test_compile_error_json(tmp_path: Path) -> None:
     prog = _write(tmp_path, "prog.c", "int main(void) { return y; }\n")
     proc = _sandlot("run", prog, "--json")
@@ -271,6 +287,7 @@ def test_compile_error_json(tmp_path: Path) -> None:
     assert data["language"] == "c"
 
 
+@pytest.mark.root
 def test_compiled_program_runs(tmp_path: Path) -> None:
     prog = _write(tmp_path, "ok.c", '#include <stdio.h>\nint main(void) { puts("compiled"); return 4; }\n')
     proc = _sandlot("run", prog)
@@ -281,6 +298,7 @@ def test_compiled_program_runs(tmp_path: Path) -> None:
 # ------------------------------------------------------------ limits
 
 
+@pytest.mark.root
 def test_cpu_timeout(tmp_path: Path) -> None:
     prog = _write(tmp_path, "spin.py", "while True:\n    pass\n")
     proc = _sandlot("run", prog, "--time-limit", "1")
@@ -288,6 +306,7 @@ def test_cpu_timeout(tmp_path: Path) -> None:
     assert "timeout" in _assert_one_line(proc.stderr)
 
 
+@pytest.mark.root
 def test_wall_timeout_json(tmp_path: Path) -> None:
     prog = _write(tmp_path, "sleep.py", "import time\ntime.sleep(30)\n")
     proc = _sandlot("run", prog, "--wall-time-limit", "1", "--json")
@@ -297,6 +316,7 @@ def test_wall_timeout_json(tmp_path: Path) -> None:
     assert "wall" in data["message"]
 
 
+@pytest.mark.root
 def test_output_limit(tmp_path: Path) -> None:
     prog = _write(tmp_path, "flood.py", "while True:\n    print('x' * 1000)\n")
     proc = _sandlot("run", prog, "--max-output", "4")
@@ -307,6 +327,7 @@ def test_output_limit(tmp_path: Path) -> None:
     assert "(4 KB = 4096 bytes)" in line  # the unit --max-output was given in, not only bytes
 
 
+@pytest.mark.root
 def test_output_limit_json(tmp_path: Path) -> None:
     prog = _write(tmp_path, "flood.py", "while True:\n    print('x' * 1000)\n")
     proc = _sandlot("run", prog, "--max-output", "4", "--json")
@@ -317,6 +338,7 @@ def test_output_limit_json(tmp_path: Path) -> None:
     assert len(data["stdout"]) <= 4 * 1024
 
 
+@pytest.mark.root
 def test_memory_limit_json(tmp_path: Path) -> None:
     prog = _write(tmp_path, "hog.py", "x = bytearray(200 * 1024 * 1024)\nprint(len(x))\n")
     proc = _sandlot("run", prog, "--memory-limit", "50", "--json")
@@ -417,6 +439,7 @@ def test_non_utf8_argument_is_rejected(tmp_path: Path) -> None:
     _assert_one_line(proc.stderr)
 
 
+@pytest.mark.root
 def test_non_utf8_file_name_compiled(tmp_path: Path) -> None:
     """A compile error in a file whose name is not UTF-8 must still be a compile error, not a crash."""
     prog = tmp_path / os.fsdecode(b"pr\xffg.c")
@@ -504,6 +527,7 @@ def test_a_config_file_typo_or_bad_value_stops_the_command_in_one_line(tmp_path:
     assert "[server].http_port" in line and "'eighty'" in line and "whole number" in line
 
 
+@pytest.mark.root
 def test_a_reader_that_leaves_early_is_sigpipe_not_a_traceback(tmp_path: Path) -> None:
     prog = tmp_path / "many.py"
     prog.write_text("for i in range(200000):\n    print(i)\n")

@@ -30,6 +30,7 @@ from sandlot.client import ClientError, SandlotClient, SseEvent, parse_sse
 from sandlot.config import ApiKey
 from sandlot.models import Status
 
+from .root import require_root
 from .test_cli import _CONTRACT_KEYS
 from .test_http import live_server, running_service
 
@@ -68,6 +69,7 @@ class _ServerThread:
             self._ready.set()  # a failed start must not leave the test waiting
 
     def __enter__(self) -> str:
+        require_root()  # before the thread: the skip must be raised in the test's own thread
         self._thread.start()
         self._ready.wait(_TIMEOUT_S)
         assert self.url, "the server did not start"

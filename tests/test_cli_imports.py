@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .test_cli import _env
 
 SERVER_AND_CLIENT_STACKS = {
@@ -39,6 +41,7 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 """
 
 
+@pytest.mark.root
 def test_a_local_run_imports_no_server_or_client_stack(tmp_path: Path) -> None:
     hello = tmp_path / "hello.py"
     hello.write_text("print('hello')\n")

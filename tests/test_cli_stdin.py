@@ -15,9 +15,12 @@ import termios
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .test_cli import _ECHO, _SANDLOT, _TIMEOUT_S, _assert_one_line, _env, _sandlot, _write
 
 
+@pytest.mark.root
 def test_piped_stdin_is_forwarded_by_default(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     proc = _sandlot("run", prog, stdin=b"5\n")  # echo 5 | sandlot run echo.py
@@ -25,6 +28,7 @@ def test_piped_stdin_is_forwarded_by_default(tmp_path: Path) -> None:
     assert proc.stdout == b"'5\\n'\n[]\n"
 
 
+@pytest.mark.root
 def test_redirected_file_stdin_is_forwarded_by_default(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     with _write(tmp_path, "in.txt", "from a file\n").open("rb") as redirected:  # sandlot run echo.py < in.txt
@@ -39,6 +43,7 @@ def test_redirected_file_stdin_is_forwarded_by_default(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout) == (0, b"'from a file\\n'\n[]\n"), proc.stderr
 
 
+@pytest.mark.root
 def test_no_stdin_flag_means_empty_stdin(tmp_path: Path) -> None:
     prog = _write(tmp_path, "echo.py", _ECHO)
     proc = _sandlot("run", prog, "--no-stdin", stdin=b"not for the program\n")
@@ -54,6 +59,7 @@ def _take_terminal() -> None:
 _CONTROLLING_TERMINAL: dict[str, Any] = {"start_new_session": True, "preexec_fn": _take_terminal}
 
 
+@pytest.mark.root
 def test_a_background_run_does_not_read_the_terminal(tmp_path: Path) -> None:
     """`sandlot run x.py &` at a shell: the terminal belongs to the foreground job; reading it would stop us."""
     prog = _write(tmp_path, "echo.py", _ECHO)
@@ -99,6 +105,7 @@ def _read_until(fd: int, wanted: bytes) -> bytes:
     return seen
 
 
+@pytest.mark.root
 def test_terminal_stdin_is_live(tmp_path: Path) -> None:
     """At a terminal the program asks, the user answers, the program reads the answer: no Ctrl-D needed."""
     prog = _write(tmp_path, "ask.py", "name = input('name? ')\nprint('hello ' + name)\nprint(repr(input()))\n")

@@ -36,6 +36,7 @@ from sandlot.service import Service
 
 from .conftest import make_settings
 from .nodes import free_ports
+from .root import require_root
 from .test_http import note_submits
 
 _BOUND_S = 30.0  # no single wait below should come near this; it only turns a hang into a failure
@@ -59,6 +60,7 @@ class _Env:
 
 @contextlib.asynccontextmanager
 async def grpc_serving(server_settings: ServerSettings) -> AsyncIterator[_Env]:
+    require_root()
     service = await Service.start(make_settings(run_defaults=_FAST_LIMITS), server_settings)
     try:
         (port,) = free_ports(1)
@@ -130,11 +132,16 @@ async def _wait_for_status(call: Any) -> grpc.aio.AioRpcError:
 
 
 async def test_run_code_streams_one_response_per_line_as_produced(env: _Env) -> None:
+    # After its first lines the program waits for a file "go" in its session's workdir, which the test
+    # puts there once the first response is here: "still running" is then certain, however slow the
+    # machine (RunCode has no stdin; a session is its way to share files with the program).
     code = (
-        "import sys, time\n"
+        "import os, sys, time\n"
         'print("first")\n'
         'sys.stdout.write("two\\nthree\\npar")\n'
-        "time.sleep(2)\n"
+        "sys.stdout.flush()\n"
+        'while not os.path.exists("go"):\n'
+        "    time.sleep(0.01)\n"
         'print("tial")\n'
         'sys.stderr.write("to stderr\\n")\n'
         'sys.stdout.write("no newline at the end")\n'
@@ -142,9 +149,12 @@ async def test_run_code_streams_one_response_per_line_as_produced(env: _Env) -> 
     received: list[sandbox_pb2.RunResponse] = []
     busy_at_first: int | None = None
     async with asyncio.timeout(_BOUND_S):
-        async for response in env.go.RunCode(sandbox_pb2.RunRequest(code=code)):
+        async for response in env.go.RunCode(sandbox_pb2.RunRequest(code=code, session_id="gated")):
             if not received:
-                busy_at_first = env.service.pool.busy  # the program is still running (asleep)
+                busy_at_first = env.service.pool.busy  # the program is still running (waiting for "go")
+                ((tenant, session_id),) = env.service.pool.session_keys()
+                box = env.service.sessions.local(tenant, session_id).box
+                await asyncio.to_thread(box.write_file, "go", b"")
             received.append(response)
 
     assert busy_at_first == 1

@@ -172,6 +172,7 @@ async def test_the_bundle_keeps_the_jails_policy(gvisor_box: Box) -> None:
     assert argv[argv.index("--network") + 1] == "none"
 
 
+@pytest.mark.root
 def test_a_missing_runsc_is_refused_with_the_exact_reason(tmp_path: Path) -> None:
     settings = dataclasses.replace(make_settings(), runsc_path=tmp_path / "no-runsc")
     sandbox = Sandbox(settings)
@@ -217,6 +218,7 @@ async def test_an_unavailable_level_is_a_503_naming_it_never_a_weaker_run() -> N
         assert unknown.json()["error"]["field"] == "isolation"
 
 
+@pytest.mark.root
 async def test_a_level_runsc_cannot_serve_is_a_503_with_runscs_reason_named_once(tmp_path: Path) -> None:
     settings = make_settings(runsc_path=tmp_path / "no-runsc")
     service = await Service.start(settings, ServerSettings(pool_size=1, gvisor_pool_size=1, drain_deadline_s=2.0))
@@ -259,6 +261,7 @@ async def test_the_server_default_level_applies_to_requests_naming_none() -> Non
             assert asked.json()["stdout"] == "1000\n"
 
 
+@pytest.mark.root
 def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -275,6 +278,7 @@ def test_cli_run_isolation_gvisor(tmp_path: Path) -> None:
     assert json.loads(gvisor.stdout)["stdout"].startswith("uid 91")
 
 
+@pytest.mark.root
 def test_cli_run_isolation_gvisor_without_runsc_says_why_and_exits_2(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -31,6 +31,7 @@ from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputE
 from sandlot.service import Service
 
 from .conftest import make_settings
+from .root import require_root
 
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(30)\nprint('finished')\n"
 LONG_LIMITS = {"wall_time_limit": 60, "time_limit": 10}
@@ -42,6 +43,7 @@ LONG_LIMITS = {"wall_time_limit": 60, "time_limit": 10}
 @contextlib.asynccontextmanager
 async def running_service(*, broker: Broker | None = None, **server: Any) -> AsyncIterator[Service]:
     """A started Service with test state dirs; a short drain so a test's leftover sleeps die fast."""
+    require_root()
     settings = ServerSettings(**{"pool_size": 2, "gvisor_pool_size": 0, "drain_deadline_s": 2.0, **server})
     service = await Service.start(make_settings(), settings, broker=broker)
     try:

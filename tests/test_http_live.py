@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from sandlot.api.common.auth import PUBLIC_TENANT
 from sandlot.api.http.app import create_app
+from sandlot.broker import Control
 from sandlot.service import Service
 
 from .test_http import (
@@ -34,8 +37,12 @@ from .test_http import (
 
 __all__ = ["service_fixture"]  # a fixture, used by name
 
-# Prints, sleeps, prints: the first line must reach the client while the program still runs.
-TWO_PART = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second', flush=True)\n"
+# Prints, waits for SIGUSR1 (which the test sends once the first line is here), prints. Blocked before the
+# first line, so the signal can neither come too early nor kill it; sigwait then takes it.
+SIGNAL_GATED = (
+    "import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\nprint('first', flush=True)\n"
+    "signal.sigwait({signal.SIGUSR1})\nprint('second', flush=True)\n"
+)
 # Prints, waits in its session's workdir for the file "go" (which the test puts there), prints.
 GATED = (
     "import os, time\nprint('first', flush=True)\n"
@@ -121,8 +128,11 @@ def _output(frames: list[dict[str, Any]]) -> str:
     return "".join(f["data"]["data"] for f in frames if f["event"] == "output")
 
 
-async def test_run_text_streams_while_the_program_runs(http: httpx.AsyncClient) -> None:
-    async with http.stream("POST", "/run", content=TWO_PART) as response:
+async def test_run_text_streams_while_the_program_runs(http: httpx.AsyncClient, service: Service) -> None:
+    # /run has neither stdin nor a session: the program's gate is a signal, sent through the task's control
+    # channel (as the WebSocket door's "signal" message is) once the first line is here, so "running"
+    # below is certain however slow the machine is.
+    async with http.stream("POST", "/run", content=SIGNAL_GATED) as response:
         assert response.status_code == 200
         chunks = response.aiter_text()
         first = ""
@@ -131,6 +141,7 @@ async def test_run_text_streams_while_the_program_runs(http: httpx.AsyncClient) 
         assert first == "first\n"
         task_id = response.headers["X-Sandlot-Task-Id"]
         assert (await http.get(f"/api/v1/tasks/{task_id}")).json()["status"] == "running"
+        assert await service.broker.control(PUBLIC_TENANT, task_id, Control("signal", signal=signal.SIGUSR1))
         rest = "".join([chunk async for chunk in chunks])
     assert rest == "second\n"
 

@@ -36,6 +36,7 @@ from sandlot.errors import RejectedError
 from sandlot.service import Service
 
 from .conftest import make_settings
+from .root import require_root
 from .test_http import asgi_client, live_server, wait_running
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -56,6 +57,7 @@ class Live:
 
 @pytest_asyncio.fixture(name="live", scope="module", loop_scope="module")
 async def live_fixture() -> AsyncIterator[Live]:
+    require_root()
     settings = make_settings(judge0=Judge0Settings(callback_allow_private=True))  # callbacks to our loopback
     service = await Service.start(settings, ServerSettings(gvisor_pool_size=0, pool_size=4, drain_deadline_s=2.0))
     try:

@@ -177,6 +177,7 @@ async def _http_client(url: str, **headers: str) -> AsyncIterator[Client]:
 # -------------------------------------------------------------------- stdio
 
 
+@pytest.mark.root
 async def test_stdio_conversation() -> None:
     async with _stdio() as client:
         assert client.server_info is not None and client.server_info.name == "sandlot"
@@ -224,6 +225,7 @@ async def test_stdio_conversation() -> None:
             await client.call_tool("format_disk", {})
 
 
+@pytest.mark.root
 async def test_stdio_session_round_trip() -> None:
     async with _stdio() as client:
         session_id = _structured(await client.call_tool("create_session", {}))["session_id"]
@@ -258,6 +260,7 @@ async def test_stdio_session_round_trip() -> None:
         )
 
 
+@pytest.mark.root
 async def test_stdio_modern_protocol_reports_progress() -> None:
     """The 2026-07-28 era (no initialize handshake) reaches the same tools, progress included."""
     async with _stdio(mode="auto") as client:
@@ -265,6 +268,7 @@ async def test_stdio_modern_protocol_reports_progress() -> None:
         await _run_with_progress(client)
 
 
+@pytest.mark.root
 async def test_stdio_stops_on_eof() -> None:
     process = await _started_stdio()
     assert process.stdin is not None
@@ -275,6 +279,7 @@ async def test_stdio_stops_on_eof() -> None:
     assert process.stdout is not None and await process.stdout.read() == b""  # nothing but the protocol
 
 
+@pytest.mark.root
 async def test_stdio_stops_on_sigterm_killing_running_code() -> None:
     process = await _started_stdio()
     sleeper = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"

@@ -29,6 +29,7 @@ from sandlot.models import ExitEvent, Result, Status
 from sandlot.service import Service
 
 from .conftest import make_settings
+from .root import require_root
 from .test_http import asgi_client, live_server, running_service, service_fixture, wait_done, wait_running
 
 __all__ = ["service_fixture"]  # a fixture, used by name
@@ -406,6 +407,7 @@ async def test_requests_are_counted_under_the_piston_door(service: Service, clie
 async def test_output_limits_name_the_stream() -> None:
     limits = dataclasses.replace(DEFAULT_RUN_LIMITS, max_output_bytes=SMALL_OUTPUT_BYTES)
     server = ServerSettings(gvisor_pool_size=0, pool_size=1, drain_deadline_s=2.0)
+    require_root()
     service = await Service.start(make_settings(run_defaults=limits), server)
     try:
         async with asgi_client(piston_app(service)) as client:

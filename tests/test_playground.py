@@ -38,7 +38,8 @@ CHROMIUM_ARGS = [
 ]
 PHONE = ViewportSize(width=360, height=740)
 DESKTOP = ViewportSize(width=1280, height=900)
-TWO_PART = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second', flush=True)\n"
+# Prints, waits for a line on stdin (the test types it once 'first' is shown), prints.
+TWO_PART = "print('first', flush=True)\ninput()\nprint('second', flush=True)\n"
 HUMAN_TIME = r"\d+(\.\d+)? (ms|s)"
 # The editor's text, whichever editor the page has: CodeMirror keeps its document in its state
 # (the DOM holds only the visible lines), so read it through the view the bundle's EditorView finds.
@@ -181,7 +182,8 @@ async def test_output_streams_while_the_program_runs(visit: Visit) -> None:
     page = visit.page
     await visit.code(TWO_PART)
     await visit.run()
-    # One moment in which 'first' is shown and the run is not over: streamed, not delivered at the end.
+    # 'first' is shown and the run is not over (the program waits for our line): streamed, not delivered at
+    # the end. The gate is the program's stdin, so this moment lasts until the test types, however slow.
     await page.wait_for_function(
         """() => {
             const out = document.getElementById('output').textContent;
@@ -191,8 +193,10 @@ async def test_output_streams_while_the_program_runs(visit: Visit) -> None:
         timeout=20_000,
     )
     await expect(page.locator("#status")).to_contain_text("Running")
+    await page.get_by_label("Type to the program").press("Enter")
     await visit.finished("ok")
-    await expect(page.locator("#output .out-stdout")).to_have_text("first\nsecond\n")
+    # The empty line typed shows between the two parts (in its own span), as in a terminal.
+    await expect(page.locator("#output .out-stdout")).to_have_text(["first\n", "second\n"])
     status = page.locator("#status")
     await expect(status).to_contain_text("OK")
     await expect(status).to_contain_text(re.compile(f"wall {HUMAN_TIME}"))

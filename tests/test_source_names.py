@@ -117,6 +117,7 @@ async def test_http_files_named_otherwise_run_their_public_class() -> None:
     assert response.json()["stdout"] == "com.example.app.Hello\n", response.json()
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("name", ["Hello.java", "greeting.java"])
 def test_java_public_class_in_any_file_name(tmp_path: Path, name: str) -> None:
     code = 'public class Hello {\n    public static void main(String[] a) { System.out.println("hi " + a[0]); }\n}\n'
@@ -124,6 +125,7 @@ def test_java_public_class_in_any_file_name(tmp_path: Path, name: str) -> None:
     assert (proc.returncode, proc.stdout) == (0, b"hi there\n"), proc.stderr
 
 
+@pytest.mark.root
 def test_python_traceback_names_the_users_file(tmp_path: Path) -> None:
     proc = _sandlot("run", _write(tmp_path, "hello.py", "print('a')\nraise ValueError('boom')\n"))
     assert proc.returncode == 1

@@ -62,6 +62,7 @@ def fresh_state() -> Iterator[Path]:
     _wipe()
 
 
+@pytest.mark.root
 @pytest.mark.timeout(_TIMEOUT_S)
 def test_the_first_go_run_says_what_takes_long(fresh_state: Path, tmp_path: Path) -> None:
     prog = tmp_path / "hello.go"
@@ -139,6 +140,7 @@ def blocked_parent() -> Iterator[Path]:
     shutil.rmtree(home)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     "args",
     [("serve", "--http-port", "0", "--grpc-port", "0"), ("worker", "--redis", "redis://127.0.0.1:1"), ("run",)],

@@ -355,7 +355,14 @@ def _output(data: Mapping[str, Any]) -> Output:
 
 
 def _result(data: Mapping[str, Any]) -> Result:
-    """A Result from the server's result JSON (the keys of ``Result.to_dict``; others are ignored)."""
+    """A Result from the server's result JSON (the keys of ``Result.to_dict``; others are ignored).
+
+    Not the broker's ``_result_from_wire``, though it lists the same fields: that one reads sandlot's own
+    base64 wire from Redis and trusts it; this one reads text from a server over HTTP and checks every
+    value. And the client imports only the shared vocabulary (models, errors, config's LimitRequest,
+    languages), never a server module (broker, api, service): it is what an HTTP-only client
+    distribution would ship.
+    """
 
     def optional_int(key: str) -> int | None:
         value = data.get(key)

@@ -198,3 +198,19 @@ NOTICE_SESSION_RESET = "session_reset"
 NOTICE_REQUEUED = "requeued"
 
 Event = StageEvent | OutputEvent | StageResultEvent | NoticeEvent | ExitEvent
+
+
+def terminal_event(
+    status: Status,
+    message: str,
+    *,
+    language: str,
+    signal: int | None = None,
+    stdout: bytes = b"",
+    stderr: bytes = b"",
+    seq: int = 0,
+) -> ExitEvent:
+    """The exit event of a task that ends outside the engine (refused, cancelled while queued, a failure of the
+    worker or the broker); the engine builds the others from the run's own Result."""
+    result = Result(status, signal=signal, stdout=stdout, stderr=stderr, language=language, message=message)
+    return ExitEvent(result, seq=seq)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from sandlot.config import SERVER_DEFAULTS
 from sandlot.errors import AtCapacity, IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
+from sandlot.fairness import TenantRotation
 from sandlot.sandbox import Bind, Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
@@ -103,8 +104,7 @@ class BoxPool:
         self._prelaunch_binds = prelaunch_binds
         self._boxes: list[Box] = []
         self._free: collections.deque[Box] = collections.deque()
-        self._waiting: dict[str, collections.deque[_Waiter]] = {}
-        self._rotation: collections.deque[str] = collections.deque()
+        self._waiting: TenantRotation[_Waiter] = TenantRotation()
         self._sessions: dict[tuple[str, str], Session] = {}
         self._busy = 0
         self._expiry_wakeup = asyncio.Event()
@@ -132,10 +132,9 @@ class BoxPool:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
-        for queue in self._waiting.values():
-            for waiter in queue:
-                if not waiter.future.done():
-                    waiter.future.set_exception(AtCapacity("pool", "the server is shutting down"))
+        for waiter in self._waiting:
+            if not waiter.future.done():
+                waiter.future.set_exception(AtCapacity("pool", "the server is shutting down"))
         self._waiting.clear()
         self._sessions.clear()
         boxes, self._boxes = self._boxes, []
@@ -156,7 +155,7 @@ class BoxPool:
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+        return len(self._waiting)
 
     @property
     def session_count(self) -> int:
@@ -197,16 +196,13 @@ class BoxPool:
     async def _take(self, tenant: str) -> Box:
         if not self.ready:
             raise AtCapacity("pool", "the pool is not ready")
-        if self._free and not self._rotation:
+        if self._free and not self._waiting:
             return self._free.popleft()
         if self.waiting >= self.max_waiting:
             raise AtCapacity("pool", f"{self.waiting} executions are already waiting for a box")
         loop = asyncio.get_running_loop()
         waiter = _Waiter(tenant, loop.create_future())
-        queue = self._waiting.setdefault(tenant, collections.deque())
-        queue.append(waiter)
-        if tenant not in self._rotation:
-            self._rotation.append(tenant)
+        self._waiting.push(tenant, waiter)
         self._dispatch()
         try:
             return await waiter.future
@@ -216,32 +212,13 @@ class BoxPool:
                 self._free.append(waiter.future.result())
                 self._dispatch()
             else:
-                self._forget(waiter)
+                self._waiting.remove(waiter.tenant, waiter)
             raise
-
-    def _forget(self, waiter: _Waiter) -> None:
-        queue = self._waiting.get(waiter.tenant)
-        if queue is not None:
-            with contextlib.suppress(ValueError):
-                queue.remove(waiter)
-            if not queue:
-                del self._waiting[waiter.tenant]
-                with contextlib.suppress(ValueError):
-                    self._rotation.remove(waiter.tenant)
 
     def _dispatch(self) -> None:
         """Hand free boxes to waiters, one tenant at a time in rotation."""
-        while self._free and self._rotation:
-            tenant = self._rotation.popleft()
-            queue = self._waiting.get(tenant)
-            if not queue:
-                self._waiting.pop(tenant, None)
-                continue
-            waiter = queue.popleft()
-            if queue:
-                self._rotation.append(tenant)
-            else:
-                del self._waiting[tenant]
+        while self._free and self._waiting:
+            waiter = self._waiting.pop()
             if waiter.future.done():
                 continue
             waiter.future.set_result(self._free.popleft())
@@ -278,7 +255,7 @@ class BoxPool:
     async def create_session(self, tenant: str) -> Session:
         if len(self._sessions) >= self.max_sessions:
             raise AtCapacity("pool", f"the session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
-        if not self._free or self._rotation:
+        if not self._free or self._waiting:
             # A session pins a box for minutes: never queue for one, ask to retry instead.
             raise AtCapacity("pool", "no box is free for a new session right now", retry_after_s=5.0)
         box = self._free.popleft()

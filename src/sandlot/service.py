@@ -13,9 +13,12 @@ Doors get the Service and never build any of these themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, Distributed, TaskSpec
@@ -38,6 +41,7 @@ from sandlot.sessions import SessionInfo, Sessions
 from sandlot.worker import Worker
 
 log = logging.getLogger(__name__)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CLAIM_GRACE_S = 30.0  # on top of the longest compile + run, before a silent worker's job is taken over
 
 
@@ -51,6 +55,24 @@ def freeze_start_up_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGTERM or SIGINT sets while the block runs: how each serving process learns to drain.
+
+    Entered before a slow start-up (worker, MCP), a signal during it stops the process right after it, with
+    everything released, rather than killing it half-built. The handlers go on the way out.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def effective_claim_idle_ms(settings: Settings, server: ServerSettings) -> int:

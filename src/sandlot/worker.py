@@ -62,7 +62,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
-from sandlot.engine import Engine, check_isolation, rejected
+from sandlot.engine import Engine, check_isolation
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
 from sandlot.metrics import Metrics
 from sandlot.models import (
@@ -71,8 +71,8 @@ from sandlot.models import (
     ExitEvent,
     NoticeEvent,
     OutputEvent,
-    Result,
     Status,
+    terminal_event,
 )
 from sandlot.pool import BoxPool, pool_for_run
 from sandlot.sandbox import Box
@@ -285,15 +285,12 @@ class Worker:
             if self._stopping and isinstance(self.broker, Distributed) and not run.published:
                 await self._hand_back(self.broker, run, "the worker stopped during the run; it starts again on another")
             # Keep what the program had printed: it was already streamed to the client.
-            failure = ExitEvent(
-                Result(
-                    Status.INTERNAL_ERROR,
-                    stdout=bytes(output["stdout"]),
-                    stderr=bytes(output["stderr"]),
-                    language=spec.language,
-                    message="the server shut down during the run",
-                ),
-                time=time.time(),
+            failure = terminal_event(
+                Status.INTERNAL_ERROR,
+                "the server shut down during the run",
+                language=spec.language,
+                stdout=bytes(output["stdout"]),
+                stderr=bytes(output["stderr"]),
             )
             raise
         except BrokerUnavailable as exc:
@@ -305,16 +302,15 @@ class Worker:
                 why = "redis was unreachable during the run; it starts again"
                 await self._hand_back(self.broker, run, why, patience_s=_HAND_BACK_PATIENCE_S)
             else:  # the in-process broker has nothing to come back
-                failure = _failure(spec, Status.INTERNAL_ERROR, f"sandbox failure: {exc}")
+                failure = terminal_event(Status.INTERNAL_ERROR, f"sandbox failure: {exc}", language=spec.language)
         except RejectedError as exc:
-            failure = ExitEvent(rejected(str(exc), spec.language), time=time.time())
+            failure = terminal_event(Status.REJECTED, str(exc), language=spec.language)
         except SandlotError as exc:
-            failure = _failure(spec, Status.INTERNAL_ERROR, f"sandbox failure: {exc}")
+            failure = terminal_event(Status.INTERNAL_ERROR, f"sandbox failure: {exc}", language=spec.language)
         finally:
             if not run.settled:
-                await self._publish_exit(
-                    spec, failure or _failure(spec, Status.INTERNAL_ERROR, "unexpected error"), run.published
-                )
+                unexpected = terminal_event(Status.INTERNAL_ERROR, "unexpected error", language=spec.language)
+                await self._publish_exit(spec, failure or unexpected, run.published)
 
     async def _publish_exit(self, spec: TaskSpec, exit_event: ExitEvent, published: list[ExitEvent]) -> None:
         """Store the task's one terminal result (shielded: a shutdown must not lose it)."""
@@ -479,10 +475,6 @@ async def _quietly(what: str, awaitable: Awaitable[object]) -> None:
         await awaitable
     except Exception as exc:
         log.warning("%s: %s", what, exc)
-
-
-def _failure(spec: TaskSpec, status: Status, message: str) -> ExitEvent:
-    return ExitEvent(Result(status, language=spec.language, message=message), time=time.time())
 
 
 def _apply(message: Control, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:

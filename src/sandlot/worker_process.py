@@ -15,24 +15,18 @@ releases every box (cgroups, mounts) before it exits 0.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from urllib.parse import urlsplit
 
 from sandlot.config import ServerSettings, Settings
-from sandlot.service import Service, count_boxes, effective_claim_idle_ms, freeze_start_up_objects
+from sandlot.service import Service, count_boxes, effective_claim_idle_ms, freeze_start_up_objects, stop_on_signals
 
 log = logging.getLogger("sandlot.worker_process")
 
 
 async def run_worker(settings: Settings, server: ServerSettings) -> None:
     """Run jobs until SIGTERM/SIGINT, then drain and release every box."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         service = await Service.start(settings, server)
         try:
             log.warning(
@@ -47,9 +41,6 @@ async def run_worker(settings: Settings, server: ServerSettings) -> None:
         finally:
             await service.stop()  # stop claiming, finish or kill running jobs, release the boxes
             log.warning("sandlot worker stopped; boxes released")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
 
 
 def _redacted(url: str) -> str:

@@ -5,17 +5,21 @@ Theory of operation
 A session's first job opens a box for it in the worker that takes it (``bind``,
 after the broker's session directory said where the session lives); its later
 jobs are routed to that worker and run in that box. Each time this worker
-opens a session's box it bumps the session's *generation*, so that a release
+opens a session's box it gives it a new *generation*, so that a release
 decided on an older look (``release``: the presence said the session is no
 longer this worker's: ended, expired, or moved while this worker looked dead)
-never closes a box that was reopened meanwhile. One lock per session keeps a
-binding and a release of the same session apart.
+never closes a box that was reopened meanwhile. Generations come from one
+counter for all sessions, never reused, so a session's entry can be forgotten
+as soon as its box is gone (``held`` forgets those the pools no longer hold):
+the bookkeeping stays as large as the sessions held, not as all ever seen. One
+lock per session keeps a binding and a release of the same session apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import weakref
 from collections.abc import Mapping
 from typing import Literal
@@ -34,12 +38,16 @@ class SessionBoxes:
         self._pools = pools
         self._default_isolation = default_isolation
         self._locks: weakref.WeakValueDictionary[SessionKey, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._generations: dict[SessionKey, int] = {}  # bumped each time this worker opens a session's box
+        self._generations: dict[SessionKey, int] = {}  # of the sessions whose box is here
+        self._next_generation = itertools.count(1)  # 0 stands for "being opened": no generation yet
         self._chores: set[asyncio.Task[None]] = set()
 
     def held(self) -> dict[SessionKey, int]:
-        """Every session whose box is here, with its generation."""
-        return {key: self._generations.get(key, 0) for pool in self._pools.values() for key in pool.session_keys()}
+        """Every session whose box is here, with its generation; the others' generations are forgotten."""
+        held = {key: self._generations.get(key, 0) for pool in self._pools.values() for key in pool.session_keys()}
+        for key in self._generations.keys() - held.keys():
+            del self._generations[key]  # a binding under way sets its own afresh once its box is open
+        return held
 
     async def bind(self, broker: Distributed, spec: TaskSpec, session_id: str) -> Literal["here", "reset", "elsewhere"]:
         """Make sure the session's box is here ("here"), unless another live worker holds it ("elsewhere").
@@ -65,7 +73,7 @@ class SessionBoxes:
                     with contextlib.suppress(SessionNotFound):
                         await pool.end_session(*key)
                 await pool.adopt_session(*key, expires_in_s=binding.expires_in_s)
-                self._generations[key] = self._generations.get(key, 0) + 1
+                self._generations[key] = next(self._next_generation)
         return "reset" if binding.verdict == "reset" else "here"
 
     def release(self, held: Mapping[SessionKey, int], owned: set[SessionKey]) -> None:
@@ -87,6 +95,7 @@ class SessionBoxes:
                 for pool in self._pools.values():
                     with contextlib.suppress(SessionNotFound):
                         await pool.end_session(*key)  # waits for a run in it to end
+                self._generations.pop(key, None)
 
     def _lock(self, key: SessionKey) -> asyncio.Lock:
         """One binding at a time per session here: two of its jobs must not both open a box."""

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import signal
 import socket
 from collections.abc import Iterator
 
@@ -22,7 +21,7 @@ from fastapi import FastAPI
 
 from sandlot.api.mcp import server as mcp_server
 from sandlot.config import ServerSettings, Settings
-from sandlot.service import Service, count_boxes, freeze_start_up_objects
+from sandlot.service import Service, count_boxes, freeze_start_up_objects, stop_on_signals
 
 log = logging.getLogger("sandlot.server")
 _LISTENER_GRACE_S = 5.0
@@ -95,7 +94,8 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
                     timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
                 )
             )
-            await _run(service, server, grpc_server, http, http_socket, ready, app)
+            with stop_on_signals() as stop:
+                await _run(stop, service, server, grpc_server, http, http_socket, ready, app)
         finally:
             await service.stop()
             log.warning("sandlot stopped; boxes released")
@@ -104,6 +104,7 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
 
 
 async def _run(
+    stop: asyncio.Event,
     service: Service,
     server: ServerSettings,
     grpc_server: grpc.aio.Server,
@@ -112,11 +113,7 @@ async def _run(
     ready: asyncio.Event | None,
     app: FastAPI,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: refuse new work, finish running work, close the listeners."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    """Serve until ``stop`` (SIGTERM/SIGINT), then drain: refuse new work, finish running work, close the listeners."""
     try:
         await grpc_server.start()
         http_task = asyncio.create_task(http.serve(sockets=[http_socket]), name="sandlot-http")
@@ -143,7 +140,5 @@ async def _run(
         with contextlib.suppress(asyncio.CancelledError):
             await http_task
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         await grpc_server.stop(None)
         await mcp_server.shutdown(app)

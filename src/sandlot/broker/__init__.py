@@ -45,6 +45,7 @@ from sandlot.models import (
     StageResultEvent,
     Status,
     StreamName,
+    terminal_event,
 )
 
 TaskStatus = Literal["queued", "running", "done"]
@@ -286,11 +287,7 @@ class Distributed(Heartbeating, Protocol):
 
 def cancelled_before_start(spec: TaskSpec) -> ExitEvent:
     """The exit event of a task cancelled while it was still queued."""
-    return ExitEvent(
-        Result(status=Status.SIGNALED, signal=9, language=spec.language, message="cancelled before it started"),
-        seq=1,
-        time=time.time(),
-    )
+    return terminal_event(Status.SIGNALED, "cancelled before it started", language=spec.language, signal=9, seq=1)
 
 
 # --------------------------------------------------------------- event codec

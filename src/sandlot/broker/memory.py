@@ -13,7 +13,6 @@ spill directory they are dropped early instead (a door then answers 404).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -32,6 +31,7 @@ from sandlot.broker import (
 from sandlot.broker.spill import SpillDir, payload_bytes
 from sandlot.config import SERVER_DEFAULTS
 from sandlot.errors import AtCapacity
+from sandlot.fairness import TenantRotation
 from sandlot.models import Event, ExitEvent
 
 _log = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ class MemoryBroker:
         self.retained_bytes = 0
         self._spilling = asyncio.Lock()
         self._tasks: dict[str, _Task] = {}
-        self._queues: dict[str, collections.deque[str]] = {}
-        self._rotation: collections.deque[str] = collections.deque()
-        self._queued = 0
+        self._queue: TenantRotation[str] = TenantRotation()  # task ids
         self._available = asyncio.Condition()
         self._idempotency: dict[tuple[str, str], str] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
@@ -80,17 +78,13 @@ class MemoryBroker:
             earlier = self._idempotency.get((spec.tenant, idempotency_key))
             if earlier is not None and earlier in self._tasks:
                 return self._tasks[earlier].spec
-        if self._queued >= self.max_queued:
-            raise AtCapacity("queue", f"{self._queued} executions are already queued")
+        if len(self._queue) >= self.max_queued:
+            raise AtCapacity("queue", f"{len(self._queue)} executions are already queued")
         task = _Task(spec, idempotency_key=idempotency_key)
         self._tasks[spec.id] = task
         if idempotency_key is not None:
             self._idempotency[(spec.tenant, idempotency_key)] = spec.id
-        queue = self._queues.setdefault(spec.tenant, collections.deque())
-        queue.append(spec.id)
-        if spec.tenant not in self._rotation:
-            self._rotation.append(spec.tenant)
-        self._queued += 1
+        self._queue.push(spec.tenant, spec.id)
         async with self._available:
             self._available.notify()
         return spec
@@ -140,41 +134,23 @@ class MemoryBroker:
         if task is None or task.spec.tenant != tenant or task.status == "done":
             return False
         if task.status == "queued":
-            queue = self._queues.get(tenant)
-            if queue is not None and task_id in queue:
-                queue.remove(task_id)
-                self._queued -= 1
-                if not queue:
-                    del self._queues[tenant]
-                    self._rotation.remove(tenant)
+            self._queue.remove(tenant, task_id)
             await self.finish(task_id, cancelled_before_start(task.spec))
             return True
         task.controls.put_nowait(Control("cancel"))
         return True
 
     def queue_depth(self) -> int:
-        return self._queued
+        return len(self._queue)
 
     # ----------------------------------------------------------- workers
 
     async def claim(self) -> TaskSpec:
         async with self._available:
-            await self._available.wait_for(lambda: self._queued > 0)
-            while True:
-                tenant = self._rotation.popleft()
-                queue = self._queues.get(tenant)
-                if not queue:
-                    self._queues.pop(tenant, None)
-                    continue
-                task_id = queue.popleft()
-                if queue:
-                    self._rotation.append(tenant)
-                else:
-                    del self._queues[tenant]
-                self._queued -= 1
-                task = self._tasks[task_id]
-                task.status = "running"  # claimed: from now on a cancel goes to the worker
-                return task.spec
+            await self._available.wait_for(lambda: len(self._queue) > 0)
+            task = self._tasks[self._queue.pop()]
+            task.status = "running"  # claimed: from now on a cancel goes to the worker
+            return task.spec
 
     async def mark_running(self, task_id: str) -> None:
         task = self._tasks.get(task_id)

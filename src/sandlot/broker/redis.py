@@ -120,7 +120,6 @@ from sandlot.broker.redis_wire import (
     entries,
     event,
     exit_of,
-    internal,
     read_entries,
     spec_of,
     text,
@@ -128,7 +127,7 @@ from sandlot.broker.redis_wire import (
 )
 from sandlot.config import SERVER_DEFAULTS
 from sandlot.errors import AtCapacity, BrokerUnavailable, SessionNotFound, Superseded
-from sandlot.models import NOTICE_REQUEUED, Event, ExitEvent, NoticeEvent
+from sandlot.models import NOTICE_REQUEUED, Event, ExitEvent, NoticeEvent, Status, terminal_event
 
 log = logging.getLogger(__name__)
 
@@ -632,16 +631,15 @@ class RedisBroker:
             spec = TaskSpec.from_json(rest[0])
         except (ValueError, KeyError, TypeError) as exc:
             await self._dead_letter(delivered, f"malformed spec of task {task_id!r}: {exc}")
-            await self._store_exit(
-                task_id, internal(f"malformed task spec: {exc}"), only_if_unclaimed=False, fence=to_str(rest[1])
-            )
+            malformed = terminal_event(Status.INTERNAL_ERROR, f"malformed task spec: {exc}", language="")
+            await self._store_exit(task_id, malformed, only_if_unclaimed=False, fence=to_str(rest[1]))
             return None
         fence = to_str(rest[1])
         if verdict == "lost":
             # The order of every finish: the exit is stored, then the entry (recorded by the take) is
             # acknowledged by _store_exit. A crash between leaves the entry pending; its next take finds
             # the task done and acknowledges it, where the other order would leave a task with no job.
-            lost = internal("worker lost", language=spec.language)
+            lost = terminal_event(Status.INTERNAL_ERROR, "worker lost", language=spec.language)
             await self._store_exit(task_id, lost, only_if_unclaimed=False, fence=fence)
             return None
         self._held[task_id] = _Held(stream, entry_id, fence)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from sandlot.broker import Control, TaskSpec, event_from_wire
-from sandlot.models import Event, ExitEvent, Result, Status
+from sandlot.models import Event, ExitEvent
 
 
 def to_str(value: Any) -> str:
@@ -61,7 +60,3 @@ def control_message(fields: dict[bytes, bytes]) -> Control:
     if kind not in ("stdin", "close_stdin", "signal", "cancel"):
         kind = "cancel"  # unreadable: the safe reading of a message nobody should have sent
     return Control(kind, fields.get(b"data", b""), int(fields.get(b"signal", b"0")))  # type: ignore[arg-type]
-
-
-def internal(message: str, *, language: str = "") -> ExitEvent:
-    return ExitEvent(Result(Status.INTERNAL_ERROR, language=language, message=message), time=time.time())

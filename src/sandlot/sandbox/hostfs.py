@@ -10,12 +10,14 @@ cleaning up is an unmount, not a tree walk.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import re
 import stat
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,42 +116,44 @@ def open_root(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+@contextlib.contextmanager
+def _owned(fd: int) -> Iterator[int]:
+    """fd, closed when the block ends however it ends: every walk below holds several at once."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: int = 0o644) -> None:
     """Create or replace root/name with data; whatever the program planted there is unlinked, not followed."""
     parts = validate_relative_path(name, field="files.name")
-    root_fd = open_root(root)
-    try:
+    with _owned(open_root(root)) as root_fd:
         try:
             dir_fd = _open_dir_beneath(root_fd, parts[:-1], create=True, uid=uid, gid=gid)
         except (NotADirectoryError, OSError) as exc:
             raise RejectedError.at("files.name", f"cannot create directory for {name!r}: {exc.strerror}") from exc
+    with _owned(dir_fd):
         try:
-            try:
-                os.unlink(parts[-1], dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
-            except IsADirectoryError as exc:
-                raise RejectedError.at("files.name", f"{name!r} is a directory") from exc
-            try:
-                fd = os.open(
-                    parts[-1],
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    mode,
-                    dir_fd=dir_fd,
-                )
-            except FileExistsError as exc:  # the running program created it again after our unlink
-                raise FileBusy.at("files.name", f"{name!r} was recreated by the running program; retry") from exc
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fchown(fd, uid, gid)
-            finally:
-                os.close(fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        os.close(root_fd)
+            os.unlink(parts[-1], dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError as exc:
+            raise RejectedError.at("files.name", f"{name!r} is a directory") from exc
+        try:
+            fd = os.open(
+                parts[-1],
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                mode,
+                dir_fd=dir_fd,
+            )
+        except FileExistsError as exc:  # the running program created it again after our unlink
+            raise FileBusy.at("files.name", f"{name!r} was recreated by the running program; retry") from exc
+    with _owned(fd):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchown(fd, uid, gid)
 
 
 @dataclass(frozen=True)
@@ -161,43 +165,36 @@ class FileInfo:
 def read_file(root: Path, name: str, *, max_bytes: int) -> bytes:
     """Read a plain file the program left; links, fifos and devices are refused."""
     parts = validate_relative_path(name)
-    root_fd = open_root(root)
-    try:
+    with _owned(open_root(root)) as root_fd:
         try:
             dir_fd = _open_dir_beneath(root_fd, parts[:-1], create=False, uid=0, gid=0)
         except OSError as exc:
             raise FileMissing(f"{name}: no such file") from exc
+    with _owned(dir_fd):
         try:
-            try:
-                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except FileNotFoundError as exc:
-                raise FileMissing(f"{name}: no such file") from exc
-            except OSError as exc:  # ELOOP: a symlink
-                raise RejectedError(f"{name}: not a regular file ({exc.strerror})") from exc
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise RejectedError(f"{name}: not a regular file")
-                if st.st_size > max_bytes:
-                    raise RejectedError(f"{name}: larger than {max_bytes} bytes")
-                chunks: list[bytes] = []
-                remaining = max_bytes + 1
-                while remaining > 0:
-                    chunk = os.read(fd, min(remaining, 1 << 16))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    remaining -= len(chunk)
-                data = b"".join(chunks)
-                if len(data) > max_bytes:
-                    raise RejectedError(f"{name}: larger than {max_bytes} bytes")
-                return data
-            finally:
-                os.close(fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        os.close(root_fd)
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError as exc:
+            raise FileMissing(f"{name}: no such file") from exc
+        except OSError as exc:  # ELOOP: a symlink
+            raise RejectedError(f"{name}: not a regular file ({exc.strerror})") from exc
+    with _owned(fd):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RejectedError(f"{name}: not a regular file")
+        if st.st_size > max_bytes:
+            raise RejectedError(f"{name}: larger than {max_bytes} bytes")
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise RejectedError(f"{name}: larger than {max_bytes} bytes")
+    return data
 
 
 @dataclass(frozen=True)
@@ -221,38 +218,32 @@ def list_files(root: Path, *, max_entries: int = MAX_LIST_ENTRIES) -> Listing:
     seen = 0
     truncated = False
     pending: deque[tuple[str, ...]] = deque([()])
-    root_fd = open_root(root)
-    try:
+    with _owned(open_root(root)) as root_fd:
         while pending and not truncated:
             parts = pending.popleft()
             try:
                 fd = _open_dir_beneath(root_fd, parts, create=False, uid=0, gid=0)
             except OSError:
                 continue  # removed or replaced by the program since we saw it
-            try:
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        seen += 1
-                        if seen > max_entries:
-                            truncated = True
-                            break
-                        if not _is_utf8(entry.name):
-                            continue  # no request could name it (paths are UTF-8), and JSON cannot carry it
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                if len(parts) + 1 >= MAX_PATH_DEPTH:
-                                    truncated = True  # its files could not be named in a request anyway
-                                    continue
-                                pending.append((*parts, entry.name))
-                            elif entry.is_file(follow_symlinks=False):
-                                size = entry.stat(follow_symlinks=False).st_size
-                                out.append(FileInfo("/".join((*parts, entry.name)), size))
-                        except FileNotFoundError:
-                            continue
-            finally:
-                os.close(fd)
-    finally:
-        os.close(root_fd)
+            with _owned(fd), os.scandir(fd) as it:
+                for entry in it:
+                    seen += 1
+                    if seen > max_entries:
+                        truncated = True
+                        break
+                    if not _is_utf8(entry.name):
+                        continue  # no request could name it (paths are UTF-8), and JSON cannot carry it
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if len(parts) + 1 >= MAX_PATH_DEPTH:
+                                truncated = True  # its files could not be named in a request anyway
+                                continue
+                            pending.append((*parts, entry.name))
+                        elif entry.is_file(follow_symlinks=False):
+                            size = entry.stat(follow_symlinks=False).st_size
+                            out.append(FileInfo("/".join((*parts, entry.name)), size))
+                    except FileNotFoundError:
+                        continue
     return Listing(sorted(out, key=lambda f: f.path), truncated)
 
 

@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
@@ -60,7 +59,7 @@ from sandlot.api.http.errors import ApiError, as_api_error, error_response
 from sandlot.api.mcp.tools import Tools
 from sandlot.config import ServerSettings, Settings, server_settings_from
 from sandlot.errors import AuthError
-from sandlot.service import Service, count_boxes
+from sandlot.service import Service, count_boxes, stop_on_signals
 
 log = logging.getLogger("sandlot.mcp")
 
@@ -134,20 +133,13 @@ def stdio_server_settings(settings: Settings, *, pool_size: int | None = None) -
 
 async def serve_stdio(settings: Settings, server: ServerSettings) -> None:
     """Start a Service, serve MCP on stdin/stdout until EOF or SIGTERM/SIGINT, then stop it."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a signal during start-up stops us after it
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         service = await Service.start(settings, server)
         try:
             await _serve_stdio_until(service, stop)
         finally:
             await service.stop()
             log.info("sandlot MCP stopped; boxes released")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
 
 
 async def _serve_stdio_until(service: Service, stop: asyncio.Event) -> None:
