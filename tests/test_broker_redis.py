@@ -11,6 +11,8 @@ and an outage with recovery. Orders are asserted, never durations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -753,6 +755,35 @@ async def test_submit_survives_a_redis_that_lost_its_scripts(make_redis: MakeRed
     assert state is not None and state.status == "queued"
 
 
+async def test_a_cancel_lost_in_a_redis_call_still_ends_the_claim_and_gives_its_job_back(
+    make_redis: MakeRedis, raw: aioredis.Redis
+) -> None:
+    """redis-py 8 can finish a command whose task was cancelled meanwhile and return normally, the cancel
+    lost (seen: a cancelled claim returned a job). A draining worker's claim must end all the same, and the
+    job it took meanwhile must go back to the front. The stand-in reclaim loses the cancel as redis-py does."""
+    first = make_redis(consumer_name="first")
+    spec = _spec()
+    await first.submit(spec)
+    real_reclaim, entered = first.reclaim, asyncio.Event()
+
+    async def reclaim_losing_the_cancel() -> int:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # in flight until the cancel, which it swallows
+        return await real_reclaim()
+
+    first.reclaim = reclaim_losing_the_cancel  # type: ignore[method-assign]
+    claiming = asyncio.create_task(first.claim())
+    async with asyncio.timeout(_WAIT_S):
+        await entered.wait()
+    claiming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claiming
+    assert await _pending(raw) == 0
+    second = make_redis(consumer_name="second")
+    assert await _claim(second) == spec
+
+
 async def test_a_claim_cancelled_while_its_take_is_in_flight_gives_the_job_back(
     make_redis: MakeRedis, raw: aioredis.Redis
 ) -> None:
@@ -760,17 +791,28 @@ async def test_a_claim_cancelled_while_its_take_is_in_flight_gives_the_job_back(
 
     Redis is paused for writes, so the claim's take is sent and waits there; the claim is cancelled; when
     the pause ends Redis runs the take. The job must then be back at the front, not pending to this consumer
-    until some later retire.
+    until some later retire. The pause lasts until the test lifts it (a timed one could lapse on a slow
+    machine before the cancel, and the claim would simply succeed).
     """
     first = make_redis(consumer_name="first")
+    first._next_reclaim = time.monotonic() + 3600  # the take, not the periodic reclaim, is what is held
     spec = _spec()
     await first.submit(spec)
-    await raw.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
-    claiming = asyncio.create_task(first.claim())
-    async with asyncio.timeout(_WAIT_S):  # until the take is sent and held by the pause
-        while b"cmd=evalsha" not in await raw.execute_command("CLIENT", "LIST"):
-            await asyncio.sleep(0.01)
-    claiming.cancel()
+    await raw.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    try:
+        claiming = asyncio.create_task(first.claim())
+        async with asyncio.timeout(_WAIT_S):  # until the take is sent and held by the pause ("b": blocked)
+            while not any(
+                b" flags=b " in line and b" cmd=evalsha " in line
+                for line in (await raw.execute_command("CLIENT", "LIST")).splitlines()
+            ):
+                await asyncio.sleep(0.01)
+        claiming.cancel()
+        # Without the fix the cancelled claim ends here, leaving its take to Redis; with it, the claim waits
+        # for its held take. The bound only lets the former happen first: it decides nothing by itself.
+        await asyncio.wait({claiming}, timeout=0.5)
+    finally:
+        await raw.execute_command("CLIENT", "UNPAUSE")
     with pytest.raises(asyncio.CancelledError):
         await claiming
     assert await _pending(raw) == 0  # given back: nothing left pending to the cancelled consumer

@@ -359,6 +359,7 @@ class RedisBroker:
 
         Waits out a Redis outage (with the capped backoff) rather than raising.
         """
+        cancels = _cancels_requested()
         token = ""  # the wake list a token was popped from, for the next take
         while True:
             try:
@@ -368,8 +369,22 @@ class RedisBroker:
                 token = ""
                 await asyncio.sleep(max(self._reach.retry_at - time.monotonic(), _BACKOFF_FIRST_S))
                 continue
+            await self._honour_lost_cancel(cancels, spec)
             if spec is not None:
                 return spec
+
+    async def _honour_lost_cancel(self, cancels: int, spec: TaskSpec | None) -> None:
+        """Raise CancelledError if this task was cancelled during a Redis call that finished anyway.
+
+        redis-py (8.x) can let a command that was in flight when its task was cancelled complete and
+        return normally, the cancel lost. A draining worker's claim must still end, and a job its last
+        take got meanwhile goes back to the front of the queue, as for any claimed job not started.
+        """
+        if _cancels_requested() <= cancels:
+            return
+        if spec is not None:
+            await asyncio.shield(self.hand_back(spec.id))
+        raise asyncio.CancelledError
 
     async def reclaim(self) -> int:
         """Requeue at the front every job pending longer than ``claim_idle_ms``; how many went back.
@@ -560,9 +575,11 @@ class RedisBroker:
     async def claim_routed(self) -> TaskSpec | None:
         """A job of this worker's inbox (runs of the sessions whose boxes it holds), or None if none came
         within one blocking read: what a worker with no free box can still start (in a session's box)."""
+        cancels = _cancels_requested()
         token = ""
         for _ in range(2):  # a take, and if a token came meanwhile, the take it announced
             spec, token = await self._claim_step(token, routed_only=True)
+            await self._honour_lost_cancel(cancels, spec)
             if spec is not None or not token:
                 return spec
         return None
@@ -740,6 +757,12 @@ class _Reachable:
             self.backoff_s = min(_BACKOFF_CAP_S, self.backoff_s * 2 or _BACKOFF_FIRST_S)
             self.retry_at = time.monotonic() + self.backoff_s
             raise BrokerUnavailable(f"redis is unreachable: {exc}") from exc
+
+
+def _cancels_requested() -> int:
+    """How many cancels of the current task are pending (see ``RedisBroker._honour_lost_cancel``)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
 
 
 def _pairs(flat: Any) -> dict[bytes, bytes]:
