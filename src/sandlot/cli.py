@@ -9,6 +9,10 @@ error, 2 for anything not the program's doing (one line on stderr), 3 from
 
 from __future__ import annotations
 
+# First of all: asyncio loads only when first used, after `run` has started its jail (see cli_defer).
+from sandlot import cli_defer  # noqa: F401
+
+# isort: split
 import asyncio
 import contextlib
 import importlib
@@ -17,7 +21,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
@@ -25,19 +29,20 @@ from sandlot import __version__, cli_stdin
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
     FirstUseNotice,
+    exit_at_once,
     fail,
     finish,
     finish_rejected,
     program_options,
     read_input,
-    reader_left,
     wants_json,
 )
 from sandlot.config import LimitRequest, Settings, load_settings
-from sandlot.engine import Engine, rejected
+from sandlot.engine import Engine, PreparedJob, rejected
 from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
+from sandlot.sandbox import Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 if TYPE_CHECKING:
@@ -129,33 +134,63 @@ def run(
     except ConfigError as exc:
         fail(f"sandlot: configuration error: {exc}")
         return
+    box = _open_box(engine, prepared, isolation or "jail")
+    if isinstance(box, Result):
+        finish(box, as_json)
+        return
+    result: Result | None = None
     try:
         live_fd = stdin if isinstance(stdin, int) else None
-        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail", live_fd, notice))
+        # asyncio is loaded here (cli_defer), while the pre-launched jail starts.
+        result = asyncio.run(_run_streaming(engine, prepared, box, as_json, live_fd, notice))
     except BrokenPipeError:
-        reader_left()  # the run was already ended and its box released on the way out
-    finish(result, as_json)
+        pass  # stdout's reader left (`sandlot run x.py | head`): the run was ended on the way out
+    finally:
+        box.close()  # normally done already, at the end of the run
+    if result is None:
+        exit_at_once(128 + signal.SIGPIPE)  # as a shell's SIGPIPE would
+    try:
+        finish(result, as_json)
+    except SystemExit as done:
+        exit_at_once(done.code if isinstance(done.code, int) else EXIT_NOT_PROGRAM)
+
+
+def _open_box(engine: Engine, prepared: PreparedJob, isolation: str) -> Box | Result:
+    """Take a box and start its jail now, before asyncio is loaded; or the Result saying why not.
+
+    The jail is pre-launched as the server's pool does it (``Box.prelaunch``): helper,
+    bubblewrap and the box's init start and wait for the command, which ``Box.run``
+    then sends. Only what this job's language binds is bound.
+    """
+    try:
+        box = Sandbox(engine.settings).open_box(None, isolation=isolation)
+    except ConfigError as exc:  # the host's set-up, not the program: says what to change
+        message = f"configuration error: {exc}"
+        return Result(status=Status.INTERNAL_ERROR, message=message, language=prepared.language.name)
+    except SandboxError as exc:
+        message = f"sandbox failure: {exc}"
+        return Result(status=Status.INTERNAL_ERROR, message=message, language=prepared.language.name)
+    try:
+        box.prelaunch(engine.job_binds(prepared, box))  # a failure here only means a cold start
+    except BaseException:
+        box.close()
+        raise
+    return box
 
 
 async def _run_streaming(
-    engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None, notice: FirstUseNotice
+    engine: Engine,
+    prepared: PreparedJob,
+    box: Box,
+    as_json: bool,
+    live_stdin_fd: int | None,
+    notice: FirstUseNotice,
 ) -> Result:
-    from sandlot.sandbox import Sandbox
-
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)
-    try:
-        sandbox = Sandbox(engine.settings)
-        box = await asyncio.to_thread(sandbox.open_box, None, isolation=isolation)
-    except ConfigError as exc:  # the host's set-up, not the program: says what to change
-        return Result(
-            status=Status.INTERNAL_ERROR, message=f"configuration error: {exc}", language=prepared.language.name
-        )
-    except SandboxError as exc:
-        return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
     out: BinaryIO = sys.stdout.buffer
     err: BinaryIO = sys.stderr.buffer
     result: Result | None = None
