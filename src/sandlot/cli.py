@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -345,6 +344,8 @@ def _server_settings(
     ctx: click.Context, config_file: Path | None, **overrides: object
 ) -> tuple[Settings, ServerSettings]:
     """Settings and server settings for a serving command (flags win); exits 2 on a mistake."""
+    import logging  # here, not at the top: `run` never logs, and its start-up counts
+
     from sandlot.service import server_settings_from
 
     if config_file is not None:
@@ -366,6 +367,8 @@ def _server_settings(
 @click.pass_context
 def mcp(ctx: click.Context, pool_size: int | None) -> None:
     """Serve the MCP tools (run_code, sessions, files) on stdin/stdout, with an embedded service."""
+    import logging
+
     from sandlot.api.mcp_server import serve_stdio, stdio_server_settings
 
     # stdout carries the protocol: every log line goes to stderr.
