@@ -134,7 +134,7 @@ def run(
         fail(f"sandlot: configuration error: {exc}")
         return
     box = _open_box(engine, prepared, isolation or "jail")
-    if isinstance(box, Result):
+    if isinstance(box, Result):  # no box: the Result says why
         finish(box, as_json)
         return
     result: Result | None = None
@@ -170,7 +170,9 @@ def _open_box(engine: Engine, prepared: PreparedJob, isolation: str) -> Box | Re
         message = f"sandbox failure: {exc}"
         return Result(status=Status.INTERNAL_ERROR, message=message, language=prepared.language.name)
     try:
-        box.prelaunch(engine.job_binds(prepared, box))  # a failure here only means a cold start
+        box.prelaunch(engine.job_binds(prepared, box))  # a failure to start only means a cold start
+    except SandlotError:
+        pass  # say, a language cache that cannot be warmed: the run meets it again and reports it
     except BaseException:
         box.close()
         raise
