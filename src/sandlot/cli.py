@@ -145,7 +145,7 @@ def run(
     except BrokenPipeError:
         pass  # stdout's reader left (`sandlot run x.py | head`): the run was ended on the way out
     finally:
-        box.close()  # normally done already, at the end of the run
+        box.close()  # here, not on a thread of the loop: nothing else runs by now
     if result is None:
         exit_at_once(128 + signal.SIGPIPE)  # as a shell's SIGPIPE would
     try:
@@ -197,7 +197,7 @@ async def _run_streaming(
     result: Result | None = None
     try:
         # aclosing: if writing fails (a closed pipe), the run is ended and its cgroup
-        # released here, before the box is closed below.
+        # released here, before the box is closed (by the caller).
         stdin = None if live_stdin_fd is None else cli_stdin.live(live_stdin_fd)
         async with contextlib.aclosing(engine.execute(prepared, box, stdin=stdin)) as events:
             async for event in events:
@@ -216,7 +216,6 @@ async def _run_streaming(
         )
     finally:
         notice.done()
-        await asyncio.to_thread(box.close)
     assert result is not None
     return result
 
