@@ -13,8 +13,10 @@ otherwise compile every module from source on every call (~20 ms here).
 ``--phases N`` then times each step of N runs from an ``strace`` timeline
 (Debian package ``strace``; tracing slows each step a little): sandlot's start
 until the jail is spawned, the helper, bubblewrap, the program, the teardown.
+``--before SRC`` compares with another checkout's ``src`` (``git archive main
+src | tar -x -C /tmp/main``), the two interleaved round by round.
 
-    sudo .venv/bin/python benchmarks/cli_startup.py [--runs 50] [--phases 20]
+    sudo .venv/bin/python benchmarks/cli_startup.py [--runs 50] [--phases 20] [--before /tmp/main/src]
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import sandlot as sandlot_package
@@ -134,10 +139,45 @@ def _phases(sandlot: Path, hello: Path, runs: int) -> None:
         print(f"  {statistics.median(values):6.1f} ms  {label}")
 
 
+_ENTRYPOINT = "from sandlot.cli import entrypoint; entrypoint()"
+
+
+def _compare(before_src: Path, hello: Path, rounds: int) -> None:
+    """Another ``src`` tree (say, main's) against this one, interleaved: each round runs both in random order.
+
+    hyperfine runs all of one command, then all of the other; on a shared machine the load drifts between
+    the two. Both run as ``python -c <entrypoint> run hello.py``, the old one through ``PYTHONPATH``.
+    """
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(before_src)], check=True)
+    env_before = {**os.environ, "PYTHONPATH": str(before_src)}
+    variants = {"before": env_before, "after": dict(os.environ)}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    command = [sys.executable, "-c", _ENTRYPOINT, "run", str(hello)]
+    for round_ in range(rounds + 1):
+        for name in random.sample(list(variants), len(variants)):
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(command, env=variants[name], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+            took = time.perf_counter() - start
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if round_:  # the first round warms up
+                wall[name].append(took * 1000)
+                cpu[name].append((now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime) * 1000)
+    print(f"before ({before_src}) and after, interleaved, {rounds} rounds:")
+    for name in variants:
+        w = wall[name]
+        print(
+            f"  {name:<7} wall mean {statistics.mean(w):6.1f} ms, median {statistics.median(w):6.1f} ms, "
+            f"min {min(w):6.1f} ms; CPU mean {statistics.mean(cpu[name]):6.1f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--phases", type=int, default=0, help="Also time each phase of N runs with strace.")
+    parser.add_argument("--before", type=Path, help="Also compare with another src tree (say, main's), interleaved.")
     args = parser.parse_args()
     if shutil.which("hyperfine") is None:
         sys.exit("cli_startup.py: needs hyperfine (apt-get install hyperfine; scripts/setup.sh installs it)")
@@ -157,6 +197,8 @@ def main() -> None:
         print(f"import sandlot.cli: {_import_ms(sys.executable, 'sandlot.cli'):.1f} ms (median of {_IMPORT_SAMPLES})")
         if args.phases:
             _phases(sandlot, hello, args.phases)
+        if args.before:
+            _compare(args.before, hello, args.runs)
 
 
 if __name__ == "__main__":
