@@ -100,6 +100,19 @@ def test_success_exits_zero(tmp_path: Path) -> None:
     assert proc.stdout == b"fine\n"
 
 
+def test_run_starts_its_jail_before_its_command_as_the_pool_does(tmp_path: Path) -> None:
+    """The jail is pre-launched while sandlot loads the rest (start-up): its init waits on the command channel.
+
+    The program sees the box's init as pid 1; a jail started with its command would name it after ``--``.
+    """
+    prog = _write(tmp_path, "init.py", "print(open('/proc/1/cmdline', 'rb').read().split(b'\\0'))\n")
+    proc = _sandlot("run", prog, "--time-limit", "3")
+    assert proc.returncode == 0, proc.stderr
+    init_argv = proc.stdout.decode()
+    assert "b'--command-fd'" in init_argv
+    assert "b'--'" not in init_argv
+
+
 def test_signal_exit_code(tmp_path: Path) -> None:
     prog = _write(tmp_path, "segv.sh", "kill -SEGV $$\n")
     proc = _sandlot("run", prog)
