@@ -55,14 +55,16 @@ def test_a_local_run_imports_no_server_or_client_stack(tmp_path: Path) -> None:
     assert loaded == set()
 
 
-def test_importing_the_cli_leaves_asyncio_unloaded_until_used() -> None:
-    """``run`` starts its jail before asyncio is loaded (cli_defer): no module on that path may load it."""
+def test_importing_the_cli_leaves_asyncio_json_and_subprocess_unloaded_until_used() -> None:
+    """``run`` starts its jail before these load (cli_defer): no module on that path may use them at import."""
     probe = (
         "import sys, sandlot.cli\n"
-        "loaded = 'asyncio.base_events' in sys.modules\n"
-        "import asyncio\n"
+        "from sandlot.cli_defer import DEFERRED\n"
+        "print(sorted(name for name in DEFERRED if type(sys.modules[name]).__name__ == '_Deferred'))\n"
+        "import asyncio, json, subprocess\n"
         "asyncio.run(asyncio.sleep(0))\n"
-        "print(loaded, 'asyncio.base_events' in sys.modules)\n"
+        "assert json.loads('[1]') == [1] and subprocess.run(['true'], check=True).returncode == 0\n"
+        "print(sorted(name for name in DEFERRED if type(sys.modules[name]).__name__ == '_Deferred'))\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120, check=True)
-    assert proc.stdout == b"False True\n", proc.stderr
+    assert proc.stdout == b"['asyncio', 'json', 'subprocess']\n[]\n", proc.stderr
