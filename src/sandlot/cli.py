@@ -9,7 +9,7 @@ error, 2 for anything not the program's doing (one line on stderr), 3 from
 
 from __future__ import annotations
 
-# First of all: asyncio loads only when first used, after `run` has started its jail (see cli_defer).
+# First of all: asyncio, json and subprocess load when first used, after `run` has started its jail (cli_defer).
 from sandlot import cli_defer  # noqa: F401
 
 # isort: split
