@@ -1,10 +1,11 @@
 """The ``sandlot`` command: thin commands that call the layers.
 
-Local commands live here (run, languages, serve, worker, mcp); the client commands
-(submit, result) in cli_client.py; the exit-code contract they all share in
-cli_output.py: the program's own code (128+N for signal N), 1 for a compile
-error, 2 for anything not the program's doing (one line on stderr), 3 from
-``result`` while a task is not done.
+Local commands live here (run, languages, serve, worker, mcp), with run's way
+through a run (ordered for start-up) in cli_run.py; the client commands (submit,
+result) in cli_client.py; the exit-code contract they all share in cli_output.py:
+the program's own code (128+N for signal N), 1 for a compile error, 2 for
+anything not the program's doing (one line on stderr), 3 from ``result`` while a
+task is not done.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from sandlot import cli_defer  # noqa: F401
 
 # isort: split
 import asyncio
-import contextlib
 import importlib
 import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import click
 
-from sandlot import __version__, cli_stdin
+from sandlot import __version__, cli_run, cli_stdin
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
     FirstUseNotice,
@@ -37,11 +37,10 @@ from sandlot.cli_output import (
     wants_json,
 )
 from sandlot.config import LimitRequest, Settings, load_settings
-from sandlot.engine import Engine, PreparedJob, rejected
-from sandlot.errors import ConfigError, RejectedError, SandboxError, SandlotError
+from sandlot.engine import Engine, rejected
+from sandlot.errors import ConfigError, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
-from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
-from sandlot.sandbox import Box, Sandbox
+from sandlot.models import Job, Result, SourceFile
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 if TYPE_CHECKING:
@@ -133,7 +132,7 @@ def run(
     except ConfigError as exc:
         fail(f"sandlot: configuration error: {exc}")
         return
-    box = _open_box(engine, prepared, isolation or "jail")
+    box = cli_run.open_box(engine, prepared, isolation or "jail")
     if isinstance(box, Result):  # no box: the Result says why
         finish(box, as_json)
         return
@@ -141,7 +140,7 @@ def run(
     try:
         live_fd = stdin if isinstance(stdin, int) else None
         # asyncio is loaded here (cli_defer), while the pre-launched jail starts.
-        result = asyncio.run(_run_streaming(engine, prepared, box, as_json, live_fd, notice))
+        result = asyncio.run(cli_run.stream(engine, prepared, box, as_json, live_fd, notice))
     except BrokenPipeError:
         pass  # stdout's reader left (`sandlot run x.py | head`): the run was ended on the way out
     finally:
@@ -152,72 +151,6 @@ def run(
         finish(result, as_json)
     except SystemExit as done:
         exit_at_once(done.code if isinstance(done.code, int) else EXIT_NOT_PROGRAM)
-
-
-def _open_box(engine: Engine, prepared: PreparedJob, isolation: str) -> Box | Result:
-    """Take a box and start its jail now, before asyncio is loaded; or the Result saying why not.
-
-    The jail is pre-launched as the server's pool does it (``Box.prelaunch``): helper,
-    bubblewrap and the box's init start and wait for the command, which ``Box.run``
-    then sends. Only what this job's language binds is bound.
-    """
-    try:
-        box = Sandbox(engine.settings).open_box(None, isolation=isolation)
-    except ConfigError as exc:  # the host's set-up, not the program: says what to change
-        message = f"configuration error: {exc}"
-        return Result(status=Status.INTERNAL_ERROR, message=message, language=prepared.language.name)
-    except SandboxError as exc:
-        message = f"sandbox failure: {exc}"
-        return Result(status=Status.INTERNAL_ERROR, message=message, language=prepared.language.name)
-    try:
-        box.prelaunch(engine.job_binds(prepared, box))  # a failure to start only means a cold start
-    except SandlotError:
-        pass  # say, a language cache that cannot be warmed: the run meets it again and reports it
-    except BaseException:
-        box.close()
-        raise
-    return box
-
-
-async def _run_streaming(
-    engine: Engine,
-    prepared: PreparedJob,
-    box: Box,
-    as_json: bool,
-    live_stdin_fd: int | None,
-    notice: FirstUseNotice,
-) -> Result:
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)
-    out: BinaryIO = sys.stdout.buffer
-    err: BinaryIO = sys.stderr.buffer
-    result: Result | None = None
-    try:
-        # aclosing: if writing fails (a closed pipe), the run is ended and its cgroup
-        # released here, before the box is closed (by the caller).
-        stdin = None if live_stdin_fd is None else cli_stdin.live(live_stdin_fd)
-        async with contextlib.aclosing(engine.execute(prepared, box, stdin=stdin)) as events:
-            async for event in events:
-                notice.done()  # the first event comes after any first-use work
-                if isinstance(event, OutputEvent) and not as_json:
-                    stream = out if event.stream == "stdout" and event.stage == "run" else err
-                    stream.write(event.data)
-                    stream.flush()
-                elif isinstance(event, ExitEvent):
-                    result = event.result
-    except RejectedError as exc:
-        result = rejected(str(exc), prepared.language.name)
-    except SandlotError as exc:
-        result = Result(
-            status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name
-        )
-    finally:
-        notice.done()
-    assert result is not None
-    return result
 
 
 @main.command()
