@@ -13,8 +13,8 @@ otherwise compile every module from source on every call (~20 ms here).
 ``--phases N`` then times each step of N runs from an ``strace`` timeline
 (Debian package ``strace``; tracing slows each step a little): sandlot's start
 until the jail is spawned, the helper, bubblewrap, the program, the teardown.
-``--before SRC`` compares with another checkout's ``src`` (``git archive main
-src | tar -x -C /tmp/main``), the two interleaved round by round.
+``--before SRC`` compares with another checkout's ``src`` (``mkdir -p /tmp/main &&
+git archive main src | tar -x -C /tmp/main``), the two interleaved round by round.
 
     sudo .venv/bin/python benchmarks/cli_startup.py [--runs 50] [--phases 20] [--before /tmp/main/src]
 """
