@@ -25,6 +25,7 @@ APT_PACKAGES=(
     redis-server                                # the Redis broker's tests start their own
     hey                                         # the HTTP load generator of benchmarks/
     hyperfine                                   # benchmarks/cli_startup.py times the CLI with it
+    strace                                      # ... and times each phase of a run (--phases)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,43 +1,46 @@
 """The ``sandlot`` command: thin commands that call the layers.
 
-Local commands live here (run, languages, serve, worker, mcp); the client commands
-(submit, result) in cli_client.py; the exit-code contract they all share in
-cli_output.py: the program's own code (128+N for signal N), 1 for a compile
-error, 2 for anything not the program's doing (one line on stderr), 3 from
-``result`` while a task is not done.
+Local commands live here (run, languages, serve, worker, mcp), with run's way
+through a run (ordered for start-up) in cli_run.py; the client commands (submit,
+result) in cli_client.py; the exit-code contract they all share in cli_output.py:
+the program's own code (128+N for signal N), 1 for a compile error, 2 for
+anything not the program's doing (one line on stderr), 3 from ``result`` while a
+task is not done.
 """
 
 from __future__ import annotations
 
+# First of all: asyncio, json and subprocess load when first used, after `run` has started its jail (cli_defer).
+from sandlot import cli_defer  # noqa: F401
+
+# isort: split
 import asyncio
-import contextlib
 import importlib
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING
 
 import click
 
-from sandlot import __version__, cli_stdin
+from sandlot import __version__, cli_run, cli_stdin
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
     FirstUseNotice,
+    exit_at_once,
     fail,
     finish,
     finish_rejected,
     program_options,
     read_input,
-    reader_left,
     wants_json,
 )
 from sandlot.config import LimitRequest, Settings, load_settings, server_settings_from
 from sandlot.engine import Engine, rejected
-from sandlot.errors import ConfigError, IsolationUnavailable, RejectedError, SandboxError, SandlotError
+from sandlot.errors import ConfigError, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
-from sandlot.models import ExitEvent, Job, OutputEvent, Result, SourceFile, Status
+from sandlot.models import Job, Result, SourceFile
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 if TYPE_CHECKING:
@@ -129,60 +132,25 @@ def run(
     except ConfigError as exc:
         fail(f"sandlot: configuration error: {exc}")
         return
-    try:
-        live_fd = stdin if isinstance(stdin, int) else None
-        result = asyncio.run(_run_streaming(engine, prepared, as_json, isolation or "jail", live_fd, notice))
-    except BrokenPipeError:
-        reader_left()  # the run was already ended and its box released on the way out
-    finish(result, as_json)
-
-
-async def _run_streaming(
-    engine: Engine, prepared: Any, as_json: bool, isolation: str, live_stdin_fd: int | None, notice: FirstUseNotice
-) -> Result:
-    from sandlot.sandbox import Sandbox
-
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        sandbox = Sandbox(engine.settings)
-        box = await asyncio.to_thread(sandbox.open_box, None, isolation=isolation)
-    except ConfigError as exc:  # the host's set-up, not the program: says what to change
-        return Result(
-            status=Status.INTERNAL_ERROR, message=f"configuration error: {exc}", language=prepared.language.name
-        )
-    except (SandboxError, IsolationUnavailable) as exc:  # e.g. --isolation gvisor where runsc cannot run
-        return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name)
-    out: BinaryIO = sys.stdout.buffer
-    err: BinaryIO = sys.stderr.buffer
+    box = cli_run.open_box(engine, prepared, isolation or "jail")
+    if isinstance(box, Result):  # no box: the Result says why
+        finish(box, as_json)
+        return
     result: Result | None = None
     try:
-        # aclosing: if writing fails (a closed pipe), the run is ended and its cgroup
-        # released here, before the box is closed below.
-        stdin = None if live_stdin_fd is None else cli_stdin.live(live_stdin_fd)
-        async with contextlib.aclosing(engine.execute(prepared, box, stdin=stdin)) as events:
-            async for event in events:
-                notice.done()  # the first event comes after any first-use work
-                if isinstance(event, OutputEvent) and not as_json:
-                    stream = out if event.stream == "stdout" and event.stage == "run" else err
-                    stream.write(event.data)
-                    stream.flush()
-                elif isinstance(event, ExitEvent):
-                    result = event.result
-    except RejectedError as exc:
-        result = rejected(str(exc), prepared.language.name)
-    except SandlotError as exc:
-        result = Result(
-            status=Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}", language=prepared.language.name
-        )
+        live_fd = stdin if isinstance(stdin, int) else None
+        # asyncio is loaded here (cli_defer), while the pre-launched jail starts.
+        result = asyncio.run(cli_run.stream(engine, prepared, box, as_json, live_fd, notice))
+    except BrokenPipeError:
+        pass  # stdout's reader left (`sandlot run x.py | head`): the run was ended on the way out
     finally:
-        notice.done()
-        await asyncio.to_thread(box.close)
-    assert result is not None
-    return result
+        box.close()  # here, not on a thread of the loop: nothing else runs by now
+    if result is None:
+        exit_at_once(128 + signal.SIGPIPE)  # as a shell's SIGPIPE would
+    try:
+        finish(result, as_json)
+    except SystemExit as done:
+        exit_at_once(done.code if isinstance(done.code, int) else EXIT_NOT_PROGRAM)
 
 
 @main.command()
@@ -310,6 +278,8 @@ def _server_settings(
     ctx: click.Context, config_file: Path | None, **overrides: object
 ) -> tuple[Settings, ServerSettings]:
     """Settings and server settings for a serving command (flags win); exits 2 on a mistake."""
+    import logging  # here, not at the top: `run` never logs, and its start-up counts
+
     if config_file is not None:
         ctx.obj["config"] = config_file
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -329,6 +299,8 @@ def _server_settings(
 @click.pass_context
 def mcp(ctx: click.Context, pool_size: int | None) -> None:
     """Serve the MCP tools (run_code, sessions, files) on stdin/stdout, with an embedded service."""
+    import logging
+
     from sandlot.api.mcp.server import serve_stdio, stdio_server_settings
 
     # stdout carries the protocol: every log line goes to stderr.

@@ -128,6 +128,24 @@ def reader_left() -> NoReturn:
     sys.exit(128 + signal.SIGPIPE)
 
 
+def exit_at_once(code: int) -> NoReturn:
+    """Flush and exit without the interpreter's teardown: the last step of ``sandlot run``.
+
+    Tearing down every loaded module costs ~15 ms of CPU on a small host, as
+    much as the boxed program itself, and a run needs none of it: its box is
+    closed, its slot's lock goes with the process, and the output is flushed
+    here (a reader that left makes the code 141, as ``reader_left``).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            code = 128 + signal.SIGPIPE if stream is sys.stdout else code
+        except (OSError, ValueError):
+            pass  # stderr gone or closed: nothing left to tell
+    os._exit(code)
+
+
 def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     """Several click options as one decorator, listed in --help in the order given."""
 

@@ -235,6 +235,10 @@ class Engine:
             binds += self._binds(lang, box)
         return list(dict.fromkeys(binds))
 
+    def job_binds(self, prepared: PreparedJob, box: Box) -> list[Bind]:
+        """What this job's language binds into a box: a ``Box.prelaunch`` for exactly this job."""
+        return self._binds(prepared.language, box)
+
     def _binds(self, lang: Language, box: Box) -> list[Bind]:
         binds = [Bind(Path(p), p, optional=True) for p in lang.binds]
         if lang.cache is not None:

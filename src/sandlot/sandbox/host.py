@@ -41,7 +41,7 @@ class Sandbox:
         policy.write_synthetic_etc(self.etc_dir)
         os.chmod(self.etc_dir, 0o755)
         self.helper = helper_path(settings.state_dir)
-        self.seccomp_program = seccomp.compile_filter()
+        self.seccomp_program = seccomp.cached_filter(settings.state_dir / "bin")
         self.driver = driver or detect_driver(settings.cgroup_name)
         self.gvisor = Gvisor(settings, etc_dir=self.etc_dir)
 

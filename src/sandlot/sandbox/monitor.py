@@ -169,7 +169,11 @@ class RunMonitor:
             # one (setup failure, a kill), the helper's exit and EOF on every pipe do.
             done_wait = asyncio.ensure_future(done.wait())
             waiters: set[asyncio.Future[Any]] = {done_wait, exited}
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                done_wait.cancel()  # the consumer left mid-run: leave no task pending behind
+                raise
             if not done.is_set():
                 # Killed (cancel, a limit) or died: what the box wrote before is in the pipes,
                 # and the readers take it up to EOF, which comes once the last holder is gone.

@@ -17,11 +17,14 @@ isolation level can apply the same one; ``compile_filter`` turns it into BPF.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
 from functools import lru_cache
+from pathlib import Path
 
 from sandlot.errors import ConfigError
 
@@ -137,6 +140,10 @@ _DEVICE_NODE_TYPES = (0o020000, 0o060000)  # S_IFCHR, S_IFBLK
 _MODE_ARG = {"mknod": 1, "mknodat": 2}
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
 class _ArgCmp(ctypes.Structure):
     _fields_ = [
         ("arg", ctypes.c_uint),
@@ -169,6 +176,7 @@ def _load_libseccomp() -> ctypes.CDLL:
         ctypes.POINTER(_ArgCmp),
     ]
     lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
     return lib
 
 
@@ -255,3 +263,44 @@ def compile_filter() -> bytes:
             os.close(fd)
     finally:
         lib.seccomp_release(ctx)
+
+
+_BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
+
+
+def cached_filter(cache_dir: Path) -> bytes:
+    """``compile_filter()``'s program, compiled once per host and kept in ``cache_dir`` (root's alone).
+
+    Compiling takes ~2-3 ms, paid by every ``sandlot run``. The file's name is a
+    digest of everything the program depends on: this module (the policy), the
+    libseccomp version (its syscall tables) and the kernel (libseccomp asks it
+    which actions exist), so a stale program is never read, only a new one
+    compiled. Whoever can write ``cache_dir`` could replace the helper binary
+    there too: the cache adds no one to trust.
+    """
+    lib = _load_libseccomp()
+    version = lib.seccomp_version().contents
+    kernel = os.uname()
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update(f"{version.major}.{version.minor}.{version.micro} {kernel.release} {kernel.machine}".encode())
+    path = cache_dir / f"seccomp-{key.hexdigest()[:16]}.bpf"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        pass  # not compiled yet (or not a plain file: replaced below)
+    else:
+        with os.fdopen(fd, "rb") as f:
+            program = f.read()
+        if program and len(program) % _BPF_INSTRUCTION_BYTES == 0:
+            return program
+    program = compile_filter()
+    tmp = cache_dir / f".{path.name}.{os.getpid()}"  # per process: another may be writing the same one
+    try:
+        cache_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        tmp.write_bytes(program)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError:  # a read-only state dir: compile on every start instead
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return program
