@@ -25,6 +25,8 @@ APT_PACKAGES=(
     redis-server                                # the Redis broker's tests start their own
     hey                                         # the HTTP load generator of benchmarks/
     hyperfine                                   # benchmarks/cli_startup.py times the CLI with it
+    mmdebstrap                                  # sandlot env build: a Debian root from Debian's registry
+    busybox-static                              # the environment tests build their images around it
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
