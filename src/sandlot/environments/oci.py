@@ -222,6 +222,9 @@ class ImageSource:
                 f"{path}: not an image (no oci-layout + index.json, no manifest.json): "
                 "give a 'docker save' archive or an OCI image layout (directory or tar)"
             )
+        wanted = self.image.config.architecture
+        if wanted and wanted != self._arch:
+            raise ImageRejected(f"the image is for {self.image.config.os}/{wanted}; this host runs linux/{self._arch}")
         if len(self.image.layers) > MAX_LAYERS:
             raise ImageRejected(f"image has {len(self.image.layers)} layers; at most {MAX_LAYERS} are accepted")
 
