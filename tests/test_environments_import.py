@@ -34,6 +34,8 @@ def _upper() -> bytes:
         Entry("bin/sh", tarfile.SYMTYPE, linkname="/bin/busybox"),  # replaces the lower link
         Entry("etc/renamed", tarfile.LNKTYPE, linkname="etc/marker"),
         Entry(".wh.tmpdir"),
+        Entry("etc/late", data=b"late v2\n"),
+        Entry("etc/.wh.late"),  # after this layer's own etc/late: hides layer 1's only
     )
 
 
@@ -45,6 +47,7 @@ def _lower() -> bytes:
         Entry("opt/old/deep/b", data=b"b"),
         Entry("opt/keep/sub/stale", data=b"stale"),
         Entry("tmpdir/inner/file", data=b"z"),
+        Entry("etc/late", data=b"late v1\n"),
     )
 
 
@@ -53,6 +56,7 @@ _EXPECTED = {
     "bin/busybox": "file",
     "bin/sh": "link:/bin/busybox",
     "etc": "dir",
+    "etc/late": "file:late v2\n",
     "etc/marker": "file:sandlot-env-marker v2\n",
     "etc/renamed": "file:sandlot-env-marker v2\n",
     "opt": "dir",
