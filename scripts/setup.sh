@@ -27,6 +27,7 @@ APT_PACKAGES=(
     hyperfine                                   # benchmarks/cli_startup.py times the CLI with it
     mmdebstrap                                  # sandlot env build: a Debian root from Debian's registry
     busybox-static                              # the environment tests build their images around it
+    podman runc                                 # the environment tests import images podman saved
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
