@@ -4,9 +4,9 @@ Theory of operation: an image is hostile input. We read only what the image's ow
 byte we act on is checked against a digest on the way through (a streaming sha256, never a size we were
 told): the manifest against its descriptor, the config against its digest, each layer's compressed bytes
 against its descriptor and its uncompressed tar against the config's ``rootfs.diff_ids``. A layer is handed
-out as a stream (:meth:`ImageSource.open_layer`) whose digests are checked when the caller has read it to
-the end (:meth:`LayerStream.finish`), so nothing derived from a layer may be kept before ``finish`` returns:
-the unpacker writes into a temporary directory that is thrown away on any error.
+out as a stream (:meth:`ImageSource.open_layer`, see :mod:`streams`) whose digests are checked when the
+caller has read it to the end, so nothing derived from a layer may be kept before that check: the unpacker
+writes into a temporary directory that is thrown away on any error.
 
 The environment's digest is the config digest (docker's "image ID"): the same image saved as a docker
 archive or as an OCI layout gets the same digest, and the config covers every layer through its diff_ids.
@@ -14,9 +14,7 @@ archive or as an OCI layout gets the same digest, and the config covers every la
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import platform
@@ -26,19 +24,16 @@ import zlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from sandlot.environments.errors import ImageRejected
+from sandlot.environments.streams import LayerStream
 
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a manifest, index or config bigger than this is not an image
 MAX_LAYERS = 127  # docker's own limit (overlayfs lower dirs)
 MAX_ARCHIVE_MEMBERS = 100_000  # files in the outer archive (blobs, manifests)
-MAX_TRAILING_BYTES = 1024 * 1024  # zero padding after a layer's end-of-archive marker
-_CHUNK = 1024 * 1024
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 _MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}
@@ -84,10 +79,6 @@ class Image:
     manifest_digest: str | None
     config: ImageConfig
     layers: tuple[Layer, ...]
-
-
-class _Reader(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def host_architecture() -> str:
@@ -323,90 +314,3 @@ class ImageSource:
 
     def open_layer(self, layer: Layer, what: str) -> LayerStream:
         return LayerStream(self._files.open(layer.path), layer, what)
-
-
-class _Hashing(io.RawIOBase):
-    """Reads through ``inner`` and hashes every byte; :meth:`check` compares once at the end."""
-
-    def __init__(self, inner: _Reader) -> None:
-        self._inner = inner
-        self._hash = hashlib.sha256()
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._inner.read(len(buffer))
-        buffer[: len(data)] = data
-        self._hash.update(data)
-        self.count += len(data)
-        return len(data)
-
-    def check(self, expected: str, what: str) -> None:
-        actual = f"sha256:{self._hash.hexdigest()}"
-        if actual != expected:
-            raise ImageRejected(f"{what}: digest mismatch: expected {expected}, got {actual}")
-
-
-class _Decoding(io.RawIOBase):
-    """A decompressor's errors (gzip, zlib, zstd, a stream cut short) as one ``ImageRejected``."""
-
-    def __init__(self, inner: _Reader, what: str) -> None:
-        self._inner = inner
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            data = self._inner.read(len(buffer))
-        except ImageRejected:
-            raise
-        except Exception as exc:  # zlib.error, EOFError, BadGzipFile, zstandard.ZstdError: all "corrupt"
-            raise ImageRejected(f"{self._what}: {exc}") from exc
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class LayerStream:
-    """One layer's uncompressed tar as a stream; :meth:`finish` verifies both digests after the last read."""
-
-    def __init__(self, raw: IO[bytes], layer: Layer, what: str) -> None:
-        self._raw = raw
-        self._layer = layer
-        self._stored = _Hashing(raw)
-        compression = layer.compression
-        buffered = io.BufferedReader(self._stored, _CHUNK)
-        if compression == "sniff":
-            head = buffered.peek(4)[:4]
-            compression = "gzip" if head[:2] == _GZIP_MAGIC else "zstd" if head == _ZSTD_MAGIC else "none"
-        decompressed: _Reader
-        if compression == "gzip":
-            decompressed = gzip.GzipFile(fileobj=buffered, mode="rb")
-        elif compression == "zstd":
-            import zstandard  # only zstd layers pay for it
-
-            decompressed = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        else:
-            decompressed = buffered
-        self._buffered = buffered
-        self._tar = _Hashing(_Decoding(decompressed, f"{what}: corrupt {compression} data"))
-        self.stream: IO[bytes] = io.BufferedReader(self._tar, _CHUNK)
-
-    def finish(self, what: str) -> None:
-        """Read what is left (the tar's padding, the compressor's trailer) and check both digests."""
-        trailing = 0
-        while chunk := self.stream.read(_CHUNK):
-            trailing += len(chunk)
-            if trailing > MAX_TRAILING_BYTES:
-                raise ImageRejected(f"{what}: more than {MAX_TRAILING_BYTES} bytes after the end of its tar")
-        while self._buffered.read(_CHUNK):  # bytes after the compressed stream's end count in its digest
-            pass
-        if self._layer.digest is not None:
-            self._stored.check(self._layer.digest, what)
-        self._tar.check(self._layer.diff_id, f"{what} (uncompressed, against the config's diff_id)")
-
-    def close(self) -> None:
-        self._raw.close()
