@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import stat
 import tarfile
 import uuid
@@ -24,8 +25,9 @@ def host_target() -> Iterator[Path]:
     path = Path(f"/tmp/sandlot-env-target-{uuid.uuid4().hex}")
     path.mkdir()
     yield path
-    assert list(path.iterdir()) == [], "a hostile layer wrote on the host"
-    path.rmdir()
+    leaked = list(path.iterdir())
+    shutil.rmtree(path)
+    assert leaked == [], "a hostile layer wrote on the host"
 
 
 def _left_behind(store: EnvironmentStore) -> list[str]:
