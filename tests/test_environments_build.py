@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,15 @@ def test_a_declared_environment_has_its_libraries_and_builds_once(tmp_path: Path
     again = Builder(store, log=steps.append).build(parse_spec(_SPEC.replace("datasci", "again")), "test")
     assert again.cached and len(steps) == 1
     assert store.rootfs("again") == rootfs and (rootfs / "usr/bin/python3").stat().st_ino == marker
+    # The CLI says so too.
+    (tmp_path / "spec.toml").write_text(_SPEC)
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}
+    env_vars["SANDLOT_STATE_DIR"] = str(tmp_path / "state")
+    sandlot = Path(sys.executable).with_name("sandlot")
+    command = [str(sandlot), "env", "build", str(tmp_path / "spec.toml")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env_vars, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("cached (the same spec was built before; nothing done)")
+    assert done.stderr == ""  # no build step was announced
 
 
 @pytest.mark.slow
