@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import os
 import shutil
 import stat
@@ -16,7 +18,7 @@ import pytest
 from sandlot.environments.errors import EnvironmentLimitExceeded, ImageRejected
 from sandlot.environments.store import EnvironmentStore
 from sandlot.environments.unpack import UnpackLimits
-from tests.oci_images import Entry, busybox_base, compress, layer, sha, write_oci_layout
+from tests.oci_images import Entry, busybox_base, compress, layer, sha, write_docker_archive, write_oci_layout
 
 
 @pytest.fixture
@@ -171,3 +173,43 @@ def test_not_an_image_is_refused(tmp_path: Path) -> None:
         store.import_image("x", tmp_path / "notes.txt")
     with pytest.raises(ImageRejected, match="no such file"):
         store.import_image("x", tmp_path / "absent.tar")
+
+
+def _blob_named(layout: Path, digest: str) -> Path:
+    return layout / "blobs/sha256" / digest.split(":")[1]
+
+
+@pytest.mark.parametrize("which", ["manifest", "config"])
+def test_a_tampered_manifest_or_config_is_refused(tmp_path: Path, which: str) -> None:
+    config_digest = write_oci_layout(tmp_path / "img", [busybox_base()])
+    index = json.loads((tmp_path / "img/index.json").read_text())
+    target = config_digest if which == "config" else index["manifests"][0]["digest"]
+    blob = _blob_named(tmp_path / "img", target)
+    blob.write_bytes(blob.read_bytes().replace(b"amd64", b"AMD64") + b" ")
+    store = EnvironmentStore(tmp_path / "state")
+    with pytest.raises(ImageRejected, match=f"image {which} .*digest mismatch"):
+        store.import_image("tampered", tmp_path / "img")
+    assert _left_behind(store) == []
+
+
+def test_a_docker_archive_whose_config_is_not_its_name_is_refused(tmp_path: Path) -> None:
+    digest = write_docker_archive(tmp_path / "img.tar", [busybox_base()])
+    with tarfile.open(tmp_path / "img.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}  # type: ignore[union-attr]
+    name = f"{digest.split(':')[1]}.json"
+    members[name] = members[name].replace(b"PATH=/bin", b"PATH=/evil")
+    with tarfile.open(tmp_path / "img.tar", "w") as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = EnvironmentStore(tmp_path / "state")
+    with pytest.raises(ImageRejected, match=r"image config .*digest mismatch"):
+        store.import_image("tampered", tmp_path / "img.tar")
+
+
+def test_an_image_without_this_hosts_platform_is_refused_naming_what_it_has(tmp_path: Path) -> None:
+    write_oci_layout(tmp_path / "img", [busybox_base()])
+    store = EnvironmentStore(tmp_path / "state")
+    with pytest.raises(ImageRejected, match=r"no manifest for linux/riscv64 \(platforms: linux/amd64, linux/arm64\)"):
+        store.import_image("elsewhere", tmp_path / "img", architecture="riscv64")

@@ -200,24 +200,32 @@ class ImageSource:
 
     def __init__(self, path: Path, *, architecture: str | None = None) -> None:
         self._stack = ExitStack()
+        self._arch = architecture or host_architecture()
+        try:
+            self.image = self._read(path)
+        except BaseException:
+            self._stack.close()  # a refused archive is closed at once, not whenever it is collected
+            raise
+
+    def _read(self, path: Path) -> Image:
         if not path.exists():
             raise ImageRejected(f"{path}: no such file or directory")
         self._files = _Files(path, self._stack)
-        self._arch = architecture or host_architecture()
         if self._files.exists("oci-layout") and self._files.exists("index.json"):
-            self.image = self._read_oci("oci-layout" if path.is_dir() else "oci-archive")
+            image = self._read_oci("oci-layout" if path.is_dir() else "oci-archive")
         elif self._files.exists("manifest.json"):
-            self.image = self._read_docker()
+            image = self._read_docker()
         else:
             raise ImageRejected(
                 f"{path}: not an image (no oci-layout + index.json, no manifest.json): "
                 "give a 'docker save' archive or an OCI image layout (directory or tar)"
             )
-        wanted = self.image.config.architecture
+        wanted = image.config.architecture
         if wanted and wanted != self._arch:
-            raise ImageRejected(f"the image is for {self.image.config.os}/{wanted}; this host runs linux/{self._arch}")
-        if len(self.image.layers) > MAX_LAYERS:
-            raise ImageRejected(f"image has {len(self.image.layers)} layers; at most {MAX_LAYERS} are accepted")
+            raise ImageRejected(f"the image is for {image.config.os}/{wanted}; this host runs linux/{self._arch}")
+        if len(image.layers) > MAX_LAYERS:
+            raise ImageRejected(f"image has {len(image.layers)} layers; at most {MAX_LAYERS} are accepted")
+        return image
 
     def __enter__(self) -> ImageSource:
         return self
