@@ -213,3 +213,16 @@ def test_an_image_without_this_hosts_platform_is_refused_naming_what_it_has(tmp_
     store = EnvironmentStore(tmp_path / "state")
     with pytest.raises(ImageRejected, match=r"no manifest for linux/riscv64 \(platforms: linux/amd64, linux/arm64\)"):
         store.import_image("elsewhere", tmp_path / "img", architecture="riscv64")
+
+
+def test_an_unpacked_docker_save_directory_cannot_name_files_outside_it(tmp_path: Path) -> None:
+    digest = write_docker_archive(tmp_path / "img.tar", [busybox_base()])
+    with tarfile.open(tmp_path / "img.tar") as tar:
+        tar.extractall(tmp_path / "dir")  # our own archive, just written
+    manifest = json.loads((tmp_path / "dir/manifest.json").read_text())
+    manifest[0]["Layers"] = ["../" * 12 + "etc/passwd"]
+    (tmp_path / "dir/manifest.json").write_text(json.dumps(manifest))
+    store = EnvironmentStore(tmp_path / "state")
+    with pytest.raises(ImageRejected, match="outside the image directory"):
+        store.import_image("out", tmp_path / "dir")
+    assert _left_behind(store) == [] and digest
