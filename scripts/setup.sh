@@ -26,6 +26,9 @@ APT_PACKAGES=(
     hey                                         # the HTTP load generator of benchmarks/
     hyperfine                                   # benchmarks/cli_startup.py times the CLI with it
     strace                                      # ... and times each phase of a run (--phases)
+    mmdebstrap                                  # sandlot env build: a Debian root from Debian's registry
+    busybox-static                              # the environment tests build their images around it
+    podman runc                                 # the environment tests import images podman saved
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

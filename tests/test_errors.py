@@ -26,8 +26,12 @@ from sandlot.errors import (
     AuthError,
     BrokerUnavailable,
     ConfigError,
+    EnvironmentBuildFailed,
+    EnvironmentLimitExceeded,
+    EnvironmentNotFound,
     FileBusy,
     FileMissing,
+    ImageRejected,
     IsolationUnavailable,
     NoWorker,
     RejectedError,
@@ -35,6 +39,7 @@ from sandlot.errors import (
     SandlotError,
     SessionFilesUnavailable,
     SessionNotFound,
+    SpecRejected,
     Superseded,
     UidInUse,
     Unavailable,
@@ -44,6 +49,17 @@ from sandlot.sandbox.hostfs import validate_relative_path
 # One row per class of the hierarchy (AuthError and AtCapacity once per variant): the exception, then the
 # Failure classify must make of it.
 CASES: list[tuple[BaseException, Failure]] = [
+    (ImageRejected("layer 2: leaves the image"), Failure(Kind.REJECTED, "rejected", "layer 2: leaves the image")),
+    (
+        EnvironmentLimitExceeded("over max_files (10)", limit="max_files"),
+        Failure(Kind.REJECTED, "rejected", "over max_files (10)"),
+    ),
+    (SpecRejected("apt: a bad name"), Failure(Kind.REJECTED, "rejected", "apt: a bad name")),
+    (
+        EnvironmentNotFound("datasci"),
+        Failure(Kind.NOT_FOUND, "not_found", "no environment named 'datasci' (see: sandlot env list)", "environment"),
+    ),
+    (EnvironmentBuildFailed("pip failed"), Failure(Kind.INTERNAL, "internal_error", "pip failed")),
     (
         RejectedError("limits.time_limit: must be positive", field="limits.time_limit"),
         Failure(Kind.REJECTED, "rejected", "limits.time_limit: must be positive", "limits.time_limit"),

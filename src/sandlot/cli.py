@@ -62,7 +62,11 @@ class _LazyGroup(click.Group):
     (A CLI called once per test by a judge pays every import on every call.)
     """
 
-    _lazy = {"submit": "sandlot.cli_client:submit", "result": "sandlot.cli_client:result"}
+    _lazy = {
+        "submit": "sandlot.cli_client:submit",
+        "result": "sandlot.cli_client:result",
+        "env": "sandlot.cli_env:env",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self._lazy])

@@ -12,6 +12,10 @@ error class is a new row here (and in ``classify`` if it is a new kind).
       FileMissing            not_found     a session path names nothing in the workdir      404 NOT_FOUND           -
       FileBusy               conflict      the program recreated a path being written       409 ABORTED             -
       SessionFilesUnavailable rejected     session files through the API, distributed mode  400 INVALID_ARGUMENT    -
+      ImageRejected          rejected      an image is corrupt, unsupported or hostile      400 INVALID_ARGUMENT    2
+        EnvironmentLimitExceeded rejected  an image is over an import cap (names it)        400 INVALID_ARGUMENT    2
+      SpecRejected           rejected      an environment spec is invalid (names the key)   400 INVALID_ARGUMENT    2
+      EnvironmentNotFound    not_found     no environment by that name                      404 NOT_FOUND           2
     AuthError (status 401)   unauthorized  no API key given                                 401 UNAUTHENTICATED     -
     AuthError (status 403)   forbidden     unknown key, or a level weaker than the key's    403 PERMISSION_DENIED   -
     AuthError (status 429)   rate_limited  the key's request rate or executions in flight   429 RESOURCE_EXHAUSTED  -
@@ -23,6 +27,7 @@ error class is a new row here (and in ``classify`` if it is a new kind).
       IsolationUnavailable   unavailable   the level cannot run here: names level, reason   503 UNAVAILABLE         2
     SandboxError             internal      the sandbox failed (status internal_error)       500 INTERNAL            2
       UidInUse               internal      a slot's host uid is another instance's          500 INTERNAL            -
+      EnvironmentBuildFailed internal      mmdebstrap, pip or npm failed building a spec     500 INTERNAL            1
     ConfigError              internal      settings or installation are wrong (start-up)    500 INTERNAL            2
     Superseded               internal      a worker's delivery of a task is void (worker)     -                     -
     anything else            internal      a bug: logged, never shown                       500 INTERNAL/UNKNOWN    -
@@ -181,3 +186,34 @@ class Superseded(SandlotError):
     """This worker's delivery of a task is no longer the current one: the job moved on to another worker
     (this one was taken for dead, or wedged past its deadline). Nothing it writes for the task is kept; it
     stops the run and forgets the task."""
+
+
+# ------------------------------------------------------------------ environments
+
+
+class ImageRejected(RejectedError):
+    """An image cannot be imported: corrupt, unsupported, hostile, or over a cap (the message names it)."""
+
+
+class EnvironmentLimitExceeded(ImageRejected):
+    """An image is over one of the import caps; ``limit`` names the setting."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class SpecRejected(RejectedError):
+    """An environment spec (TOML) is invalid: the message says which key and why."""
+
+
+class EnvironmentNotFound(RejectedError):
+    """No environment by that name in this store."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no environment named {name!r} (see: sandlot env list)", field="environment")
+        self.name = name
+
+
+class EnvironmentBuildFailed(SandboxError):
+    """Building a declared environment failed (mmdebstrap, pip or npm); the message carries the tool's tail."""

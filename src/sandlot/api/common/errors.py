@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sandlot.errors import (
     AtCapacity,
     AuthError,
+    EnvironmentNotFound,
     FileBusy,
     FileMissing,
     RejectedError,
@@ -68,7 +69,8 @@ class Failure:
 def classify(exc: BaseException) -> Failure:
     """The one mapping from an exception to what kind of failure a client is told of."""
     message = str(exc)
-    if isinstance(exc, SessionNotFound | FileMissing):  # RejectedErrors, but a missing thing rather than a bad one
+    # RejectedErrors, but a missing thing rather than a bad one
+    if isinstance(exc, SessionNotFound | FileMissing | EnvironmentNotFound):
         return Failure(Kind.NOT_FOUND, "not_found", message, exc.field)
     if isinstance(exc, FileBusy):
         return Failure(Kind.CONFLICT, "conflict", message, exc.field)

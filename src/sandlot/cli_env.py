@@ -1,0 +1,131 @@
+"""``sandlot env ...``: the environment store from the command line (import, build, list, inspect, rm, gc).
+
+Exit codes: 0 done; 2 the user's mistake (a bad image, spec or name), one line on stderr; 1 sandlot could
+not do it (a build whose tool failed, an unwritable store), the reason on stderr. Loaded only when an
+``env`` command runs (cli.py's lazy commands).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sandlot.environments.store import Environment, EnvironmentStore
+from sandlot.errors import ConfigError, RejectedError, SandboxError
+
+EXIT_USER_MISTAKE = 2
+EXIT_FAILED = 1
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except RejectedError as exc:
+        click.echo(f"sandlot env: {exc}", err=True)
+        sys.exit(EXIT_USER_MISTAKE)
+    except ConfigError as exc:
+        click.echo(f"sandlot env: configuration error: {exc}", err=True)
+        sys.exit(EXIT_USER_MISTAKE)
+    except (SandboxError, OSError) as exc:
+        click.echo(f"sandlot env: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        click.echo("sandlot env: interrupted; nothing was left half-made", err=True)
+        sys.exit(130)
+
+
+def _store(ctx: click.Context) -> EnvironmentStore:
+    from sandlot.config import load_settings
+
+    config: Path | None = (ctx.find_root().obj or {}).get("config")
+    return EnvironmentStore(load_settings(config).state_dir)
+
+
+def _summary(env: Environment) -> str:
+    return f"{env.name}  {env.digest}  {env.kind}  {env.file_count} files  {env.size_bytes / 2**20:.1f} MiB"
+
+
+@click.group("env")
+def env() -> None:
+    """Environments: read-only roots (your OCI image, or a declared Debian + pip + npm root)."""
+
+
+@env.command("import")
+@click.argument("name")
+@click.argument("archive_or_dir", type=click.Path(path_type=Path))
+@click.pass_context
+def import_(ctx: click.Context, name: str, archive_or_dir: Path) -> None:
+    """Import a `docker save` archive or an OCI image layout (directory or tar) as NAME."""
+    with _errors():
+        outcome = _store(ctx).import_image(name, archive_or_dir)
+        word = "already in the store, named" if outcome.cached else "imported"
+        click.echo(f"{word}: {_summary(outcome.environment)}")
+
+
+@env.command("build")
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(path_type=Path))
+@click.pass_context
+def build(ctx: click.Context, spec_path: Path) -> None:
+    """Build the environment a TOML spec declares (cached by the spec's hash)."""
+    from sandlot.environments.build import Builder
+    from sandlot.environments.spec import load_spec
+
+    progress: Callable[[str], None] = lambda line: click.echo(line, err=True)  # noqa: E731
+    with _errors():
+        spec = load_spec(spec_path)
+        outcome = Builder(_store(ctx), log=progress).build(spec, str(spec_path.resolve()))
+        word = "cached (the same spec was built before; nothing done)" if outcome.cached else "built"
+        click.echo(f"{word}: {_summary(outcome.environment)}")
+
+
+@env.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of environments on stdout.")
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List the named environments."""
+    with _errors():
+        environments = _store(ctx).environments()
+        if as_json:
+            click.echo(json.dumps([e.to_json() for e in environments], indent=2))
+            return
+        for environment in environments:
+            click.echo(_summary(environment))
+
+
+@env.command("inspect")
+@click.argument("name")
+@click.pass_context
+def inspect(ctx: click.Context, name: str) -> None:
+    """Everything recorded about NAME, as JSON (with its root's path)."""
+    with _errors():
+        store = _store(ctx)
+        data: dict[str, Any] = {**store.inspect(name).to_json(), "rootfs": str(store.rootfs(name))}
+        click.echo(json.dumps(data, indent=2))
+
+
+@env.command("rm")
+@click.argument("name")
+@click.pass_context
+def rm(ctx: click.Context, name: str) -> None:
+    """Remove NAME (its files too, unless another name points to the same environment)."""
+    with _errors():
+        freed = _store(ctx).remove(name)
+        click.echo(f"removed {name}" + ("" if freed else " (its files stay: another name points to them)"))
+
+
+@env.command("gc")
+@click.pass_context
+def gc(ctx: click.Context) -> None:
+    """Remove environments no name points to, and what interrupted imports left."""
+    with _errors():
+        removed = _store(ctx).gc()
+        for item in removed:
+            click.echo(f"removed {item}")
+        click.echo(f"gc: {len(removed)} removed")

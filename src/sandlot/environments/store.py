@@ -1,0 +1,271 @@
+"""The environment store: content-addressed, read-only roots under ``<state_dir>/environments/``.
+
+Layout::
+
+    environments/
+      names.json            name -> digest hex (written whole, then renamed into place)
+      <hex>/meta.json       what the environment is (kind, source, size, Env/WorkingDir/User, versions)
+      <hex>/rootfs/         the root a box binds read-only (root-owned, dirs 0555, files 0444/0555)
+      .locks/<hex>.lock     held while <hex> is made or removed; .locks/names.lock guards names.json
+      .tmp-<hex>-*/         an environment being made; renamed to <hex> when complete, removed on failure
+
+Theory of operation: an environment appears by one ``rename`` of a finished directory, so a reader sees it
+whole or not at all, and a crash leaves only a ``.tmp-*`` directory that ``gc`` removes. Two imports of
+the same digest serialise on its lock file; the second finds it made and only records its name. Lock order
+is digest, then names; ``gc`` (names, then digests) takes digest locks without waiting, skipping any busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sandlot.environments.oci import ImageSource
+from sandlot.environments.unpack import UnpackLimits, seal, unpack
+from sandlot.errors import EnvironmentNotFound, RejectedError, SandboxError
+
+STORE_SUBDIR = "environments"  # under the state dir
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_META = "meta.json"
+_NAMES = "names.json"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One environment as recorded in its ``meta.json`` (plus the name it was asked by)."""
+
+    digest: str  # "sha256:<hex>": the image's config digest, or the spec's canonical hash
+    kind: str  # "image" or "built"
+    source: str  # the archive or spec path it came from
+    name: str = ""
+    created: str = ""  # ISO 8601, UTC
+    size_bytes: int = 0
+    file_count: int = 0
+    env: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    architecture: str = ""
+    image_format: str = ""
+    manifest_digest: str | None = None
+    dropped: dict[str, int] = field(default_factory=dict)  # entries neutralised on import, by kind
+    spec: dict[str, Any] = field(default_factory=dict)  # a built environment's spec, canonical
+    packages: dict[str, dict[str, str]] = field(default_factory=dict)  # apt/pip/npm -> name -> version
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], name: str) -> Environment:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in ("env", "entrypoint", "cmd"):
+            values[key] = tuple(values.get(key) or ())
+        return cls(**{**values, "name": name})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    environment: Environment
+    cached: bool  # True: it was already in the store, nothing was unpacked or built
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise RejectedError(
+            f"environment name {name!r} is invalid: 1-64 of a-z 0-9 . _ -, starting with a letter or digit",
+            field="environment",
+        )
+    return name
+
+
+class EnvironmentStore:
+    """Environments under ``<state_dir>/environments``; ``limits`` caps each import."""
+
+    def __init__(self, state_dir: Path, *, limits: UnpackLimits | None = None) -> None:
+        self.root = state_dir / STORE_SUBDIR
+        self.limits = limits or UnpackLimits()
+
+    def import_image(self, name: str, path: Path, *, architecture: str | None = None) -> Outcome:
+        """Import a docker-save archive or OCI layout as ``name``; every blob verified, nothing half-left."""
+        check_name(name)
+        self._ensure()
+        with ImageSource(path, architecture=architecture) as source:
+            image = source.image
+            made = Environment(
+                digest=image.digest,
+                kind="image",
+                source=str(path.resolve()),
+                env=image.config.env,
+                working_dir=image.config.working_dir,
+                user=image.config.user,
+                entrypoint=image.config.entrypoint,
+                cmd=image.config.cmd,
+                architecture=image.config.architecture,
+                image_format=image.format,
+                manifest_digest=image.manifest_digest,
+            )
+
+            def produce(rootfs: Path) -> Environment:
+                stats = unpack(source, rootfs, self.limits)
+                return dataclasses.replace(made, dropped=stats.dropped)
+
+            return self.materialise(name, image.digest, produce)
+
+    def materialise(self, name: str, digest: str, produce: Callable[[Path], Environment]) -> Outcome:
+        """Make environment ``digest`` with ``produce(empty_rootfs)`` unless it exists; then name it."""
+        check_name(name)
+        self._ensure()
+        hexd = digest.removeprefix("sha256:")
+        assert _HEX.match(hexd), digest
+        with self._lock(hexd):
+            final = self.root / hexd
+            cached = (final / _META).is_file()
+            if not cached:
+                self._make(final, hexd, produce)
+            self._set_name(name, hexd)
+        return Outcome(self.inspect(name), cached)
+
+    def _make(self, final: Path, hexd: str, produce: Callable[[Path], Environment]) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hexd}-", dir=self.root))  # 0700: ours alone meanwhile
+        try:
+            rootfs = tmp / "rootfs"
+            rootfs.mkdir()
+            made = produce(rootfs)
+            sealed = seal(rootfs)
+            dropped = dict(made.dropped)
+            for kind, count in sealed.dropped.items():
+                dropped[kind] = max(dropped.get(kind, 0), count)
+            made = dataclasses.replace(
+                made,
+                name="",
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                size_bytes=sealed.size_bytes,
+                file_count=sealed.file_count,
+                dropped=dropped,
+            )
+            meta = tmp / _META
+            meta.write_text(json.dumps(made.to_json(), indent=2, sort_keys=True) + "\n")
+            meta.chmod(0o444)
+            tmp.chmod(0o555)
+            if final.exists():  # a directory without meta.json is no environment: never trust it
+                _rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            _rmtree(tmp)
+            raise
+
+    def names(self) -> dict[str, str]:
+        """Every name and the digest hex it points to."""
+        try:
+            data = json.loads((self.root / _NAMES).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"{self.root / _NAMES}: unreadable: {exc}") from exc
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def inspect(self, name: str) -> Environment:
+        hexd = self.names().get(name)
+        if hexd is None:
+            raise EnvironmentNotFound(name)
+        try:
+            data = json.loads((self.root / hexd / _META).read_text())
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"environment {name!r}: {self.root / hexd / _META} unreadable: {exc}") from exc
+        return Environment.from_json(data, name)
+
+    def rootfs(self, name: str) -> Path:
+        """The read-only root a box binds for ``name``."""
+        hexd = self.names().get(name)
+        if hexd is None:
+            raise EnvironmentNotFound(name)
+        return self.root / hexd / "rootfs"
+
+    def environments(self) -> list[Environment]:
+        return [self.inspect(name) for name in sorted(self.names())]
+
+    def remove(self, name: str) -> bool:
+        """Forget ``name``; its data goes too unless another name points to it. True if data was removed."""
+        self._ensure()
+        with self._lock("names"):
+            names = self.names()
+            hexd = names.pop(name, None)
+            if hexd is None:
+                raise EnvironmentNotFound(name)
+            self._write_names(names)
+        if hexd in self.names().values():
+            return False
+        return self._remove_unnamed(hexd)
+
+    def gc(self) -> list[str]:
+        """Remove every environment no name points to, and what failed imports left; returns what went."""
+        self._ensure()
+        removed = []
+        for entry in sorted(os.listdir(self.root)):
+            hexd = entry[len(".tmp-") :].split("-")[0] if entry.startswith(".tmp-") else entry
+            if not _HEX.match(hexd) or (entry == hexd and hexd in self.names().values()):
+                continue
+            if entry == hexd:
+                if self._remove_unnamed(hexd):
+                    removed.append(f"sha256:{hexd}")
+            else:
+                with self._lock(hexd, wait=False) as held:
+                    if held:  # an import holding it is still running: its temp dir is not litter
+                        _rmtree(self.root / entry)
+                        removed.append(entry)
+        return removed
+
+    def _remove_unnamed(self, hexd: str) -> bool:
+        with self._lock("names"), self._lock(hexd, wait=False) as held:
+            if not held or hexd in self.names().values():
+                return False  # being made again right now, or named again meanwhile
+            _rmtree(self.root / hexd)
+            return True
+
+    def _set_name(self, name: str, hexd: str) -> None:
+        with self._lock("names"):
+            names = self.names()
+            names[name] = hexd
+            self._write_names(names)
+
+    def _write_names(self, names: dict[str, str]) -> None:
+        tmp = self.root / f".{_NAMES}.{os.getpid()}"
+        tmp.write_text(json.dumps(names, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(self.root / _NAMES)
+
+    def _ensure(self) -> None:
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o755)
+
+    @contextlib.contextmanager
+    def _lock(self, key: str, *, wait: bool = True) -> Iterator[bool]:
+        fd = os.open(self.root / ".locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+
+def _rmtree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)  # as root: the read-only modes of a sealed tree do not stop it
