@@ -25,9 +25,8 @@ from sandlot.models import Event, ExitEvent, Job, Limits, OutputEvent, Result, S
 from sandlot.sandbox import Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sandbox.hostfs import mounts_below
-
-from .nodes import RedisServer, running_redis
-from .root import IS_ROOT, SANDBOXES, require_root
+from tests.nodes import RedisServer, running_redis
+from tests.root import IS_ROOT, SANDBOXES, require_root
 
 TEST_STATE_DIR = Path("/var/lib/sandlot-test")
 TEST_RUN_DIR = Path("/run/sandlot-test")

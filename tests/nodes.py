@@ -32,8 +32,7 @@ import pytest
 from sandlot.config import Settings, load_settings
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.hostfs import mounts_below
-
-from .root import require_root
+from tests.root import require_root
 
 SANDLOT = Path(sys.executable).with_name("sandlot")  # the console script of this venv
 STARTUP_TIMEOUT_S = 90.0  # the first start on a fresh machine also builds the helper and the Go cache, under load
@@ -88,7 +87,7 @@ def _bindable(port: int) -> bool:
 
 
 def serve_args(http_port: int, grpc_port: int, pool_size: int) -> list[str]:
-    """``sandlot serve``'s arguments for a test server: jail boxes only (tests/test_gvisor.py covers gVisor's)."""
+    """``sandlot serve``'s arguments for a test server: jail boxes only (test_gvisor.py covers gVisor's)."""
     ports = ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
     return ["serve", *ports, "--pool-size", str(pool_size), "--gvisor-pool-size", "0"]
 

@@ -12,8 +12,7 @@ from sandlot.engine import Engine
 from sandlot.errors import RejectedError
 from sandlot.models import ExitEvent, Job, SourceFile, StageEvent, StageResultEvent, Status
 from sandlot.sandbox import Box
-
-from .test_http import asgi_client, running_service
+from tests.api.http.test_http import asgi_client, running_service
 
 _MAKEFILE_LIKE = (
     "echo building > build.log && cc -O2 -o hello hello.c",

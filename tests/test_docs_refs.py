@@ -108,7 +108,7 @@ def _module(dotted: str) -> tuple[Path, str] | None:
 @functools.cache
 def _test_names() -> frozenset[str]:
     names: set[str] = set()
-    for path in (ROOT / "tests").glob("test_*.py"):
+    for path in (ROOT / "tests").rglob("test_*.py"):
         for node in ast.walk(_tree(path)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_"):
                 names.add(node.name)

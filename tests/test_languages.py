@@ -12,8 +12,7 @@ from sandlot.errors import RejectedError
 from sandlot.languages import INSTALLED_RECHECK_S, LanguageRegistry
 from sandlot.models import Status
 from sandlot.sandbox import Box
-
-from .conftest import run_job
+from tests.conftest import run_job
 
 BOTH_LEVELS = True  # the behaviour suite: every test runs at isolation jail and gvisor
 

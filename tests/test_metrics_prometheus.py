@@ -25,8 +25,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .nodes import Node, free_ports
-from .test_serve_process import assert_nothing_left, execution, running_server, sweep
+from tests.nodes import Node, free_ports
+from tests.test_serve_process import assert_nothing_left, execution, running_server, sweep
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"

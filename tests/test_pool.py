@@ -21,8 +21,7 @@ from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.models import Status
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Bind, Box, Sandbox, hostfs, slots
-
-from .conftest import run_in
+from tests.conftest import run_in
 
 _WAIT_S = 10.0  # a bound for what should happen promptly, never a measurement
 

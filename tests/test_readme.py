@@ -45,8 +45,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE
-from .nodes import Node, free_ports
+from tests.conftest import TEST_CGROUP, TEST_RUN_DIR, TEST_STATE_DIR, TEST_UID_BASE
+from tests.nodes import Node, free_ports
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 REPO = README.parent

@@ -30,10 +30,9 @@ import pytest
 
 from sandlot.config import Settings, load_settings
 from sandlot.sandbox.hostfs import mounts_below
-
-from .nodes import SANDLOT, STARTUP_TIMEOUT_S, Node, free_ports, processes_of, serve_args
-from .nodes import sweep as sweep_boxes
-from .test_http import LONG_LIMITS, SLEEPER, parse_sse
+from tests.api.http.test_http import LONG_LIMITS, SLEEPER, parse_sse
+from tests.nodes import SANDLOT, STARTUP_TIMEOUT_S, Node, free_ports, processes_of, serve_args
+from tests.nodes import sweep as sweep_boxes
 
 PROC_ENV = {
     "SANDLOT_STATE_DIR": "/var/lib/sandlot-proc-test",

@@ -18,10 +18,9 @@ from sandlot.engine import Engine
 from sandlot.languages.naming import choose
 from sandlot.models import Job, SourceFile, Status
 from sandlot.sandbox import Box
-
-from .conftest import run_job
-from .test_cli import _sandlot, _write
-from .test_http import asgi_client, running_service
+from tests.api.http.test_http import asgi_client, running_service
+from tests.cli.test_cli import _sandlot, _write
+from tests.conftest import run_job
 
 SOLUTION = """
 import java.util.Scanner;

@@ -25,10 +25,9 @@ import pytest
 from sandlot.cli_output import FirstUseNotice
 from sandlot.config import Settings, load_settings
 from sandlot.sandbox.hostfs import mounts_below
-
-from .nodes import SANDLOT, free_ports, serve_args
-from .nodes import sweep as sweep_boxes
-from .test_cli_stdin import _read_until
+from tests.cli.test_cli_stdin import _read_until
+from tests.nodes import SANDLOT, free_ports, serve_args
+from tests.nodes import sweep as sweep_boxes
 
 FRESH_ENV = {
     "SANDLOT_STATE_DIR": "/var/lib/sandlot-startup-test",

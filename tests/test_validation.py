@@ -14,8 +14,7 @@ from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Job, Limits, Result, SourceFile, Status
 from sandlot.paths import MAX_PATH_BYTES, MAX_PATH_DEPTH, validate_relative_path
-
-from .conftest import make_settings
+from tests.conftest import make_settings
 
 _CONTRACT_KEYS = {
     "status",

@@ -2,7 +2,7 @@
 
 The pool and the broker's session directory are stand-ins here: what is under
 test is SessionBoxes' own record of which box generation it opened, not the
-boxes (tests/test_distributed.py runs sessions on real workers).
+boxes (tests/distributed/test_distributed.py runs sessions on real workers).
 """
 
 from __future__ import annotations
