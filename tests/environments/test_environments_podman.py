@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sandlot.environments.store import EnvironmentStore
-from tests.oci_images import BUSYBOX
 from tests.environments.test_environments_import import tree
+from tests.oci_images import BUSYBOX
 
 pytestmark = pytest.mark.slow
 
