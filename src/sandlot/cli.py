@@ -28,6 +28,7 @@ from sandlot import __version__, cli_run, cli_stdin
 from sandlot.cli_output import (
     EXIT_NOT_PROGRAM,
     FirstUseNotice,
+    ProgramOptions,
     exit_at_once,
     fail,
     finish,
@@ -36,7 +37,7 @@ from sandlot.cli_output import (
     read_input,
     wants_json,
 )
-from sandlot.config import LimitRequest, Settings, load_settings, server_settings_from
+from sandlot.config import Settings, load_settings, server_settings_from
 from sandlot.engine import Engine, rejected
 from sandlot.errors import ConfigError, RejectedError, SandboxError
 from sandlot.languages import LanguageRegistry
@@ -100,26 +101,17 @@ def run(
     ctx: click.Context,
     file: Path,
     args: tuple[str, ...],
-    language: str | None,
-    stdin_path: str | None,
-    no_stdin: bool,
-    time_limit: float | None,
-    wall_time_limit: float | None,
-    memory_limit: int | None,
-    max_processes: int | None,
-    max_file_size: int | None,
-    max_output: int | None,
-    isolation: str | None,
+    program: ProgramOptions,
     as_json: bool,
 ) -> None:
     """Run FILE in a fresh sandbox; ARGS after -- go to the program."""
-    limits = LimitRequest(time_limit, wall_time_limit, memory_limit, max_processes, max_file_size, max_output)
+    language, limits, isolation = program.language, program.limits, program.isolation
     try:
         settings = _settings(ctx)
         languages = LanguageRegistry.load(settings.languages_file)
         lang = languages.get(language) if language else languages.for_file(file.name)
         source = read_input(file, "FILE")
-        stdin = cli_stdin.choose(stdin_path, no_stdin, live=True)
+        stdin = cli_stdin.choose(program.stdin_path, program.no_stdin, live=True)
         job = Job(
             language=lang.name,
             files=(SourceFile(file.name, source),),

@@ -17,9 +17,16 @@ from typing import NoReturn
 import click
 
 from sandlot import cli_stdin
-from sandlot.cli_output import EXIT_COMPILE_ERROR, EXIT_NOT_PROGRAM, finish, program_options, read_input, reader_left
+from sandlot.cli_output import (
+    EXIT_COMPILE_ERROR,
+    EXIT_NOT_PROGRAM,
+    ProgramOptions,
+    finish,
+    program_options,
+    read_input,
+    reader_left,
+)
 from sandlot.client import DEFAULT_SERVER, ClientError, Output, SandlotClient, language_for_file
-from sandlot.config import LimitRequest
 from sandlot.errors import RejectedError
 from sandlot.models import Result, SourceFile, Status
 
@@ -65,16 +72,7 @@ def submit(
     session_id: str | None,
     detach: bool,
     as_json: bool,
-    language: str | None,
-    stdin_path: str | None,
-    no_stdin: bool,
-    time_limit: float | None,
-    wall_time_limit: float | None,
-    memory_limit: int | None,
-    max_processes: int | None,
-    max_file_size: int | None,
-    max_output: int | None,
-    isolation: str | None,
+    program: ProgramOptions,
     api_key: str | None,
 ) -> None:
     """Run FILE on a sandlot server, streaming its output; ARGS after -- go to the program.
@@ -84,12 +82,12 @@ def submit(
     or could not be reached). --json adds task_id to run's JSON. Ctrl-C
     (or SIGTERM, SIGHUP) cancels the task and exits 128+N.
     """
-    limits = LimitRequest(time_limit, wall_time_limit, memory_limit, max_processes, max_file_size, max_output)
+    language, limits, isolation = program.language, program.limits, program.isolation
     lang = language or ""
     try:
         lang = language or language_for_file(file.name)
         source = read_input(file, "FILE")
-        stdin = cli_stdin.choose(stdin_path, no_stdin, live=False)
+        stdin = cli_stdin.choose(program.stdin_path, program.no_stdin, live=False)
         assert isinstance(stdin, bytes)  # live=False: never a stream (HTTP sends stdin in the request)
         client = SandlotClient(server, api_key)
     except RejectedError as exc:

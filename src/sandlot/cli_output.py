@@ -8,6 +8,7 @@ object on stdout. ``sandlot result`` adds 3: the task is not done yet.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -15,11 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 
+from sandlot.config import LimitRequest
 from sandlot.engine import rejected
 from sandlot.errors import RejectedError
 from sandlot.models import Result, Status
@@ -158,7 +161,7 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 
 # The program and its limits, as `run` and `submit` take them (the CLI contract's names and units).
-program_options = _options(
+_PROGRAM_OPTIONS = _options(
     click.option("-l", "--language", "language", default=None, help="Language (default: from the file extension)."),
     click.option(
         "--stdin",
@@ -180,3 +183,26 @@ program_options = _options(
         help="jail (bubblewrap, the default) or gvisor (gVisor's runsc; never silently weaker).",
     ),
 )
+
+
+@dataclass(frozen=True)
+class ProgramOptions:
+    """What ``run`` and ``submit`` share: the program's language, stdin, limits and isolation level."""
+
+    language: str | None
+    stdin_path: str | None
+    no_stdin: bool
+    limits: LimitRequest
+    isolation: str | None
+
+
+def program_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The shared options, handed to the command as one ``program: ProgramOptions`` argument."""
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        limits = LimitRequest(*(kwargs.pop(name) for name in LimitRequest.__dataclass_fields__))
+        picked = {name: kwargs.pop(name) for name in ("language", "stdin_path", "no_stdin", "isolation")}
+        return function(*args, program=ProgramOptions(limits=limits, **picked), **kwargs)
+
+    return _PROGRAM_OPTIONS(command)
