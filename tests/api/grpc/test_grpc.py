@@ -33,7 +33,7 @@ from sandlot.config import DEFAULT_RUN_LIMITS, ApiKey, ServerSettings
 from sandlot.models import NOTICE_SESSION_RESET, ExitEvent, NoticeEvent, OutputEvent, Result, SourceFile, Status
 from sandlot.requests import new_task_id
 from sandlot.service import Service
-from tests.api.http.test_http import note_submits
+from tests.api.http.test_http import note_submits, wait_until
 from tests.conftest import make_settings
 from tests.nodes import free_ports
 from tests.root import require_root
@@ -373,7 +373,7 @@ async def test_interact_bad_signal_cancels_the_run(env: _Env) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "signal" in (error.details() or "")
     assert env.service.broker.queue_depth() == 0
-    assert env.service.pool.busy == 0
+    await wait_until(lambda: env.service.pool.busy == 0)  # the box is given back just after the exit event
 
 
 async def test_queue_full_is_resource_exhausted() -> None:
