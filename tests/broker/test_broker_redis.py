@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sandlot.broker import (
     Broker,
@@ -752,6 +753,31 @@ async def test_submit_survives_a_redis_that_lost_its_scripts(make_redis: MakeRed
     assert [(await _claim(worker)).id for _ in range(2)] == [first.id, second.id]
     state = await api.get("a", second.id)
     assert state is not None and state.status == "queued"
+
+
+async def test_a_take_whose_reply_an_outage_cut_off_is_given_back_at_once(
+    make_redis: MakeRedis, raw: aioredis.Redis
+) -> None:
+    """Redis runs a take and the connection breaks before its reply is read (a restart, a cut): the job is
+    pending to this live worker, which does not know it holds it. It must go back to the queue as soon as
+    Redis answers again, not after the idle-time backstop (minutes). The stand-in take runs the real script,
+    then loses its reply as a cut connection does."""
+    first = make_redis(consumer_name="first")
+    spec = _spec()
+    await first.submit(spec)
+    real_take_next, cut = first._take_next, []
+
+    async def take_next_losing_its_reply(*args: Any, **kwargs: Any) -> Any:
+        reply = await real_take_next(*args, **kwargs)
+        if not cut:
+            cut.append(reply)
+            raise RedisConnectionError("Connection closed by server.")
+        return reply
+
+    first._take_next = take_next_losing_its_reply  # type: ignore[method-assign]
+    assert await _claim(first) == spec  # taken again after the outage, by the same worker
+    assert cut, "the stand-in never cut a reply"
+    assert await _pending(raw) == 1  # held once: the lost delivery went back, the new one is ours
 
 
 async def test_a_cancel_lost_in_a_redis_call_still_ends_the_claim_and_gives_its_job_back(

@@ -199,7 +199,7 @@ class RedisBroker:
         self._dropping: asyncio.Future[None] | None = None
         script = self._redis.register_script
         self._submit, self._take_next, self._take = script(lua.SUBMIT), script(lua.TAKE_NEXT), script(lua.TAKE)
-        self._reclaim, self._ack_script = script(lua.RECLAIM), script(lua.ACK)
+        self._reclaim, self._ack_script, self._orphans = script(lua.RECLAIM), script(lua.ACK), script(lua.ORPHANS)
         self._requeue_script, self._unclaim = script(lua.REQUEUE), script(lua.UNCLAIM)
         self._dequeue_script, self._run = script(lua.DEQUEUE), script(lua.RUN)
         self._publish, self._finish, self._control = script(lua.PUBLISH), script(lua.FINISH), script(lua.CONTROL)
@@ -210,6 +210,10 @@ class RedisBroker:
         self._inbox = k.inbox(self.consumer_name)
         self.sessions = RedisSessions(self._redis, k, self._queue, self._inbox, self._reachable)
         self._held: dict[str, _Held] = {}  # the tasks this consumer runs
+        # Takes run one at a time in this process: a sweep for orphaned takes (after an outage) must never
+        # see a take of ours that Redis ran but whose reply is not read yet.
+        self._takes = asyncio.Lock()
+        self._orphans_possible = False  # a take was in flight when Redis went away
         # Tasks whose delivery here turned out void (Superseded): any later write of ours is refused too.
         self._void: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._depth = 0  # the global counter as this process last saw it
@@ -590,7 +594,7 @@ class RedisBroker:
             self._next_reclaim = time.monotonic() + self.claim_idle_ms / 1000
             await self.reclaim()  # what it finds goes to the front, for this worker or any other
         async with self._reachable():
-            taking = asyncio.ensure_future(self._take_one(token, routed_only))
+            taking = asyncio.ensure_future(self._take_guarded(token, routed_only))
             try:
                 taken, spec = await asyncio.shield(taking)
             except asyncio.CancelledError:
@@ -609,6 +613,21 @@ class RedisBroker:
             block_s = max(0.001, min(_BLOCK_MS / 1000, self._next_reclaim - time.monotonic()))
             popped = await self._redis.blpop([Keys.wake_of(self._inbox), self.keys.wake], timeout=block_s)
         return None, to_str(popped[0]) if popped else ""
+
+    async def _take_guarded(self, token: str, routed_only: bool) -> tuple[bool, TaskSpec | None]:
+        """``_take_one``, one at a time; first giving back what a take lost in an outage left pending here."""
+        async with self._takes:
+            if self._orphans_possible:
+                held = [f"{h.stream}|{h.entry}" for h in self._held.values()]
+                moved = int(await self._orphans(keys=self._queue, args=[self.consumer_name, *held]))
+                self._orphans_possible = False
+                if moved:
+                    log.warning("gave back %d job(s) whose take was cut off by a Redis outage", moved)
+            try:
+                return await self._take_one(token, routed_only)
+            except _UNAVAILABLE:
+                self._orphans_possible = True  # Redis may have run it: what it took is pending here, unread
+                raise
 
     async def _take_one(self, token: str, routed_only: bool) -> tuple[bool, TaskSpec | None]:
         """Take the next jobs entry there is: (False, None) if none, else (True, its spec or None if void)."""

@@ -370,6 +370,34 @@ return moved
 """
 )
 
+# KEYS: Q. ARGV: consumer, then "stream|entry id" of each job it holds. Every other entry pending to the
+# consumer goes back to the front: a take Redis ran whose reply the consumer never read (the connection was
+# lost with it in flight), which would otherwise wait for the idle-time backstop. -> how many went back.
+ORPHANS = (
+    _QUEUE
+    + """
+local held = {}
+for i = 2, #ARGV do held[ARGV[i]] = true end
+local moved = 0
+for _, stream in ipairs(redis.call('SMEMBERS', Q.streams)) do
+  local ok, pending = pcall(redis.call, 'XPENDING', stream, GROUP, '-', '+', 1000, ARGV[1])
+  if ok then
+    for _, item in ipairs(pending) do
+      if not held[stream .. '|' .. item[1]] then
+        local rows = redis.call('XRANGE', stream, item[1], item[1])
+        if rows[1] then
+          moved = moved + requeue_pending(stream, item[1], rows[1][2])
+        else
+          redis.pcall('XACK', stream, GROUP, item[1])
+        end
+      end
+    end
+  end
+end
+return moved
+"""
+)
+
 # KEYS: Q, a jobs stream. ARGV: entry id, 1 if the stream is a tenant's (deleted once empty).
 ACK = (
     _QUEUE
