@@ -26,6 +26,7 @@ from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
 from sandlot.config import ServerSettings, Settings
 from sandlot.engine import Engine, check_isolation
+from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import (
     AuthError,
     BrokerUnavailable,
@@ -129,7 +130,10 @@ class Service:
         settings = dataclasses.replace(settings, server=server)  # one truth: the flags' server settings, not the file's
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
-        engine = Engine(settings, languages, notice=lambda message: log.warning("%s...", message))
+        environments = EnvironmentStore(settings.state_dir)
+        engine = Engine(
+            settings, languages, notice=lambda message: log.warning("%s...", message), environments=environments
+        )
         await asyncio.to_thread(engine.warm_caches)
         size = server.effective_pool_size
 
@@ -213,6 +217,18 @@ class Service:
         if not await self.serves(level):
             raise NoWorker(level)
 
+    def environments(self) -> list[dict[str, object]]:
+        """Every environment of this node's store, with the languages it offers (``GET /api/v1/environments``)."""
+        store = self.engine.environments
+        if store is None:
+            return []
+        listed: list[dict[str, object]] = []
+        for env in store.environments():
+            root = store.rootfs(env.name)
+            languages = sorted(lang.name for lang in self.languages.offered_in(root))
+            listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
+        return listed
+
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
 
@@ -227,6 +243,7 @@ class Service:
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
+        check_isolation(level, spec.environment)
         self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         if not self.sessions.distributed:
             # Distributed, the workers' pools decide which levels run, and a session's

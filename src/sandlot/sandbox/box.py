@@ -265,9 +265,10 @@ class Box:
             with contextlib.suppress(SandboxError):  # what survives is the next clean's
                 self._reaper(warm.cgroup, warm.launched).reap_blocking()
 
-    async def _take_warm(self, binds: Sequence[policy.Bind]) -> _Warm | None:
+    async def _take_warm(self, binds: Sequence[policy.Bind], rootfs: Path | None) -> _Warm | None:
         warm, self._warm = self._warm, None
-        if warm is None or (set(binds) <= warm.binds and warm.launched.alive()):
+        # Pre-launched jails are the host's root: a run in an environment starts cold.
+        if warm is None or (rootfs is None and set(binds) <= warm.binds and warm.launched.alive()):
             return warm
         reaper = self._reaper(warm.cgroup, warm.launched)
         reaper.kill()
@@ -298,11 +299,15 @@ class Box:
         env: Mapping[str, str] | None = None,
         binds: Sequence[policy.Bind] = (),
         stage: str = "run",
+        rootfs: Path | None = None,
     ) -> AsyncGenerator[OutputEvent | Result, None]:
-        """Run command in the box: yields OutputEvents as produced, then exactly one Result."""
+        """Run command in the box: yields OutputEvents as produced, then exactly one Result.
+
+        ``rootfs``: an environment's root the command runs in instead of the host's.
+        """
         if self._closed:  # its slot (uid, cgroup) may already belong to another box
             raise SandboxError(f"box {self.slot.index} is closed")
-        warm = await self._take_warm(binds)
+        warm = await self._take_warm(binds, rootfs)
         baseline: CgroupStats | None = None
         if warm is not None:
             cgroup = warm.cgroup
@@ -320,7 +325,7 @@ class Box:
             await clear_stale(self.sandbox.driver, self.slot.cgroup_name)
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:
-                launched = self._chain.spawn(cgroup, command, limits, env or {}, binds)
+                launched = self._chain.spawn(cgroup, command, limits, env or {}, binds, rootfs)
             except SandboxError:
                 await self._reaper(cgroup).reap()
                 raise

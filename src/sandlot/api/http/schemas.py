@@ -110,6 +110,17 @@ class Languages(_Closed):
     languages: list[Language]
 
 
+class EnvironmentListed(_Closed):
+    name: str
+    digest: str = Field(description="sha256:<hex>: the image's config digest, or the declared spec's hash")
+    kind: Literal["image", "built"]
+    languages: list[str] = Field(description="the languages whose toolchain this environment contains")
+
+
+class Environments(_Closed):
+    environments: list[EnvironmentListed]
+
+
 class Health(_Closed):
     status: Literal["ok"]
 
@@ -176,6 +187,7 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
         "isolation": {"enum": ["jail", "gvisor"]},
         "commands": {"type": "array", "items": {"type": "string"}},
         "fetch_files": {"type": "array", "items": {"type": "string"}},
+        "environment": {"type": "string", "description": "run in this environment (GET /api/v1/environments)"},
     },
 }
 TEXT = "text/plain"
