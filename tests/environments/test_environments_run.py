@@ -24,7 +24,7 @@ from sandlot.languages import LanguageRegistry
 from sandlot.models import Status
 from sandlot.sandbox import Box
 from sandlot.sandbox.policy import _rootfs_args
-from tests.api.http.test_http import asgi_client, running_service
+from tests.api.http.test_http import asgi_client, live_server, running_service, wait_done
 from tests.cli.test_cli import _SANDLOT, _env
 from tests.conftest import TEST_STATE_DIR, run_job
 from tests.oci_images import write_oci_layout
@@ -200,3 +200,25 @@ async def test_http_environment_field(py_env: str) -> None:
             "/api/v1/run", json={"language": "python", "code": "1", "environment": py_env, "isolation": "gvisor"}
         )
         assert gvisor.status_code == 400 and "gvisor" in gvisor.json()["error"]["message"]
+
+
+async def test_execute_and_websocket_take_the_environment(py_env: str) -> None:
+    from websockets.asyncio.client import connect
+
+    from sandlot.api.http.app import create_app
+
+    code = "import sys\nprint(open('/etc/marker').read().strip(), sys.stdin.readline().strip())"
+    async with running_service() as service:
+        app = create_app(service)
+        async with asgi_client(app) as client:
+            body = {"language": "python", "code": code, "stdin": "queued\n", "environment": py_env}
+            queued = await client.post("/api/v1/execute", json=body)
+            assert queued.status_code == 202, queued.text
+            done = await wait_done(service, "public", queued.json()["task_id"])
+            assert done.result.stdout == b"only-in-the-image queued\n", done.result
+        async with live_server(app) as base, connect(f"ws://{base}/api/v1/ws") as ws:
+            await ws.send(json.dumps({"type": "run", "language": "python", "code": code, "environment": py_env}))
+            await ws.send(json.dumps({"type": "stdin", "data": "live\n"}))
+            while (message := json.loads(await ws.recv()))["type"] != "exit":
+                assert message["type"] in ("stage", "stdout", "stderr"), message
+            assert message["result"]["stdout"] == "only-in-the-image live\n", message
