@@ -30,6 +30,7 @@ from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import (
     AuthError,
     BrokerUnavailable,
+    EnvironmentNotFound,
     IsolationUnavailable,
     NoWorker,
 )
@@ -223,9 +224,12 @@ class Service:
         if store is None:
             return []
         listed: list[dict[str, object]] = []
-        for env in store.environments():
-            root = store.rootfs(env.name)
-            languages = sorted(lang.name for lang in self.languages.offered_in(root))
+        for name in sorted(store.names()):
+            try:
+                env = store.inspect(name)
+            except EnvironmentNotFound:
+                continue  # removed since the names were read
+            languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env)))
             listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
         return listed
 

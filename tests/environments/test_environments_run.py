@@ -222,3 +222,29 @@ async def test_execute_and_websocket_take_the_environment(py_env: str) -> None:
             while (message := json.loads(await ws.recv()))["type"] != "exit":
                 assert message["type"] in ("stage", "stdout", "stderr"), message
             assert message["result"]["stdout"] == "only-in-the-image live\n", message
+
+
+async def test_mcp_run_code_takes_the_environment(py_env: str) -> None:
+    from tests.api.mcp.test_mcp import _error, _http_client, _mcp_app, _structured
+
+    code = "print(open('/etc/marker').read().strip())"
+    async with running_service() as service, _mcp_app(service) as url, _http_client(url) as client:
+        arguments = {"language": "python", "code": code, "environment": py_env}
+        ran = _structured(await client.call_tool("run_code", arguments))
+        assert ran["status"] == "ok" and ran["stdout"] == "only-in-the-image\n", ran
+        unknown = await _error(client, "run_code", {**arguments, "environment": "nope"})
+        assert "no environment named 'nope'" in unknown
+
+
+def test_cli_refuses_gvisor_in_an_environment(py_env: str, tmp_path: Path) -> None:
+    program = tmp_path / "main.py"
+    program.write_text("print(1)")
+    done = subprocess.run(
+        [str(_SANDLOT), "run", str(program), "--env", py_env, "--isolation", "gvisor"],
+        capture_output=True,
+        env=_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and b"isolation 'gvisor' cannot run in an environment yet" in done.stderr
+    assert done.stdout == b""
