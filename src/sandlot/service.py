@@ -247,7 +247,6 @@ class Service:
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
-        check_isolation(level, spec.environment)
         self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         if not self.sessions.distributed:
             # Distributed, the workers' pools decide which levels run, and a session's

@@ -409,7 +409,7 @@ class Worker:
     async def _execute(self, run: _Run, output: dict[str, bytearray]) -> None:
         spec = run.spec
         level = spec.isolation or self.default_isolation
-        check_isolation(level, spec.environment)
+        check_isolation(level)
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import threading
@@ -174,6 +175,13 @@ class Box:
             os.chmod(base, 0o711)
             hostfs.mount_overlay(lower=lower, upper=base / "upper", work=base / "work", target=merged)
         return policy.Bind(merged, dest, writable=True)
+
+    def _gvisor_root(self, rootfs: Path) -> Path:
+        """An environment's root as gVisor's bundle root: runsc (as root) makes its mount points in
+        the bundle's root on disk, so the stored root is shown through a copy-on-write overlay in this
+        box's tmpfs; what runsc makes there vanishes with the box's reset, the store is never written."""
+        name = "envroot-" + hashlib.sha256(os.fsencode(rootfs)).hexdigest()[:16]
+        return self.cow_bind(name, rootfs, "/").source
 
     def cancel_run(self) -> None:
         """Kill the running command, and any this lease starts later; Results say "cancelled by request"."""
@@ -322,6 +330,8 @@ class Box:
                 await reaper.reap()
                 warm = None
         if warm is None:
+            if rootfs is not None and self.isolation == "gvisor":
+                rootfs = self._gvisor_root(rootfs)
             await clear_stale(self.sandbox.driver, self.slot.cgroup_name)
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:

@@ -155,12 +155,10 @@ class Chain:
     ) -> Launched:
         """Start the box's chain; without a command its init waits for one on the command channel.
 
-        ``rootfs``: run in that environment's root (the jail only, for now).
+        ``rootfs``: run in that environment's root (the jail's root, or gVisor's bundle root).
         """
         start = _Start(cgroup, command, limits, env, binds, rootfs)
         if self.isolation == "gvisor":
-            if rootfs is not None:  # the doors refuse this first; never a run on the host's root instead
-                raise SandboxError("isolation gvisor cannot run in an environment yet; use isolation jail")
             return self._spawn_gvisor(start)
         pipes = Pipes.create(self.sandbox.seccomp_program, with_command=command is None)
         return spawn(self._build_argv(start), pipes)
@@ -189,6 +187,7 @@ class Chain:
                 binds=start.binds,
                 helper=self.sandbox.helper,
                 control_dir=paths.control_dir,
+                environment_root=start.rootfs,
             )
             config["process"]["rlimits"] = policy.oci_rlimits(self._base_rlimits())
             (paths.run_dir / "config.json").write_text(json.dumps(config))
