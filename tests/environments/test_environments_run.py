@@ -76,17 +76,21 @@ def _add(tar: tarfile.TarFile, source: Path, name: str) -> None:
         tar.addfile(info)
 
 
-def _python_layer() -> bytes:
-    """usr/bin/python3(.11), its libraries under usr/lib, a slice of the stdlib, markers; merged-usr links."""
+def _python_layer(*, etc_link: bool = False) -> bytes:
+    """usr/bin/python3(.11), its libraries under usr/lib, a slice of the stdlib, markers; merged-usr links.
+
+    ``etc_link``: a hostile image whose /etc is a link to the host's (``etc -> /etc``)."""
     ldd = subprocess.run(["ldd", str(_PYTHON)], capture_output=True, text=True, check=True).stdout
     libs = re.findall(r"(/\S+) \(0x", ldd)
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
-        for d in ("usr", "usr/bin", "usr/lib", "usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/share", "etc"):
+        dirs = ["usr", "usr/bin", "usr/lib", "usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/share"]
+        for d in dirs if etc_link else [*dirs, "etc"]:
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
-        for name, target in (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin")):
+        links = [("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin")]
+        for name, target in [*links, ("etc", "/etc")] if etc_link else links:
             info = tarfile.TarInfo(name)
             info.type, info.linkname = tarfile.SYMTYPE, target
             tar.addfile(info)
@@ -105,7 +109,7 @@ def _python_layer() -> bytes:
                 if "__pycache__" in item.parts or item.is_symlink():
                     continue
                 _add(tar, item, f"usr/lib/python3.11/{item.relative_to(_STDLIB)}")
-        for name in ("etc/marker", "usr/share/sandlot-marker"):
+        for name in ("usr/share/sandlot-marker",) if etc_link else ("etc/marker", "usr/share/sandlot-marker"):
             info = tarfile.TarInfo(name)
             info.size = len(MARKER)
             tar.addfile(info, io.BytesIO(MARKER.encode()))
@@ -250,3 +254,31 @@ def test_cli_runs_gvisor_in_an_environment(py_env: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"only-in-the-image False\n"
+
+
+@pytest.fixture(scope="module")
+def etc_link_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = f"test-etclink-{secrets.token_hex(6)}"
+    store = EnvironmentStore(TEST_STATE_DIR)
+    layout = tmp_path_factory.mktemp("image") / "layout"
+    write_oci_layout(layout, [_python_layer(etc_link=True)], compression=["none"])
+    store.import_image(name, layout)
+    try:
+        yield name
+    finally:
+        store.remove(name)
+
+
+async def test_an_image_linking_etc_to_the_host_sees_and_touches_nothing_of_it(
+    settings: Settings, languages: LanguageRegistry, box: Box, etc_link_env: str, isolation: str
+) -> None:
+    host_etc = sorted(os.listdir("/etc"))
+    host_passwd = Path("/etc/passwd").read_bytes()
+    engine = Engine(settings, languages, environments=EnvironmentStore(TEST_STATE_DIR))
+    code = "import os, json\nprint(json.dumps([os.path.exists('/etc/shadow'), os.path.exists('/etc/os-release')]))"
+    run = await run_job(engine, box, "python", code, environment=etc_link_env)
+    assert run.result.status is Status.OK, run.result
+    assert json.loads(run.stdout) == [False, False]  # the host's /etc is not shown
+    assert sorted(os.listdir("/etc")) == host_etc and Path("/etc/passwd").read_bytes() == host_passwd
+    stored = EnvironmentStore(TEST_STATE_DIR).rootfs(etc_link_env)
+    assert os.readlink(stored / "etc") == "/etc" and not (stored / ".init").exists()  # the store as imported

@@ -48,7 +48,7 @@ from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, slots
 from sandlot.sandbox.cgroups import CPU_WEIGHT_WARMING, Cgroup, CgroupLimits, CgroupStats
 from sandlot.sandbox.chain import Chain
-from sandlot.sandbox.gvisor import host_task_limit
+from sandlot.sandbox.gvisor import fix_environment_mount_points, host_task_limit
 from sandlot.sandbox.launch import Launched, StdinSource
 from sandlot.sandbox.monitor import RunMonitor
 from sandlot.sandbox.reaper import Reaper, clean_slot, clear_stale
@@ -181,7 +181,9 @@ class Box:
         the bundle's root on disk, so the stored root is shown through a copy-on-write overlay in this
         box's tmpfs; what runsc makes there vanishes with the box's reset, the store is never written."""
         name = "envroot-" + hashlib.sha256(os.fsencode(rootfs)).hexdigest()[:16]
-        return self.cow_bind(name, rootfs, "/").source
+        merged = self.cow_bind(name, rootfs, "/").source
+        fix_environment_mount_points(merged)
+        return merged
 
     def cancel_run(self) -> None:
         """Kill the running command, and any this lease starts later; Results say "cancelled by request"."""

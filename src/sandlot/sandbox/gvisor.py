@@ -409,6 +409,24 @@ class Gvisor:
         return args
 
 
+def fix_environment_mount_points(root: Path) -> None:
+    """Make an environment's root (a copy-on-write view of it: see ``Box``) take runsc's mounts.
+
+    runsc resolves a mount's destination inside the root and makes it there: an image's
+    ``etc -> /etc`` resolved to itself and the sandbox did not start. A link (or a non-directory)
+    where a mount goes is replaced by an empty directory, a link where a file is bound by nothing
+    (runsc makes the file). Only links are removed: never followed, never on the host.
+    """
+    for name in ("etc", "tmp", "proc", "dev", policy.BOX_WORKDIR.lstrip("/"), CONTROL_DIR.lstrip("/")):
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+            path.mkdir(mode=0o755)
+    for path in [root / policy.INIT_PATH.lstrip("/"), *(root / "etc" / name for name in policy.SYNTHETIC_ETC)]:
+        if path.is_symlink():
+            path.unlink()
+
+
 def _bind(source: str, dest: str, *, writable: bool) -> dict[str, Any]:
     return {
         "destination": dest,
