@@ -153,6 +153,21 @@ def test_rootfs_args_never_follow_a_planted_etc_link(tmp_path: Path) -> None:
     assert args == ["--ro-bind", str(root / "usr"), "/usr", "--perms", "0755", "--dir", "/etc"]
 
 
+def test_languages_are_probed_inside_the_root(tmp_path: Path, languages: LanguageRegistry) -> None:
+    """Links resolve inside the root: an absolute one to the host's python3 or gcc offers nothing."""
+    bin_dir = tmp_path / "usr" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python3.11").write_bytes(b"")
+    (bin_dir / "python3.11").chmod(0o755)
+    (bin_dir / "python3").symlink_to("/usr/bin/python3.11")  # absolute: the root's, not the host's
+    (bin_dir / "gcc").symlink_to("/usr/bin/gcc")  # the host has it; the root does not
+    (bin_dir / "bash").symlink_to("../../../../../../usr/bin/bash")  # up and out: stops at the root
+    (bin_dir / "node").symlink_to("node")  # a loop
+    assert [lang.name for lang in languages.offered_in(tmp_path)] == ["python"]
+    (bin_dir / "python3.11").chmod(0o644)  # not executable: not offered
+    assert languages.offered_in(tmp_path) == []
+
+
 async def test_engine_runs_in_the_environment(
     settings: Settings, languages: LanguageRegistry, box: Box, py_env: str, isolation: str
 ) -> None:
