@@ -26,6 +26,8 @@ from sandlot.sandbox import Box
 from sandlot.sandbox.policy import _rootfs_args
 from tests.api.http.test_http import asgi_client, live_server, running_service, wait_done
 from tests.cli.test_cli import _SANDLOT, _env
+from tests.cli.test_cli_client import _sandlot as submit_cli
+from tests.cli.test_cli_client import _ServerThread
 from tests.conftest import TEST_STATE_DIR, run_job
 from tests.oci_images import write_oci_layout
 
@@ -297,3 +299,13 @@ async def test_an_image_linking_etc_to_the_host_sees_and_touches_nothing_of_it(
     assert sorted(os.listdir("/etc")) == host_etc and Path("/etc/passwd").read_bytes() == host_passwd
     stored = EnvironmentStore(TEST_STATE_DIR).rootfs(etc_link_env)
     assert os.readlink(stored / "etc") == "/etc" and not (stored / ".init").exists()  # the store as imported
+
+
+def test_cli_submit_env(py_env: str, tmp_path: Path) -> None:
+    program = tmp_path / "main.py"
+    program.write_text("print(open('/etc/marker').read().strip())")
+    with _ServerThread() as server:
+        done = submit_cli(server, "submit", program, "--env", py_env, "--no-stdin")
+        assert (done.returncode, done.stdout) == (0, b"only-in-the-image\n"), done.stderr
+        unknown = submit_cli(server, "submit", program, "--env", "nope", "--no-stdin")
+        assert unknown.returncode == 2 and b"no environment named 'nope'" in unknown.stderr
