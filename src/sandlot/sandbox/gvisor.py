@@ -335,7 +335,8 @@ class Gvisor:
 
         ``environment_root``: an environment's root as the bundle's (read-only) root instead of the
         shared empty one with the host's system dirs bound in; sandlot's synthetic /etc files lie
-        over the image's one by one (gVisor makes missing mount points in its own overlay, never on disk).
+        over the image's one by one. runsc makes missing mount points inside the root, on disk: give
+        it a per-box copy-on-write view of the stored root (``Box._gvisor_root``), never the store's.
         """
         tmp_options = ["nosuid", "nodev", "mode=1777", f"size={tmp_size_bytes}"]
         mounts: list[dict[str, Any]] = [{"destination": "/proc", "type": "proc", "source": "proc"}]
