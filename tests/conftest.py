@@ -143,6 +143,7 @@ async def run_job(
     limits: LimitRequest | None = None,
     exact_limits: Limits | None = None,
     extra_files: tuple[SourceFile, ...] = (),
+    environment: str = "",
 ) -> Run:
     """Validate and run one job in box, collecting every event."""
     content = code.encode() if isinstance(code, str) else code
@@ -152,6 +153,7 @@ async def run_job(
         stdin=stdin,
         args=args,
         limits=exact_limits,
+        environment=environment,
     )
     prepared = engine.prepare(job, limits)
     events: list[Event] = []

@@ -96,6 +96,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @program_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
+@click.option("--env", "environment", metavar="NAME", default="", help="Run in this environment (sandlot env list).")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -103,24 +104,34 @@ def run(
     args: tuple[str, ...],
     program: ProgramOptions,
     as_json: bool,
+    environment: str,
 ) -> None:
     """Run FILE in a fresh sandbox; ARGS after -- go to the program."""
     language, limits, isolation = program.language, program.limits, program.isolation
     try:
         settings = _settings(ctx)
         languages = LanguageRegistry.load(settings.languages_file)
-        lang = languages.get(language) if language else languages.for_file(file.name)
+        if environment:  # the environment, not the host, must offer it: the engine checks there
+            lang = languages.declared_for_file(file.name) if not language else None
+        else:
+            lang = languages.get(language) if language else languages.for_file(file.name)
         source = read_input(file, "FILE")
         stdin = cli_stdin.choose(program.stdin_path, program.no_stdin, live=True)
         job = Job(
-            language=lang.name,
+            language=lang.name if lang is not None else language or "",
             files=(SourceFile(file.name, source),),
             stdin=stdin if isinstance(stdin, bytes) else b"",
             args=args,
             user_file_name=file.name,
+            environment=environment,
         )
         notice = FirstUseNotice(sys.stderr)
-        engine = Engine(settings, languages, notice=notice)
+        store = None
+        if environment:  # imported only when asked for: `sandlot run`'s start-up stays as it was
+            from sandlot.environments.store import EnvironmentStore
+
+            store = EnvironmentStore(settings.state_dir)
+        engine = Engine(settings, languages, notice=notice, environments=store)
         prepared = engine.prepare(job, limits, cli_flags=True)
     except RejectedError as exc:
         finish_rejected(str(exc), language or "", as_json)

@@ -63,6 +63,7 @@ _api_key_option = click.option(
 @click.option("--session", "session_id", default=None, help="Run in this session's box (its files persist).")
 @click.option("--async", "detach", is_flag=True, help="Print the task id and exit 0; see `sandlot result`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
+@click.option("--env", "environment", metavar="NAME", default="", help="Run in this environment (server side).")
 @program_options
 @_api_key_option
 def submit(
@@ -74,6 +75,7 @@ def submit(
     as_json: bool,
     program: ProgramOptions,
     api_key: str | None,
+    environment: str,
 ) -> None:
     """Run FILE on a sandlot server, streaming its output; ARGS after -- go to the program.
 
@@ -104,6 +106,7 @@ def submit(
                 limits=limits,
                 session_id=session_id,
                 isolation=isolation,
+                environment=environment,
             )
         except ClientError as exc:
             _finish_failure(exc.status, str(exc), lang, None, as_json)

@@ -136,8 +136,9 @@ class SandlotClient:
         limits: LimitRequest | None = None,
         session_id: str | None = None,
         isolation: str | None = None,
+        environment: str | None = None,
     ) -> TaskState:
-        """Queue an execution (the first file is the program); the task's id and status."""
+        """Queue an execution (the first file is the program), in ``environment`` if given; its id and status."""
         try:
             stdin_text = stdin.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -159,6 +160,8 @@ class SandlotClient:
             body["session_id"] = session_id
         if isolation is not None:
             body["isolation"] = isolation
+        if environment:
+            body["environment"] = environment
         answer = self._json(self._request("POST", f"{_API}/execute", json=body))
         return TaskState(_str(answer, "task_id"), _task_status(answer.get("status", "queued")))
 

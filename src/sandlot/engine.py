@@ -4,6 +4,11 @@ validate (RejectedError on bad input) -> write sources -> compile stage (own
 limits; its output is rewritten to the user's file name) -> run stage (output
 streams live) -> one ExitEvent whose Result carries the status model. Every
 event is sequence-numbered and timestamped here, once, for every door.
+
+A job naming an environment is resolved here, once: its name to the root in the
+EnvironmentStore (``EnvironmentNotFound``), its language probed in that root;
+every stage then runs with that root (``Box.run(rootfs=...)``) and without the
+host-side language binds and caches, which belong to the host's toolchains.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandlot.config import CLI_FLAGS, LimitRequest, Settings
-from sandlot.errors import RejectedError
+from sandlot.errors import EnvironmentNotFound, RejectedError
 from sandlot.languages import Language, LanguageRegistry, warm_cache
 from sandlot.models import (
     Event,
@@ -36,6 +42,9 @@ from sandlot.paths import validate_relative_path
 from sandlot.sandbox import BOX_WORKDIR, Bind, Box
 from sandlot.sandbox.box import ISOLATION_LEVELS, StdinSource
 
+if TYPE_CHECKING:
+    from sandlot.environments.store import EnvironmentStore
+
 MAX_FILES = 64
 MAX_ARGS = 256
 MAX_ARG_BYTES = 64 * 1024
@@ -51,6 +60,7 @@ class PreparedJob:
     language: Language
     limits: Limits
     compile_limits: Limits
+    rootfs: Path | None = None  # the job's environment's root; None: the host's
 
 
 def check_isolation(level: str) -> None:
@@ -68,10 +78,16 @@ class Engine:
     """Stateless apart from its collaborators; one per process."""
 
     def __init__(
-        self, settings: Settings, languages: LanguageRegistry, *, notice: Callable[[str], None] | None = None
+        self,
+        settings: Settings,
+        languages: LanguageRegistry,
+        *,
+        notice: Callable[[str], None] | None = None,
+        environments: EnvironmentStore | None = None,
     ) -> None:
         self.settings = settings
         self.languages = languages
+        self.environments = environments  # None: no store here, every environment is unknown
         self._notice = notice  # hears what makes a first use slow (a cache being warmed)
 
     def prepare(
@@ -89,7 +105,14 @@ class Engine:
         (request doors); with ``cli_flags``, the CLI's flag (``--time-limit``); else just ``x``.
         """
         run_where = "limits" if qualify_fields else CLI_FLAGS if cli_flags else None
-        language = self.languages.get(job.language)
+        rootfs: Path | None = None
+        if job.environment:
+            if self.environments is None:
+                raise EnvironmentNotFound(job.environment)
+            rootfs = self.environments.rootfs(job.environment)
+            language = self.languages.get_in(job.language, rootfs, job.environment)
+        else:
+            language = self.languages.get(job.language)
         if not job.files:
             raise RejectedError("no source given", field="code")
         if len(job.files) > MAX_FILES:
@@ -134,6 +157,7 @@ class Engine:
             or self.settings.resolve_limits(
                 compile_limits, stage="compile", where="compile_limits" if qualify_fields else None
             ),
+            rootfs=rootfs,
         )
 
     async def execute(
@@ -154,7 +178,8 @@ class Engine:
         source = lang.source_name(job.user_file_name, job.files[0].content)
         user_name = _printable_name(job.user_file_name or source.file)
         self._write_sources(box, source.file, job.files)
-        binds = self._binds(lang, box)
+        binds = self._binds(lang, box) if prepared.rootfs is None else []
+        rootfs = prepared.rootfs
         stages: list[tuple[str, Result]] = []
 
         compile_output = b""
@@ -168,6 +193,7 @@ class Engine:
                 env=lang.env,
                 binds=binds,
                 stage="compile",
+                rootfs=rootfs,
             )
             async with contextlib.aclosing(compile_run) as items:
                 async for item in items:
@@ -198,7 +224,9 @@ class Engine:
             stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
             finished = False
             limits = budget.cap(prepared.limits)
-            stage_run = box.run(argv, limits=limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name)
+            stage_run = box.run(
+                argv, limits=limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name, rootfs=rootfs
+            )
             # aclosing: a consumer that stops early ends the run here, not in a GC finaliser later.
             async with contextlib.aclosing(stage_run) as items:
                 async for item in items:
@@ -237,7 +265,7 @@ class Engine:
 
     def job_binds(self, prepared: PreparedJob, box: Box) -> list[Bind]:
         """What this job's language binds into a box: a ``Box.prelaunch`` for exactly this job."""
-        return self._binds(prepared.language, box)
+        return self._binds(prepared.language, box) if prepared.rootfs is None else []
 
     def _binds(self, lang: Language, box: Box) -> list[Bind]:
         binds = [Bind(Path(p), p, optional=True) for p in lang.binds]

@@ -127,6 +127,7 @@ class Job:
     user_file_name: str | None = None  # the name compiler messages should show
     commands: tuple[str, ...] = ()  # CI-like: shell commands run in order instead of the program
     fetch_files: tuple[str, ...] = ()  # workspace files to return with the result
+    environment: str = ""  # the environment's name to run in; "": the host
 
 
 # ---------------------------------------------------------------- events

@@ -5,7 +5,8 @@ shape; every mistake is a RejectedError naming the field, never a traceback.
 
     {"language": "python", "code": "print(1)"            # or "files": [{name, content, encoding}]
      "stdin": "", "args": [], "limits": {...}, "compile_limits": {...},
-     "session_id": null, "isolation": "gvisor", "commands": [], "fetch_files": []}
+     "session_id": null, "isolation": "gvisor", "commands": [], "fetch_files": [],
+     "environment": "NAME"}                                # run in that environment (sandlot env list)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _FIELDS = {
     "isolation",
     "commands",
     "fetch_files",
+    "environment",
 }
 
 
@@ -155,4 +157,5 @@ def parse_execution(
         fetch_files=_str_list(data, "fetch_files"),
         interactive=interactive,
         user_file_name=user_file_name,
+        environment=_str(data, "environment", "") or "",
     )

@@ -26,9 +26,11 @@ from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
 from sandlot.config import ServerSettings, Settings
 from sandlot.engine import Engine, check_isolation
+from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import (
     AuthError,
     BrokerUnavailable,
+    EnvironmentNotFound,
     IsolationUnavailable,
     NoWorker,
 )
@@ -129,7 +131,10 @@ class Service:
         settings = dataclasses.replace(settings, server=server)  # one truth: the flags' server settings, not the file's
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
-        engine = Engine(settings, languages, notice=lambda message: log.warning("%s...", message))
+        environments = EnvironmentStore(settings.state_dir)
+        engine = Engine(
+            settings, languages, notice=lambda message: log.warning("%s...", message), environments=environments
+        )
         await asyncio.to_thread(engine.warm_caches)
         size = server.effective_pool_size
 
@@ -212,6 +217,21 @@ class Service:
         level = spec.isolation or self.server.default_isolation
         if not await self.serves(level):
             raise NoWorker(level)
+
+    def environments(self) -> list[dict[str, object]]:
+        """Every environment of this node's store, with the languages it offers (``GET /api/v1/environments``)."""
+        store = self.engine.environments
+        if store is None:
+            return []
+        listed: list[dict[str, object]] = []
+        for name in sorted(store.names()):
+            try:
+                env = store.inspect(name)
+            except EnvironmentNotFound:
+                continue  # removed since the names were read
+            languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env)))
+            listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
+        return listed
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)

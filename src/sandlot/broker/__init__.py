@@ -73,6 +73,7 @@ class TaskSpec:
     fetch_files: tuple[str, ...] = ()
     interactive: bool = False  # stdin arrives through control messages
     user_file_name: str | None = None
+    environment: str = ""  # an environment's name (sandlot env list); "": the host
     # JSON a door keeps with its task (Judge0: expected_output, callback_url, its limits), opaque to the
     # broker, the engine and the worker; it travels with the spec so that any API node can render the task.
     door_data: str = ""
@@ -87,6 +88,7 @@ class TaskSpec:
             user_file_name=self.user_file_name,
             commands=self.commands,
             fetch_files=self.fetch_files,
+            environment=self.environment,
         )
 
     def to_json(self) -> str:
@@ -104,6 +106,7 @@ class TaskSpec:
                 "compile_limits": _limits_json(self.compile_limits),
                 "session_id": self.session_id,
                 "isolation": self.isolation,
+                "environment": self.environment,
                 "commands": list(self.commands),
                 "fetch_files": list(self.fetch_files),
                 "interactive": self.interactive,
@@ -127,6 +130,7 @@ class TaskSpec:
             compile_limits=LimitRequest(**data["compile_limits"]) if data.get("compile_limits") else None,
             session_id=data.get("session_id"),
             isolation=str(data.get("isolation", "")),
+            environment=str(data.get("environment", "")),
             commands=tuple(data.get("commands", ())),
             fetch_files=tuple(data.get("fetch_files", ())),
             interactive=bool(data.get("interactive", False)),

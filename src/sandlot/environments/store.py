@@ -195,6 +195,10 @@ class EnvironmentStore:
             raise EnvironmentNotFound(name)
         return self.root / hexd / "rootfs"
 
+    def rootfs_of(self, env: Environment) -> Path:
+        """The root of an environment already inspected (its name may have been re-pointed since)."""
+        return self.root / env.digest.removeprefix("sha256:") / "rootfs"
+
     def environments(self) -> list[Environment]:
         return [self.inspect(name) for name in sorted(self.names())]
 

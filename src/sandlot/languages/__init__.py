@@ -1,6 +1,9 @@
 """Languages as data: ``languages.toml`` declares them, this module loads and probes them.
 
 A language whose ``requires`` executables are missing is simply not offered.
+In an environment (a root filesystem, see sandlot/environments) the same probe
+runs against that root (``installed_in``): its links resolved inside the root,
+never on the host.
 A language may declare a ``cache``: a host directory warmed once (by running
 ``warm`` on the language's sample, on the host, as root) and then shown to each
 box as a copy-on-write overlay, so builds start warm but no box can write into
@@ -14,6 +17,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -84,6 +88,10 @@ class Language:
     def installed(self) -> bool:
         return all(os.access(path, os.X_OK) for path in self.requires)
 
+    def installed_in(self, root: Path) -> bool:
+        """``installed``, for an environment's root: every ``requires`` path an executable file there."""
+        return all(_executable_in(root, path) for path in self.requires)
+
     def probe_version(self) -> str:
         """Ask the toolchain for its version (on the host; trusted binaries only)."""
         if not self.version_command:
@@ -101,6 +109,45 @@ class Language:
         text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
         match = re.search(self.version_regex, text)
         return match.group(1) if match else text.strip().splitlines()[0] if text.strip() else "unknown"
+
+
+_MAX_LINKS = 40  # as Linux's path walk (ELOOP)
+
+
+def _executable_in(root: Path, path: str) -> bool:
+    """Is path, read as if root were /, an executable regular file? Links are resolved inside root
+    (an image's ``/usr/bin/python3 -> /usr/bin/python3.11`` means root's, not the host's)."""
+    parts = [p for p in path.split("/") if p]
+    current: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        candidate = root.joinpath(*current, part)
+        try:
+            info = os.lstat(candidate)
+        except OSError:
+            return False
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > _MAX_LINKS:
+                return False
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        current.append(part)
+    try:
+        info = os.lstat(root.joinpath(*current))
+    except OSError:
+        return False
+    return bool(current) and stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111)
 
 
 def _tuple(data: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -185,6 +232,25 @@ class LanguageRegistry:
             checked = (now, lang.installed)
             self._installed[lang.name] = checked
         return checked[1]
+
+    def offered_in(self, root: Path) -> list[Language]:
+        """The languages an environment's root offers (probed each time: a root never changes)."""
+        return [lang for lang in self._all.values() if lang.installed_in(root)]
+
+    def get_in(self, name: str, root: Path, environment: str) -> Language:
+        """Resolve a name or alias to a language environment ``environment`` (at root) offers."""
+        key = name.strip().lower()
+        for lang in self._all.values():
+            if key == lang.name or key in lang.aliases:
+                if not lang.installed_in(root):
+                    raise RejectedError(
+                        f"language {lang.name!r} is not available in environment {environment!r}", field="language"
+                    )
+                return lang
+        offered = ", ".join(sorted(lang.name for lang in self.offered_in(root)))
+        raise RejectedError(
+            f"unknown language {name!r}; environment {environment!r} offers: {offered}", field="language"
+        )
 
     def get(self, name: str) -> Language:
         """Resolve a name or alias to an offered language, or reject with a clear message."""

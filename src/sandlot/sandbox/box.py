@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import threading
@@ -47,7 +48,7 @@ from sandlot.models import Limits, OutputEvent, Result
 from sandlot.sandbox import hostfs, policy, slots
 from sandlot.sandbox.cgroups import CPU_WEIGHT_WARMING, Cgroup, CgroupLimits, CgroupStats
 from sandlot.sandbox.chain import Chain
-from sandlot.sandbox.gvisor import host_task_limit
+from sandlot.sandbox.gvisor import fix_environment_mount_points, host_task_limit
 from sandlot.sandbox.launch import Launched, StdinSource
 from sandlot.sandbox.monitor import RunMonitor
 from sandlot.sandbox.reaper import Reaper, clean_slot, clear_stale
@@ -175,6 +176,15 @@ class Box:
             hostfs.mount_overlay(lower=lower, upper=base / "upper", work=base / "work", target=merged)
         return policy.Bind(merged, dest, writable=True)
 
+    def _gvisor_root(self, rootfs: Path) -> Path:
+        """An environment's root as gVisor's bundle root: runsc (as root) makes its mount points in
+        the bundle's root on disk, so the stored root is shown through a copy-on-write overlay in this
+        box's tmpfs; what runsc makes there vanishes with the box's reset, the store is never written."""
+        name = "envroot-" + hashlib.sha256(os.fsencode(rootfs)).hexdigest()[:16]
+        merged = self.cow_bind(name, rootfs, "/").source
+        fix_environment_mount_points(merged)
+        return merged
+
     def cancel_run(self) -> None:
         """Kill the running command, and any this lease starts later; Results say "cancelled by request"."""
         self._cancel_requested = True
@@ -265,9 +275,10 @@ class Box:
             with contextlib.suppress(SandboxError):  # what survives is the next clean's
                 self._reaper(warm.cgroup, warm.launched).reap_blocking()
 
-    async def _take_warm(self, binds: Sequence[policy.Bind]) -> _Warm | None:
+    async def _take_warm(self, binds: Sequence[policy.Bind], rootfs: Path | None) -> _Warm | None:
         warm, self._warm = self._warm, None
-        if warm is None or (set(binds) <= warm.binds and warm.launched.alive()):
+        # Pre-launched jails are the host's root: a run in an environment starts cold.
+        if warm is None or (rootfs is None and set(binds) <= warm.binds and warm.launched.alive()):
             return warm
         reaper = self._reaper(warm.cgroup, warm.launched)
         reaper.kill()
@@ -298,11 +309,15 @@ class Box:
         env: Mapping[str, str] | None = None,
         binds: Sequence[policy.Bind] = (),
         stage: str = "run",
+        rootfs: Path | None = None,
     ) -> AsyncGenerator[OutputEvent | Result, None]:
-        """Run command in the box: yields OutputEvents as produced, then exactly one Result."""
+        """Run command in the box: yields OutputEvents as produced, then exactly one Result.
+
+        ``rootfs``: an environment's root the command runs in instead of the host's.
+        """
         if self._closed:  # its slot (uid, cgroup) may already belong to another box
             raise SandboxError(f"box {self.slot.index} is closed")
-        warm = await self._take_warm(binds)
+        warm = await self._take_warm(binds, rootfs)
         baseline: CgroupStats | None = None
         if warm is not None:
             cgroup = warm.cgroup
@@ -317,10 +332,12 @@ class Box:
                 await reaper.reap()
                 warm = None
         if warm is None:
+            if rootfs is not None and self.isolation == "gvisor":
+                rootfs = self._gvisor_root(rootfs)
             await clear_stale(self.sandbox.driver, self.slot.cgroup_name)
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:
-                launched = self._chain.spawn(cgroup, command, limits, env or {}, binds)
+                launched = self._chain.spawn(cgroup, command, limits, env or {}, binds, rootfs)
             except SandboxError:
                 await self._reaper(cgroup).reap()
                 raise

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandlot.errors import SandboxError
@@ -30,8 +31,6 @@ from sandlot.sandbox.launch import Launched, Pipes, spawn, write_all
 from sandlot.sandbox.protocol import encode_command, is_ready
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from sandlot.sandbox.host import Sandbox
 
 _launch_ids = itertools.count()
@@ -71,6 +70,7 @@ class _Start:
     limits: Limits | None
     env: Mapping[str, str]
     binds: Sequence[policy.Bind]
+    rootfs: Path | None = None  # an environment's root; None: the host's
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -151,9 +151,13 @@ class Chain:
         limits: Limits | None,
         env: Mapping[str, str],
         binds: Sequence[policy.Bind],
+        rootfs: Path | None = None,
     ) -> Launched:
-        """Start the box's chain; without a command its init waits for one on the command channel."""
-        start = _Start(cgroup, command, limits, env, binds)
+        """Start the box's chain; without a command its init waits for one on the command channel.
+
+        ``rootfs``: run in that environment's root (the jail's root, or gVisor's bundle root).
+        """
+        start = _Start(cgroup, command, limits, env, binds, rootfs)
         if self.isolation == "gvisor":
             return self._spawn_gvisor(start)
         pipes = Pipes.create(self.sandbox.seccomp_program, with_command=command is None)
@@ -183,6 +187,7 @@ class Chain:
                 binds=start.binds,
                 helper=self.sandbox.helper,
                 control_dir=paths.control_dir,
+                environment_root=start.rootfs,
             )
             config["process"]["rlimits"] = policy.oci_rlimits(self._base_rlimits())
             (paths.run_dir / "config.json").write_text(json.dumps(config))
@@ -209,6 +214,7 @@ class Chain:
             env=self._env(start.env) if start.command is not None else {},
             rlimits=self._rlimits(start.limits),
             command=start.command,
+            rootfs=start.rootfs,
         )
         identity = ["--uid", str(self.slot.uid), "--gid", str(self.slot.gid)]
         for resource, amount in self._base_rlimits().items():

@@ -329,20 +329,33 @@ class Gvisor:
         helper: Path | None,
         control_dir: Path | None,
         capabilities: Sequence[str] = (),
+        environment_root: Path | None = None,
     ) -> dict[str, Any]:
-        """The OCI runtime spec of one sandbox: the jail's policy in OCI terms."""
+        """The OCI runtime spec of one sandbox: the jail's policy in OCI terms.
+
+        ``environment_root``: an environment's root as the bundle's (read-only) root instead of the
+        shared empty one with the host's system dirs bound in; sandlot's synthetic /etc files lie
+        over the image's one by one. runsc makes missing mount points inside the root, on disk: give
+        it a per-box copy-on-write view of the stored root (``Box._gvisor_root``), never the store's.
+        """
         tmp_options = ["nosuid", "nodev", "mode=1777", f"size={tmp_size_bytes}"]
-        mounts: list[dict[str, Any]] = [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            _bind("/usr", "/usr", writable=False),
-            {"destination": "/usr/local", "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4096"]},
-            _bind(str(self.etc_dir), "/etc", writable=False),
+        mounts: list[dict[str, Any]] = [{"destination": "/proc", "type": "proc", "source": "proc"}]
+        if environment_root is None:
+            mounts += [
+                _bind("/usr", "/usr", writable=False),
+                {"destination": "/usr/local", "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4096"]},
+                _bind(str(self.etc_dir), "/etc", writable=False),
+            ]
+            for top in policy.TOP_LEVEL:
+                if os.path.isdir(top) and not os.path.islink(top):
+                    mounts.append(_bind(top, top, writable=False))
+        else:
+            for name in policy.SYNTHETIC_ETC:
+                mounts.append(_bind(str(self.etc_dir / name), f"/etc/{name}", writable=False))
+        mounts += [
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmp_options},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs", "options": tmp_options},
         ]
-        for top in policy.TOP_LEVEL:
-            if os.path.isdir(top) and not os.path.islink(top):
-                mounts.append(_bind(top, top, writable=False))
         if workdir is not None:
             mounts.append(_bind(str(workdir), policy.BOX_WORKDIR, writable=True))
         for bind in binds:
@@ -366,7 +379,7 @@ class Gvisor:
                 "capabilities": cap_sets,
                 "noNewPrivileges": True,
             },
-            "root": {"path": str(self.rootfs), "readonly": True},
+            "root": {"path": str(environment_root or self.rootfs), "readonly": True},
             "hostname": policy.BOX_HOSTNAME,
             "mounts": mounts,
             "linux": {
@@ -395,6 +408,24 @@ class Gvisor:
         if command is not None:
             args += ["--", *command]
         return args
+
+
+def fix_environment_mount_points(root: Path) -> None:
+    """Make an environment's root (a copy-on-write view of it: see ``Box``) take runsc's mounts.
+
+    runsc resolves a mount's destination inside the root and makes it there: an image's
+    ``etc -> /etc`` resolved to itself and the sandbox did not start. A link (or a non-directory)
+    where a mount goes is replaced by an empty directory, a link where a file is bound by nothing
+    (runsc makes the file). Only links are removed: never followed, never on the host.
+    """
+    for name in ("etc", "tmp", "proc", "dev", policy.BOX_WORKDIR.lstrip("/"), CONTROL_DIR.lstrip("/")):
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+            path.mkdir(mode=0o755)
+    for path in [root / policy.INIT_PATH.lstrip("/"), *(root / "etc" / name for name in policy.SYNTHETIC_ETC)]:
+        if path.is_symlink():
+            path.unlink()
 
 
 def _bind(source: str, dest: str, *, writable: bool) -> dict[str, Any]:

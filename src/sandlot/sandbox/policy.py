@@ -3,7 +3,10 @@
 Read-only system directories, a synthetic /etc, the box's own workdir at /box,
 size-capped tmpfs /tmp and /dev/shm, a private /proc (with the host's kernel
 details masked, as container runtimes do), no /sys, and fresh user,
-mount, pid, net, ipc, uts and cgroup namespaces. Nothing of sandlot itself
+mount, pid, net, ipc, uts and cgroup namespaces. In an environment (an imported or
+built root, ``rootfs``) the root's own top-level entries and /etc entries are
+bound read-only instead of the host's system directories and /etc files, with
+the synthetic /etc files over the image's (``_rootfs_args``). Nothing of sandlot itself
 (its code, config or state directory) is mounted; the only sandlot file in the
 box is the static init helper at ``INIT_PATH``, bound like the synthetic /etc
 from a copy in the box's own tmpfs (``write_jail_files``) so that the box's
@@ -162,6 +165,51 @@ def _top_level_args() -> list[str]:
     return args
 
 
+# Top-level names of an environment's root the jail provides itself (fresh /proc, /dev, /tmp, /box,
+# the init, a synthetic /etc), or never shows (/sys): the image's are not bound.
+_JAIL_OWNED = frozenset({"proc", "dev", "sys", "tmp", "etc", BOX_WORKDIR.lstrip("/"), INIT_PATH.lstrip("/")})
+
+
+def _entry_args(entry: os.DirEntry[str], dest: str) -> list[str]:
+    """One entry of an environment's root shown at dest: links re-made, dirs and files bound read-only.
+
+    Checked without following links: an image may plant ``etc -> /etc``, and the host side must
+    never resolve it. Devices, FIFOs and sockets are not shown (import drops them anyway).
+    """
+    if entry.is_symlink():
+        return ["--symlink", os.readlink(entry.path), dest]
+    if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+        return ["--ro-bind", entry.path, dest]
+    return []
+
+
+def _rootfs_args(rootfs: Path) -> list[str]:
+    """The environment's root instead of the host's system dirs; /etc is a directory of its entries
+    (so the synthetic passwd/group/hosts/nsswitch can lie over the image's without writing to it)."""
+    args: list[str] = []
+    with os.scandir(rootfs) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name not in _JAIL_OWNED:
+                args += _entry_args(entry, f"/{entry.name}")
+    args += ["--perms", "0755", "--dir", "/etc"]
+    etc = rootfs / "etc"
+    if etc.is_dir() and not etc.is_symlink():
+        with os.scandir(etc) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name not in SYNTHETIC_ETC:
+                    args += _entry_args(entry, f"/etc/{entry.name}")
+    return args
+
+
+def _host_root_args() -> list[str]:
+    """The host's /usr (without /usr/local), top-level system dirs and the few /etc files toolchains need."""
+    args = ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local", "--remount-ro", "/usr/local", *_top_level_args()]
+    args += ["--perms", "0755", "--dir", "/etc"]
+    for path in ETC_FILES:
+        args += ["--ro-bind-try", path, path]
+    return args
+
+
 def bwrap_argv(
     *,
     bwrap: Path,
@@ -173,8 +221,11 @@ def bwrap_argv(
     env: Mapping[str, str],
     rlimits: Mapping[str, int],
     command: Sequence[str] | None,
+    rootfs: Path | None = None,
 ) -> list[str]:
     """The full argv after the launcher: bwrap, its options, then init and the command.
+
+    ``rootfs``: an environment's root to run in instead of the host's system directories.
 
     Without a command the init reads it later from COMMAND_FD (a jail launched ahead of time).
     jail_files holds the synthetic /etc files and the empty file (``write_jail_files``).
@@ -199,18 +250,8 @@ def bwrap_argv(
         str(BOX_UID),
         "--hostname",
         BOX_HOSTNAME,
-        "--ro-bind",
-        "/usr",
-        "/usr",
-        "--tmpfs",
-        "/usr/local",
-        "--remount-ro",
-        "/usr/local",
-        *_top_level_args(),
     ]
-    argv += ["--perms", "0755", "--dir", "/etc"]
-    for path in ETC_FILES:
-        argv += ["--ro-bind-try", path, path]
+    argv += _host_root_args() if rootfs is None else _rootfs_args(rootfs)
     for etc_name in SYNTHETIC_ETC:
         argv += ["--ro-bind", str(jail_files / etc_name), f"/etc/{etc_name}"]
     argv += [

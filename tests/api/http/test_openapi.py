@@ -116,6 +116,10 @@ async def test_runs_and_their_errors(doc: Document, client: httpx.AsyncClient) -
     assert doc.check(await client.post(run, content=b"{"), "post", run).status_code == 400
     unknown = doc.check(await client.post(run, json={"language": "cobol?", "code": "x"}), "post", run)
     assert unknown.json()["error"]["field"] == "language"
+    no_env = doc.check(
+        await client.post(run, json={"language": "python", "code": "1", "environment": "nope"}), "post", run
+    )
+    assert no_env.status_code == 404 and no_env.json()["error"]["field"] == "environment"
     limits = doc.check(await client.post(run, json={"code": "1", "limits": {"time_limit": -1}}), "post", run)
     assert limits.status_code == 400
     too_big = b"x" * (2 * 1024 * 1024 + 1)
@@ -187,6 +191,8 @@ async def test_sessions_and_their_errors(doc: Document, client: httpx.AsyncClien
 async def test_service_routes(doc: Document, client: httpx.AsyncClient) -> None:
     languages = doc.check(await client.get("/api/v1/languages"), "get", "/api/v1/languages")
     assert "python" in [lang["name"] for lang in languages.json()["languages"]]
+    environments = doc.check(await client.get("/api/v1/environments"), "get", "/api/v1/environments")
+    assert isinstance(environments.json()["environments"], list)  # the shape; runs in one: test_environments_run
     for path in ("/healthz", "/readyz", "/metrics"):
         assert doc.check(await client.get(path), "get", path).status_code == 200
 

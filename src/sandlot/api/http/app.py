@@ -14,6 +14,7 @@ Routes (one module each)::
     text           POST /run (the Go code runner's text door)
     ws             GET /api/v1/ws (interactive WebSocket)
     sessions       /api/v1/sessions[/{id}[/files[/{path}]]]
+    environments   GET /api/v1/environments
     here           GET /api/v1/languages  /healthz  /readyz  /metrics  (+ /openapi.json, /docs: docs_page)
     playground     GET /  /static/{name} (the web page)
     piston         GET /api/v2/runtimes  POST /api/v2/execute (Piston-compatible)
@@ -58,6 +59,7 @@ from sandlot.api.common.asgi import CoreDep
 from sandlot.api.common.auth import Authenticator
 from sandlot.api.common.core import Core
 from sandlot.api.http import docs_page, playground
+from sandlot.api.http import environments as http_environments
 from sandlot.api.http import schemas as http_schemas
 from sandlot.api.http import sessions as http_sessions
 from sandlot.api.http import tasks as http_tasks
@@ -117,6 +119,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         http_text.router,
         http_ws.router,
         http_sessions.router,
+        http_environments.router,
         _service_routes,
     ):
         app.include_router(router)

@@ -110,6 +110,17 @@ class Languages(_Closed):
     languages: list[Language]
 
 
+class EnvironmentListed(_Closed):
+    name: str
+    digest: str = Field(description="sha256:<hex>: the image's config digest, or the declared spec's hash")
+    kind: Literal["image", "built"]
+    languages: list[str] = Field(description="the languages whose toolchain this environment contains")
+
+
+class Environments(_Closed):
+    environments: list[EnvironmentListed]
+
+
 class Health(_Closed):
     status: Literal["ok"]
 
@@ -176,6 +187,7 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
         "isolation": {"enum": ["jail", "gvisor"]},
         "commands": {"type": "array", "items": {"type": "string"}},
         "fetch_files": {"type": "array", "items": {"type": "string"}},
+        "environment": {"type": "string", "description": "run in this environment (GET /api/v1/environments)"},
     },
 }
 TEXT = "text/plain"
@@ -198,7 +210,7 @@ _WHY = {
     400: "Bad input (any kind, type errors included); `field` names it",
     401: "An API key is required (only when the server has keys)",
     403: "Unknown API key, the key may not do this, or a cross-origin browser request",
-    404: "No such task, session or file (or another tenant's)",
+    404: "No such task, session, file (or another tenant's) or environment",
     409: "The task has already finished, or the box replaced the file while it was being written",
     413: "The request body is over the server's limit",
     429: "Over the key's quota, or the queue or pool is full; see Retry-After",
@@ -206,7 +218,7 @@ _WHY = {
     507: "The session's workdir is full",
 }
 AUTH = (401, 403, 429)  # every route that takes a key may answer these
-SUBMIT = (400, *AUTH, 413, 503)  # a route that queues an execution
+SUBMIT = (400, *AUTH, 404, 413, 503)  # a route that queues an execution (404: an unknown environment)
 
 
 def answers(

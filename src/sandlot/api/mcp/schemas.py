@@ -35,6 +35,10 @@ def _input_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
                 "code": {"type": "string", "description": "The program's source code."},
                 "stdin": {"type": "string", "description": "Text fed to the program's standard input."},
                 "args": {"type": "array", "items": {"type": "string"}, "description": "Command-line arguments."},
+                "environment": {
+                    "type": "string",
+                    "description": "Run in this environment (GET /api/v1/environments) instead of the host's.",
+                },
                 "session_id": {
                     **_SESSION_ID,
                     "description": "Run in this session's box, where files written earlier are found.",

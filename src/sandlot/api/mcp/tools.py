@@ -110,7 +110,7 @@ class Tools:
     ) -> types.CallToolResult:
         request: dict[str, Any] = {
             key: arguments[key]
-            for key in ("language", "code", "stdin", "args", "session_id")
+            for key in ("language", "code", "stdin", "args", "session_id", "environment")
             if arguments.get(key) is not None
         }
         limits = {key: arguments[key] for key in _LIMIT_ARGUMENTS if arguments.get(key) is not None}
