@@ -22,10 +22,11 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 
+from sandlot.cli_warm import finish_body
 from sandlot.config import LimitRequest
 from sandlot.engine import rejected
 from sandlot.errors import RejectedError
-from sandlot.models import Result, Status
+from sandlot.models import Result
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,19 +48,7 @@ def finish_rejected(message: str, language: str, as_json: bool) -> None:
 
 
 def finish(result: Result, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
-        sys.stdout.flush()
-    if result.status in (Status.INTERNAL_ERROR, Status.REJECTED):
-        click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_NOT_PROGRAM)
-    if result.status is Status.COMPILE_ERROR:
-        if not as_json and not result.compile_output:
-            click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_COMPILE_ERROR)
-    if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT) and not as_json:
-        click.echo(f"sandlot: {result.status.value}: {result.message}", err=True)
-    sys.exit(result.shell_exit_code)
+    sys.exit(finish_body(result.to_dict(), as_json))
 
 
 class FirstUseNotice:

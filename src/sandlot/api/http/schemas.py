@@ -169,6 +169,7 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
             },
         },
         "stdin": {"type": "string"},
+        "stdin_encoding": {"enum": ["utf8", "base64"], "description": "base64: stdin is any bytes (default utf8)"},
         "args": {"type": "array", "items": {"type": "string"}},
         "limits": _LIMITS_SCHEMA,
         "compile_limits": _LIMITS_SCHEMA,
@@ -176,6 +177,19 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
         "isolation": {"enum": ["jail", "gvisor"]},
         "commands": {"type": "array", "items": {"type": "string"}},
         "fetch_files": {"type": "array", "items": {"type": "string"}},
+    },
+}
+# POST /api/v1/run also takes output_encoding, and a language taken from the first file's extension.
+RUN_REQUEST_SCHEMA: dict[str, Any] = {
+    **EXECUTION_REQUEST_SCHEMA,
+    "description": "As POST /api/v1/execute; with files and no language, the language of the first file's extension.",
+    "properties": {
+        **EXECUTION_REQUEST_SCHEMA["properties"],
+        "output_encoding": {
+            "enum": ["utf8", "base64"],
+            "description": "base64: stdout, stderr and compile_output of the answer (and of its stages) are "
+            "base64 of the exact bytes; utf8 (the default): text, undecodable bytes as U+FFFD",
+        },
     },
 }
 TEXT = "text/plain"
