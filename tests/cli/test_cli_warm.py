@@ -289,21 +289,21 @@ def test_a_terminal_on_stdin_keeps_the_local_path(server: Node, tmp_path: Path) 
 def test_sigterm_cancels_the_run_on_the_server_and_exits_128_plus_n(server: Node, tmp_path: Path) -> None:
     sleeper = _write(tmp_path, "sleeper.py", SLEEPER)
     before = _executions(server).get(("python", "signaled"), 0.0)
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [str(SANDLOT), "run", str(sleeper)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(),
-    )
-    try:
-        _wait_for(lambda: _metric(server, "engine_active_workers_count") == 1.0, "the run started on the server")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            _wait_for(lambda: _metric(server, "engine_active_workers_count") == 1.0, "the run started on the server")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM, err
     # The closed connection cancelled the run: it ends now, not after its 600 s.
     _wait_for(lambda: _executions(server).get(("python", "signaled"), 0.0) == before + 1, "the run was cancelled")
