@@ -9,7 +9,8 @@ imported. ``sandlot run FILE`` is handed to the server listening on
 - stdin and stdout are not terminals (scripts and judges; at a terminal the
   local path streams output and stdin live), and ``--local`` is not given;
 - every flag is one this module knows (anything else goes to click);
-- the socket accepts a connection (a server with the same run_dir is up).
+- the socket is root's or ours, and accepts a connection (a server with the
+  same run_dir is up).
 
 The job (the file's bytes, args, stdin, limits, isolation) goes as
 ``POST /api/v1/run`` with ``output_encoding: base64``, and the answer is
@@ -37,6 +38,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 
 TYPE_CHECKING = False  # not typing's: importing typing costs this path ~3 ms
@@ -90,7 +92,7 @@ def try_warm(argv: list[str]) -> int | None:
         if parsed is None or parsed.get("local") or os.isatty(0) or os.isatty(1):
             return None
         path = _socket_path(parsed.get("config"))
-        if path is None or not os.path.exists(path):
+        if path is None or not _trusted(os.stat(path)):
             return None
     except (OSError, ValueError):
         return None
@@ -160,6 +162,11 @@ def _socket_path(config: str | None) -> str | None:
             return None
         run_dir = value
     return os.path.join(run_dir or DEFAULT_RUN_DIR, SOCKET_NAME)
+
+
+def _trusted(socket_stat: os.stat_result) -> bool:
+    """A socket of root's or our own: no other user's server receives the program or makes up its result."""
+    return stat.S_ISSOCK(socket_stat.st_mode) and socket_stat.st_uid in (0, os.geteuid())
 
 
 # ----------------------------------------------------------------- the run

@@ -187,6 +187,22 @@ def test_an_answer_that_breaks_off_is_an_error_not_a_second_run(tmp_path: Path) 
     assert len(requests) == 1
 
 
+def test_a_socket_of_another_user_is_not_used(tmp_path: Path) -> None:
+    hello = _write(tmp_path, "hello.py", HELLO)
+    SETTINGS.run_dir.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(SOCKET))
+        try:
+            listener.listen(1)
+            os.chown(SOCKET, 65534, 65534)  # nobody's: it could read the program and make up its result
+            assert _sandlot("run", hello)[:2] == (0, b"hello\n")  # the local path
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # never connected to
+        finally:
+            SOCKET.unlink()
+
+
 def test_a_killed_servers_socket_is_stale_the_next_server_replaces_it_and_keys_mean_local(tmp_path: Path) -> None:
     hello = _write(tmp_path, "hello.py", HELLO)
     echo = _write(tmp_path, "echo.py", ECHO_STDIN)
