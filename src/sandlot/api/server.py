@@ -5,13 +5,14 @@ let running executions finish until the deadline (then kill them), close the
 listeners (in-flight responses are delivered first), and finally release every
 box: cgroups removed, workdirs unmounted.
 
-The HTTP app is also served on a unix socket, ``<run_dir>/serve.sock`` (mode
-0600, root's): ``sandlot run`` on this host hands its job there (the warm path,
-cli_warm.py) instead of starting a jail of its own. The socket is the same app
-with the same authentication: with API keys configured, the CLI's keyless
-request is refused (401) and it runs the job locally. A socket left by a killed
-server is replaced at start; a live server's is left alone (its run_dir is
-shared, which the slot locks allow); ours is removed on the way out.
+In embedded mode the HTTP app is also served on a unix socket,
+``<run_dir>/serve.sock`` (mode 0600, root's): ``sandlot run`` on this host
+hands its job there (the warm path, cli_warm.py) instead of starting a jail of
+its own. The socket is the same app with the same authentication: with API keys
+configured, the CLI's keyless request is refused (401) and it runs the job
+locally. A socket left by a killed server is replaced at start; a live
+server's is left alone (its run_dir is shared, which the slot locks allow);
+ours is removed on the way out.
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
                     timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
                 )
             )
-            local = _listen_local(settings.run_dir)
+            # Embedded mode only: there a refusal (503, 429) always comes before the job is queued, so the
+            # CLI can run it itself; a distributed node's 503 may come after (Redis lost mid-wait, job queued).
+            local = None if server.redis_url else _listen_local(settings.run_dir)
             sockets = [http_socket] if local is None else [http_socket, local[0]]
             try:
                 with stop_on_signals() as stop:
