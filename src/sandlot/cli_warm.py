@@ -197,8 +197,8 @@ def _run(parsed: dict[str, Any], path: str) -> int | None:
         try:
             status, body = _answer(sock)
         except (OSError, ValueError) as exc:
-            _say(f"sandlot: the local server's answer broke off ({exc}); the run may have happened")
-            return _EXIT_NOT_PROGRAM
+            message = f"the local server's answer broke off ({exc}); the run may have happened"
+            return _internal_error(message, bool(parsed.get("json")))
         if status in _FALLBACK_STATUSES:
             raise _NotWarm
         return _finish(status, body, bool(parsed.get("json")))
@@ -335,8 +335,7 @@ def _finish(status: int, body: bytes, as_json: bool) -> int:
         fields = {name: binascii.a2b_base64(answer[name], strict_mode=True) for name in _OUTPUT_FIELDS}
         str(answer["status"])
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        _say(f"sandlot: the local server answered HTTP {status} with no result ({exc})")
-        return _EXIT_NOT_PROGRAM
+        return _internal_error(f"the local server answered HTTP {status} with no result ({exc})", as_json)
     texts = {name: data.decode("utf-8", "replace") for name, data in fields.items()}  # as Result.to_dict
     result = {key: texts[key] if key in texts else answer.get(key) for key in RESULT_KEYS}
     try:
@@ -349,6 +348,14 @@ def _finish(status: int, body: bytes, as_json: bool) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)  # as cli_output.reader_left: no second failing flush
         os.dup2(devnull, 1)
         return 128 + signal.SIGPIPE
+
+
+def _internal_error(message: str, as_json: bool) -> int:
+    """Not the program's doing: one line on stderr (and the --json object), exit 2."""
+    result: dict[str, Any] = dict.fromkeys(RESULT_KEYS, "")  # Result.to_dict of models.Result(INTERNAL_ERROR)
+    result |= {"status": "internal_error", "exit_code": None, "signal": None, "wall_time": 0.0, "cpu_time": 0.0}
+    result |= {"memory_peak": 0, "truncated": False, "message": message}
+    return finish_body(result, as_json)
 
 
 def _write(stream: Any, data: bytes) -> None:

@@ -18,6 +18,7 @@ import pty
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -184,7 +185,10 @@ def test_an_answer_that_breaks_off_is_an_error_not_a_second_run(tmp_path: Path) 
         code, out, err = _sandlot("run", hello)
     assert (code, out) == (2, b"")  # the server may have run it: never again here
     assert b"the run may have happened" in err
-    assert len(requests) == 1
+    with _fake_server(None) as requests_json:
+        code, out, _ = _sandlot("run", "--json", hello)
+    assert code == 2 and json.loads(out)["status"] == "internal_error"  # one JSON object, as ever
+    assert len(requests) == len(requests_json) == 1
 
 
 def test_a_socket_of_another_user_is_not_used(tmp_path: Path) -> None:
@@ -214,6 +218,8 @@ def test_a_killed_servers_socket_is_stale_the_next_server_replaces_it_and_keys_m
     sweep_boxes(SETTINGS)
 
     with _server(tmp_path) as node:  # replaces the stale socket
+        mode = SOCKET.stat()
+        assert (stat.S_IMODE(mode.st_mode), mode.st_uid) == (0o600, 0)
         assert _sandlot("run", hello)[:2] == (0, b"hello\n")
         assert _executions(node) == {("python", "ok"): 1.0}
     assert not SOCKET.exists()  # removed on the way out
