@@ -22,7 +22,8 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 
-from sandlot.cli_warm import finish_body
+from sandlot import cli_finish
+from sandlot.cli_finish import finish_body
 from sandlot.config import LimitRequest
 from sandlot.engine import rejected
 from sandlot.errors import RejectedError
@@ -31,8 +32,8 @@ from sandlot.sandbox.box import ISOLATION_LEVELS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_NOT_PROGRAM = 2
-EXIT_COMPILE_ERROR = 1
+EXIT_NOT_PROGRAM = cli_finish.EXIT_NOT_PROGRAM  # the commands import them from here
+EXIT_COMPILE_ERROR = cli_finish.EXIT_COMPILE_ERROR
 
 
 def fail(message: str) -> None:

@@ -41,6 +41,8 @@ import socket
 import stat
 import sys
 
+from sandlot.cli_finish import RESULT_KEYS, finish_body
+
 TYPE_CHECKING = False  # not typing's: importing typing costs this path ~3 ms
 if TYPE_CHECKING:
     from typing import Any
@@ -49,8 +51,6 @@ SOCKET_NAME = "serve.sock"  # api/server.py's SOCKET_NAME (not imported: it load
 DEFAULT_RUN_DIR = "/run/sandlot"  # config.Settings.run_dir's default
 STDIN_CAP_BYTES = 1024 * 1024  # under the server's 2 MiB body cap once base64'd; more: the local path
 _FALLBACK_STATUSES = frozenset({400, 401, 403, 413, 429, 503})  # refused before anything ran
-_EXIT_NOT_PROGRAM = 2
-_EXIT_COMPILE_ERROR = 1
 _OUTPUT_FIELDS = ("stdout", "stderr", "compile_output")
 
 _VALUE_OPTIONS = {"-l": "language", "--language": "language", "--stdin": "stdin", "--isolation": "isolation"}
@@ -362,48 +362,3 @@ def _write(stream: Any, data: bytes) -> None:
     if data:
         stream.write(data)
         stream.flush()
-
-
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-# ----------------------------------------------------------------- the shared ending
-
-# models.Result.to_dict's keys, in its order: the --json object.
-RESULT_KEYS = (
-    "status",
-    "exit_code",
-    "signal",
-    "stdout",
-    "stderr",
-    "compile_output",
-    "wall_time",
-    "cpu_time",
-    "memory_peak",
-    "truncated",
-    "language",
-    "message",
-)
-
-
-def finish_body(result: dict[str, Any], as_json: bool) -> int:
-    """The CLI contract's ending for a result (``Result.to_dict``'s shape): the --json line, the one
-    line on stderr, and the exit code (cli_output.finish calls this too)."""
-    if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
-    status, message = result["status"], result["message"]
-    if status in ("internal_error", "rejected"):
-        _say(f"sandlot: {message}")
-        return _EXIT_NOT_PROGRAM
-    if status == "compile_error":
-        if not as_json and not result["compile_output"]:
-            _say(f"sandlot: {message}")
-        return _EXIT_COMPILE_ERROR
-    if status in ("timeout", "memory_limit", "output_limit") and not as_json:
-        _say(f"sandlot: {status}: {message}")
-    if result["signal"] is not None:
-        return 128 + int(result["signal"])
-    return int(result["exit_code"]) if result["exit_code"] is not None else 1
