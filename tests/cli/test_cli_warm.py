@@ -308,7 +308,10 @@ def test_a_terminal_on_stdin_keeps_the_local_path(server: Node, tmp_path: Path) 
     assert _executions(server) == before
 
 
-def test_sigterm_cancels_the_run_on_the_server_and_exits_128_plus_n(server: Node, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_cancels_the_run_on_the_server_and_exits_128_plus_n(
+    server: Node, tmp_path: Path, signum: signal.Signals
+) -> None:
     sleeper = _write(tmp_path, "sleeper.py", SLEEPER)
     before = _executions(server).get(("python", "signaled"), 0.0)
     with subprocess.Popen(
@@ -320,13 +323,13 @@ def test_sigterm_cancels_the_run_on_the_server_and_exits_128_plus_n(server: Node
     ) as proc:
         try:
             _wait_for(lambda: _metric(server, "engine_active_workers_count") == 1.0, "the run started on the server")
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + signum, err
     # The closed connection cancelled the run: it ends now, not after its 600 s.
     _wait_for(lambda: _executions(server).get(("python", "signaled"), 0.0) == before + 1, "the run was cancelled")
     assert _metric(server, "engine_active_workers_count") == 0.0
