@@ -70,8 +70,8 @@ def _listen(door: str, host: str, port: int) -> socket.socket:
 def _listen_local(run_dir: Path) -> tuple[socket.socket, int] | None:
     """Bind ``<run_dir>/serve.sock`` (0600) for this host's ``sandlot run``; None where it cannot be ours.
 
-    Bound under a temporary name, made 0600, then renamed over the final name: there is
-    no moment when the socket is open to others, and a stale one is replaced in one step.
+    Bound 0600 under a temporary name, then renamed over the final name: there is no
+    moment when the socket is open to others, and a stale one is replaced in one step.
     """
     path = run_dir / SOCKET_NAME
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -89,7 +89,11 @@ def _listen_local(run_dir: Path) -> tuple[socket.socket, int] | None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         temporary.unlink(missing_ok=True)
-        sock.bind(str(temporary))
+        mask = os.umask(0o177)  # created 0600: not even the temporary name is open to others
+        try:
+            sock.bind(str(temporary))
+        finally:
+            os.umask(mask)
         os.chmod(temporary, 0o600)
         os.rename(temporary, path)
         inode = os.stat(path).st_ino  # whose the file is at shutdown

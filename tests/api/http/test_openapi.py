@@ -148,6 +148,8 @@ async def test_run_takes_bytes_and_gives_bytes_as_declared(doc: Document, client
         assert (refused.status_code, refused.json()["error"]["field"]) == (400, field)
     bad_stdin = doc.check(await client.post(run, json={**body, "stdin": "%%"}), "post", run)
     assert (bad_stdin.status_code, bad_stdin.json()["error"]["field"]) == (400, "stdin")
+    with_data = {"files": [{"name": "data.txt", "content": "hi"}, {"name": "main.py", "content": "print(1)"}]}
+    assert doc.check(await client.post(run, json=with_data), "post", run).json()["stdout"] == "1\n"  # main's
     unknown = {**body, "files": [{"name": "x.nope", "content": "1"}]}
     assert doc.check(await client.post(run, json=unknown), "post", run).json()["error"]["field"] == "language"
 

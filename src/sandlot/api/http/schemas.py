@@ -179,10 +179,11 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
         "fetch_files": {"type": "array", "items": {"type": "string"}},
     },
 }
-# POST /api/v1/run also takes output_encoding, and a language taken from the first file's extension.
+# POST /api/v1/run also takes output_encoding, and a language taken from the main file's extension.
 RUN_REQUEST_SCHEMA: dict[str, Any] = {
     **EXECUTION_REQUEST_SCHEMA,
-    "description": "As POST /api/v1/execute; with files and no language, the language of the first file's extension.",
+    "description": "As POST /api/v1/execute; with files and no language, the language of the main file's "
+    "extension (the file named main, else the first).",
     "properties": {
         **EXECUTION_REQUEST_SCHEMA["properties"],
         "output_encoding": {

@@ -176,14 +176,17 @@ def _output_encoding(data: Any) -> str:
 
 
 def _language_of_files(caller: Caller, data: Any) -> str | None:
-    """With files and no language, the language of the first file's extension (as ``sandlot run`` picks it)."""
+    """With files and no language, the language of the main file's extension (as ``sandlot run`` picks it).
+
+    The main file as parse_execution picks it: the one named main (any extension), else the first.
+    """
     if not isinstance(data, dict) or data.get("language") is not None or not isinstance(data.get("files"), list):
         return None
-    first = data["files"][0] if data["files"] else None
-    name = first.get("name") if isinstance(first, dict) else None
-    if not isinstance(name, str):
+    names: list[str] = [f["name"] for f in data["files"] if isinstance(f, dict) and isinstance(f.get("name"), str)]
+    if not names or len(names) != len(data["files"]):
         return None  # parse_execution says what is wrong with the files
-    return caller.service.languages.for_file(name).name
+    main = next((name for name in names if name.rsplit(".", 1)[0] == "main"), names[0])
+    return caller.service.languages.for_file(main).name
 
 
 async def _task(caller: Caller, task_id: str) -> TaskState:
