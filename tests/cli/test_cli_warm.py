@@ -54,6 +54,8 @@ NOT_UTF8 = (
 ECHO_STDIN = "import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n"
 KILLED = "import os, signal\nprint('before', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n"
 BAD_C = "int main(void) { return undeclared; }\n"
+SPIN = "while True:\n    pass\n"
+ARGV = "import sys\nprint(sys.argv[1:])\n"
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(600)\n"
 
 
@@ -240,6 +242,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         yield node
 
 
+def _split(extra: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(options, then -- and the program's args) of a case's extra command-line words."""
+    at = extra.index("--") if "--" in extra else len(extra)
+    return list(extra[:at]), list(extra[at:])
+
+
 def _comparable(out: bytes) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(out)
     for measured in ("wall_time", "cpu_time", "memory_peak"):
@@ -249,15 +257,17 @@ def _comparable(out: bytes) -> dict[str, Any]:
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize(
-    ("name", "source", "stdin", "expected"),
+    ("name", "source", "stdin", "extra", "expected"),
     [
-        ("hello.py", HELLO, b"", ("python", "ok", 0)),
-        ("bytes.py", NOT_UTF8, b"", ("python", "runtime_error", 3)),
-        ("echo.py", ECHO_STDIN, b"\xfe\x00 in \xff\n", ("python", "ok", 0)),
-        ("killed.py", KILLED, b"", ("python", "signaled", 128 + signal.SIGKILL)),
-        ("bad.c", BAD_C, b"", ("c", "compile_error", 1)),
+        ("hello.py", HELLO, b"", (), ("python", "ok", 0)),
+        ("bytes.py", NOT_UTF8, b"", (), ("python", "runtime_error", 3)),
+        ("echo.py", ECHO_STDIN, b"\xfe\x00 in \xff\n", (), ("python", "ok", 0)),
+        ("killed.py", KILLED, b"", (), ("python", "signaled", 128 + signal.SIGKILL)),
+        ("bad.c", BAD_C, b"", (), ("c", "compile_error", 1)),
+        ("spin.py", SPIN, b"", ("--time-limit=0.5",), ("python", "timeout", 128 + signal.SIGKILL)),
+        ("argv", ARGV, b"", ("-l", "python", "--", "a b", "-c"), ("python", "ok", 0)),
     ],
-    ids=["success", "exit-3-not-utf8", "stdin-bytes", "signal", "compile-error"],
+    ids=["success", "exit-3-not-utf8", "stdin-bytes", "signal", "compile-error", "timeout-flag", "language-args"],
 )
 def test_the_warm_path_prints_and_exits_as_the_local_path(
     server: Node,
@@ -265,16 +275,18 @@ def test_the_warm_path_prints_and_exits_as_the_local_path(
     name: str,
     source: str,
     stdin: bytes,
+    extra: tuple[str, ...],
     expected: tuple[str, str, int],
     as_json: bool,
 ) -> None:
     program = _write(tmp_path, name, source)
-    flags = ["--json"] if as_json else []
+    options, args = _split(extra)
+    flags = ["--json", *options] if as_json else list(options)
     language, status, code = expected
     before = _executions(server)
-    warm = _sandlot("run", *flags, program, stdin=stdin)
+    warm = _sandlot("run", *flags, program, *args, stdin=stdin)
     after = _executions(server)
-    local = _sandlot("run", "--local", *flags, program, stdin=stdin)
+    local = _sandlot("run", "--local", *flags, program, *args, stdin=stdin)
     assert _executions(server) == after  # --local: not the server's
     counted = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
     assert counted == {(language, status): 1.0}  # the warm path ran it, once
