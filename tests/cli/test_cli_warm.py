@@ -366,3 +366,28 @@ def test_the_warm_path_imports_no_http_client_asyncio_or_click(server: Node, tmp
     assert "sandlot.cli_warm" in modules
     heavy = {"httpx", "asyncio", "click", "sandlot.cli", "sandlot.config", "typing", "threading"}
     assert modules & heavy == set()
+
+
+def test_a_request_the_server_rejects_is_worded_by_the_local_path(server: Node, tmp_path: Path) -> None:
+    hello = _write(tmp_path, "hello.py", HELLO)
+    before, refused = _executions(server), _refusals(server)
+    code, out, err = _sandlot("run", "--memory-limit", "999999", hello)  # over the maximum: 400
+    assert (code, out) == (2, b"")
+    assert err.startswith(b"sandlot: --memory-limit")  # the flag's name, not the request's limits.memory_limit
+    assert _executions(server) == before
+    assert _refusals(server) == refused + 1  # the server was asked, and said 400
+
+
+def _refusals(node: Node) -> float:
+    text = httpx.get(node.url + "/metrics", timeout=10).text
+    found = re.findall(r'^sandlot_requests_total\{[^}]*code="400"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(value) for value in found)
+
+
+def test_stdin_over_the_warm_cap_runs_locally_with_every_byte(server: Node, tmp_path: Path) -> None:
+    counter = _write(tmp_path, "count.py", "import sys\nprint(len(sys.stdin.buffer.read()))\n")
+    before = _executions(server)
+    size = 3 * 1024 * 1024 + 7  # past cli_warm.STDIN_CAP_BYTES: read in part, then given back whole
+    code, out, err = _sandlot("run", counter, stdin=b"x" * size)
+    assert (code, out) == (0, f"{size}\n".encode()), err
+    assert _executions(server) == before
