@@ -15,8 +15,12 @@ otherwise compile every module from source on every call (~20 ms here).
 until the jail is spawned, the helper, bubblewrap, the program, the teardown.
 ``--before SRC`` compares with another checkout's ``src`` (``mkdir -p /tmp/main &&
 git archive main src | tar -x -C /tmp/main``), the two interleaved round by round.
+The cold path is forced with ``--local`` (a ``sandlot serve`` on this host would
+otherwise take the run). ``--warm`` measures the warm path instead (cli_warm.py):
+a ``sandlot serve`` is started on free ports with its own temporary state and run
+dirs, cgroup and box uids, and ``sandlot run hello.py`` is handed to it.
 
-    sudo .venv/bin/python benchmarks/cli_startup.py [--runs 50] [--phases 20] [--before /tmp/main/src]
+    sudo .venv/bin/python benchmarks/cli_startup.py [--runs 50] [--phases 20] [--before /tmp/main/src] [--warm]
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ import random
 import re
 import resource
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sandlot as sandlot_package
@@ -123,7 +132,7 @@ def _phases(sandlot: Path, hello: Path, runs: int) -> None:
     for _ in range(runs):
         with tempfile.NamedTemporaryFile(suffix=".strace") as log:
             subprocess.run(
-                [*_STRACE, "-o", log.name, str(sandlot), "run", str(hello)],
+                [*_STRACE, "-o", log.name, str(sandlot), "run", "--local", str(hello)],
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,
@@ -173,11 +182,72 @@ def _compare(before_src: Path, hello: Path, rounds: int) -> None:
         )
 
 
+_WARM_UID_BASE = 960000000  # apart from the tests' box uids and a real install's
+_READY_TIMEOUT_S = 180.0  # a fresh state dir warms the Go cache first
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _warm_server(sandlot: Path, tmp: str) -> Iterator[dict[str, str]]:
+    """A ready ``sandlot serve`` with its own state/run dirs; yields the environment that reaches it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")} | {
+        "SANDLOT_STATE_DIR": f"{tmp}/state",
+        "SANDLOT_RUN_DIR": f"{tmp}/run",
+        "SANDLOT_CGROUP_NAME": "sandlot-bench-warm",
+        "SANDLOT_BOX_UID_BASE": str(_WARM_UID_BASE),
+    }
+    http_port, grpc_port = _free_port(), _free_port()
+    ports = ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--gvisor-pool-size", "0"]
+    with open(f"{tmp}/serve.log", "wb") as log:
+        server = subprocess.Popen(
+            [str(sandlot), "serve", *ports], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as ready:
+                    if ready.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"cli_startup.py: sandlot serve did not get ready: see {tmp}/serve.log")
+            time.sleep(0.2)  # polling a readiness endpoint, not timing anything
+        yield env
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+
+
+def _warm(sandlot: Path, hello: Path, tmp: str, runs: int) -> None:
+    """The warm path against the bare interpreter: mean and min of each, and the ratio."""
+    with _warm_server(sandlot, tmp) as env:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)  # hyperfine's commands inherit it
+        try:
+            bare, warm = _hyperfine([f"/usr/bin/python3 {hello}", f"{sandlot} run {hello}"], runs)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    print(f"warm path ({runs} runs, a sandlot serve on {env['SANDLOT_RUN_DIR']}/serve.sock):")
+    for name, (wall, wall_min, cpu) in (("python3 hello.py (bare)", bare), ("sandlot run hello.py (warm)", warm)):
+        print(f"  {name:<30} mean {wall * 1000:6.1f} ms, min {wall_min * 1000:6.1f} ms, CPU {cpu * 1000:6.1f} ms")
+    print(f"  ratio: wall {warm[0] / bare[0]:.2f}x (+{(warm[0] - bare[0]) * 1000:.1f} ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--phases", type=int, default=0, help="Also time each phase of N runs with strace.")
     parser.add_argument("--before", type=Path, help="Also compare with another src tree (say, main's), interleaved.")
+    parser.add_argument("--warm", action="store_true", help="Measure the warm path (a sandlot serve) instead.")
     args = parser.parse_args()
     if shutil.which("hyperfine") is None:
         sys.exit("cli_startup.py: needs hyperfine (apt-get install hyperfine; scripts/setup.sh installs it)")
@@ -187,7 +257,10 @@ def main() -> None:
         os.chmod(tmp, 0o755)
         hello = Path(tmp, "hello.py")
         hello.write_text(HELLO)
-        bare_cmd, sandlot_cmd = f"/usr/bin/python3 {hello}", f"{sandlot} run {hello}"
+        if args.warm:
+            _warm(sandlot, hello, tmp, args.runs)
+            return
+        bare_cmd, sandlot_cmd = f"/usr/bin/python3 {hello}", f"{sandlot} run --local {hello}"
         bare, boxed = _hyperfine([bare_cmd, sandlot_cmd], args.runs)
         print(f"{'command':<28} {'wall (mean)':>12} {'wall (min)':>12} {'CPU (mean)':>12}")
         for name, (wall, wall_min, cpu) in (("python3 hello.py (bare)", bare), ("sandlot run hello.py", boxed)):

@@ -97,6 +97,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 @program_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object and nothing else on stdout.")
 @click.option("--env", "environment", metavar="NAME", default="", help="Run in this environment (sandlot env list).")
+@click.option("--local", is_flag=True, help="Start a jail here even when a `sandlot serve` could run it (cli_warm).")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -105,8 +106,10 @@ def run(
     program: ProgramOptions,
     as_json: bool,
     environment: str,
+    local: bool,
 ) -> None:
     """Run FILE in a fresh sandbox; ARGS after -- go to the program."""
+    del local  # the warm path (cli_warm, before click) was already declined when we are here
     language, limits, isolation = program.language, program.limits, program.isolation
     try:
         settings = _settings(ctx)

@@ -22,16 +22,18 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 
+from sandlot import cli_finish
+from sandlot.cli_finish import finish_body
 from sandlot.config import LimitRequest
 from sandlot.engine import rejected
 from sandlot.errors import RejectedError
-from sandlot.models import Result, Status
+from sandlot.models import Result
 from sandlot.sandbox.box import ISOLATION_LEVELS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_NOT_PROGRAM = 2
-EXIT_COMPILE_ERROR = 1
+EXIT_NOT_PROGRAM = cli_finish.EXIT_NOT_PROGRAM  # the commands import them from here
+EXIT_COMPILE_ERROR = cli_finish.EXIT_COMPILE_ERROR
 
 
 def fail(message: str) -> None:
@@ -47,19 +49,7 @@ def finish_rejected(message: str, language: str, as_json: bool) -> None:
 
 
 def finish(result: Result, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
-        sys.stdout.flush()
-    if result.status in (Status.INTERNAL_ERROR, Status.REJECTED):
-        click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_NOT_PROGRAM)
-    if result.status is Status.COMPILE_ERROR:
-        if not as_json and not result.compile_output:
-            click.echo(f"sandlot: {result.message}", err=True)
-        sys.exit(EXIT_COMPILE_ERROR)
-    if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT) and not as_json:
-        click.echo(f"sandlot: {result.status.value}: {result.message}", err=True)
-    sys.exit(result.shell_exit_code)
+    sys.exit(finish_body(result.to_dict(), as_json))
 
 
 class FirstUseNotice:

@@ -4,7 +4,8 @@ HTTP JSON, the WebSocket's first message and the MCP tools all send the same
 shape; every mistake is a RejectedError naming the field, never a traceback.
 
     {"language": "python", "code": "print(1)"            # or "files": [{name, content, encoding}]
-     "stdin": "", "args": [], "limits": {...}, "compile_limits": {...},
+     "stdin": "", "stdin_encoding": "utf8",               # or "base64": stdin is any bytes
+     "args": [], "limits": {...}, "compile_limits": {...},
      "session_id": null, "isolation": "gvisor", "commands": [], "fetch_files": [],
      "environment": "NAME"}                                # run in that environment (sandlot env list)
 """
@@ -28,6 +29,7 @@ _FIELDS = {
     "code",
     "files",
     "stdin",
+    "stdin_encoding",
     "args",
     "limits",
     "compile_limits",
@@ -137,6 +139,13 @@ def parse_execution(
     else:
         raise RejectedError("code: required (or files)", field="code")
     stdin = _str(data, "stdin", "") or ""
+    stdin_encoding = data.get("stdin_encoding", "utf8")
+    if stdin_encoding not in ("utf8", "utf-8", "base64"):
+        raise RejectedError("stdin_encoding: must be utf8 or base64", field="stdin_encoding")
+    try:
+        stdin_bytes = decode_content(stdin, stdin_encoding)
+    except RejectedError as exc:
+        raise RejectedError("stdin: invalid base64", field="stdin") from exc
     limits = data.get("limits")
     compile_limits = data.get("compile_limits")
     for key, value in (("limits", limits), ("compile_limits", compile_limits)):
@@ -147,7 +156,7 @@ def parse_execution(
         tenant=tenant,
         language=language,
         files=files,
-        stdin=stdin.encode(),
+        stdin=stdin_bytes,
         args=_str_list(data, "args"),
         limits=LimitRequest.from_mapping(limits, where="limits") if limits else None,
         compile_limits=LimitRequest.from_mapping(compile_limits, where="compile_limits") if compile_limits else None,

@@ -4,6 +4,15 @@ Drain order: stop accepting new executions (readyz and submits answer 503),
 let running executions finish until the deadline (then kill them), close the
 listeners (in-flight responses are delivered first), and finally release every
 box: cgroups removed, workdirs unmounted.
+
+In embedded mode the HTTP app is also served on a unix socket,
+``<run_dir>/serve.sock`` (mode 0600, root's): ``sandlot run`` on this host
+hands its job there (the warm path, cli_warm.py) instead of starting a jail of
+its own. The socket is the same app with the same authentication: with API keys
+configured, the CLI's keyless request is refused (401) and it runs the job
+locally. A socket left by a killed server is replaced at start; a live
+server's is left alone (its run_dir is shared, which the slot locks allow);
+ours is removed on the way out.
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import uvicorn
@@ -24,6 +35,7 @@ from sandlot.config import ServerSettings, Settings
 from sandlot.service import Service, count_boxes, freeze_start_up_objects, stop_on_signals
 
 log = logging.getLogger("sandlot.server")
+SOCKET_NAME = "serve.sock"  # in run_dir; cli_warm.py has its own copy of the name (it imports nothing of ours)
 _LISTENER_GRACE_S = 5.0
 
 
@@ -53,6 +65,54 @@ def _listen(door: str, host: str, port: int) -> socket.socket:
     # a response's second write waits for the client's delayed ACK (40 ms). Accepted sockets inherit it.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _listen_local(run_dir: Path) -> tuple[socket.socket, int] | None:
+    """Bind ``<run_dir>/serve.sock`` (0600) for this host's ``sandlot run``; None where it cannot be ours.
+
+    Bound 0600 under a temporary name, then renamed over the final name: there is no
+    moment when the socket is open to others, and a stale one is replaced in one step.
+    """
+    path = run_dir / SOCKET_NAME
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        pass  # none, or a killed server's: replaced below
+    else:
+        log.warning("sandlot: %s belongs to another live server: `sandlot run` keeps using that one", path)
+        return None
+    finally:
+        probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temporary = run_dir / f".{SOCKET_NAME}.{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        temporary.unlink(missing_ok=True)
+        mask = os.umask(0o177)  # created 0600: not even the temporary name is open to others
+        try:
+            sock.bind(str(temporary))
+        finally:
+            os.umask(mask)
+        os.chmod(temporary, 0o600)
+        os.rename(temporary, path)
+        inode = os.stat(path).st_ino  # whose the file is at shutdown
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        temporary.unlink(missing_ok=True)
+        log.warning("sandlot: no local socket %s (%s): `sandlot run` starts its own jails", path, exc.strerror)
+        return None
+    return sock, inode
+
+
+def _unlink_local(sock: socket.socket, run_dir: Path, inode: int) -> None:
+    """Remove our socket file, unless another server has replaced it meanwhile."""
+    path = run_dir / SOCKET_NAME
+    with contextlib.suppress(OSError):  # already gone
+        if os.stat(path).st_ino == inode:
+            path.unlink()
+    sock.close()
 
 
 def _announce(server: ServerSettings, boxes: int) -> None:
@@ -94,8 +154,16 @@ async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Ev
                     timeout_graceful_shutdown=int(_LISTENER_GRACE_S),
                 )
             )
-            with stop_on_signals() as stop:
-                await _run(stop, service, server, grpc_server, http, http_socket, ready, app)
+            # Embedded mode only: there a refusal (503, 429) always comes before the job is queued, so the
+            # CLI can run it itself; a distributed node's 503 may come after (Redis lost mid-wait, job queued).
+            local = None if server.redis_url else _listen_local(settings.run_dir)
+            sockets = [http_socket] if local is None else [http_socket, local[0]]
+            try:
+                with stop_on_signals() as stop:
+                    await _run(stop, service, server, grpc_server, http, sockets, ready, app)
+            finally:
+                if local is not None:
+                    _unlink_local(local[0], settings.run_dir, local[1])
         finally:
             await service.stop()
             log.warning("sandlot stopped; boxes released")
@@ -109,14 +177,14 @@ async def _run(
     server: ServerSettings,
     grpc_server: grpc.aio.Server,
     http: _QuietSignalsServer,
-    http_socket: socket.socket,
+    sockets: list[socket.socket],
     ready: asyncio.Event | None,
     app: FastAPI,
 ) -> None:
     """Serve until ``stop`` (SIGTERM/SIGINT), then drain: refuse new work, finish running work, close the listeners."""
     try:
         await grpc_server.start()
-        http_task = asyncio.create_task(http.serve(sockets=[http_socket]), name="sandlot-http")
+        http_task = asyncio.create_task(http.serve(sockets=sockets), name="sandlot-http")
         started = asyncio.create_task(http.started_event.wait())
         await asyncio.wait({started, http_task}, return_when=asyncio.FIRST_COMPLETED)
         started.cancel()

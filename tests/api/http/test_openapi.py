@@ -10,6 +10,7 @@ answered with success here, so a new route cannot go unchecked.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,12 +125,37 @@ async def test_runs_and_their_errors(doc: Document, client: httpx.AsyncClient) -
     assert limits.status_code == 400
     too_big = b"x" * (2 * 1024 * 1024 + 1)
     assert doc.check(await client.post(run, content=too_big), "post", run).status_code == 413
-
     text = doc.check(await client.post("/run", content="print('text')"), "post", "/run")
     assert text.text == "text\n"
     shebang = doc.check(await client.post("/run", content="#!/usr/bin/nonesuch\n"), "post", "/run")
     assert shebang.status_code == 400
     assert doc.check(await client.post("/run", content=too_big), "post", "/run").status_code == 413
+
+
+async def test_run_takes_bytes_and_gives_bytes_as_declared(doc: Document, client: httpx.AsyncClient) -> None:
+    """``sandlot run``'s warm path (cli_warm.py): stdin and output as base64, the language from the file name."""
+    run = "/api/v1/run"
+    program = b"import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read()[::-1])\n"
+    body = {
+        "files": [{"name": "rev.py", "content": base64.b64encode(program).decode(), "encoding": "base64"}],
+        "stdin": base64.b64encode(b"\n\xff\x00ab").decode(),
+        "stdin_encoding": "base64",
+        "output_encoding": "base64",
+    }
+    declared = doc.spec["paths"][run]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    Draft202012Validator(declared).validate(body)
+    answer = doc.check(await client.post(run, json=body), "post", run).json()
+    assert (answer["status"], answer["language"]) == ("ok", "python")
+    assert base64.b64decode(answer["stdout"]) == b"ba\x00\xff\n"  # as text it would be U+FFFD
+    for field, value in (("output_encoding", "hex"), ("stdin_encoding", "hex")):
+        refused = doc.check(await client.post(run, json={**body, field: value}), "post", run)
+        assert (refused.status_code, refused.json()["error"]["field"]) == (400, field)
+    bad_stdin = doc.check(await client.post(run, json={**body, "stdin": "%%"}), "post", run)
+    assert (bad_stdin.status_code, bad_stdin.json()["error"]["field"]) == (400, "stdin")
+    with_data = {"files": [{"name": "data.txt", "content": "hi"}, {"name": "main.py", "content": "print(1)"}]}
+    assert doc.check(await client.post(run, json=with_data), "post", run).json()["stdout"] == "1\n"  # main's
+    unknown = {**body, "files": [{"name": "x.nope", "content": "1"}]}
+    assert doc.check(await client.post(run, json=unknown), "post", run).json()["error"]["field"] == "language"
 
 
 async def test_tasks_and_their_errors(doc: Document, service: Service, client: httpx.AsyncClient) -> None:

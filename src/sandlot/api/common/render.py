@@ -14,16 +14,33 @@ import base64
 import codecs
 from typing import Any
 
-from sandlot.models import ExitEvent, OutputEvent, StreamName
+from sandlot.models import ExitEvent, OutputEvent, Result, StreamName
 
 _Key = tuple[str, StreamName]
 
 
-def exit_body(exit_event: ExitEvent) -> dict[str, Any]:
-    """The full result of a task: the Result, each stage's own Result, and the fetched files."""
+OUTPUT_ENCODINGS = ("utf8", "base64")
+_OUTPUT_FIELDS = ("stdout", "stderr", "compile_output")
+
+
+def _result_dict(result: Result, output_encoding: str) -> dict[str, Any]:
+    """``Result.to_dict``; with base64, the output fields carry the exact bytes (no U+FFFD)."""
+    body = result.to_dict()
+    if output_encoding == "base64":
+        for name in _OUTPUT_FIELDS:
+            body[name] = base64.b64encode(getattr(result, name)).decode()
+    return body
+
+
+def exit_body(exit_event: ExitEvent, output_encoding: str = "utf8") -> dict[str, Any]:
+    """The full result of a task: the Result, each stage's own Result, and the fetched files.
+
+    ``output_encoding`` "base64" gives stdout, stderr and compile_output as base64 of the
+    program's bytes (a client that must reproduce them exactly: ``sandlot run``'s warm path).
+    """
     return {
-        **exit_event.result.to_dict(),
-        "stages": [{"name": name, **result.to_dict()} for name, result in exit_event.stages],
+        **_result_dict(exit_event.result, output_encoding),
+        "stages": [{"name": name, **_result_dict(result, output_encoding)} for name, result in exit_event.stages],
         "files": [{"name": name, "content": base64.b64encode(content).decode()} for name, content in exit_event.files],
     }
 

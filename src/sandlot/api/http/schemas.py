@@ -180,6 +180,7 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
             },
         },
         "stdin": {"type": "string"},
+        "stdin_encoding": {"enum": ["utf8", "base64"], "description": "base64: stdin is any bytes (default utf8)"},
         "args": {"type": "array", "items": {"type": "string"}},
         "limits": _LIMITS_SCHEMA,
         "compile_limits": _LIMITS_SCHEMA,
@@ -188,6 +189,20 @@ EXECUTION_REQUEST_SCHEMA: dict[str, Any] = {
         "commands": {"type": "array", "items": {"type": "string"}},
         "fetch_files": {"type": "array", "items": {"type": "string"}},
         "environment": {"type": "string", "description": "run in this environment (GET /api/v1/environments)"},
+    },
+}
+# POST /api/v1/run also takes output_encoding, and a language taken from the main file's extension.
+RUN_REQUEST_SCHEMA: dict[str, Any] = {
+    **EXECUTION_REQUEST_SCHEMA,
+    "description": "As POST /api/v1/execute; with files and no language, the language of the main file's "
+    "extension (the file named main, else the first).",
+    "properties": {
+        **EXECUTION_REQUEST_SCHEMA["properties"],
+        "output_encoding": {
+            "enum": ["utf8", "base64"],
+            "description": "base64: stdout, stderr and compile_output of the answer (and of its stages) are "
+            "base64 of the exact bytes; utf8 (the default): text, undecodable bytes as U+FFFD",
+        },
     },
 }
 TEXT = "text/plain"

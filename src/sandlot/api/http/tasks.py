@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, finish_quietly, race_disconnect, read_json
 from sandlot.api.common.core import Core
-from sandlot.api.common.render import OutputDecoder, exit_body
+from sandlot.api.common.render import OUTPUT_ENCODINGS, OutputDecoder, exit_body
 from sandlot.api.http.door import Caller, CallerDep, LanguageQuery
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.render import SSE_KEEPALIVE, event_data, sse_frame
@@ -26,6 +26,7 @@ from sandlot.api.http.schemas import (
     AUTH,
     EXECUTION_EXAMPLE,
     EXECUTION_REQUEST_SCHEMA,
+    RUN_REQUEST_SCHEMA,
     SUBMIT,
     Cancelled,
     Queued,
@@ -64,7 +65,7 @@ _JSON_OR_TEXT_BODY = {
 
 @router.post(
     "/run",
-    openapi_extra=json_body(EXECUTION_REQUEST_SCHEMA, example=EXECUTION_EXAMPLE),
+    openapi_extra=json_body(RUN_REQUEST_SCHEMA, example=EXECUTION_EXAMPLE),
     response_model=None,
     responses={
         **answers(200, RunAnswer, *SUBMIT, what="The run ended (whether the program succeeded or not)"),
@@ -73,7 +74,9 @@ _JSON_OR_TEXT_BODY = {
     summary="Run and wait for the result",
 )
 async def run_sync(request: Request, caller: CallerDep) -> Response:
-    spec = parse_execution(await read_json(request), tenant=caller.tenant)
+    data = await read_json(request)
+    output_encoding = _output_encoding(data)
+    spec = parse_execution(data, tenant=caller.tenant, default_language=_language_of_files(caller, data))
     spec = await caller.core.submit(caller.principal, spec, waits=True)
     finished, exit_event = await race_disconnect(request.receive, caller.core.wait_exit(spec.tenant, spec.id))
     if not finished:
@@ -85,7 +88,7 @@ async def run_sync(request: Request, caller: CallerDep) -> Response:
     if result.status is Status.REJECTED:
         raise ApiError(400, "rejected", result.message)
     status = 500 if result.status is Status.INTERNAL_ERROR else 200
-    return JSONResponse({**exit_body(exit_event), "task_id": spec.id}, status_code=status)
+    return JSONResponse({**exit_body(exit_event, output_encoding), "task_id": spec.id}, status_code=status)
 
 
 @router.post(
@@ -160,6 +163,30 @@ async def events(
 
 
 # ----------------------------------------------------------------- helpers
+
+
+def _output_encoding(data: Any) -> str:
+    """Take the run route's own ``output_encoding`` field out of the request (parse_execution knows the rest)."""
+    if not isinstance(data, dict):
+        return "utf8"  # parse_execution says what is wrong with the body
+    encoding = data.pop("output_encoding", "utf8")
+    if encoding not in OUTPUT_ENCODINGS:
+        raise ApiError(400, "rejected", "output_encoding: must be utf8 or base64", field="output_encoding")
+    return str(encoding)
+
+
+def _language_of_files(caller: Caller, data: Any) -> str | None:
+    """With files and no language, the language of the main file's extension (as ``sandlot run`` picks it).
+
+    The main file as parse_execution picks it: the one named main (any extension), else the first.
+    """
+    if not isinstance(data, dict) or data.get("language") is not None or not isinstance(data.get("files"), list):
+        return None
+    names: list[str] = [f["name"] for f in data["files"] if isinstance(f, dict) and isinstance(f.get("name"), str)]
+    if not names or len(names) != len(data["files"]):
+        return None  # parse_execution says what is wrong with the files
+    main = next((name for name in names if name.rsplit(".", 1)[0] == "main"), names[0])
+    return caller.service.languages.for_file(main).name
 
 
 async def _task(caller: Caller, task_id: str) -> TaskState:
