@@ -259,6 +259,24 @@ async def test_mcp_run_code_takes_the_environment(py_env: str) -> None:
         assert "no environment named 'nope'" in unknown
 
 
+async def test_grpc_execute_takes_the_environment(py_env: str) -> None:
+    import grpc
+
+    from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+    from sandlot.config import ServerSettings
+    from tests.api.grpc.test_grpc import _events, _status_of, grpc_serving
+
+    code = "print(open('/etc/marker').read().strip())"
+    async with grpc_serving(ServerSettings(gvisor_pool_size=0, pool_size=1)) as env:
+        request = pb.ExecuteRequest(language="python", code=code, environment=py_env)
+        events = await _events(env.sandlot.Execute(request))
+        result = events[-1].exit.result
+        assert (result.status, result.stdout) == (pb.STATUS_OK, b"only-in-the-image\n"), result
+        nowhere = pb.ExecuteRequest(language="python", code="1", environment="nope")
+        unknown = await _status_of(env.sandlot.Execute(nowhere))
+        assert unknown.code() == grpc.StatusCode.NOT_FOUND and "'nope'" in (unknown.details() or "")
+
+
 def test_cli_runs_gvisor_in_an_environment(py_env: str, tmp_path: Path) -> None:
     program = tmp_path / "main.py"
     program.write_text("import os\nprint(open('/etc/marker').read().strip(), os.path.exists('/usr/bin/gcc'))")

@@ -166,6 +166,8 @@ def _spec_from(request: pb.ExecuteRequest, tenant: str) -> TaskSpec:
         data["session_id"] = request.session_id
     if request.isolation:
         data["isolation"] = request.isolation
+    if request.environment:
+        data["environment"] = request.environment
     # Limits and everything else the engine checks are validated by the door's submit (Service.validate).
     return dataclasses.replace(parse_execution(data, tenant=tenant), stdin=request.stdin)
 

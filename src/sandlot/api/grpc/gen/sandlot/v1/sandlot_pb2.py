@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandlot/v1/sandlot.proto\x12\nsandlot.v1\"%\n\x04\x46ile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x92\x02\n\x06Limits\x12\x17\n\ntime_limit\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fwall_time_limit\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmemory_limit\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\rmax_processes\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rmax_file_size\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x17\n\nmax_output\x18\x06 \x01(\x03H\x05\x88\x01\x01\x42\r\n\x0b_time_limitB\x12\n\x10_wall_time_limitB\x0f\n\r_memory_limitB\x10\n\x0e_max_processesB\x10\n\x0e_max_file_sizeB\r\n\x0b_max_output\"\x8c\x02\n\x0e\x45xecuteRequest\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x1f\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x10.sandlot.v1.File\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x0c\n\x04\x61rgs\x18\x05 \x03(\t\x12\"\n\x06limits\x18\x06 \x01(\x0b\x32\x12.sandlot.v1.Limits\x12*\n\x0e\x63ompile_limits\x18\x07 \x01(\x0b\x32\x12.sandlot.v1.Limits\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x11\n\tisolation\x18\t \x01(\t\x12\x10\n\x08\x63ommands\x18\n \x03(\t\x12\x13\n\x0b\x66\x65tch_files\x18\x0b \x03(\t\"\x80\x01\n\x0fInteractRequest\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.sandlot.v1.ExecuteRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\x10\n\x06signal\x18\x04 \x01(\x05H\x00\x42\x06\n\x04kind\"\x16\n\x14ListLanguagesRequest\"v\n\x08Language\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x12\n\nextensions\x18\x05 \x03(\t\x12\x10\n\x08\x63ompiled\x18\x06 \x01(\x08\"@\n\x15ListLanguagesResponse\x12\'\n\tlanguages\x18\x01 \x03(\x0b\x32\x14.sandlot.v1.Language\"\x9a\x02\n\x06Result\x12\"\n\x06status\x18\x01 \x01(\x0e\x32\x12.sandlot.v1.Status\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06stdout\x18\x04 \x01(\x0c\x12\x0e\n\x06stderr\x18\x05 \x01(\x0c\x12\x16\n\x0e\x63ompile_output\x18\x06 \x01(\x0c\x12\x11\n\twall_time\x18\x07 \x01(\x01\x12\x10\n\x08\x63pu_time\x18\x08 \x01(\x01\x12\x13\n\x0bmemory_peak\x18\t \x01(\x03\x12\x11\n\ttruncated\x18\n \x01(\x08\x12\x10\n\x08language\x18\x0b \x01(\t\x12\x0f\n\x07message\x18\x0c \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"\x15\n\x05Stage\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x06Output\x12\"\n\x06stream\x18\x01 \x01(\x0e\x32\x12.sandlot.v1.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05stage\x18\x03 \x01(\t\"@\n\x0bStageResult\x12\r\n\x05stage\x18\x01 \x01(\t\x12\"\n\x06result\x18\x02 \x01(\x0b\x32\x12.sandlot.v1.Result\"t\n\x04\x45xit\x12\"\n\x06result\x18\x01 \x01(\x0b\x32\x12.sandlot.v1.Result\x12\'\n\x06stages\x18\x02 \x03(\x0b\x32\x17.sandlot.v1.StageResult\x12\x1f\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x10.sandlot.v1.File\"\'\n\x06Notice\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xed\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\"\n\x05stage\x18\x03 \x01(\x0b\x32\x11.sandlot.v1.StageH\x00\x12$\n\x06output\x18\x04 \x01(\x0b\x32\x12.sandlot.v1.OutputH\x00\x12/\n\x0cstage_result\x18\x05 \x01(\x0b\x32\x17.sandlot.v1.StageResultH\x00\x12 \n\x04\x65xit\x18\x06 \x01(\x0b\x32\x10.sandlot.v1.ExitH\x00\x12$\n\x06notice\x18\x07 \x01(\x0b\x32\x12.sandlot.v1.NoticeH\x00\x42\x06\n\x04kind*\xee\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x18\n\x14STATUS_RUNTIME_ERROR\x10\x02\x12\x13\n\x0fSTATUS_SIGNALED\x10\x03\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x04\x12\x17\n\x13STATUS_MEMORY_LIMIT\x10\x05\x12\x17\n\x13STATUS_OUTPUT_LIMIT\x10\x06\x12\x18\n\x14STATUS_COMPILE_ERROR\x10\x07\x12\x19\n\x15STATUS_INTERNAL_ERROR\x10\x08\x12\x13\n\x0fSTATUS_REJECTED\x10\t*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x32\xdb\x01\n\x07Sandlot\x12:\n\x07\x45xecute\x12\x1a.sandlot.v1.ExecuteRequest\x1a\x11.sandlot.v1.Event0\x01\x12>\n\x08Interact\x12\x1b.sandlot.v1.InteractRequest\x1a\x11.sandlot.v1.Event(\x01\x30\x01\x12T\n\rListLanguages\x12 .sandlot.v1.ListLanguagesRequest\x1a!.sandlot.v1.ListLanguagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandlot/v1/sandlot.proto\x12\nsandlot.v1\"%\n\x04\x46ile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x92\x02\n\x06Limits\x12\x17\n\ntime_limit\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fwall_time_limit\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmemory_limit\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\rmax_processes\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rmax_file_size\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x17\n\nmax_output\x18\x06 \x01(\x03H\x05\x88\x01\x01\x42\r\n\x0b_time_limitB\x12\n\x10_wall_time_limitB\x0f\n\r_memory_limitB\x10\n\x0e_max_processesB\x10\n\x0e_max_file_sizeB\r\n\x0b_max_output\"\xa1\x02\n\x0e\x45xecuteRequest\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x1f\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x10.sandlot.v1.File\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x0c\n\x04\x61rgs\x18\x05 \x03(\t\x12\"\n\x06limits\x18\x06 \x01(\x0b\x32\x12.sandlot.v1.Limits\x12*\n\x0e\x63ompile_limits\x18\x07 \x01(\x0b\x32\x12.sandlot.v1.Limits\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x11\n\tisolation\x18\t \x01(\t\x12\x10\n\x08\x63ommands\x18\n \x03(\t\x12\x13\n\x0b\x66\x65tch_files\x18\x0b \x03(\t\x12\x13\n\x0b\x65nvironment\x18\x0c \x01(\t\"\x80\x01\n\x0fInteractRequest\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.sandlot.v1.ExecuteRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\x10\n\x06signal\x18\x04 \x01(\x05H\x00\x42\x06\n\x04kind\"\x16\n\x14ListLanguagesRequest\"v\n\x08Language\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x12\n\nextensions\x18\x05 \x03(\t\x12\x10\n\x08\x63ompiled\x18\x06 \x01(\x08\"@\n\x15ListLanguagesResponse\x12\'\n\tlanguages\x18\x01 \x03(\x0b\x32\x14.sandlot.v1.Language\"\x9a\x02\n\x06Result\x12\"\n\x06status\x18\x01 \x01(\x0e\x32\x12.sandlot.v1.Status\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06stdout\x18\x04 \x01(\x0c\x12\x0e\n\x06stderr\x18\x05 \x01(\x0c\x12\x16\n\x0e\x63ompile_output\x18\x06 \x01(\x0c\x12\x11\n\twall_time\x18\x07 \x01(\x01\x12\x10\n\x08\x63pu_time\x18\x08 \x01(\x01\x12\x13\n\x0bmemory_peak\x18\t \x01(\x03\x12\x11\n\ttruncated\x18\n \x01(\x08\x12\x10\n\x08language\x18\x0b \x01(\t\x12\x0f\n\x07message\x18\x0c \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"\x15\n\x05Stage\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x06Output\x12\"\n\x06stream\x18\x01 \x01(\x0e\x32\x12.sandlot.v1.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05stage\x18\x03 \x01(\t\"@\n\x0bStageResult\x12\r\n\x05stage\x18\x01 \x01(\t\x12\"\n\x06result\x18\x02 \x01(\x0b\x32\x12.sandlot.v1.Result\"t\n\x04\x45xit\x12\"\n\x06result\x18\x01 \x01(\x0b\x32\x12.sandlot.v1.Result\x12\'\n\x06stages\x18\x02 \x03(\x0b\x32\x17.sandlot.v1.StageResult\x12\x1f\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x10.sandlot.v1.File\"\'\n\x06Notice\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xed\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\"\n\x05stage\x18\x03 \x01(\x0b\x32\x11.sandlot.v1.StageH\x00\x12$\n\x06output\x18\x04 \x01(\x0b\x32\x12.sandlot.v1.OutputH\x00\x12/\n\x0cstage_result\x18\x05 \x01(\x0b\x32\x17.sandlot.v1.StageResultH\x00\x12 \n\x04\x65xit\x18\x06 \x01(\x0b\x32\x10.sandlot.v1.ExitH\x00\x12$\n\x06notice\x18\x07 \x01(\x0b\x32\x12.sandlot.v1.NoticeH\x00\x42\x06\n\x04kind*\xee\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x18\n\x14STATUS_RUNTIME_ERROR\x10\x02\x12\x13\n\x0fSTATUS_SIGNALED\x10\x03\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x04\x12\x17\n\x13STATUS_MEMORY_LIMIT\x10\x05\x12\x17\n\x13STATUS_OUTPUT_LIMIT\x10\x06\x12\x18\n\x14STATUS_COMPILE_ERROR\x10\x07\x12\x19\n\x15STATUS_INTERNAL_ERROR\x10\x08\x12\x13\n\x0fSTATUS_REJECTED\x10\t*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x32\xdb\x01\n\x07Sandlot\x12:\n\x07\x45xecute\x12\x1a.sandlot.v1.ExecuteRequest\x1a\x11.sandlot.v1.Event0\x01\x12>\n\x08Interact\x12\x1b.sandlot.v1.InteractRequest\x1a\x11.sandlot.v1.Event(\x01\x30\x01\x12T\n\rListLanguages\x12 .sandlot.v1.ListLanguagesRequest\x1a!.sandlot.v1.ListLanguagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandlot.api.grpc.gen.sandlot.v1.sandlot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1817
-  _globals['_STATUS']._serialized_end=2055
-  _globals['_STREAM']._serialized_start=2057
-  _globals['_STREAM']._serialized_end=2127
+  _globals['_STATUS']._serialized_start=1838
+  _globals['_STATUS']._serialized_end=2076
+  _globals['_STREAM']._serialized_start=2078
+  _globals['_STREAM']._serialized_end=2148
   _globals['_FILE']._serialized_start=40
   _globals['_FILE']._serialized_end=77
   _globals['_LIMITS']._serialized_start=80
   _globals['_LIMITS']._serialized_end=354
   _globals['_EXECUTEREQUEST']._serialized_start=357
-  _globals['_EXECUTEREQUEST']._serialized_end=625
-  _globals['_INTERACTREQUEST']._serialized_start=628
-  _globals['_INTERACTREQUEST']._serialized_end=756
-  _globals['_LISTLANGUAGESREQUEST']._serialized_start=758
-  _globals['_LISTLANGUAGESREQUEST']._serialized_end=780
-  _globals['_LANGUAGE']._serialized_start=782
-  _globals['_LANGUAGE']._serialized_end=900
-  _globals['_LISTLANGUAGESRESPONSE']._serialized_start=902
-  _globals['_LISTLANGUAGESRESPONSE']._serialized_end=966
-  _globals['_RESULT']._serialized_start=969
-  _globals['_RESULT']._serialized_end=1251
-  _globals['_STAGE']._serialized_start=1253
-  _globals['_STAGE']._serialized_end=1274
-  _globals['_OUTPUT']._serialized_start=1276
-  _globals['_OUTPUT']._serialized_end=1349
-  _globals['_STAGERESULT']._serialized_start=1351
-  _globals['_STAGERESULT']._serialized_end=1415
-  _globals['_EXIT']._serialized_start=1417
-  _globals['_EXIT']._serialized_end=1533
-  _globals['_NOTICE']._serialized_start=1535
-  _globals['_NOTICE']._serialized_end=1574
-  _globals['_EVENT']._serialized_start=1577
-  _globals['_EVENT']._serialized_end=1814
-  _globals['_SANDLOT']._serialized_start=2130
-  _globals['_SANDLOT']._serialized_end=2349
+  _globals['_EXECUTEREQUEST']._serialized_end=646
+  _globals['_INTERACTREQUEST']._serialized_start=649
+  _globals['_INTERACTREQUEST']._serialized_end=777
+  _globals['_LISTLANGUAGESREQUEST']._serialized_start=779
+  _globals['_LISTLANGUAGESREQUEST']._serialized_end=801
+  _globals['_LANGUAGE']._serialized_start=803
+  _globals['_LANGUAGE']._serialized_end=921
+  _globals['_LISTLANGUAGESRESPONSE']._serialized_start=923
+  _globals['_LISTLANGUAGESRESPONSE']._serialized_end=987
+  _globals['_RESULT']._serialized_start=990
+  _globals['_RESULT']._serialized_end=1272
+  _globals['_STAGE']._serialized_start=1274
+  _globals['_STAGE']._serialized_end=1295
+  _globals['_OUTPUT']._serialized_start=1297
+  _globals['_OUTPUT']._serialized_end=1370
+  _globals['_STAGERESULT']._serialized_start=1372
+  _globals['_STAGERESULT']._serialized_end=1436
+  _globals['_EXIT']._serialized_start=1438
+  _globals['_EXIT']._serialized_end=1554
+  _globals['_NOTICE']._serialized_start=1556
+  _globals['_NOTICE']._serialized_end=1595
+  _globals['_EVENT']._serialized_start=1598
+  _globals['_EVENT']._serialized_end=1835
+  _globals['_SANDLOT']._serialized_start=2151
+  _globals['_SANDLOT']._serialized_end=2370
 # @@protoc_insertion_point(module_scope)

@@ -203,6 +203,7 @@ class ExecuteRequest(_message.Message):
     ISOLATION_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
     FETCH_FILES_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """a name or alias, see ListLanguages"""
     code: _builtins.str
@@ -212,6 +213,8 @@ class ExecuteRequest(_message.Message):
     """empty: a fresh box"""
     isolation: _builtins.str
     """empty: "jail" """
+    environment: _builtins.str
+    """empty: the host; else one by name (HTTP GET /api/v1/environments)"""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
         """the file named main.*, else the first, is the program"""
@@ -246,10 +249,11 @@ class ExecuteRequest(_message.Message):
         isolation: _builtins.str = ...,
         commands: _abc.Iterable[_builtins.str] | None = ...,
         fetch_files: _abc.Iterable[_builtins.str] | None = ...,
+        environment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compile_limits", b"compile_limits", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "code", b"code", "commands", b"commands", "compile_limits", b"compile_limits", "fetch_files", b"fetch_files", "files", b"files", "isolation", b"isolation", "language", b"language", "limits", b"limits", "session_id", b"session_id", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "code", b"code", "commands", b"commands", "compile_limits", b"compile_limits", "environment", b"environment", "fetch_files", b"fetch_files", "files", b"files", "isolation", b"isolation", "language", b"language", "limits", b"limits", "session_id", b"session_id", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
