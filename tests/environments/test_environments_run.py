@@ -225,6 +225,17 @@ async def test_http_environment_field(py_env: str) -> None:
         assert missing.json()["error"]["message"] == f"language 'bash' is not available in environment {py_env!r}"
 
 
+async def test_the_text_door_takes_the_environment(py_env: str) -> None:
+    from sandlot.api.http.app import create_app
+
+    code = "print(open('/etc/marker').read().strip())"
+    async with running_service() as service, asgi_client(create_app(service)) as client:
+        ran = await client.post("/run", params={"language": "python", "environment": py_env}, content=code)
+        assert (ran.status_code, ran.text) == (200, "only-in-the-image\n"), ran.text
+        unknown = await client.post("/run", params={"language": "python", "environment": "nope"}, content=code)
+        assert unknown.status_code == 404 and "'nope'" in unknown.text, unknown.text
+
+
 async def test_execute_and_websocket_take_the_environment(py_env: str) -> None:
     from websockets.asyncio.client import connect
 

@@ -32,6 +32,12 @@ LanguageQuery = Annotated[
     ),
 ]
 
+# ?environment= of POST /run (the JSON routes take an "environment" field).
+EnvironmentQuery = Annotated[
+    str | None,
+    Query(description="run in this environment (see GET /api/v1/environments); default: the host's"),
+]
+
 _bearer = HTTPBearer(auto_error=False, description="An API key (only when the server has keys configured).")
 
 

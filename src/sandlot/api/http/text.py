@@ -1,7 +1,8 @@
 """``POST /run``: the Go code runner's text door. The body is the program; the answer is its output.
 
 The language comes from ``?language=``, else from the source itself (see
-``detect_language``). stdout and stderr stream back interleaved as produced,
+``detect_language``); ``?environment=`` runs it in an environment instead of on
+the host. stdout and stderr stream back interleaved as produced,
 compile errors included, as ``text/plain; charset=utf-8``.
 
 The status code is committed when the first byte is sent, so the door waits for
@@ -25,7 +26,7 @@ from sandlot.api.common.asgi import CLIENT_CLOSED_REQUEST, race_disconnect
 from sandlot.api.common.auth import Principal
 from sandlot.api.common.core import Core
 from sandlot.api.common.render import OutputDecoder
-from sandlot.api.http.door import CallerDep, LanguageQuery, decode_code
+from sandlot.api.http.door import CallerDep, EnvironmentQuery, LanguageQuery, decode_code
 from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
 from sandlot.api.http.schemas import AUTH, text_answers
 from sandlot.errors import RejectedError
@@ -47,7 +48,7 @@ router = APIRouter(tags=["text"])
     openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}},
     responses=text_answers(
         200,
-        text=(400, 429, 500, 503),
+        text=(400, 404, 429, 500, 503),
         json=(*AUTH, 413),
         what="The program's output as it comes, then a line saying how the run ended if it did not end well",
     ),
@@ -57,11 +58,13 @@ async def run_text(
     request: Request,
     caller: CallerDep,
     language: LanguageQuery = None,
+    environment: EnvironmentQuery = None,
 ) -> Response:
     try:
         code = decode_code(await request.body())
         name = language or detect_language(code, caller.service.languages)
-        spec = parse_execution({"language": name, "code": code}, tenant=caller.tenant)
+        data = {"language": name, "code": code} | ({"environment": environment} if environment else {})
+        spec = parse_execution(data, tenant=caller.tenant)
         spec = await caller.core.submit(caller.principal, spec, waits=True)
     except MAPPED_ERRORS as exc:
         return _error_text(as_api_error(exc))
