@@ -227,6 +227,14 @@ local function requeue_pending(stream, entry_id, fields)
   return task and 1 or 0
 end
 
+-- A pending entry, by id, back to the front (an entry deleted meanwhile is only acknowledged).
+local function requeue_entry(stream, entry_id)
+  local rows = redis.call('XRANGE', stream, entry_id, entry_id)
+  if rows[1] then return requeue_pending(stream, entry_id, rows[1][2]) end
+  redis.pcall('XACK', stream, GROUP, entry_id)
+  return 0
+end
+
 -- Every job a lost consumer held (pending to it on any jobs stream, started or not) goes back to the front.
 local function take_over(consumer)
   local moved = 0
@@ -235,12 +243,7 @@ local function take_over(consumer)
       local ok, pending = pcall(redis.call, 'XPENDING', stream, GROUP, '-', '+', 100, consumer)
       if not ok or #pending == 0 then break end
       for _, item in ipairs(pending) do
-        local rows = redis.call('XRANGE', stream, item[1], item[1])
-        if rows[1] then
-          moved = moved + requeue_pending(stream, item[1], rows[1][2])
-        else
-          redis.pcall('XACK', stream, GROUP, item[1])
-        end
+        moved = moved + requeue_entry(stream, item[1])
       end
     end
   end
@@ -384,12 +387,7 @@ for _, stream in ipairs(redis.call('SMEMBERS', Q.streams)) do
   if ok then
     for _, item in ipairs(pending) do
       if not held[stream .. '|' .. item[1]] then
-        local rows = redis.call('XRANGE', stream, item[1], item[1])
-        if rows[1] then
-          moved = moved + requeue_pending(stream, item[1], rows[1][2])
-        else
-          redis.pcall('XACK', stream, GROUP, item[1])
-        end
+        moved = moved + requeue_entry(stream, item[1])
       end
     end
   end

@@ -9,12 +9,13 @@ clients validate.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mcp import types
 
 from sandlot.config import Settings
-from sandlot.models import Status
+from sandlot.models import Result, Status
 
 _MIB = 1024 * 1024
 
@@ -92,20 +93,7 @@ _RESULT_SCHEMA = {
         "language": _STRING,
         "message": _STRING,
     },
-    "required": [
-        "status",
-        "exit_code",
-        "signal",
-        "stdout",
-        "stderr",
-        "compile_output",
-        "wall_time",
-        "cpu_time",
-        "memory_peak",
-        "truncated",
-        "language",
-        "message",
-    ],
+    "required": [field.name for field in dataclasses.fields(Result)],  # every one, as Result.to_dict gives
 }
 _OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
     "run_code": _RESULT_SCHEMA,
