@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ import pytest
 import redis
 
 from sandlot.broker.keys import Keys
-from tests.nodes import GRACE_S, Cluster, NodeLayout, RedisServer, running_redis
+from tests.nodes import GRACE_S, Cluster, NodeLayout, RedisServer
 from tests.test_serve_process import HELLO, SLEEP_3S, execution, read_until_output, sse_frames, submit, wait_until
 
 CLAIM_IDLE_MS = 2000
@@ -48,24 +47,6 @@ LAYOUT = NodeLayout(
     drain_deadline_s=DRAIN_DEADLINE_S,
     settings={"claim_idle_ms": CLAIM_IDLE_MS},
 )
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis", append_only=True) as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
-    with Cluster.running(redis_server, tmp_path, LAYOUT) as nodes:
-        yield nodes
-
-
-@pytest.fixture(autouse=True)
-def _clean_host() -> Iterator[None]:
-    with LAYOUT.swept():
-        yield
 
 
 # ------------------------------------------------------------------ client

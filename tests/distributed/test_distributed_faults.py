@@ -19,8 +19,6 @@ import concurrent.futures
 import random
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +26,7 @@ import pytest
 import redis
 
 from sandlot.broker.keys import WORKERS_GROUP, Keys
-from tests.nodes import Cluster, NodeLayout, RedisServer, running_redis
+from tests.nodes import Cluster, NodeLayout, RedisServer
 from tests.test_serve_process import sse_frames
 
 MAX_QUEUED = 10_000  # the whole burst fits: no 429 in these tests
@@ -50,33 +48,6 @@ CHAOS_CLIENTS = 4
 CHAOS_INTERVAL_S = (1.0, 3.0)  # between two kills
 CHAOS_DONE_TIMEOUT_S = 240.0  # after the last submit, for the queue and the stragglers (takeovers included)
 TINY_LIMITS = {"wall_time_limit": 5, "time_limit": 2}
-
-
-@pytest.fixture
-def fault_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "fault-redis", append_only=True) as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(fault_redis: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
-    with Cluster.running(fault_redis, tmp_path, LAYOUT) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def rdb(fault_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(host="127.0.0.1", port=fault_redis.port, socket_timeout=5.0)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture(autouse=True)
-def _clean_host() -> Iterator[None]:
-    with LAYOUT.swept():
-        yield
 
 
 # ------------------------------------------------------------------ client
@@ -228,7 +199,7 @@ def test_random_worker_kills_lose_no_job_and_each_ends_once(cluster: Cluster, rd
 
 @pytest.mark.timeout(240)
 def test_a_redis_restart_with_aof_mid_stream_loses_nothing(
-    cluster: Cluster, fault_redis: RedisServer, rdb: redis.Redis
+    cluster: Cluster, redis_server: RedisServer, rdb: redis.Redis
 ) -> None:
     api = cluster.api(1)
     workers = [cluster.worker(2), cluster.worker(3)]
@@ -262,9 +233,9 @@ def test_a_redis_restart_with_aof_mid_stream_loses_nothing(
         follower.start()
         time.sleep(0.5)
 
-        fault_redis.stop()  # SIGTERM: redis-server flushes its append-only file and exits
+        redis_server.stop()  # SIGTERM: redis-server flushes its append-only file and exits
         time.sleep(2.0)
-        fault_redis.start()  # same port, same directory
+        redis_server.start()  # same port, same directory
 
         results = _wait_all_done(client, list(ids.values()), 120.0)
         follower.join(90.0)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,7 +29,7 @@ from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.broker.keys import Keys
 from sandlot.config import SERVER_DEFAULTS
 from tests.distributed.test_distributed_faults import _exits, _frames, _pending, _queued, _submit, _wait_all_done
-from tests.nodes import Cluster, NodeLayout, RedisServer, running_redis
+from tests.nodes import Cluster, NodeLayout
 from tests.test_serve_process import read_until_output, sse_frames, wait_until
 
 LAYOUT = NodeLayout(
@@ -47,33 +45,6 @@ DEFAULT_CLAIM_IDLE_S = 270.0  # the backstop at the default maxima: every bound 
 MARGIN_S = 40.0  # a loaded, shared host: generous, and still far below the backstop
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep({s})\nprint('finished', flush=True)\n"
 LONG_LIMITS = {"wall_time_limit": 60}
-
-
-@pytest.fixture
-def recovery_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "recovery-redis", append_only=True) as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(recovery_redis: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
-    with Cluster.running(recovery_redis, tmp_path, LAYOUT) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def rdb(recovery_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(host="127.0.0.1", port=recovery_redis.port, socket_timeout=5.0)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture(autouse=True)
-def _clean_host() -> Iterator[None]:
-    with LAYOUT.swept():
-        yield
 
 
 async def _mcp_run_code(url: str) -> str:
