@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sandlot import cli_warm
 from sandlot.config import load_settings
 from tests.nodes import SANDLOT, Node, free_ports, serve_args
 from tests.nodes import sweep as sweep_boxes
@@ -44,7 +45,7 @@ WARM_ENV = {
     "SANDLOT_BOX_UID_BASE": "930000000",  # apart from every other test layout's uids
 }
 SETTINGS = load_settings(environ=WARM_ENV)
-SOCKET = SETTINGS.run_dir / "serve.sock"
+SOCKET = SETTINGS.run_dir / cli_warm.SOCKET_NAME
 STOP_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 120.0
 
