@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandlot.errors import ConfigError, SandboxError
-from sandlot.sandbox import cgroups
+from sandlot.sandbox import cgroupfs
 from sandlot.sandbox.cgroups import CgroupLimits, CgroupV1Driver, CgroupV2Driver, detect_driver
 
 _GROUP = "sandlot"
@@ -58,13 +58,13 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Record every (file name, value) the drivers write, in order."""
     recorded: list[tuple[str, str]] = []
-    original: Callable[[Path, str], None] = cgroups._write
+    original: Callable[[Path, str], None] = cgroupfs.write
 
     def recording(path: Path, value: str) -> None:
         recorded.append((path.name, value))
         original(path, value)
 
-    monkeypatch.setattr(cgroups, "_write", recording)
+    monkeypatch.setattr(cgroupfs, "write", recording)
     return recorded
 
 
@@ -214,7 +214,7 @@ def test_v2_existing_names_and_open_existing(tmp_path: Path) -> None:
 @pytest.fixture
 def memsw_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make fake v1 memory cgroups look like a kernel with swap accounting (the file appears on mkdir)."""
-    original: Callable[[Path, str], None] = cgroups._write
+    original: Callable[[Path, str], None] = cgroupfs.write
 
     def with_memsw(path: Path, value: str) -> None:
         if path.name == "memory.limit_in_bytes":
@@ -223,7 +223,7 @@ def memsw_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
                 memsw.write_text("9223372036854771712\n")
         original(path, value)
 
-    monkeypatch.setattr(cgroups, "_write", with_memsw)
+    monkeypatch.setattr(cgroupfs, "write", with_memsw)
 
 
 def test_v1_create_writes_limits(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import pytest
 
 from sandlot.config import Settings
 from sandlot.models import Limits, OutputEvent, Result, Status
-from sandlot.sandbox import Bind, Box, Sandbox, cgroups
+from sandlot.sandbox import Bind, Box, Sandbox, cgroupfs
 from sandlot.sandbox.cgroups import CgroupLimits
 from sandlot.sandbox.launch import Pipes, spawn
 from sandlot.sandbox.reaper import Reaper, end_cgroup
@@ -54,7 +54,7 @@ class _LoopWaits:
 def loop_waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[_LoopWaits]:
     seen = _LoopWaits()
     real_sleep = time.sleep
-    real_read: Callable[[Path], str] = cgroups._read
+    real_read: Callable[[Path], str] = cgroupfs.read
 
     def on_loop() -> bool:
         return threading.current_thread() is threading.main_thread()
@@ -70,7 +70,7 @@ def loop_waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[_LoopWaits]:
         return real_read(path)
 
     monkeypatch.setattr(time, "sleep", sleep)
-    monkeypatch.setattr(cgroups, "_read", read)
+    monkeypatch.setattr(cgroupfs, "read", read)
     yield seen
 
 
@@ -238,7 +238,7 @@ async def test_a_prelaunched_jail_a_run_does_not_fit_leaves_nothing(
 
 
 class _BusyCgroupRmdir:
-    """``os`` for cgroups.py, whose first rmdirs of a box's cgroup find it busy (tasks still leaving)."""
+    """``os`` for cgroupfs.py, whose first rmdirs of a box's cgroup find it busy (tasks still leaving)."""
 
     def __init__(self, busy: int) -> None:
         self.busy = busy
@@ -257,7 +257,7 @@ async def test_a_cgroup_still_busy_is_waited_for_off_the_loop(
     sandbox: Sandbox, box: Box, settings: Settings, loop_waits: _LoopWaits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     busy = _BusyCgroupRmdir(busy=3)
-    monkeypatch.setattr(cgroups, "os", busy)
+    monkeypatch.setattr(cgroupfs, "os", busy)
     result, members = await _run(sandbox, box, [_SH, "-c", "echo started"], settings.run_defaults)
     assert result is not None and result.status is Status.OK, result
     assert busy.busy == 0
