@@ -26,9 +26,7 @@ import httpx
 import pytest
 
 from sandlot.api.http.app import create_app
-from sandlot.client import ClientError, SandlotClient, SseEvent, parse_sse
 from sandlot.config import ApiKey
-from sandlot.models import Status
 from tests.api.http.test_http import live_server, running_service
 from tests.cli.test_cli import _CONTRACT_KEYS
 from tests.root import require_root
@@ -371,57 +369,6 @@ def test_ctrl_c_cancels_the_task(server: str, program: Callable[..., Path]) -> N
     result = state["result"]
     assert result["status"] == "signaled"
     assert "cancelled" in result["message"]
-
-
-# ------------------------------------------------------------- SSE parsing
-
-
-def test_parse_sse_follows_the_standard() -> None:
-    lines = [
-        ": keep-alive",
-        "",
-        "id: 1",
-        "event: output",
-        'data: {"a":',
-        "data:1}",
-        "",
-        "retry: 100",
-        "event: exit",
-        "data: {}",
-        "",
-        "event: no data is no event",
-        "",
-        "data: cut off by the end of the stream",
-    ]
-    assert list(parse_sse(lines)) == [
-        SseEvent("output", '{"a":\n1}', "1"),
-        SseEvent("exit", "{}", "1"),  # the last id persists
-    ]
-
-
-def test_wait_resumes_a_broken_stream_after_the_last_event() -> None:
-    seen: list[str | None] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("Last-Event-ID"))
-        if len(seen) == 1:  # the stream ends before the exit event
-            body = 'id: 1\nevent: output\ndata: {"stream": "stdout", "stage": "run", "data": "a"}\n\n'
-        else:
-            body = 'id: 2\nevent: exit\ndata: {"status": "ok", "exit_code": 0, "stdout": "a"}\n\n'
-        return httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"})
-
-    outputs: list[str] = []
-    with SandlotClient("http://sandlot", transport=httpx.MockTransport(answer)) as client:
-        result = client.wait("t1", lambda output: outputs.append(output.text))
-    assert (result.status, result.stdout, outputs, seen) == (Status.OK, b"a", ["a"], [None, "1"])
-
-
-def test_wait_gives_up_on_a_stream_that_keeps_breaking() -> None:
-    empty = httpx.MockTransport(lambda request: httpx.Response(200, text=": keep-alive\n\n"))
-    with SandlotClient("http://sandlot", transport=empty) as client, pytest.raises(ClientError) as failure:
-        client.wait("t1")
-    assert failure.value.status is Status.INTERNAL_ERROR
-    assert str(failure.value) == "the event stream of task t1 ended before its result"
 
 
 def test_submit_isolation_gvisor_runs_in_gvisor_and_an_unknown_level_exits_2(program: Callable[..., Path]) -> None:
