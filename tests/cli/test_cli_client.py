@@ -219,6 +219,13 @@ def test_piped_stdin_is_sent_by_default(server: str, program: Callable[..., Path
     assert _sandlot(server, "submit", echo, "--no-stdin", stdin=b"5\n").stdout == b"''\n"
 
 
+def test_stdin_that_is_not_utf8_arrives_intact(server: str, program: Callable[..., Path]) -> None:
+    echo = program("import sys\nprint(sys.stdin.buffer.read().hex())")
+    raw = bytes(range(256))  # refused as "not UTF-8 text" before the client library sent it as base64
+    proc = _sandlot(server, "submit", echo, stdin=raw)
+    assert (proc.returncode, proc.stdout) == (0, f"{raw.hex()}\n".encode()), proc.stderr
+
+
 def test_a_signal_exits_128_plus_n(server: str, program: Callable[..., Path]) -> None:
     proc = _sandlot(server, "submit", program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"))
     assert proc.returncode == 128 + signal.SIGSEGV

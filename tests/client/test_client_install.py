@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,15 @@ INSTALL_TIMEOUT_S = 300  # pip may fetch httpx and the build backend from the pa
 @pytest.mark.slow
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 60)
 def test_the_client_installs_without_the_server(tmp_path: Path) -> None:
+    # From a copy: building writes build/ and *.egg-info next to the sources, which is not this checkout's business.
+    source = tmp_path / "sandlot-client"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     # Not editable: a real install, as `pip install sandlot-client` would make it (a wheel built from the dir).
     pip = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(CLIENT)],
+        [str(python), "-m", "pip", "install", "-q", str(source)],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT_S,
