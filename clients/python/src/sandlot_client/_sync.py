@@ -269,7 +269,7 @@ class Session:
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
             )
-        body = _wire.execution_body(None, code, stdin=stdin, limits=limits, session_id=self.id)
+        body = _wire.cell_body(code, stdin, limits, self.id)
         answer = self._client._request("POST", f"{_wire.API}/run", json=body, timeout_s=_wire.CELL_TIMEOUT_S)
         found = _wire.result(_wire.decode(answer.text))
         for stream, callback in (("stdout", on_stdout), ("stderr", on_stderr)):

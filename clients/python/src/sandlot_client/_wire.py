@@ -312,6 +312,19 @@ def session_body(stateful: bool, language: str | None, isolation: str | None) ->
     return body
 
 
+def cell_body(code: Content, stdin: Content | None, limits: LimitsArg, session_id: str) -> dict[str, Any]:
+    """A stateful session's cell for ``POST /api/v1/run``: code as text (the session knows its language)."""
+    text = code if isinstance(code, str) else _text(code, "code")
+    return execution_body(None, text, stdin=stdin, limits=limits, session_id=session_id)
+
+
+def _text(data: bytes, what: str) -> str:
+    try:
+        return bytes(data).decode()
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"{what}: a cell is UTF-8 text", field=what) from exc
+
+
 def not_stateful(info: SessionInfo) -> SandlotError:
     return Rejected(
         f"the server made session {info.session_id} without state: it does not offer stateful sessions",
