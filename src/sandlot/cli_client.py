@@ -19,7 +19,6 @@ from typing import NoReturn
 
 import click
 
-import sandlot_client
 from sandlot import cli_stdin
 from sandlot.cli_output import (
     EXIT_COMPILE_ERROR,
@@ -33,6 +32,13 @@ from sandlot.cli_output import (
 from sandlot.errors import RejectedError
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Result, Status
+
+try:
+    import sandlot_client
+except ImportError as missing:  # sandlot installed without clients/python (its wheel alone, say)
+    _CLIENT_MISSING: ImportError | None = missing
+else:
+    _CLIENT_MISSING = None
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EXIT_NOT_DONE = 3  # `sandlot result`: the task is still queued or running
@@ -89,6 +95,7 @@ def submit(
     or could not be reached). --json adds task_id to run's JSON. Ctrl-C
     (or SIGTERM, SIGHUP) cancels the task and exits 128+N.
     """
+    _need_client(as_json)
     language, limits, isolation = program.language, program.limits, program.isolation
     lang = language or ""
     try:
@@ -141,6 +148,7 @@ def result(task_id: str, server: str, as_json: bool, wait: bool, api_key: str | 
     running) on stderr and exit 3 (--json: {"task_id", "status"} on stdout);
     with --wait, stream its output until it ends. An unknown task exits 2.
     """
+    _need_client(as_json, task_id)
     try:
         client = sandlot_client.Sandlot(server, api_key=api_key)
     except sandlot_client.SandlotError as exc:
@@ -251,3 +259,10 @@ def _result(result: sandlot_client.Result) -> Result:
         language=result.language,
         message=result.message,
     )
+
+
+def _need_client(as_json: bool, task_id: str | None = None) -> None:
+    """A clear line, not a traceback, when the client library is not installed next to sandlot."""
+    if _CLIENT_MISSING is not None:
+        message = f"this command needs the sandlot-client package (pip install clients/python): {_CLIENT_MISSING}"
+        _finish_failure(Status.INTERNAL_ERROR, message, "", task_id, as_json)

@@ -347,6 +347,32 @@ def test_server_down(program: Callable[..., Path], closed_port: int) -> None:
     assert _sandlot(down, "result", "0" * 32).returncode == 2
 
 
+def test_without_the_client_library_help_works_and_submit_says_what_is_missing(program: Callable[..., Path]) -> None:
+    # sandlot installed without clients/python: the import of sandlot_client fails, as it would there.
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'sandlot_client':\n"
+        "            raise ImportError('No module named sandlot_client')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from sandlot.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+
+    def sandlot(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-c", hide, *(str(a) for a in args)]
+        env = _env("http://127.0.0.1:1")
+        return subprocess.run(argv, capture_output=True, env=env, timeout=_TIMEOUT_S, check=False)
+
+    helped = sandlot("--help")
+    assert helped.returncode == 0 and b"submit" in helped.stdout, helped.stderr
+    submitted = sandlot("submit", program("print(1)"))
+    assert submitted.returncode == 2
+    assert "needs the sandlot-client package" in _one_line(submitted.stderr)
+    assert sandlot("result", "0" * 32).returncode == 2
+
+
 def test_api_keys(keyed_server: str, program: Callable[..., Path]) -> None:
     source = program("print('in')")
     missing = _sandlot(keyed_server, "submit", source)
