@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from sandlot_client import AsyncSandlot, Busy, Rejected, Sandlot, Status, Unavailable
-from sandlot_client._wire import SseEvent, execution_body, parse_sse
+from sandlot_client._sse import SseEvent, parse_sse
+from sandlot_client._wire import execution_body
 
 
 def test_parse_sse_follows_the_standard() -> None:

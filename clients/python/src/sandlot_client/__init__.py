@@ -14,7 +14,8 @@ A run is queued (``POST /api/v1/execute``) and followed through its Server-Sent 
 reaches ``on_stdout``/``on_stderr`` while the program runs, and the ``exit`` event carries the
 ``Result``. A session is ``POST /api/v1/sessions`` and ``DELETE`` at the end; its files are the
 session file routes; a stateful session's cells are ``POST /api/v1/run``. ``_wire`` builds every
-request and checks every answer for both clients (``_sync``, ``_async``), which only do the I/O.
+request and checks every answer, ``_sse`` follows event streams, for both clients (``_sync``,
+``_async``), which only do the I/O.
 
 A program that fails is a Result (its ``status``); the server refusing or failing to serve a
 request is a ``SandlotError`` subclass: Rejected, Unauthorized, NotFound, Conflict, Busy (with

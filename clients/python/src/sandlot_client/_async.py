@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from sandlot_client import _wire
+from sandlot_client import _sse, _wire
 from sandlot_client._errors import NotFound
 from sandlot_client._types import FileInfo, Output, Result, SessionInfo, TaskState
 from sandlot_client._version import USER_AGENT
@@ -146,7 +146,7 @@ class AsyncSandlot:
         _wire.check(response)
         return response
 
-    async def _events(self, task_id: str, last_event_id: str | None) -> AsyncGenerator[_wire.SseEvent, None]:
+    async def _events(self, task_id: str, last_event_id: str | None) -> AsyncGenerator[_sse.SseEvent, None]:
         request = self._http.build_request(
             "GET",
             f"{_wire.task_path(task_id)}/events",
@@ -161,15 +161,15 @@ class AsyncSandlot:
             if response.is_error:
                 await response.aread()
                 _wire.check(response)
-            parser = _wire.SseParser()
+            parser = _sse.SseParser()
             try:
                 async for line in response.aiter_lines():
                     if (event := parser.feed(line)) is not None:
                         yield event
             except httpx.TimeoutException as exc:
-                raise _wire.StreamBroken(f"{self.url} sent nothing for {_wire.STREAM_IDLE_TIMEOUT_S:g} s") from exc
+                raise _sse.StreamBroken(f"{self.url} sent nothing for {_wire.STREAM_IDLE_TIMEOUT_S:g} s") from exc
             except httpx.HTTPError as exc:
-                raise _wire.StreamBroken(f"the event stream from {self.url} broke: {exc}") from exc
+                raise _sse.StreamBroken(f"the event stream from {self.url} broke: {exc}") from exc
         finally:
             await response.aclose()
 
@@ -199,14 +199,14 @@ class AsyncTask:
         self, *, on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None
     ) -> Result:
         async def hand_on(piece: Output) -> None:
-            await _call(_wire.output_callback(piece, on_stdout, on_stderr), piece.text)
+            await _call(_sse.output_callback(piece, on_stdout, on_stderr), piece.text)
 
         return await self.follow(hand_on)
 
     async def follow(self, on_output: Callable[[Output], object] | None = None) -> Result:
-        follow = _wire.Follow(self.id)
+        follow = _sse.Follow(self.id)
         while True:
-            failure: _wire.StreamBroken | None = None
+            failure: _sse.StreamBroken | None = None
             events = self._client._events(self.id, follow.last_id)
             try:
                 async for event in events:
@@ -215,7 +215,7 @@ class AsyncTask:
                         return found
                     if found is not None:
                         await _call(on_output, found)
-            except _wire.StreamBroken as exc:
+            except _sse.StreamBroken as exc:
                 failure = exc
             finally:
                 await events.aclose()  # closes the response now, not at GC

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from sandlot_client import _wire
+from sandlot_client import _sse, _wire
 from sandlot_client._errors import NotFound
 from sandlot_client._types import FileInfo, Output, Result, SessionInfo, TaskState
 from sandlot_client._version import USER_AGENT
@@ -150,7 +150,7 @@ class Sandlot:
         _wire.check(response)
         return response
 
-    def _events(self, task_id: str, last_event_id: str | None) -> Iterator[_wire.SseEvent]:
+    def _events(self, task_id: str, last_event_id: str | None) -> Iterator[_sse.SseEvent]:
         request = self._http.build_request(
             "GET",
             f"{_wire.task_path(task_id)}/events",
@@ -165,15 +165,15 @@ class Sandlot:
             if response.is_error:
                 response.read()
                 _wire.check(response)
-            parser = _wire.SseParser()
+            parser = _sse.SseParser()
             try:
                 for line in response.iter_lines():
                     if (event := parser.feed(line)) is not None:
                         yield event
             except httpx.TimeoutException as exc:
-                raise _wire.StreamBroken(f"{self.url} sent nothing for {_wire.STREAM_IDLE_TIMEOUT_S:g} s") from exc
+                raise _sse.StreamBroken(f"{self.url} sent nothing for {_wire.STREAM_IDLE_TIMEOUT_S:g} s") from exc
             except httpx.HTTPError as exc:
-                raise _wire.StreamBroken(f"the event stream from {self.url} broke: {exc}") from exc
+                raise _sse.StreamBroken(f"the event stream from {self.url} broke: {exc}") from exc
         finally:
             response.close()
 
@@ -197,7 +197,7 @@ class Task:
         printed (its stderr, a compiler's output) to ``on_stderr``."""
 
         def hand_on(piece: Output) -> None:
-            callback = _wire.output_callback(piece, on_stdout, on_stderr)
+            callback = _sse.output_callback(piece, on_stdout, on_stderr)
             if callback is not None:
                 callback(piece.text)
 
@@ -205,9 +205,9 @@ class Task:
 
     def follow(self, on_output: Callable[[Output], object] | None = None) -> Result:
         """Wait for its Result, handing each ``Output`` (stage, stream, text) to ``on_output``."""
-        follow = _wire.Follow(self.id)
+        follow = _sse.Follow(self.id)
         while True:
-            failure: _wire.StreamBroken | None = None
+            failure: _sse.StreamBroken | None = None
             try:
                 for event in self._client._events(self.id, follow.last_id):
                     found = follow.event(event)
@@ -215,7 +215,7 @@ class Task:
                         return found
                     if found is not None and on_output is not None:
                         on_output(found)
-            except _wire.StreamBroken as exc:
+            except _sse.StreamBroken as exc:
                 failure = exc
             follow.broke(failure)
 
