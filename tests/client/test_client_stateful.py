@@ -45,15 +45,25 @@ def test_cells_keep_their_state_and_return_the_last_value(stateful_server: str) 
             assert session.info.stateful
             first = session.run("import math\nx = 20")
             assert (first.status, first.value) == (Status.OK, None)
-            second = session.run("print('hi')\nx + math.floor(2.5)")
-            assert (second.stdout, second.value) == ("hi\n", "22")
+            printed: list[str] = []
+            second = session.run("print('hi')\nx + math.floor(2.5)", on_stdout=printed.append)
+            assert (second.stdout, second.value, printed) == ("hi\n", "22", ["hi\n"])
             failed = session.run("1 / 0")
             assert failed.status is Status.RUNTIME_ERROR and "ZeroDivisionError" in failed.stderr
             assert session.run("x").value == "20"  # the error ended the cell, not the session
-            session.files.write("data.csv", "a\n")
-            assert session.run("open('data.csv').read()").value == "'a\\n'"
         with client.session(stateful=True) as other:
             assert other.run("'x' in globals()").value == "False"  # two sessions never share state
+
+
+@pytest.mark.skipif(NO_STATEFUL_PACKAGE, reason="this sandlot does not offer stateful sessions (no sandlot.stateful)")
+def test_the_files_of_a_stateful_session(stateful_server: str) -> None:
+    """Issue 16's example: ``s.files.write("data.csv", ...)`` in a stateful session, then a cell reads it."""
+    with Sandlot(stateful_server) as client, client.session(stateful=True) as session:
+        session.files.write("data.csv", "a\n")
+        assert session.run("open('data.csv').read()").value == "'a\\n'"
+        session.run("open('out.txt', 'w').write('from a cell')")
+        assert session.files.read("out.txt") == b"from a cell"
+        assert {"data.csv", "out.txt"} <= {f.path for f in session.files.list()}
 
 
 @pytest.mark.skipif(NO_STATEFUL_PACKAGE, reason="this sandlot does not offer stateful sessions (no sandlot.stateful)")

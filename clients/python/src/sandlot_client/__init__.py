@@ -13,7 +13,8 @@ Theory of operation
 A run is queued (``POST /api/v1/execute``) and followed through its Server-Sent Events, so output
 reaches ``on_stdout``/``on_stderr`` while the program runs, and the ``exit`` event carries the
 ``Result``. A session is ``POST /api/v1/sessions`` and ``DELETE`` at the end; its files are the
-session file routes; a stateful session's cells are ``POST /api/v1/run``. ``_wire`` builds every
+session file routes; a stateful session's cells are runs
+naming the session (no language: the session's), whose exit event adds ``value``. ``_wire`` builds every
 request and checks every answer, ``_sse`` follows event streams, for both clients (``_sync``,
 ``_async``), which only do the I/O.
 

@@ -107,6 +107,9 @@ class AsyncSandlot:
             isolation=isolation,
             session_id=session_id,
         )
+        return await self._queue(body)
+
+    async def _queue(self, body: dict[str, Any]) -> AsyncTask:
         answer = _wire.decode((await self._request("POST", f"{_wire.API}/execute", json=body)).text)
         return AsyncTask(self, _wire.string(answer, "task_id"))
 
@@ -291,14 +294,8 @@ class AsyncSession:
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
             )
-        body = _wire.cell_body(code, stdin, limits, self.id)
-        answer = await self._client._request("POST", f"{_wire.API}/run", json=body, timeout_s=_wire.CELL_TIMEOUT_S)
-        found = _wire.result(_wire.decode(answer.text))
-        if found.stdout:
-            await _call(on_stdout, found.stdout)
-        if found.stderr:
-            await _call(on_stderr, found.stderr)
-        return found
+        task = await self._client._queue(_wire.cell_body(code, stdin, limits, self.id))
+        return await task.result(on_stdout=on_stdout, on_stderr=on_stderr)
 
     async def aclose(self) -> None:
         if self.closed:

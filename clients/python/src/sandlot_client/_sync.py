@@ -3,8 +3,8 @@
 A run is ``POST /api/v1/execute`` (queued, 202), then the task's Server-Sent Events
 (``GET /api/v1/tasks/{id}/events``) read line by line as they arrive, so ``on_stdout`` and
 ``on_stderr`` see output while the program still runs; a stream that breaks before the ``exit``
-event is resumed with ``Last-Event-ID``. A stateful session's cell is one ``POST /api/v1/run``
-(its answer carries the cell's ``value``). Everything it sends and reads is built and checked in
+event is resumed with ``Last-Event-ID``. A stateful session's cell is such a run naming the session
+and no language (its exit event carries the cell's ``value``). Everything it sends and reads is built and checked in
 ``_wire``, shared with the async client (``_async``), which is this module with ``await``.
 """
 
@@ -110,6 +110,9 @@ class Sandlot:
             isolation=isolation,
             session_id=session_id,
         )
+        return self._queue(body)
+
+    def _queue(self, body: dict[str, Any]) -> Task:
         answer = _wire.decode(self._request("POST", f"{_wire.API}/execute", json=body).text)
         return Task(self, _wire.string(answer, "task_id"))
 
@@ -255,8 +258,7 @@ class Session:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> Result:
-        """Run ``code`` in the session (a stateful session: one cell; ``Result.value`` is its last
-        expression, and its output reaches the callbacks when the cell ends)."""
+        """Run ``code`` in the session (a stateful session: one cell, ``Result.value`` its last expression)."""
         if not self.info.stateful:
             return self._client.run(
                 _wire.language(language or self.language),
@@ -269,14 +271,8 @@ class Session:
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
             )
-        body = _wire.cell_body(code, stdin, limits, self.id)
-        answer = self._client._request("POST", f"{_wire.API}/run", json=body, timeout_s=_wire.CELL_TIMEOUT_S)
-        found = _wire.result(_wire.decode(answer.text))
-        for stream, callback in (("stdout", on_stdout), ("stderr", on_stderr)):
-            text = getattr(found, stream)
-            if callback is not None and text:
-                callback(text)
-        return found
+        task = self._client._queue(_wire.cell_body(code, stdin, limits, self.id))
+        return task.result(on_stdout=on_stdout, on_stderr=on_stderr)
 
     def close(self) -> None:
         """End the session and wipe its files (once; a session the server already ended is fine)."""

@@ -25,7 +25,6 @@ API = "/api/v1"
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0  # submit, get, cancel, files: the server answers these at once
 STREAM_IDLE_TIMEOUT_S = 60.0  # the event stream carries a keep-alive every 15 s; 60 s of silence is a dead server
-CELL_TIMEOUT_S = 600.0  # a stateful cell is one request lasting as long as the cell (its wall limit)
 
 Content = str | bytes
 FilesArg = Mapping[str, Content] | Sequence[tuple[str, Content]] | None
@@ -312,7 +311,7 @@ def session_body(stateful: bool, language: str | None, isolation: str | None) ->
 
 
 def cell_body(code: Content, stdin: Content | None, limits: LimitsArg, session_id: str) -> dict[str, Any]:
-    """A stateful session's cell for ``POST /api/v1/run``: code as text (the session knows its language)."""
+    """A stateful session's cell: code as text, no language (the session has its own)."""
     text = code if isinstance(code, str) else _text(code, "code")
     return execution_body(None, text, stdin=stdin, limits=limits, session_id=session_id)
 
