@@ -108,3 +108,19 @@ def test_request_bodies() -> None:
         execution_body("python", "x", args="one string")
     with pytest.raises(Rejected, match="str or bytes"):
         execution_body("python", 42)  # type: ignore[arg-type]
+
+
+def test_the_client_s_copies_match_the_server_s_originals() -> None:
+    """The client imports nothing of the server, so its Status, Result and Limits are copies: checked here."""
+    import dataclasses
+
+    from sandlot.config import LimitRequest
+    from sandlot.models import Result as ServerResult
+    from sandlot.models import Status as ServerStatus
+    from sandlot_client import Limits, Result
+
+    assert [s.value for s in Status] == [s.value for s in ServerStatus]
+    server_keys = set(ServerResult(ServerStatus.OK).to_dict())
+    client_fields = {f.name for f in dataclasses.fields(Result)}
+    assert server_keys <= client_fields, f"the client's Result lacks {sorted(server_keys - client_fields)}"
+    assert [f.name for f in dataclasses.fields(Limits)] == [f.name for f in dataclasses.fields(LimitRequest)]
