@@ -11,7 +11,7 @@ and no language (its exit event carries the cell's ``value``). Everything it sen
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -153,7 +153,7 @@ class Sandlot:
         _wire.check(response)
         return response
 
-    def _events(self, task_id: str, last_event_id: str | None) -> Iterator[_sse.SseEvent]:
+    def _events(self, task_id: str, last_event_id: str | None) -> Generator[_sse.SseEvent, None, None]:
         request = self._http.build_request(
             "GET",
             f"{_wire.task_path(task_id)}/events",
@@ -212,12 +212,14 @@ class Task:
         while True:
             failure: _sse.StreamBroken | None = None
             try:
-                for event in self._client._events(self.id, follow.last_id):
-                    found = follow.event(event)
-                    if isinstance(found, Result):
-                        return found
-                    if found is not None and on_output is not None:
-                        on_output(found)
+                # closing: the response ends as soon as the result is in, not when the generator is collected
+                with contextlib.closing(self._client._events(self.id, follow.last_id)) as events:
+                    for event in events:
+                        found = follow.event(event)
+                        if isinstance(found, Result):
+                            return found
+                        if found is not None and on_output is not None:
+                            on_output(found)
             except _sse.StreamBroken as exc:
                 failure = exc
             follow.broke(failure)
