@@ -3,9 +3,10 @@
 A run is ``POST /api/v1/execute`` (queued, 202), then the task's Server-Sent Events
 (``GET /api/v1/tasks/{id}/events``) read line by line as they arrive, so ``on_stdout`` and
 ``on_stderr`` see output while the program still runs; a stream that breaks before the ``exit``
-event is resumed with ``Last-Event-ID``. A stateful session's cell is such a run naming the session
-and no language (its exit event carries the cell's ``value``). Everything it sends and reads is built and checked in
-``_wire``, shared with the async client (``_async``), which is this module with ``await``.
+event is resumed with ``Last-Event-ID``. A stateful session's cell is such a run naming the
+session and no language (its exit event carries the cell's ``value``). Everything it sends and
+reads is built and checked in ``_wire`` and ``_sse``, shared with the async client (``_async``),
+which is this module with ``await``.
 """
 
 from __future__ import annotations
