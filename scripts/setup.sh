@@ -48,6 +48,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[dev]"
+# The client library is its own distribution (clients/python, only httpx); the CLI's submit/result use it.
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/clients/python"
 
 # The API docs page (/docs): Swagger UI from npm, pinned by web/apidocs/package-lock.json. Only the two
 # files the page serves are copied into the package (src/sandlot/api/http/docs_assets, git-ignored).
@@ -82,8 +84,8 @@ case "$MODE" in
         ;;
     test)
         cd "$REPO"
-        "$VENV/bin/ruff" check src tests benchmarks
-        "$VENV/bin/ruff" format --check src tests benchmarks
+        "$VENV/bin/ruff" check src tests benchmarks clients
+        "$VENV/bin/ruff" format --check src tests benchmarks clients
         "$VENV/bin/mypy"
         set +e
         "$VENV/bin/pytest" "${@:2}"

@@ -26,9 +26,7 @@ import httpx
 import pytest
 
 from sandlot.api.http.app import create_app
-from sandlot.client import ClientError, SandlotClient, SseEvent, parse_sse
 from sandlot.config import ApiKey
-from sandlot.models import Status
 from tests.api.http.test_http import live_server, running_service
 from tests.cli.test_cli import _CONTRACT_KEYS
 from tests.root import require_root
@@ -221,6 +219,13 @@ def test_piped_stdin_is_sent_by_default(server: str, program: Callable[..., Path
     assert _sandlot(server, "submit", echo, "--no-stdin", stdin=b"5\n").stdout == b"''\n"
 
 
+def test_stdin_that_is_not_utf8_arrives_intact(server: str, program: Callable[..., Path]) -> None:
+    echo = program("import sys\nprint(sys.stdin.buffer.read().hex())")
+    raw = bytes(range(256))  # refused as "not UTF-8 text" before the client library sent it as base64
+    proc = _sandlot(server, "submit", echo, stdin=raw)
+    assert (proc.returncode, proc.stdout) == (0, f"{raw.hex()}\n".encode()), proc.stderr
+
+
 def test_a_signal_exits_128_plus_n(server: str, program: Callable[..., Path]) -> None:
     proc = _sandlot(server, "submit", program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"))
     assert proc.returncode == 128 + signal.SIGSEGV
@@ -342,6 +347,32 @@ def test_server_down(program: Callable[..., Path], closed_port: int) -> None:
     assert _sandlot(down, "result", "0" * 32).returncode == 2
 
 
+def test_without_the_client_library_help_works_and_submit_says_what_is_missing(program: Callable[..., Path]) -> None:
+    # sandlot installed without clients/python: the import of sandlot_client fails, as it would there.
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'sandlot_client':\n"
+        "            raise ImportError('No module named sandlot_client')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from sandlot.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+
+    def sandlot(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-c", hide, *(str(a) for a in args)]
+        env = _env("http://127.0.0.1:1")
+        return subprocess.run(argv, capture_output=True, env=env, timeout=_TIMEOUT_S, check=False)
+
+    helped = sandlot("--help")
+    assert helped.returncode == 0 and b"submit" in helped.stdout, helped.stderr
+    submitted = sandlot("submit", program("print(1)"))
+    assert submitted.returncode == 2
+    assert "needs the sandlot-client package" in _one_line(submitted.stderr)
+    assert sandlot("result", "0" * 32).returncode == 2
+
+
 def test_api_keys(keyed_server: str, program: Callable[..., Path]) -> None:
     source = program("print('in')")
     missing = _sandlot(keyed_server, "submit", source)
@@ -371,57 +402,6 @@ def test_ctrl_c_cancels_the_task(server: str, program: Callable[..., Path]) -> N
     result = state["result"]
     assert result["status"] == "signaled"
     assert "cancelled" in result["message"]
-
-
-# ------------------------------------------------------------- SSE parsing
-
-
-def test_parse_sse_follows_the_standard() -> None:
-    lines = [
-        ": keep-alive",
-        "",
-        "id: 1",
-        "event: output",
-        'data: {"a":',
-        "data:1}",
-        "",
-        "retry: 100",
-        "event: exit",
-        "data: {}",
-        "",
-        "event: no data is no event",
-        "",
-        "data: cut off by the end of the stream",
-    ]
-    assert list(parse_sse(lines)) == [
-        SseEvent("output", '{"a":\n1}', "1"),
-        SseEvent("exit", "{}", "1"),  # the last id persists
-    ]
-
-
-def test_wait_resumes_a_broken_stream_after_the_last_event() -> None:
-    seen: list[str | None] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("Last-Event-ID"))
-        if len(seen) == 1:  # the stream ends before the exit event
-            body = 'id: 1\nevent: output\ndata: {"stream": "stdout", "stage": "run", "data": "a"}\n\n'
-        else:
-            body = 'id: 2\nevent: exit\ndata: {"status": "ok", "exit_code": 0, "stdout": "a"}\n\n'
-        return httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"})
-
-    outputs: list[str] = []
-    with SandlotClient("http://sandlot", transport=httpx.MockTransport(answer)) as client:
-        result = client.wait("t1", lambda output: outputs.append(output.text))
-    assert (result.status, result.stdout, outputs, seen) == (Status.OK, b"a", ["a"], [None, "1"])
-
-
-def test_wait_gives_up_on_a_stream_that_keeps_breaking() -> None:
-    empty = httpx.MockTransport(lambda request: httpx.Response(200, text=": keep-alive\n\n"))
-    with SandlotClient("http://sandlot", transport=empty) as client, pytest.raises(ClientError) as failure:
-        client.wait("t1")
-    assert failure.value.status is Status.INTERNAL_ERROR
-    assert str(failure.value) == "the event stream of task t1 ended before its result"
 
 
 def test_submit_isolation_gvisor_runs_in_gvisor_and_an_unknown_level_exits_2(program: Callable[..., Path]) -> None:
