@@ -338,3 +338,19 @@ def test_cli_submit_env(py_env: str, tmp_path: Path) -> None:
         assert (done.returncode, done.stdout) == (0, b"only-in-the-image\n"), done.stderr
         unknown = submit_cli(server, "submit", program, "--env", "nope", "--no-stdin")
         assert unknown.returncode == 2 and b"no environment named 'nope'" in unknown.stderr
+
+
+async def test_the_service_preloads_and_its_worker_leases_by_environment(py_env: str) -> None:
+    """``preload_environments``: a box launched for the environment at start-up; a run there takes it, warm."""
+    from sandlot.api.http.app import create_app
+
+    async with running_service(preload_environments=(py_env,)) as service, asgi_client(create_app(service)) as client:
+        assert service.engine.environments is not None
+        root = service.engine.environments.rootfs(py_env)
+        preloaded = [box for box in service.pool._boxes if box.prelaunched_for == root]
+        assert len(preloaded) == 1
+        code = "print(open('/etc/marker').read(), end='')"
+        answer = await client.post("/api/v1/run", json={"language": "python", "code": code, "environment": py_env})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["stdout"] == MARKER, answer.json()
+        assert preloaded[0].last_run_warm  # the worker asked the pool for a box launched for the environment
