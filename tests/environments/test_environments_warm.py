@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sandlot.config import Settings, load_settings
-from sandlot.errors import ConfigError
+from sandlot.errors import ConfigError, SandboxError
 from sandlot.models import Result, Status
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Bind, Box, Sandbox
@@ -150,3 +150,21 @@ def test_preload_environments_is_a_list_in_toml_and_comma_separated_in_the_envir
     config.write_text("[server]\npreload_environments = [1]\n")
     with pytest.raises(ConfigError, match=r"preload_environments.*expected a list of strings"):
         load_settings(config, {})
+
+
+async def test_a_root_gone_from_the_store_is_a_sandbox_error_and_leaves_no_cgroup(
+    sandbox: Sandbox, settings: Settings, tmp_path: Path, isolation: str
+) -> None:
+    """An environment removed between a job's preparation and its run: a SandboxError (the run's
+    internal_error), not a stray OSError; its pre-launch fails quietly; the box still runs on the host."""
+    gone = TEST_STATE_DIR / "environments" / ("0" * 64) / "rootfs"
+    box = sandbox.open_box(isolation=isolation)
+    try:
+        with pytest.raises(SandboxError, match=r"No such file or directory"):
+            await _run(box, settings, gone)
+        assert sandbox.driver.open_existing(box.slot.cgroup_name) is None
+        box.prelaunch((), gone)
+        assert not box.prelaunched
+        assert (await _run(box, settings, None, "echo host")).stdout == b"host\n"
+    finally:
+        box.close()

@@ -349,8 +349,10 @@ class Box:
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:
                 launched = self._chain.spawn(cgroup, command, limits, env or {}, binds, rootfs)
-            except SandboxError:
+            except (SandboxError, OSError) as exc:
                 await self._reaper(cgroup).reap()
+                if isinstance(exc, OSError):  # an environment's root removed from the store under the job
+                    raise SandboxError(f"cannot start the box: {exc}") from exc
                 raise
         reaper = self._reaper(cgroup, launched)
         monitor = RunMonitor(
