@@ -60,12 +60,12 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _config(diff_ids: list[str], env: list[str]) -> bytes:
+def _config(diff_ids: list[str], env: list[str], user: str = "1000", working_dir: str = "/work") -> bytes:
     return json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": env, "WorkingDir": "/work", "User": "1000", "Cmd": ["/bin/sh"]},
+            "config": {"Env": env, "WorkingDir": working_dir, "User": user, "Cmd": ["/bin/sh"]},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         },
         sort_keys=True,
@@ -98,6 +98,8 @@ def write_oci_layout(
     media_types: list[str] | None = None,
     diff_ids: list[str] | None = None,
     env: tuple[str, ...] = ("PATH=/bin", "LANG=C.UTF-8"),
+    user: str = "1000",
+    working_dir: str = "/work",
 ) -> str:
     """Write an OCI image layout at ``path``; ``blobs`` replaces the stored bytes (their digests follow them,
     so a corrupt-but-matching blob can be written); returns the config digest."""
@@ -111,7 +113,7 @@ def write_oci_layout(
         (path / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(data)
         return digest
 
-    config = _config(diff_ids or [sha(data) for data in layers], list(env))
+    config = _config(diff_ids or [sha(data) for data in layers], list(env), user, working_dir)
     manifest = json.dumps(
         {
             "schemaVersion": 2,

@@ -51,6 +51,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def _comparable(value: Any) -> Any:
+    if isinstance(value, tuple):  # a list in TOML
+        return list(value)
     return str(value) if isinstance(value, Path) else value
 
 

@@ -104,9 +104,14 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def inspect(ctx: click.Context, name: str) -> None:
     """Everything recorded about NAME, as JSON (with its root's path)."""
+    from sandlot.sandbox.policy import BOX_UID, BOX_WORKDIR  # here: the other env commands never load sandbox/
+
     with _errors():
         store = _store(ctx)
-        data: dict[str, Any] = {**store.inspect(name).to_json(), "rootfs": str(store.rootfs(name))}
+        environment = store.inspect(name)
+        data: dict[str, Any] = {**environment.to_json(), "rootfs": str(store.rootfs_of(environment))}
+        # What a box gets of the image's config: its Env under the language's; never its WorkingDir or User.
+        data["box"] = {"env": environment.box_env(), "working_dir": BOX_WORKDIR, "user": f"sandbox (uid {BOX_UID})"}
         click.echo(json.dumps(data, indent=2))
 
 

@@ -45,10 +45,8 @@ def open_box(engine: Engine, prepared: PreparedJob, isolation: str) -> Box | Res
     except (SandboxError, IsolationUnavailable) as exc:  # e.g. --isolation gvisor where runsc cannot run
         message = f"sandbox failure: {exc}"
         return Result(status=Status.INTERNAL_ERROR, message=message, language=prepared.language.name)
-    if prepared.rootfs is not None:
-        return box  # a pre-launched jail is the host's root: a run in an environment starts cold
-    try:
-        box.prelaunch(engine.job_binds(prepared, box))  # a failure to start only means a cold start
+    try:  # in the job's environment's root, if it names one; a failure to start only means a cold start
+        box.prelaunch(engine.job_binds(prepared, box), prepared.rootfs)
     except SandlotError:
         pass  # say, a language cache that cannot be warmed: the run meets it again and reports it
     except BaseException:

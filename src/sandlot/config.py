@@ -138,6 +138,8 @@ class ServerSettings:
     default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
     gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
     allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
+    # -- environments' pre-launched jails (env-warm; pool.py) --
+    preload_environments: tuple[str, ...] = ()  # environments boxes are launched for at start-up (names)
 
     @property
     def effective_pool_size(self) -> int:
@@ -289,6 +291,11 @@ def coerce(raw: object, kind: Any, name: str) -> Any:
         return number
     if kind is str and isinstance(raw, str):
         return raw
+    if kind == tuple[str, ...]:  # a TOML list of strings, or a comma-separated string (the environment's)
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return tuple(item.strip() for item in items if item.strip())
+        raise _bad_value(name, raw, "a list of strings")
     if kind is Path and isinstance(raw, str) and raw:  # Path("") is the working directory: never meant
         return Path(raw)
     raise _bad_value(name, raw, "a path" if kind is Path else "a string")

@@ -8,7 +8,10 @@ event is sequence-numbered and timestamped here, once, for every door.
 A job naming an environment is resolved here, once: its name to the root in the
 EnvironmentStore (``EnvironmentNotFound``), its language probed in that root;
 every stage then runs with that root (``Box.run(rootfs=...)``) and without the
-host-side language binds and caches, which belong to the host's toolchains.
+host-side language binds and caches, which belong to the host's toolchains. An
+image's ``Env`` is the base of every stage's env, the language's on top
+(``Environment.box_env``); its ``WorkingDir`` and ``User`` are not applied: a
+program runs in /box as the box's own unprivileged user, in every environment.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class PreparedJob:
     limits: Limits
     compile_limits: Limits
     rootfs: Path | None = None  # the job's environment's root; None: the host's
+    image_env: tuple[tuple[str, str], ...] = ()  # the environment's image Env, under the language's env
 
 
 def check_isolation(level: str) -> None:
@@ -106,10 +110,13 @@ class Engine:
         """
         run_where = "limits" if qualify_fields else CLI_FLAGS if cli_flags else None
         rootfs: Path | None = None
+        image_env: tuple[tuple[str, str], ...] = ()
         if job.environment:
             if self.environments is None:
                 raise EnvironmentNotFound(job.environment)
-            rootfs = self.environments.rootfs(job.environment)
+            environment = self.environments.inspect(job.environment)
+            rootfs = self.environments.rootfs_of(environment)
+            image_env = tuple(environment.box_env().items())
             language = self.languages.get_in(job.language, rootfs, job.environment)
         else:
             language = self.languages.get(job.language)
@@ -158,6 +165,7 @@ class Engine:
                 compile_limits, stage="compile", where="compile_limits" if qualify_fields else None
             ),
             rootfs=rootfs,
+            image_env=image_env,
         )
 
     async def execute(
@@ -180,6 +188,7 @@ class Engine:
         self._write_sources(box, source.file, job.files)
         binds = self._binds(lang, box) if prepared.rootfs is None else []
         rootfs = prepared.rootfs
+        env = {**dict(prepared.image_env), **lang.env}  # an image's PATH (its toolchains) unless the language's
         stages: list[tuple[str, Result]] = []
 
         compile_output = b""
@@ -190,7 +199,7 @@ class Engine:
             compile_run = box.run(
                 lang.argv(lang.compile, source),
                 limits=compile_limits,
-                env=lang.env,
+                env=env,
                 binds=binds,
                 stage="compile",
                 rootfs=rootfs,
@@ -224,9 +233,7 @@ class Engine:
             stage_stdin: StdinSource = b"" if job.commands else (stdin if stdin is not None else job.stdin)
             finished = False
             limits = budget.cap(prepared.limits)
-            stage_run = box.run(
-                argv, limits=limits, stdin=stage_stdin, env=lang.env, binds=binds, stage=name, rootfs=rootfs
-            )
+            stage_run = box.run(argv, limits=limits, stdin=stage_stdin, env=env, binds=binds, stage=name, rootfs=rootfs)
             # aclosing: a consumer that stops early ends the run here, not in a GC finaliser later.
             async with contextlib.aclosing(stage_run) as items:
                 async for item in items:

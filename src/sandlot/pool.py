@@ -26,6 +26,22 @@ command, then a fresh one is started in the background). Sessions end by
 ``end_session``, by their absolute TTL, or after an idle period; one
 background task sleeps until the next such deadline (re-armed when sessions
 change), resets expired boxes and returns them to the pool.
+
+Environments and pre-launched jails
+-----------------------------------
+A pre-launched jail is launched in one environment (its root is bound when the
+jail starts): the host's, or an environment's root. Each box has an affinity,
+the environment of its next jail. A box given back after a run in environment E
+is re-launched for E, so a burst of runs in E starts warm like runs on the host;
+a lease names its environment (``rootfs``) and takes a free box launched for it
+if there is one, else another free box, whose jail does not fit and is ended by
+``Box.run``: that run starts cold, as any run did before, and the box then
+follows it. The host stays the default: at most ``size - 1`` boxes (1 in a pool
+of one) keep an environment's affinity, the others go back to the host's, so a
+host run finds a box launched for it whenever one is free and no environment
+can take every box. ``preload`` launches boxes for environments at start-up
+(within the same cap). Whatever the pool decides, ``Box.run`` never uses a jail
+launched in another root than its run's: affinity is only about speed.
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sandlot.config import SERVER_DEFAULTS
 from sandlot.errors import AtCapacity, IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
@@ -73,6 +90,7 @@ class Session:
 class _Waiter:
     tenant: str
     future: asyncio.Future[Box]
+    rootfs: Path | None = None  # the environment it runs in (None: the host's): a box launched for it first
 
 
 class BoxPool:
@@ -90,6 +108,7 @@ class BoxPool:
         clock: Callable[[], float] = time.monotonic,
         prelaunch_binds: Callable[[Box], Sequence[Bind]] | None = None,
         isolation: str = "jail",
+        preload: Sequence[Path] = (),
     ) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1")
@@ -102,6 +121,9 @@ class BoxPool:
         self.session_idle_s = session_idle_s
         self._clock = clock
         self._prelaunch_binds = prelaunch_binds
+        self._preload = tuple(preload)  # environment roots boxes are launched for at start-up
+        # Each box's affinity: the environment root its next jail is (or would be) launched in.
+        self._affinity: dict[Box, Path | None] = {}
         self._boxes: list[Box] = []
         self._free: collections.deque[Box] = collections.deque()
         self._waiting: TenantRotation[_Waiter] = TenantRotation()
@@ -117,10 +139,11 @@ class BoxPool:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.sandbox.sweep_stale)
-        for _ in range(self.size):
+        for index in range(self.size):
             box = await asyncio.to_thread(self.sandbox.open_box, None, isolation=self.isolation)
             self._boxes.append(box)
-            self._prelaunch(box)
+            preload = self._preload[index] if index < len(self._preload) else None
+            self._prelaunch(box, self._affinity_after(box, preload))
             self._free.append(box)
         self._expiry_task = asyncio.create_task(self._expire_sessions(), name="sandlot-session-expiry")
         self.ready = True
@@ -139,6 +162,7 @@ class BoxPool:
         self._sessions.clear()
         boxes, self._boxes = self._boxes, []
         self._free.clear()
+        self._affinity.clear()
         for box in boxes:
             await asyncio.to_thread(box.close)
         self.sandbox.driver.remove_group()
@@ -169,8 +193,13 @@ class BoxPool:
     # --------------------------------------------------------------- leases
 
     @contextlib.asynccontextmanager
-    async def lease(self, tenant: str, session_id: str | None = None) -> AsyncIterator[Box]:
-        """A box for one execution: the session's own, or any fresh one."""
+    async def lease(
+        self, tenant: str, session_id: str | None = None, *, rootfs: Path | None = None
+    ) -> AsyncIterator[Box]:
+        """A box for one execution: the session's own, or a fresh one, launched for ``rootfs`` if one is free.
+
+        ``rootfs``: the root of the environment the execution runs in (None: the host's).
+        """
         if session_id is not None:
             session = self.get_session(tenant, session_id)
             async with session.lock:
@@ -185,23 +214,23 @@ class BoxPool:
                     self._expiry_wakeup.set()
                     self._prelaunch(session.box)  # same workdir, fresh jail
             return
-        box = await self._take(tenant)
+        box = await self._take(tenant, rootfs)
         self._busy += 1
         try:
             yield box
         finally:
             self._busy -= 1
-            await self._give_back(box)
+            await self._give_back(box, rootfs)
 
-    async def _take(self, tenant: str) -> Box:
+    async def _take(self, tenant: str, rootfs: Path | None = None) -> Box:
         if not self.ready:
             raise AtCapacity("pool", "the pool is not ready")
         if self._free and not self._waiting:
-            return self._free.popleft()
+            return self._pick(rootfs)
         if self.waiting >= self.max_waiting:
             raise AtCapacity("pool", f"{self.waiting} executions are already waiting for a box")
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(tenant, loop.create_future())
+        waiter = _Waiter(tenant, loop.create_future(), rootfs)
         self._waiting.push(tenant, waiter)
         self._dispatch()
         try:
@@ -221,11 +250,30 @@ class BoxPool:
             waiter = self._waiting.pop()
             if waiter.future.done():
                 continue
-            waiter.future.set_result(self._free.popleft())
+            waiter.future.set_result(self._pick(waiter.rootfs))
         if self._free and self.on_free is not None:
             self.on_free()
 
-    async def _give_back(self, box: Box) -> None:
+    def _pick(self, rootfs: Path | None) -> Box:
+        """Take a free box for a run in ``rootfs``: one launched for it (the oldest), else, for a run in an
+        environment, one that is not the host's (so host runs keep theirs), else the oldest free box."""
+        ranked = sorted(
+            self._free,
+            key=lambda box: (self._affinity.get(box) != rootfs, rootfs is not None and self._affinity.get(box) is None),
+        )
+        box = ranked[0]
+        self._free.remove(box)
+        return box
+
+    def _affinity_after(self, box: Box, rootfs: Path | None) -> Path | None:
+        """The environment box's next jail is launched for after a run in ``rootfs``: the same, unless
+        the cap of boxes kept for environments (``size - 1``, at least 1) is reached; then the host's."""
+        if rootfs is None:
+            return None
+        kept = sum(1 for other, root in self._affinity.items() if other is not box and root is not None)
+        return rootfs if kept < max(1, self.size - 1) else None
+
+    async def _give_back(self, box: Box, rootfs: Path | None = None) -> None:
         if self._closed:
             return  # close() releases every box itself, leased ones included
         try:
@@ -233,6 +281,7 @@ class BoxPool:
         except SandlotError:
             # A box that cannot be reset is replaced by a fresh slot.
             await asyncio.to_thread(box.close)
+            self._affinity.pop(box, None)
             if box in self._boxes:
                 self._boxes.remove(box)
             if not self.ready:
@@ -241,14 +290,18 @@ class BoxPool:
             self._boxes.append(box)
         if not self.ready:
             return
-        self._prelaunch(box)
+        self._prelaunch(box, self._affinity_after(box, rootfs))
         self._free.append(box)
         self._dispatch()
 
-    def _prelaunch(self, box: Box) -> None:
-        """Launch the box's next jail now, off the next request's path (see Box.prelaunch)."""
-        if self._prelaunch_binds is not None and not self._closed:
-            box.prelaunch(self._prelaunch_binds(box))
+    def _prelaunch(self, box: Box, rootfs: Path | None = None) -> None:
+        """Launch the box's next jail now in ``rootfs`` (None: the host's), off the next request's path
+        (see Box.prelaunch). A run in an environment binds nothing of the host's toolchains (engine.py),
+        so its jail is launched without the host languages' binds."""
+        if self._prelaunch_binds is None or self._closed:
+            return  # no jail is launched ahead: every box is as good as another
+        self._affinity[box] = rootfs
+        box.prelaunch(self._prelaunch_binds(box) if rootfs is None else (), rootfs)
 
     # ------------------------------------------------------------- sessions
 

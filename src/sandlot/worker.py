@@ -413,7 +413,8 @@ class Worker:
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
-            lease = pool_for_run(self.pools, level, spec.tenant, spec.session_id).lease(spec.tenant, spec.session_id)
+            pool = pool_for_run(self.pools, level, spec.tenant, spec.session_id)
+            lease = pool.lease(spec.tenant, spec.session_id, rootfs=prepared.rootfs)  # a box launched for it first
             box = await lease.__aenter__()
         except AtCapacity as exc:
             raise SandlotError(str(exc)) from exc

@@ -46,6 +46,12 @@ def test_import_list_inspect_rm_gc(tmp_path: Path) -> None:
     assert [line.split()[0] for line in _env("list", state=state).stdout.splitlines()] == ["bb", "bb2", "other"]
     inspected = json.loads(_env("inspect", "bb", state=state).stdout)
     assert inspected["env"] == ["PATH=/bin", "LANG=C.UTF-8"] and inspected["image_format"] == "oci-layout"
+    assert inspected["working_dir"] == "/work" and inspected["user"] == "1000"  # recorded as the image says
+    assert inspected["box"] == {  # and what a box makes of them
+        "env": {"PATH": "/bin", "LANG": "C.UTF-8"},
+        "working_dir": "/box",
+        "user": "sandbox (uid 1000)",
+    }
     assert (Path(inspected["rootfs"]) / "etc/marker").is_file()
     assert _env("rm", "bb", state=state).stdout == "removed bb (its files stay: another name points to them)\n"
     assert _env("rm", "bb2", state=state).stdout == "removed bb2\n"

@@ -29,7 +29,7 @@ from tests.cli.test_cli import _SANDLOT, _env
 from tests.cli.test_cli_client import _sandlot as submit_cli
 from tests.cli.test_cli_client import _ServerThread
 from tests.conftest import TEST_STATE_DIR, run_job
-from tests.oci_images import write_oci_layout
+from tests.oci_images import Entry, layer, write_oci_layout
 
 pytestmark = pytest.mark.root
 BOTH_LEVELS = True  # the engine test runs at both isolation levels (conftest)
@@ -338,3 +338,61 @@ def test_cli_submit_env(py_env: str, tmp_path: Path) -> None:
         assert (done.returncode, done.stdout) == (0, b"only-in-the-image\n"), done.stderr
         unknown = submit_cli(server, "submit", program, "--env", "nope", "--no-stdin")
         assert unknown.returncode == 2 and b"no environment named 'nope'" in unknown.stderr
+
+
+async def test_the_service_preloads_and_its_worker_leases_by_environment(py_env: str) -> None:
+    """``preload_environments``: a box launched for the environment at start-up; a run there takes it, warm."""
+    from sandlot.api.http.app import create_app
+
+    async with running_service(preload_environments=(py_env,)) as service, asgi_client(create_app(service)) as client:
+        assert service.engine.environments is not None
+        root = service.engine.environments.rootfs(py_env)
+        preloaded = [box for box in service.pool._boxes if box.prelaunched_for == root]
+        assert len(preloaded) == 1
+        code = "print(open('/etc/marker').read(), end='')"
+        answer = await client.post("/api/v1/run", json={"language": "python", "code": code, "environment": py_env})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["stdout"] == MARKER, answer.json()
+        assert preloaded[0].last_run_warm  # the worker asked the pool for a box launched for the environment
+
+
+# The image's config as a box applies it: Env under the language's (its PATH finds the image's tool), HOME
+# and TMPDIR the box's, malformed entries dropped; never its WorkingDir or User ("root" stays unprivileged).
+_IMAGE_ENV = ("FOO=bar", "PATH=/opt/x/bin:/usr/bin", "HOME=/root", "BROKEN", "=empty")
+CONFIG_PROBE = r"""
+import json, os, subprocess
+tool = subprocess.run(["tool"], capture_output=True, text=True).stdout
+keys = ("FOO", "PATH", "HOME", "TMPDIR", "BROKEN")
+print(json.dumps({"env": {k: os.environ.get(k) for k in keys}, "tool": tool, "cwd": os.getcwd(), "uid": os.getuid()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def configured_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = f"test-cfg-{secrets.token_hex(6)}"
+    store = EnvironmentStore(TEST_STATE_DIR)
+    tool = Entry("opt/x/bin/tool", data=b"#!/usr/bin/python3\nprint('tool from /opt/x/bin')\n", mode=0o755)
+    layers = [_python_layer(), layer(Entry("opt/", tarfile.DIRTYPE, mode=0o755), tool)]
+    layout = tmp_path_factory.mktemp("image") / "layout"
+    write_oci_layout(layout, layers, compression=["none", "none"], env=_IMAGE_ENV, user="root", working_dir="/srv")
+    store.import_image(name, layout)
+    try:
+        yield name
+    finally:
+        store.remove(name)
+
+
+async def test_the_image_env_applies_under_the_language_and_workdir_and_user_do_not(
+    settings: Settings, languages: LanguageRegistry, box: Box, configured_env: str, isolation: str
+) -> None:
+    store = EnvironmentStore(TEST_STATE_DIR)
+    recorded = store.inspect(configured_env)
+    assert recorded.env == _IMAGE_ENV and recorded.user == "root" and recorded.working_dir == "/srv"
+    engine = Engine(settings, languages, environments=store)
+    run = await run_job(engine, box, "python", CONFIG_PROBE, environment=configured_env)
+    assert run.result.status is Status.OK, run.result
+    out = json.loads(run.stdout)
+    assert out["env"] == {"FOO": "bar", "PATH": "/opt/x/bin:/usr/bin", "HOME": "/box", "TMPDIR": "/tmp", "BROKEN": None}
+    assert out["tool"] == "tool from /opt/x/bin\n"  # found through the image's PATH alone
+    assert out["cwd"] == "/box"  # the workdir, not the image's WorkingDir
+    assert out["uid"] == (box.slot.uid if isolation == "gvisor" else 1000)  # never the image's root

@@ -40,6 +40,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _META = "meta.json"
 _NAMES = "names.json"
+_BOX_OWNED_ENV = frozenset({"HOME", "TMPDIR"})  # never an image's: see Environment.box_env
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,20 @@ class Environment:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def box_env(self) -> dict[str, str]:
+        """The image's ``Env`` as a box gets it, under the language's own env (its PATH replaces sandlot's).
+
+        ``HOME`` and ``TMPDIR`` stay the box's (``/box``, ``/tmp``: where it may write; an image's
+        ``/root`` is read-only and not the box user's). Entries without ``=``, with an empty name or a
+        NUL (which no process environment can hold) are left out.
+        """
+        env: dict[str, str] = {}
+        for item in self.env:
+            key, sep, value = item.partition("=")
+            if sep and key and "\x00" not in item and key not in _BOX_OWNED_ENV:
+                env[key] = value
+        return env
 
     @classmethod
     def from_json(cls, data: dict[str, Any], name: str) -> Environment:

@@ -68,6 +68,7 @@ class _Warm:
     launched: Launched
     cgroup: Cgroup
     binds: frozenset[policy.Bind]
+    rootfs: Path | None  # the environment's root it was launched in; None: the host's
 
 
 class Box:
@@ -87,6 +88,7 @@ class Box:
         self._closed = False
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
+        self.last_run_warm = False  # whether the last ``run`` took a pre-launched jail (tests, benchmarks)
         self._cancel_requested = False
         # reset, prelaunch and close run in worker threads and on the loop: one at a time, and never one
         # after close. A give-back cancelled at shutdown leaves its reset running in its thread; without
@@ -230,18 +232,19 @@ class Box:
 
     # ------------------------------------------------------------- run
 
-    def prelaunch(self, binds: Sequence[policy.Bind] = ()) -> None:
+    def prelaunch(self, binds: Sequence[policy.Bind] = (), rootfs: Path | None = None) -> None:
         """Start the next run's jail now (after a reset), so a run only has to send its command.
 
-        A later ``run`` uses it when its binds are among ``binds``; otherwise it
-        starts cold. Failures here are not fatal: the next run starts cold. A jail
-        already waiting is kept (it is as fresh as a new one): replacing it would
-        wait for its end on the event loop, and ``run`` discards one that does not fit.
+        The jail is launched in one environment: ``rootfs`` (an environment's root), or the
+        host's. A later ``run`` uses it only when it runs in that same root and its binds are
+        among ``binds``; otherwise it starts cold. Failures here are not fatal: the next run
+        starts cold. A jail already waiting is kept (it is as fresh as a new one): replacing it
+        would wait for its end on the event loop, and ``run`` discards one that does not fit.
         """
         with self._lifecycle:
-            self._prelaunch_locked(binds)
+            self._prelaunch_locked(binds, rootfs)
 
-    def _prelaunch_locked(self, binds: Sequence[policy.Bind]) -> None:
+    def _prelaunch_locked(self, binds: Sequence[policy.Bind], rootfs: Path | None) -> None:
         if self._closed or self._warm is not None:
             return
         s = self.sandbox.settings
@@ -254,16 +257,22 @@ class Box:
         except SandboxError:
             return
         try:
-            launched = self._chain.spawn(cgroup, None, None, {}, binds)
-        except SandboxError:
+            root = self._gvisor_root(rootfs) if rootfs is not None and self.isolation == "gvisor" else rootfs
+            launched = self._chain.spawn(cgroup, None, None, {}, binds, root)
+        except (SandboxError, OSError):  # OSError: an environment removed from the store meanwhile
             self._reaper(cgroup).discard_unused()
             return
-        self._warm = _Warm(launched, cgroup, frozenset(binds))
+        self._warm = _Warm(launched, cgroup, frozenset(binds), rootfs)
 
     @property
     def prelaunched(self) -> bool:
         """Is a jail waiting for this box's next run?"""
         return self._warm is not None
+
+    @property
+    def prelaunched_for(self) -> Path | None:
+        """The environment root the waiting jail runs in (None: the host's, or no jail waits)."""
+        return self._warm.rootfs if self._warm is not None else None
 
     def _reaper(self, cgroup: Cgroup, launched: Launched | None = None) -> Reaper:
         return Reaper(cgroup, self.slot.cgroup_name, launched)
@@ -277,8 +286,9 @@ class Box:
 
     async def _take_warm(self, binds: Sequence[policy.Bind], rootfs: Path | None) -> _Warm | None:
         warm, self._warm = self._warm, None
-        # Pre-launched jails are the host's root: a run in an environment starts cold.
-        if warm is None or (rootfs is None and set(binds) <= warm.binds and warm.launched.alive()):
+        # Never a jail launched in another environment (or the host's root for an environment's run):
+        # its mounts are that root's. Such a jail is ended and the run starts cold in its own.
+        if warm is None or (warm.rootfs == rootfs and set(binds) <= warm.binds and warm.launched.alive()):
             return warm
         reaper = self._reaper(warm.cgroup, warm.launched)
         reaper.kill()
@@ -331,6 +341,7 @@ class Box:
                 reaper.kill()
                 await reaper.reap()
                 warm = None
+        self.last_run_warm = warm is not None
         if warm is None:
             if rootfs is not None and self.isolation == "gvisor":
                 rootfs = self._gvisor_root(rootfs)
@@ -338,8 +349,10 @@ class Box:
             cgroup = self.sandbox.driver.create(self.slot.cgroup_name, self._cgroup_limits(limits))
             try:
                 launched = self._chain.spawn(cgroup, command, limits, env or {}, binds, rootfs)
-            except SandboxError:
+            except (SandboxError, OSError) as exc:
                 await self._reaper(cgroup).reap()
+                if isinstance(exc, OSError):  # an environment's root removed from the store under the job
+                    raise SandboxError(f"cannot start the box: {exc}") from exc
                 raise
         reaper = self._reaper(cgroup, launched)
         monitor = RunMonitor(
