@@ -133,7 +133,7 @@ def run(
         if environment:  # imported only when asked for: `sandlot run`'s start-up stays as it was
             from sandlot.environments.store import EnvironmentStore
 
-            store = EnvironmentStore(settings.state_dir)
+            store = EnvironmentStore.from_settings(settings)
         engine = Engine(settings, languages, notice=notice, environments=store)
         prepared = engine.prepare(job, limits, cli_flags=True)
     except RejectedError as exc:

@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sandlot.environments.store import Environment, EnvironmentStore
 from sandlot.errors import ConfigError, RejectedError, SandboxError
+
+if TYPE_CHECKING:
+    from sandlot.config import Settings
 
 EXIT_USER_MISTAKE = 2
 EXIT_FAILED = 1
@@ -41,11 +44,15 @@ def _errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def _store(ctx: click.Context) -> EnvironmentStore:
+def _settings(ctx: click.Context) -> Settings:
     from sandlot.config import load_settings
 
     config: Path | None = (ctx.find_root().obj or {}).get("config")
-    return EnvironmentStore(load_settings(config).state_dir)
+    return load_settings(config)
+
+
+def _store(ctx: click.Context) -> EnvironmentStore:
+    return EnvironmentStore.from_settings(_settings(ctx))
 
 
 def _summary(env: Environment) -> str:
@@ -80,7 +87,11 @@ def build(ctx: click.Context, spec_path: Path) -> None:
     progress: Callable[[str], None] = lambda line: click.echo(line, err=True)  # noqa: E731
     with _errors():
         spec = load_spec(spec_path)
-        outcome = Builder(_store(ctx), log=progress).build(spec, str(spec_path.resolve()))
+        settings = _settings(ctx)
+        builder = Builder(
+            EnvironmentStore.from_settings(settings), timeout_s=settings.environment_build_timeout_s, log=progress
+        )
+        outcome = builder.build(spec, str(spec_path.resolve()))
         word = "cached (the same spec was built before; nothing done)" if outcome.cached else "built"
         click.echo(f"{word}: {_summary(outcome.environment)}")
 

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CLI_FLAGS = "--"  # resolve_limits(where=CLI_FLAGS): name limits as the CLI's flags
 KIB = 1024
 MIB = 1024 * KIB
+GIB = 1024 * MIB
 
 # Every stage limit's four values: run default, run maximum, compile default, compile maximum.
 _LIMIT_TABLE: dict[str, tuple[float, float, float, float]] = {
@@ -183,6 +184,12 @@ class Settings:
     job_wall_time_budget_s: float = 240.0
     job_cpu_time_budget_s: float = 120.0
     languages_file: Path | None = None  # None: the built-in languages.toml
+    # Environments (docs/environments.md "Operating environments"): where they are kept and what they may take.
+    environments_dir: Path | None = None  # None: <state_dir>/environments
+    environments_max_bytes: int = 64 * GIB  # all environments together on disk; an import or build past it is refused
+    environment_import_max_bytes: int = 8 * GIB  # bytes one import may write (all layers)
+    environment_import_max_files: int = 1_000_000  # entries one import may create
+    environment_build_timeout_s: float = 1800.0  # one `sandlot env build`, downloads included
     run_defaults: Limits = DEFAULT_RUN_LIMITS
     run_maxima: Limits = MAX_RUN_LIMITS
     compile_defaults: Limits = DEFAULT_COMPILE_LIMITS

@@ -131,7 +131,7 @@ class Service:
         settings = dataclasses.replace(settings, server=server)  # one truth: the flags' server settings, not the file's
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
-        environments = EnvironmentStore(settings.state_dir)
+        environments = EnvironmentStore.from_settings(settings)
         engine = Engine(
             settings, languages, notice=lambda message: log.warning("%s...", message), environments=environments
         )

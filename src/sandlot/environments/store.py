@@ -13,6 +13,11 @@ Theory of operation: an environment appears by one ``rename`` of a finished dire
 whole or not at all, and a crash leaves only a ``.tmp-*`` directory that ``gc`` removes. Two imports of
 the same digest serialise on its lock file; the second finds it made and only records its name. Lock order
 is digest, then names; ``gc`` (names, then digests) takes digest locks without waiting, skipping any busy.
+
+Disk cap: ``disk_cap_bytes`` (the ``environments_max_bytes`` setting) bounds every environment in the store
+together, named or not (an unnamed one takes its disk until ``gc``). An import or build is refused before it
+starts when the store is already at the cap, and after it is unpacked (its size is known only then) when it
+would take the store past it; either way nothing of it is left behind.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandlot.environments.oci import ImageSource
 from sandlot.environments.unpack import UnpackLimits, seal, unpack
-from sandlot.errors import EnvironmentNotFound, RejectedError, SandboxError
+from sandlot.errors import EnvironmentLimitExceeded, EnvironmentNotFound, RejectedError, SandboxError
+
+if TYPE_CHECKING:
+    from sandlot.config import Settings
 
 STORE_SUBDIR = "environments"  # under the state dir
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -93,11 +101,58 @@ def check_name(name: str) -> str:
 
 
 class EnvironmentStore:
-    """Environments under ``<state_dir>/environments``; ``limits`` caps each import."""
+    """Environments under ``root`` (default ``<state_dir>/environments``); ``limits`` caps each import,
+    ``disk_cap_bytes`` all of them together (0: no cap)."""
 
-    def __init__(self, state_dir: Path, *, limits: UnpackLimits | None = None) -> None:
-        self.root = state_dir / STORE_SUBDIR
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        limits: UnpackLimits | None = None,
+        disk_cap_bytes: int = 0,
+        root: Path | None = None,
+    ) -> None:
+        self.root = root or state_dir / STORE_SUBDIR
         self.limits = limits or UnpackLimits()
+        self.disk_cap_bytes = disk_cap_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EnvironmentStore:
+        """The store the settings describe: its directory, the per-import caps and the disk cap."""
+        return cls(
+            settings.state_dir,
+            root=settings.environments_dir,
+            limits=UnpackLimits(
+                max_total_bytes=settings.environment_import_max_bytes,
+                max_files=settings.environment_import_max_files,
+            ),
+            disk_cap_bytes=settings.environments_max_bytes,
+        )
+
+    def used_bytes(self) -> int:
+        """What every complete environment in the store takes (named or not), from their metadata."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(self.root):
+                if _HEX.match(entry):
+                    try:
+                        total += int(json.loads((self.root / entry / _META).read_text()).get("size_bytes", 0))
+                    except (OSError, ValueError, AttributeError):
+                        continue  # not (yet) an environment: a directory without a readable meta.json
+        return total
+
+    def _check_disk_cap(self, adding: int, hexd: str) -> None:
+        if self.disk_cap_bytes <= 0:
+            return
+        used = self.used_bytes()
+        if used + adding > self.disk_cap_bytes or (adding == 0 and used >= self.disk_cap_bytes):
+            what = f"sha256:{hexd} ({adding} bytes)" if adding else f"sha256:{hexd}"
+            raise EnvironmentLimitExceeded(
+                f"environment {what} would take the store over its disk cap "
+                f"environments_max_bytes={self.disk_cap_bytes} (in use: {used} bytes); "
+                "remove some (sandlot env rm NAME, then sandlot env gc) or raise the setting",
+                limit="environments_max_bytes",
+            )
 
     def import_image(self, name: str, path: Path, *, architecture: str | None = None) -> Outcome:
         """Import a docker-save archive or OCI layout as ``name``; every blob verified, nothing half-left."""
@@ -135,6 +190,7 @@ class EnvironmentStore:
             final = self.root / hexd
             cached = (final / _META).is_file()
             if not cached:
+                self._check_disk_cap(0, hexd)  # full already: refused before any download or unpacking
                 self._make(final, hexd, produce)
             self._set_name(name, hexd)
         return Outcome(self.inspect(name), cached)
@@ -146,6 +202,7 @@ class EnvironmentStore:
             rootfs.mkdir()
             made = produce(rootfs)
             sealed = seal(rootfs)
+            self._check_disk_cap(sealed.size_bytes, hexd)
             dropped = dict(made.dropped)
             for kind, count in sealed.dropped.items():
                 dropped[kind] = max(dropped.get(kind, 0), count)
