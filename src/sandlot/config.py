@@ -109,6 +109,7 @@ class ApiKey:
     max_concurrent: int = 0  # 0: unlimited
     requests_per_minute: int = 0  # 0: unlimited
     min_isolation: str = "jail"  # requests of this key never run at a weaker level
+    environments: tuple[str, ...] | None = None  # the environments its jobs may name; None: every one
 
 
 @dataclass(frozen=True)
@@ -413,11 +414,22 @@ def _api_keys(table: Mapping[str, Any], env: Mapping[str, str], in_file: str) ->
             continue
         if not isinstance(spec, dict):
             raise _bad_value(f"[api_keys].{key}{in_file}", spec, 'a tenant name or a table { tenant = "..." }')
-        fields = _overlay(ApiKey(key, key), spec, {}, None, f"api_keys.{key}", in_file, skip=("key",))
-        yield ApiKey(**{"key": key, "tenant": key, **fields})
+        table = dict(spec)
+        where = f"[api_keys].{key}.environments{in_file}"
+        environments = _environment_names(table.pop("environments", None), where)
+        fields = _overlay(ApiKey(key, key), table, {}, None, f"api_keys.{key}", in_file, skip=("key", "environments"))
+        yield ApiKey(**{"key": key, "tenant": key, **fields, "environments": environments})
     for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
         key, _, tenant = pair.partition(":")
         yield ApiKey(key.strip(), tenant.strip() or key.strip())
+
+
+def _environment_names(raw: object, name: str) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
+        raise _bad_value(name, raw, "a list of environment names")
+    return tuple(raw)
 
 
 def setting_variables() -> frozenset[str]:

@@ -18,7 +18,7 @@ import dataclasses
 import gc
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, Distributed, TaskSpec
@@ -218,13 +218,14 @@ class Service:
         if not await self.serves(level):
             raise NoWorker(level)
 
-    def environments(self) -> list[dict[str, object]]:
-        """Every environment of this node's store, with the languages it offers (``GET /api/v1/environments``)."""
+    def environments(self, allowed: Callable[[str], bool] = lambda _name: True) -> list[dict[str, object]]:
+        """The environments of this node's store that ``allowed`` (the caller's key) lets it use, with the
+        languages each offers (``GET /api/v1/environments``)."""
         store = self.engine.environments
         if store is None:
             return []
         listed: list[dict[str, object]] = []
-        for name in sorted(store.names()):
+        for name in sorted(filter(allowed, store.names())):
             try:
                 env = store.inspect(name)
             except EnvironmentNotFound:
