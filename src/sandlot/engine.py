@@ -109,8 +109,9 @@ class Engine:
         if job.environment:
             if self.environments is None:
                 raise EnvironmentNotFound(job.environment)
-            rootfs = self.environments.rootfs(job.environment)
-            language = self.languages.get_in(job.language, rootfs, job.environment)
+            environment = self.environments.inspect(job.environment)
+            rootfs = self.environments.rootfs_of(environment)
+            language = self.languages.get_in(job.language, rootfs, job.environment, environment.languages)
         else:
             language = self.languages.get(job.language)
         if not job.files:

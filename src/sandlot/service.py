@@ -230,7 +230,7 @@ class Service:
                 env = store.inspect(name)
             except EnvironmentNotFound:
                 continue  # removed since the names were read
-            languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env)))
+            languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env), env.languages))
             listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
         return listed
 

@@ -72,6 +72,7 @@ class Environment:
     dropped: dict[str, int] = field(default_factory=dict)  # entries neutralised on import, by kind
     spec: dict[str, Any] = field(default_factory=dict)  # a built environment's spec, canonical
     packages: dict[str, dict[str, str]] = field(default_factory=dict)  # apt/pip/npm -> name -> version
+    languages: dict[str, dict[str, Any]] = field(default_factory=dict)  # its own languages.toml tables
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,8 +155,19 @@ class EnvironmentStore:
                 limit="environments_max_bytes",
             )
 
-    def import_image(self, name: str, path: Path, *, architecture: str | None = None) -> Outcome:
-        """Import a docker-save archive or OCI layout as ``name``; every blob verified, nothing half-left."""
+    def import_image(
+        self,
+        name: str,
+        path: Path,
+        *,
+        architecture: str | None = None,
+        languages: dict[str, dict[str, Any]] | None = None,
+    ) -> Outcome:
+        """Import a docker-save archive or OCI layout as ``name``; every blob verified, nothing half-left.
+
+        ``languages`` (the operator's tables for this image) are recorded with it; given for an image
+        already stored, they replace the ones it had (they describe the image, whichever name asks).
+        """
         check_name(name)
         self._ensure()
         with ImageSource(path, architecture=architecture) as source:
@@ -172,13 +184,34 @@ class EnvironmentStore:
                 architecture=image.config.architecture,
                 image_format=image.format,
                 manifest_digest=image.manifest_digest,
+                languages=languages or {},
             )
 
             def produce(rootfs: Path) -> Environment:
                 stats = unpack(source, rootfs, self.limits)
                 return dataclasses.replace(made, dropped=stats.dropped)
 
-            return self.materialise(name, image.digest, produce)
+            outcome = self.materialise(name, image.digest, produce)
+        if outcome.cached and languages is not None and outcome.environment.languages != languages:
+            self._set_languages(image.digest, languages)
+            outcome = Outcome(self.inspect(name), cached=True)
+        return outcome
+
+    def _set_languages(self, digest: str, languages: dict[str, dict[str, Any]]) -> None:
+        """Replace a stored environment's language tables (meta.json rewritten whole, then renamed)."""
+        hexd = digest.removeprefix("sha256:")
+        with self._lock(hexd):
+            final = self.root / hexd
+            data = json.loads((final / _META).read_text())
+            data["languages"] = languages
+            tmp = final / f".{_META}.{os.getpid()}"
+            final.chmod(0o755)
+            try:
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                tmp.chmod(0o444)
+                tmp.replace(final / _META)
+            finally:
+                final.chmod(0o555)
 
     def materialise(self, name: str, digest: str, produce: Callable[[Path], Environment]) -> Outcome:
         """Make environment ``digest`` with ``produce(empty_rootfs)`` unless it exists; then name it."""
