@@ -150,13 +150,24 @@ SERVER_DEFAULTS = ServerSettings()  # for what is built without a ServerSettings
 
 
 @dataclass(frozen=True)
+class Judge0EnvironmentLanguage:
+    """One ``[judge0.languages]`` entry: a Judge0 language id for a language in an environment."""
+
+    id: int  # Judge0's language_id, e.g. 1001 (not one of Judge0 CE's own)
+    name: str  # what /languages shows, e.g. "Python 3.11 (datasci)"
+    language: str  # ours, as the environment offers it
+    environment: str
+
+
+@dataclass(frozen=True)
 class Judge0Settings:
-    """``[judge0]``: the Judge0 door's ``/about`` answer and its callback policy."""
+    """``[judge0]``: the Judge0 door's ``/about`` answer, its callback policy, its extra language ids."""
 
     callback_allow_private: bool = False  # callbacks to loopback and private addresses (tests, one host)
     homepage: str | None = None
     source_code: str | None = None
     maintainer: str | None = None  # None: "sandlot <version>"
+    languages: tuple[Judge0EnvironmentLanguage, ...] = ()  # [judge0.languages], not an environment variable
 
 
 @dataclass(frozen=True)
@@ -255,6 +266,8 @@ class Settings:
 
 _LIMIT_TABLES = ("run_defaults", "run_maxima", "compile_defaults", "compile_maxima")
 _SECTIONS = {"server": "SANDLOT_", "judge0": "SANDLOT_JUDGE0_"}  # table -> its environment prefix
+# Fields read from a table of their own, never from a variable ([server].api_keys has SANDLOT_API_KEYS, apart).
+_NOT_VARIABLES: dict[str, tuple[str, ...]] = {"server": (), "judge0": ("languages",)}
 _TABLES = (*_LIMIT_TABLES, *_SECTIONS, "api_keys")
 _TOP_LEVEL = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in _TABLES)
 # SANDLOT_* variables that are not settings: the file's name, and the client commands' own.
@@ -343,7 +356,12 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
             values[name] = dataclasses.replace(
                 getattr(base, name), **_overlay(getattr(base, name), tables[name], {}, None, name, in_file)
             )
-    judge0 = _overlay(base.judge0, tables.get("judge0", {}), env, _SECTIONS["judge0"], "judge0", in_file)
+    judge0_table = dict(tables.get("judge0", {}))
+    judge0_languages = tuple(_judge0_languages(judge0_table.pop("languages", {}), in_file))
+    judge0 = _overlay(
+        base.judge0, judge0_table, env, _SECTIONS["judge0"], "judge0", in_file, skip=_NOT_VARIABLES["judge0"]
+    )
+    judge0["languages"] = judge0_languages
     server = _overlay(base.server, tables.get("server", {}), env, _SECTIONS["server"], "server", in_file)
     server["api_keys"] = tuple(_api_keys(tables.get("api_keys", {}), env, in_file))
     _warn_unknown_variables(env)
@@ -424,6 +442,21 @@ def _api_keys(table: Mapping[str, Any], env: Mapping[str, str], in_file: str) ->
         yield ApiKey(key.strip(), tenant.strip() or key.strip())
 
 
+def _judge0_languages(table: object, in_file: str) -> Iterator[Judge0EnvironmentLanguage]:
+    """``[judge0.languages]``: ``ID = { name = "...", language = "...", environment = "..." }``."""
+    if not isinstance(table, dict):
+        raise _bad_value(f"[judge0].languages{in_file}", table, "a table [judge0.languages]")
+    for key, entry in table.items():
+        where = f"[judge0.languages].{key}{in_file}"
+        if not key.isdigit() or int(key) <= 0:
+            raise _bad_value(where, key, "a language id (a positive whole number)")
+        if not isinstance(entry, dict) or set(entry) != {"name", "language", "environment"}:
+            raise _bad_value(where, entry, '{ name = "...", language = "...", environment = "..." }')
+        if not all(isinstance(value, str) and value for value in entry.values()):
+            raise _bad_value(where, entry, "non-empty strings for name, language and environment")
+        yield Judge0EnvironmentLanguage(int(key), entry["name"], entry["language"], entry["environment"])
+
+
 def _environment_names(raw: object, name: str) -> tuple[str, ...] | None:
     if raw is None:
         return None
@@ -436,7 +469,8 @@ def setting_variables() -> frozenset[str]:
     """Every ``SANDLOT_*`` environment variable a setting is read from."""
     names = {f"SANDLOT_{name.upper()}" for name in _TOP_LEVEL}
     for section, prefix in _SECTIONS.items():
-        names.update(f"{prefix}{name.upper()}" for name in _kinds(type(getattr(Settings(), section))))
+        fields = _kinds(type(getattr(Settings(), section)))
+        names.update(f"{prefix}{name.upper()}" for name in fields if name not in _NOT_VARIABLES[section])
     return frozenset(names)
 
 

@@ -34,7 +34,7 @@ from sandlot.errors import (
     IsolationUnavailable,
     NoWorker,
 )
-from sandlot.languages import LanguageRegistry
+from sandlot.languages import Language, LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
@@ -233,6 +233,15 @@ class Service:
             languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env), env.languages))
             listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
         return listed
+
+    def language_in(self, name: str, environment: str) -> Language:
+        """The language ``name`` as environment ``environment`` offers it (its own tables applied);
+        ``EnvironmentNotFound`` or a RejectedError naming the language when it does not."""
+        store = self.engine.environments
+        if store is None:
+            raise EnvironmentNotFound(environment)
+        env = store.inspect(environment)
+        return self.languages.get_in(name, store.rootfs_of(env), environment, env.languages)
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
