@@ -306,8 +306,31 @@ class EnvironmentStore:
         return self._remove_unnamed(hexd)
 
     def gc(self) -> list[str]:
-        """Remove every environment no name points to, and what failed imports left; returns what went."""
+        """Remove every environment no name points to, and what failed imports left; returns what went
+        (environments and temp directories; the small files below go silently).
+
+        Litter is: an interrupted import's or build's ``.tmp-<hex>-*`` directory (unless that import still
+        runs: it holds the digest's lock), a names file half-written by a process that died (``.names.json.*``:
+        writers hold the names lock, so under it any such file is dead), and the lock files of digests that
+        are gone.
+        """
         self._ensure()
+        removed = self._gc_environments()
+        with self._lock("names"):
+            for entry in sorted(os.listdir(self.root)):
+                if entry.startswith(f".{_NAMES}."):
+                    (self.root / entry).unlink(missing_ok=True)
+        present = set(os.listdir(self.root))
+        for entry in sorted(os.listdir(self.root / ".locks")):
+            hexd = entry.removesuffix(".lock")
+            if not _HEX.match(hexd) or hexd in present or any(p.startswith(f".tmp-{hexd}-") for p in present):
+                continue
+            with self._lock(hexd, wait=False) as held:
+                if held and not (self.root / hexd).exists():
+                    (self.root / ".locks" / entry).unlink(missing_ok=True)  # holders re-check the inode
+        return removed
+
+    def _gc_environments(self) -> list[str]:
         removed = []
         for entry in sorted(os.listdir(self.root)):
             hexd = entry[len(".tmp-") :].split("-")[0] if entry.startswith(".tmp-") else entry
@@ -348,13 +371,23 @@ class EnvironmentStore:
 
     @contextlib.contextmanager
     def _lock(self, key: str, *, wait: bool = True) -> Iterator[bool]:
-        fd = os.open(self.root / ".locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
+        path = self.root / ".locks" / f"{key}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
                 yield False
                 return
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # gc removed the file while we waited on it: lock the one in place now
+        try:
             yield True
         finally:
             os.close(fd)
