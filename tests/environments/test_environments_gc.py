@@ -43,7 +43,9 @@ def test_gc_removes_the_unnamed_and_the_litter_and_keeps_the_rest(tmp_path: Path
         os.close(fd)
     assert removed == [crashed.name, f"sha256:{gone}"]
     assert sorted(os.listdir(store.root)) == sorted([".locks", kept, "names.json", running.name])
-    assert sorted(os.listdir(store.root / ".locks")) == sorted([f"{kept}.lock", "names.lock", f"{'2' * 64}.lock"])
+    assert sorted(os.listdir(store.root / ".locks")) == sorted(
+        [f"{kept}.lock", "names.lock", "disk.lock", f"{'2' * 64}.lock"]
+    )
     assert sorted(store.names()) == ["kept", "moved", "moved2"]
     assert (store.rootfs("kept") / "etc/marker").is_file()
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,26 @@ def test_the_cli_names_the_cap_and_exits_2(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2 and "environments_max_bytes=10" in done.stderr, done.stderr
+
+
+def test_imports_finishing_together_cannot_pass_the_cap_together(tmp_path: Path) -> None:
+    images = []
+    for n in range(3):
+        write_oci_layout(tmp_path / f"i{n}", [busybox_base(), layer(Entry("etc/n", data=str(n).encode() * 4096))])
+        images.append(tmp_path / f"i{n}")
+    size = EnvironmentStore(tmp_path / "probe").import_image("x", images[0]).environment.size_bytes
+    store = EnvironmentStore(tmp_path / "state", disk_cap_bytes=size * 2 - 1)  # room for one
+    start = threading.Barrier(3)
+
+    def one(n: int) -> str:
+        start.wait()
+        try:
+            store.import_image(f"n{n}", images[n])
+        except EnvironmentLimitExceeded:
+            return "refused"
+        return "imported"
+
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = sorted(pool.map(one, range(3)))
+    assert outcomes == ["imported", "refused", "refused"]
+    assert store.used_bytes() == size and _left_behind(store) == []

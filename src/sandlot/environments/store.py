@@ -17,7 +17,8 @@ is digest, then names; ``gc`` (names, then digests) takes digest locks without w
 Disk cap: ``disk_cap_bytes`` (the ``environments_max_bytes`` setting) bounds every environment in the store
 together, named or not (an unnamed one takes its disk until ``gc``). An import or build is refused before it
 starts when the store is already at the cap, and after it is unpacked (its size is known only then) when it
-would take the store past it; either way nothing of it is left behind.
+would take the store past it (checked and renamed into place under one lock, so imports finishing at once
+are counted one after the other); either way nothing of it is left behind.
 """
 
 from __future__ import annotations
@@ -235,7 +236,6 @@ class EnvironmentStore:
             rootfs.mkdir()
             made = produce(rootfs)
             sealed = seal(rootfs)
-            self._check_disk_cap(sealed.size_bytes, hexd)
             dropped = dict(made.dropped)
             for kind, count in sealed.dropped.items():
                 dropped[kind] = max(dropped.get(kind, 0), count)
@@ -251,9 +251,12 @@ class EnvironmentStore:
             meta.write_text(json.dumps(made.to_json(), indent=2, sort_keys=True) + "\n")
             meta.chmod(0o444)
             tmp.chmod(0o555)
-            if final.exists():  # a directory without meta.json is no environment: never trust it
-                _rmtree(final)
-            tmp.rename(final)
+            # Checked and made visible under one lock: imports finishing at once cannot pass the cap together.
+            with self._lock("disk"):
+                self._check_disk_cap(sealed.size_bytes, hexd)
+                if final.exists():  # a directory without meta.json is no environment: never trust it
+                    _rmtree(final)
+                tmp.rename(final)
         except BaseException:
             _rmtree(tmp)
             raise
