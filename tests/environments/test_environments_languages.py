@@ -75,6 +75,8 @@ def _run(tmp_path: Path, name: str, code: str, *flags: str) -> subprocess.Comple
 def test_an_added_and_an_overridden_language_run_in_the_image(calc_env: str, tmp_path: Path) -> None:
     added = _run(tmp_path, "sum.calc", "1 + 2", "--env", calc_env, "-l", "calc")
     assert json.loads(added.stdout)["stdout"] == "3\n", added.stdout + added.stderr
+    by_extension = _run(tmp_path, "sum.calc", "2 + 2", "--env", calc_env)  # .calc is the image's own
+    assert json.loads(by_extension.stdout)["stdout"] == "4\n", by_extension.stdout + by_extension.stderr
     overridden = _run(tmp_path, "p.py", "print('as written')", "--env", calc_env)
     assert json.loads(overridden.stdout)["stdout"] == "overridden python\n", overridden.stdout
     missing = _run(tmp_path, "x.g", "x", "--env", calc_env, "-l", "ghost")

@@ -298,10 +298,11 @@ class LanguageRegistry:
         """The offered language for a file's extension (rejected if declared but not installed)."""
         return self.get(self.declared_for_file(filename).name)
 
-    def declared_for_file(self, filename: str) -> Language:
-        """The declared language for a file's extension, installed here or not (a client's question)."""
+    def declared_for_file(self, filename: str, tables: LanguageTables | None = None) -> Language:
+        """The declared language for a file's extension, installed here or not (a client's question);
+        with an environment's own ``tables`` applied when given."""
         suffix = Path(filename).suffix.lower()
-        for lang in self._all.values():
+        for lang in self.with_tables(tables).values():
             if suffix and suffix in lang.extensions:
                 return lang
         raise RejectedError(
