@@ -149,3 +149,15 @@ def test_judge0_languages_config(tmp_path: Path) -> None:
     config.write_text('[judge0.languages]\nx = { name = "P", language = "python", environment = "d" }\n')
     with pytest.raises(ConfigError, match="a language id"):
         load_settings(config, environ={})
+
+
+async def test_judge0_refuses_an_id_of_judge0s_own() -> None:
+    extra = (Judge0EnvironmentLanguage(71, "Python (mine)", "python", "anything"),)
+    service = await Service.start(
+        make_settings(judge0=Judge0Settings(languages=extra)), ServerSettings(gvisor_pool_size=0, pool_size=1)
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"\[judge0.languages\]: ids \[71\] are Judge0 CE's own"):
+            create_app(service)
+    finally:
+        await service.stop()
