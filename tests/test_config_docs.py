@@ -67,7 +67,10 @@ def test_each_setting_is_documented_once_with_its_environment_name_and_default()
         if heading == "Stage":
             continue
         defaults = _defaults(cls)
-        expected = {name for name in defaults if name not in (*_LIMIT_TABLES, "server", "judge0", "api_keys", "key")}
+        tables = (*_LIMIT_TABLES, "server", "judge0", "api_keys", "key")
+        if cls is Judge0Settings:
+            tables += ("languages",)  # [judge0.languages]: a table of its own, in the section's prose
+        expected = {name for name in defaults if name not in tables}
         keys = [row[0].strip("`") for row in rows[heading]]
         assert sorted(keys) == sorted(expected), heading  # none missing, none made up, none twice
         for row in rows[heading]:

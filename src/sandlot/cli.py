@@ -114,8 +114,14 @@ def run(
     try:
         settings = _settings(ctx)
         languages = LanguageRegistry.load(settings.languages_file)
-        if environment:  # the environment, not the host, must offer it: the engine checks there
-            lang = languages.declared_for_file(file.name) if not language else None
+        store = None
+        if environment:  # imported only when asked for: `sandlot run`'s start-up stays as it was
+            from sandlot.environments.store import EnvironmentStore
+
+            store = EnvironmentStore.from_settings(settings)
+        if store is not None:  # the environment, not the host, must offer it: the engine checks there
+            tables = store.inspect(environment).languages if not language else None
+            lang = languages.declared_for_file(file.name, tables) if not language else None
         else:
             lang = languages.get(language) if language else languages.for_file(file.name)
         source = read_input(file, "FILE")
@@ -129,11 +135,6 @@ def run(
             environment=environment,
         )
         notice = FirstUseNotice(sys.stderr)
-        store = None
-        if environment:  # imported only when asked for: `sandlot run`'s start-up stays as it was
-            from sandlot.environments.store import EnvironmentStore
-
-            store = EnvironmentStore(settings.state_dir)
         engine = Engine(settings, languages, notice=notice, environments=store)
         prepared = engine.prepare(job, limits, cli_flags=True)
     except RejectedError as exc:

@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sandlot.environments.store import Environment, EnvironmentStore
-from sandlot.errors import ConfigError, RejectedError, SandboxError
+from sandlot.errors import ConfigError, RejectedError, SandboxError, SpecRejected
+
+if TYPE_CHECKING:
+    from sandlot.config import Settings
 
 EXIT_USER_MISTAKE = 2
 EXIT_FAILED = 1
@@ -41,11 +44,15 @@ def _errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def _store(ctx: click.Context) -> EnvironmentStore:
+def _settings(ctx: click.Context) -> Settings:
     from sandlot.config import load_settings
 
     config: Path | None = (ctx.find_root().obj or {}).get("config")
-    return EnvironmentStore(load_settings(config).state_dir)
+    return load_settings(config)
+
+
+def _store(ctx: click.Context) -> EnvironmentStore:
+    return EnvironmentStore.from_settings(_settings(ctx))
 
 
 def _summary(env: Environment) -> str:
@@ -57,14 +64,44 @@ def env() -> None:
     """Environments: read-only roots (your OCI image, or a declared Debian + pip + npm root)."""
 
 
+def _checked_languages(settings: Settings, tables: dict[str, Any], where: str) -> dict[str, Any]:
+    """Language tables as an environment will use them, parsed now (a mistake is refused before any work)."""
+    from sandlot.languages import LanguageRegistry
+
+    try:
+        LanguageRegistry.load(settings.languages_file).with_tables(tables)
+    except ConfigError as exc:
+        raise SpecRejected(f"{where}: {exc}") from exc
+    return tables
+
+
+def _languages_file(settings: Settings, path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SpecRejected(f"{path}: cannot read the languages file: {exc}") from exc
+    return _checked_languages(settings, data, str(path))
+
+
 @env.command("import")
 @click.argument("name")
 @click.argument("archive_or_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--languages",
+    "languages_path",
+    type=click.Path(path_type=Path),
+    help="A TOML file of [NAME] tables as in languages.toml: languages this image adds or overrides.",
+)
 @click.pass_context
-def import_(ctx: click.Context, name: str, archive_or_dir: Path) -> None:
+def import_(ctx: click.Context, name: str, archive_or_dir: Path, languages_path: Path | None) -> None:
     """Import a `docker save` archive or an OCI image layout (directory or tar) as NAME."""
     with _errors():
-        outcome = _store(ctx).import_image(name, archive_or_dir)
+        settings = _settings(ctx)
+        languages = _languages_file(settings, languages_path) if languages_path is not None else None
+        store = EnvironmentStore.from_settings(settings)
+        outcome = store.import_image(name, archive_or_dir, languages=languages)
         word = "already in the store, named" if outcome.cached else "imported"
         click.echo(f"{word}: {_summary(outcome.environment)}")
 
@@ -80,7 +117,12 @@ def build(ctx: click.Context, spec_path: Path) -> None:
     progress: Callable[[str], None] = lambda line: click.echo(line, err=True)  # noqa: E731
     with _errors():
         spec = load_spec(spec_path)
-        outcome = Builder(_store(ctx), log=progress).build(spec, str(spec_path.resolve()))
+        settings = _settings(ctx)
+        _checked_languages(settings, spec.languages, str(spec_path))
+        builder = Builder(
+            EnvironmentStore.from_settings(settings), timeout_s=settings.environment_build_timeout_s, log=progress
+        )
+        outcome = builder.build(spec, str(spec_path.resolve()))
         word = "cached (the same spec was built before; nothing done)" if outcome.cached else "built"
         click.echo(f"{word}: {_summary(outcome.environment)}")
 

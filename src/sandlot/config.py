@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CLI_FLAGS = "--"  # resolve_limits(where=CLI_FLAGS): name limits as the CLI's flags
 KIB = 1024
 MIB = 1024 * KIB
+GIB = 1024 * MIB
 
 # Every stage limit's four values: run default, run maximum, compile default, compile maximum.
 _LIMIT_TABLE: dict[str, tuple[float, float, float, float]] = {
@@ -108,6 +109,7 @@ class ApiKey:
     max_concurrent: int = 0  # 0: unlimited
     requests_per_minute: int = 0  # 0: unlimited
     min_isolation: str = "jail"  # requests of this key never run at a weaker level
+    environments: tuple[str, ...] | None = None  # the environments its jobs may name; None: every one
 
 
 @dataclass(frozen=True)
@@ -150,13 +152,24 @@ SERVER_DEFAULTS = ServerSettings()  # for what is built without a ServerSettings
 
 
 @dataclass(frozen=True)
+class Judge0EnvironmentLanguage:
+    """One ``[judge0.languages]`` entry: a Judge0 language id for a language in an environment."""
+
+    id: int  # Judge0's language_id, e.g. 1001 (not one of Judge0 CE's own)
+    name: str  # what /languages shows, e.g. "Python 3.11 (datasci)"
+    language: str  # ours, as the environment offers it
+    environment: str
+
+
+@dataclass(frozen=True)
 class Judge0Settings:
-    """``[judge0]``: the Judge0 door's ``/about`` answer and its callback policy."""
+    """``[judge0]``: the Judge0 door's ``/about`` answer, its callback policy, its extra language ids."""
 
     callback_allow_private: bool = False  # callbacks to loopback and private addresses (tests, one host)
     homepage: str | None = None
     source_code: str | None = None
     maintainer: str | None = None  # None: "sandlot <version>"
+    languages: tuple[Judge0EnvironmentLanguage, ...] = ()  # [judge0.languages], not an environment variable
 
 
 @dataclass(frozen=True)
@@ -185,6 +198,12 @@ class Settings:
     job_wall_time_budget_s: float = 240.0
     job_cpu_time_budget_s: float = 120.0
     languages_file: Path | None = None  # None: the built-in languages.toml
+    # Environments (docs/environments.md "Operating environments"): where they are kept and what they may take.
+    environments_dir: Path | None = None  # None: <state_dir>/environments
+    environments_max_bytes: int = 64 * GIB  # all environments together on disk; an import or build past it is refused
+    environment_import_max_bytes: int = 8 * GIB  # bytes one import may write (all layers)
+    environment_import_max_files: int = 1_000_000  # entries one import may create
+    environment_build_timeout_s: float = 1800.0  # one `sandlot env build`, downloads included
     run_defaults: Limits = DEFAULT_RUN_LIMITS
     run_maxima: Limits = MAX_RUN_LIMITS
     compile_defaults: Limits = DEFAULT_COMPILE_LIMITS
@@ -249,6 +268,8 @@ class Settings:
 
 _LIMIT_TABLES = ("run_defaults", "run_maxima", "compile_defaults", "compile_maxima")
 _SECTIONS = {"server": "SANDLOT_", "judge0": "SANDLOT_JUDGE0_"}  # table -> its environment prefix
+# Fields read from a table of their own, never from a variable ([server].api_keys has SANDLOT_API_KEYS, apart).
+_NOT_VARIABLES: dict[str, tuple[str, ...]] = {"server": (), "judge0": ("languages",)}
 _TABLES = (*_LIMIT_TABLES, *_SECTIONS, "api_keys")
 _TOP_LEVEL = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in _TABLES)
 # SANDLOT_* variables that are not settings: the file's name, and the client commands' own.
@@ -342,7 +363,12 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
             values[name] = dataclasses.replace(
                 getattr(base, name), **_overlay(getattr(base, name), tables[name], {}, None, name, in_file)
             )
-    judge0 = _overlay(base.judge0, tables.get("judge0", {}), env, _SECTIONS["judge0"], "judge0", in_file)
+    judge0_table = dict(tables.get("judge0", {}))
+    judge0_languages = tuple(_judge0_languages(judge0_table.pop("languages", {}), in_file))
+    judge0 = _overlay(
+        base.judge0, judge0_table, env, _SECTIONS["judge0"], "judge0", in_file, skip=_NOT_VARIABLES["judge0"]
+    )
+    judge0["languages"] = judge0_languages
     server = _overlay(base.server, tables.get("server", {}), env, _SECTIONS["server"], "server", in_file)
     server["api_keys"] = tuple(_api_keys(tables.get("api_keys", {}), env, in_file))
     _warn_unknown_variables(env)
@@ -413,18 +439,45 @@ def _api_keys(table: Mapping[str, Any], env: Mapping[str, str], in_file: str) ->
             continue
         if not isinstance(spec, dict):
             raise _bad_value(f"[api_keys].{key}{in_file}", spec, 'a tenant name or a table { tenant = "..." }')
-        fields = _overlay(ApiKey(key, key), spec, {}, None, f"api_keys.{key}", in_file, skip=("key",))
-        yield ApiKey(**{"key": key, "tenant": key, **fields})
+        table = dict(spec)
+        where = f"[api_keys].{key}.environments{in_file}"
+        environments = _environment_names(table.pop("environments", None), where)
+        fields = _overlay(ApiKey(key, key), table, {}, None, f"api_keys.{key}", in_file, skip=("key", "environments"))
+        yield ApiKey(**{"key": key, "tenant": key, **fields, "environments": environments})
     for pair in filter(None, env.get("SANDLOT_API_KEYS", "").split(",")):
         key, _, tenant = pair.partition(":")
         yield ApiKey(key.strip(), tenant.strip() or key.strip())
+
+
+def _judge0_languages(table: object, in_file: str) -> Iterator[Judge0EnvironmentLanguage]:
+    """``[judge0.languages]``: ``ID = { name = "...", language = "...", environment = "..." }``."""
+    if not isinstance(table, dict):
+        raise _bad_value(f"[judge0].languages{in_file}", table, "a table [judge0.languages]")
+    for key, entry in table.items():
+        where = f"[judge0.languages].{key}{in_file}"
+        if not key.isdigit() or int(key) <= 0:
+            raise _bad_value(where, key, "a language id (a positive whole number)")
+        if not isinstance(entry, dict) or set(entry) != {"name", "language", "environment"}:
+            raise _bad_value(where, entry, '{ name = "...", language = "...", environment = "..." }')
+        if not all(isinstance(value, str) and value for value in entry.values()):
+            raise _bad_value(where, entry, "non-empty strings for name, language and environment")
+        yield Judge0EnvironmentLanguage(int(key), entry["name"], entry["language"], entry["environment"])
+
+
+def _environment_names(raw: object, name: str) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
+        raise _bad_value(name, raw, "a list of environment names")
+    return tuple(raw)
 
 
 def setting_variables() -> frozenset[str]:
     """Every ``SANDLOT_*`` environment variable a setting is read from."""
     names = {f"SANDLOT_{name.upper()}" for name in _TOP_LEVEL}
     for section, prefix in _SECTIONS.items():
-        names.update(f"{prefix}{name.upper()}" for name in _kinds(type(getattr(Settings(), section))))
+        fields = _kinds(type(getattr(Settings(), section)))
+        names.update(f"{prefix}{name.upper()}" for name in fields if name not in _NOT_VARIABLES[section])
     return frozenset(names)
 
 

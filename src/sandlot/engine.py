@@ -117,7 +117,7 @@ class Engine:
             environment = self.environments.inspect(job.environment)
             rootfs = self.environments.rootfs_of(environment)
             image_env = tuple(environment.box_env().items())
-            language = self.languages.get_in(job.language, rootfs, job.environment)
+            language = self.languages.get_in(job.language, rootfs, job.environment, environment.languages)
         else:
             language = self.languages.get(job.language)
         if not job.files:

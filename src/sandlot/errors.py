@@ -196,7 +196,8 @@ class ImageRejected(RejectedError):
 
 
 class EnvironmentLimitExceeded(ImageRejected):
-    """An image is over one of the import caps; ``limit`` names the setting."""
+    """An image is over one of the import caps, or an import or build over the store's disk cap;
+    ``limit`` names the setting."""
 
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)

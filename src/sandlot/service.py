@@ -18,7 +18,7 @@ import dataclasses
 import gc
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from sandlot.errors import (
     IsolationUnavailable,
     NoWorker,
 )
-from sandlot.languages import LanguageRegistry
+from sandlot.languages import Language, LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
@@ -145,7 +145,7 @@ class Service:
         settings = dataclasses.replace(settings, server=server)  # one truth: the flags' server settings, not the file's
         languages = LanguageRegistry.load(settings.languages_file)
         sandbox = Sandbox(settings)
-        environments = EnvironmentStore(settings.state_dir)
+        environments = EnvironmentStore.from_settings(settings)
         engine = Engine(
             settings, languages, notice=lambda message: log.warning("%s...", message), environments=environments
         )
@@ -234,20 +234,30 @@ class Service:
         if not await self.serves(level):
             raise NoWorker(level)
 
-    def environments(self) -> list[dict[str, object]]:
-        """Every environment of this node's store, with the languages it offers (``GET /api/v1/environments``)."""
+    def environments(self, allowed: Callable[[str], bool] = lambda _name: True) -> list[dict[str, object]]:
+        """The environments of this node's store that ``allowed`` (the caller's key) lets it use, with the
+        languages each offers (``GET /api/v1/environments``)."""
         store = self.engine.environments
         if store is None:
             return []
         listed: list[dict[str, object]] = []
-        for name in sorted(store.names()):
+        for name in sorted(filter(allowed, store.names())):
             try:
                 env = store.inspect(name)
             except EnvironmentNotFound:
                 continue  # removed since the names were read
-            languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env)))
+            languages = sorted(lang.name for lang in self.languages.offered_in(store.rootfs_of(env), env.languages))
             listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
         return listed
+
+    def language_in(self, name: str, environment: str) -> Language:
+        """The language ``name`` as environment ``environment`` offers it (its own tables applied);
+        ``EnvironmentNotFound`` or a RejectedError naming the language when it does not."""
+        store = self.engine.environments
+        if store is None:
+            raise EnvironmentNotFound(environment)
+        env = store.inspect(environment)
+        return self.languages.get_in(name, store.rootfs_of(env), environment, env.languages)
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)

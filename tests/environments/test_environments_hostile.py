@@ -105,16 +105,16 @@ def test_devices_fifos_setid_bits_and_capabilities_are_neutralised(tmp_path: Pat
 def test_a_layer_over_the_size_cap_is_refused_naming_the_limit(tmp_path: Path) -> None:
     write_oci_layout(tmp_path / "img", [layer(Entry("big", data=b"\0" * (3 * 1024 * 1024)))])
     store = EnvironmentStore(tmp_path / "state", limits=UnpackLimits(max_total_bytes=1024 * 1024))
-    with pytest.raises(EnvironmentLimitExceeded, match="max_total_bytes=1048576") as caught:
+    with pytest.raises(EnvironmentLimitExceeded, match="environment_import_max_bytes=1048576") as caught:
         store.import_image("bomb", tmp_path / "img")
-    assert caught.value.limit == "max_total_bytes"
+    assert caught.value.limit == "environment_import_max_bytes"
     assert _left_behind(store) == []
 
 
 def test_a_layer_over_the_file_count_cap_is_refused_naming_the_limit(tmp_path: Path) -> None:
     write_oci_layout(tmp_path / "img", [layer(*(Entry(f"f{n}") for n in range(200)))])
     store = EnvironmentStore(tmp_path / "state", limits=UnpackLimits(max_files=100))
-    with pytest.raises(EnvironmentLimitExceeded, match="max_files=100"):
+    with pytest.raises(EnvironmentLimitExceeded, match="environment_import_max_files=100"):
         store.import_image("bomb", tmp_path / "img")
     assert _left_behind(store) == []
 

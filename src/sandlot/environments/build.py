@@ -57,7 +57,9 @@ class Builder:
 
     def build(self, spec: Spec, source: str) -> Outcome:
         digest = spec.digest()
-        made = Environment(digest=digest, kind="built", source=source, spec=spec.canonical(), env=_ENV)
+        made = Environment(
+            digest=digest, kind="built", source=source, spec=spec.canonical(), env=_ENV, languages=spec.languages
+        )
 
         def produce(rootfs: Path) -> Environment:
             self._log(f"building {spec.name} ({digest}) from {self._mirror} ({spec.suite}) ...")

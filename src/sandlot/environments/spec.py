@@ -7,6 +7,9 @@
     pip = ["tabulate==0.9.0"]
     npm = []
 
+    [languages.python]               # optional: languages of its own, as in languages.toml
+    run = ["/usr/bin/python3", "-X", "utf8", "{source}"]
+
 Every package name reaches a command line (mmdebstrap, pip, npm), so each is checked against a strict
 pattern: no spaces, no options, no URLs or paths, only a name and an optional exact or ranged version.
 Unknown keys are refused. The spec's identity (:meth:`Spec.digest`) is the hash of its canonical content
@@ -19,7 +22,7 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +50,22 @@ class Spec:
     apt: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
     npm: tuple[str, ...] = ()
+    languages: dict[str, dict[str, Any]] = field(default_factory=dict)  # [languages.NAME] tables
 
     def canonical(self) -> dict[str, Any]:
-        """What the environment's content depends on: the name is only a label on it."""
-        return {
+        """What the environment depends on: the name is only a label on it. Its language tables are part
+        of what it is (they are stored with it), so a spec that changes them is another environment;
+        a spec without any hashes as before they existed."""
+        canonical: dict[str, Any] = {
             "recipe": BUILD_RECIPE_VERSION,
             "suite": self.suite,
             "apt": sorted(set(self.apt)),
             "pip": sorted(set(self.pip)),
             "npm": sorted(set(self.npm)),
         }
+        if self.languages:
+            canonical["languages"] = self.languages
+        return canonical
 
     def digest(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
@@ -76,10 +85,13 @@ def parse_spec(text: str, where: str = "spec") -> Spec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecRejected(f"{where}: not valid TOML: {exc}") from exc
-    extra = sorted(set(data) - {"environment"})
+    extra = sorted(set(data) - {"environment", "languages"})
     if extra or not isinstance(data.get("environment"), dict):
         unknown_tables = f"; unknown: {', '.join(extra)}" if extra else ""
-        raise SpecRejected(f"{where}: expected one [environment] table{unknown_tables}")
+        raise SpecRejected(f"{where}: expected one [environment] table (and [languages.NAME] ones){unknown_tables}")
+    languages = data.get("languages", {})
+    if not isinstance(languages, dict) or not all(isinstance(t, dict) for t in languages.values()):
+        raise SpecRejected(f"{where}: languages must be [languages.NAME] tables, as in languages.toml")
     table: dict[str, Any] = data["environment"]
     unknown = sorted(set(table) - _KEYS)
     if unknown:
@@ -101,6 +113,7 @@ def parse_spec(text: str, where: str = "spec") -> Spec:
         apt=_packages(table, "apt", _APT, where),
         pip=_packages(table, "pip", _PIP, where),
         npm=_packages(table, "npm", _NPM, where),
+        languages=languages,
     )
 
 

@@ -13,6 +13,12 @@ Theory of operation: an environment appears by one ``rename`` of a finished dire
 whole or not at all, and a crash leaves only a ``.tmp-*`` directory that ``gc`` removes. Two imports of
 the same digest serialise on its lock file; the second finds it made and only records its name. Lock order
 is digest, then names; ``gc`` (names, then digests) takes digest locks without waiting, skipping any busy.
+
+Disk cap: ``disk_cap_bytes`` (the ``environments_max_bytes`` setting) bounds every environment in the store
+together, named or not (an unnamed one takes its disk until ``gc``). An import or build is refused before it
+starts when the store is already at the cap, and after it is unpacked (its size is known only then) when it
+would take the store past it (checked and renamed into place under one lock, so imports finishing at once
+are counted one after the other); either way nothing of it is left behind.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandlot.environments.oci import ImageSource
 from sandlot.environments.unpack import UnpackLimits, seal, unpack
-from sandlot.errors import EnvironmentNotFound, RejectedError, SandboxError
+from sandlot.errors import EnvironmentLimitExceeded, EnvironmentNotFound, RejectedError, SandboxError
+
+if TYPE_CHECKING:
+    from sandlot.config import Settings
 
 STORE_SUBDIR = "environments"  # under the state dir
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -65,6 +74,7 @@ class Environment:
     dropped: dict[str, int] = field(default_factory=dict)  # entries neutralised on import, by kind
     spec: dict[str, Any] = field(default_factory=dict)  # a built environment's spec, canonical
     packages: dict[str, dict[str, str]] = field(default_factory=dict)  # apt/pip/npm -> name -> version
+    languages: dict[str, dict[str, Any]] = field(default_factory=dict)  # its own languages.toml tables
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,14 +118,72 @@ def check_name(name: str) -> str:
 
 
 class EnvironmentStore:
-    """Environments under ``<state_dir>/environments``; ``limits`` caps each import."""
+    """Environments under ``root`` (default ``<state_dir>/environments``); ``limits`` caps each import,
+    ``disk_cap_bytes`` all of them together (0: no cap)."""
 
-    def __init__(self, state_dir: Path, *, limits: UnpackLimits | None = None) -> None:
-        self.root = state_dir / STORE_SUBDIR
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        limits: UnpackLimits | None = None,
+        disk_cap_bytes: int = 0,
+        root: Path | None = None,
+    ) -> None:
+        self.root = root or state_dir / STORE_SUBDIR
         self.limits = limits or UnpackLimits()
+        self.disk_cap_bytes = disk_cap_bytes
 
-    def import_image(self, name: str, path: Path, *, architecture: str | None = None) -> Outcome:
-        """Import a docker-save archive or OCI layout as ``name``; every blob verified, nothing half-left."""
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EnvironmentStore:
+        """The store the settings describe: its directory, the per-import caps and the disk cap."""
+        return cls(
+            settings.state_dir,
+            root=settings.environments_dir,
+            limits=UnpackLimits(
+                max_total_bytes=settings.environment_import_max_bytes,
+                max_files=settings.environment_import_max_files,
+            ),
+            disk_cap_bytes=settings.environments_max_bytes,
+        )
+
+    def used_bytes(self) -> int:
+        """What every complete environment in the store takes (named or not), from their metadata."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(self.root):
+                if _HEX.match(entry):
+                    try:
+                        total += int(json.loads((self.root / entry / _META).read_text()).get("size_bytes", 0))
+                    except (OSError, ValueError, AttributeError):
+                        continue  # not (yet) an environment: a directory without a readable meta.json
+        return total
+
+    def _check_disk_cap(self, adding: int, hexd: str) -> None:
+        if self.disk_cap_bytes <= 0:
+            return
+        used = self.used_bytes()
+        if used + adding > self.disk_cap_bytes or (adding == 0 and used >= self.disk_cap_bytes):
+            what = f"sha256:{hexd} ({adding} bytes)" if adding else f"sha256:{hexd}"
+            raise EnvironmentLimitExceeded(
+                f"environment {what} would take the store over its disk cap "
+                f"environments_max_bytes={self.disk_cap_bytes} (in use: {used} bytes); "
+                "remove some (sandlot env rm NAME, then sandlot env gc) or raise the setting",
+                limit="environments_max_bytes",
+            )
+
+    def import_image(
+        self,
+        name: str,
+        path: Path,
+        *,
+        architecture: str | None = None,
+        languages: dict[str, dict[str, Any]] | None = None,
+    ) -> Outcome:
+        """Import a docker-save archive or OCI layout as ``name``; every blob verified, nothing half-left.
+
+        ``languages`` (the operator's tables for this image) are recorded with it; given for an image
+        already stored, they replace the ones it had (they describe the image, whichever name asks).
+        """
         check_name(name)
         self._ensure()
         with ImageSource(path, architecture=architecture) as source:
@@ -132,13 +200,34 @@ class EnvironmentStore:
                 architecture=image.config.architecture,
                 image_format=image.format,
                 manifest_digest=image.manifest_digest,
+                languages=languages or {},
             )
 
             def produce(rootfs: Path) -> Environment:
                 stats = unpack(source, rootfs, self.limits)
                 return dataclasses.replace(made, dropped=stats.dropped)
 
-            return self.materialise(name, image.digest, produce)
+            outcome = self.materialise(name, image.digest, produce)
+        if outcome.cached and languages is not None and outcome.environment.languages != languages:
+            self._set_languages(image.digest, languages)
+            outcome = Outcome(self.inspect(name), cached=True)
+        return outcome
+
+    def _set_languages(self, digest: str, languages: dict[str, dict[str, Any]]) -> None:
+        """Replace a stored environment's language tables (meta.json rewritten whole, then renamed)."""
+        hexd = digest.removeprefix("sha256:")
+        with self._lock(hexd):
+            final = self.root / hexd
+            data = json.loads((final / _META).read_text())
+            data["languages"] = languages
+            tmp = final / f".{_META}.{os.getpid()}"
+            final.chmod(0o755)
+            try:
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                tmp.chmod(0o444)
+                tmp.replace(final / _META)
+            finally:
+                final.chmod(0o555)
 
     def materialise(self, name: str, digest: str, produce: Callable[[Path], Environment]) -> Outcome:
         """Make environment ``digest`` with ``produce(empty_rootfs)`` unless it exists; then name it."""
@@ -150,6 +239,7 @@ class EnvironmentStore:
             final = self.root / hexd
             cached = (final / _META).is_file()
             if not cached:
+                self._check_disk_cap(0, hexd)  # full already: refused before any download or unpacking
                 self._make(final, hexd, produce)
             self._set_name(name, hexd)
         return Outcome(self.inspect(name), cached)
@@ -176,9 +266,12 @@ class EnvironmentStore:
             meta.write_text(json.dumps(made.to_json(), indent=2, sort_keys=True) + "\n")
             meta.chmod(0o444)
             tmp.chmod(0o555)
-            if final.exists():  # a directory without meta.json is no environment: never trust it
-                _rmtree(final)
-            tmp.rename(final)
+            # Checked and made visible under one lock: imports finishing at once cannot pass the cap together.
+            with self._lock("disk"):
+                self._check_disk_cap(sealed.size_bytes, hexd)
+                if final.exists():  # a directory without meta.json is no environment: never trust it
+                    _rmtree(final)
+                tmp.rename(final)
         except BaseException:
             _rmtree(tmp)
             raise
@@ -231,8 +324,31 @@ class EnvironmentStore:
         return self._remove_unnamed(hexd)
 
     def gc(self) -> list[str]:
-        """Remove every environment no name points to, and what failed imports left; returns what went."""
+        """Remove every environment no name points to, and what failed imports left; returns what went
+        (environments and temp directories; the small files below go silently).
+
+        Litter is: an interrupted import's or build's ``.tmp-<hex>-*`` directory (unless that import still
+        runs: it holds the digest's lock), a names file half-written by a process that died (``.names.json.*``:
+        writers hold the names lock, so under it any such file is dead), and the lock files of digests that
+        are gone.
+        """
         self._ensure()
+        removed = self._gc_environments()
+        with self._lock("names"):
+            for entry in sorted(os.listdir(self.root)):
+                if entry.startswith(f".{_NAMES}."):
+                    (self.root / entry).unlink(missing_ok=True)
+        present = set(os.listdir(self.root))
+        for entry in sorted(os.listdir(self.root / ".locks")):
+            hexd = entry.removesuffix(".lock")
+            if not _HEX.match(hexd) or hexd in present or any(p.startswith(f".tmp-{hexd}-") for p in present):
+                continue
+            with self._lock(hexd, wait=False) as held:
+                if held and not (self.root / hexd).exists():
+                    (self.root / ".locks" / entry).unlink(missing_ok=True)  # holders re-check the inode
+        return removed
+
+    def _gc_environments(self) -> list[str]:
         removed = []
         for entry in sorted(os.listdir(self.root)):
             hexd = entry[len(".tmp-") :].split("-")[0] if entry.startswith(".tmp-") else entry
@@ -273,13 +389,23 @@ class EnvironmentStore:
 
     @contextlib.contextmanager
     def _lock(self, key: str, *, wait: bool = True) -> Iterator[bool]:
-        fd = os.open(self.root / ".locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
+        path = self.root / ".locks" / f"{key}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
                 yield False
                 return
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # gc removed the file while we waited on it: lock the one in place now
+        try:
             yield True
         finally:
             os.close(fd)

@@ -136,8 +136,9 @@ class _Layer:
         self._stats.entries += 1
         if self._stats.entries > self._limits.max_files:
             raise EnvironmentLimitExceeded(
-                f"{self._what}: {name!r} is over the file-count cap max_files={self._limits.max_files}",
-                limit="max_files",
+                f"{self._what}: {name!r} is over the file-count cap "
+                f"environment_import_max_files={self._limits.max_files}",
+                limit="environment_import_max_files",
             )
 
     def _walk(self, parts: tuple[str, ...], name: str, *, create: bool = True) -> int:
@@ -197,8 +198,8 @@ class _Layer:
                 if self._stats.bytes_written > self._limits.max_total_bytes:
                     raise EnvironmentLimitExceeded(
                         f"{self._what}: {member.name!r} takes the image over the size cap "
-                        f"max_total_bytes={self._limits.max_total_bytes}",
-                        limit="max_total_bytes",
+                        f"environment_import_max_bytes={self._limits.max_total_bytes}",
+                        limit="environment_import_max_bytes",
                     )
                 out.write(chunk)
 

@@ -3,7 +3,8 @@
 A language whose ``requires`` executables are missing is simply not offered.
 In an environment (a root filesystem, see sandlot/environments) the same probe
 runs against that root (``installed_in``): its links resolved inside the root,
-never on the host.
+never on the host. An environment's own language tables (``with_tables``) add
+languages or override declared ones there, and are probed the same way.
 A language may declare a ``cache``: a host directory warmed once (by running
 ``warm`` on the language's sample, on the host, as root) and then shown to each
 box as a copy-on-write overlay, so builds start warm but no box can write into
@@ -202,11 +203,26 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
     )
 
 
-class LanguageRegistry:
-    """The declared languages and which of them this host offers."""
+LanguageTables = Mapping[str, Mapping[str, Any]]  # languages.toml's form: name -> its table
 
-    def __init__(self, languages: Mapping[str, Language], *, clock: Callable[[], float] = time.monotonic) -> None:
+
+class LanguageRegistry:
+    """The declared languages and which of them this host offers.
+
+    An environment may carry language tables of its own (``LanguageTables``, from its spec or the operator's
+    ``--languages`` file): each adds a language, or overrides a declared one key by key (the keys it gives
+    replace the declared table's). They are probed in the environment's root like every other language.
+    """
+
+    def __init__(
+        self,
+        languages: Mapping[str, Language],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tables: LanguageTables | None = None,
+    ) -> None:
         self._all = dict(languages)
+        self._tables = dict(tables or {})  # the declared tables, for an environment's key-by-key overrides
         self._versions: dict[str, str] = {}
         self._clock = clock
         self._installed: dict[str, tuple[float, bool]] = {}  # name -> (checked at, installed)
@@ -218,7 +234,20 @@ class LanguageRegistry:
             data = tomllib.loads(text)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"languages file {path or 'languages.toml'}: {exc}") from exc
-        return cls({name: _parse(name, spec) for name, spec in data.items() if isinstance(spec, dict)})
+        tables = {name: spec for name, spec in data.items() if isinstance(spec, dict)}
+        return cls({name: _parse(name, spec) for name, spec in tables.items()}, tables=tables)
+
+    def with_tables(self, tables: LanguageTables | None) -> dict[str, Language]:
+        """Every language an environment with these tables declares (not probed): its own first, so its
+        names and aliases win; a table naming a declared language overrides that one's keys."""
+        if not tables:
+            return self._all
+        own: dict[str, Language] = {}
+        for name, table in tables.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"languages.{name}: must be a table")
+            own[name] = _parse(name, {**self._tables.get(name, {}), **table})
+        return {**own, **{name: lang for name, lang in self._all.items() if name not in own}}
 
     def offered(self) -> list[Language]:
         return [lang for lang in self._all.values() if self._is_installed(lang)]
@@ -233,21 +262,23 @@ class LanguageRegistry:
             self._installed[lang.name] = checked
         return checked[1]
 
-    def offered_in(self, root: Path) -> list[Language]:
-        """The languages an environment's root offers (probed each time: a root never changes)."""
-        return [lang for lang in self._all.values() if lang.installed_in(root)]
+    def offered_in(self, root: Path, tables: LanguageTables | None = None) -> list[Language]:
+        """The languages an environment's root offers, with its own ``tables`` (probed each time: a root
+        never changes)."""
+        return [lang for lang in self.with_tables(tables).values() if lang.installed_in(root)]
 
-    def get_in(self, name: str, root: Path, environment: str) -> Language:
-        """Resolve a name or alias to a language environment ``environment`` (at root) offers."""
+    def get_in(self, name: str, root: Path, environment: str, tables: LanguageTables | None = None) -> Language:
+        """Resolve a name or alias to a language environment ``environment`` (at root, with its own
+        ``tables``) offers."""
         key = name.strip().lower()
-        for lang in self._all.values():
+        for lang in self.with_tables(tables).values():
             if key == lang.name or key in lang.aliases:
                 if not lang.installed_in(root):
                     raise RejectedError(
                         f"language {lang.name!r} is not available in environment {environment!r}", field="language"
                     )
                 return lang
-        offered = ", ".join(sorted(lang.name for lang in self.offered_in(root)))
+        offered = ", ".join(sorted(lang.name for lang in self.offered_in(root, tables)))
         raise RejectedError(
             f"unknown language {name!r}; environment {environment!r} offers: {offered}", field="language"
         )
@@ -267,10 +298,11 @@ class LanguageRegistry:
         """The offered language for a file's extension (rejected if declared but not installed)."""
         return self.get(self.declared_for_file(filename).name)
 
-    def declared_for_file(self, filename: str) -> Language:
-        """The declared language for a file's extension, installed here or not (a client's question)."""
+    def declared_for_file(self, filename: str, tables: LanguageTables | None = None) -> Language:
+        """The declared language for a file's extension, installed here or not (a client's question);
+        with an environment's own ``tables`` applied when given."""
         suffix = Path(filename).suffix.lower()
-        for lang in self._all.values():
+        for lang in self.with_tables(tables).values():
             if suffix and suffix in lang.extensions:
                 return lang
         raise RejectedError(

@@ -6,7 +6,9 @@ With no keys configured every caller is the tenant ``public`` and nothing is
 limited. With keys, a request carries ``Authorization: Bearer KEY``: no key is
 401, a key we do not know is 403. A key names its tenant; the tenant scopes
 tasks and sessions in the broker and the pool, so one tenant's ids find nothing
-of another's.
+of another's. A key may list the environments its jobs may name (``environments``);
+any other is refused as if it did not exist (``Principal.check_environment``, in
+``Core.submit`` for every door), and listings show only the key's.
 
 Two quotas per key, both optional (0 = unlimited):
 
@@ -33,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from sandlot.errors import AuthError
+from sandlot.errors import AuthError, EnvironmentNotFound
 
 __all__ = ["PUBLIC_TENANT", "ApiKey", "Authenticator", "Principal", "bearer_token"]
 from sandlot.config import ApiKey
@@ -78,6 +80,17 @@ class Principal:
     def min_isolation(self) -> str:
         """The weakest isolation level this caller's requests may run at."""
         return self.key.min_isolation if self.key is not None else "jail"
+
+    def may_use(self, environment: str) -> bool:
+        """Whether this caller's jobs may run in ``environment`` ("": the host's, always allowed)."""
+        allowed = self.key.environments if self.key is not None else None
+        return not environment or allowed is None or environment in allowed
+
+    def check_environment(self, environment: str) -> None:
+        """Refuse an environment the caller's key does not allow exactly as one that does not exist (404),
+        so a tenant cannot learn the names of other tenants' environments by asking."""
+        if not self.may_use(environment):
+            raise EnvironmentNotFound(environment)
 
 
 class Admission:

@@ -64,6 +64,7 @@ class Core:
         for the level it is refused now (``Service.require_worker``).
         """
         service = self.service
+        principal.check_environment(spec.environment)
         spec = service.validate(spec, min_isolation=principal.min_isolation)
         if not service.accepting:
             raise Unavailable(SHUTTING_DOWN)

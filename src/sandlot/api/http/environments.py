@@ -22,4 +22,4 @@ router = APIRouter(tags=["service"])
 )
 async def environments(caller: CallerDep) -> dict[str, Any]:
     # Off the loop: it reads each environment's metadata and probes its toolchains on disk.
-    return {"environments": await asyncio.to_thread(caller.service.environments)}
+    return {"environments": await asyncio.to_thread(caller.service.environments, caller.principal.may_use)}

@@ -63,7 +63,7 @@ _RUBY_WHITESPACE = b" \t\n\v\f\r\x00"  # what Ruby's rstrip removes
 _SIGNAL_STATUS: dict[int, int] = {signal.SIGSEGV: 7, signal.SIGXFSZ: 8, signal.SIGFPE: 9, signal.SIGABRT: 10}
 
 # Judge0 CE's ids for the languages we offer, and how it names them (with our probed versions).
-_LANGUAGE_IDS: dict[int, tuple[str, str]] = {
+LANGUAGE_IDS: dict[int, tuple[str, str]] = {
     46: ("bash", "Bash ({})"),
     50: ("c", "C (GCC {})"),
     54: ("cpp", "C++ (GCC {})"),
@@ -135,13 +135,14 @@ class Judge0Language:
     id: int
     name: str  # Judge0's display name, e.g. "Python (3.11.2)"
     language: Language  # ours
+    environment: str = ""  # where it runs ([judge0.languages]); "": the host
 
 
 def offered_languages(registry: LanguageRegistry, versions: Mapping[str, str]) -> dict[int, Judge0Language]:
     """The Judge0 ids of the languages this server offers, in id order."""
     offered = {lang.name: lang for lang in registry.offered()}
     table: dict[int, Judge0Language] = {}
-    for language_id, (name, label) in sorted(_LANGUAGE_IDS.items()):
+    for language_id, (name, label) in sorted(LANGUAGE_IDS.items()):
         if name in offered:
             table[language_id] = Judge0Language(language_id, label.format(versions.get(name, "unknown")), offered[name])
     return table

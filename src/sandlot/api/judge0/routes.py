@@ -164,7 +164,7 @@ async def create_submission(
 ) -> Response:
     encoded = base64_encoded == "true"
     requested = parse_fields(fields)
-    submission = state.parse(await read_json(request), caller.tenant, encoded)
+    submission = state.parse(await read_json(request), caller.tenant, encoded, caller)
     await state.submit(caller, submission, waits=wait == "true")
     if wait != "true":
         return JSONResponse({"token": submission.token}, status_code=201)
@@ -235,7 +235,7 @@ async def create_batch(
     answers: list[dict[str, Any]] = []
     for item in items:
         try:
-            submission = state.parse(item, caller.tenant, base64_encoded == "true")
+            submission = state.parse(item, caller.tenant, base64_encoded == "true", caller)
             await state.submit(caller, submission)
         except Exception as exc:
             error = as_judge0_error(exc)
@@ -303,17 +303,18 @@ async def delete_submission(
 
 @router.get("/languages", summary="Languages: [{id, name}]")
 async def languages(state: StateDep, caller: CallerDep) -> list[dict[str, Any]]:
-    return [{"id": i, "name": lang.name} for i, lang in state.languages.items()]
+    return [{"id": i, "name": lang.name} for i, lang in (await state.languages_for(caller)).items()]
 
 
 @router.get("/languages/all", summary="Languages, archived ones included (there are none)")
 async def all_languages(state: StateDep, caller: CallerDep) -> list[dict[str, Any]]:
-    return [{"id": i, "name": lang.name, "is_archived": False} for i, lang in state.languages.items()]
+    offered = await state.languages_for(caller)
+    return [{"id": i, "name": lang.name, "is_archived": False} for i, lang in offered.items()]
 
 
 @router.get("/languages/{language_id}", summary="One language, with its commands")
 async def language(language_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
-    found = state.languages.get(int(language_id)) if language_id.isdigit() else None
+    found = (await state.languages_for(caller)).get(int(language_id)) if language_id.isdigit() else None
     if found is None:
         raise judge0_error(404, f"language with id {language_id} doesn't exist")
     ours = found.language

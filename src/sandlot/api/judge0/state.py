@@ -20,12 +20,18 @@ import sandlot
 from sandlot.api.common.auth import Principal
 from sandlot.api.common.core import Core
 from sandlot.api.judge0.callbacks import CallbackPolicy, deliver
-from sandlot.api.judge0.render import DEFAULT_FIELDS, Judge0Language, offered_languages, render_submission
+from sandlot.api.judge0.render import (
+    DEFAULT_FIELDS,
+    LANGUAGE_IDS,
+    Judge0Language,
+    offered_languages,
+    render_submission,
+)
 from sandlot.api.judge0.store import SubmissionStore, from_record, record_of
 from sandlot.api.judge0.submission import Judge0Invalid, Judge0Limits, Submission, parse_submission
 from sandlot.broker import TaskState
 from sandlot.config import Judge0Settings
-from sandlot.errors import RejectedError
+from sandlot.errors import ConfigError, RejectedError
 from sandlot.models import OutputEvent
 
 log = logging.getLogger("sandlot.judge0")
@@ -34,6 +40,7 @@ MAX_TASK_LIFETIME_S = 3600.0  # queueing + compile + run, generously: how long a
 # Our RejectedError fields, as Judge0 names them (what service.validate may still refuse).
 _FIELD_NAMES = {
     "code": "source_code",
+    "environment": "language_id",
     "files": "additional_files",
     "args": "command_line_arguments",
     "stdin": "stdin",
@@ -58,18 +65,50 @@ class Judge0State:
         self.limits = Judge0Limits.from_settings(service.settings)
         self.callbacks = CallbackPolicy(allow_private=options.callback_allow_private)
         self.languages: dict[int, Judge0Language] = offered_languages(service.languages, service.versions())
+        self._extras = {extra.id: extra for extra in options.languages}  # [judge0.languages]: in environments
+        clashes = sorted(set(self._extras) & set(LANGUAGE_IDS))
+        if clashes:
+            raise ConfigError(f"[judge0.languages]: ids {clashes} are Judge0 CE's own; choose others (e.g. 1001)")
+        self._resolved: dict[int, Judge0Language] = {}  # extras seen offered here, for rendering their names
         self.store = SubmissionStore(retention_s=service.server.result_ttl_s + MAX_TASK_LIFETIME_S)
         self._deliveries: set[asyncio.Task[None]] = set()
 
-    def parse(self, data: Any, tenant: str, base64_encoded: bool) -> Submission:
+    def parse(self, data: Any, tenant: str, base64_encoded: bool, principal: Principal | None = None) -> Submission:
+        """``principal``: whose extra language ids count (those of the environments its key may use)."""
+        extras = [e for e in self._extras.values() if principal is not None and principal.may_use(e.environment)]
         return parse_submission(
             data,
             tenant=tenant,
             base64_encoded=base64_encoded,
             limits=self.limits,
-            languages={i: lang.language.name for i, lang in self.languages.items()},
+            languages={i: lang.language.name for i, lang in self.languages.items()}
+            | {e.id: e.language for e in extras},
             allow_private_callbacks=self.options.callback_allow_private,
+            environments={e.id: e.environment for e in extras},
         )
+
+    async def languages_for(self, principal: Principal) -> dict[int, Judge0Language]:
+        """The host's languages, and each ``[judge0.languages]`` id whose environment the caller may use and
+        offers the language now (looked at on each call: environments come and go while serving)."""
+        if not self._extras:
+            return self.languages
+        return self.languages | await asyncio.to_thread(self._offered_extras, principal)
+
+    def _offered_extras(self, principal: Principal) -> dict[int, Judge0Language]:
+        offered: dict[int, Judge0Language] = {}
+        for extra in sorted(self._extras.values(), key=lambda e: e.id):
+            if principal.may_use(extra.environment):
+                try:
+                    offered[extra.id] = self._resolve(extra.id)
+                except RejectedError:
+                    continue  # not there (now): not listed
+        return offered
+
+    def _resolve(self, language_id: int) -> Judge0Language:
+        extra = self._extras[language_id]
+        language = self.service.language_in(extra.language, extra.environment)
+        found = self._resolved[extra.id] = Judge0Language(extra.id, extra.name, language, extra.environment)
+        return found
 
     async def submit(self, principal: Principal, submission: Submission, *, waits: bool = False) -> None:
         """Queue it like any door (quotas, queue bound); what the engine would refuse is a 422.
@@ -79,6 +118,8 @@ class Judge0State:
         # The record travels with the task: any API node can render it (verdict, request fields).
         spec = dataclasses.replace(submission.to_spec(self.limits.max_cpu_time_limit), door_data=record_of(submission))
         try:
+            if submission.environment:  # an extra id: its name is rendered from here on
+                await asyncio.to_thread(self._resolve, submission.language_id)
             await self.core.submit(principal, spec, waits=waits)
         except RejectedError as exc:
             raise Judge0Invalid({_FIELD_NAMES.get(exc.field or "", "base"): [str(exc)]}) from exc
@@ -117,7 +158,7 @@ class Judge0State:
             merged,
             fields=fields,
             base64_encoded=base64_encoded,
-            languages=self.languages,
+            languages=self.languages | self._resolved,
         )
 
     async def aclose(self) -> None:

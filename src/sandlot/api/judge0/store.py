@@ -27,7 +27,9 @@ from sandlot.api.judge0.submission import Submission
 from sandlot.broker import TaskSpec
 
 # What the spec already carries, and is not repeated in the record.
-_FROM_SPEC = frozenset({"token", "tenant", "language", "source_code", "stdin", "extra_files", "args", "created"})
+_FROM_SPEC = frozenset(
+    {"token", "tenant", "language", "source_code", "stdin", "extra_files", "args", "created", "environment"}
+)
 _BYTES = ("expected_output", "additional_files")
 _DOOR = "judge0"  # the record's key in the spec's door_data
 
@@ -63,6 +65,7 @@ def from_record(spec: TaskSpec) -> Submission | None:
             extra_files=spec.files[1:],
             args=spec.args,
             created=spec.created,
+            environment=spec.environment,
             **data,
         )
     except (ValueError, KeyError, TypeError, IndexError):

@@ -132,6 +132,7 @@ class Submission:
     extra_files: tuple[SourceFile, ...] = ()
     args: tuple[str, ...] = ()
     created: float = field(default_factory=time.time)
+    environment: str = ""  # the language id's environment ([judge0.languages]); "": the host
 
     @property
     def size(self) -> int:
@@ -156,6 +157,7 @@ class Submission:
             args=self.args,
             limits=limits,
             created=self.created,
+            environment=self.environment,
         )
 
 
@@ -172,6 +174,7 @@ def parse_submission(
     limits: Judge0Limits,
     languages: Mapping[int, str],
     allow_private_callbacks: bool,
+    environments: Mapping[int, str] | None = None,
 ) -> Submission:
     """Validate one submission body; raises Judge0Invalid listing every bad field."""
     if not isinstance(data, dict):
@@ -254,6 +257,7 @@ def parse_submission(
         additional_files=archive,
         extra_files=extra_files,
         args=args,
+        environment=(environments or {}).get(language_id, ""),
     )
 
 

@@ -19,6 +19,8 @@ Piston's rules kept as they are:
 - ``version`` is required: ``*``, an exact version or a semver range (``3``,
   ``3.11.x``, ``^3.10``, ``>=3 <4``); no match is 400 ``{language}-{version}
   runtime is unknown``, the same message as an unknown language.
+- Environments' languages are runtimes of their own (``_environment_runtimes``):
+  ``python@datasci`` with any version, or ``python`` with version ``0.0.0-datasci``.
 - The first ``utf8`` file is the program; ``base64`` and ``hex`` files are data
   written beside it, names kept (an unknown encoding counts as ``utf8``, as in
   Piston). A file without a name is ``file{i}.code``.
@@ -44,12 +46,13 @@ Our status model mapped to Piston's two-letter ``status`` (``signal`` is
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -62,7 +65,7 @@ from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
 from sandlot.api.piston.render import MS_PER_S, message, render
 from sandlot.api.piston.semver import satisfies, semver
 from sandlot.broker import TaskSpec
-from sandlot.config import MIB, LimitRequest, Settings
+from sandlot.config import MIB, LimitRequest
 from sandlot.errors import RejectedError
 from sandlot.models import Limits, SourceFile
 from sandlot.requests import new_task_id
@@ -118,7 +121,7 @@ _EXECUTE_BODY = {"requestBody": {"required": True, "content": {"application/json
 
 def install(app: FastAPI, service: Service) -> None:
     """Mount the Piston routes on ``app`` (built by ``create_app`` over ``service``)."""
-    routes = _PistonRoutes(_runtimes(service), service.settings)
+    routes = _PistonRoutes(_runtimes(service), service)
     router = APIRouter(prefix=PREFIX, tags=["piston"])
     for slash in ("", "/"):
         shown = not slash
@@ -147,6 +150,7 @@ class _Runtime:
     aliases: tuple[str, ...]
     runtime: str | None
     ours: str  # the name our registry knows
+    environment: str = ""  # the environment it runs in; "": the host
 
     def named(self, name: str) -> bool:
         key = name.strip().lower()
@@ -177,17 +181,47 @@ def _runtimes(service: Service) -> tuple[_Runtime, ...]:
     return tuple(runtimes)
 
 
+def _environment_runtimes(service: Service, principal: Principal) -> tuple[_Runtime, ...]:
+    """Each language of each environment the caller may use, as a runtime of its own.
+
+    Piston clients choose with ``language`` + ``version``: the entry's version is ``0.0.0-ENV`` (a
+    prerelease: ``*`` and ranges keep choosing the host's runtime, which is listed first, and the exact
+    string chooses this one) and its aliases are ``NAME@ENV`` (``python@datasci``, with any version).
+    ``runtime`` names the environment, as Piston's names the package that provides a language.
+    """
+    runtimes = []
+    for listed in service.environments(principal.may_use):
+        env = str(listed["name"])
+        for ours in cast("list[str]", listed["languages"]):
+            name = _PISTON_LANGUAGE.get(ours, ours)
+            aliases = (name, *_PISTON_ALIASES.get(ours, ()), ours)
+            runtimes.append(
+                _Runtime(
+                    language=name,
+                    version=f"0.0.0-{env}",
+                    aliases=tuple(f"{alias}@{env}" for alias in dict.fromkeys(aliases)),
+                    runtime=env,
+                    ours=ours,
+                    environment=env,
+                )
+            )
+    return tuple(runtimes)
+
+
 class _PistonRoutes:
-    def __init__(self, runtimes: tuple[_Runtime, ...], settings: Settings) -> None:
-        self._runtimes = runtimes
-        self._settings = settings
+    def __init__(self, runtimes: tuple[_Runtime, ...], service: Service) -> None:
+        self._runtimes = runtimes  # the host's: fixed at start-up
+        self._service = service
+        self._settings = service.settings
 
     async def runtimes(self, request: Request) -> Response:
         try:
-            _principal(await core_of(request), request)
+            principal = _principal(await core_of(request), request)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
-        return JSONResponse([rt.as_json() for rt in self._runtimes])
+        # Off the loop: environments are listed from disk, their toolchains probed.
+        in_environments = await asyncio.to_thread(_environment_runtimes, self._service, principal)
+        return JSONResponse([rt.as_json() for rt in (*self._runtimes, *in_environments)])
 
     async def packages(self, request: Request) -> Response:
         try:
@@ -202,7 +236,14 @@ class _PistonRoutes:
             principal = _principal(core, request)
             if not request.headers.get("content-type", "").startswith("application/json"):
                 return message(415, "requests must be of type application/json")
-            runtime, spec = self._parse(parse_json(await request.body()), principal.tenant)
+            body = parse_json(await request.body())
+            parsed = self._parse(body, principal.tenant, self._runtimes)
+            if parsed is None:  # not the host's: one of an environment's (found only when asked for)
+                in_environments = await asyncio.to_thread(_environment_runtimes, self._service, principal)
+                parsed = self._parse(body, principal.tenant, in_environments)
+            if parsed is None:
+                raise RejectedError(f"{body['language']}-{body['version']} runtime is unknown", field="language")
+            runtime, spec = parsed
             spec = await core.submit(principal, spec, waits=True)
         except MAPPED_ERRORS as exc:
             return _error(as_api_error(exc))
@@ -214,8 +255,8 @@ class _PistonRoutes:
             return message(500, f"task {spec.id} vanished before it finished")
         return render(runtime.language, runtime.version, events)
 
-    def _parse(self, body: Any, tenant: str) -> tuple[_Runtime, TaskSpec]:
-        """Piston's checks, in Piston's order and words, then ours."""
+    def _parse(self, body: Any, tenant: str, runtimes: tuple[_Runtime, ...]) -> tuple[_Runtime, TaskSpec] | None:
+        """Piston's checks, in Piston's order and words, then ours; None when no runtime matches."""
         if not isinstance(body, dict):
             raise RejectedError("the request body must be a JSON object", field="body")
         language, version, files = body.get("language"), body.get("version"), body.get("files")
@@ -228,9 +269,9 @@ class _PistonRoutes:
         for i, item in enumerate(files):
             if not isinstance(item, dict) or not isinstance(item.get("content"), str):
                 raise RejectedError(f"files[{i}].content is required as a string", field=f"files[{i}].content")
-        runtime = next((rt for rt in self._runtimes if rt.named(language) and satisfies(rt.version, version)), None)
+        runtime = next((rt for rt in runtimes if rt.named(language) and satisfies(rt.version, version)), None)
         if runtime is None:
-            raise RejectedError(f"{language}-{version} runtime is unknown", field="language")
+            return None
         sources = _sources(files)
         run_limits = _limit_request(body, "run", self._settings.run_maxima)
         compile_limits = _limit_request(body, "compile", self._settings.compile_maxima)
@@ -250,6 +291,7 @@ class _PistonRoutes:
             limits=run_limits,
             compile_limits=compile_limits,
             user_file_name=sources[0].name,
+            environment=runtime.environment,
         )
 
 

@@ -36,6 +36,11 @@ export async function fetchLanguages() {
   return (await request("GET", "/api/v1/languages")).languages;
 }
 
+/** The environments runs may name, each with the languages it offers: [{name, languages, ...}]. */
+export async function fetchEnvironments() {
+  return (await request("GET", "/api/v1/environments")).environments;
+}
+
 /** A new session: {session_id, expires_in_s}. */
 export function createSession() {
   return request("POST", "/api/v1/sessions");
@@ -52,7 +57,7 @@ export function endSessionOnUnload(sessionId) {
 
 /**
  * Start one interactive run. `runMessage` is the WebSocket's first message minus its type
- * ({language, code, stdin?, session_id?, limits?}); `handlers` receive what the server says:
+ * ({language, code, stdin?, session_id?, limits?, environment?}); `handlers` receive what the server says:
  *   onMessage(message)  each stage / stdout / stderr / stage_result / exit / error message
  *   onClose({code, reason, finished})  once, when the socket is closed (finished: an exit was seen)
  * Returns a handle to steer the run: sendStdin(text), closeStdin(), interrupt(), cancel().

@@ -6,7 +6,15 @@
 // The editor is CodeMirror when the server has its bundle (the <body>'s data-code-editor names it),
 // else the plain textarea editor of editor.js, with a note saying why: the page works either way.
 
-import { ApiError, createSession, endSession, endSessionOnUnload, fetchLanguages, startRun } from "./api.js";
+import {
+  ApiError,
+  createSession,
+  endSession,
+  endSessionOnUnload,
+  fetchEnvironments,
+  fetchLanguages,
+  startRun,
+} from "./api.js";
 import { createEditor as createPlainEditor } from "./editor.js";
 import { errorLines } from "./errors.js";
 import { createOutput, createStatusLine } from "./output.js";
@@ -16,6 +24,8 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   language: $("language"),
   version: $("version"),
+  environmentField: $("environment-field"),
+  environment: $("environment"),
   stdin: $("stdin"),
   limitCpu: $("limit-cpu"),
   limitWall: $("limit-wall"),
@@ -42,7 +52,9 @@ let editor = null; // set by loadEditor, before the languages are loaded
 const output = createOutput($("output"));
 const status = createStatusLine($("status"));
 
-const languages = new Map(); // name -> {name, display_name, version, sample, ...}
+const languages = new Map(); // name -> {name, display_name, version, sample, ...}: those offered where runs go
+const hostLanguages = []; // the host's, in the server's order
+const environments = new Map(); // name -> {name, languages: [names]}
 let loadedSample = ""; // the sample last put in the editor: code equal to it is not the user's
 let run = null; // {handle, interrupted, cancelled, failed, inputOpen} while a run lasts
 let session = null; // {id} once created; {pending: Promise} while being created
@@ -83,12 +95,58 @@ async function loadLanguages() {
     ui.language.replaceChildren(new Option("—", ""));
     return;
   }
-  ui.language.replaceChildren(...list.map((lang) => new Option(lang.display_name, lang.name)));
-  for (const lang of list) languages.set(lang.name, lang);
-  ui.language.disabled = list.length === 0;
+  hostLanguages.push(...list);
+  offerLanguages(list);
   if (!restoreShared() && languages.size) selectLanguage(languages.has("python") ? "python" : list[0].name);
   setRunning(false);
+  loadEnvironments();
 }
+
+/** Fill the language picker with these languages, keeping the chosen one when it is among them. */
+function offerLanguages(list) {
+  const chosen = ui.language.value;
+  languages.clear();
+  for (const lang of list) languages.set(lang.name, lang);
+  ui.language.replaceChildren(...list.map((lang) => new Option(lang.display_name, lang.name)));
+  ui.language.disabled = list.length === 0;
+  if (languages.has(chosen)) ui.language.value = chosen;
+}
+
+// ------------------------------------------------------------------ environments
+
+/** The environment picker: shown only when the server has environments this page may use. */
+async function loadEnvironments() {
+  let list;
+  try {
+    list = await fetchEnvironments();
+  } catch {
+    return; // no picker: runs go to the host, as on a server without environments
+  }
+  for (const env of list) environments.set(env.name, env);
+  ui.environment.append(...list.map((env) => new Option(env.name, env.name)));
+  ui.environmentField.hidden = list.length === 0;
+}
+
+/** The languages an environment offers: the host's description where the host has one too, else its name. */
+function languagesOf(envName) {
+  const env = environments.get(envName);
+  if (!env) return hostLanguages;
+  const byName = new Map(hostLanguages.map((lang) => [lang.name, lang]));
+  return env.languages.map((name) => {
+    const host = byName.get(name);
+    // Its version there is not the host's (nor probed): only the name and the sample are shown.
+    return host ? { ...host, version: "" } : { name, display_name: name, version: "", sample: "", extensions: [] };
+  });
+}
+
+ui.environment.addEventListener("change", () => {
+  const before = ui.language.value;
+  offerLanguages(languagesOf(ui.environment.value));
+  const name = languages.has(before) ? before : languages.has("python") ? "python" : ui.language.options[0]?.value;
+  if (name) selectLanguage(name, { keepCode: name === before });
+  else ui.version.textContent = "";
+  setRunning(false); // the picker is disabled while a run lasts: nothing is running here
+});
 
 function selectLanguage(name, { keepCode = false } = {}) {
   const lang = languages.get(name);
@@ -229,6 +287,7 @@ function readLimits() {
 async function startRunning() {
   if (run || !ui.language.value) return;
   const message = { language: ui.language.value, code: editor.getValue() };
+  if (ui.environment.value) message.environment = ui.environment.value;
   if (ui.stdin.value) message.stdin = ui.stdin.value; // sent whole, then closed
   const limits = readLimits();
   if (limits) message.limits = limits;
@@ -317,6 +376,7 @@ function setRunning(running) {
   ui.stop.textContent = "Stop";
   ui.stop.removeAttribute("aria-label");
   ui.keepFiles.disabled = running || !ready;
+  ui.environment.disabled = running;
   setInputOpen(running && run.inputOpen);
 }
 
