@@ -1,0 +1,188 @@
+"""The deploy tier: sandlot's Containerfile built from a Debian base made here, and run for real.
+
+``pytest -m deploy`` (``bash scripts/setup.sh test-deploy``); never in the default run (pyproject's
+addopts). One image build (minutes the first time: the toolchains), then: the embedded server in a
+--privileged container (playground, HTTP runs in Python and Go, gRPC, a fork bomb and a host-file read that
+stay inside, the health check), the same with the smaller privilege set docs/deploy.md gives, and the
+distributed mode (a Redis container, an API node, a worker whose SIGTERM drains a running job).
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2_grpc
+from tests.deploy import podman as pm
+from tests.root import require_root
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(pm.BUILD_TIMEOUT_S + 600)]
+
+PRIVILEGED = ("--privileged",)
+# Measured here (docs/deploy.md, "Privileges"): enough for the jail on this cgroup v1 host, with the
+# entrypoint remounting the container's own cgroups writable.
+SMALLER = ("--cap-add", "SYS_ADMIN", "--security-opt", "unmask=/proc/*")
+BOX_UID_BASE = 930_000_000  # apart from the suite's and a real install's box uids on this host
+FORK_BOMB = "import os\nwhile True:\n    os.fork()\n"
+GO_HELLO = 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello from go") }\n'
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[None]:
+    require_root("podman builds and runs privileged containers")
+    pm.remove_all(keep_images=True)  # a previous run's leftovers, by name
+    try:
+        pm.build_images(pm.base_image())
+        yield
+    finally:
+        pm.remove_all()
+
+
+def _api(ip: str) -> str:
+    return f"http://{ip}:8080"
+
+
+def _start_server(name: str, privileges: tuple[str, ...], *extra: str) -> str:
+    env = ("-e", f"SANDLOT_BOX_UID_BASE={BOX_UID_BASE}")
+    container = pm.run(name, *privileges, *env, *extra)
+    ip = pm.address(container)
+    pm.wait_ready(container, f"{_api(ip)}/readyz")
+    return ip
+
+
+@pytest.fixture(scope="module")
+def server(images: None) -> str:
+    """The default command (`serve`, embedded mode) in a --privileged container: its address."""
+    return _start_server("server", PRIVILEGED)
+
+
+def _run(ip: str, language: str, code: str) -> dict[str, object]:
+    answer = httpx.post(f"{_api(ip)}/api/v1/run", json={"language": language, "code": code}, timeout=180)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, object] = answer.json()
+    return result
+
+
+def _box_processes_on_host() -> list[str]:
+    """Host processes running as one of the containers' box uids (none may outlive a run)."""
+    ps = subprocess.run(["ps", "-e", "-o", "uid=,pid=,comm="], capture_output=True, text=True, check=True)
+    return [line for line in ps.stdout.splitlines() if BOX_UID_BASE <= int(line.split()[0]) < BOX_UID_BASE + 1024]
+
+
+def _assert_contained(ip: str) -> None:
+    bomb = _run(ip, "python", FORK_BOMB)
+    assert bomb["status"] != "ok", bomb
+    assert bomb["status"] != "internal_error", bomb  # the program failed, not the sandbox
+    assert _box_processes_on_host() == []  # the whole box was killed: nothing left on the host
+    secret = pm.STATE / f"host-secret-{secrets.token_hex(8)}"
+    secret.write_text("host secret\n")
+    try:
+        # The host's file is not in the container; the container's own files are not in the box (its root is
+        # the system dirs, read-only); /etc/shadow is there but not readable by the box's uid.
+        paths = (str(secret), "/run/sandlot-container/role", "/etc/shadow")
+        probe = (
+            f"for path in {paths!r}:\n"
+            "    try:\n"
+            "        print(path, 'READ', open(path).read()[:20])\n"
+            "    except OSError as exc:\n"
+            "        print(path, 'DENIED', type(exc).__name__)\n"
+        )
+        result = _run(ip, "python", probe)
+    finally:
+        secret.unlink()
+    assert result["status"] == "ok", result
+    assert "READ" not in str(result["stdout"]), result["stdout"]
+    assert str(result["stdout"]).count("DENIED") == 3, result["stdout"]
+    after = _run(ip, "python", "print(6 * 7)")  # the server is unharmed
+    assert (after["status"], after["stdout"]) == ("ok", "42\n"), after
+
+
+def test_playground_page(server: str) -> None:
+    page = httpx.get(f"{_api(server)}/", timeout=30)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<title>" in page.text and "sandlot" in page.text.lower()
+    editor = httpx.get(f"{_api(server)}/static/bundle/editor.js", timeout=30)  # the npm-built editor is in the wheel
+    assert editor.status_code == 200 and len(editor.content) > 10_000
+
+
+def test_python_and_go_over_http(server: str) -> None:
+    python = _run(server, "python", "import sys; print(sys.version_info[:2] >= (3, 11), 6 * 7)")
+    assert (python["status"], python["stdout"]) == ("ok", "True 42\n"), python
+    go = _run(server, "go", GO_HELLO)
+    assert (go["status"], go["stdout"]) == ("ok", "hello from go\n"), go
+
+
+def test_grpc_execute(server: str) -> None:
+    with grpc.insecure_channel(f"{server}:50051") as channel:
+        stub = sandlot_pb2_grpc.SandlotStub(channel)
+        events = list(stub.Execute(pb.ExecuteRequest(language="python", code='print("hi over grpc")\n'), timeout=120))
+    result = events[-1].exit.result
+    assert result.status == pb.STATUS_OK
+    assert result.stdout == b"hi over grpc\n"
+
+
+def test_fork_bomb_and_host_files_stay_inside(server: str) -> None:
+    _assert_contained(server)
+
+
+def test_health_check_is_the_readiness(server: str) -> None:
+    checked = pm.podman("healthcheck", "run", f"{pm.PREFIX}-server", check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    inspected = pm.podman("image", "inspect", "-f", "{{json .Config.Healthcheck}}", pm.IMAGE).stdout
+    assert "sandlot-healthcheck" in inspected  # kept by --format docker (an OCI image drops it)
+
+
+def test_smaller_privileges_are_enough_for_the_jail(images: None) -> None:
+    ip = _start_server("smaller", SMALLER)
+    python = _run(ip, "python", "print(6 * 7)")
+    assert (python["status"], python["stdout"]) == ("ok", "42\n"), python
+    _assert_contained(ip)
+
+
+def test_distributed_worker_runs_jobs_and_drains_on_sigterm(images: None) -> None:
+    redis = pm.run(
+        "redis", image=pm.REDIS_IMAGE, command=("redis-server", "--appendonly", "yes", "--protected-mode", "no")
+    )
+    redis_url = f"redis://{pm.address(redis)}:6379/0"
+    shared = ("--privileged", "-e", f"SANDLOT_REDIS_URL={redis_url}")
+    api = pm.run("api", *shared, "-e", "SANDLOT_BOX_UID_BASE=940000000", command=("serve", "--no-worker"))
+    worker = pm.run(
+        "worker",
+        *shared,
+        "-e",
+        f"SANDLOT_BOX_UID_BASE={BOX_UID_BASE}",
+        "-e",
+        "SANDLOT_WORKER_METRICS_PORT=9100",
+        command=("worker", "--pool-size", "2"),
+    )
+    api_ip = pm.address(api)
+    pm.wait_ready(api, f"{_api(api_ip)}/readyz")  # 200 only once a live worker serves it
+
+    python = _run(api_ip, "python", "print(6 * 7)")
+    assert (python["status"], python["stdout"]) == ("ok", "42\n"), python
+    metrics = httpx.get(f"http://{pm.address(worker)}:9100/metrics", timeout=30).text
+    assert 'sandlot_executions_total{language="python",status="ok"} 1.0' in metrics
+    assert pm.podman("healthcheck", "run", worker, check=False).returncode == 0
+
+    code = 'import time\nprint("started", flush=True)\ntime.sleep(3)\nprint("finished")\n'
+    task = httpx.post(f"{_api(api_ip)}/api/v1/execute", json={"language": "python", "code": code}, timeout=30)
+    assert task.status_code in (200, 202), task.text
+    task_id = task.json()["task_id"]
+    with httpx.stream("GET", f"{_api(api_ip)}/api/v1/tasks/{task_id}/events", timeout=120) as events:
+        for line in events.iter_lines():
+            if "started" in line:
+                break  # the job runs on the worker: now stop the worker
+    stopped = pm.podman("stop", "-t", "60", worker, timeout=90)
+    assert stopped.returncode == 0
+    assert pm.podman("inspect", "-f", "{{.State.ExitCode}}", worker).stdout.strip() == "0", pm.logs(worker)
+    assert "draining" in pm.logs(worker)
+    done = httpx.get(f"{_api(api_ip)}/api/v1/tasks/{task_id}", timeout=30).json()
+    assert done["status"] == "done", done
+    assert (done["result"]["status"], done["result"]["stdout"]) == ("ok", "started\nfinished\n"), done
