@@ -28,8 +28,10 @@ PRIVILEGED = ("--privileged",)
 # Measured here (docs/deploy.md, "Privileges"): enough for the jail on this cgroup v1 host, with the
 # entrypoint remounting the container's own cgroups writable.
 SMALLER = ("--cap-add", "SYS_ADMIN", "--security-opt", "unmask=/proc/*")
-BOX_UID_BASE = 930_000_000  # apart from the suite's and a real install's box uids on this host
-FORK_BOMB = "import os\nwhile True:\n    os.fork()\n"
+# Box uids are host uids: each container its own range, apart from the suite's and a real install's.
+UID_BASES = {"server": 930_000_000, "api": 940_000_000, "worker": 950_000_000, "smaller": 960_000_000}
+BOMB_NAME = "sandlot-bomb"  # the fork bomb's processes name themselves so the host can look for survivors
+FORK_BOMB = f"import os\nopen('/proc/self/comm', 'w').write({BOMB_NAME!r})\nwhile True:\n    os.fork()\n"
 GO_HELLO = 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello from go") }\n'
 
 
@@ -48,9 +50,8 @@ def _api(ip: str) -> str:
     return f"http://{ip}:8080"
 
 
-def _start_server(name: str, privileges: tuple[str, ...], *extra: str) -> str:
-    env = ("-e", f"SANDLOT_BOX_UID_BASE={BOX_UID_BASE}")
-    container = pm.run(name, *privileges, *env, *extra)
+def _start_server(name: str, privileges: tuple[str, ...]) -> str:
+    container = pm.run(name, *privileges, "-e", f"SANDLOT_BOX_UID_BASE={UID_BASES[name]}")
     ip = pm.address(container)
     pm.wait_ready(container, f"{_api(ip)}/readyz")
     return ip
@@ -69,17 +70,17 @@ def _run(ip: str, language: str, code: str) -> dict[str, object]:
     return result
 
 
-def _box_processes_on_host() -> list[str]:
-    """Host processes running as one of the containers' box uids (none may outlive a run)."""
+def _bomb_survivors_on_host() -> list[str]:
+    """The fork bomb's processes still alive anywhere on the host (the containers share its kernel)."""
     ps = subprocess.run(["ps", "-e", "-o", "uid=,pid=,comm="], capture_output=True, text=True, check=True)
-    return [line for line in ps.stdout.splitlines() if BOX_UID_BASE <= int(line.split()[0]) < BOX_UID_BASE + 1024]
+    return [line for line in ps.stdout.splitlines() if line.split()[-1] == BOMB_NAME]
 
 
 def _assert_contained(ip: str) -> None:
     bomb = _run(ip, "python", FORK_BOMB)
     assert bomb["status"] != "ok", bomb
     assert bomb["status"] != "internal_error", bomb  # the program failed, not the sandbox
-    assert _box_processes_on_host() == []  # the whole box was killed: nothing left on the host
+    assert _bomb_survivors_on_host() == []  # the whole box was killed: nothing left on the host
     secret = pm.STATE / f"host-secret-{secrets.token_hex(8)}"
     secret.write_text("host secret\n")
     try:
@@ -152,12 +153,12 @@ def test_distributed_worker_runs_jobs_and_drains_on_sigterm(images: None) -> Non
     )
     redis_url = f"redis://{pm.address(redis)}:6379/0"
     shared = ("--privileged", "-e", f"SANDLOT_REDIS_URL={redis_url}")
-    api = pm.run("api", *shared, "-e", "SANDLOT_BOX_UID_BASE=940000000", command=("serve", "--no-worker"))
+    api = pm.run("api", *shared, "-e", f"SANDLOT_BOX_UID_BASE={UID_BASES['api']}", command=("serve", "--no-worker"))
     worker = pm.run(
         "worker",
         *shared,
         "-e",
-        f"SANDLOT_BOX_UID_BASE={BOX_UID_BASE}",
+        f"SANDLOT_BOX_UID_BASE={UID_BASES['worker']}",
         "-e",
         "SANDLOT_WORKER_METRICS_PORT=9100",
         command=("worker", "--pool-size", "2"),
