@@ -25,15 +25,19 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path("/var/lib/sandlot-deploy-test")
 PREFIX = "sandlot-deploy-test"
 IMAGE = f"localhost/{PREFIX}:latest"
 REDIS_IMAGE = f"localhost/{PREFIX}-redis:latest"
+PROMETHEUS_IMAGE = f"localhost/{PREFIX}-prometheus:latest"
+COMPOSE = ROOT / "compose.yaml"
 BASE_REPO = f"localhost/{PREFIX}-base"
 SUITE = "bookworm"
 MIRRORS = (
@@ -109,13 +113,53 @@ def build_images(base: str) -> None:
     )
     tail = f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     assert done.returncode == 0, f"{' '.join(build)}: exit {done.returncode}\n{tail}"
+    # Stand-ins for compose.yaml's Docker Hub images, from Debian's packages: redis-server as the official
+    # image runs it (protected mode off: reached from other containers), prometheus as its image's entrypoint.
+    _build_small(
+        base,
+        REDIS_IMAGE,
+        "redis-server",
+        'RUN mkdir /data\nENTRYPOINT ["/bin/sh", "-c", "exec \\"$@\\" --protected-mode no", "--"]',
+    )
+    _build_small(base, PROMETHEUS_IMAGE, "prometheus", 'RUN mkdir /prometheus\nENTRYPOINT ["/usr/bin/prometheus"]')
+
+
+def _build_small(base: str, tag: str, package: str, tail: str) -> None:
     with tempfile.TemporaryDirectory() as context:
         (Path(context) / "Containerfile").write_text(
             f"FROM {base}\n"
-            "RUN apt-get update && apt-get install -y --no-install-recommends redis-server"
+            f"RUN apt-get update && apt-get install -y --no-install-recommends {package}"
             " && rm -rf /var/lib/apt/lists/*\n"
+            f"{tail}\n"
         )
-        podman("build", "--isolation", "chroot", "-t", REDIS_IMAGE, context, timeout=600)
+        podman("build", "--isolation", "chroot", "-t", tag, context, timeout=600)
+
+
+def compose_service(name: str) -> dict[str, object]:
+    service: dict[str, object] = yaml.safe_load(COMPOSE.read_text())["services"][name]
+    return service
+
+
+def run_compose_service(name: str, image: str, hosts: dict[str, str]) -> str:
+    """compose.yaml's service ``name`` as ``podman run`` would run it, on ``image``, its peers in /etc/hosts.
+
+    What podman-compose would do, minus the network's DNS (this host's CNI has none): the service's
+    command, environment, privileges and bind mounts as written; named volumes become anonymous ones.
+    """
+    service = compose_service(name)
+    options = ["--privileged"] if service.get("privileged") else []
+    for key, value in dict(service.get("environment", {})).items():  # type: ignore[call-overload]
+        options += ["-e", f"{key}={value}"]
+    for volume in service.get("volumes", []):  # type: ignore[attr-defined]
+        source, target, *mode = str(volume).split(":")
+        if source.startswith("./"):
+            options += ["-v", ":".join([str(ROOT / source), target, *mode])]
+        else:
+            options += ["-v", target]
+    for host, ip in hosts.items():
+        options += ["--add-host", f"{host}:{ip}"]
+    command = tuple(str(part) for part in service.get("command", []))  # type: ignore[attr-defined]
+    return run(name, *options, image=image, command=command)
 
 
 def run(name: str, *options: str, image: str = IMAGE, command: tuple[str, ...] = ()) -> str:
@@ -157,6 +201,14 @@ def wait_ready(name: str, url: str, deadline_s: float = 300) -> None:
     raise AssertionError(f"{name}: {url} not 200 within {deadline_s} s:\n{logs(name)[-4000:]}")
 
 
+def wait_until(condition: Callable[[], bool], message: str, deadline_s: float = 120) -> None:
+    """Until ``condition()`` holds; a loop with a deadline, for what only answers when asked (Prometheus)."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, message
+        time.sleep(1)
+
+
 def remove_all(keep_images: bool = os.environ.get("SANDLOT_DEPLOY_KEEP_IMAGES") == "1") -> None:
     """Every container of this tier, then its images (not the base: it is the cache), by name."""
     names = podman("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
@@ -164,4 +216,4 @@ def remove_all(keep_images: bool = os.environ.get("SANDLOT_DEPLOY_KEEP_IMAGES") 
         if name.startswith(f"{PREFIX}-"):
             podman("rm", "-f", "-v", "-t", "0", name, check=False, timeout=120)
     if not keep_images:
-        podman("rmi", "-f", IMAGE, REDIS_IMAGE, check=False, timeout=300)
+        podman("rmi", "-f", IMAGE, REDIS_IMAGE, PROMETHEUS_IMAGE, check=False, timeout=300)

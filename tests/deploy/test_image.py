@@ -3,8 +3,9 @@
 ``pytest -m deploy`` (``bash scripts/setup.sh test-deploy``); never in the default run (pyproject's
 addopts). One image build (minutes the first time: the toolchains), then: the embedded server in a
 --privileged container (playground, HTTP runs in Python and Go, gRPC, a fork bomb and a host-file read that
-stay inside, the health check), the same with the smaller privilege set docs/deploy.md gives, and the
-distributed mode (a Redis container, an API node, a worker whose SIGTERM drains a running job).
+stay inside, the health check), the same with the smaller privilege set docs/deploy.md gives, and
+compose.yaml's services as written (Redis, the API node, two workers whose SIGTERM drains a running job,
+Prometheus scraping all three), with Debian-built stand-ins for the Docker Hub images.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ PRIVILEGED = ("--privileged",)
 # entrypoint remounting the container's own cgroups writable.
 SMALLER = ("--cap-add", "SYS_ADMIN", "--security-opt", "unmask=/proc/*")
 # Box uids are host uids: each container its own range, apart from the suite's and a real install's.
-UID_BASES = {"server": 930_000_000, "api": 940_000_000, "worker": 950_000_000, "smaller": 960_000_000}
+# compose.yaml's services use 930, 940 and 950 million.
+UID_BASES = {"server": 960_000_000, "smaller": 970_000_000}
 BOMB_NAME = "sandlot-bomb"  # the fork bomb's processes name themselves so the host can look for survivors
 FORK_BOMB = f"import os\nopen('/proc/self/comm', 'w').write({BOMB_NAME!r})\nwhile True:\n    os.fork()\n"
 GO_HELLO = 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello from go") }\n'
@@ -147,30 +149,30 @@ def test_smaller_privileges_are_enough_for_the_jail(images: None) -> None:
     _assert_contained(ip)
 
 
-def test_distributed_worker_runs_jobs_and_drains_on_sigterm(images: None) -> None:
-    redis = pm.run(
-        "redis", image=pm.REDIS_IMAGE, command=("redis-server", "--appendonly", "yes", "--protected-mode", "no")
-    )
-    redis_url = f"redis://{pm.address(redis)}:6379/0"
-    shared = ("--privileged", "-e", f"SANDLOT_REDIS_URL={redis_url}")
-    api = pm.run("api", *shared, "-e", f"SANDLOT_BOX_UID_BASE={UID_BASES['api']}", command=("serve", "--no-worker"))
-    worker = pm.run(
-        "worker",
-        *shared,
-        "-e",
-        f"SANDLOT_BOX_UID_BASE={UID_BASES['worker']}",
-        "-e",
-        "SANDLOT_WORKER_METRICS_PORT=9100",
-        command=("worker", "--pool-size", "2"),
-    )
-    api_ip = pm.address(api)
+def test_compose_services_run_distributed_are_scraped_and_drain(images: None) -> None:
+    """compose.yaml's redis, api, worker-1, worker-2 and prometheus, as written (tests/deploy/podman.py)."""
+    redis = pm.run_compose_service("redis", pm.REDIS_IMAGE, {})
+    hosts = {"redis": pm.address(redis)}
+    api = pm.run_compose_service("api", pm.IMAGE, hosts)
+    workers = [pm.run_compose_service(name, pm.IMAGE, hosts) for name in ("worker-1", "worker-2")]
+    hosts |= {name.removeprefix(f"{pm.PREFIX}-"): pm.address(name) for name in (api, *workers)}
+    prometheus = pm.run_compose_service("prometheus", pm.PROMETHEUS_IMAGE, hosts)
+    api_ip = hosts["api"]
     pm.wait_ready(api, f"{_api(api_ip)}/readyz")  # 200 only once a live worker serves it
 
     python = _run(api_ip, "python", "print(6 * 7)")
     assert (python["status"], python["stdout"]) == ("ok", "42\n"), python
-    metrics = httpx.get(f"http://{pm.address(worker)}:9100/metrics", timeout=30).text
-    assert 'sandlot_executions_total{language="python",status="ok"} 1.0' in metrics
-    assert pm.podman("healthcheck", "run", worker, check=False).returncode == 0
+    for worker in workers:
+        assert pm.podman("healthcheck", "run", worker, check=False).returncode == 0, pm.logs(worker)
+    # Prometheus (deploy/compose/prometheus.yml) scrapes all three nodes and sees the run a worker counted.
+    query = f"http://{pm.address(prometheus)}:9090/api/v1/query"
+    pm.wait_until(
+        lambda: (
+            _prometheus(query, 'count(up{job="sandlot"} == 1)') == 3.0
+            and _prometheus(query, 'sum(sandlot_executions_total{status="ok"})') >= 1.0
+        ),
+        f"Prometheus never saw 3 sandlot nodes up and the run:\n{pm.logs(prometheus)[-3000:]}",
+    )
 
     code = 'import time\nprint("started", flush=True)\ntime.sleep(3)\nprint("finished")\n'
     task = httpx.post(f"{_api(api_ip)}/api/v1/execute", json={"language": "python", "code": code}, timeout=30)
@@ -179,11 +181,21 @@ def test_distributed_worker_runs_jobs_and_drains_on_sigterm(images: None) -> Non
     with httpx.stream("GET", f"{_api(api_ip)}/api/v1/tasks/{task_id}/events", timeout=120) as events:
         for line in events.iter_lines():
             if "started" in line:
-                break  # the job runs on the worker: now stop the worker
-    stopped = pm.podman("stop", "-t", "60", worker, timeout=90)
-    assert stopped.returncode == 0
-    assert pm.podman("inspect", "-f", "{{.State.ExitCode}}", worker).stdout.strip() == "0", pm.logs(worker)
-    assert "draining" in pm.logs(worker)
+                break  # the job runs on one of the workers: now stop both, as compose would
+    grace = str(pm.compose_service("worker-1")["stop_grace_period"]).removesuffix("s")
+    pm.podman("stop", "-t", grace, *workers, timeout=float(grace) + 30)
+    for worker in workers:
+        assert pm.podman("inspect", "-f", "{{.State.ExitCode}}", worker).stdout.strip() == "0", pm.logs(worker)
+    assert any("draining" in pm.logs(worker) for worker in workers)
     done = httpx.get(f"{_api(api_ip)}/api/v1/tasks/{task_id}", timeout=30).json()
     assert done["status"] == "done", done
     assert (done["result"]["status"], done["result"]["stdout"]) == ("ok", "started\nfinished\n"), done
+
+
+def _prometheus(url: str, query: str) -> float:
+    """The value of an instant query's one sample, 0 when there is none (not scraped yet)."""
+    try:
+        samples = httpx.get(url, params={"query": query}, timeout=10).json()["data"]["result"]
+    except httpx.HTTPError:
+        return 0.0
+    return float(samples[0]["value"][1]) if samples else 0.0
