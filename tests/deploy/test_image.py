@@ -65,8 +65,9 @@ def server(images: None) -> str:
     return _start_server("server", PRIVILEGED)
 
 
-def _run(ip: str, language: str, code: str) -> dict[str, object]:
-    answer = httpx.post(f"{_api(ip)}/api/v1/run", json={"language": language, "code": code}, timeout=180)
+def _run(ip: str, language: str, code: str, isolation: str = "") -> dict[str, object]:
+    request = {"language": language, "code": code} | ({"isolation": isolation} if isolation else {})
+    answer = httpx.post(f"{_api(ip)}/api/v1/run", json=request, timeout=180)
     assert answer.status_code == 200, answer.text
     result: dict[str, object] = answer.json()
     return result
@@ -120,6 +121,8 @@ def test_python_and_go_over_http(server: str) -> None:
     assert (python["status"], python["stdout"]) == ("ok", "True 42\n"), python
     go = _run(server, "go", GO_HELLO)
     assert (go["status"], go["stdout"]) == ("ok", "hello from go\n"), go
+    gvisor = _run(server, "python", "print(6 * 7)", isolation="gvisor")  # runsc works in the container too
+    assert (gvisor["status"], gvisor["stdout"]) == ("ok", "42\n"), gvisor
 
 
 def test_grpc_execute(server: str) -> None:
@@ -144,8 +147,9 @@ def test_health_check_is_the_readiness(server: str) -> None:
 
 def test_smaller_privileges_are_enough_for_the_jail(images: None) -> None:
     ip = _start_server("smaller", SMALLER)
-    python = _run(ip, "python", "print(6 * 7)")
-    assert (python["status"], python["stdout"]) == ("ok", "42\n"), python
+    for isolation in ("jail", "gvisor"):
+        python = _run(ip, "python", "print(6 * 7)", isolation=isolation)
+        assert (python["status"], python["stdout"]) == ("ok", "42\n"), (isolation, python)
     _assert_contained(ip)
 
 
