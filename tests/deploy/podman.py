@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -135,8 +136,8 @@ def _build_small(base: str, tag: str, package: str, tail: str) -> None:
         podman("build", "--isolation", "chroot", "-t", tag, context, timeout=600)
 
 
-def compose_service(name: str) -> dict[str, object]:
-    service: dict[str, object] = yaml.safe_load(COMPOSE.read_text())["services"][name]
+def compose_service(name: str) -> dict[str, Any]:
+    service: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"][name]
     return service
 
 
@@ -148,9 +149,9 @@ def run_compose_service(name: str, image: str, hosts: dict[str, str]) -> str:
     """
     service = compose_service(name)
     options = ["--privileged"] if service.get("privileged") else []
-    for key, value in dict(service.get("environment", {})).items():  # type: ignore[call-overload]
+    for key, value in service.get("environment", {}).items():
         options += ["-e", f"{key}={value}"]
-    for volume in service.get("volumes", []):  # type: ignore[attr-defined]
+    for volume in service.get("volumes", []):
         source, target, *mode = str(volume).split(":")
         if source.startswith("./"):
             options += ["-v", ":".join([str(ROOT / source), target, *mode])]
@@ -158,7 +159,7 @@ def run_compose_service(name: str, image: str, hosts: dict[str, str]) -> str:
             options += ["-v", target]
     for host, ip in hosts.items():
         options += ["--add-host", f"{host}:{ip}"]
-    command = tuple(str(part) for part in service.get("command", []))  # type: ignore[attr-defined]
+    command = tuple(str(part) for part in service.get("command", []))
     return run(name, *options, image=image, command=command)
 
 
