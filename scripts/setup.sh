@@ -2,6 +2,8 @@
 # Install everything sandlot needs on a fresh Debian/Ubuntu machine (as root), then
 #   setup.sh run   -> run the main job
 #   setup.sh test  -> run the checks and the test suite (what CI runs)
+#   setup.sh image [podman build args...]  -> the wheel (dist/), then the container image (Containerfile)
+#   setup.sh test-deploy [pytest args...]  -> the deploy tier: builds and runs the image for real (slow)
 # Only package registries are used: Debian/Ubuntu apt, PyPI and npm (the /docs page, the playground's editor).
 set -euo pipefail
 
@@ -97,8 +99,22 @@ case "$MODE" in
         fi
         exit "$rc"
         ;;
+    image)
+        # The wheel from this checkout (with the editor and /docs assets built above), then the image.
+        # podman here: `--runtime runc` (Debian's crun refuses a hybrid cgroup host), `--format docker`
+        # (OCI images drop HEALTHCHECK). Add -t NAME, --build-arg BASE=... and the like as you need.
+        cd "$REPO"
+        rm -f dist/sandlot-*.whl
+        "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w dist .
+        exec podman --runtime runc build --format docker -f Containerfile "${@:2}" .
+        ;;
+    test-deploy)
+        # The deploy tier (tests/deploy/): mmdebstrap base, the image, containers run for real. Slow.
+        cd "$REPO"
+        exec "$VENV/bin/pytest" -m deploy "${@:2}"
+        ;;
     *)
-        echo "usage: setup.sh run|test [pytest args...]" >&2
+        echo "usage: setup.sh run|test|image|test-deploy [args...]" >&2
         exit 2
         ;;
 esac

@@ -140,6 +140,7 @@ class ServerSettings:
     default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
     gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
     allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
+    worker_metrics_port: int = 0  # `sandlot worker`'s /metrics listener on host (0: none; serve has /metrics)
     # -- environments' pre-launched jails (env-warm; pool.py) --
     preload_environments: tuple[str, ...] = ()  # environments boxes are launched for at start-up (names)
 
