@@ -138,6 +138,9 @@ class ServerSettings:
     default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
     gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
     allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
+    # Environments in the distributed mode (issue 15): the base URL workers fetch this API node's
+    # environments from; "": http://HOST:HTTP_PORT (this host's name when HOST is a wildcard address).
+    internal_url: str = ""
 
     @property
     def effective_pool_size(self) -> int:

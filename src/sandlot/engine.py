@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,8 +98,12 @@ class Engine:
         *,
         qualify_fields: bool = False,
         cli_flags: bool = False,
+        offered_there: Collection[str] | None = None,
     ) -> PreparedJob:
         """Validate everything a door accepted; raises RejectedError naming the field.
+
+        ``offered_there``: the languages of the job's environment (``environment_digest``) as the node
+        that registered it probed them, for a node whose own store lacks it (the distributed mode).
 
         With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
         (request doors); with ``cli_flags``, the CLI's flag (``--time-limit``); else just ``x``.
@@ -109,8 +113,19 @@ class Engine:
         if job.environment:
             if self.environments is None:
                 raise EnvironmentNotFound(job.environment)
-            rootfs = self.environments.rootfs(job.environment)
-            language = self.languages.get_in(job.language, rootfs, job.environment)
+            found = self.environments.by_digest(job.environment_digest) if job.environment_digest else None
+            if found is not None:  # the environment asked for at submit, whatever the name points to here
+                rootfs = self.environments.rootfs_of(found)
+            elif job.environment_digest and offered_there is not None:
+                pass  # stored on other nodes only (an API node checking a distributed job): no root here
+            elif job.environment_digest:
+                raise EnvironmentNotFound(job.environment)
+            else:
+                rootfs = self.environments.rootfs(job.environment)
+            if rootfs is None:
+                language = self.languages.get_among(job.language, offered_there or (), job.environment)
+            else:
+                language = self.languages.get_in(job.language, rootfs, job.environment)
         else:
             language = self.languages.get(job.language)
         if not job.files:

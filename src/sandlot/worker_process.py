@@ -29,6 +29,7 @@ async def run_worker(settings: Settings, server: ServerSettings) -> None:
     with stop_on_signals() as stop:
         service = await Service.start(settings, server)
         try:
+            await service.announce_environments(None)  # no listener: its environments are recorded, not served
             log.warning(
                 "sandlot worker running %s on %s (claim timeout %d ms)",
                 count_boxes(service.pool.size),

@@ -64,7 +64,8 @@ class Core:
         for the level it is refused now (``Service.require_worker``).
         """
         service = self.service
-        spec = service.validate(spec, min_isolation=principal.min_isolation)
+        spec, offered_there = await service.resolve_environment(spec)
+        spec = service.validate(spec, min_isolation=principal.min_isolation, offered_there=offered_there)
         if not service.accepting:
             raise Unavailable(SHUTTING_DOWN)
         if waits:
