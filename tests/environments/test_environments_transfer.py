@@ -1,0 +1,181 @@
+"""Moving environments between stores (the distributed mode's transfer), over real HTTP and a real Redis.
+
+A small HTTP server of the test's own stands in for an API node's internal route (the distributed tests
+drive the real one): it serves ``pack`` of the source store's root, and can hold a response until the
+test lets it go, so what waits for what is decided by the test, never by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http.server
+import os
+import tarfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sandlot.broker.redis import RedisBroker
+from sandlot.environments.shared import SharedEnvironments
+from sandlot.environments.store import EnvironmentStore
+from sandlot.environments.transfer import content_digest, fetch, pack
+from sandlot.environments.unpack import UnpackLimits
+from sandlot.errors import EnvironmentFetchFailed
+from sandlot.languages import LanguageRegistry
+from tests.nodes import RedisServer, free_ports
+from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
+from tests.root import require_root
+
+
+@dataclass
+class _Source:
+    """What the test server sends for each path (the bytes of a digest's pack), and what was asked."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    held: dict[str, threading.Event] = field(default_factory=dict)  # path -> released when set
+    asked: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    holding: threading.Event = field(default_factory=threading.Event)  # a held request arrived
+
+
+@contextlib.contextmanager
+def _serving(source: _Source) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            source.asked.append(self.path)
+            source.tokens.append(self.headers.get("Authorization", ""))
+            gate = source.held.get(self.path)
+            if gate is not None:
+                source.holding.set()
+                gate.wait(60)
+            body = source.bodies.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    (port,) = free_ports(1)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for gate in source.held.values():
+            gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _image(tmp_path: Path, marker: bytes) -> Path:
+    extra = layer(
+        Entry("etc/linked", tarfile.LNKTYPE, linkname="etc/marker"),  # a hard link travels as a link
+        Entry("etc/other", data=marker),
+    )
+    path = tmp_path / f"image-{hashlib.sha256(marker).hexdigest()[:8]}"
+    write_oci_layout(path, [busybox_base(), extra])
+    return path
+
+
+def _stored(store: EnvironmentStore) -> list[str]:
+    return sorted(e for e in os.listdir(store.root) if e not in {".locks", ".content", "names.json"})
+
+
+def test_pack_is_canonical_and_a_fetch_makes_the_same_root(tmp_path: Path) -> None:
+    require_root("the store is root-owned")
+    source = EnvironmentStore(tmp_path / "a")
+    env = source.import_image("img", _image(tmp_path, b"one\n")).environment
+    root = source.rootfs_of(env)
+    packed = b"".join(pack(root))
+    assert packed == b"".join(pack(root))  # the same bytes every time
+    expected = content_digest(source, env)
+    assert expected == "sha256:" + hashlib.sha256(packed).hexdigest()
+    assert (source.root / ".content" / env.digest.removeprefix("sha256:")).is_file()  # computed once
+
+    served = _Source(bodies={f"/{env.digest}": packed})
+    target = EnvironmentStore(tmp_path / "b")
+    with _serving(served) as base:
+        outcome = fetch(target, "copy", env.to_json(), expected, f"{base}/{env.digest}", "the-token")
+    assert served.tokens == ["Bearer the-token"]
+    made = outcome.environment
+    assert (made.name, made.digest, made.kind) == ("copy", env.digest, "image")
+    assert content_digest(target, made) == expected  # the very same tree
+    copied = target.rootfs_of(made)
+    assert (copied / "etc" / "linked").stat().st_ino == (copied / "etc" / "marker").stat().st_ino
+    assert (copied / "etc" / "marker").read_bytes() == b"sandlot-env-marker\n"
+
+
+def test_a_transfer_over_the_size_cap_stops_and_stores_nothing(tmp_path: Path) -> None:
+    require_root("the store is root-owned")
+    source = EnvironmentStore(tmp_path / "a")
+    env = source.import_image("img", _image(tmp_path, b"one\n")).environment
+    packed = b"".join(pack(source.rootfs_of(env)))
+    small = UnpackLimits(max_total_bytes=64 * 1024, max_files=4)  # busybox alone is ~2 MB
+    target = EnvironmentStore(tmp_path / "b", limits=small)
+    with _serving(_Source(bodies={"/x": packed})) as base, pytest.raises(EnvironmentFetchFailed, match="size cap"):
+        fetch(target, "copy", env.to_json(), content_digest(source, env), f"{base}/x", "t")
+    assert _stored(target) == []
+
+
+def test_a_holder_that_fails_is_a_clear_error(tmp_path: Path) -> None:
+    require_root("the store is root-owned")
+    source = EnvironmentStore(tmp_path / "a")
+    env = source.import_image("img", _image(tmp_path, b"one\n")).environment
+    target = EnvironmentStore(tmp_path / "b")
+    with _serving(_Source()) as base, pytest.raises(EnvironmentFetchFailed, match="HTTP 404"):
+        fetch(target, "copy", env.to_json(), content_digest(source, env), f"{base}/missing", "t")
+    with pytest.raises(EnvironmentFetchFailed, match="not an http"):
+        fetch(target, "copy", env.to_json(), content_digest(source, env), "file:///etc/passwd", "t")
+    assert _stored(target) == []
+
+
+@pytest.fixture
+async def broker(fresh_redis: RedisServer) -> AsyncIterator[RedisBroker]:
+    made = RedisBroker(fresh_redis.url, max_queued=10)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def test_one_fetch_per_digest_and_other_environments_are_not_held_up(
+    tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry
+) -> None:
+    require_root("the store is root-owned")
+    source = EnvironmentStore(tmp_path / "a")
+    first = source.import_image("first", _image(tmp_path, b"one\n")).environment
+    second = source.import_image("second", _image(tmp_path, b"two\n")).environment
+    served = _Source()
+    for env in (first, second):
+        served.bodies[f"/internal/environments/{env.digest}"] = b"".join(pack(source.rootfs_of(env)))
+    gate = served.held[f"/internal/environments/{first.digest}"] = threading.Event()
+    with _serving(served) as base:
+        holder = SharedEnvironments(source, broker.environments, languages, "api-1")
+        await holder.announce(base)
+        target = EnvironmentStore(tmp_path / "b")
+        worker = SharedEnvironments(target, broker.environments, languages, "worker-1")
+
+        waiting = [asyncio.create_task(worker.ensure("first", first.digest)) for _ in range(3)]
+        assert await asyncio.to_thread(served.holding.wait, 60)  # the first fetch is under way, and held
+        await worker.ensure("second", second.digest)  # while the first is held: not blocked by it
+        assert target.by_digest(second.digest) is not None
+        assert not any(task.done() for task in waiting)
+        waiting[0].cancel()  # one job gone: the fetch the others wait for goes on
+        gate.set()
+        await asyncio.gather(*waiting[1:])
+    assert served.asked.count(f"/internal/environments/{first.digest}") == 1
+    assert target.inspect("first").digest == first.digest
+    await worker.ensure("first", first.digest)  # stored: nothing asked
+    assert len(served.asked) == 2
