@@ -171,7 +171,7 @@ class Service:
         the_broker = broker or _make_broker(settings, server)
         shared = None
         if isinstance(the_broker, RedisBroker):
-            shared = SharedEnvironments(environments, the_broker.environments, languages, the_broker.consumer_name)
+            shared = SharedEnvironments(environments, the_broker.environments, languages)
         metrics = Metrics()
         metrics.watch(
             queue_depth=lambda: float(the_broker.queue_depth()),

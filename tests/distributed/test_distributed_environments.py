@@ -122,7 +122,7 @@ def test_a_tampered_transfer_is_refused_and_nothing_is_stored(cluster: Cluster, 
     holders = {k.decode(): json.loads(v) for k, v in rdb.hgetall(holders_key).items()}
     assert len(holders) == 1, holders
     ((node, holder),) = holders.items()
-    assert holder["url"] == f"{api.url}/internal/environments/{image}"
+    assert (node, holder["url"]) == (api.url, f"{api.url}/internal/environments/{image}")
 
     with httpx.Client() as client:
         # The internal route is no tenant's: without the node's token (or with another) it is a 404.
@@ -134,7 +134,8 @@ def test_a_tampered_transfer_is_refused_and_nothing_is_stored(cluster: Cluster, 
     tampered = real.content.replace(b"sandlot-env-marker", b"sandlot-env-MARKER")
 
     with _serving(tampered) as (base, requests):
-        rdb.hset(holders_key, node, json.dumps({"url": f"{base}/internal/environments/{image}", "token": "t"}))
+        elsewhere = holder | {"url": f"{base}/internal/environments/{image}", "token": "t"}  # the same digest
+        rdb.hset(holders_key, node, json.dumps(elsewhere))
         with httpx.Client(base_url=api.url) as client:
             refused = _run(client)
         assert requests == [f"/internal/environments/{image}"]  # the worker did fetch the tampered tar

@@ -162,10 +162,10 @@ async def test_one_fetch_per_digest_and_other_environments_are_not_held_up(
         served.bodies[f"/internal/environments/{env.digest}"] = b"".join(pack(source.rootfs_of(env)))
     gate = served.held[f"/internal/environments/{first.digest}"] = threading.Event()
     with _serving(served) as base:
-        holder = SharedEnvironments(source, broker.environments, languages, "api-1")
+        holder = SharedEnvironments(source, broker.environments, languages)
         await holder.announce(base)
         target = EnvironmentStore(tmp_path / "b")
-        worker = SharedEnvironments(target, broker.environments, languages, "worker-1")
+        worker = SharedEnvironments(target, broker.environments, languages)
 
         waiting = [asyncio.create_task(worker.ensure("first", first.digest)) for _ in range(3)]
         assert await asyncio.to_thread(served.holding.wait, 60)  # the first fetch is under way, and held

@@ -73,8 +73,8 @@ Elsewhere:
     node that registered it under that name). No TTL.
 ``<p>:env:<hex>`` (string)
     An environment's record (JSON: its metadata, content digest, languages),
-    ``<p>:env:<hex>:holders`` (hash) the nodes that serve it: node -> JSON
-    ``{url, token}``. No TTL (see ``sandlot.broker.redis_environments``).
+    ``<p>:env:<hex>:holders`` (hash) the nodes that serve it: base URL -> JSON
+    ``{url, token, content_digest}``. No TTL (see ``sandlot.broker.redis_environments``).
 
 Redis Cluster: the braces are hash tags. A task's three keys share one slot,
 and everything of the queue shares the ``{jobs}`` slot, so every Lua script

@@ -8,8 +8,9 @@ start; anyone who can read Redis can already submit any job, so Redis access
 is the credential, and no tenant ever sees the token). An API node that
 registers a name sets it (the last import wins, as in one store); a worker
 only fills a name nobody set (``SET NX``), so an old local import never
-re-points the deployment's name. Holders of nodes that went away stay listed
-until a node under the same id registers again; a fetch tries the next one.
+re-points the deployment's name. A holder is keyed by its node's base URL, so a
+restarted node replaces its entry; one gone for good stays listed, and a fetch
+tries the next holder once its connection fails.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from sandlot.broker.redis_wire import to_str
 
 @dataclass(frozen=True)
 class Holder:
-    node: str
+    node: str  # its key in the holders hash: the node's base URL
     url: str  # the environment's own URL on that node (its internal route)
     token: str  # its bearer token
+    content_digest: str  # of the root it sends (its own, should two sandlot versions unpack differently)
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,13 @@ class RedisEnvironments:
         k = self._keys
         async with self._reachable():
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(k.environment(record.digest), record.to_json())
+            pipe.set(k.environment(record.digest), record.to_json(), nx=holder is None)  # a holder's wins
             pipe.set(k.environment_name(name), record.digest, nx=not claim_name)
             if holder is not None:
                 pipe.hset(
                     k.environment_holders(record.digest),
                     holder.node,
-                    json.dumps({"url": holder.url, "token": holder.token}),
+                    json.dumps({"url": holder.url, "token": holder.token, "content_digest": holder.content_digest}),
                 )
             await pipe.execute()
 
@@ -103,7 +105,8 @@ class RedisEnvironments:
         found = []
         for node, value in sorted(holders.items()):
             where = json.loads(value)
-            found.append(Holder(to_str(node), str(where["url"]), str(where["token"])))
+            content = str(where.get("content_digest") or data["content_digest"])
+            found.append(Holder(to_str(node), str(where["url"]), str(where["token"]), content))
         return EnvironmentRecord(
             digest=str(data["digest"]),
             content_digest=str(data["content_digest"]),

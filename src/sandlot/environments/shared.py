@@ -47,13 +47,10 @@ TOKEN_BYTES = 32
 class SharedEnvironments:
     """One node's store, shared through the registry; made by the Service in the distributed mode."""
 
-    def __init__(
-        self, store: EnvironmentStore, registry: RedisEnvironments, languages: LanguageRegistry, node: str
-    ) -> None:
+    def __init__(self, store: EnvironmentStore, registry: RedisEnvironments, languages: LanguageRegistry) -> None:
         self.store = store
         self.registry = registry
         self.languages = languages
-        self.node = node
         self.token = secrets.token_urlsafe(TOKEN_BYTES)  # a holder's: only readers of Redis learn it
         self._base_url: str | None = None  # this node's internal URL while it serves its store
         self._announced: dict[str, str] = {}  # name -> digest this process registered
@@ -78,7 +75,9 @@ class SharedEnvironments:
             claim = named is None or str(named.meta.get("created", "")) <= env.created
         holder = None
         if self._base_url is not None:
-            holder = Holder(self.node, f"{self._base_url}{INTERNAL_PATH}{env.digest}", self.token)
+            # Keyed by its URL: a restarted node replaces its own entry (and token).
+            url = f"{self._base_url}{INTERNAL_PATH}{env.digest}"
+            holder = Holder(self._base_url, url, self.token, record.content_digest)
         await self.registry.register(name, record, holder, claim_name=claim)
         self._announced[name] = env.digest
         return env.digest
@@ -139,7 +138,7 @@ class SharedEnvironments:
             log.warning("fetching environment %r (%s) from %s", name, digest, holder.url)
             try:
                 await asyncio.to_thread(
-                    fetch, self.store, name, record.meta, record.content_digest, holder.url, holder.token
+                    fetch, self.store, name, record.meta, holder.content_digest, holder.url, holder.token
                 )
             except SandlotError as exc:
                 log.warning("%s", exc)
