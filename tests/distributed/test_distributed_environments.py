@@ -32,12 +32,12 @@ from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 LAYOUT = NodeLayout(
     name="envdist",
     uid_base=1_010_000_000,
-    nodes=range(1, 4),
+    nodes=range(1, 5),
     max_boxes=64,
     drain_deadline_s=15.0,
     settings={"claim_idle_ms": 5000},
 )
-API, WORKER_A, WORKER_B = 1, 2, 3
+API, WORKER_A, WORKER_B, OTHER_API = 1, 2, 3, 4
 NAME = "envdist-busybox"
 MARKER = "sandlot-env-marker\n"  # busybox_base's /etc/marker
 SHELL = b'#!/bin/sh\nexec /bin/busybox sh "$@"\n'  # "bash" for the languages' probe: busybox's sh runs main.sh
@@ -155,19 +155,25 @@ def test_a_tampered_transfer_is_refused_and_nothing_is_stored(cluster: Cluster, 
 
 
 @pytest.mark.timeout(200)
-def test_an_environment_no_node_has_is_a_404_at_submit(cluster: Cluster, image: str) -> None:
-    api, worker = cluster.api(API), cluster.worker(WORKER_A)
-    cluster.start(api, worker)
-    with httpx.Client(base_url=api.url) as client:
+def test_names_resolve_at_submit_on_any_api_node(cluster: Cluster, image: str) -> None:
+    """An API node without the environment takes jobs for it too; one nobody has is a 404 at the door."""
+    api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    assert _stored(OTHER_API) == []
+    with httpx.Client(base_url=other_api.url) as client:
         response = client.post(
             "/api/v1/execute", json={"language": "bash", "code": "echo hi\n", "environment": "nobody-has-this"}
         )
         assert response.status_code == 404, response.text
         assert "nobody-has-this" in response.text
-        # A language the environment lacks is a 400 naming it, decided at the door too.
+        # A language the environment lacks is a 400 naming it, decided at the door from the registry's record.
         response = client.post("/api/v1/execute", json={"language": "python", "code": "1", "environment": NAME})
         assert response.status_code == 400, response.text
         assert f"not available in environment {NAME!r}" in response.text
+        ran = _run(client)
+    assert ran.status_code == 200, ran.text
+    assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+    assert _stored(OTHER_API) == []  # the API node resolved it without fetching it
 
 
 @contextlib.contextmanager
