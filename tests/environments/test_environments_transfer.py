@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from sandlot.broker.redis import RedisBroker
+from sandlot.broker.redis_environments import EnvironmentRecord, Holder
+from sandlot.environments.build import Builder
 from sandlot.environments.shared import SharedEnvironments
+from sandlot.environments.spec import Spec
 from sandlot.environments.store import EnvironmentStore
 from sandlot.environments.transfer import content_digest, fetch, pack
 from sandlot.environments.unpack import UnpackLimits
@@ -90,6 +93,8 @@ def _image(tmp_path: Path, marker: bytes) -> Path:
 
 
 def _stored(store: EnvironmentStore) -> list[str]:
+    if not store.root.is_dir():
+        return []
     return sorted(e for e in os.listdir(store.root) if e not in {".locks", ".content", "names.json"})
 
 
@@ -179,3 +184,53 @@ async def test_one_fetch_per_digest_and_other_environments_are_not_held_up(
     assert target.inspect("first").digest == first.digest
     await worker.ensure("first", first.digest)  # stored: nothing asked
     assert len(served.asked) == 2
+
+
+def _built_record(spec: Spec, *, digest: str | None = None) -> EnvironmentRecord:
+    digest = digest or spec.digest()
+    meta = {"digest": digest, "kind": "built", "source": "spec.toml", "spec": spec.canonical()}
+    return EnvironmentRecord(digest, "sha256:" + "0" * 64, meta, ("python",))
+
+
+async def test_a_declared_environment_no_holder_sends_is_built_from_its_recorded_spec(
+    tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build tool (mmdebstrap + pip + npm, minutes from the registries) is the collaborator stood in for:
+    what is checked is that a worker whose holders all fail builds the very spec the registry recorded."""
+    require_root("the store is root-owned")
+    built: list[Spec] = []
+
+    def build_tool(_builder: Builder, spec: Spec, rootfs: Path) -> dict[str, dict[str, str]]:
+        built.append(spec)
+        (rootfs / "etc").mkdir()
+        (rootfs / "etc" / "built").write_text("yes\n")
+        return {"apt": {"python3-numpy": "1:1.24.2-1"}}
+
+    monkeypatch.setattr(Builder, "_run", build_tool)
+    spec = Spec(name="datasci", apt=("python3-numpy",), pip=("tabulate==0.9.0",))
+    (port,) = free_ports(1)  # reserved, and nothing listens there: the holder is gone
+    gone = Holder("http://127.0.0.1", f"http://127.0.0.1:{port}/x", "t", "sha256:" + "0" * 64)
+    await broker.environments.register("datasci", _built_record(spec), gone, claim_name=True)
+    target = EnvironmentStore(tmp_path / "b")
+    worker = SharedEnvironments(target, broker.environments, languages)
+    await worker.ensure("datasci", spec.digest())
+    assert [(s.apt, s.pip, s.suite) for s in built] == [(spec.apt, spec.pip, spec.suite)]
+    made = target.inspect("datasci")
+    assert (made.digest, made.kind, made.spec) == (spec.digest(), "built", spec.canonical())
+    assert (target.rootfs_of(made) / "etc" / "built").read_text() == "yes\n"
+
+
+async def test_an_environment_nobody_can_send_or_build_fails_the_job_naming_why(
+    tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry
+) -> None:
+    require_root("the store is root-owned")
+    worker = SharedEnvironments(EnvironmentStore(tmp_path / "b"), broker.environments, languages)
+    with pytest.raises(EnvironmentFetchFailed, match="registered by no node"):
+        await worker.ensure("ghost", "sha256:" + "1" * 64)
+    # A spec of another build recipe would not make this digest: refused, never built as something else.
+    other = Spec(name="old", apt=("bash",))
+    stale = "sha256:" + "2" * 64
+    await broker.environments.register("old", _built_record(other, digest=stale), None, claim_name=True)
+    with pytest.raises(EnvironmentFetchFailed, match="another sandlot version"):
+        await worker.ensure("old", stale)
+    assert _stored(worker.store) == []
