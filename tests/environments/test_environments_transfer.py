@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import http.server
 import os
@@ -22,14 +23,17 @@ import pytest
 
 from sandlot.broker.redis import RedisBroker
 from sandlot.broker.redis_environments import EnvironmentRecord, Holder
+from sandlot.config import Settings
+from sandlot.engine import Engine
 from sandlot.environments.build import Builder
 from sandlot.environments.shared import SharedEnvironments
 from sandlot.environments.spec import Spec
 from sandlot.environments.store import EnvironmentStore
 from sandlot.environments.transfer import content_digest, fetch, pack
 from sandlot.environments.unpack import UnpackLimits
-from sandlot.errors import EnvironmentFetchFailed
+from sandlot.errors import EnvironmentFetchFailed, EnvironmentNotFound, RejectedError
 from sandlot.languages import LanguageRegistry
+from sandlot.models import Job, SourceFile
 from tests.nodes import RedisServer, free_ports
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.root import require_root
@@ -234,3 +238,28 @@ async def test_an_environment_nobody_can_send_or_build_fails_the_job_naming_why(
     with pytest.raises(EnvironmentFetchFailed, match="another sandlot version"):
         await worker.ensure("old", stale)
     assert _stored(worker.store) == []
+
+
+def test_a_job_runs_in_the_digest_it_carries_whatever_its_name_points_to_now(
+    tmp_path: Path, settings: Settings, languages: LanguageRegistry
+) -> None:
+    require_root("the store is root-owned")
+    store = EnvironmentStore(tmp_path / "a")
+    bash = layer(Entry("usr/", tarfile.DIRTYPE, mode=0o755), Entry("usr/bin/bash", data=b"#!/bin/sh\n", mode=0o755))
+    write_oci_layout(tmp_path / "one", [busybox_base(), bash])
+    first = store.import_image("env", tmp_path / "one").environment
+    write_oci_layout(tmp_path / "two", [busybox_base(), bash, layer(Entry("etc/two", data=b"2"))])
+    store.import_image("env", tmp_path / "two")  # the name now points to the second
+    engine = Engine(settings, languages, environments=store)
+    job = Job(language="bash", files=(SourceFile("main", b"true\n"),), environment="env")
+    assert engine.prepare(job).rootfs != store.rootfs_of(first)
+    pinned = dataclasses.replace(job, environment_digest=first.digest)
+    assert engine.prepare(pinned).rootfs == store.rootfs_of(first)
+    # A digest this store lacks is never replaced by what the name points to here.
+    with pytest.raises(EnvironmentNotFound):
+        engine.prepare(dataclasses.replace(job, environment_digest="sha256:" + "3" * 64))
+    # An API node lacking it checks the language against the registered record's languages.
+    elsewhere = dataclasses.replace(job, environment_digest="sha256:" + "3" * 64)
+    assert engine.prepare(elsewhere, offered_there=("bash",)).rootfs is None
+    with pytest.raises(RejectedError, match="not available in environment 'env'"):
+        engine.prepare(dataclasses.replace(elsewhere, language="python"), offered_there=("bash",))
