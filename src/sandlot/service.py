@@ -128,6 +128,7 @@ class Service:
     shared: SharedEnvironments | None = None  # distributed mode: this node's store in the registry
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
+    _store_watch: asyncio.Task[None] | None = None  # an API node's registration of what its store gains
 
     @classmethod
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
@@ -248,8 +249,10 @@ class Service:
             return
         try:
             await self.shared.announce(base_url)
-        except SandlotError as exc:  # Redis away at start: a submit registers what it names later
+        except SandlotError as exc:  # Redis away at start: the watch (or a submit) registers them later
             log.warning("registering this node's environments: %s", exc)
+        if base_url is not None and self._store_watch is None:
+            self._store_watch = asyncio.create_task(self.shared.watch(), name="sandlot-environments-watch")
 
     async def resolve_environment(self, spec: TaskSpec) -> tuple[TaskSpec, tuple[str, ...] | None]:
         """Distributed mode: the digest the job's environment stands for (``SharedEnvironments.resolve``)."""
@@ -328,6 +331,10 @@ class Service:
     async def stop(self) -> None:
         """Drain: stop accepting, finish or cancel running work, release every box."""
         self.accepting = False
+        if self._store_watch is not None:
+            self._store_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_watch
         if self.worker is not None:
             await self.worker.drain(self.server.drain_deadline_s)
         await self.broker.close()

@@ -28,6 +28,7 @@ from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import EnvironmentNotFound
 from tests.nodes import Cluster, NodeLayout, free_ports
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
+from tests.test_serve_process import wait_until
 
 LAYOUT = NodeLayout(
     name="envdist",
@@ -39,6 +40,7 @@ LAYOUT = NodeLayout(
 )
 API, WORKER_A, WORKER_B, OTHER_API = 1, 2, 3, 4
 NAME = "envdist-busybox"
+LATE = "envdist-late"  # the same image, imported under another name while the nodes run
 MARKER = "sandlot-env-marker\n"  # busybox_base's /etc/marker
 SHELL = b'#!/bin/sh\nexec /bin/busybox sh "$@"\n'  # "bash" for the languages' probe: busybox's sh runs main.sh
 RUN_TIMEOUT_S = 120.0  # a fetch, then a cold jail in the environment, on a loaded machine
@@ -55,8 +57,9 @@ def image(tmp_path: Path) -> Iterator[str]:
     def forget() -> None:
         for n in LAYOUT.nodes:
             store = _store(n)
-            with contextlib.suppress(EnvironmentNotFound):
-                store.remove(NAME)
+            for name in (NAME, LATE):
+                with contextlib.suppress(EnvironmentNotFound):
+                    store.remove(name)
             if store.root.is_dir():
                 store.gc()
 
@@ -155,7 +158,9 @@ def test_a_tampered_transfer_is_refused_and_nothing_is_stored(cluster: Cluster, 
 
 
 @pytest.mark.timeout(200)
-def test_names_resolve_at_submit_on_any_api_node(cluster: Cluster, image: str) -> None:
+def test_names_resolve_at_submit_on_any_api_node(
+    cluster: Cluster, image: str, rdb: redis.Redis, tmp_path: Path
+) -> None:
     """An API node without the environment takes jobs for it too; one nobody has is a 404 at the door."""
     api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
     cluster.start(api, other_api, worker)
@@ -174,6 +179,15 @@ def test_names_resolve_at_submit_on_any_api_node(cluster: Cluster, image: str) -
     assert ran.status_code == 200, ran.text
     assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
     assert _stored(OTHER_API) == []  # the API node resolved it without fetching it
+
+    # Imported on the first API node while it runs: it registers it by itself (its store watch), and the
+    # other API node then takes jobs for it too.
+    late = _store(API).import_image(LATE, tmp_path / "image").environment
+    name_key = Keys().environment_name(LATE)
+    wait_until(lambda: rdb.get(name_key) == late.digest.encode(), 60.0, f"{LATE} registered")
+    with httpx.Client(base_url=other_api.url) as client:
+        ran = _run(client, environment=LATE)
+    assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
 
 
 @contextlib.contextmanager

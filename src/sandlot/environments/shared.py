@@ -7,8 +7,9 @@ root, ``transfer``), and for an API node itself as a holder, serving the root on
 name points to the newest environment registered under it (by its creation time), except that a worker,
 which serves nothing, only fills a name no node has set.
 
-At submit an API node ``resolve``s the job's environment name: its own store's environment is registered
-first if it is not yet, then the registry's digest for the name is what the job carries (the name alone
+An API node also ``watch``es its store and registers what is imported or built into it while it runs.
+At submit it ``resolve``s the job's environment name: its own store's environment is registered first if
+it is not yet, then the registry's digest for the name is what the job carries (the name alone
 means nothing on another node: it may point elsewhere there, or nowhere). A name the registry lacks is a
 404 at the door, as in the embedded mode; the language is checked against the languages the registering
 node found in that environment.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TOKEN_BYTES = 32
+STORE_WATCH_S = 5.0  # how often an API node looks whether its store's names changed
 
 
 class SharedEnvironments:
@@ -59,11 +61,29 @@ class SharedEnvironments:
     async def announce(self, base_url: str | None) -> None:
         """Register every environment of the store; ``base_url``: this node serves them (an API node)."""
         self._base_url = base_url.rstrip("/") if base_url else None
-        for name in sorted(await asyncio.to_thread(self.store.names)):
+        for name, hexd in sorted((await asyncio.to_thread(self.store.names)).items()):
+            if self._announced.get(name) == f"sha256:{hexd}":
+                continue
             try:
                 await self._register(name)
             except EnvironmentNotFound:
                 continue  # removed meanwhile
+
+    async def watch(self, interval_s: float = STORE_WATCH_S) -> None:
+        """Register what ``sandlot env import|build`` adds to the store while this node runs.
+
+        A maintenance beat like a worker's presence: one read of the store's small ``names.json`` per
+        interval, and a registration only for a name not registered as it is now (new, re-pointed, or
+        not registered yet because Redis was away), so other API nodes know it within the interval.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                names = await asyncio.to_thread(self.store.names)
+                if any(self._announced.get(name) != f"sha256:{hexd}" for name, hexd in names.items()):
+                    await self.announce(self._base_url)
+            except SandlotError as exc:  # Redis away, or the store unreadable: the next beat tries again
+                log.warning("registering this node's environments: %s", exc)
 
     async def _register(self, name: str) -> str:
         env = await asyncio.to_thread(self.store.inspect, name)
