@@ -4,7 +4,8 @@
 in that order; the broker is the embedded memory one, or the Redis one when
 ``redis_url`` is set (distributed mode: API nodes and workers share it, and
 an API node may run without a worker; sessions then live in the broker's
-directory instead of this pool, see ``sandlot.sessions``); ``stop`` drains in
+directory instead of this pool, see ``sandlot.sessions``; and its environment
+store is shared through Redis, see ``sandlot.environments.shared``); ``stop`` drains in
 reverse: stop accepting, let running executions finish until the deadline
 (distributed: or hand them back), release the boxes (cgroups, mounts).
 Doors get the Service and never build any of these themselves.

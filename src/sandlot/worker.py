@@ -44,6 +44,9 @@ With a broker many worker processes share (``Distributed``), the worker also:
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
   handed over to the live worker that holds the box;
+- gets the environment a job carries (its digest) before the job takes a box,
+  when this node's store lacks it: fetched from an API node, verified, or built
+  from its spec (``environments.shared``), one fetch per digest at a time;
 - drains by handing jobs back instead of failing them: it ``leave``s at once
   (no more session jobs routed here), hands back the jobs it claimed but has
   not started, lets started ones finish until the deadline and hands back
