@@ -69,8 +69,8 @@ Elsewhere:
     Jobs entries no worker could take: ``entry``, ``stream``, ``reason``,
     ``fields`` (JSON). Bounded by ``MAXLEN ~ DEADLETTER_MAXLEN``; no TTL.
 ``<p>:env:name:<name>`` (string)
-    The digest an environment's name stands for in the deployment (the last
-    node that registered it under that name). No TTL.
+    The digest an environment's name stands for in the deployment (the newest
+    environment an API node registered under it). No TTL.
 ``<p>:env:<hex>`` (string)
     An environment's record (JSON: its metadata, content digest, languages),
     ``<p>:env:<hex>:holders`` (hash) the nodes that serve it: base URL -> JSON

@@ -5,10 +5,11 @@ the record (the store's metadata, the root's content digest, the languages it
 offers) under ``keys.environment(digest)``, and, for a node that serves HTTP,
 itself as a holder (the URL of its internal route and a token it made at
 start; anyone who can read Redis can already submit any job, so Redis access
-is the credential, and no tenant ever sees the token). An API node that
-registers a name sets it (the last import wins, as in one store); a worker
-only fills a name nobody set (``SET NX``), so an old local import never
-re-points the deployment's name. A holder is keyed by its node's base URL, so a
+is the credential, and no tenant ever sees the token). An API node points a
+name at its environment when that is the newest registered under it (by
+creation time: a later import wins, as in one store; ``environments.shared``
+decides); a worker only fills a name nobody set (``SET NX``), so an old local
+import never re-points the deployment's name. A holder is keyed by its node's base URL, so a
 restarted node replaces its entry; one gone for good stays listed, and a fetch
 tries the next holder once its connection fails.
 """
