@@ -263,3 +263,29 @@ def test_a_job_runs_in_the_digest_it_carries_whatever_its_name_points_to_now(
     assert engine.prepare(elsewhere, offered_there=("bash",)).rootfs is None
     with pytest.raises(RejectedError, match="not available in environment 'env'"):
         engine.prepare(dataclasses.replace(elsewhere, language="python"), offered_there=("bash",))
+
+
+async def test_a_name_points_to_the_newest_environment_an_api_node_registered(
+    tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry
+) -> None:
+    require_root("the store is root-owned")
+    older_store, newer_store, worker_store = (EnvironmentStore(tmp_path / n) for n in ("a", "b", "c"))
+    older = older_store.import_image("env", _image(tmp_path, b"one\n")).environment
+    newer = newer_store.import_image("env", _image(tmp_path, b"two\n")).environment
+    assert older.created <= newer.created
+    registry = broker.environments
+    await SharedEnvironments(newer_store, registry, languages).announce("http://api-2")
+    assert await registry.digest_of("env") == newer.digest
+    # An API node (re)starting with an older import under that name does not take the name back ...
+    await SharedEnvironments(older_store, registry, languages).announce("http://api-1")
+    assert await registry.digest_of("env") == newer.digest
+    # ... and is a holder of its own environment all the same (reachable by digest).
+    record = await registry.record(older.digest)
+    assert record is not None and [h.node for h in record.holders] == ["http://api-1"]
+    # A worker never re-points a name, even with a newer import of its own; it fills only a free one.
+    third = _image(tmp_path, b"three\n")
+    worker_store.import_image("env", third)
+    worker_store.import_image("solo", third)
+    await SharedEnvironments(worker_store, registry, languages).announce(None)
+    assert await registry.digest_of("env") == newer.digest
+    assert await registry.digest_of("solo") == worker_store.inspect("solo").digest

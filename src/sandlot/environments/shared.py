@@ -92,7 +92,8 @@ class SharedEnvironments:
         claim = False
         if self._base_url is not None and current != env.digest:
             named = None if current is None else await self.registry.record(current)
-            claim = named is None or str(named.meta.get("created", "")) <= env.created
+            # Strictly newer (times are to the second): on a tie the name stays where it is.
+            claim = named is None or str(named.meta.get("created", "")) < env.created
         holder = None
         if self._base_url is not None:
             # Keyed by its URL: a restarted node replaces its own entry (and token).
