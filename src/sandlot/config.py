@@ -143,6 +143,9 @@ class ServerSettings:
     worker_metrics_port: int = 0  # `sandlot worker`'s /metrics listener on host (0: none; serve has /metrics)
     # -- environments' pre-launched jails (env-warm; pool.py) --
     preload_environments: tuple[str, ...] = ()  # environments boxes are launched for at start-up (names)
+    # Environments in the distributed mode (issue 15): the base URL workers fetch this API node's
+    # environments from; "": http://HOST:HTTP_PORT (this host's name when HOST is a wildcard address).
+    internal_url: str = ""
 
     @property
     def effective_pool_size(self) -> int:

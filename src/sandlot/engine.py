@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,8 +102,12 @@ class Engine:
         *,
         qualify_fields: bool = False,
         cli_flags: bool = False,
+        offered_there: Collection[str] | None = None,
     ) -> PreparedJob:
         """Validate everything a door accepted; raises RejectedError naming the field.
+
+        ``offered_there``: the languages of the job's environment (``environment_digest``) as the node
+        that registered it probed them, for a node whose own store lacks it (the distributed mode).
 
         With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
         (request doors); with ``cli_flags``, the CLI's flag (``--time-limit``); else just ``x``.
@@ -114,10 +118,19 @@ class Engine:
         if job.environment:
             if self.environments is None:
                 raise EnvironmentNotFound(job.environment)
-            environment = self.environments.inspect(job.environment)
-            rootfs = self.environments.rootfs_of(environment)
-            image_env = tuple(environment.box_env().items())
-            language = self.languages.get_in(job.language, rootfs, job.environment, environment.languages)
+            if job.environment_digest:  # the environment asked for at submit, whatever the name points to here
+                environment = self.environments.by_digest(job.environment_digest)
+                if environment is None and offered_there is None:
+                    raise EnvironmentNotFound(job.environment)
+                # None with offered_there: stored on other nodes only (an API node checking a distributed job)
+            else:
+                environment = self.environments.inspect(job.environment)
+            if environment is None:
+                language = self.languages.get_among(job.language, offered_there or (), job.environment)
+            else:
+                rootfs = self.environments.rootfs_of(environment)
+                image_env = tuple(environment.box_env().items())
+                language = self.languages.get_in(job.language, rootfs, job.environment, environment.languages)
         else:
             language = self.languages.get(job.language)
         if not job.files:

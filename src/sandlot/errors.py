@@ -218,3 +218,8 @@ class EnvironmentNotFound(RejectedError):
 
 class EnvironmentBuildFailed(SandboxError):
     """Building a declared environment failed (mmdebstrap, pip or npm); the message carries the tool's tail."""
+
+
+class EnvironmentFetchFailed(SandboxError):
+    """Distributed mode: a worker could not get the environment a job asked for (no holder answered, a
+    transfer failed its digest check, a build failed); the job ends with this, never runs elsewhere."""

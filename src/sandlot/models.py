@@ -128,6 +128,7 @@ class Job:
     commands: tuple[str, ...] = ()  # CI-like: shell commands run in order instead of the program
     fetch_files: tuple[str, ...] = ()  # workspace files to return with the result
     environment: str = ""  # the environment's name to run in; "": the host
+    environment_digest: str = ""  # distributed mode: the digest the name stood for at submit (run in exactly that)
 
 
 # ---------------------------------------------------------------- events

@@ -4,7 +4,8 @@
 in that order; the broker is the embedded memory one, or the Redis one when
 ``redis_url`` is set (distributed mode: API nodes and workers share it, and
 an API node may run without a worker; sessions then live in the broker's
-directory instead of this pool, see ``sandlot.sessions``); ``stop`` drains in
+directory instead of this pool, see ``sandlot.sessions``; and its environment
+store is shared through Redis, see ``sandlot.environments.shared``); ``stop`` drains in
 reverse: stop accepting, let running executions finish until the deadline
 (distributed: or hand them back), release the boxes (cgroups, mounts).
 Doors get the Service and never build any of these themselves.
@@ -27,6 +28,7 @@ from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
 from sandlot.config import ServerSettings, Settings
 from sandlot.engine import Engine, check_isolation
+from sandlot.environments.shared import SharedEnvironments
 from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import (
     AuthError,
@@ -35,6 +37,7 @@ from sandlot.errors import (
     EnvironmentNotFound,
     IsolationUnavailable,
     NoWorker,
+    SandlotError,
 )
 from sandlot.languages import Language, LanguageRegistry
 from sandlot.metrics import Metrics
@@ -137,8 +140,10 @@ class Service:
     worker: Worker | None
     sessions: Sessions  # the doors' sessions: the pools', or the broker's directory in distributed mode
     pools: dict[str, BoxPool] = field(default_factory=dict)  # by isolation level; "jail" is ``pool``
+    shared: SharedEnvironments | None = None  # distributed mode: this node's store in the registry
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
+    _store_watch: asyncio.Task[None] | None = None  # an API node's registration of what its store gains
 
     @classmethod
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
@@ -182,6 +187,9 @@ class Service:
                 # Always pre-launched: gVisor's start is never on the request path.
                 pools["gvisor"] = await started_pool(server.gvisor_pool_size, "gvisor", True)
         the_broker = broker or _make_broker(settings, server)
+        shared = None
+        if isinstance(the_broker, RedisBroker):
+            shared = SharedEnvironments(environments, the_broker.environments, languages)
         metrics = Metrics()
         metrics.watch(
             queue_depth=lambda: float(the_broker.queue_depth()),
@@ -199,6 +207,7 @@ class Service:
                 concurrency=concurrency,
                 metrics=metrics,
                 default_isolation=server.default_isolation,
+                environments=shared,
             )
             worker.start()
             await worker.present()  # API nodes count this worker before it is reported ready
@@ -210,7 +219,9 @@ class Service:
             session_idle_s=server.session_idle_s,
             problems=problems,
         )
-        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools)
+        service = cls(
+            settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools, shared
+        )
         service._versions = await languages.probe_versions()
         return service
 
@@ -259,10 +270,29 @@ class Service:
         env = store.inspect(environment)
         return self.languages.get_in(name, store.rootfs_of(env), environment, env.languages)
 
+    async def announce_environments(self, base_url: str | None) -> None:
+        """Distributed mode: register this node's environments (``base_url``: it serves them over HTTP)."""
+        if self.shared is None:
+            return
+        try:
+            await self.shared.announce(base_url)
+        except SandlotError as exc:  # Redis away at start: the watch (or a submit) registers them later
+            log.warning("registering this node's environments: %s", exc)
+        if base_url is not None and self._store_watch is None:
+            self._store_watch = asyncio.create_task(self.shared.watch(), name="sandlot-environments-watch")
+
+    async def resolve_environment(self, spec: TaskSpec) -> tuple[TaskSpec, tuple[str, ...] | None]:
+        """Distributed mode: the digest the job's environment stands for (``SharedEnvironments.resolve``)."""
+        if self.shared is None or not spec.environment:
+            return spec, None
+        return await self.shared.resolve(spec)
+
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
 
-    def validate(self, spec: TaskSpec, *, min_isolation: str = "jail") -> TaskSpec:
+    def validate(
+        self, spec: TaskSpec, *, min_isolation: str = "jail", offered_there: tuple[str, ...] | None = None
+    ) -> TaskSpec:
         """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task.
 
         Returns spec with its isolation level settled: the one asked for, else the
@@ -273,7 +303,9 @@ class Service:
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
-        self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
+        self.engine.prepare(
+            spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there
+        )
         if not self.sessions.distributed:
             # Distributed, the workers' pools decide which levels run, and a session's
             # level is in the broker: ``enqueue`` settles it.
@@ -304,7 +336,8 @@ class Service:
         """Validate and queue; ``waits``: the caller waits for the result, so refuse it with no live worker."""
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
-        spec = self.validate(spec, min_isolation=min_isolation)
+        spec, offered_there = await self.resolve_environment(spec)
+        spec = self.validate(spec, min_isolation=min_isolation, offered_there=offered_there)
         if waits:
             await self.require_worker(spec)
         return await self.enqueue(spec, idempotency_key=idempotency_key)
@@ -325,6 +358,10 @@ class Service:
     async def stop(self) -> None:
         """Drain: stop accepting, finish or cancel running work, release every box."""
         self.accepting = False
+        if self._store_watch is not None:
+            self._store_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_watch
         if self.worker is not None:
             await self.worker.drain(self.server.drain_deadline_s)
         await self.broker.close()

@@ -44,6 +44,9 @@ With a broker many worker processes share (``Distributed``), the worker also:
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
   handed over to the live worker that holds the box;
+- gets the environment a job carries (its digest) before the job takes a box,
+  when this node's store lacks it: fetched from an API node, verified, or built
+  from its spec (``environments.shared``), one fetch per digest at a time;
 - drains by handing jobs back instead of failing them: it ``leave``s at once
   (no more session jobs routed here), hands back the jobs it claimed but has
   not started, lets started ones finish until the deadline and hands back
@@ -63,6 +66,7 @@ from dataclasses import dataclass, field
 
 from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation
+from sandlot.environments.shared import SharedEnvironments
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
 from sandlot.metrics import Metrics
 from sandlot.models import (
@@ -116,8 +120,10 @@ class Worker:
         concurrency: int,
         metrics: Metrics | None = None,
         default_isolation: str = "jail",
+        environments: SharedEnvironments | None = None,
     ) -> None:
         self.broker = broker
+        self.environments = environments  # distributed mode: fetches what a job asks for and this node lacks
         self.engine = engine
         self.default_isolation = default_isolation
         self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)  # by isolation level
@@ -410,6 +416,9 @@ class Worker:
         spec = run.spec
         level = spec.isolation or self.default_isolation
         check_isolation(level)
+        if spec.environment_digest and self.environments is not None:
+            # Before the box: a fetch keeps this job unstarted (it counts against claims), boxes stay free.
+            await self.environments.ensure(spec.environment, spec.environment_digest)
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:

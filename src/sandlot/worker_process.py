@@ -41,6 +41,7 @@ async def run_worker(settings: Settings, server: ServerSettings) -> None:
         # Outside the drain's try: the metrics stay readable while the worker drains.
         with metrics_listener(server.host, server.worker_metrics_port, service.metrics.registry):
             try:
+                await service.announce_environments(None)  # no listener: its environments are recorded, not served
                 log.warning(
                     "sandlot worker running %s on %s (claim timeout %d ms)",
                     count_boxes(service.pool.size),

@@ -27,6 +27,7 @@ from sandlot.errors import (
     BrokerUnavailable,
     ConfigError,
     EnvironmentBuildFailed,
+    EnvironmentFetchFailed,
     EnvironmentLimitExceeded,
     EnvironmentNotFound,
     FileBusy,
@@ -60,6 +61,7 @@ CASES: list[tuple[BaseException, Failure]] = [
         Failure(Kind.NOT_FOUND, "not_found", "no environment named 'datasci' (see: sandlot env list)", "environment"),
     ),
     (EnvironmentBuildFailed("pip failed"), Failure(Kind.INTERNAL, "internal_error", "pip failed")),
+    (EnvironmentFetchFailed("digest mismatch"), Failure(Kind.INTERNAL, "internal_error", "digest mismatch")),
     (
         RejectedError("limits.time_limit: must be positive", field="limits.time_limit"),
         Failure(Kind.REJECTED, "rejected", "limits.time_limit: must be positive", "limits.time_limit"),

@@ -125,6 +125,18 @@ def _announce(server: ServerSettings, boxes: int) -> None:
     log.warning("sandlot ready with %s (%s/readyz answers 200)", count_boxes(boxes), base)
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (compared with, never bound)
+
+
+def internal_url(server: ServerSettings) -> str:
+    """Where workers reach this node's internal routes (``internal_url``, else derived from the listener)."""
+    if server.internal_url:
+        return server.internal_url
+    host = socket.getfqdn() if server.host in _WILDCARDS else server.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.http_port}"
+
+
 async def serve(settings: Settings, server: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
     from sandlot.api.common.auth import Authenticator
     from sandlot.api.grpc.server import create_grpc_server
@@ -183,6 +195,8 @@ async def _run(
 ) -> None:
     """Serve until ``stop`` (SIGTERM/SIGINT), then drain: refuse new work, finish running work, close the listeners."""
     try:
+        # Registered before the listeners start: once this node answers, workers can fetch from it.
+        await service.announce_environments(internal_url(server))
         await grpc_server.start()
         http_task = asyncio.create_task(http.serve(sockets=sockets), name="sandlot-http")
         started = asyncio.create_task(http.started_event.wait())

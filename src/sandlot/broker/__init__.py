@@ -74,6 +74,7 @@ class TaskSpec:
     interactive: bool = False  # stdin arrives through control messages
     user_file_name: str | None = None
     environment: str = ""  # an environment's name (sandlot env list); "": the host
+    environment_digest: str = ""  # distributed mode: what the name stood for at submit; the worker runs in that
     # JSON a door keeps with its task (Judge0: expected_output, callback_url, its limits), opaque to the
     # broker, the engine and the worker; it travels with the spec so that any API node can render the task.
     door_data: str = ""
@@ -89,6 +90,7 @@ class TaskSpec:
             commands=self.commands,
             fetch_files=self.fetch_files,
             environment=self.environment,
+            environment_digest=self.environment_digest,
         )
 
     def to_json(self) -> str:
@@ -107,6 +109,7 @@ class TaskSpec:
                 "session_id": self.session_id,
                 "isolation": self.isolation,
                 "environment": self.environment,
+                "environment_digest": self.environment_digest,
                 "commands": list(self.commands),
                 "fetch_files": list(self.fetch_files),
                 "interactive": self.interactive,
@@ -131,6 +134,7 @@ class TaskSpec:
             session_id=data.get("session_id"),
             isolation=str(data.get("isolation", "")),
             environment=str(data.get("environment", "")),
+            environment_digest=str(data.get("environment_digest", "")),
             commands=tuple(data.get("commands", ())),
             fetch_files=tuple(data.get("fetch_files", ())),
             interactive=bool(data.get("interactive", False)),

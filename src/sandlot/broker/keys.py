@@ -68,6 +68,13 @@ Elsewhere:
 ``<p>:deadletter`` (stream)
     Jobs entries no worker could take: ``entry``, ``stream``, ``reason``,
     ``fields`` (JSON). Bounded by ``MAXLEN ~ DEADLETTER_MAXLEN``; no TTL.
+``<p>:env:name:<name>`` (string)
+    The digest an environment's name stands for in the deployment (the newest
+    environment an API node registered under it). No TTL.
+``<p>:env:<hex>`` (string)
+    An environment's record (JSON: its metadata, content digest, languages),
+    ``<p>:env:<hex>:holders`` (hash) the nodes that serve it: base URL -> JSON
+    ``{url, token, content_digest}``. No TTL (see ``sandlot.broker.redis_environments``).
 
 Redis Cluster: the braces are hash tags. A task's three keys share one slot,
 and everything of the queue shares the ``{jobs}`` slot, so every Lua script
@@ -176,3 +183,12 @@ class Keys:
     @property
     def deadletter(self) -> str:
         return f"{self.prefix}:deadletter"
+
+    def environment_name(self, name: str) -> str:
+        return f"{self.prefix}:env:name:{_part(name)}"
+
+    def environment(self, digest: str) -> str:
+        return f"{self.prefix}:env:{_part(digest.removeprefix('sha256:'))}"
+
+    def environment_holders(self, digest: str) -> str:
+        return self.environment(digest) + ":holders"

@@ -307,6 +307,20 @@ class EnvironmentStore:
         """The root of an environment already inspected (its name may have been re-pointed since)."""
         return self.root / env.digest.removeprefix("sha256:") / "rootfs"
 
+    def by_digest(self, digest: str) -> Environment | None:
+        """The environment stored under ``digest`` ("sha256:<hex>"), whatever names point to it; None if absent."""
+        hexd = digest.removeprefix("sha256:")
+        if not _HEX.match(hexd):
+            return None
+        try:
+            data = json.loads((self.root / hexd / _META).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"environment {digest}: {self.root / hexd / _META} unreadable: {exc}") from exc
+        names = [name for name, value in self.names().items() if value == hexd]
+        return Environment.from_json(data, min(names) if names else "")
+
     def environments(self) -> list[Environment]:
         return [self.inspect(name) for name in sorted(self.names())]
 

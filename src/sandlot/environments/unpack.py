@@ -73,6 +73,17 @@ def unpack(source: ImageSource, root: Path, limits: UnpackLimits) -> UnpackStats
     return stats
 
 
+def unpack_tar(stream: IO[bytes], root: Path, limits: UnpackLimits, what: str) -> UnpackStats:
+    """Apply one tar (an environment moved from another node) into the empty directory ``root``, as a layer is."""
+    stats = UnpackStats()
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        _Layer(root_fd, stats, limits, what).apply(stream)
+    finally:
+        os.close(root_fd)
+    return stats
+
+
 def _parts(name: str, what: str) -> tuple[str, ...]:
     if name.startswith("/"):
         raise ImageRejected(f"{what}: absolute path {name!r} refused")

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -270,18 +270,28 @@ class LanguageRegistry:
     def get_in(self, name: str, root: Path, environment: str, tables: LanguageTables | None = None) -> Language:
         """Resolve a name or alias to a language environment ``environment`` (at root, with its own
         ``tables``) offers."""
+        return self._get_where(name, lambda lang: lang.installed_in(root), environment, tables)
+
+    def get_among(
+        self, name: str, offered: Collection[str], environment: str, tables: LanguageTables | None = None
+    ) -> Language:
+        """As ``get_in``, for an environment another node probed: ``offered`` names its languages."""
+        return self._get_where(name, lambda lang: lang.name in offered, environment, tables)
+
+    def _get_where(
+        self, name: str, offered: Callable[[Language], bool], environment: str, tables: LanguageTables | None
+    ) -> Language:
         key = name.strip().lower()
-        for lang in self.with_tables(tables).values():
+        languages = self.with_tables(tables)
+        for lang in languages.values():
             if key == lang.name or key in lang.aliases:
-                if not lang.installed_in(root):
+                if not offered(lang):
                     raise RejectedError(
                         f"language {lang.name!r} is not available in environment {environment!r}", field="language"
                     )
                 return lang
-        offered = ", ".join(sorted(lang.name for lang in self.offered_in(root, tables)))
-        raise RejectedError(
-            f"unknown language {name!r}; environment {environment!r} offers: {offered}", field="language"
-        )
+        names = ", ".join(sorted(lang.name for lang in languages.values() if offered(lang)))
+        raise RejectedError(f"unknown language {name!r}; environment {environment!r} offers: {names}", field="language")
 
     def get(self, name: str) -> Language:
         """Resolve a name or alias to an offered language, or reject with a clear message."""

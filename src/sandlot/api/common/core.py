@@ -65,7 +65,8 @@ class Core:
         """
         service = self.service
         principal.check_environment(spec.environment)
-        spec = service.validate(spec, min_isolation=principal.min_isolation)
+        spec, offered_there = await service.resolve_environment(spec)
+        spec = service.validate(spec, min_isolation=principal.min_isolation, offered_there=offered_there)
         if not service.accepting:
             raise Unavailable(SHUTTING_DOWN)
         if waits:

@@ -1,0 +1,218 @@
+"""Environments in the distributed mode: real ``redis-server``, an API node that alone has the environment, workers
+that fetch it (verified against the registry's content digest) before they run a job in it.
+
+The image is the tests' own busybox root plus a ``/usr/bin/bash`` that is a script for busybox's shell, so
+the ``bash`` language is offered there; a run prints the image's ``/etc/marker``, which the host lacks.
+Every node's store is emptied of the test image before each test (its digest is the same every run), so a
+worker has it only if it fetched it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from sandlot.broker.keys import Keys
+from sandlot.environments.store import EnvironmentStore
+from sandlot.errors import EnvironmentNotFound
+from tests.nodes import Cluster, NodeLayout, free_ports
+from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
+from tests.test_serve_process import wait_until
+
+LAYOUT = NodeLayout(
+    name="envdist",
+    uid_base=1_010_000_000,
+    nodes=range(1, 5),
+    max_boxes=64,
+    drain_deadline_s=15.0,
+    settings={"claim_idle_ms": 5000},
+)
+API, WORKER_A, WORKER_B, OTHER_API = 1, 2, 3, 4
+NAME = "envdist-busybox"
+LATE = "envdist-late"  # the same image, imported under another name while the nodes run
+MARKER = "sandlot-env-marker\n"  # busybox_base's /etc/marker
+SHELL = b'#!/bin/sh\nexec /bin/busybox sh "$@"\n'  # "bash" for the languages' probe: busybox's sh runs main.sh
+RUN_TIMEOUT_S = 120.0  # a fetch, then a cold jail in the environment, on a loaded machine
+
+
+def _store(n: int) -> EnvironmentStore:
+    return EnvironmentStore(LAYOUT.node_settings(n).state_dir)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Iterator[str]:
+    """The image imported into the API node's store only; every node's store is emptied of it before and after."""
+
+    def forget() -> None:
+        for n in LAYOUT.nodes:
+            store = _store(n)
+            for name in (NAME, LATE):
+                with contextlib.suppress(EnvironmentNotFound):
+                    store.remove(name)
+            if store.root.is_dir():
+                store.gc()
+
+    forget()
+    shell = layer(Entry("usr/", tarfile.DIRTYPE, mode=0o755), Entry("usr/bin/", tarfile.DIRTYPE, mode=0o755))
+    bash = layer(Entry("usr/bin/bash", data=SHELL, mode=0o755))
+    write_oci_layout(tmp_path / "image", [busybox_base(), shell, bash])
+    outcome = _store(API).import_image(NAME, tmp_path / "image")
+    try:
+        yield outcome.environment.digest
+    finally:
+        forget()
+
+
+def _run(client: httpx.Client, **body: Any) -> httpx.Response:
+    job = {"language": "bash", "code": "/bin/busybox cat /etc/marker\n", "environment": NAME} | body
+    return client.post("/api/v1/run", json=job, timeout=RUN_TIMEOUT_S)
+
+
+def _stored(n: int) -> list[str]:
+    """What node n's store directory holds besides its bookkeeping (digests, temporary imports)."""
+    root = _store(n).root
+    return sorted(e for e in os.listdir(root) if e not in {".locks", ".content", "names.json"}) if root.is_dir() else []
+
+
+@pytest.mark.timeout(400)
+def test_an_environment_imported_on_the_api_node_only_runs_on_each_worker(cluster: Cluster, image: str) -> None:
+    api, worker_a = cluster.api(API), cluster.worker(WORKER_A)
+    cluster.start(api, worker_a)
+    assert _stored(WORKER_A) == []  # only the API node has it
+
+    with httpx.Client(base_url=api.url) as client:
+        first = _run(client)
+        assert first.status_code == 200, first.text
+        assert (first.json()["status"], first.json()["stdout"]) == ("ok", MARKER), first.json()
+        # Worker A fetched it into its store, under the name and digest the job carried.
+        assert _store(WORKER_A).inspect(NAME).digest == image
+        again = _run(client)  # already there: no second fetch
+        assert (again.json()["status"], again.json()["stdout"]) == ("ok", MARKER), again.json()
+        assert worker_a.output().count("fetching environment") == 1
+
+        # The other worker, alone now, fetches it too.
+        worker_b = cluster.worker(WORKER_B)
+        cluster.start(worker_b)
+        assert worker_a.stop() == 0
+        assert _stored(WORKER_B) == []
+        second = _run(client)
+        assert second.status_code == 200, second.text
+        assert (second.json()["status"], second.json()["stdout"]) == ("ok", MARKER), second.json()
+        assert _store(WORKER_B).inspect(NAME).digest == image
+        assert worker_b.output().count("fetching environment") == 1
+
+        # On the host (no environment) the marker is not there: the runs above were in the image.
+        host = _run(client, environment="")
+        assert host.json()["status"] == "runtime_error", host.json()
+
+
+@pytest.mark.timeout(300)
+def test_a_tampered_transfer_is_refused_and_nothing_is_stored(cluster: Cluster, image: str, rdb: redis.Redis) -> None:
+    api, worker = cluster.api(API), cluster.worker(WORKER_A)
+    cluster.start(api, worker)
+    holders_key = Keys().environment_holders(image)
+    holders = {k.decode(): json.loads(v) for k, v in rdb.hgetall(holders_key).items()}
+    assert len(holders) == 1, holders
+    ((node, holder),) = holders.items()
+    assert (node, holder["url"]) == (api.url, f"{api.url}/internal/environments/{image}")
+
+    with httpx.Client() as client:
+        # The internal route is no tenant's: without the node's token (or with another) it is a 404.
+        assert client.get(holder["url"]).status_code == 404
+        assert client.get(holder["url"], headers={"Authorization": "Bearer nope"}).status_code == 404
+        real = client.get(holder["url"], headers={"Authorization": f"Bearer {holder['token']}"})
+        assert real.status_code == 200
+    assert real.content.count(b"sandlot-env-marker") == 1
+    tampered = real.content.replace(b"sandlot-env-marker", b"sandlot-env-MARKER")
+
+    with _serving(tampered) as (base, requests):
+        elsewhere = holder | {"url": f"{base}/internal/environments/{image}", "token": "t"}  # the same digest
+        rdb.hset(holders_key, node, json.dumps(elsewhere))
+        with httpx.Client(base_url=api.url) as client:
+            refused = _run(client)
+        assert requests == [f"/internal/environments/{image}"]  # the worker did fetch the tampered tar
+    assert refused.status_code == 500, refused.text  # /api/v1/run's answer to an internal_error
+    result = refused.json()
+    assert result["status"] == "internal_error", result
+    assert "digest mismatch" in result["message"] and NAME in result["message"], result["message"]
+    assert result["stdout"] == ""  # it ran nowhere
+    assert _stored(WORKER_A) == []  # nothing half-stored: no digest directory, no temporary one
+
+    # With the real holder back, the next job fetches the real environment and runs.
+    rdb.hset(holders_key, node, json.dumps(holder))
+    with httpx.Client(base_url=api.url) as client:
+        fine = _run(client)
+    assert (fine.json()["status"], fine.json()["stdout"]) == ("ok", MARKER), fine.json()
+    assert _stored(WORKER_A) == [image.removeprefix("sha256:")]
+
+
+@pytest.mark.timeout(200)
+def test_names_resolve_at_submit_on_any_api_node(
+    cluster: Cluster, image: str, rdb: redis.Redis, tmp_path: Path
+) -> None:
+    """An API node without the environment takes jobs for it too; one nobody has is a 404 at the door."""
+    api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    assert _stored(OTHER_API) == []
+    with httpx.Client(base_url=other_api.url) as client:
+        response = client.post(
+            "/api/v1/execute", json={"language": "bash", "code": "echo hi\n", "environment": "nobody-has-this"}
+        )
+        assert response.status_code == 404, response.text
+        assert "nobody-has-this" in response.text
+        # A language the environment lacks is a 400 naming it, decided at the door from the registry's record.
+        response = client.post("/api/v1/execute", json={"language": "python", "code": "1", "environment": NAME})
+        assert response.status_code == 400, response.text
+        assert f"not available in environment {NAME!r}" in response.text
+        ran = _run(client)
+    assert ran.status_code == 200, ran.text
+    assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+    assert _stored(OTHER_API) == []  # the API node resolved it without fetching it
+
+    # Imported on the first API node while it runs: it registers it by itself (its store watch), and the
+    # other API node then takes jobs for it too.
+    late = _store(API).import_image(LATE, tmp_path / "image").environment
+    name_key = Keys().environment_name(LATE)
+    wait_until(lambda: rdb.get(name_key) == late.digest.encode(), 60.0, f"{LATE} registered")
+    with httpx.Client(base_url=other_api.url) as client:
+        ran = _run(client, environment=LATE)
+    assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+
+
+@contextlib.contextmanager
+def _serving(body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on loopback answering every GET with ``body``; yields its base URL and the paths asked."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    (port,) = free_ports(1)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
