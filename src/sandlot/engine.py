@@ -246,6 +246,45 @@ class Engine:
             if finished:
                 return
 
+    async def compile_in(self, prepared: PreparedJob, box: Box) -> Result | None:
+        """Judge mode's first stage: write the sources into box and compile them there, alone.
+
+        None for a language without a compile step. The Result carries the compile output (with the
+        user's file names) and, on failure, the status ``execute`` would end with (compile_error);
+        on success the box's workdir holds what ``run_in`` runs, in this box or a copy of it.
+        """
+        lang = prepared.language
+        job = prepared.job
+        source = lang.source_name(job.user_file_name, job.files[0].content)
+        self._write_sources(box, source.file, job.files)
+        if lang.compile is None:
+            return None
+        argv = lang.argv(lang.compile, source)
+        compiled: Result | None = None
+        binds = self.job_binds(prepared, box)
+        run = box.run(
+            argv, limits=prepared.compile_limits, env=lang.env, binds=binds, stage="compile", rootfs=prepared.rootfs
+        )
+        async with contextlib.aclosing(run) as items:
+            async for item in items:
+                if isinstance(item, Result):
+                    compiled = item
+        assert compiled is not None
+        user_name = _printable_name(job.user_file_name or source.file)
+        output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
+        compiled = dataclasses.replace(compiled, compile_output=output, language=lang.name)
+        return compiled if compiled.status is Status.OK else _compile_failure(compiled)
+
+    def run_in(
+        self, prepared: PreparedJob, box: Box, *, stdin: StdinSource, limits: Limits, args: tuple[str, ...] = ()
+    ) -> AsyncGenerator[OutputEvent | Result, None]:
+        """Run a program ``compile_in`` compiled (its workdir copied into box) once: one judge test."""
+        lang = prepared.language
+        source = lang.source_name(prepared.job.user_file_name, prepared.job.files[0].content)
+        argv = [*lang.argv(lang.run, source), *args]
+        binds = self.job_binds(prepared, box)
+        return box.run(argv, limits=limits, stdin=stdin, env=lang.env, binds=binds, rootfs=prepared.rootfs)
+
     def warm_caches(self) -> None:
         """Warm every offered language's shared cache now (start-up), not on a first request."""
         for lang in self.languages.offered():

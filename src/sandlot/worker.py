@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
+from sandlot.judge.flow import Judge
 from sandlot.metrics import Metrics
 from sandlot.models import (
     NOTICE_REQUEUED,
@@ -119,6 +120,7 @@ class Worker:
     ) -> None:
         self.broker = broker
         self.engine = engine
+        self.judge = Judge(engine)
         self.default_isolation = default_isolation
         self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)  # by isolation level
         self.concurrency = concurrency
@@ -410,6 +412,9 @@ class Worker:
         spec = run.spec
         level = spec.isolation or self.default_isolation
         check_isolation(level)
+        if spec.judge:
+            await self._judge_task(run, level)
+            return
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
@@ -448,6 +453,26 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             await lease.__aexit__(None, None, None)
+
+    async def _judge_task(self, run: _Run, level: str) -> None:
+        """Judge mode: the judge flow leases its own boxes (one per compile, per test), fairly, from the pool."""
+        spec = run.spec
+        pool = pool_for_run(self.pools, level, spec.tenant, None)
+        await self.broker.mark_running(spec.id)
+        run.started = True
+        self._freed.set()
+        if self.metrics is not None:
+            self.metrics.active_workers.inc()
+        try:
+            async with contextlib.aclosing(self.judge.run(spec, pool)) as events:
+                async for event in events:
+                    if isinstance(event, ExitEvent):
+                        await self._publish_exit(spec, event, run.published)
+                    else:
+                        await self.broker.publish(spec.id, event)
+        finally:
+            if self.metrics is not None:
+                self.metrics.active_workers.dec()
 
     async def _heartbeat(self, broker: Heartbeating, run: _Run) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""
