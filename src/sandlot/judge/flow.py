@@ -174,6 +174,11 @@ class _Flow:
             try:
                 async with self._slots:
                     event = await self._judge_test(number, test, solution, checker, interactor)
+                    if self.request.stop_on_first_failure and event.verdict != Verdict.ACCEPTED:
+                        # Here, still holding its slot: no later test can start after this one failed.
+                        for later, task in tasks.items():
+                            if later > number:
+                                task.cancel()  # a no-op for a test already done
             except asyncio.CancelledError:  # stop_on_first_failure: a later test, not run to its end
                 finished.put_nowait(self._event(number, Verdict.SKIPPED, Result(Status.OK), "an earlier test failed"))
                 raise
@@ -188,10 +193,6 @@ class _Flow:
                 event = await finished.get()
                 self.results.append(event)
                 yield event
-                if self.request.stop_on_first_failure and event.verdict not in (Verdict.ACCEPTED, Verdict.SKIPPED):
-                    for number, task in tasks.items():
-                        if number > event.test:
-                            task.cancel()  # a no-op for a test already done
         finally:
             for task in tasks.values():
                 task.cancel()
