@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, Sandlot
 from sandlot.judge.flow import Judge
 from sandlot.metrics import Metrics
 from sandlot.models import (
+    CANCELLED,
     NOTICE_REQUEUED,
     NOTICE_SESSION_RESET,
     ExitEvent,
@@ -463,14 +465,39 @@ class Worker:
         self._freed.set()
         if self.metrics is not None:
             self.metrics.active_workers.inc()
-        try:
+
+        async def judging() -> None:
             async with contextlib.aclosing(self.judge.run(spec, pool)) as events:
                 async for event in events:
                     if isinstance(event, ExitEvent):
                         await self._publish_exit(spec, event, run.published)
                     else:
                         await self.broker.publish(spec.id, event)
+
+        async def cancelled() -> None:  # a door's cancel (its client left): the tests' boxes are killed
+            async for message in self.broker.controls(spec.id):
+                if message.kind == "cancel":
+                    return
+
+        judge = asyncio.create_task(judging(), name=f"judge-{spec.id}")
+        follower = asyncio.create_task(cancelled())
+        try:
+            await asyncio.wait({judge, follower}, return_when=asyncio.FIRST_COMPLETED)
+            if not judge.done():
+                judge.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await judge
+                if not run.published:
+                    why = f"{CANCELLED} by request"
+                    ended = terminal_event(Status.SIGNALED, why, language=spec.language, signal=signal.SIGKILL)
+                    await self._publish_exit(spec, ended, run.published)
+            else:
+                judge.result()  # what failed in the flow fails the task as any run's failure does
         finally:
+            for task in (judge, follower):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             if self.metrics is not None:
                 self.metrics.active_workers.dec()
 
