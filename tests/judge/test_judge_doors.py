@@ -1,0 +1,49 @@
+"""Judge mode through the gRPC door (sandlot.v1 Judge, server-streaming) and the MCP door (the judge tool)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.config import ServerSettings
+from tests.api.grpc.test_grpc import grpc_serving
+from tests.api.mcp.test_mcp import _error, _stdio, _structured
+from tests.judge import programs
+
+_BOUND_S = 300.0  # turns a hang into a failure; never a measurement
+
+
+async def test_grpc_judge_streams_a_test_result_per_test_then_exit() -> None:
+    async with grpc_serving(ServerSettings(gvisor_pool_size=0, pool_size=2)) as env:
+        tests = [pb.JudgeTest(stdin=f"{i} 7\n".encode(), expected_output=f"{i + 7}\n".encode()) for i in range(1, 9)]
+        request = pb.JudgeRequest(
+            submission=pb.ExecuteRequest(language="cpp", code=programs.CPP_SUM_WRONG), tests=tests, checker="tokens"
+        )
+        async with asyncio.timeout(_BOUND_S):
+            events = [event async for event in env.sandlot.Judge(request)]
+        kinds = [event.WhichOneof("kind") for event in events]
+        assert kinds.count("stage") == 1 and kinds.count("test_result") == 8 and kinds[-1] == "exit"
+        verdicts = {e.test_result.test: e.test_result.verdict for e in events if e.WhichOneof("kind") == "test_result"}
+        assert verdicts == {i: "wrong_answer" if i == 7 else "accepted" for i in range(1, 9)}
+        assert events[-1].exit.result.message == "wrong_answer: 7/8 tests passed (first failure: test 7)"
+        bad = pb.JudgeRequest(submission=pb.ExecuteRequest(language="python", code="1", args=["x"]), tests=tests)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async with asyncio.timeout(_BOUND_S):
+                _ = [event async for event in env.sandlot.Judge(bad)]
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "args: not a judge request's field" in str(caught.value.details())
+
+
+@pytest.mark.root
+async def test_mcp_judge_tool() -> None:
+    async with _stdio() as client:
+        tests = [{"stdin": f"{i} {i}\n", "expected_output": f"{2 * i}\n"} for i in range(3)]
+        arguments = {"language": "python", "code": programs.PY_SUM, "tests": tests, "time_limit": 2}
+        answer = _structured(await client.call_tool("judge", arguments))
+        assert (answer["verdict"], answer["passed"], answer["total"]) == ("accepted", 3, 3)
+        assert [t["verdict"] for t in answer["tests"]] == ["accepted"] * 3
+        message = await _error(client, "judge", {"language": "python", "code": "1", "tests": []})
+        assert "tests" in message
