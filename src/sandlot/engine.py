@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from sandlot.config import CLI_FLAGS, LimitRequest, Settings
 from sandlot.errors import EnvironmentNotFound, RejectedError
 from sandlot.languages import Language, LanguageRegistry, warm_cache
+from sandlot.languages.naming import SourceName
 from sandlot.models import (
     Event,
     ExitEvent,
@@ -52,6 +53,17 @@ MAX_COMMANDS = 32
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_FETCH_FILES = 64
 MAX_FETCH_BYTES = 8 * 1024 * 1024
+
+
+WorkdirFiles = tuple[tuple[str, bytes], ...]  # (path, content) of each regular file of a workdir
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A program compiled once, for many runs: its compile stage's Result and its workdir after it."""
+
+    result: Result
+    files: WorkdirFiles
 
 
 @dataclass(frozen=True)
@@ -161,11 +173,18 @@ class Engine:
         )
 
     async def execute(
-        self, prepared: PreparedJob, box: Box, *, stdin: StdinSource | None = None
+        self,
+        prepared: PreparedJob,
+        box: Box,
+        *,
+        stdin: StdinSource | None = None,
+        precompiled: Compiled | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Run a prepared job in box; yields stamped events ending with exactly one ExitEvent.
 
         ``stdin`` overrides the job's own stdin bytes with a stream (interactive doors).
+        ``precompiled``: this job's program as ``compile_in`` left it (another box compiled the same
+        sources): its workdir is copied here and its compile Result reported; the compiler does not run.
         """
         seq = itertools.count(1)
         budget = JobBudget(self.settings.job_wall_time_budget_s, self.settings.job_cpu_time_budget_s)
@@ -176,8 +195,10 @@ class Engine:
         lang = prepared.language
         job = prepared.job
         source = lang.source_name(job.user_file_name, job.files[0].content)
-        user_name = _printable_name(job.user_file_name or source.file)
-        self._write_sources(box, source.file, job.files)
+        if precompiled is None:
+            self._write_sources(box, source.file, job.files)
+        else:
+            write_workdir(box, precompiled.files)
         binds = self._binds(lang, box) if prepared.rootfs is None else []
         rootfs = prepared.rootfs
         stages: list[tuple[str, Result]] = []
@@ -185,29 +206,19 @@ class Engine:
         compile_output = b""
         if lang.compile is not None:
             yield stamp(StageEvent("compile"))
-            compiled: Result | None = None
             compile_limits = budget.cap(prepared.compile_limits)
-            compile_run = box.run(
-                lang.argv(lang.compile, source),
-                limits=compile_limits,
-                env=lang.env,
-                binds=binds,
-                stage="compile",
-                rootfs=rootfs,
-            )
-            async with contextlib.aclosing(compile_run) as items:
-                async for item in items:
-                    if isinstance(item, Result):
-                        compiled = budget.charge(item, asked=prepared.compile_limits, given=compile_limits)
-            assert compiled is not None
-            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
-            compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
+            if precompiled is None:
+                raw = await self._compile(prepared, box, source, compile_limits)
+            else:  # the same program compiled once for many tasks: its Result, charged as if compiled here
+                raw = precompiled.result
+            compiled = budget.charge(raw, asked=prepared.compile_limits, given=compile_limits)
+            compile_output = compiled.compile_output
             stages.append(("compile", compiled))
             if compile_output:
                 yield stamp(OutputEvent("stderr", compile_output, stage="compile"))
             yield stamp(StageResultEvent("compile", compiled))
             if compiled.status is not Status.OK:
-                yield stamp(ExitEvent(_compile_failure(compiled), stages=tuple(stages)))
+                yield stamp(ExitEvent(compile_failure(compiled), stages=tuple(stages)))
                 return
 
         if job.commands:
@@ -247,11 +258,11 @@ class Engine:
                 return
 
     async def compile_in(self, prepared: PreparedJob, box: Box) -> Result | None:
-        """Judge mode's first stage: write the sources into box and compile them there, alone.
+        """Write the sources into box and compile them there, alone (judge mode, compile-once batches).
 
-        None for a language without a compile step. The Result carries the compile output (with the
-        user's file names) and, on failure, the status ``execute`` would end with (compile_error);
-        on success the box's workdir holds what ``run_in`` runs, in this box or a copy of it.
+        None for a language without a compile step. The Result is the compile stage's, as ``execute``
+        reports it (``compile_failure`` turns a failed one into the job's); on success the box's
+        workdir holds what ``run_in`` runs, there or copied elsewhere (``read_workdir``).
         """
         lang = prepared.language
         job = prepared.job
@@ -259,21 +270,28 @@ class Engine:
         self._write_sources(box, source.file, job.files)
         if lang.compile is None:
             return None
-        argv = lang.argv(lang.compile, source)
-        compiled: Result | None = None
+        return await self._compile(prepared, box, source, prepared.compile_limits)
+
+    async def _compile(self, prepared: PreparedJob, box: Box, source: SourceName, limits: Limits) -> Result:
+        lang = prepared.language
         binds = self.job_binds(prepared, box)
+        compiled: Result | None = None
         run = box.run(
-            argv, limits=prepared.compile_limits, env=lang.env, binds=binds, stage="compile", rootfs=prepared.rootfs
+            lang.argv(lang.compile or (), source),
+            limits=limits,
+            env=lang.env,
+            binds=binds,
+            stage="compile",
+            rootfs=prepared.rootfs,
         )
         async with contextlib.aclosing(run) as items:
             async for item in items:
                 if isinstance(item, Result):
                     compiled = item
         assert compiled is not None
-        user_name = _printable_name(job.user_file_name or source.file)
+        user_name = _printable_name(prepared.job.user_file_name or source.file)
         output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
-        compiled = dataclasses.replace(compiled, compile_output=output, language=lang.name)
-        return compiled if compiled.status is Status.OK else _compile_failure(compiled)
+        return dataclasses.replace(compiled, compile_output=output, language=lang.name)
 
     def run_in(
         self, prepared: PreparedJob, box: Box, *, stdin: StdinSource, limits: Limits, args: tuple[str, ...] = ()
@@ -386,6 +404,25 @@ class JobBudget:
         return f"the job's {kind} time budget ran out ({budget_s:g} s over all its stages)"
 
 
+def read_workdir(box: Box, max_bytes: int) -> WorkdirFiles:
+    """A box's workdir (after a compile): every regular file, never following a link (blocking I/O).
+
+    RejectedError when it holds more than ``max_bytes`` or too many entries to list.
+    """
+    listing = box.listing()
+    total = sum(f.size for f in listing.files)
+    if listing.truncated or total > max_bytes:
+        raise RejectedError(f"{total} bytes in {len(listing.files)} files (more than {max_bytes} bytes, or files)")
+    return tuple((f.path, box.read_file(f.path, max_bytes=max_bytes)) for f in listing.files)
+
+
+def write_workdir(box: Box, files: WorkdirFiles) -> None:
+    """Copy a workdir into box. Executable for all: the listing does not carry modes, a compiled binary
+    must stay runnable, and the box's own user owns these files and could chmod them anyway."""
+    for path, content in files:
+        box.write_file(path, content, mode=0o755)
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -399,7 +436,8 @@ def _printable_name(name: str) -> str:
     return name if _is_utf8(name) else name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _compile_failure(compiled: Result) -> Result:
+def compile_failure(compiled: Result) -> Result:
+    """A failed compile stage's Result as the job's: compile_error, unless the sandbox (not the compiler) failed."""
     if compiled.status is Status.INTERNAL_ERROR or compiled.cancelled:  # not the compiler's failure
         return compiled
     reason = compiled.message if compiled.status is not Status.RUNTIME_ERROR else "compilation failed"

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
+from sandlot.judge.compile_once import CompileOnce
 from sandlot.judge.flow import Judge
 from sandlot.metrics import Metrics
 from sandlot.models import (
@@ -123,6 +124,7 @@ class Worker:
         self.broker = broker
         self.engine = engine
         self.judge = Judge(engine)
+        self.compile_once = CompileOnce(engine)
         self.default_isolation = default_isolation
         self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)  # by isolation level
         self.concurrency = concurrency
@@ -438,7 +440,9 @@ class Worker:
             run.started = True
             self._freed.set()  # one claimed job fewer waits: the claim gate may open
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
-            async with contextlib.aclosing(self.engine.execute(prepared, box, stdin=stdin)) as events:
+            precompiled = await self.compile_once.compiled(prepared, box) if spec.compile_once else None
+            run_events = self.engine.execute(prepared, box, stdin=stdin, precompiled=precompiled)
+            async with contextlib.aclosing(run_events) as events:
                 async for event in events:
                     if isinstance(event, ExitEvent):
                         # Publish at once; the box's teardown and reset follow, off the client's path.

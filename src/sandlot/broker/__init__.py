@@ -80,6 +80,8 @@ class TaskSpec:
     door_data: str = ""
     # Judge mode: the JSON of a sandlot.judge.JudgeSpec (tests, checker, interactor); "": an ordinary run.
     judge: str = ""
+    # Same program as other tasks of its batch: a worker compiles it once for all (sandlot.judge.compile_once).
+    compile_once: bool = False
     created: float = field(default_factory=time.time)
 
     def to_job(self) -> Job:
@@ -116,6 +118,7 @@ class TaskSpec:
                 "user_file_name": self.user_file_name,
                 "door_data": self.door_data,
                 "judge": self.judge,
+                "compile_once": self.compile_once,
                 "created": self.created,
             }
         )
@@ -141,6 +144,7 @@ class TaskSpec:
             user_file_name=data.get("user_file_name"),
             door_data=str(data.get("door_data", "")),
             judge=str(data.get("judge", "")),
+            compile_once=bool(data.get("compile_once", False)),
             created=float(data.get("created", time.time())),
         )
 

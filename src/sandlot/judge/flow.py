@@ -6,7 +6,7 @@ Theory of operation
 
 1. Compile, once: the solution in a box of its own (``Engine.compile_in``), then the
    custom checker's and the interactor's, each in its own. The box's workdir after the
-   compile (sources, binary, class files) is read out (``_snapshot``, bounded by
+   compile (sources, binary, class files) is read out (``engine.read_workdir``, bounded by
    ``judge_max_artifact_bytes``) and the box goes back to the pool. A solution that
    fails to compile makes every test ``compile_error`` and nothing runs; a checker or
    interactor that fails makes every test ``judge_error`` naming which.
@@ -39,7 +39,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from sandlot.broker import TaskSpec
-from sandlot.engine import Engine, PreparedJob
+from sandlot.engine import Engine, PreparedJob, WorkdirFiles, compile_failure, read_workdir, write_workdir
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.judge import interact
 from sandlot.judge.checkers import Checked, check_builtin, verdict_of_exit, verdict_of_run
@@ -57,11 +57,8 @@ from sandlot.models import (
     TestResultEvent,
 )
 from sandlot.pool import BoxPool
-from sandlot.sandbox import Box
 
 CHECKER_FILES = ("input.txt", "output.txt", "answer.txt")  # testlib's order: the test, the program's, the answer
-
-Artifact = tuple[tuple[str, bytes], ...]  # a compiled workdir: (path, content) of each regular file
 
 
 class JudgeFailure(SandlotError):
@@ -71,7 +68,7 @@ class JudgeFailure(SandlotError):
 @dataclass(frozen=True)
 class Compiled:
     prepared: PreparedJob
-    artifact: Artifact
+    files: WorkdirFiles  # the workdir after its compile
 
 
 class Judge:
@@ -148,20 +145,23 @@ class _Flow:
     # ------------------------------------------------------------- compile
 
     async def compile(self, prepared: PreparedJob, who: str) -> tuple[Compiled | None, Result | None]:
-        """Compile in a box of its own; (the compiled workdir, the compile's Result or None if none)."""
+        """Compile in a box of its own; (the compiled workdir or None if it failed, the compile's Result if any)."""
         try:
             async with self.pool.lease(self.spec.tenant) as box:
                 result = await self.engine.compile_in(prepared, box)
                 if result is not None and result.status is not Status.OK:
-                    if result.status is Status.COMPILE_ERROR:
-                        return None, result
-                    raise JudgeFailure(f"compiling the {who} failed: {result.message}")
-                artifact = await asyncio.to_thread(_snapshot, box, self.settings.judge_max_artifact_bytes, who)
+                    failed = compile_failure(result)
+                    if failed.status is Status.COMPILE_ERROR:
+                        return None, failed
+                    raise JudgeFailure(f"compiling the {who} failed: {failed.message}")
+                files = await asyncio.to_thread(read_workdir, box, self.settings.judge_max_artifact_bytes)
         except JudgeFailure:
             raise
+        except RejectedError as exc:
+            raise JudgeFailure(f"the compiled {who} cannot be copied into each test's box: {exc}") from exc
         except SandlotError as exc:
             raise JudgeFailure(f"compiling the {who} failed: {exc}") from exc
-        return Compiled(prepared, artifact), result
+        return Compiled(prepared, files), result
 
     # --------------------------------------------------------------- tests
 
@@ -210,7 +210,7 @@ class _Flow:
                 verdict = checked.verdict
                 return self._event(number, verdict, result, checked.comment)
             async with self.pool.lease(self.spec.tenant) as box:
-                await asyncio.to_thread(_write, box, solution.artifact)
+                await asyncio.to_thread(write_workdir, box, solution.files)
                 result = await _result_of(
                     self.engine.run_in(solution.prepared, box, stdin=test.stdin, limits=limits, args=test.args)
                 )
@@ -229,7 +229,7 @@ class _Flow:
     async def _custom_check(self, test: JudgeTest, output: bytes, checker: Compiled) -> Checked:
         files = (test.stdin, output, test.expected_output or b"")
         async with self.pool.lease(self.spec.tenant) as box:
-            await asyncio.to_thread(_write, box, (*checker.artifact, *zip(CHECKER_FILES, files, strict=True)))
+            await asyncio.to_thread(write_workdir, box, (*checker.files, *zip(CHECKER_FILES, files, strict=True)))
             limits = checker.prepared.limits
             result = await _result_of(
                 self.engine.run_in(checker.prepared, box, stdin=b"", limits=limits, args=CHECKER_FILES)
@@ -252,8 +252,8 @@ class _Flow:
                 raise
         try:
             files = (test.stdin, b"", test.expected_output or b"")
-            await asyncio.to_thread(_write, box_a, solution.artifact)
-            await asyncio.to_thread(_write, box_b, (*interactor.artifact, *zip(CHECKER_FILES, files, strict=True)))
+            await asyncio.to_thread(write_workdir, box_a, solution.files)
+            await asyncio.to_thread(write_workdir, box_b, (*interactor.files, *zip(CHECKER_FILES, files, strict=True)))
             # The interactor outlives the solution's wall limit: when both wait on each other, the solution
             # is the one stopped (a timeout, its verdict), never the interactor first.
             helper_limits = dataclasses.replace(
@@ -297,25 +297,3 @@ async def _result_of(run: AsyncGenerator[OutputEvent | Result, None]) -> Result:
                 result = item
     assert result is not None
     return result
-
-
-def _snapshot(box: Box, max_bytes: int, who: str) -> Artifact:
-    """The box's workdir after a compile: what every test of it runs (blocking file I/O)."""
-    listing = box.listing()
-    total = sum(f.size for f in listing.files)
-    if listing.truncated or total > max_bytes:
-        raise JudgeFailure(
-            f"the compiled {who} is too large to copy into each test's box "
-            f"({total} bytes in {len(listing.files)} files; judge_max_artifact_bytes is {max_bytes})"
-        )
-    try:
-        return tuple((f.path, box.read_file(f.path, max_bytes=max_bytes)) for f in listing.files)
-    except RejectedError as exc:
-        raise JudgeFailure(f"the compiled {who} could not be read: {exc}") from exc
-
-
-def _write(box: Box, files: Artifact) -> None:
-    # Executable for all: the listing does not carry modes, and a compiled binary must stay runnable
-    # (the box's own user owns these files and could chmod them anyway).
-    for path, content in files:
-        box.write_file(path, content, mode=0o755)
