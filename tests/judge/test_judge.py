@@ -7,6 +7,7 @@ asserted, never durations.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,9 +16,10 @@ import pytest
 import pytest_asyncio
 
 from sandlot.api.http.app import create_app
+from sandlot.models import Status
 from sandlot.sandbox.box import Box
 from sandlot.service import Service
-from tests.api.http.test_http import asgi_client, parse_sse, running_service
+from tests.api.http.test_http import asgi_client, parse_sse, running_service, wait_done
 from tests.judge import programs
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
@@ -219,3 +221,20 @@ async def test_bad_requests_are_400_naming_the_field(
     response = await client.post("/api/v1/judge", json={"language": "python", "code": "print(1)", **body})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == field
+
+
+async def test_cancelling_a_judge_task_stops_its_tests(client: httpx.AsyncClient, service: Service) -> None:
+    body = {
+        "language": "python",
+        "code": "import time\ntime.sleep(90)\n",
+        "tests": [{"expected_output": ""}] * 2,
+        "limits": {"wall_time_limit": 120},
+    }
+    queued = await client.post("/api/v1/judge", params={"wait": "false"}, json=body)
+    task_id = queued.json()["task_id"]
+    async with contextlib.aclosing(service.broker.subscribe("public", task_id)) as events:  # type: ignore[type-var]
+        first = await anext(events)
+    assert first.kind == "stage"  # its first event: a worker is judging it
+    assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
+    ended = await wait_done(service, "public", task_id)
+    assert ended.result.message == "cancelled by request" and ended.result.status is Status.SIGNALED
