@@ -23,7 +23,7 @@ from sandlot.config import load_settings
 from sandlot.engine import Engine
 from sandlot.errors import ConfigError, RejectedError, SandlotError
 from sandlot.judge.flow import Judge
-from sandlot.judge.model import Verdict, render_test_result, summarize, summary_dict
+from sandlot.judge.model import JudgeSpec, Verdict, render_test_result, summarize, summary_dict
 from sandlot.judge.parse import parse_judge
 from sandlot.languages import LanguageRegistry
 from sandlot.models import Event, ExitEvent, StageResultEvent, Status, TestResultEvent
@@ -169,7 +169,6 @@ def _finish(events: list[Event], spec: TaskSpec, as_json: bool) -> None:
     exit_event = events[-1]
     assert isinstance(exit_event, ExitEvent)
     tested = [e for e in events if isinstance(e, TestResultEvent)]
-    from sandlot.judge.model import JudgeSpec
 
     summary = summarize(tested, len(JudgeSpec.from_json(spec.judge).tests))
     compiled = next((e.result for e in events if isinstance(e, StageResultEvent) and e.stage == "compile"), None)

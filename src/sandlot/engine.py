@@ -42,6 +42,7 @@ from sandlot.models import (
 from sandlot.paths import validate_relative_path
 from sandlot.sandbox import BOX_WORKDIR, Bind, Box
 from sandlot.sandbox.box import ISOLATION_LEVELS, StdinSource
+from sandlot.workdir import Compiled, write_workdir
 
 if TYPE_CHECKING:
     from sandlot.environments.store import EnvironmentStore
@@ -53,17 +54,6 @@ MAX_COMMANDS = 32
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_FETCH_FILES = 64
 MAX_FETCH_BYTES = 8 * 1024 * 1024
-
-
-WorkdirFiles = tuple[tuple[str, bytes], ...]  # (path, content) of each regular file of a workdir
-
-
-@dataclass(frozen=True)
-class Compiled:
-    """A program compiled once, for many runs: its compile stage's Result and its workdir after it."""
-
-    result: Result
-    files: WorkdirFiles
 
 
 @dataclass(frozen=True)
@@ -402,25 +392,6 @@ class JobBudget:
     @staticmethod
     def _ran_out(kind: str, budget_s: float) -> str:
         return f"the job's {kind} time budget ran out ({budget_s:g} s over all its stages)"
-
-
-def read_workdir(box: Box, max_bytes: int) -> WorkdirFiles:
-    """A box's workdir (after a compile): every regular file, never following a link (blocking I/O).
-
-    RejectedError when it holds more than ``max_bytes`` or too many entries to list.
-    """
-    listing = box.listing()
-    total = sum(f.size for f in listing.files)
-    if listing.truncated or total > max_bytes:
-        raise RejectedError(f"{total} bytes in {len(listing.files)} files (more than {max_bytes} bytes, or files)")
-    return tuple((f.path, box.read_file(f.path, max_bytes=max_bytes)) for f in listing.files)
-
-
-def write_workdir(box: Box, files: WorkdirFiles) -> None:
-    """Copy a workdir into box. Executable for all: the listing does not carry modes, a compiled binary
-    must stay runnable, and the box's own user owns these files and could chmod them anyway."""
-    for path, content in files:
-        box.write_file(path, content, mode=0o755)
 
 
 def _is_utf8(text: str) -> bool:

@@ -21,10 +21,11 @@ import asyncio
 import hashlib
 import time
 
-from sandlot.engine import Compiled, Engine, PreparedJob, read_workdir
+from sandlot.engine import Engine, PreparedJob
 from sandlot.errors import RejectedError
 from sandlot.models import Status
 from sandlot.sandbox import Box
+from sandlot.workdir import Compiled, read_workdir
 
 _TTL_S = 120.0
 _MAX_ENTRIES = 64

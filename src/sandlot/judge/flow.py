@@ -39,7 +39,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from sandlot.broker import TaskSpec
-from sandlot.engine import Engine, PreparedJob, WorkdirFiles, compile_failure, read_workdir, write_workdir
+from sandlot.engine import Engine, PreparedJob, compile_failure
 from sandlot.errors import RejectedError, SandlotError
 from sandlot.judge import interact
 from sandlot.judge.checkers import Checked, check_builtin, verdict_of_exit, verdict_of_run
@@ -57,7 +57,9 @@ from sandlot.models import (
     TestResultEvent,
 )
 from sandlot.pool import BoxPool
+from sandlot.workdir import WorkdirFiles, read_workdir, write_workdir
 
+TEST_OUTPUT_BYTES = 16 * 1024  # of each test's stdout and stderr kept in its event (512 tests: at most 16 MiB)
 CHECKER_FILES = ("input.txt", "output.txt", "answer.txt")  # testlib's order: the test, the program's, the answer
 
 
@@ -276,7 +278,15 @@ class _Flow:
 
     def _event(self, number: int, verdict: Verdict, result: Result, comment: str) -> TestResultEvent:
         test = self.request.tests[number - 1]
-        result = dataclasses.replace(result, language=self.spec.language)
+        # The output is checked already; what travels and is kept with the task is a bounded excerpt.
+        cut = len(result.stdout) > TEST_OUTPUT_BYTES or len(result.stderr) > TEST_OUTPUT_BYTES
+        result = dataclasses.replace(
+            result,
+            stdout=result.stdout[:TEST_OUTPUT_BYTES],
+            stderr=result.stderr[:TEST_OUTPUT_BYTES],
+            truncated=result.truncated or cut,
+            language=self.spec.language,
+        )
         return TestResultEvent(number, test.name or str(number), verdict.value, result, comment)
 
     def all_failed(self, verdict: Verdict, why: str) -> list[TestResultEvent]:

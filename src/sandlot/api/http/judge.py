@@ -26,8 +26,6 @@ from sandlot.models import Event, ExitEvent, StageResultEvent, Status, TestResul
 
 router = APIRouter(prefix="/api/v1", tags=["judge"])
 
-_MAX_OUTPUT_CHARS = 64 * 1024  # of each test's stdout and stderr, with include_output
-
 
 class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,8 +44,8 @@ class JudgeTestAnswer(_Closed):
     exit_code: int | None
     signal: int | None
     comment: str = Field(description="the checker's or interactor's stderr, or why")
-    stdout: str | None = Field(default=None, description="with include_output: the program's output (capped)")
-    stderr: str | None = Field(default=None, description="with include_output (capped)")
+    stdout: str | None = Field(default=None, description="with include_output: the program's output (16 KiB)")
+    stderr: str | None = Field(default=None, description="with include_output (16 KiB)")
 
 
 class JudgeAnswer(_Closed):
@@ -174,13 +172,7 @@ def _answer(task_id: str, total: int, events: list[Event], include_output: bool)
     tests = [e for e in events if isinstance(e, TestResultEvent)]
     compiled = next((e.result for e in events if isinstance(e, StageResultEvent) and e.stage == "compile"), None)
     summary = summarize(tests, total)
-    rendered = []
-    for test in sorted(tests, key=lambda t: t.test):
-        body = render_test_result(test, with_output=include_output)
-        if include_output:
-            body["stdout"] = body["stdout"][:_MAX_OUTPUT_CHARS]
-            body["stderr"] = body["stderr"][:_MAX_OUTPUT_CHARS]
-        rendered.append(body)
+    rendered = [render_test_result(test, with_output=include_output) for test in sorted(tests, key=lambda t: t.test)]
     body = {
         "task_id": task_id,
         "status": "done",
