@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
+from sandlot.broker import TaskSpec, event_from_wire, event_to_wire
 from sandlot.engine import Engine
 from sandlot.errors import RejectedError
 from sandlot.judge.checkers import check_builtin, parse_builtin, verdict_of_exit, verdict_of_run
@@ -131,3 +133,16 @@ def test_a_test_too_large_is_refused_naming_the_limit() -> None:
     with pytest.raises(RejectedError, match="judge_max_test_bytes is 8") as caught:
         prepare_judge(engine, spec)
     assert caught.value.field == "tests[0].stdin"
+
+
+def test_a_judge_task_and_its_test_events_cross_a_broker_unchanged() -> None:
+    """The Redis broker carries specs and events as JSON: judge mode's parts must survive it."""
+    spec = dataclasses.replace(
+        parse_judge({"language": "python", "code": "1", "tests": [{"expected_output": "1"}]}, tenant="t"),
+        compile_once=True,
+    )
+    assert TaskSpec.from_json(spec.to_json()) == spec
+    event = TestResultEvent(
+        3, "three", "wrong_answer", Result(Status.OK, stdout=b"\xff", cpu_time=0.5), comment="no", seq=7, time=1.0
+    )
+    assert event_from_wire(json.loads(json.dumps(event_to_wire(event)))) == event

@@ -44,10 +44,19 @@ async def run_pair(engine: Engine, *, solution: Side, interactor: Side) -> tuple
         run = engine.run_in(prepared, box, stdin=_stream(stdin), limits=limits, args=args)
         return await _pump(run, out, who, ended)
 
-    solved, judged = await asyncio.gather(
-        side("solution", solution, to_solution, to_interactor),
-        side("interactor", interactor, to_interactor, to_solution),
-    )
+    sides = [
+        asyncio.create_task(side("solution", solution, to_solution, to_interactor)),
+        asyncio.create_task(side("interactor", interactor, to_interactor, to_solution)),
+    ]
+    try:
+        solved, judged = await asyncio.gather(*sides)
+    finally:
+        # One side failed (the sandbox): the other must not run on in a box about to go back to the pool.
+        for task in sides:
+            task.cancel()
+        for task in sides:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
     comment = judged.stderr.decode("utf-8", "replace")
     if judged.status not in (Status.OK, Status.RUNTIME_ERROR):
         return solved, Checked(Verdict.JUDGE_ERROR, f"the interactor failed: {judged.message or judged.status.value}")
