@@ -8,10 +8,14 @@ import grpc
 import pytest
 
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.api.http.app import create_app
+from sandlot.broker.redis import RedisBroker
 from sandlot.config import ServerSettings
 from tests.api.grpc.test_grpc import grpc_serving
+from tests.api.http.test_http import asgi_client, running_service
 from tests.api.mcp.test_mcp import _error, _stdio, _structured
 from tests.judge import programs
+from tests.nodes import RedisServer
 
 _BOUND_S = 300.0  # turns a hang into a failure; never a measurement
 
@@ -47,3 +51,15 @@ async def test_mcp_judge_tool() -> None:
         assert [t["verdict"] for t in answer["tests"]] == ["accepted"] * 3
         message = await _error(client, "judge", {"language": "python", "code": "1", "tests": []})
         assert "tests" in message
+
+
+async def test_judging_through_the_redis_broker(fresh_redis: RedisServer) -> None:
+    """The distributed mode's broker carries the judge spec to the worker and each test's event back."""
+    broker = RedisBroker(fresh_redis.url, max_queued=64)
+    async with running_service(broker=broker) as service, asgi_client(create_app(service)) as client:
+        tests = [{"stdin": f"{i} 7\n", "expected_output": f"{i + 7}\n"} for i in range(1, 9)]
+        body = {"language": "cpp", "code": programs.CPP_SUM_WRONG, "tests": tests}
+        response = await client.post("/api/v1/judge", json=body, timeout=_BOUND_S)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert (answer["verdict"], answer["passed"], answer["first_failure"]) == ("wrong_answer", 7, 7)
