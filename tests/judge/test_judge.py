@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from sandlot.api.http.app import create_app
 from sandlot.models import Status
+from sandlot.pool import BoxPool
 from sandlot.sandbox.box import Box
 from sandlot.service import Service
 from tests.api.http.test_http import asgi_client, parse_sse, running_service, wait_done
@@ -238,3 +239,26 @@ async def test_cancelling_a_judge_task_stops_its_tests(client: httpx.AsyncClient
     assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
     ended = await wait_done(service, "public", task_id)
     assert ended.result.message == "cancelled by request" and ended.result.status is Status.SIGNALED
+
+
+async def test_a_judge_holds_at_most_half_the_pool_at_once(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest stays for other jobs: 8 tests on a pool of 4 never hold more than 2 boxes together."""
+    held: list[int] = [0, 0]  # now, most
+    original = BoxPool.lease
+
+    @contextlib.asynccontextmanager
+    async def counting(self: BoxPool, tenant: str, session_id: str | None = None) -> AsyncIterator[Box]:
+        async with original(self, tenant, session_id) as box:
+            held[0] += 1
+            held[1] = max(held)
+            try:
+                yield box
+            finally:
+                held[0] -= 1
+
+    monkeypatch.setattr(BoxPool, "lease", counting)
+    answer = await _judge(client, language="python", code=programs.PY_SUM, tests=_sum_tests(8))
+    assert answer["passed"] == 8
+    assert held[1] == 2
