@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
+from websockets.asyncio.client import connect
 
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
 from sandlot.broker.redis import RedisBroker
 from sandlot.config import ServerSettings
+from sandlot.service import Service
 from tests.api.grpc.test_grpc import grpc_serving
 from tests.api.http.test_http import asgi_client, running_service
+from tests.api.http.test_http_live import base_fixture, service_fixture
 from tests.api.mcp.test_mcp import _error, _stdio, _structured
 from tests.judge import programs
 from tests.nodes import RedisServer
 
+__all__ = ["base_fixture", "service_fixture"]  # fixtures (base: a uvicorn server on a service), used by name
 _BOUND_S = 300.0  # turns a hang into a failure; never a measurement
 
 
@@ -63,3 +68,16 @@ async def test_judging_through_the_redis_broker(fresh_redis: RedisServer) -> Non
         assert response.status_code == 200, response.text
         answer = response.json()
         assert (answer["verdict"], answer["passed"], answer["first_failure"]) == ("wrong_answer", 7, 7)
+
+
+async def test_websocket_judge_sends_a_test_result_per_test(service: Service, base: str) -> None:
+    tests = [{"stdin": f"{i} {i}\n", "expected_output": f"{2 * i}\n"} for i in range(4)]
+    async with connect(f"ws://{base}/api/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "judge", "language": "python", "code": programs.PY_SUM, "tests": tests}))
+        messages = []
+        async with asyncio.timeout(_BOUND_S):
+            while not messages or messages[-1]["type"] != "exit":
+                messages.append(json.loads(await ws.recv()))
+    tested = [m for m in messages if m["type"] == "test_result"]
+    assert sorted(m["test"] for m in tested) == [1, 2, 3, 4] and {m["verdict"] for m in tested} == {"accepted"}
+    assert messages[-1]["result"]["message"] == "accepted: 4/4 tests passed"
