@@ -67,6 +67,7 @@ class _LazyGroup(click.Group):
         "submit": "sandlot.cli_client:submit",
         "result": "sandlot.cli_client:result",
         "env": "sandlot.cli_env:env",
+        "judge": "sandlot.cli_judge:judge",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -208,6 +208,11 @@ class Settings:
     environment_import_max_bytes: int = 8 * GIB  # bytes one import may write (all layers)
     environment_import_max_files: int = 1_000_000  # entries one import may create
     environment_build_timeout_s: float = 1800.0  # one `sandlot env build`, downloads included
+    # Judge mode (sandlot.judge): the bounds of one judge request, and its share of the pool.
+    judge_max_tests: int = 512
+    judge_max_test_bytes: int = 16 * MIB  # one test's input, or its expected output
+    judge_max_artifact_bytes: int = 64 * MIB  # a compiled program, copied into each test's box
+    judge_parallel_tests: int = 0  # tests of one submission running at once; 0: half the pool, at least 1
     run_defaults: Limits = DEFAULT_RUN_LIMITS
     run_maxima: Limits = MAX_RUN_LIMITS
     compile_defaults: Limits = DEFAULT_COMPILE_LIMITS

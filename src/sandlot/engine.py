@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from sandlot.config import CLI_FLAGS, LimitRequest, Settings
 from sandlot.errors import EnvironmentNotFound, RejectedError
 from sandlot.languages import Language, LanguageRegistry, warm_cache
+from sandlot.languages.naming import SourceName
 from sandlot.models import (
     Event,
     ExitEvent,
@@ -44,6 +45,7 @@ from sandlot.models import (
 from sandlot.paths import validate_relative_path
 from sandlot.sandbox import BOX_WORKDIR, Bind, Box
 from sandlot.sandbox.box import ISOLATION_LEVELS, StdinSource
+from sandlot.workdir import Compiled, write_workdir
 
 if TYPE_CHECKING:
     from sandlot.environments.store import EnvironmentStore
@@ -182,11 +184,18 @@ class Engine:
         )
 
     async def execute(
-        self, prepared: PreparedJob, box: Box, *, stdin: StdinSource | None = None
+        self,
+        prepared: PreparedJob,
+        box: Box,
+        *,
+        stdin: StdinSource | None = None,
+        precompiled: Compiled | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Run a prepared job in box; yields stamped events ending with exactly one ExitEvent.
 
         ``stdin`` overrides the job's own stdin bytes with a stream (interactive doors).
+        ``precompiled``: this job's program as ``compile_in`` left it (another box compiled the same
+        sources): its workdir is copied here and its compile Result reported; the compiler does not run.
         """
         seq = itertools.count(1)
         budget = JobBudget(self.settings.job_wall_time_budget_s, self.settings.job_cpu_time_budget_s)
@@ -197,39 +206,31 @@ class Engine:
         lang = prepared.language
         job = prepared.job
         source = lang.source_name(job.user_file_name, job.files[0].content)
-        user_name = _printable_name(job.user_file_name or source.file)
-        self._write_sources(box, source.file, job.files)
+        if precompiled is None:
+            self._write_sources(box, source.file, job.files)
+        else:
+            write_workdir(box, precompiled.files)
         binds = self._binds(lang, box) if prepared.rootfs is None else []
         rootfs = prepared.rootfs
-        env = {**dict(prepared.image_env), **lang.env}  # an image's PATH (its toolchains) unless the language's
+        env = _stage_env(prepared)
         stages: list[tuple[str, Result]] = []
 
         compile_output = b""
         if lang.compile is not None:
             yield stamp(StageEvent("compile"))
-            compiled: Result | None = None
             compile_limits = budget.cap(prepared.compile_limits)
-            compile_run = box.run(
-                lang.argv(lang.compile, source),
-                limits=compile_limits,
-                env=env,
-                binds=binds,
-                stage="compile",
-                rootfs=rootfs,
-            )
-            async with contextlib.aclosing(compile_run) as items:
-                async for item in items:
-                    if isinstance(item, Result):
-                        compiled = budget.charge(item, asked=prepared.compile_limits, given=compile_limits)
-            assert compiled is not None
-            compile_output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
-            compiled = dataclasses.replace(compiled, compile_output=compile_output, language=lang.name)
+            if precompiled is None:
+                raw = await self._compile(prepared, box, source, compile_limits)
+            else:  # the same program compiled once for many tasks: its Result, charged as if compiled here
+                raw = precompiled.result
+            compiled = budget.charge(raw, asked=prepared.compile_limits, given=compile_limits)
+            compile_output = compiled.compile_output
             stages.append(("compile", compiled))
             if compile_output:
                 yield stamp(OutputEvent("stderr", compile_output, stage="compile"))
             yield stamp(StageResultEvent("compile", compiled))
             if compiled.status is not Status.OK:
-                yield stamp(ExitEvent(_compile_failure(compiled), stages=tuple(stages)))
+                yield stamp(ExitEvent(compile_failure(compiled), stages=tuple(stages)))
                 return
 
         if job.commands:
@@ -265,6 +266,52 @@ class Engine:
                         yield stamp(ExitEvent(final, stages=tuple(stages), files=files))
             if finished:
                 return
+
+    async def compile_in(self, prepared: PreparedJob, box: Box) -> Result | None:
+        """Write the sources into box and compile them there, alone (judge mode, compile-once batches).
+
+        None for a language without a compile step. The Result is the compile stage's, as ``execute``
+        reports it (``compile_failure`` turns a failed one into the job's); on success the box's
+        workdir holds what ``run_in`` runs, there or copied elsewhere (``read_workdir``).
+        """
+        lang = prepared.language
+        job = prepared.job
+        source = lang.source_name(job.user_file_name, job.files[0].content)
+        self._write_sources(box, source.file, job.files)
+        if lang.compile is None:
+            return None
+        return await self._compile(prepared, box, source, prepared.compile_limits)
+
+    async def _compile(self, prepared: PreparedJob, box: Box, source: SourceName, limits: Limits) -> Result:
+        lang = prepared.language
+        binds = self.job_binds(prepared, box)
+        compiled: Result | None = None
+        run = box.run(
+            lang.argv(lang.compile or (), source),
+            limits=limits,
+            env=_stage_env(prepared),
+            binds=binds,
+            stage="compile",
+            rootfs=prepared.rootfs,
+        )
+        async with contextlib.aclosing(run) as items:
+            async for item in items:
+                if isinstance(item, Result):
+                    compiled = item
+        assert compiled is not None
+        user_name = _printable_name(prepared.job.user_file_name or source.file)
+        output = _rewrite_compile_output(compiled.stdout + compiled.stderr, lang, source.file, user_name)
+        return dataclasses.replace(compiled, compile_output=output, language=lang.name)
+
+    def run_in(
+        self, prepared: PreparedJob, box: Box, *, stdin: StdinSource, limits: Limits, args: tuple[str, ...] = ()
+    ) -> AsyncGenerator[OutputEvent | Result, None]:
+        """Run a program ``compile_in`` compiled (its workdir copied into box) once: one judge test."""
+        lang = prepared.language
+        source = lang.source_name(prepared.job.user_file_name, prepared.job.files[0].content)
+        argv = [*lang.argv(lang.run, source), *args]
+        binds = self.job_binds(prepared, box)
+        return box.run(argv, limits=limits, stdin=stdin, env=_stage_env(prepared), binds=binds, rootfs=prepared.rootfs)
 
     def warm_caches(self) -> None:
         """Warm every offered language's shared cache now (start-up), not on a first request."""
@@ -367,6 +414,11 @@ class JobBudget:
         return f"the job's {kind} time budget ran out ({budget_s:g} s over all its stages)"
 
 
+def _stage_env(prepared: PreparedJob) -> dict[str, str]:
+    """A stage's environment variables: an image's Env (its PATH: its toolchains) under the language's own."""
+    return {**dict(prepared.image_env), **prepared.language.env}
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -380,7 +432,8 @@ def _printable_name(name: str) -> str:
     return name if _is_utf8(name) else name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _compile_failure(compiled: Result) -> Result:
+def compile_failure(compiled: Result) -> Result:
+    """A failed compile stage's Result as the job's: compile_error, unless the sandbox (not the compiler) failed."""
     if compiled.status is Status.INTERNAL_ERROR or compiled.cancelled:  # not the compiler's failure
         return compiled
     reason = compiled.message if compiled.status is not Status.RUNTIME_ERROR else "compilation failed"

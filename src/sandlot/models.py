@@ -199,7 +199,27 @@ NOTICE_SESSION_RESET = "session_reset"
 # The worker stopped during the run (SIGTERM past its drain deadline): the run starts again on another worker.
 NOTICE_REQUEUED = "requeued"
 
-Event = StageEvent | OutputEvent | StageResultEvent | NoticeEvent | ExitEvent
+
+@dataclass(frozen=True)
+class TestResultEvent:
+    """Judge mode: one test of a submission was judged (they arrive as tests finish, not in test order).
+
+    ``verdict`` is a ``sandlot.judge.Verdict`` value; ``result`` is the solution's run (its stdout capped).
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    test: int  # 1-based, the test's place in the request
+    name: str
+    verdict: str
+    result: Result
+    comment: str = ""  # the checker's or interactor's stderr, or why the verdict is what it is
+    seq: int = 0
+    time: float = field(default_factory=time.time)
+    kind: Literal["test_result"] = "test_result"
+
+
+Event = StageEvent | OutputEvent | StageResultEvent | NoticeEvent | TestResultEvent | ExitEvent
 
 
 def terminal_event(

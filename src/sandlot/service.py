@@ -39,6 +39,7 @@ from sandlot.errors import (
     NoWorker,
     SandlotError,
 )
+from sandlot.judge.validate import prepare_judge
 from sandlot.languages import Language, LanguageRegistry
 from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
@@ -303,9 +304,12 @@ class Service:
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
-        self.engine.prepare(
-            spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there
-        )
+        if spec.judge:
+            prepare_judge(self.engine, spec)  # the solution, checker, interactor and every test
+        else:
+            self.engine.prepare(
+                spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there
+            )
         if not self.sessions.distributed:
             # Distributed, the workers' pools decide which levels run, and a session's
             # level is in the broker: ``enqueue`` settles it.

@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -68,8 +69,11 @@ from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation
 from sandlot.environments.shared import SharedEnvironments
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
+from sandlot.judge.compile_once import CompileOnce
+from sandlot.judge.flow import Judge
 from sandlot.metrics import Metrics
 from sandlot.models import (
+    CANCELLED,
     NOTICE_REQUEUED,
     NOTICE_SESSION_RESET,
     ExitEvent,
@@ -125,6 +129,8 @@ class Worker:
         self.broker = broker
         self.environments = environments  # distributed mode: fetches what a job asks for and this node lacks
         self.engine = engine
+        self.judge = Judge(engine)
+        self.compile_once = CompileOnce(engine)
         self.default_isolation = default_isolation
         self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)  # by isolation level
         self.concurrency = concurrency
@@ -419,6 +425,9 @@ class Worker:
         if spec.environment_digest and self.environments is not None:
             # Before the box: a fetch keeps this job unstarted (it counts against claims), boxes stay free.
             await self.environments.ensure(spec.environment, spec.environment_digest)
+        if spec.judge:
+            await self._judge_task(run, level)
+            return
         prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
         waited_from = time.monotonic()
         try:
@@ -441,7 +450,9 @@ class Worker:
             run.started = True
             self._freed.set()  # one claimed job fewer waits: the claim gate may open
             stdin = _drain_queue(stdin_queue) if spec.interactive else None
-            async with contextlib.aclosing(self.engine.execute(prepared, box, stdin=stdin)) as events:
+            precompiled = await self.compile_once.compiled(prepared, box) if spec.compile_once else None
+            run_events = self.engine.execute(prepared, box, stdin=stdin, precompiled=precompiled)
+            async with contextlib.aclosing(run_events) as events:
                 async for event in events:
                     if isinstance(event, ExitEvent):
                         # Publish at once; the box's teardown and reset follow, off the client's path.
@@ -458,6 +469,51 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             await lease.__aexit__(None, None, None)
+
+    async def _judge_task(self, run: _Run, level: str) -> None:
+        """Judge mode: the judge flow leases its own boxes (one per compile, per test), fairly, from the pool."""
+        spec = run.spec
+        pool = pool_for_run(self.pools, level, spec.tenant, None)
+        await self.broker.mark_running(spec.id)
+        run.started = True
+        self._freed.set()
+        if self.metrics is not None:
+            self.metrics.active_workers.inc()
+
+        async def judging() -> None:
+            async with contextlib.aclosing(self.judge.run(spec, pool)) as events:
+                async for event in events:
+                    if isinstance(event, ExitEvent):
+                        await self._publish_exit(spec, event, run.published)
+                    else:
+                        await self.broker.publish(spec.id, event)
+
+        async def cancelled() -> None:  # a door's cancel (its client left): the tests' boxes are killed
+            async for message in self.broker.controls(spec.id):
+                if message.kind == "cancel":
+                    return
+
+        judge = asyncio.create_task(judging(), name=f"judge-{spec.id}")
+        follower = asyncio.create_task(cancelled())
+        try:
+            await asyncio.wait({judge, follower}, return_when=asyncio.FIRST_COMPLETED)
+            if not judge.done():
+                judge.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await judge
+                if not run.published:
+                    why = f"{CANCELLED} by request"
+                    ended = terminal_event(Status.SIGNALED, why, language=spec.language, signal=signal.SIGKILL)
+                    await self._publish_exit(spec, ended, run.published)
+            else:
+                judge.result()  # what failed in the flow fails the task as any run's failure does
+        finally:
+            for task in (judge, follower):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self.metrics is not None:
+                self.metrics.active_workers.dec()
 
     async def _heartbeat(self, broker: Heartbeating, run: _Run) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""

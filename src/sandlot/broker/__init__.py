@@ -45,6 +45,7 @@ from sandlot.models import (
     StageResultEvent,
     Status,
     StreamName,
+    TestResultEvent,
     terminal_event,
 )
 
@@ -78,6 +79,10 @@ class TaskSpec:
     # JSON a door keeps with its task (Judge0: expected_output, callback_url, its limits), opaque to the
     # broker, the engine and the worker; it travels with the spec so that any API node can render the task.
     door_data: str = ""
+    # Judge mode: the JSON of a sandlot.judge.JudgeSpec (tests, checker, interactor); "": an ordinary run.
+    judge: str = ""
+    # Same program as other tasks of its batch: a worker compiles it once for all (sandlot.judge.compile_once).
+    compile_once: bool = False
     created: float = field(default_factory=time.time)
 
     def to_job(self) -> Job:
@@ -115,6 +120,8 @@ class TaskSpec:
                 "interactive": self.interactive,
                 "user_file_name": self.user_file_name,
                 "door_data": self.door_data,
+                "judge": self.judge,
+                "compile_once": self.compile_once,
                 "created": self.created,
             }
         )
@@ -140,6 +147,8 @@ class TaskSpec:
             interactive=bool(data.get("interactive", False)),
             user_file_name=data.get("user_file_name"),
             door_data=str(data.get("door_data", "")),
+            judge=str(data.get("judge", "")),
+            compile_once=bool(data.get("compile_once", False)),
             created=float(data.get("created", time.time())),
         )
 
@@ -336,6 +345,14 @@ def event_to_wire(event: Event) -> dict[str, Any]:
         base.update(stage=event.stage, result=_result_to_wire(event.result))
     elif isinstance(event, NoticeEvent):
         base.update(code=event.code, message=event.message)
+    elif isinstance(event, TestResultEvent):
+        base.update(
+            test=event.test,
+            name=event.name,
+            verdict=event.verdict,
+            result=_result_to_wire(event.result),
+            comment=event.comment,
+        )
     else:
         base.update(
             result=_result_to_wire(event.result),
@@ -357,6 +374,16 @@ def event_from_wire(data: dict[str, Any]) -> Event:
         return StageResultEvent(str(data["stage"]), _result_from_wire(data["result"]), seq=seq, time=at)
     if kind == "notice":
         return NoticeEvent(str(data["code"]), str(data.get("message", "")), seq=seq, time=at)
+    if kind == "test_result":
+        return TestResultEvent(
+            int(data["test"]),
+            str(data["name"]),
+            str(data["verdict"]),
+            _result_from_wire(data["result"]),
+            comment=str(data.get("comment", "")),
+            seq=seq,
+            time=at,
+        )
     if kind == "exit":
         return ExitEvent(
             _result_from_wire(data["result"]),

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from sandlot.broker import event_from_wire, event_to_wire
-from sandlot.models import Event, ExitEvent, OutputEvent, Result, StageResultEvent
+from sandlot.models import Event, ExitEvent, OutputEvent, Result, StageResultEvent, TestResultEvent
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _LOCK = ".lock"
@@ -37,7 +37,7 @@ def payload_bytes(events: list[Event]) -> int:
     for event in events:
         if isinstance(event, OutputEvent):
             total += len(event.data)
-        elif isinstance(event, StageResultEvent):
+        elif isinstance(event, (StageResultEvent, TestResultEvent)):
             total += _result_bytes(event.result)
         elif isinstance(event, ExitEvent):
             total += _result_bytes(event.result) + sum(_result_bytes(r) for _, r in event.stages)

@@ -132,6 +132,22 @@ async def test_runs_and_their_errors(doc: Document, client: httpx.AsyncClient) -
     assert doc.check(await client.post("/run", content=too_big), "post", "/run").status_code == 413
 
 
+async def test_judge_routes(doc: Document, client: httpx.AsyncClient, service: Service) -> None:
+    judge, one = "/api/v1/judge", "/api/v1/judge/{task_id}"
+    body = {"language": "python", "code": "print(input())", "tests": [{"stdin": "1", "expected_output": "1\n"}]}
+    judged = doc.check(await client.post(judge, json={**body, "include_output": True}), "post", judge).json()
+    assert judged["verdict"] == "accepted" and judged["tests"][0]["stdout"] == "1\n"
+    assert doc.check(await client.post(judge, json={**body, "tests": []}), "post", judge).status_code == 400
+    slow = {**body, "code": SLEEPER, "limits": LONG_LIMITS}
+    queued = doc.check(await client.post(judge, params={"wait": "false"}, json=slow), "post", judge).json()
+    assert doc.check(await client.get(f"{judge}/{queued['task_id']}"), "get", one).status_code == 202
+    cancelled = await client.delete(f"/api/v1/tasks/{queued['task_id']}")
+    assert cancelled.status_code == 200
+    await wait_done(service, "public", queued["task_id"])
+    assert doc.check(await client.get(f"{judge}/{queued['task_id']}"), "get", one).status_code == 200
+    assert doc.check(await client.get(f"{judge}/nonesuch"), "get", one).status_code == 404
+
+
 async def test_run_takes_bytes_and_gives_bytes_as_declared(doc: Document, client: httpx.AsyncClient) -> None:
     """``sandlot run``'s warm path (cli_warm.py): stdin and output as base64, the language from the file name."""
     run = "/api/v1/run"

@@ -183,6 +183,7 @@ async def test_stdio_conversation() -> None:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         assert set(tools) == {
             "run_code",
+            "judge",
             "list_languages",
             "create_session",
             "end_session",

@@ -24,7 +24,18 @@ from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2_grpc as pb_grpc
 from sandlot.broker import Control, TaskSpec
 from sandlot.errors import RejectedError
-from sandlot.models import Event, ExitEvent, NoticeEvent, OutputEvent, Result, StageEvent, StageResultEvent, Status
+from sandlot.judge.parse import parse_judge
+from sandlot.models import (
+    Event,
+    ExitEvent,
+    NoticeEvent,
+    OutputEvent,
+    Result,
+    StageEvent,
+    StageResultEvent,
+    Status,
+    TestResultEvent,
+)
 from sandlot.requests import parse_execution
 
 DOOR = "grpc"
@@ -73,6 +84,14 @@ class SandlotServicer(pb_grpc.SandlotServicer):
             mistake = None if pump.cancelled() else pump.result()
             if mistake is not None:  # a bad message after start: the task was cancelled for it
                 raise mistake
+
+    async def Judge(self, request: pb.JudgeRequest, context: Context) -> AsyncIterator[pb.Event]:
+        async with self._door.call(context, DOOR) as current:
+            spec = _judge_spec_from(request, current.tenant)
+            await context.send_initial_metadata(((TASK_ID_METADATA_KEY, spec.id),))
+            spec = await self._door.submit(current, spec)
+            async for event in _checked(self._door.follow(spec)):
+                yield _event(event)
 
     async def ListLanguages(self, request: pb.ListLanguagesRequest, context: Context) -> pb.ListLanguagesResponse:
         async with self._door.call(context, DOOR):
@@ -148,6 +167,37 @@ def _fields(message: Message) -> dict[str, Any]:
 
 
 def _spec_from(request: pb.ExecuteRequest, tenant: str) -> TaskSpec:
+    # Limits and everything else the engine checks are validated by the door's submit (Service.validate).
+    return dataclasses.replace(parse_execution(_request_data(request), tenant=tenant), stdin=request.stdin)
+
+
+def _judge_spec_from(request: pb.JudgeRequest, tenant: str) -> TaskSpec:
+    """The same request ``parse_judge`` reads from JSON (so the same mistakes, named the same way)."""
+    data = {k: v for k, v in _request_data(request.submission).items() if v != []}
+    if request.submission.stdin:
+        data["stdin"] = ""  # refused by name: a test has its own stdin
+    data["tests"] = [
+        {
+            "name": t.name,
+            "stdin": base64.b64encode(t.stdin).decode(),
+            "expected_output": base64.b64encode(t.expected_output).decode() if t.HasField("expected_output") else None,
+            "encoding": "base64",
+            "args": list(t.args),
+            "limits": _fields(t.limits) if t.HasField("limits") else None,
+        }
+        for t in request.tests
+    ]
+    if request.HasField("custom_checker"):
+        data["checker"] = {"language": request.custom_checker.language, "code": request.custom_checker.code}
+    elif request.checker:
+        data["checker"] = request.checker
+    if request.HasField("interactor"):
+        data["interactor"] = {"language": request.interactor.language, "code": request.interactor.code}
+    data["stop_on_first_failure"] = request.stop_on_first_failure
+    return parse_judge(data, tenant=tenant)
+
+
+def _request_data(request: pb.ExecuteRequest) -> dict[str, Any]:
     data: dict[str, Any] = {"language": request.language}
     if request.code:
         data["code"] = request.code
@@ -168,8 +218,7 @@ def _spec_from(request: pb.ExecuteRequest, tenant: str) -> TaskSpec:
         data["isolation"] = request.isolation
     if request.environment:
         data["environment"] = request.environment
-    # Limits and everything else the engine checks are validated by the door's submit (Service.validate).
-    return dataclasses.replace(parse_execution(data, tenant=tenant), stdin=request.stdin)
+    return data
 
 
 # ---------------------------------------------------------------- rendering
@@ -203,6 +252,11 @@ def _event(event: Event) -> pb.Event:
         return pb.Event(seq=event.seq, time=event.time, stage_result=stage_result)
     if isinstance(event, NoticeEvent):
         return pb.Event(seq=event.seq, time=event.time, notice=pb.Notice(code=event.code, message=event.message))
+    if isinstance(event, TestResultEvent):
+        test_result = pb.TestResult(
+            test=event.test, name=event.name, verdict=event.verdict, result=_result(event.result), comment=event.comment
+        )
+        return pb.Event(seq=event.seq, time=event.time, test_result=test_result)
     exit_ = pb.Exit(
         result=_result(event.result),
         stages=[pb.StageResult(stage=name, result=_result(r)) for name, r in event.stages],

@@ -60,6 +60,7 @@ from sandlot.api.common.auth import Authenticator
 from sandlot.api.common.core import Core
 from sandlot.api.http import docs_page, playground
 from sandlot.api.http import environments as http_environments
+from sandlot.api.http import judge as http_judge
 from sandlot.api.http import schemas as http_schemas
 from sandlot.api.http import sessions as http_sessions
 from sandlot.api.http import tasks as http_tasks
@@ -120,6 +121,7 @@ def create_app(service: Service, *, authenticator: Authenticator | None = None) 
         http_ws.router,
         http_sessions.router,
         http_environments.router,
+        http_judge.router,
         _service_routes,
     ):
         app.include_router(router)

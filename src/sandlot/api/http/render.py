@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 from sandlot.api.common.render import OutputDecoder, exit_body
-from sandlot.models import Event, NoticeEvent, OutputEvent, StageEvent, StageResultEvent
+from sandlot.judge.model import render_test_result
+from sandlot.models import Event, NoticeEvent, OutputEvent, StageEvent, StageResultEvent, TestResultEvent
 
 SSE_KEEPALIVE = b": keep-alive\n\n"  # a comment line: clients ignore it, proxies see traffic
 
@@ -24,6 +25,8 @@ def event_data(event: Event, decoder: OutputDecoder) -> dict[str, Any]:
         return {"stage": event.stage, "result": event.result.to_dict(), "time": event.time}
     if isinstance(event, NoticeEvent):
         return {"code": event.code, "message": event.message, "time": event.time}
+    if isinstance(event, TestResultEvent):
+        return {**render_test_result(event), "time": event.time}
     return {**exit_body(event), "time": event.time}
 
 
@@ -37,6 +40,8 @@ def ws_message(event: Event, decoder: OutputDecoder) -> dict[str, Any]:
         return {"type": "stage_result", "stage": event.stage, "result": event.result.to_dict()}
     if isinstance(event, NoticeEvent):
         return {"type": "notice", "code": event.code, "message": event.message}
+    if isinstance(event, TestResultEvent):
+        return {"type": "test_result", **render_test_result(event)}
     return {"type": "exit", "result": exit_body(event)}
 
 

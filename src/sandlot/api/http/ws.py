@@ -3,6 +3,7 @@
 The client's first message starts the run; later ones steer it::
 
     -> {"type": "run", "language": "python", "code": "...", ...}   (the JSON request's fields)
+       or {"type": "judge", ...}: judge mode (POST /api/v1/judge's fields): <- {"type": "test_result", ...} each
     -> {"type": "stdin", "data": "text"}  {"type": "close_stdin"}  {"type": "signal", "signal": "SIGINT" | 2}
     <- {"type": "stage", "stage": "run"}
     <- {"type": "stdout" | "stderr", "data": "...", "stage": "run"}
@@ -42,6 +43,7 @@ from sandlot.api.http.errors import MAPPED_ERRORS, ApiError, as_api_error
 from sandlot.api.http.render import ws_message
 from sandlot.broker import Control, TaskSpec
 from sandlot.errors import RejectedError
+from sandlot.judge.parse import parse_judge
 from sandlot.models import ExitEvent
 from sandlot.requests import parse_execution
 
@@ -76,8 +78,13 @@ async def interactive(websocket: WebSocket) -> None:
 
 async def _start(websocket: WebSocket, core: Core, principal: Principal) -> TaskSpec:
     data = await _receive_json(websocket, core.service.server.max_body_bytes)
-    if data.pop("type", None) != "run":
-        raise RejectedError('type: the first message must be {"type": "run", ...}', field="type")
+    kind = data.pop("type", None)
+    if kind == "judge":  # judge mode: a test_result message per test as it finishes, then exit
+        return await core.submit(principal, parse_judge(data, tenant=principal.tenant), waits=True)
+    if kind != "run":
+        raise RejectedError(
+            'type: the first message must be {"type": "run", ...} or {"type": "judge", ...}', field="type"
+        )
     spec = parse_execution(data, tenant=principal.tenant, interactive=True)
     spec = await core.submit(principal, spec, waits=True)
     if spec.stdin:

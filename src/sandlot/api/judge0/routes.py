@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import math
 import shlex
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -232,11 +233,24 @@ async def create_batch(
     assert isinstance(items, list)
     if state.service.broker.queue_depth() + count > state.service.server.max_queued:
         raise Judge0Error(503, {"error": "queue is full"}, {"Retry-After": "1"})
-    answers: list[dict[str, Any]] = []
+    parsed: list[Submission | dict[str, Any]] = []
     for item in items:
         try:
-            submission = state.parse(item, caller.tenant, base64_encoded == "true", caller)
-            await state.submit(caller, submission)
+            parsed.append(state.parse(item, caller.tenant, base64_encoded == "true", caller))
+        except Exception as exc:
+            error = as_judge0_error(exc)
+            if error is None:
+                raise
+            parsed.append(error.body)
+    # Submissions of one program (say, one per test) are compiled once for all by the worker.
+    programs = Counter(_program_of(p) for p in parsed if isinstance(p, Submission))
+    answers: list[dict[str, Any]] = []
+    for submission in parsed:
+        if not isinstance(submission, Submission):
+            answers.append(submission)
+            continue
+        try:
+            await state.submit(caller, submission, compile_once=programs[_program_of(submission)] > 1)
         except Exception as exc:
             error = as_judge0_error(exc)
             if error is None:
@@ -373,6 +387,10 @@ async def _find(state: Judge0State, caller: Principal, token: str) -> tuple[Task
     if found is None:  # unknown, expired, or another tenant's: all look the same
         raise judge0_error(404, f"submission {token} not found")
     return found
+
+
+def _program_of(submission: Submission) -> tuple[object, ...]:
+    return (submission.language, submission.source_code, submission.extra_files)
 
 
 def _check_batch_size(count: int) -> None:

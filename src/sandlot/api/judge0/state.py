@@ -110,13 +110,20 @@ class Judge0State:
         found = self._resolved[extra.id] = Judge0Language(extra.id, extra.name, language, extra.environment)
         return found
 
-    async def submit(self, principal: Principal, submission: Submission, *, waits: bool = False) -> None:
+    async def submit(
+        self, principal: Principal, submission: Submission, *, waits: bool = False, compile_once: bool = False
+    ) -> None:
         """Queue it like any door (quotas, queue bound); what the engine would refuse is a 422.
 
         ``waits`` (``wait=true``): with no live worker for its level, a 503 now instead of a wait with no end.
+        ``compile_once``: other submissions of the batch are the same program (``TaskSpec.compile_once``).
         """
         # The record travels with the task: any API node can render it (verdict, request fields).
-        spec = dataclasses.replace(submission.to_spec(self.limits.max_cpu_time_limit), door_data=record_of(submission))
+        spec = dataclasses.replace(
+            submission.to_spec(self.limits.max_cpu_time_limit),
+            door_data=record_of(submission),
+            compile_once=compile_once,
+        )
         try:
             if submission.environment:  # an extra id: its name is rendered from here on
                 await asyncio.to_thread(self._resolve, submission.language_id)

@@ -59,6 +59,30 @@ def _input_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
             },
             ("language", "code"),
         ),
+        "judge": _object(
+            {
+                "language": {"type": "string", "description": "A language name or alias from list_languages."},
+                "code": {"type": "string", "description": "The solution's source code."},
+                "tests": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.judge_max_tests,
+                    "items": _object(
+                        {"name": _STRING, "stdin": _STRING, "expected_output": _STRING},
+                    ),
+                    "description": "Each test's input and the expected output (compiled once, each run fresh).",
+                },
+                "checker": {
+                    "description": "exact (default), lines, tokens, float:EPS, or a checker program {language, "
+                    "code} run with input.txt output.txt answer.txt, answering by testlib's exit codes",
+                },
+                "interactor": _object({"language": _STRING, "code": _STRING}, ("language", "code")),
+                "stop_on_first_failure": {"type": "boolean"},
+                "time_limit": {"type": "number", "exclusiveMinimum": 0, "description": "CPU seconds per test."},
+                "memory_limit": {"type": "integer", "exclusiveMinimum": 0, "description": "MB per test."},
+            },
+            ("language", "code", "tests"),
+        ),
         "list_languages": _object({}),
         "create_session": _object({}),
         "end_session": _object({"session_id": _SESSION_ID}, ("session_id",)),
@@ -97,6 +121,29 @@ _RESULT_SCHEMA = {
 }
 _OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
     "run_code": _RESULT_SCHEMA,
+    "judge": {
+        "type": "object",
+        "properties": {
+            "verdict": _STRING,
+            "passed": {"type": "integer"},
+            "total": {"type": "integer"},
+            "max_time": {"type": "number"},
+            "max_memory": {"type": "integer"},
+            "first_failure": {"type": ["integer", "null"]},
+            "compile_output": _STRING,
+            "tests": {"type": "array", "items": {"type": "object"}},
+        },
+        "required": [
+            "verdict",
+            "passed",
+            "total",
+            "max_time",
+            "max_memory",
+            "first_failure",
+            "compile_output",
+            "tests",
+        ],
+    },
     "list_languages": {
         "type": "object",
         "properties": {
@@ -164,6 +211,10 @@ _DESCRIPTIONS = {
     "(ok, runtime_error, compile_error, timeout, memory_limit, ...), exit code, stdout, stderr, compiler output, "
     "times and peak memory. Output is also reported as progress while the program runs. Pass session_id to run "
     "in a session's box, next to the files written there.",
+    "judge": "Judge a program against many tests, as an online judge does: compiled once, each test run in a "
+    "fresh sandbox and checked (exact, lines, tokens, float tolerance, a custom checker, or an interactor). "
+    "Returns the verdict (accepted, wrong_answer, timeout, ...), passed/total, and each test's verdict, time "
+    "and memory.",
     "list_languages": "The languages run_code accepts, with their versions and aliases.",
     "create_session": "Create a session: a sandbox box kept for you, whose files persist between run_code calls "
     "until end_session or expiry.",

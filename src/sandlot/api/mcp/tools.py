@@ -44,7 +44,9 @@ from sandlot.api.common.errors import Kind, classify
 from sandlot.api.common.render import OutputDecoder
 from sandlot.api.mcp.schemas import tool_definitions
 from sandlot.errors import RejectedError
-from sandlot.models import ExitEvent, OutputEvent, Result, Status
+from sandlot.judge.model import render_test_result, summarize, summary_dict, summary_message
+from sandlot.judge.parse import parse_judge
+from sandlot.models import ExitEvent, OutputEvent, Result, StageResultEvent, Status, TestResultEvent
 from sandlot.requests import decode_content, parse_execution
 from sandlot.sessions import NO_SPACE_ERRNOS
 
@@ -69,6 +71,7 @@ class Tools:
         self.service = service = core.service
         self._handlers: dict[str, _Handler] = {
             "run_code": self._run_code,
+            "judge": self._judge,
             "list_languages": self._list_languages,
             "create_session": self._create_session,
             "end_session": self._end_session,
@@ -129,6 +132,40 @@ class Tools:
             # The program's own failures are answers; only what is not its doing is a tool error.
             is_error=result.status in (Status.REJECTED, Status.INTERNAL_ERROR),
         )
+
+    async def _judge(
+        self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
+    ) -> types.CallToolResult:
+        """Judge mode: reports each test's verdict as progress (tests judged so far) as it finishes."""
+        request: dict[str, Any] = {key: arguments[key] for key in arguments if key not in _LIMIT_ARGUMENTS}
+        limits = {key: arguments[key] for key in _LIMIT_ARGUMENTS if arguments.get(key) is not None}
+        if limits:
+            request["limits"] = limits
+        try:
+            spec = await self.core.submit(principal, parse_judge(request, tenant=principal.tenant), waits=True)
+        except RejectedError as exc:
+            raise _unqualified(exc) from exc
+        tested: list[TestResultEvent] = []
+        compile_output = ""
+        async with contextlib.aclosing(self.core.follow(spec.tenant, spec.id)) as events:
+            async for event in events:
+                if isinstance(event, TestResultEvent):
+                    tested.append(event)
+                    await progress(len(tested), f"test {event.name}: {event.verdict}")
+                elif isinstance(event, StageResultEvent) and event.stage == "compile":
+                    compile_output = event.result.compile_output.decode("utf-8", "replace")
+                elif isinstance(event, ExitEvent):
+                    if event.result.status in (Status.REJECTED, Status.INTERNAL_ERROR):
+                        return _error(event.result.message)
+                    total = len(request.get("tests", []))
+                    summary = summarize(tested, total)
+                    structured = {
+                        **summary_dict(summary),
+                        "compile_output": compile_output,
+                        "tests": [render_test_result(t) for t in sorted(tested, key=lambda t: t.test)],
+                    }
+                    return _answer(structured, summary_message(summary))
+        raise RuntimeError(f"the event stream of task {spec.id} ended without an exit event")
 
     async def _follow(self, tenant: str, task_id: str, progress: Progress) -> ExitEvent:
         """Report output as progress until the exit event; leaving early for any reason cancels the task."""

@@ -578,6 +578,7 @@ class Event(_message.Message):
     STAGE_RESULT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    TEST_RESULT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """1, 2, 3 ... in order"""
     time: _builtins.float
@@ -592,6 +593,10 @@ class Event(_message.Message):
     def exit(self) -> Global___Exit: ...
     @_builtins.property
     def notice(self) -> Global___Notice: ...
+    @_builtins.property
+    def test_result(self) -> Global___TestResult:
+        """Judge only"""
+
     def __init__(
         self,
         *,
@@ -602,13 +607,160 @@ class Event(_message.Message):
         stage_result: Global___StageResult | None = ...,
         exit: Global___Exit | None = ...,
         notice: Global___Notice | None = ...,
+        test_result: Global___TestResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "notice", b"notice", "output", b"output", "stage", b"stage", "stage_result", b"stage_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "notice", b"notice", "output", b"output", "stage", b"stage", "stage_result", b"stage_result", "test_result", b"test_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "notice", b"notice", "output", b"output", "seq", b"seq", "stage", b"stage", "stage_result", b"stage_result", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "notice", b"notice", "output", b"output", "seq", b"seq", "stage", b"stage", "stage_result", b"stage_result", "test_result", b"test_result", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["stage", "output", "stage_result", "exit", "notice"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["stage", "output", "stage_result", "exit", "notice", "test_result"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class JudgeTest(_message.Message):
+    """---------------------------------------------------------------- judge mode"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    EXPECTED_OUTPUT_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    stdin: _builtins.bytes
+    expected_output: _builtins.bytes
+    """required by the built-in checkers"""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def limits(self) -> Global___Limits:
+        """unset ones: the submission's"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        stdin: _builtins.bytes = ...,
+        expected_output: _builtins.bytes | None = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        limits: Global___Limits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_output", b"_expected_output", "expected_output", b"expected_output", "limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_output", b"_expected_output", "args", b"args", "expected_output", b"expected_output", "limits", b"limits", "name", b"name", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_output: _TypeAlias = _typing.Literal["expected_output"]  # noqa: Y015
+    _WhichOneofArgType__expected_output: _TypeAlias = _typing.Literal["_expected_output", b"_expected_output"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_output) -> _WhichOneofReturnType__expected_output | None: ...
+
+Global___JudgeTest: _TypeAlias = JudgeTest  # noqa: Y015
+
+@_typing.final
+class Program(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    code: _builtins.str
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "language", b"language"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Program: _TypeAlias = Program  # noqa: Y015
+
+@_typing.final
+class JudgeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBMISSION_FIELD_NUMBER: _builtins.int
+    TESTS_FIELD_NUMBER: _builtins.int
+    CHECKER_FIELD_NUMBER: _builtins.int
+    CUSTOM_CHECKER_FIELD_NUMBER: _builtins.int
+    INTERACTOR_FIELD_NUMBER: _builtins.int
+    STOP_ON_FIRST_FAILURE_FIELD_NUMBER: _builtins.int
+    checker: _builtins.str
+    """"exact" (empty), "lines", "tokens" or "float:EPS" """
+    stop_on_first_failure: _builtins.bool
+    @_builtins.property
+    def submission(self) -> Global___ExecuteRequest:
+        """language, code or files, limits, compile_limits, isolation, environment; its
+        stdin, args, commands, fetch_files and session_id must be empty (a test has its own).
+        """
+
+    @_builtins.property
+    def tests(self) -> _containers.RepeatedCompositeFieldContainer[Global___JudgeTest]: ...
+    @_builtins.property
+    def custom_checker(self) -> Global___Program:
+        """instead: run with input.txt output.txt answer.txt, testlib's exit codes"""
+
+    @_builtins.property
+    def interactor(self) -> Global___Program:
+        """an interactive problem: its exit code decides"""
+
+    def __init__(
+        self,
+        *,
+        submission: Global___ExecuteRequest | None = ...,
+        tests: _abc.Iterable[Global___JudgeTest] | None = ...,
+        checker: _builtins.str = ...,
+        custom_checker: Global___Program | None = ...,
+        interactor: Global___Program | None = ...,
+        stop_on_first_failure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custom_checker", b"custom_checker", "interactor", b"interactor", "submission", b"submission"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checker", b"checker", "custom_checker", b"custom_checker", "interactor", b"interactor", "stop_on_first_failure", b"stop_on_first_failure", "submission", b"submission", "tests", b"tests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeRequest: _TypeAlias = JudgeRequest  # noqa: Y015
+
+@_typing.final
+class TestResult(_message.Message):
+    """One test's verdict: accepted, wrong_answer, presentation_error, timeout,
+    memory_limit, runtime_error, output_limit, compile_error, judge_error, skipped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEST_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    test: _builtins.int
+    """1-based, the test's place in the request"""
+    name: _builtins.str
+    verdict: _builtins.str
+    comment: _builtins.str
+    @_builtins.property
+    def result(self) -> Global___Result: ...
+    def __init__(
+        self,
+        *,
+        test: _builtins.int = ...,
+        name: _builtins.str = ...,
+        verdict: _builtins.str = ...,
+        result: Global___Result | None = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "name", b"name", "result", b"result", "test", b"test", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestResult: _TypeAlias = TestResult  # noqa: Y015

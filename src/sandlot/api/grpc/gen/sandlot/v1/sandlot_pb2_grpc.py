@@ -49,6 +49,11 @@ class SandlotStub:
                 request_serializer=sandlot_dot_v1_dot_sandlot__pb2.ListLanguagesRequest.SerializeToString,
                 response_deserializer=sandlot_dot_v1_dot_sandlot__pb2.ListLanguagesResponse.FromString,
                 _registered_method=True)
+        self.Judge = channel.unary_stream(
+                '/sandlot.v1.Sandlot/Judge',
+                request_serializer=sandlot_dot_v1_dot_sandlot__pb2.JudgeRequest.SerializeToString,
+                response_deserializer=sandlot_dot_v1_dot_sandlot__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class SandlotServicer:
@@ -76,6 +81,15 @@ class SandlotServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Judge(self, request, context):
+        """Judge mode: one compile, then every test in a fresh box, checked; a
+        TestResult event per test as it finishes (not in test order), then Exit
+        (status ok: judged, its message the summary; or compile_error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandlotServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_SandlotServicer_to_server(servicer, server):
                     servicer.ListLanguages,
                     request_deserializer=sandlot_dot_v1_dot_sandlot__pb2.ListLanguagesRequest.FromString,
                     response_serializer=sandlot_dot_v1_dot_sandlot__pb2.ListLanguagesResponse.SerializeToString,
+            ),
+            'Judge': grpc.unary_stream_rpc_method_handler(
+                    servicer.Judge,
+                    request_deserializer=sandlot_dot_v1_dot_sandlot__pb2.JudgeRequest.FromString,
+                    response_serializer=sandlot_dot_v1_dot_sandlot__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class Sandlot:
             '/sandlot.v1.Sandlot/ListLanguages',
             sandlot_dot_v1_dot_sandlot__pb2.ListLanguagesRequest.SerializeToString,
             sandlot_dot_v1_dot_sandlot__pb2.ListLanguagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Judge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandlot.v1.Sandlot/Judge',
+            sandlot_dot_v1_dot_sandlot__pb2.JudgeRequest.SerializeToString,
+            sandlot_dot_v1_dot_sandlot__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class SandlotStub:
     """
     ListLanguages: _grpc.UnaryUnaryMultiCallable[_sandlot_pb2.ListLanguagesRequest, _sandlot_pb2.ListLanguagesResponse]
     """The languages this server offers."""
+    Judge: _grpc.UnaryStreamMultiCallable[_sandlot_pb2.JudgeRequest, _sandlot_pb2.Event]
+    """Judge mode: one compile, then every test in a fresh box, checked; a
+    TestResult event per test as it finishes (not in test order), then Exit
+    (status ok: judged, its message the summary; or compile_error).
+    """
 
 @_typing.type_check_only
 class SandlotAsyncStub(SandlotStub):
@@ -65,6 +70,11 @@ class SandlotAsyncStub(SandlotStub):
     """
     ListLanguages: _aio.UnaryUnaryMultiCallable[_sandlot_pb2.ListLanguagesRequest, _sandlot_pb2.ListLanguagesResponse]  # type: ignore[assignment]
     """The languages this server offers."""
+    Judge: _aio.UnaryStreamMultiCallable[_sandlot_pb2.JudgeRequest, _sandlot_pb2.Event]  # type: ignore[assignment]
+    """Judge mode: one compile, then every test in a fresh box, checked; a
+    TestResult event per test as it finishes (not in test order), then Exit
+    (status ok: judged, its message the summary; or compile_error).
+    """
 
 class SandlotServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,5 +102,16 @@ class SandlotServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandlot_pb2.ListLanguagesResponse, _abc.Awaitable[_sandlot_pb2.ListLanguagesResponse]]:
         """The languages this server offers."""
+
+    @_abc_1.abstractmethod
+    def Judge(
+        self,
+        request: _sandlot_pb2.JudgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandlot_pb2.Event], _abc.AsyncIterator[_sandlot_pb2.Event]]:
+        """Judge mode: one compile, then every test in a fresh box, checked; a
+        TestResult event per test as it finishes (not in test order), then Exit
+        (status ok: judged, its message the summary; or compile_error).
+        """
 
 def add_SandlotServicer_to_server(servicer: SandlotServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
