@@ -1,7 +1,8 @@
 """Sessions as the doors see them: created, checked and ended in one place, wherever their boxes live.
 
-Embedded mode: a session is the pool's own (``BoxPool.create_session``), its box
-in this process. Distributed mode: a session is named in the broker's session
+Embedded mode: a session is the pool's own (``BoxPool.create_session``), its
+workdir in this process (``sessions_store``: a workdir, not a box). Distributed
+mode: a session is named in the broker's session
 directory (``SessionDirectory``, Redis) and its box is opened by the worker that
 takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from sandlot.broker import SessionDirectory
 from sandlot.errors import SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
+from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
 
 __all__ = [
@@ -80,7 +82,7 @@ class Sessions:
         """
         if self._directory is None:
             session = await self.pool_for_run(isolation, tenant, None).create_session(tenant)
-            return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.box.isolation)
+            return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.isolation)
         session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s, isolation=isolation)
         return SessionInfo(session_id, self._ttl_s, isolation)
 
@@ -95,7 +97,7 @@ class Sessions:
     async def level_for_run(self, tenant: str, session_id: str, asked: str) -> str:
         """The level a run in the session goes at: the session's own, never weaker than ``asked`` (else 400)."""
         if self._directory is None:
-            held = find_session(self._pools, tenant, session_id).box.isolation
+            held = find_session(self._pools, tenant, session_id).isolation
         else:
             found = await self._directory.isolation(tenant, session_id)
             if found is None:
@@ -113,7 +115,7 @@ class Sessions:
         """End the session and wipe its box (distributed: its worker does, within a heartbeat interval)."""
         if self._directory is None:
             session = find_session(self._pools, tenant, session_id)
-            await self._pools[session.box.isolation].end_session(tenant, session_id)
+            await self._pools[session.isolation].end_session(tenant, session_id)
         elif not await self._directory.end(tenant, session_id):
             raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
 
@@ -134,17 +136,18 @@ class Sessions:
 
 @dataclass(frozen=True)
 class SessionFiles:
-    """The workdir of a session whose box is in this process; each operation runs off the event loop."""
+    """The workdir of a session held in this process; each operation runs off the event loop."""
 
     _session: Session
 
     async def write(self, path: str, data: bytes) -> None:
-        await asyncio.to_thread(self._session.box.write_file, path, data)
+        uid, gid = self._session.owner  # the uid its runs' files have (root before its first run)
+        await asyncio.to_thread(hostfs.write_file, self._session.workdir, path, data, uid=uid, gid=gid)
 
     async def read(self, path: str, max_bytes: int) -> bytes:
         """The file's bytes; refused when larger than ``max_bytes``."""
-        return await asyncio.to_thread(self._session.box.read_file, path, max_bytes)
+        return await asyncio.to_thread(hostfs.read_file, self._session.workdir, path, max_bytes=max_bytes)
 
     async def listing(self) -> Listing:
         """The regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
-        return await asyncio.to_thread(self._session.box.listing)
+        return await asyncio.to_thread(hostfs.list_files, self._session.workdir)

@@ -88,6 +88,7 @@ class Box:
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
         self._cancel_requested = False
+        self._attached: Path | None = None  # a session's workdir bound over this box's own
         # reset, prelaunch and close run in worker threads and on the loop: one at a time, and never one
         # after close. A give-back cancelled at shutdown leaves its reset running in its thread; without
         # this lock close would release the slot under it and the late reset would mount over the slot's
@@ -121,6 +122,8 @@ class Box:
         self.workdir.mkdir(mode=0o700)
         os.chown(self.workdir, self.slot.uid, self.slot.gid)
         os.chmod(self.workdir, 0o700)
+        hostfs.bind_shared(self.workdir)  # see attach_workdir
+        self._attached = None
         policy.write_jail_files(self.jail_files, etc_dir=self.sandbox.etc_dir, helper=self.sandbox.helper)
 
     def reset(self) -> None:
@@ -159,6 +162,27 @@ class Box:
     def listing(self) -> hostfs.Listing:
         """The workdir's regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
         return hostfs.list_files(self.workdir)
+
+    def attach_workdir(self, source: Path) -> None:
+        """Show ``source`` (a session's workdir) at this box's /box for the lease's runs.
+
+        It is bound over the box's own workdir, which is a shared mount: the
+        bind propagates into the jail already launched for the next run (its
+        /box is a slave of that mount), whose init resolves /box again when
+        the command arrives. Host-side file operations on ``workdir`` see the
+        session's files too. A gVisor sandbox's gofer holds the old directory
+        open, so there the next run starts cold (``_take_warm``).
+        """
+        if self._attached is not None:
+            raise SandboxError(f"box {self.slot.index} already has a session's workdir attached")
+        hostfs.bind(source, self.workdir)
+        self._attached = source
+
+    def detach_workdir(self) -> None:
+        """Undo ``attach_workdir`` (after the lease's runs: nothing of the session is left running)."""
+        if self._attached is not None:
+            hostfs.unmount(self.workdir)  # the topmost mount only: the session's bind
+            self._attached = None
 
     def cow_bind(self, name: str, lower: Path, dest: str) -> policy.Bind:
         """A copy-on-write view of a shared host directory (for example a warm build cache).
@@ -278,7 +302,8 @@ class Box:
     async def _take_warm(self, binds: Sequence[policy.Bind], rootfs: Path | None) -> _Warm | None:
         warm, self._warm = self._warm, None
         # Pre-launched jails are the host's root: a run in an environment starts cold.
-        if warm is None or (rootfs is None and set(binds) <= warm.binds and warm.launched.alive()):
+        gofer_stale = self._attached is not None and self.isolation == "gvisor"
+        if warm is None or (rootfs is None and set(binds) <= warm.binds and warm.launched.alive() and not gofer_stale):
             return warm
         reaper = self._reaper(warm.cgroup, warm.launched)
         reaper.kill()

@@ -26,6 +26,8 @@ from sandlot.paths import MAX_PATH_DEPTH, validate_relative_path
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_BIND = 4096
+_MS_SHARED = 1 << 20
 _MNT_DETACH = 2
 _UMOUNT_NOFOLLOW = 8
 MAX_LIST_ENTRIES = 10_000  # files and directories one listing looks at before it stops (truncated)
@@ -53,6 +55,23 @@ def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> Non
 def mount_tmpfs(target: Path, *, size_bytes: int, inodes: int, uid: int, gid: int, mode: int) -> None:
     data = f"size={size_bytes},nr_inodes={inodes},mode={mode:o},uid={uid},gid={gid}"
     _mount("sandlot", target, "tmpfs", _MS_NOSUID | _MS_NODEV, data)
+
+
+def bind_shared(path: Path) -> None:
+    """Make ``path`` a mount of its own with shared propagation (a bind onto itself).
+
+    A jail bubblewrap starts afterwards gets its copy of the mount as a slave
+    (bwrap marks its whole tree MS_SLAVE), so a mount later made here on the host
+    shows up in the running jail too: how a session's workdir reaches a jail
+    that was launched before the session's run was asked for.
+    """
+    _mount(str(path), path, "", _MS_BIND, "")
+    _mount("none", path, "", _MS_SHARED, "")
+
+
+def bind(source: Path, target: Path) -> None:
+    """Bind ``source`` over ``target`` (not recursive; nosuid/nodev come from the source's own mount)."""
+    _mount(str(source), target, "", _MS_BIND, "")
 
 
 def mount_overlay(*, lower: Path, upper: Path, work: Path, target: Path) -> None:
