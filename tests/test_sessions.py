@@ -60,7 +60,7 @@ async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
     assert not sessions.distributed
     created = await sessions.create("a", "jail")
     assert (created.isolation, pool.get_session("a", created.id).id) == ("jail", created.id)
-    assert 0 < created.expires_in_s <= pool.session_ttl_s
+    assert 0 < created.expires_in_s <= pool.sessions.ttl_s
     assert await sessions.level_for_run("a", created.id, "") == "jail"
     assert await sessions.level_for_run("a", created.id, "jail") == "jail"
     with pytest.raises(RejectedError, match="weaker than the requested 'gvisor'"):
@@ -70,7 +70,7 @@ async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
     with pytest.raises(IsolationUnavailable, match="the gVisor pool is turned off"):
         await sessions.create("a", "gvisor")
     assert await sessions.exists("a", created.id)
-    assert sessions.local("a", created.id).box is pool.get_session("a", created.id).box
+    assert sessions.local("a", created.id) is pool.get_session("a", created.id)
     await sessions.end("a", created.id)
     assert not await sessions.exists("a", created.id)
     with pytest.raises(SessionNotFound):

@@ -124,9 +124,9 @@ class ServerSettings:
     session_ttl_s: float = 30 * 60.0
     session_idle_s: float = 20 * 60.0
     # File sessions: each owns a tmpfs workdir of this quota; none pins a box (docs/sessions.md).
-    session_disk_bytes: int = 16 * MIB  # one session's files, all told
-    session_inodes: int = 2048  # one session's files, directories and links
-    session_memory_bytes: int = 0  # all sessions' files together at most; 0: a quarter of the host's memory
+    session_disk_bytes: int = 64 * MIB  # one session's files, all told
+    session_inodes: int = 16384  # one session's files, directories and links
+    session_memory_bytes: int = 0  # all sessions' files together at most; 0: half the host's memory
     max_sessions: int = 0  # live sessions per pool; 0: session_memory_bytes // session_disk_bytes
     max_body_bytes: int = 2 * MIB
     ws_max_stdin_bytes: int = 16 * MIB  # stdin one WebSocket connection may send in all (held until read)
@@ -153,7 +153,7 @@ def effective_max_sessions(server: ServerSettings) -> int:
     """``max_sessions``, or as many sessions as fit ``session_memory_bytes`` if every one filled its quota."""
     if server.max_sessions > 0:
         return server.max_sessions
-    budget = server.session_memory_bytes or _host_memory_bytes() // 4
+    budget = server.session_memory_bytes or _host_memory_bytes() // 2
     return max(1, budget // max(1, server.session_disk_bytes))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ __all__ = [
     "Listing",
     "SessionFiles",
     "SessionInfo",
+    "SessionState",
     "Sessions",
 ]
 
@@ -50,6 +52,22 @@ class SessionInfo:
     id: str
     expires_in_s: float
     isolation: str
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """What ``GET /api/v1/sessions/{id}`` answers; None where this process cannot know (distributed)."""
+
+    id: str
+    isolation: str
+    environment: str
+    created_at: float | None  # Unix time
+    expires_at: float | None  # Unix time: the idle deadline or the absolute one, whichever is first
+    busy: bool | None  # a run of it is under way or waiting for a box
+    bytes_used: int | None
+    files_used: int | None
+    disk_limit_bytes: int | None
+    files_limit: int | None
 
 
 class Sessions:
@@ -118,6 +136,30 @@ class Sessions:
             await self._pools[session.isolation].end_session(tenant, session_id)
         elif not await self._directory.end(tenant, session_id):
             raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+
+    async def describe(self, tenant: str, session_id: str) -> SessionState:
+        """The session's state; distributed, only what the directory knows (its files are on a worker)."""
+        if self._directory is not None:
+            isolation = await self._directory.isolation(tenant, session_id)
+            if isolation is None:
+                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+            return SessionState(session_id, isolation, "", None, None, None, None, None, None, None)
+        session = find_session(self._pools, tenant, session_id)
+        store = self._pools[session.isolation].sessions
+        usage = await asyncio.to_thread(session.usage)
+        wall = time.time() - store.clock()  # the store's clock is monotonic: shift it to Unix time
+        return SessionState(
+            id=session.id,
+            isolation=session.isolation,
+            environment=session.environment,
+            created_at=round(session.created + wall, 3),
+            expires_at=round(session.deadline(store.idle_s) + wall, 3),
+            busy=session.active_runs > 0,
+            bytes_used=usage.bytes_used,
+            files_used=usage.files_used,
+            disk_limit_bytes=store.workdirs.size_bytes,
+            files_limit=store.workdirs.inodes,
+        )
 
     def local(self, tenant: str, session_id: str) -> Session:
         """The session with its box, for file operations: embedded mode only."""

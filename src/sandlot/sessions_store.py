@@ -76,7 +76,7 @@ class SessionStore:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self.idle_s = idle_s
-        self._clock = clock
+        self.clock = clock
         self._sessions: dict[tuple[str, str], Session] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +114,7 @@ class SessionStore:
     async def adopt(self, tenant: str, session_id: str, *, expires_in_s: float) -> Session:
         """Open a workdir for a session named elsewhere (the distributed mode's directory)."""
         existing = self._sessions.get((tenant, session_id))
-        if existing is not None and existing.deadline(self.idle_s) > self._clock():
+        if existing is not None and existing.deadline(self.idle_s) > self.clock():
             return existing
         if not self.room:
             raise AtCapacity(
@@ -124,7 +124,7 @@ class SessionStore:
 
     async def _open(self, tenant: str, session_id: str, ttl_s: float, environment: str) -> Session:
         workdir = await asyncio.to_thread(self.workdirs.create)
-        now = self._clock()
+        now = self.clock()
         session = Session(session_id, tenant, self.isolation, workdir, now, now, now + ttl_s, environment)
         stale = self._sessions.pop((tenant, session_id), None)
         self._sessions[(tenant, session_id)] = session
@@ -135,7 +135,7 @@ class SessionStore:
 
     def find(self, tenant: str, session_id: str) -> Session | None:
         session = self._sessions.get((tenant, session_id))
-        if session is None or session.deadline(self.idle_s) <= self._clock():
+        if session is None or session.deadline(self.idle_s) <= self.clock():
             return None
         return session
 
@@ -147,7 +147,7 @@ class SessionStore:
 
     def touch(self, session: Session) -> None:
         """A run of the session ended: its idle period starts again."""
-        session.last_used = self._clock()
+        session.last_used = self.clock()
         self._wakeup.set()
 
     async def end(self, tenant: str, session_id: str) -> None:
@@ -163,14 +163,14 @@ class SessionStore:
     async def _expire(self) -> None:
         while True:
             self._wakeup.clear()
-            now = self._clock()
+            now = self.clock()
             expired = [k for k, s in self._sessions.items() if s.active_runs == 0 and s.deadline(self.idle_s) <= now]
             for key in expired:
                 await self._retire(self._sessions.pop(key))
             # A session still running past its deadline is not a deadline to sleep towards:
             # the end of its run sets the wake-up event, and it expires then.
             deadlines = [s.deadline(self.idle_s) for s in self._sessions.values() if s.active_runs == 0]
-            timeout = max(0.0, min(deadlines) - self._clock()) if deadlines else None
+            timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
             # arrives as the event is set, and this task would never stop.
             with contextlib.suppress(TimeoutError):

@@ -168,11 +168,17 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
             )
         except FileExistsError as exc:  # the running program created it again after our unlink
             raise FileBusy.at("files.name", f"{name!r} was recreated by the running program; retry") from exc
-    with _owned(fd):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchown(fd, uid, gid)
+        with _owned(fd):
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                # A full workdir: leave no half-written file filling it (a name only unlinked, never followed).
+                with contextlib.suppress(OSError):
+                    os.unlink(parts[-1], dir_fd=dir_fd)
+                raise
+            os.fchown(fd, uid, gid)
 
 
 @dataclass(frozen=True)

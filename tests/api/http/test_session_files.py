@@ -73,7 +73,7 @@ async def _session_with(client: httpx.AsyncClient, code: str) -> str:
 
 
 def _workdir(service: Service, session_id: str) -> Path:
-    return service.sessions.local("public", session_id).box.workdir
+    return service.sessions.local("public", session_id).workdir
 
 
 async def test_listing_a_wide_and_deep_tree_holds_few_fds(client: httpx.AsyncClient, counting_os: _CountingOs) -> None:

@@ -13,6 +13,7 @@ on any API node, the file routes answer 400 (``Sessions.local``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,7 +22,15 @@ from fastapi.responses import JSONResponse, Response
 from sandlot.api.common.parsing import parse_json
 from sandlot.api.http.door import CallerDep
 from sandlot.api.http.errors import ApiError
-from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
+from sandlot.api.http.schemas import (
+    AUTH,
+    FileEntry,
+    FileList,
+    SessionCreated,
+    SessionStateModel,
+    answers,
+    json_body,
+)
 from sandlot.errors import RejectedError
 from sandlot.sessions import NO_SPACE_ERRNOS
 
@@ -82,6 +91,18 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
 async def end_session(session_id: str, caller: CallerDep) -> Response:
     await caller.service.sessions.end(caller.tenant, session_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{session_id}",
+    response_model=None,
+    responses=answers(200, SessionStateModel, *AUTH, 404, 503),
+    summary="A session's state: level, environment, expiry, busy, files and bytes used",
+)
+async def get_session(session_id: str, caller: CallerDep) -> dict[str, Any]:
+    state = await caller.service.sessions.describe(caller.tenant, session_id)
+    fields = dataclasses.asdict(state)
+    return {"session_id": fields.pop("id"), **fields}
 
 
 @router.get(
