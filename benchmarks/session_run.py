@@ -43,8 +43,14 @@ async def _main(runs: int, n_sessions: int, size: int) -> None:
         before = _meminfo()
         idle = [await pool.create_session("bench") for _ in range(n_sessions)]
         after = _meminfo()
-        per = {k: (before[k] - after[k] if k == "MemAvailable" else after[k] - before[k]) for k in ("MemAvailable", "Slab", "Shmem")}
-        print(f"{n_sessions} idle sessions: " + ", ".join(f"{k} {v / max(1, n_sessions) / 1024:.1f} KiB/session" for k, v in per.items()))
+        per = {
+            k: (before[k] - after[k] if k == "MemAvailable" else after[k] - before[k])
+            for k in ("MemAvailable", "Slab", "Shmem")
+        }
+        print(
+            f"{n_sessions} idle sessions: "
+            + ", ".join(f"{k} {v / max(1, n_sessions) / 1024:.1f} KiB/session" for k, v in per.items())
+        )
         print(f"state disk: {len(idle)} empty mount points (each workdir is a tmpfs: no disk blocks)")
         session = await pool.create_session("bench")
 

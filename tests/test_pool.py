@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from sandlot.config import Settings
 from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.models import Status
-from sandlot.pool import BoxPool
+from sandlot.pool import BoxPool, Session
 from sandlot.sandbox import Bind, Box, Sandbox, hostfs, slots
 from tests.conftest import run_in
 
@@ -213,8 +214,18 @@ async def test_a_waiter_cancelled_as_it_is_handed_a_box_passes_it_on(sandbox: Sa
 # ---------------------------------------------------------------- sessions
 
 
-def _mounted(path: Path) -> bool:
-    return path in hostfs.mounts_below(path)
+def _files(session: Session) -> Path:
+    """The session's workdir as a path for the test's own host-side looks (through its fd)."""
+    return Path(f"/proc/self/fd/{session.workdir.fd}")
+
+
+def _freed(session: Session) -> bool:
+    """Its workdir's last reference is gone, and the tmpfs with it."""
+    try:
+        os.fstat(session.workdir.fd)
+    except OSError:
+        return session.workdir.closed
+    return False
 
 
 async def test_sessions_pin_no_box_and_outnumber_the_pool(sandbox: Sandbox, settings: Settings) -> None:
@@ -253,7 +264,7 @@ async def test_a_session_run_takes_the_jail_launched_ahead(sandbox: Sandbox, set
     """The session's workdir reaches a jail launched before the run (mount propagation + the init's chdir)."""
     async with _started_pool(sandbox, 1, prelaunch_binds=_no_binds) as pool:
         session = await pool.create_session("a")
-        session.workdir.joinpath("in.txt").write_text("from the host\n")
+        _files(session).joinpath("in.txt").write_text("from the host\n")
         async with pool.lease("a", session.id) as box:
             assert box.prelaunched
             assert await _sh(box, "cat in.txt; cat /box/in.txt; pwd", settings) == b"from the host\n" * 2 + b"/box\n"
@@ -293,11 +304,11 @@ async def test_ending_a_session_frees_its_workdir(sandbox: Sandbox, settings: Se
         session = await pool.create_session("a")
         async with pool.lease("a", session.id) as box:
             await _sh(box, "echo private > /box/private.txt", settings)
-        assert _mounted(session.workdir)
+        assert not _freed(session)
+        assert (_files(session) / "private.txt").read_text() == "private\n"
         await pool.end_session("a", session.id)
         assert pool.session_count == 0
-        assert not _mounted(session.workdir)
-        assert not session.workdir.exists()
+        assert _freed(session)
         with pytest.raises(SessionNotFound):
             pool.get_session("a", session.id)
         with pytest.raises(SessionNotFound):
@@ -343,9 +354,9 @@ async def test_an_adopted_session_keeps_its_id(sandbox: Sandbox, settings: Setti
 async def test_an_idle_session_expires_by_itself_and_frees_its_disk(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 1, session_ttl_s=0.3, session_idle_s=0.2) as pool:
         session = await pool.create_session("a")
-        (session.workdir / "left.txt").write_bytes(b"x" * 65536)
+        (_files(session) / "left.txt").write_bytes(b"x" * 65536)
         assert session.usage().bytes_used >= 65536
-        await _eventually(lambda: pool.session_count == 0 and not _mounted(session.workdir))
+        await _eventually(lambda: pool.session_count == 0 and _freed(session))
         with pytest.raises(SessionNotFound):
             pool.get_session("a", session.id)
 
@@ -428,7 +439,7 @@ async def test_close_releases_every_box_and_fails_pending_waiters(sandbox: Sandb
                     await waiter
         assert granted == []
         assert pool.session_count == 0
-        assert not _mounted(session.workdir)
+        assert _freed(session)
         assert pool.available == 0
         cleanliness = [_slot_is_clean(sandbox, index) for index in indexes]
         assert False not in cleanliness, cleanliness

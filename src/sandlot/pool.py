@@ -83,12 +83,7 @@ class BoxPool:
         self.size = size
         self.max_waiting = max_waiting
         server = sandbox.settings.server
-        workdirs = Workdirs(
-            sandbox.settings.state_dir,
-            sandbox.settings.run_dir,
-            size_bytes=server.session_disk_bytes,
-            inodes=server.session_inodes,
-        )
+        workdirs = Workdirs(size_bytes=server.session_disk_bytes, inodes=server.session_inodes)
         self.sessions = SessionStore(
             workdirs,
             isolation,

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sandlot.broker import SessionDirectory
 from sandlot.errors import SessionFilesUnavailable, SessionNotFound
@@ -42,6 +44,8 @@ __all__ = [
     "SessionState",
     "Sessions",
 ]
+
+_T = TypeVar("_T")
 
 # A write that failed with one of these found the session's workdir (or its quota) full.
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -146,7 +150,7 @@ class Sessions:
             return SessionState(session_id, isolation, "", None, None, None, None, None, None, None)
         session = find_session(self._pools, tenant, session_id)
         store = self._pools[session.isolation].sessions
-        usage = await asyncio.to_thread(session.usage)
+        usage = session.usage()  # one fstatvfs
         wall = time.time() - store.clock()  # the store's clock is monotonic: shift it to Unix time
         return SessionState(
             id=session.id,
@@ -184,12 +188,24 @@ class SessionFiles:
 
     async def write(self, path: str, data: bytes) -> None:
         uid, gid = self._session.owner  # the uid its runs' files have (root before its first run)
-        await asyncio.to_thread(hostfs.write_file, self._session.workdir, path, data, uid=uid, gid=gid)
+        await self._off_loop(hostfs.write_file, path, data, uid=uid, gid=gid)
 
     async def read(self, path: str, max_bytes: int) -> bytes:
         """The file's bytes; refused when larger than ``max_bytes``."""
-        return await asyncio.to_thread(hostfs.read_file, self._session.workdir, path, max_bytes=max_bytes)
+        return await self._off_loop(hostfs.read_file, path, max_bytes=max_bytes)
 
     async def listing(self) -> Listing:
         """The regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
-        return await asyncio.to_thread(hostfs.list_files, self._session.workdir)
+        return await self._off_loop(hostfs.list_files)
+
+    async def _off_loop(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``operation(root_fd, ...)`` in a thread, on an fd of its own that the thread closes."""
+        fd = self._session.workdir.dup()
+
+        def run() -> _T:
+            try:
+                return operation(fd, *args, **kwargs)
+            finally:
+                os.close(fd)
+
+        return await asyncio.to_thread(run)

@@ -25,10 +25,9 @@ import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sandlot.errors import AtCapacity, SessionNotFound
-from sandlot.sandbox.workdirs import Usage, Workdirs
+from sandlot.sandbox.workdirs import Usage, Workdir, Workdirs
 
 __all__ = ["Session", "SessionStore"]
 
@@ -38,7 +37,7 @@ class Session:
     id: str
     tenant: str
     isolation: str
-    workdir: Path
+    workdir: Workdir
     created: float
     last_used: float
     expires_at: float
@@ -51,7 +50,7 @@ class Session:
         return min(self.expires_at, self.last_used + idle_s)
 
     def usage(self) -> Usage:
-        return Workdirs.usage(self.workdir)
+        return self.workdir.usage()
 
 
 def _not_found(session_id: str) -> SessionNotFound:
@@ -82,7 +81,6 @@ class SessionStore:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.workdirs.open)
         self._task = asyncio.create_task(self._expire(), name="sandlot-session-expiry")
 
     async def close(self) -> None:
@@ -90,8 +88,9 @@ class SessionStore:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._sessions.clear()
-        await asyncio.to_thread(self.workdirs.close)
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            self.workdirs.remove(session.workdir)  # a run still leased is ended by the pool's close
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -123,7 +122,7 @@ class SessionStore:
         return await self._open(tenant, session_id, min(self.ttl_s, expires_in_s), "")
 
     async def _open(self, tenant: str, session_id: str, ttl_s: float, environment: str) -> Session:
-        workdir = await asyncio.to_thread(self.workdirs.create)
+        workdir = self.workdirs.create()  # a few syscalls: no thread needed
         now = self.clock()
         session = Session(session_id, tenant, self.isolation, workdir, now, now, now + ttl_s, environment)
         stale = self._sessions.pop((tenant, session_id), None)
@@ -158,7 +157,7 @@ class SessionStore:
 
     async def _retire(self, session: Session) -> None:
         async with session.lock:  # let a running execution finish first
-            await asyncio.to_thread(self.workdirs.remove, session.workdir)
+            self.workdirs.remove(session.workdir)
 
     async def _expire(self) -> None:
         while True:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from sandlot.errors import SandboxError
 from sandlot.models import Limits, OutputEvent, Result
-from sandlot.sandbox import hostfs, policy, slots
+from sandlot.sandbox import hostfs, policy, slots, workdirs
 from sandlot.sandbox.cgroups import CPU_WEIGHT_WARMING, Cgroup, CgroupLimits, CgroupStats
 from sandlot.sandbox.chain import Chain
 from sandlot.sandbox.gvisor import fix_environment_mount_points, host_task_limit
@@ -88,7 +88,7 @@ class Box:
         self._current: RunMonitor | None = None
         self._warm: _Warm | None = None
         self._cancel_requested = False
-        self._attached: Path | None = None  # a session's workdir bound over this box's own
+        self._attached: workdirs.Workdir | None = None  # a session's workdir mounted over this box's own
         # reset, prelaunch and close run in worker threads and on the loop: one at a time, and never one
         # after close. A give-back cancelled at shutdown leaves its reset running in its thread; without
         # this lock close would release the slot under it and the late reset would mount over the slot's
@@ -163,7 +163,7 @@ class Box:
         """The workdir's regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
         return hostfs.list_files(self.workdir)
 
-    def attach_workdir(self, source: Path) -> None:
+    def attach_workdir(self, source: workdirs.Workdir) -> None:
         """Show ``source`` (a session's workdir) at this box's /box for the lease's runs.
 
         It is bound over the box's own workdir, which is a shared mount: the
@@ -175,7 +175,7 @@ class Box:
         """
         if self._attached is not None:
             raise SandboxError(f"box {self.slot.index} already has a session's workdir attached")
-        hostfs.bind(source, self.workdir)
+        workdirs.attach(source, self.workdir)
         self._attached = source
 
     def detach_workdir(self) -> None:

@@ -69,11 +69,6 @@ def bind_shared(path: Path) -> None:
     _mount("none", path, "", _MS_SHARED, "")
 
 
-def bind(source: Path, target: Path) -> None:
-    """Bind ``source`` over ``target`` (not recursive; nosuid/nodev come from the source's own mount)."""
-    _mount(str(source), target, "", _MS_BIND, "")
-
-
 def mount_overlay(*, lower: Path, upper: Path, work: Path, target: Path) -> None:
     data = f"lowerdir={lower},upperdir={upper},workdir={work}"
     _mount("sandlot", target, "overlay", _MS_NOSUID | _MS_NODEV, data)
@@ -131,8 +126,14 @@ def _open_dir_beneath(root_fd: int, parts: tuple[str, ...], *, create: bool, uid
         raise
 
 
-def open_root(path: Path) -> int:
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+Root = Path | int  # a directory's path, or an fd of it (a session's detached workdir: see workdirs.py)
+
+
+def open_root(root: Root) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if isinstance(root, int):
+        return os.open(".", flags, dir_fd=root)  # a new fd of our own: the caller closes it
+    return os.open(root, flags)
 
 
 @contextlib.contextmanager
@@ -144,7 +145,7 @@ def _owned(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: int = 0o644) -> None:
+def write_file(root: Root, name: str, data: bytes, *, uid: int, gid: int, mode: int = 0o644) -> None:
     """Create or replace root/name with data; whatever the program planted there is unlinked, not followed."""
     parts = validate_relative_path(name, field="files.name")
     with _owned(open_root(root)) as root_fd:
@@ -187,7 +188,7 @@ class FileInfo:
     size: int
 
 
-def read_file(root: Path, name: str, *, max_bytes: int) -> bytes:
+def read_file(root: Root, name: str, *, max_bytes: int) -> bytes:
     """Read a plain file the program left; links, fifos and devices are refused."""
     parts = validate_relative_path(name)
     with _owned(open_root(root)) as root_fd:
@@ -228,7 +229,7 @@ class Listing:
     truncated: bool  # the entry cap or the depth limit stopped the walk before it saw everything
 
 
-def list_files(root: Path, *, max_entries: int = MAX_LIST_ENTRIES) -> Listing:
+def list_files(root: Root, *, max_entries: int = MAX_LIST_ENTRIES) -> Listing:
     """Regular files below root, without following any link, in bounded fds and time.
 
     Directories still to visit are kept as relative paths, not open fds: each is
