@@ -51,7 +51,7 @@ async def _main(runs: int, n_sessions: int, size: int) -> None:
             f"{n_sessions} idle sessions: "
             + ", ".join(f"{k} {v / max(1, n_sessions) / 1024:.1f} KiB/session" for k, v in per.items())
         )
-        print(f"state disk: {len(idle)} empty mount points (each workdir is a tmpfs: no disk blocks)")
+        print(f"state disk: none ({len(idle)} detached tmpfs workdirs, held by fds: no path, no disk blocks)")
         session = await pool.create_session("bench")
 
         async def plain() -> None:

@@ -36,7 +36,7 @@ async def test_a_thousand_sessions_on_a_pool_of_four_each_see_only_their_own_fil
                 created = await client.post("/api/v1/sessions")
                 assert created.status_code == 201, created.text
                 sid = created.json()["session_id"]
-                run = {"language": "bash", "code": f"echo {n} > mine.txt; ls -A", "session_id": sid}
+                run = {"language": "bash", "code": f"echo {n} > mine.txt; ls -A | grep -v main.sh", "session_id": sid}
                 result = (await client.post("/api/v1/run", json=run)).json()
                 assert result["status"] == "ok", result
                 return sid, result["stdout"]
