@@ -23,6 +23,8 @@ from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.models import Status
 from sandlot.pool import BoxPool, Session
 from sandlot.sandbox import Bind, Box, Sandbox, hostfs, slots
+from sandlot.sandbox.chain import _await_ready
+from sandlot.sandbox.protocol import is_ready
 from tests.conftest import run_in
 
 _WAIT_S = 10.0  # a bound for what should happen promptly, never a measurement
@@ -265,6 +267,11 @@ async def test_a_session_run_takes_the_jail_launched_ahead(sandbox: Sandbox, set
     async with _started_pool(sandbox, 1, prelaunch_binds=_no_binds) as pool:
         session = await pool.create_session("a")
         _files(session).joinpath("in.txt").write_text("from the host\n")
+        (waiting,) = pool._boxes
+        assert waiting._warm is not None
+        # Its jail set up (bubblewrap's binds done): the workdir can reach it only by propagation now.
+        await _await_ready(waiting._warm.launched, _WAIT_S)
+        assert is_ready(waiting._warm.launched.status_seen)
         async with pool.lease("a", session.id) as box:
             assert box.prelaunched
             assert await _sh(box, "cat in.txt; cat /box/in.txt; pwd", settings) == b"from the host\n" * 2 + b"/box\n"
