@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sandlot.broker import SessionDirectory
-from sandlot.errors import SessionFilesUnavailable, SessionNotFound
+from sandlot.errors import RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
 from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
@@ -96,15 +96,19 @@ class Sessions:
     def distributed(self) -> bool:
         return self._directory is not None
 
-    async def create(self, tenant: str, isolation: str) -> SessionInfo:
+    async def create(self, tenant: str, isolation: str, environment: str = "") -> SessionInfo:
         """A new session at a settled level (AtCapacity in embedded mode when no box can be pinned now).
 
         Embedded, a level this process has no pool of is IsolationUnavailable (503);
         distributed, the worker that takes the session's first job opens its box.
         """
         if self._directory is None:
-            session = await self.pool_for_run(isolation, tenant, None).create_session(tenant)
+            session = await self.pool_for_run(isolation, tenant, None).create_session(tenant, environment=environment)
             return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.isolation)
+        if environment:
+            raise RejectedError(
+                "a session in an environment is not available in distributed mode yet", field="environment"
+            )
         session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s, isolation=isolation)
         return SessionInfo(session_id, self._ttl_s, isolation)
 
@@ -140,6 +144,10 @@ class Sessions:
             await self._pools[session.isolation].end_session(tenant, session_id)
         elif not await self._directory.end(tenant, session_id):
             raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+
+    def environment_of(self, tenant: str, session_id: str) -> str:
+        """Embedded: the environment the session was created in ("" for the host's)."""
+        return find_session(self._pools, tenant, session_id).environment
 
     async def describe(self, tenant: str, session_id: str) -> SessionState:
         """The session's state; distributed, only what the directory knows (its files are on a worker)."""

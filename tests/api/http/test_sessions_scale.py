@@ -16,6 +16,9 @@ import pytest
 from sandlot.api.http.app import create_app
 from sandlot.config import MIB
 from tests.api.http.test_http import live_server, running_service, wait_until
+from tests.environments.test_environments_run import MARKER, py_env
+
+__all__ = ["py_env"]  # a fixture, used by name
 
 SESSIONS = 1_000
 POOL = 4
@@ -109,3 +112,22 @@ async def test_expiry_frees_a_sessions_disk() -> None:
         await wait_until(lambda: service.pool.session_count == 0 and session.workdir.closed)
         with pytest.raises(OSError):  # its last reference closed: the tmpfs and its bytes are gone
             os.fstat(session.workdir.fd)
+
+
+async def test_a_session_created_in_an_environment_runs_there(py_env: str) -> None:
+    async with (
+        running_service() as service,
+        live_server(create_app(service)) as base,
+        httpx.AsyncClient(base_url=f"http://{base}", timeout=60) as client,
+    ):
+        unknown = await client.post("/api/v1/sessions", json={"environment": "no-such-env"})
+        assert unknown.status_code == 404, unknown.text
+        created = await client.post("/api/v1/sessions", json={"environment": py_env})
+        assert created.status_code == 201, created.text
+        sid = created.json()["session_id"]
+        assert (await client.get(f"/api/v1/sessions/{sid}")).json()["environment"] == py_env
+        code = "print(open('/etc/marker').read(), end='')\nopen('kept', 'w').write('x')"
+        result = (await client.post("/api/v1/run", json={"language": "python", "code": code, "session_id": sid})).json()
+        assert result["status"] == "ok", result
+        assert result["stdout"] == MARKER  # the image's file: the run was in the session's environment
+        assert (await client.get(f"/api/v1/sessions/{sid}/files/kept")).content == b"x"

@@ -43,7 +43,10 @@ _SESSION_BODY = json_body(
     {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"}},
+        "properties": {
+            "isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"},
+            "environment": {"type": "string", "description": "the session's runs go there; default: the host's"},
+        },
     },
     required=False,
 )
@@ -60,7 +63,11 @@ _FILE_ERRORS = (400, *AUTH, 404)
     summary="Create a session (a box kept for this tenant)",
 )
 async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
-    """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
+    """Optional JSON body: {"isolation": "jail" | "gvisor", "environment": NAME}.
+
+    Isolation defaults to the server's, raised to the key's minimum; the session's runs go in
+    ``environment`` (an unknown one is 404) unless a run names another.
+    """
     body = await request.body()
     data = parse_json(body) if body.strip() else {}
     if not isinstance(data, dict):
@@ -68,8 +75,11 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
+    environment = data.get("environment") or ""
+    if not isinstance(environment, str):
+        raise RejectedError("environment: must be a string", field="environment")
     session = await caller.service.create_session(
-        caller.tenant, isolation, min_isolation=caller.principal.min_isolation
+        caller.tenant, isolation, min_isolation=caller.principal.min_isolation, environment=environment
     )
     return JSONResponse(
         {
