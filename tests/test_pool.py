@@ -280,6 +280,19 @@ async def test_a_session_run_takes_the_jail_launched_ahead(sandbox: Sandbox, set
             assert await _sh(plain, "ls -A /box", settings) == b""
 
 
+async def test_a_gvisor_sessions_files_survive_between_runs(sandbox: Sandbox, settings: Settings) -> None:
+    """gVisor's sandbox holds its workdir open: a session's run there starts cold, with the session's files."""
+    sandbox.check_isolation("gvisor")
+    async with _started_pool(sandbox, 1, isolation="gvisor", prelaunch_binds=_no_binds) as pool:
+        session = await pool.create_session("a")
+        async with pool.lease("a", session.id) as box:
+            await _sh(box, "echo kept > /box/kept.txt", settings)
+        async with pool.lease("b") as plain:  # the box's own workdir never saw the session's files
+            assert await _sh(plain, "test -e /box/kept.txt || echo clean", settings) == b"clean\n"
+        async with pool.lease("a", session.id) as box:
+            assert await _sh(box, "cat kept.txt; cat /box/kept.txt", settings) == b"kept\nkept\n"
+
+
 async def test_a_full_session_workdir_is_enospc_to_the_program(sandbox: Sandbox, settings: Settings) -> None:
     async with _started_pool(sandbox, 1) as pool:
         session = await pool.create_session("a")
