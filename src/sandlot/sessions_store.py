@@ -81,6 +81,7 @@ class SessionStore:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.workdirs.check()
         self._task = asyncio.create_task(self._expire(), name="sandlot-session-expiry")
 
     async def close(self) -> None:

@@ -44,6 +44,7 @@ _FSMOUNT_CLOEXEC = 1
 _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
 _OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC, _AT_EMPTY_PATH = 1, os.O_CLOEXEC, 0x1000
 _MOVE_MOUNT_F_EMPTY_PATH, _AT_FDCWD = 0x4, -100
+_CLONE_FLAGS = _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_EMPTY_PATH
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -91,6 +92,20 @@ class Workdirs:
     def __init__(self, *, size_bytes: int, inodes: int) -> None:
         self.size_bytes = size_bytes
         self.inodes = inodes
+
+    def check(self) -> None:
+        """Fail at start-up, saying why, on a kernel that cannot clone a detached mount (what ``attach`` does)."""
+        workdir = self.create()
+        try:
+            clone = _syscall("open_tree", _SYS_OPEN_TREE, workdir.fd, b"", _CLONE_FLAGS)
+        except SandboxError as exc:
+            raise SandboxError(
+                f"file sessions need a kernel that can clone a detached mount (6.18 works): {exc}"
+            ) from exc
+        else:
+            os.close(clone)
+        finally:
+            self.remove(workdir)
 
     def create(self) -> Workdir:
         """A new, empty workdir (owned by root until a run takes it over)."""
