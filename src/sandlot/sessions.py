@@ -1,23 +1,24 @@
-"""Sessions as the doors see them: created, checked and ended in one place, wherever their boxes live.
+"""Sessions as the doors see them: created, checked and ended in one place, wherever their workdirs live.
 
 Embedded mode: a session is the pool's own (``BoxPool.create_session``), its
-workdir in this process (``sessions_store``: a workdir, not a box). Distributed
-mode: a session is named in the broker's session
-directory (``SessionDirectory``, Redis) and its box is opened by the worker that
-takes its first job; later jobs are routed to that worker (see
+workdir in this process (``sessions_store``: a workdir, not a box; any free box
+runs its runs). Distributed mode: a session is named in the broker's session
+directory (``SessionDirectory``, Redis) and its workdir is opened by the worker
+that takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
-session; none holds its box, so moving files in and out of a session's workdir
-(``files``) works in embedded mode only: in
-distributed mode a run puts files in with ``files`` and takes them out with
-``fetch_files``. The file operations are the box's link-safe ones (``hostfs``),
-run off the event loop; the doors only ever see their results and the errors
-named here (``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
+session; none holds its workdir, so moving files in and out of it (``files``)
+works in embedded mode only: in distributed mode a run puts files in with
+``files`` and takes them out with ``fetch_files``. The file operations are
+``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop;
+the doors only ever see their results and the errors named here
+(``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
 ``NO_SPACE_ERRNOS`` when the workdir is full).
 
 A session runs at one isolation level, chosen when it is created: embedded, its
-box is in that level's pool; distributed, the level is recorded with the session
-and each of its jobs is queued at it (``level_for_run``), so the worker opens the
-box in its pool of that level.
+workdir is in that level's pool; distributed, the level is recorded with the
+session and each of its jobs is queued at it (``level_for_run``), so the worker
+opens the workdir in its pool of that level. A session created in an
+environment (embedded mode) runs there unless a run names another.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-"""Sessions: a box pinned to a tenant, whose workdir files survive between runs.
+"""Sessions: a workdir kept for a tenant, whose files survive between runs (any free box runs them).
 
 Runs name the session with ``session_id``; these routes create and end
 sessions and move files in and out of the workdir. The file operations are
-``Sessions.files`` (the box's), which never follow what a program
+``Sessions.files`` (on the workdir's fd), which never follow what a program
 planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
 here is a 400, a missing file a 404, a file the running program recreated while
 we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
 They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
-In distributed mode the box is on a worker, not here: creating and ending work
+In distributed mode the workdir is on a worker, not here: creating and ending work
 on any API node, the file routes answer 400 (``Sessions.local``).
 """
 
@@ -50,7 +50,7 @@ _SESSION_BODY = json_body(
     },
     required=False,
 )
-# The file routes answer 400 in distributed mode, where the session's box is on a worker.
+# The file routes answer 400 in distributed mode, where the session's workdir is on a worker.
 _FILE_ERRORS = (400, *AUTH, 404)
 
 
@@ -60,7 +60,7 @@ _FILE_ERRORS = (400, *AUTH, 404)
     openapi_extra=_SESSION_BODY,
     response_model=None,
     responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
-    summary="Create a session (a box kept for this tenant)",
+    summary="Create a session (a workdir kept for this tenant)",
 )
 async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     """Optional JSON body: {"isolation": "jail" | "gvisor", "environment": NAME}.
@@ -96,7 +96,7 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     status_code=204,
     response_model=None,
     responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
-    summary="End a session and wipe its box",
+    summary="End a session and free its workdir",
 )
 async def end_session(session_id: str, caller: CallerDep) -> Response:
     await caller.service.sessions.end(caller.tenant, session_id)
