@@ -77,6 +77,20 @@ async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
         await sessions.end("a", created.id)
 
 
+async def test_a_file_operation_on_a_session_ended_meanwhile_is_not_found(pool: BoxPool) -> None:
+    """A route finds the session, reads the body, then writes: an end in between is a 404, never an fd reused."""
+    sessions = Sessions({"jail": pool}, None, session_ttl_s=60.0, session_idle_s=30.0)
+    created = await sessions.create("a", "jail")
+    files = sessions.files("a", created.id)
+    await files.write("a.txt", b"x")
+    assert await files.read("a.txt", 10) == b"x"
+    await sessions.end("a", created.id)
+    with pytest.raises(SessionNotFound):
+        await files.write("b.txt", b"y")
+    with pytest.raises(SessionNotFound):
+        await files.listing()
+
+
 async def test_distributed_sessions_live_in_the_directory_and_refuse_file_operations(pool: BoxPool) -> None:
     directory = _Directory()
     sessions = Sessions({"jail": pool}, directory, session_ttl_s=60.0, session_idle_s=30.0)

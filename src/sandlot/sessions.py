@@ -209,6 +209,8 @@ class SessionFiles:
 
     async def _off_loop(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``operation(root_fd, ...)`` in a thread, on an fd of its own that the thread closes."""
+        if self._session.workdir.closed:  # ended since the route found it (it read the body meanwhile)
+            raise SessionNotFound(f"session {self._session.id!r} not found or expired", field="session_id")
         fd = self._session.workdir.dup()
 
         def run() -> _T:
