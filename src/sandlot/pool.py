@@ -14,7 +14,7 @@ gRPC RESOURCE_EXHAUSTED). A waiter that is cancelled (its client went away)
 simply leaves the queue.
 
 Sessions (``sessions_store``) pin no box: a lease with a session id takes any
-free box as a plain one does and binds the session's workdir over the box's
+free box as a plain one does and mounts (a clone of) the session's workdir over the box's
 /box for the lease (``Box.attach_workdir``); the session's lock keeps its runs
 one at a time, and the box is reset and offered again after, as for any lease.
 Every box waiting in the pool has its next jail already launched (fresh
@@ -22,7 +22,7 @@ namespaces and cgroup, the init waiting for a command; see sandbox/box.py), so
 a request does not wait for bubblewrap (or, for a pool of isolation level
 ``gvisor``, for gVisor's much slower start: each gVisor sandbox runs one
 command, then a fresh one is started in the background). A jail's /box
-receives the session's bind even though it was launched before (mount
+receives that mount even though it was launched before (mount
 propagation), so a session's run starts as fast as a plain one; gVisor's
 sandbox holds its workdir open, so a session's run there starts cold.
 """

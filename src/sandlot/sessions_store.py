@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 A session is a (tenant, id) pair with a workdir (``sandbox.workdirs``: its own
 tmpfs and quota), an isolation level, an optional environment and deadlines.
-It pins no box: ``BoxPool.lease`` with a session id takes any free box, binds the
-session's workdir over the box's /box for the run, and unbinds it after; the
+It pins no box: ``BoxPool.lease`` with a session id takes any free box, mounts the
+session's workdir over the box's /box for the run, and unmounts it after; the
 session's lock keeps its runs one at a time. So the number of sessions is
 bounded by memory (``max_sessions``), not by the pool's size.
 
