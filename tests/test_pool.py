@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +21,10 @@ import pytest
 from sandlot.config import Settings
 from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.models import Status
-from sandlot.pool import BoxPool
+from sandlot.pool import BoxPool, Session
 from sandlot.sandbox import Bind, Box, Sandbox, hostfs, slots
+from sandlot.sandbox.chain import _await_ready
+from sandlot.sandbox.protocol import is_ready
 from tests.conftest import run_in
 
 _WAIT_S = 10.0  # a bound for what should happen promptly, never a measurement
@@ -94,7 +98,7 @@ class _FakeClock:
 
 async def _expiry_pass(pool: BoxPool) -> None:
     """Wake the expiry task and let it scan: it scans as soon as it resumes, before any await."""
-    pool._expiry_wakeup.set()
+    pool.sessions._wakeup.set()
     for _ in range(5):
         await asyncio.sleep(0)
 
@@ -212,29 +216,93 @@ async def test_a_waiter_cancelled_as_it_is_handed_a_box_passes_it_on(sandbox: Sa
 # ---------------------------------------------------------------- sessions
 
 
-async def test_session_ids_are_long_random_and_distinct(sandbox: Sandbox) -> None:
-    async with _started_pool(sandbox, 2, max_sessions=2) as pool:
-        one = await pool.create_session("a")
-        two = await pool.create_session("a")
-        assert len(one.id) >= 32
-        assert len(two.id) >= 32
-        assert one.id != two.id
-        assert one.id[:8] != two.id[:8]  # random, not a counter behind a common prefix
-        assert one.box is not two.box
-        assert pool.session_count == 2
-        assert pool.available == 0
+def _files(session: Session) -> Path:
+    """The session's workdir as a path for the test's own host-side looks (through its fd)."""
+    return Path(f"/proc/self/fd/{session.workdir.fd}")
 
 
-async def test_a_sessions_files_survive_between_leases(sandbox: Sandbox, settings: Settings) -> None:
-    async with _started_pool(sandbox, 1) as pool:
+def _freed(session: Session) -> bool:
+    """Its workdir's last reference is gone, and the tmpfs with it."""
+    try:
+        os.fstat(session.workdir.fd)
+    except OSError:
+        return session.workdir.closed
+    return False
+
+
+async def test_sessions_pin_no_box_and_outnumber_the_pool(sandbox: Sandbox, settings: Settings) -> None:
+    async with _started_pool(sandbox, 1, max_sessions=20) as pool:
+        sessions = [await pool.create_session("a") for _ in range(20)]
+        assert pool.session_count == 20
+        assert pool.available == 1  # no session took the box
+        ids = [s.id for s in sessions]
+        assert len(set(ids)) == 20
+        assert all(len(i) >= 32 for i in ids)
+        assert len({i[:8] for i in ids}) == 20  # random, not a counter behind a common prefix
+        for n, session in enumerate(sessions):
+            async with pool.lease("a", session.id) as box:
+                await _sh(box, f"echo {n} > /box/mine.txt; ls /box > /tmp/seen; mv /tmp/seen /box/seen.txt", settings)
+        for n, session in enumerate(sessions):
+            async with pool.lease("a", session.id) as box:
+                assert await _sh(box, "cat /box/mine.txt; cat /box/seen.txt", settings) == f"{n}\nmine.txt\n".encode()
+
+
+async def test_a_sessions_files_survive_between_runs_in_different_boxes(sandbox: Sandbox, settings: Settings) -> None:
+    async with _started_pool(sandbox, 2, prelaunch_binds=_no_binds) as pool:
+        session = await pool.create_session("a")
+        async with pool.lease("holder"), pool.lease("a", session.id) as first:
+            await _sh(first, "mkdir -p /box/d && echo kept > /box/d/kept.txt", settings)
+        # The box the session ran in comes back first: held now, the session's next run takes the other.
+        async with pool.lease("holder") as held, pool.lease("a", session.id) as second:
+            assert held is first
+            assert second is not first
+            # Writable there too (another host uid), and the cwd is the session's workdir.
+            out = await _sh(second, "cat d/kept.txt && echo more >> d/kept.txt && cat /box/d/kept.txt", settings)
+            assert out == b"kept\nkept\nmore\n"
+        assert pool.get_session("a", session.id) is session
+
+
+async def test_a_session_run_takes_the_jail_launched_ahead(sandbox: Sandbox, settings: Settings) -> None:
+    """The session's workdir reaches a jail launched before the run (mount propagation + the init's chdir)."""
+    async with _started_pool(sandbox, 1, prelaunch_binds=_no_binds) as pool:
+        session = await pool.create_session("a")
+        _files(session).joinpath("in.txt").write_text("from the host\n")
+        (waiting,) = pool._boxes
+        assert waiting._warm is not None
+        # Its jail set up (bubblewrap's binds done): the workdir can reach it only by propagation now.
+        await _await_ready(waiting._warm.launched, _WAIT_S)
+        assert is_ready(waiting._warm.launched.status_seen)
+        async with pool.lease("a", session.id) as box:
+            assert box.prelaunched
+            assert await _sh(box, "cat in.txt; cat /box/in.txt; pwd", settings) == b"from the host\n" * 2 + b"/box\n"
+            assert not box.prelaunched  # the run used it: it did not start cold
+        async with pool.lease("b") as plain:  # the box's own workdir never saw the session's files
+            assert await _sh(plain, "ls -A /box", settings) == b""
+
+
+async def test_a_gvisor_sessions_files_survive_between_runs(sandbox: Sandbox, settings: Settings) -> None:
+    """gVisor's sandbox holds its workdir open: a session's run there starts cold, with the session's files."""
+    sandbox.check_isolation("gvisor")
+    async with _started_pool(sandbox, 1, isolation="gvisor", prelaunch_binds=_no_binds) as pool:
         session = await pool.create_session("a")
         async with pool.lease("a", session.id) as box:
-            assert box is session.box
             await _sh(box, "echo kept > /box/kept.txt", settings)
-        async with pool.lease("a", session.id) as again:
-            assert again is box
-            assert await _sh(again, "cat /box/kept.txt", settings) == b"kept\n"
-        assert pool.get_session("a", session.id) is session
+        async with pool.lease("b") as plain:  # the box's own workdir never saw the session's files
+            assert await _sh(plain, "test -e /box/kept.txt || echo clean", settings) == b"clean\n"
+        async with pool.lease("a", session.id) as box:
+            assert await _sh(box, "cat kept.txt; cat /box/kept.txt", settings) == b"kept\nkept\n"
+
+
+async def test_a_full_session_workdir_is_enospc_to_the_program(sandbox: Sandbox, settings: Settings) -> None:
+    async with _started_pool(sandbox, 1) as pool:
+        session = await pool.create_session("a")
+        quota = sandbox.settings.server.session_disk_bytes
+        async with pool.lease("a", session.id) as box:
+            chunk = 1024 * 1024  # under the run's file size limit: the quota is what stops it
+            script = f"for i in $(seq {quota // chunk + 2}); do head -c {chunk} /dev/zero > /box/f$i; done"
+            result = await run_in(box, ["/bin/sh", "-c", script], settings.run_defaults)
+        assert b"No space left on device" in result.stderr, result
+        assert session.usage().bytes_used <= quota
 
 
 async def test_another_tenant_cannot_find_use_or_end_a_session(sandbox: Sandbox) -> None:
@@ -251,21 +319,20 @@ async def test_another_tenant_cannot_find_use_or_end_a_session(sandbox: Sandbox)
         assert pool.session_count == 1
 
 
-async def test_ending_a_session_returns_its_box_reset(sandbox: Sandbox, settings: Settings) -> None:
+async def test_ending_a_session_frees_its_workdir(sandbox: Sandbox, settings: Settings) -> None:
     async with _started_pool(sandbox, 1) as pool:
         session = await pool.create_session("a")
         async with pool.lease("a", session.id) as box:
             await _sh(box, "echo private > /box/private.txt", settings)
+        assert not _freed(session)
+        assert (_files(session) / "private.txt").read_text() == "private\n"
         await pool.end_session("a", session.id)
         assert pool.session_count == 0
-        assert pool.available == 1
+        assert _freed(session)
         with pytest.raises(SessionNotFound):
             pool.get_session("a", session.id)
         with pytest.raises(SessionNotFound):
             await pool.end_session("a", session.id)
-        async with pool.lease("b") as again:
-            assert again is box
-            assert await _sh(again, "ls -A /box", settings) == b""
 
 
 async def test_max_sessions_is_enforced(sandbox: Sandbox) -> None:
@@ -274,37 +341,24 @@ async def test_max_sessions_is_enforced(sandbox: Sandbox) -> None:
         with pytest.raises(AtCapacity) as refused:
             await pool.create_session("b")
         assert refused.value.retry_after_s > 0
-        assert pool.available == 1  # the refused session took no box
         await pool.end_session("a", first.id)
         second = await pool.create_session("b")
         assert pool.get_session("b", second.id) is second
 
 
-async def test_a_session_is_refused_not_queued_when_no_box_is_free(sandbox: Sandbox) -> None:
-    async with _started_pool(sandbox, 1, max_sessions=1) as pool, pool.lease("a"):
-        with pytest.raises(AtCapacity) as refused:
-            async with asyncio.timeout(_WAIT_S):
-                await pool.create_session("b")
-        assert refused.value.retry_after_s > 0
-        assert pool.waiting == 0
-        assert pool.session_count == 0
-
-
-async def test_an_adopted_session_keeps_its_id_and_waits_for_a_box(sandbox: Sandbox, settings: Settings) -> None:
-    """Distributed mode: a session named elsewhere gets a box here when its first job arrives."""
-    async with _started_pool(sandbox, 2, max_sessions=1) as pool:
+async def test_an_adopted_session_keeps_its_id(sandbox: Sandbox, settings: Settings) -> None:
+    """Distributed mode: a session named elsewhere gets a workdir here when its first job arrives."""
+    async with _started_pool(sandbox, 1, max_sessions=1) as pool:
         assert pool.session_room
         assert not pool.has_session("a", "named-elsewhere")
-        async with pool.lease("x"), pool.lease("y"):  # every box busy: the adoption waits, as a lease would
-            adopting = await _enqueue(pool, pool.adopt_session("a", "named-elsewhere", expires_in_s=60))
-        session = await _within(adopting)
+        async with pool.lease("x"):  # every box busy: adopting needs none
+            session = await _within(pool.adopt_session("a", "named-elsewhere", expires_in_s=60))
         assert session.id == "named-elsewhere"
         assert pool.has_session("a", "named-elsewhere")
         assert not pool.has_session("b", "named-elsewhere")
         assert pool.session_keys() == [("a", "named-elsewhere")]
         assert await pool.adopt_session("a", "named-elsewhere", expires_in_s=60) is session  # already here
         async with pool.lease("a", "named-elsewhere") as box:
-            assert box is session.box
             await _sh(box, "echo kept > /box/kept.txt", settings)
         assert not pool.session_room
         with pytest.raises(AtCapacity):
@@ -317,17 +371,14 @@ async def test_an_adopted_session_keeps_its_id_and_waits_for_a_box(sandbox: Sand
 # ------------------------------------------------------------------ expiry
 
 
-async def test_an_idle_session_expires_by_itself_and_its_box_returns(sandbox: Sandbox) -> None:
+async def test_an_idle_session_expires_by_itself_and_frees_its_disk(sandbox: Sandbox) -> None:
     async with _started_pool(sandbox, 1, session_ttl_s=0.3, session_idle_s=0.2) as pool:
         session = await pool.create_session("a")
-        session.box.write_file("left.txt", b"x")
-        assert pool.available == 0
-        await _eventually(lambda: pool.session_count == 0 and pool.available == 1)
+        (_files(session) / "left.txt").write_bytes(b"x" * 65536)
+        assert session.usage().bytes_used >= 65536
+        await _eventually(lambda: pool.session_count == 0 and _freed(session))
         with pytest.raises(SessionNotFound):
             pool.get_session("a", session.id)
-        async with pool.lease("b") as box:
-            assert box is session.box
-            assert box.list_files() == []
 
 
 async def test_idle_expiry_is_pushed_back_by_use(sandbox: Sandbox) -> None:
@@ -344,7 +395,7 @@ async def test_idle_expiry_is_pushed_back_by_use(sandbox: Sandbox) -> None:
         clock.at(0.4)
         with pytest.raises(SessionNotFound):
             pool.get_session("a", session.id)
-        await _eventually(lambda: pool.session_count == 0 and pool.available == 1)
+        await _eventually(lambda: pool.session_count == 0)
 
 
 async def test_the_absolute_ttl_ends_a_session_in_regular_use(sandbox: Sandbox) -> None:
@@ -358,7 +409,7 @@ async def test_the_absolute_ttl_ends_a_session_in_regular_use(sandbox: Sandbox) 
         clock.at(0.31)  # idle only since 0.28, but 0.3 after creation
         with pytest.raises(SessionNotFound):
             pool.get_session("a", session.id)
-        await _eventually(lambda: pool.session_count == 0 and pool.available == 1)
+        await _eventually(lambda: pool.session_count == 0)
 
 
 async def test_a_session_in_use_is_not_expired_mid_run(sandbox: Sandbox, settings: Settings) -> None:
@@ -393,21 +444,22 @@ async def test_close_releases_every_box_and_fails_pending_waiters(sandbox: Sandb
     pool = BoxPool(sandbox, 2, max_waiting=4, max_sessions=2, prelaunch_binds=_no_binds)
     await pool.start()
     try:
-        # Both boxes pinned by sessions, so leases have to wait.
-        sessions = [await pool.create_session("a"), await pool.create_session("b")]
-        indexes = [s.box.slot.index for s in sessions]
-        for index in indexes:  # a mounted workdir and a waiting jail (with its cgroup) each
-            assert hostfs.mounts_below(sandbox.boxes_dir / str(index))
-            assert sandbox.driver.open_existing(f"box-{index}") is not None
-        granted: list[str] = []
-        waiters = [await _enqueue(pool, _record(pool, t, t, granted)) for t in ("c", "d")]
-        await pool.close()
+        session = await pool.create_session("a")
+        async with contextlib.AsyncExitStack() as held:
+            boxes = [await held.enter_async_context(pool.lease(t)) for t in ("a", "b")]  # leases have to wait
+            indexes = [box.slot.index for box in boxes]
+            for index in indexes:  # a mounted workdir each
+                assert hostfs.mounts_below(sandbox.boxes_dir / str(index))
+            granted: list[str] = []
+            waiters = [await _enqueue(pool, _record(pool, t, t, granted)) for t in ("c", "d")]
+            await pool.close()
         for waiter in waiters:
             with pytest.raises(AtCapacity):
                 async with asyncio.timeout(_WAIT_S):
                     await waiter
         assert granted == []
         assert pool.session_count == 0
+        assert _freed(session)
         assert pool.available == 0
         cleanliness = [_slot_is_clean(sandbox, index) for index in indexes]
         assert False not in cleanliness, cleanliness

@@ -60,7 +60,7 @@ async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
     assert not sessions.distributed
     created = await sessions.create("a", "jail")
     assert (created.isolation, pool.get_session("a", created.id).id) == ("jail", created.id)
-    assert 0 < created.expires_in_s <= pool.session_ttl_s
+    assert 0 < created.expires_in_s <= pool.sessions.ttl_s
     assert await sessions.level_for_run("a", created.id, "") == "jail"
     assert await sessions.level_for_run("a", created.id, "jail") == "jail"
     with pytest.raises(RejectedError, match="weaker than the requested 'gvisor'"):
@@ -70,11 +70,25 @@ async def test_embedded_sessions_are_the_pools(pool: BoxPool) -> None:
     with pytest.raises(IsolationUnavailable, match="the gVisor pool is turned off"):
         await sessions.create("a", "gvisor")
     assert await sessions.exists("a", created.id)
-    assert sessions.local("a", created.id).box is pool.get_session("a", created.id).box
+    assert sessions.local("a", created.id) is pool.get_session("a", created.id)
     await sessions.end("a", created.id)
     assert not await sessions.exists("a", created.id)
     with pytest.raises(SessionNotFound):
         await sessions.end("a", created.id)
+
+
+async def test_a_file_operation_on_a_session_ended_meanwhile_is_not_found(pool: BoxPool) -> None:
+    """A route finds the session, reads the body, then writes: an end in between is a 404, never an fd reused."""
+    sessions = Sessions({"jail": pool}, None, session_ttl_s=60.0, session_idle_s=30.0)
+    created = await sessions.create("a", "jail")
+    files = sessions.files("a", created.id)
+    await files.write("a.txt", b"x")
+    assert await files.read("a.txt", 10) == b"x"
+    await sessions.end("a", created.id)
+    with pytest.raises(SessionNotFound):
+        await files.write("b.txt", b"y")
+    with pytest.raises(SessionNotFound):
+        await files.listing()
 
 
 async def test_distributed_sessions_live_in_the_directory_and_refuse_file_operations(pool: BoxPool) -> None:

@@ -125,6 +125,11 @@ class ServerSettings:
     result_memory_bytes: int = 256 * MIB  # finished tasks' output kept in memory; the rest goes to disk
     session_ttl_s: float = 30 * 60.0
     session_idle_s: float = 20 * 60.0
+    # File sessions: each owns a tmpfs workdir of this quota; none pins a box (docs/sessions.md).
+    session_disk_bytes: int = 64 * MIB  # one session's files, all told
+    session_inodes: int = 16384  # one session's files, directories and links
+    session_memory_bytes: int = 0  # all sessions' files together at most; 0: half the host's memory
+    max_sessions: int = 0  # live sessions per pool; 0: session_memory_bytes // session_disk_bytes
     max_body_bytes: int = 2 * MIB
     ws_max_stdin_bytes: int = 16 * MIB  # stdin one WebSocket connection may send in all (held until read)
     drain_deadline_s: float = 30.0
@@ -150,6 +155,18 @@ class ServerSettings:
     @property
     def effective_pool_size(self) -> int:
         return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
+
+
+def effective_max_sessions(server: ServerSettings) -> int:
+    """``max_sessions``, or as many sessions as fit ``session_memory_bytes`` if every one filled its quota."""
+    if server.max_sessions > 0:
+        return server.max_sessions
+    budget = server.session_memory_bytes or _host_memory_bytes() // 2
+    return max(1, budget // max(1, server.session_disk_bytes))
+
+
+def _host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 SERVER_DEFAULTS = ServerSettings()  # for what is built without a ServerSettings (the pool's, the brokers' defaults)

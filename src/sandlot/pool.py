@@ -13,19 +13,18 @@ number of waiters is bounded: past it ``AtCapacity`` is raised at once (HTTP 429
 gRPC RESOURCE_EXHAUSTED). A waiter that is cancelled (its client went away)
 simply leaves the queue.
 
-A session pins one box to a (tenant, session id) pair so its files survive
-between runs; runs of one session are serialised on that box. In the
-distributed mode sessions are named elsewhere (the broker's directory) and a
-worker's pool ``adopt_session``s one when its first job arrives here. Ids are random
-and looked up together with the tenant, so another tenant's id finds nothing.
+Sessions (``sessions_store``) pin no box: a lease with a session id takes any
+free box as a plain one does and mounts (a clone of) the session's workdir over the box's
+/box for the lease (``Box.attach_workdir``); the session's lock keeps its runs
+one at a time, and the box is reset and offered again after, as for any lease.
 Every box waiting in the pool has its next jail already launched (fresh
 namespaces and cgroup, the init waiting for a command; see sandbox/box.py), so
 a request does not wait for bubblewrap (or, for a pool of isolation level
 ``gvisor``, for gVisor's much slower start: each gVisor sandbox runs one
-command, then a fresh one is started in the background). Sessions end by
-``end_session``, by their absolute TTL, or after an idle period; one
-background task sleeps until the next such deadline (re-armed when sessions
-change), resets expired boxes and returns them to the pool.
+command, then a fresh one is started in the background). A jail's /box
+receives that mount even though it was launched before (mount
+propagation), so a session's run starts as fast as a plain one; gVisor's
+sandbox holds its workdir open, so a session's run there starts cold.
 
 Environments and pre-launched jails
 -----------------------------------
@@ -49,17 +48,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sandlot.config import SERVER_DEFAULTS
+from sandlot.config import SERVER_DEFAULTS, effective_max_sessions
 from sandlot.errors import AtCapacity, IsolationUnavailable, RejectedError, SandlotError, SessionNotFound
 from sandlot.fairness import TenantRotation
 from sandlot.sandbox import Bind, Box, Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
+from sandlot.sandbox.workdirs import Workdirs, chown_tree
+from sandlot.sessions_store import Session, SessionStore
 
 __all__ = [
     "BoxPool",
@@ -69,21 +69,6 @@ __all__ = [
     "find_session",
     "pool_for_run",
 ]
-
-
-@dataclass
-class Session:
-    id: str
-    tenant: str
-    box: Box
-    created: float
-    last_used: float
-    expires_at: float
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    active_runs: int = 0
-
-    def deadline(self, idle_s: float) -> float:
-        return min(self.expires_at, self.last_used + idle_s)
 
 
 @dataclass
@@ -116,9 +101,16 @@ class BoxPool:
         self.isolation = isolation
         self.size = size
         self.max_waiting = max_waiting
-        self.max_sessions = max(1, size // 2) if max_sessions is None else max_sessions
-        self.session_ttl_s = session_ttl_s
-        self.session_idle_s = session_idle_s
+        server = sandbox.settings.server
+        workdirs = Workdirs(size_bytes=server.session_disk_bytes, inodes=server.session_inodes)
+        self.sessions = SessionStore(
+            workdirs,
+            isolation,
+            max_sessions=effective_max_sessions(server) if max_sessions is None else max_sessions,
+            ttl_s=session_ttl_s,
+            idle_s=session_idle_s,
+            clock=clock,
+        )
         self._clock = clock
         self._prelaunch_binds = prelaunch_binds
         self._preload = tuple(preload)  # environment roots boxes are launched for at start-up
@@ -127,10 +119,7 @@ class BoxPool:
         self._boxes: list[Box] = []
         self._free: collections.deque[Box] = collections.deque()
         self._waiting: TenantRotation[_Waiter] = TenantRotation()
-        self._sessions: dict[tuple[str, str], Session] = {}
         self._busy = 0
-        self._expiry_wakeup = asyncio.Event()
-        self._expiry_task: asyncio.Task[None] | None = None
         self._closed = False
         self.ready = False
         self.on_free: Callable[[], None] | None = None  # told when a box is free again (a worker's claim gate)
@@ -145,21 +134,17 @@ class BoxPool:
             preload = self._preload[index] if index < len(self._preload) else None
             self._prelaunch(box, self._affinity_after(box, preload))
             self._free.append(box)
-        self._expiry_task = asyncio.create_task(self._expire_sessions(), name="sandlot-session-expiry")
+        await self.sessions.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
         self._closed = True
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
         for waiter in self._waiting:
             if not waiter.future.done():
                 waiter.future.set_exception(AtCapacity("pool", "the server is shutting down"))
         self._waiting.clear()
-        self._sessions.clear()
+        await self.sessions.close()
         boxes, self._boxes = self._boxes, []
         self._free.clear()
         self._affinity.clear()
@@ -183,12 +168,11 @@ class BoxPool:
 
     @property
     def session_count(self) -> int:
-        return len(self._sessions)
+        return len(self.sessions)
 
     @property
-    def idle_sessions(self) -> int:
-        """Sessions whose box no run is using right now."""
-        return sum(1 for session in self._sessions.values() if session.active_runs == 0)
+    def max_sessions(self) -> int:
+        return self.sessions.max_sessions
 
     # --------------------------------------------------------------- leases
 
@@ -196,24 +180,40 @@ class BoxPool:
     async def lease(
         self, tenant: str, session_id: str | None = None, *, rootfs: Path | None = None
     ) -> AsyncIterator[Box]:
-        """A box for one execution: the session's own, or a fresh one, launched for ``rootfs`` if one is free.
+        """A box for one execution, launched for ``rootfs`` if one is free (None: the host's root); with a
+        session, any free box showing the session's workdir at /box.
 
-        ``rootfs``: the root of the environment the execution runs in (None: the host's).
+        A lease may be held for long (a stateful session's box): the box is
+        simply not offered again until it ends.
         """
         if session_id is not None:
-            session = self.get_session(tenant, session_id)
-            async with session.lock:
-                session.active_runs += 1
-                self._busy += 1
-                try:
-                    yield session.box
-                finally:
-                    session.active_runs -= 1
-                    self._busy -= 1
-                    session.last_used = self._clock()
-                    self._expiry_wakeup.set()
-                    self._prelaunch(session.box)  # same workdir, fresh jail
+            session = self.sessions.get(tenant, session_id)
+            session.active_runs += 1
+            try:
+                async with session.lock, self._leased(tenant, rootfs) as box:
+                    await self._attach(session, box)
+                    try:
+                        yield box
+                    finally:
+                        box.detach_workdir()
+            finally:
+                session.active_runs -= 1
+                self.sessions.touch(session)
             return
+        async with self._leased(tenant, rootfs) as box:
+            yield box
+
+    async def _attach(self, session: Session, box: Box) -> None:
+        if self.sessions.find(session.tenant, session.id) is not session:
+            raise SessionNotFound(f"session {session.id!r} not found or expired", field="session_id")  # ended meanwhile
+        owner = (box.slot.uid, box.slot.gid)
+        if session.owner != owner:  # the last run was another box's: its files become this one's
+            await asyncio.to_thread(chown_tree, session.workdir, *owner)
+            session.owner = owner
+        box.attach_workdir(session.workdir)  # one bind mount: kept on the loop, it is microseconds
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, tenant: str, rootfs: Path | None) -> AsyncIterator[Box]:
         box = await self._take(tenant, rootfs)
         self._busy += 1
         try:
@@ -305,103 +305,35 @@ class BoxPool:
 
     # ------------------------------------------------------------- sessions
 
-    async def create_session(self, tenant: str) -> Session:
-        if len(self._sessions) >= self.max_sessions:
-            raise AtCapacity("pool", f"the session limit ({self.max_sessions}) is reached", retry_after_s=30.0)
-        if not self._free or self._waiting:
-            # A session pins a box for minutes: never queue for one, ask to retry instead.
-            raise AtCapacity("pool", "no box is free for a new session right now", retry_after_s=5.0)
-        box = self._free.popleft()
-        now = self._clock()
-        session = Session(
-            id=secrets.token_urlsafe(24),
-            tenant=tenant,
-            box=box,
-            created=now,
-            last_used=now,
-            expires_at=now + self.session_ttl_s,
-        )
-        self._sessions[(tenant, session.id)] = session
-        self._expiry_wakeup.set()
-        return session
+    async def create_session(self, tenant: str, *, environment: str = "") -> Session:
+        """A new session (AtCapacity past ``max_sessions``); it takes no box."""
+        return await self.sessions.create(tenant, environment=environment)
 
     async def adopt_session(self, tenant: str, session_id: str, *, expires_in_s: float) -> Session:
-        """Open a box for a session named elsewhere (the distributed mode's directory), waiting for one if need be.
+        """A workdir for a session named elsewhere (the distributed mode's directory), under its id.
 
-        The session keeps its id; it expires here ``expires_in_s`` from now at the latest.
+        It expires here ``expires_in_s`` from now at the latest.
         """
-        existing = self._sessions.get((tenant, session_id))
-        if existing is not None and existing.deadline(self.session_idle_s) > self._clock():
-            return existing
-        if not self.session_room:
-            raise AtCapacity(
-                "pool", f"this worker's session limit ({self.max_sessions}) is reached", retry_after_s=30.0
-            )
-        box = await self._take(tenant)
-        now = self._clock()
-        session = Session(
-            id=session_id,
-            tenant=tenant,
-            box=box,
-            created=now,
-            last_used=now,
-            expires_at=now + min(self.session_ttl_s, expires_in_s),
-        )
-        self._sessions[(tenant, session_id)] = session
-        self._expiry_wakeup.set()
-        return session
+        return await self.sessions.adopt(tenant, session_id, expires_in_s=expires_in_s)
 
     @property
     def session_room(self) -> bool:
-        """Whether another session could pin a box here (``max_sessions`` not reached)."""
-        return len(self._sessions) < self.max_sessions
+        """Whether another session could open here (``max_sessions`` not reached)."""
+        return self.sessions.room
 
     def has_session(self, tenant: str, session_id: str) -> bool:
-        """Whether this pool holds the session's box (and it has not expired)."""
-        session = self._sessions.get((tenant, session_id))
-        return session is not None and session.deadline(self.session_idle_s) > self._clock()
+        """Whether this pool holds the session's workdir (and it has not expired)."""
+        return self.sessions.find(tenant, session_id) is not None
 
     def session_keys(self) -> list[tuple[str, str]]:
-        """(tenant, session id) of every session this pool holds a box for."""
-        return list(self._sessions)
+        """(tenant, session id) of every session this pool holds a workdir for."""
+        return self.sessions.keys()
 
     def get_session(self, tenant: str, session_id: str) -> Session:
-        session = self._sessions.get((tenant, session_id))
-        if session is None or session.deadline(self.session_idle_s) <= self._clock():
-            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
-        return session
+        return self.sessions.get(tenant, session_id)
 
     async def end_session(self, tenant: str, session_id: str) -> None:
-        session = self._sessions.pop((tenant, session_id), None)
-        if session is None:
-            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
-        await self._retire(session)
-
-    async def _retire(self, session: Session) -> None:
-        async with session.lock:  # let a running execution finish first
-            await self._give_back(session.box)
-
-    async def _expire_sessions(self) -> None:
-        while True:
-            self._expiry_wakeup.clear()
-            now = self._clock()
-            expired = [
-                key
-                for key, s in self._sessions.items()
-                if s.active_runs == 0 and s.deadline(self.session_idle_s) <= now
-            ]
-            for key in expired:
-                session = self._sessions.pop(key)
-                await self._retire(session)
-            # A session still running past its deadline is not a deadline to sleep towards:
-            # the end of its run sets the wake-up event, and it expires then.
-            deadlines = [s.deadline(self.session_idle_s) for s in self._sessions.values() if s.active_runs == 0]
-            timeout = max(0.0, min(deadlines) - self._clock()) if deadlines else None
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
-            # arrives as the event is set, and this task would never stop.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._expiry_wakeup.wait()
+        await self.sessions.end(tenant, session_id)
 
 
 def find_session(pools: Mapping[str, BoxPool], tenant: str, session_id: str) -> Session:
@@ -427,7 +359,7 @@ def pool_for_run(
     if session_id is not None:
         session = find_session(pools, tenant, session_id)
         check_session_level(session, level)
-        return pools[session.box.isolation]
+        return pools[session.isolation]
     pool = pools.get(level)
     if pool is None:
         raise IsolationUnavailable(level, missing_reason)
@@ -436,7 +368,7 @@ def pool_for_run(
 
 def check_session_level(session: Session, isolation: str) -> None:
     """A session runs at its box's level: refuse a request for a stronger one (never run weaker)."""
-    check_level(session.id, session.box.isolation, isolation)
+    check_level(session.id, session.isolation, isolation)
 
 
 def check_level(session_id: str, held: str, asked: str) -> None:

@@ -304,6 +304,11 @@ class Service:
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
+        if spec.session_id is not None and not spec.environment and not self.sessions.distributed:
+            # A session created in an environment runs there unless the request names another.
+            environment = self.sessions.environment_of(spec.tenant, spec.session_id)
+            if environment:
+                spec = dataclasses.replace(spec, environment=environment)
         if spec.judge:
             prepare_judge(self.engine, spec)  # the solution, checker, interactor and every test
         else:
@@ -330,9 +335,16 @@ class Service:
         default = self.server.default_isolation
         return max(default, min_isolation, key=ISOLATION_LEVELS.index)
 
-    async def create_session(self, tenant: str, isolation: str = "", *, min_isolation: str = "jail") -> SessionInfo:
-        """A session at the settled level (see ``validate``); ``sessions`` does the rest."""
-        return await self.sessions.create(tenant, self.isolation_for(isolation, min_isolation))
+    async def create_session(
+        self, tenant: str, isolation: str = "", *, min_isolation: str = "jail", environment: str = ""
+    ) -> SessionInfo:
+        """A session at the settled level (see ``validate``), its runs in ``environment`` (404 if unknown)."""
+        if environment:
+            store = self.engine.environments
+            if store is None:
+                raise EnvironmentNotFound(environment)
+            await asyncio.to_thread(store.rootfs, environment)  # EnvironmentNotFound names it
+        return await self.sessions.create(tenant, self.isolation_for(isolation, min_isolation), environment)
 
     async def submit(
         self, spec: TaskSpec, *, idempotency_key: str | None = None, min_isolation: str = "jail", waits: bool = False

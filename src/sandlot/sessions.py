@@ -1,34 +1,40 @@
-"""Sessions as the doors see them: created, checked and ended in one place, wherever their boxes live.
+"""Sessions as the doors see them: created, checked and ended in one place, wherever their workdirs live.
 
-Embedded mode: a session is the pool's own (``BoxPool.create_session``), its box
-in this process. Distributed mode: a session is named in the broker's session
-directory (``SessionDirectory``, Redis) and its box is opened by the worker that
-takes its first job; later jobs are routed to that worker (see
+Embedded mode: a session is the pool's own (``BoxPool.create_session``), its
+workdir in this process (``sessions_store``: a workdir, not a box; any free box
+runs its runs). Distributed mode: a session is named in the broker's session
+directory (``SessionDirectory``, Redis) and its workdir is opened by the worker
+that takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
-session; none holds its box, so moving files in and out of a session's workdir
-(``files``) works in embedded mode only: in
-distributed mode a run puts files in with ``files`` and takes them out with
-``fetch_files``. The file operations are the box's link-safe ones (``hostfs``),
-run off the event loop; the doors only ever see their results and the errors
-named here (``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
+session; none holds its workdir, so moving files in and out of it (``files``)
+works in embedded mode only: in distributed mode a run puts files in with
+``files`` and takes them out with ``fetch_files``. The file operations are
+``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop;
+the doors only ever see their results and the errors named here
+(``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
 ``NO_SPACE_ERRNOS`` when the workdir is full).
 
 A session runs at one isolation level, chosen when it is created: embedded, its
-box is in that level's pool; distributed, the level is recorded with the session
-and each of its jobs is queued at it (``level_for_run``), so the worker opens the
-box in its pool of that level.
+workdir is in that level's pool; distributed, the level is recorded with the
+session and each of its jobs is queued at it (``level_for_run``), so the worker
+opens the workdir in its pool of that level. A session created in an
+environment (embedded mode) runs there unless a run names another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sandlot.broker import SessionDirectory
-from sandlot.errors import SessionFilesUnavailable, SessionNotFound
+from sandlot.errors import RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
+from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
 
 __all__ = [
@@ -36,8 +42,11 @@ __all__ = [
     "Listing",
     "SessionFiles",
     "SessionInfo",
+    "SessionState",
     "Sessions",
 ]
+
+_T = TypeVar("_T")
 
 # A write that failed with one of these found the session's workdir (or its quota) full.
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -48,6 +57,22 @@ class SessionInfo:
     id: str
     expires_in_s: float
     isolation: str
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """What ``GET /api/v1/sessions/{id}`` answers; None where this process cannot know (distributed)."""
+
+    id: str
+    isolation: str
+    environment: str
+    created_at: float | None  # Unix time
+    expires_at: float | None  # Unix time: the idle deadline or the absolute one, whichever is first
+    busy: bool | None  # a run of it is under way or waiting for a box
+    bytes_used: int | None
+    files_used: int | None
+    disk_limit_bytes: int | None
+    files_limit: int | None
 
 
 class Sessions:
@@ -72,15 +97,19 @@ class Sessions:
     def distributed(self) -> bool:
         return self._directory is not None
 
-    async def create(self, tenant: str, isolation: str) -> SessionInfo:
+    async def create(self, tenant: str, isolation: str, environment: str = "") -> SessionInfo:
         """A new session at a settled level (AtCapacity in embedded mode when no box can be pinned now).
 
         Embedded, a level this process has no pool of is IsolationUnavailable (503);
         distributed, the worker that takes the session's first job opens its box.
         """
         if self._directory is None:
-            session = await self.pool_for_run(isolation, tenant, None).create_session(tenant)
-            return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.box.isolation)
+            session = await self.pool_for_run(isolation, tenant, None).create_session(tenant, environment=environment)
+            return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.isolation)
+        if environment:
+            raise RejectedError(
+                "a session in an environment is not available in distributed mode yet", field="environment"
+            )
         session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s, isolation=isolation)
         return SessionInfo(session_id, self._ttl_s, isolation)
 
@@ -95,7 +124,7 @@ class Sessions:
     async def level_for_run(self, tenant: str, session_id: str, asked: str) -> str:
         """The level a run in the session goes at: the session's own, never weaker than ``asked`` (else 400)."""
         if self._directory is None:
-            held = find_session(self._pools, tenant, session_id).box.isolation
+            held = find_session(self._pools, tenant, session_id).isolation
         else:
             found = await self._directory.isolation(tenant, session_id)
             if found is None:
@@ -113,9 +142,37 @@ class Sessions:
         """End the session and wipe its box (distributed: its worker does, within a heartbeat interval)."""
         if self._directory is None:
             session = find_session(self._pools, tenant, session_id)
-            await self._pools[session.box.isolation].end_session(tenant, session_id)
+            await self._pools[session.isolation].end_session(tenant, session_id)
         elif not await self._directory.end(tenant, session_id):
             raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+
+    def environment_of(self, tenant: str, session_id: str) -> str:
+        """Embedded: the environment the session was created in ("" for the host's)."""
+        return find_session(self._pools, tenant, session_id).environment
+
+    async def describe(self, tenant: str, session_id: str) -> SessionState:
+        """The session's state; distributed, only what the directory knows (its files are on a worker)."""
+        if self._directory is not None:
+            isolation = await self._directory.isolation(tenant, session_id)
+            if isolation is None:
+                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+            return SessionState(session_id, isolation, "", None, None, None, None, None, None, None)
+        session = find_session(self._pools, tenant, session_id)
+        store = self._pools[session.isolation].sessions
+        usage = session.usage()  # one fstatvfs
+        wall = time.time() - store.clock()  # the store's clock is monotonic: shift it to Unix time
+        return SessionState(
+            id=session.id,
+            isolation=session.isolation,
+            environment=session.environment,
+            created_at=round(session.created + wall, 3),
+            expires_at=round(session.deadline(store.idle_s) + wall, 3),
+            busy=session.active_runs > 0,
+            bytes_used=usage.bytes_used,
+            files_used=usage.files_used,
+            disk_limit_bytes=store.workdirs.size_bytes,
+            files_limit=store.workdirs.inodes,
+        )
 
     def local(self, tenant: str, session_id: str) -> Session:
         """The session with its box, for file operations: embedded mode only."""
@@ -134,17 +191,32 @@ class Sessions:
 
 @dataclass(frozen=True)
 class SessionFiles:
-    """The workdir of a session whose box is in this process; each operation runs off the event loop."""
+    """The workdir of a session held in this process; each operation runs off the event loop."""
 
     _session: Session
 
     async def write(self, path: str, data: bytes) -> None:
-        await asyncio.to_thread(self._session.box.write_file, path, data)
+        uid, gid = self._session.owner  # the uid its runs' files have (root before its first run)
+        await self._off_loop(hostfs.write_file, path, data, uid=uid, gid=gid)
 
     async def read(self, path: str, max_bytes: int) -> bytes:
         """The file's bytes; refused when larger than ``max_bytes``."""
-        return await asyncio.to_thread(self._session.box.read_file, path, max_bytes)
+        return await self._off_loop(hostfs.read_file, path, max_bytes=max_bytes)
 
     async def listing(self) -> Listing:
         """The regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
-        return await asyncio.to_thread(self._session.box.listing)
+        return await self._off_loop(hostfs.list_files)
+
+    async def _off_loop(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``operation(root_fd, ...)`` in a thread, on an fd of its own that the thread closes."""
+        if self._session.workdir.closed:  # ended since the route found it (it read the body meanwhile)
+            raise SessionNotFound(f"session {self._session.id!r} not found or expired", field="session_id")
+        fd = self._session.workdir.dup()
+
+        def run() -> _T:
+            try:
+                return operation(fd, *args, **kwargs)
+            finally:
+                os.close(fd)
+
+        return await asyncio.to_thread(run)

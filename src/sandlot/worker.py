@@ -223,8 +223,8 @@ class Worker:
         broker = self.broker
         if not isinstance(broker, Distributed):
             return await broker.claim()
-        # A session's idle box counts: its next run (in ``returned`` after its worker was lost) starts there.
-        free = sum(pool.available + pool.idle_sessions for pool in self.pools.values())
+        # Sessions pin no box (their runs take free ones): only free boxes count.
+        free = sum(pool.available for pool in self.pools.values())
         unstarted = sum(1 for run in self._runs.values() if not run.started)
         if free > unstarted + self._claiming and not self._boxless:
             self._claiming += 1
@@ -375,7 +375,7 @@ class Worker:
         return False
 
     def _can_start(self, spec: TaskSpec) -> bool:
-        """Whether the job can have a box now: its session's own here, or a free one of its level."""
+        """Whether the job can start here: its session's files are here (it waits for a box), or a box is free."""
         pool = pool_for_run(self.pools, spec.isolation or self.default_isolation, spec.tenant, None)
         if spec.session_id is not None and pool.has_session(spec.tenant, spec.session_id):
             return True

@@ -112,7 +112,7 @@ def _assert_slot_free(settings: Settings, index: int) -> None:
 async def test_close_leaves_nothing_behind(engine: Engine, sandbox: Sandbox, settings: Settings) -> None:
     box = _open_high_box(sandbox)
     try:
-        assert _mounts_of(box.root) == [box.root]
+        assert _mounts_of(box.root) == [box.workdir, box.root]  # the tmpfs, and its workdir as a shared mount
         run = await run_job(engine, box, "python", _SPAWNER, limits=LimitRequest(wall_time_limit=5))
         assert run.result.status is Status.OK, run.result
         assert run.stdout == "spawned\n"
@@ -237,7 +237,7 @@ def test_a_sweep_with_nothing_left_removes_the_parent_group(tmp_path: Path) -> N
 def test_sweep_stale_spares_a_live_holder(high_box: Box, sandbox: Sandbox) -> None:
     high_box.write_file("keep", b"mine")
     sandbox.sweep_stale()
-    assert _mounts_of(high_box.root) == [high_box.root]
+    assert _mounts_of(high_box.root) == [high_box.workdir, high_box.root]
     assert high_box.read_file("keep", max_bytes=100) == b"mine"
 
 
@@ -251,7 +251,7 @@ def test_open_box_cleans_what_a_dead_holder_left(sandbox: Sandbox, settings: Set
     try:
         box = sandbox.open_box(index)
         assert box.list_files() == []
-        assert _mounts_of(root) == [root]
+        assert _mounts_of(root) == [box.workdir, root]  # the fresh tmpfs and its workdir's shared mount
     finally:
         if box is not None:
             box.close()

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from sandlot.errors import SandboxError
 from sandlot.models import Limits, OutputEvent, Result
-from sandlot.sandbox import hostfs, policy, slots
+from sandlot.sandbox import hostfs, policy, slots, workdirs
 from sandlot.sandbox.cgroups import CPU_WEIGHT_WARMING, Cgroup, CgroupLimits, CgroupStats
 from sandlot.sandbox.chain import Chain
 from sandlot.sandbox.gvisor import fix_environment_mount_points, host_task_limit
@@ -90,6 +90,7 @@ class Box:
         self._warm: _Warm | None = None
         self.last_run_warm = False  # whether the last ``run`` took a pre-launched jail (tests, benchmarks)
         self._cancel_requested = False
+        self._attached: workdirs.Workdir | None = None  # a session's workdir mounted over this box's own
         # reset, prelaunch and close run in worker threads and on the loop: one at a time, and never one
         # after close. A give-back cancelled at shutdown leaves its reset running in its thread; without
         # this lock close would release the slot under it and the late reset would mount over the slot's
@@ -123,6 +124,8 @@ class Box:
         self.workdir.mkdir(mode=0o700)
         os.chown(self.workdir, self.slot.uid, self.slot.gid)
         os.chmod(self.workdir, 0o700)
+        hostfs.bind_shared(self.workdir)  # see attach_workdir
+        self._attached = None
         policy.write_jail_files(self.jail_files, etc_dir=self.sandbox.etc_dir, helper=self.sandbox.helper)
 
     def reset(self) -> None:
@@ -161,6 +164,27 @@ class Box:
     def listing(self) -> hostfs.Listing:
         """The workdir's regular files, up to ``hostfs.MAX_LIST_ENTRIES`` entries looked at, and whether it stopped."""
         return hostfs.list_files(self.workdir)
+
+    def attach_workdir(self, source: workdirs.Workdir) -> None:
+        """Show ``source`` (a session's workdir) at this box's /box for the lease's runs.
+
+        It is bound over the box's own workdir, which is a shared mount: the
+        bind propagates into the jail already launched for the next run (its
+        /box is a slave of that mount), whose init resolves /box again when
+        the command arrives. Host-side file operations on ``workdir`` see the
+        session's files too. A gVisor sandbox's gofer holds the old directory
+        open, so there the next run starts cold (``_take_warm``).
+        """
+        if self._attached is not None:
+            raise SandboxError(f"box {self.slot.index} already has a session's workdir attached")
+        workdirs.attach(source, self.workdir)
+        self._attached = source
+
+    def detach_workdir(self) -> None:
+        """Undo ``attach_workdir`` (after the lease's runs: nothing of the session is left running)."""
+        if self._attached is not None:
+            hostfs.unmount(self.workdir)  # the topmost mount only: the session's bind
+            self._attached = None
 
     def cow_bind(self, name: str, lower: Path, dest: str) -> policy.Bind:
         """A copy-on-write view of a shared host directory (for example a warm build cache).
@@ -287,8 +311,11 @@ class Box:
     async def _take_warm(self, binds: Sequence[policy.Bind], rootfs: Path | None) -> _Warm | None:
         warm, self._warm = self._warm, None
         # Never a jail launched in another environment (or the host's root for an environment's run):
-        # its mounts are that root's. Such a jail is ended and the run starts cold in its own.
-        if warm is None or (warm.rootfs == rootfs and set(binds) <= warm.binds and warm.launched.alive()):
+        # its mounts are that root's. Such a jail is ended and the run starts cold in its own. gVisor's
+        # sandbox holds the workdir it was started with open: a session's workdir needs a fresh one.
+        gofer_stale = self._attached is not None and self.isolation == "gvisor"
+        fits = warm is not None and warm.rootfs == rootfs and set(binds) <= warm.binds and warm.launched.alive()
+        if warm is None or (fits and not gofer_stale):
             return warm
         reaper = self._reaper(warm.cgroup, warm.launched)
         reaper.kill()

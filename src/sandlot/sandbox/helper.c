@@ -359,6 +359,10 @@ static int do_init(int argc, char **argv) {
         }
         nrl += more;
         close(command_fd);
+        /* Launched ahead of time, this init's cwd is the workdir as it was then; the host may have
+         * bound a session's workdir over it since (the mount propagated in). Resolve the path again. */
+        char cwd[4096];
+        if (getcwd(cwd, sizeof cwd) != NULL && chdir(cwd) != 0) die("chdir", cwd);
     }
 
     int supervised = relay || signal_fd >= 0;

@@ -26,6 +26,8 @@ from sandlot.paths import MAX_PATH_DEPTH, validate_relative_path
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_BIND = 4096
+_MS_SHARED = 1 << 20
 _MNT_DETACH = 2
 _UMOUNT_NOFOLLOW = 8
 MAX_LIST_ENTRIES = 10_000  # files and directories one listing looks at before it stops (truncated)
@@ -53,6 +55,18 @@ def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> Non
 def mount_tmpfs(target: Path, *, size_bytes: int, inodes: int, uid: int, gid: int, mode: int) -> None:
     data = f"size={size_bytes},nr_inodes={inodes},mode={mode:o},uid={uid},gid={gid}"
     _mount("sandlot", target, "tmpfs", _MS_NOSUID | _MS_NODEV, data)
+
+
+def bind_shared(path: Path) -> None:
+    """Make ``path`` a mount of its own with shared propagation (a bind onto itself).
+
+    A jail bubblewrap starts afterwards gets its copy of the mount as a slave
+    (bwrap marks its whole tree MS_SLAVE), so a mount later made here on the host
+    shows up in the running jail too: how a session's workdir reaches a jail
+    that was launched before the session's run was asked for.
+    """
+    _mount(str(path), path, "", _MS_BIND, "")
+    _mount("none", path, "", _MS_SHARED, "")
 
 
 def mount_overlay(*, lower: Path, upper: Path, work: Path, target: Path) -> None:
@@ -112,8 +126,14 @@ def _open_dir_beneath(root_fd: int, parts: tuple[str, ...], *, create: bool, uid
         raise
 
 
-def open_root(path: Path) -> int:
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+Root = Path | int  # a directory's path, or an fd of it (a session's detached workdir: see workdirs.py)
+
+
+def open_root(root: Root) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if isinstance(root, int):
+        return os.open(".", flags, dir_fd=root)  # a new fd of our own: the caller closes it
+    return os.open(root, flags)
 
 
 @contextlib.contextmanager
@@ -125,7 +145,7 @@ def _owned(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: int = 0o644) -> None:
+def write_file(root: Root, name: str, data: bytes, *, uid: int, gid: int, mode: int = 0o644) -> None:
     """Create or replace root/name with data; whatever the program planted there is unlinked, not followed."""
     parts = validate_relative_path(name, field="files.name")
     with _owned(open_root(root)) as root_fd:
@@ -149,11 +169,17 @@ def write_file(root: Path, name: str, data: bytes, *, uid: int, gid: int, mode: 
             )
         except FileExistsError as exc:  # the running program created it again after our unlink
             raise FileBusy.at("files.name", f"{name!r} was recreated by the running program; retry") from exc
-    with _owned(fd):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchown(fd, uid, gid)
+        with _owned(fd):
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                # A full workdir: leave no half-written file filling it (a name only unlinked, never followed).
+                with contextlib.suppress(OSError):
+                    os.unlink(parts[-1], dir_fd=dir_fd)
+                raise
+            os.fchown(fd, uid, gid)
 
 
 @dataclass(frozen=True)
@@ -162,7 +188,7 @@ class FileInfo:
     size: int
 
 
-def read_file(root: Path, name: str, *, max_bytes: int) -> bytes:
+def read_file(root: Root, name: str, *, max_bytes: int) -> bytes:
     """Read a plain file the program left; links, fifos and devices are refused."""
     parts = validate_relative_path(name)
     with _owned(open_root(root)) as root_fd:
@@ -203,7 +229,7 @@ class Listing:
     truncated: bool  # the entry cap or the depth limit stopped the walk before it saw everything
 
 
-def list_files(root: Path, *, max_entries: int = MAX_LIST_ENTRIES) -> Listing:
+def list_files(root: Root, *, max_entries: int = MAX_LIST_ENTRIES) -> Listing:
     """Regular files below root, without following any link, in bounded fds and time.
 
     Directories still to visit are kept as relative paths, not open fds: each is

@@ -152,8 +152,8 @@ async def test_run_code_streams_one_response_per_line_as_produced(env: _Env) -> 
             if not received:
                 busy_at_first = env.service.pool.busy  # the program is still running (waiting for "go")
                 ((tenant, session_id),) = env.service.pool.session_keys()
-                box = env.service.sessions.local(tenant, session_id).box
-                await asyncio.to_thread(box.write_file, "go", b"")
+                files = env.service.sessions.files(tenant, session_id)
+                await files.write("go", b"")
             received.append(response)
 
     assert busy_at_first == 1

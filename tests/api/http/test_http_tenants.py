@@ -192,9 +192,9 @@ async def test_session_files_refuse_escapes_and_planted_links(client: httpx.Asyn
 
 
 async def test_the_session_limit_answers_429() -> None:
-    async with running_service(pool_size=2) as service, asgi_client(create_app(service)) as client:
+    async with running_service(pool_size=2, max_sessions=1) as service, asgi_client(create_app(service)) as client:
         assert (await client.post("/api/v1/sessions")).status_code == 201
-        refused = await client.post("/api/v1/sessions")  # two boxes allow one session
+        refused = await client.post("/api/v1/sessions")  # max_sessions, not the pool, bounds them
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "pool_full"
         assert int(refused.headers["Retry-After"]) >= 1

@@ -226,6 +226,9 @@ async def test_sessions_and_their_errors(doc: Document, client: httpx.AsyncClien
     got = doc.check(await client.get(f"{sessions}/{sid}/files/a.txt"), "get", file)
     assert got.content == b"abc"
     assert doc.check(await client.get(f"{sessions}/{sid}/files/missing"), "get", file).status_code == 404
+    state = doc.check(await client.get(f"{sessions}/{sid}"), "get", one)
+    assert state.status_code == 200 and state.json()["session_id"] == sid
+    assert doc.check(await client.get(f"{sessions}/nope"), "get", one).status_code == 404
     assert doc.check(await client.delete(f"{sessions}/{sid}"), "delete", one).status_code == 204
     assert doc.check(await client.delete(f"{sessions}/{sid}"), "delete", one).status_code == 404
 

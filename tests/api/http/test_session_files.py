@@ -73,7 +73,7 @@ async def _session_with(client: httpx.AsyncClient, code: str) -> str:
 
 
 def _workdir(service: Service, session_id: str) -> Path:
-    return service.sessions.local("public", session_id).box.workdir
+    return Path(f"/proc/self/fd/{service.sessions.local('public', session_id).workdir.fd}")
 
 
 async def test_listing_a_wide_and_deep_tree_holds_few_fds(client: httpx.AsyncClient, counting_os: _CountingOs) -> None:
@@ -99,10 +99,10 @@ async def test_listing_a_wide_and_deep_tree_holds_few_fds(client: httpx.AsyncCli
 
 async def test_listing_stops_at_the_entry_cap_and_says_so(service: Service, client: httpx.AsyncClient) -> None:
     session_id = await _session_with(client, "import os\nfor i in range(300):\n    os.mkdir(f'd{i}')\n")
-    listing = hostfs.list_files(_workdir(service, session_id), max_entries=100)
+    listing = hostfs.list_files(service.sessions.local("public", session_id).workdir.fd, max_entries=100)
     assert listing.truncated
     assert listing.files == []  # only directories so far: nothing past the cap was looked at
-    whole = hostfs.list_files(_workdir(service, session_id))
+    whole = hostfs.list_files(service.sessions.local("public", session_id).workdir.fd)
     assert not whole.truncated
 
 

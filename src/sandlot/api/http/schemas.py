@@ -136,6 +136,19 @@ class SessionCreated(_Closed):
     isolation: str
 
 
+class SessionStateModel(_Closed):
+    session_id: str
+    isolation: str
+    environment: str = Field(description='"" for the host\'s')
+    created_at: float | None = Field(description="Unix time; null in distributed mode")
+    expires_at: float | None = Field(description="Unix time: idle or absolute expiry, whichever is first")
+    busy: bool | None = Field(description="a run of the session is under way or waiting")
+    bytes_used: int | None
+    files_used: int | None = Field(description="files, directories and links, the workdir itself included")
+    disk_limit_bytes: int | None
+    files_limit: int | None
+
+
 class FileEntry(_Closed):
     path: str
     size: int = Field(description="bytes")

@@ -1,18 +1,19 @@
-"""Sessions: a box pinned to a tenant, whose workdir files survive between runs.
+"""Sessions: a workdir kept for a tenant, whose files survive between runs (any free box runs them).
 
 Runs name the session with ``session_id``; these routes create and end
 sessions and move files in and out of the workdir. The file operations are
-``Sessions.files`` (the box's), which never follow what a program
+``Sessions.files`` (on the workdir's fd), which never follow what a program
 planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
 here is a 400, a missing file a 404, a file the running program recreated while
 we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
 They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
-In distributed mode the box is on a worker, not here: creating and ending work
+In distributed mode the workdir is on a worker, not here: creating and ending work
 on any API node, the file routes answer 400 (``Sessions.local``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,7 +22,15 @@ from fastapi.responses import JSONResponse, Response
 from sandlot.api.common.parsing import parse_json
 from sandlot.api.http.door import CallerDep
 from sandlot.api.http.errors import ApiError
-from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
+from sandlot.api.http.schemas import (
+    AUTH,
+    FileEntry,
+    FileList,
+    SessionCreated,
+    SessionStateModel,
+    answers,
+    json_body,
+)
 from sandlot.errors import RejectedError
 from sandlot.sessions import NO_SPACE_ERRNOS
 
@@ -34,11 +43,14 @@ _SESSION_BODY = json_body(
     {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"}},
+        "properties": {
+            "isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"},
+            "environment": {"type": "string", "description": "the session's runs go there; default: the host's"},
+        },
     },
     required=False,
 )
-# The file routes answer 400 in distributed mode, where the session's box is on a worker.
+# The file routes answer 400 in distributed mode, where the session's workdir is on a worker.
 _FILE_ERRORS = (400, *AUTH, 404)
 
 
@@ -48,10 +60,14 @@ _FILE_ERRORS = (400, *AUTH, 404)
     openapi_extra=_SESSION_BODY,
     response_model=None,
     responses=answers(201, SessionCreated, 400, *AUTH, 413, 503, what="Created"),
-    summary="Create a session (a box kept for this tenant)",
+    summary="Create a session (a workdir kept for this tenant)",
 )
 async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
-    """Optional JSON body: {"isolation": "jail" | "gvisor"} (default: the server's, raised to the key's minimum)."""
+    """Optional JSON body: {"isolation": "jail" | "gvisor", "environment": NAME}.
+
+    Isolation defaults to the server's, raised to the key's minimum; the session's runs go in
+    ``environment`` (an unknown one is 404) unless a run names another.
+    """
     body = await request.body()
     data = parse_json(body) if body.strip() else {}
     if not isinstance(data, dict):
@@ -59,8 +75,12 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
+    environment = data.get("environment") or ""
+    if not isinstance(environment, str):
+        raise RejectedError("environment: must be a string", field="environment")
+    caller.principal.check_environment(environment)  # another tenant's environment: as unknown, 404
     session = await caller.service.create_session(
-        caller.tenant, isolation, min_isolation=caller.principal.min_isolation
+        caller.tenant, isolation, min_isolation=caller.principal.min_isolation, environment=environment
     )
     return JSONResponse(
         {
@@ -77,11 +97,23 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     status_code=204,
     response_model=None,
     responses={**answers(204, None, *AUTH, 404, 503), 204: {"description": "Ended"}},
-    summary="End a session and wipe its box",
+    summary="End a session and free its workdir",
 )
 async def end_session(session_id: str, caller: CallerDep) -> Response:
     await caller.service.sessions.end(caller.tenant, session_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{session_id}",
+    response_model=None,
+    responses=answers(200, SessionStateModel, *AUTH, 404, 503),
+    summary="A session's state: level, environment, expiry, busy, files and bytes used",
+)
+async def get_session(session_id: str, caller: CallerDep) -> dict[str, Any]:
+    state = await caller.service.sessions.describe(caller.tenant, session_id)
+    fields = dataclasses.asdict(state)
+    return {"session_id": fields.pop("id"), **fields}
 
 
 @router.get(

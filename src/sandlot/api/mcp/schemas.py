@@ -42,7 +42,7 @@ def _input_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
                 },
                 "session_id": {
                     **_SESSION_ID,
-                    "description": "Run in this session's box, where files written earlier are found.",
+                    "description": "Run in this session's workdir, where files written earlier are found.",
                 },
                 "time_limit": {
                     "type": "number",
@@ -210,13 +210,13 @@ _DESCRIPTIONS = {
     "run_code": "Run a program in a fresh, isolated sandbox (no network) and return its result: status "
     "(ok, runtime_error, compile_error, timeout, memory_limit, ...), exit code, stdout, stderr, compiler output, "
     "times and peak memory. Output is also reported as progress while the program runs. Pass session_id to run "
-    "in a session's box, next to the files written there.",
+    "in a session's workdir, next to the files written there.",
     "judge": "Judge a program against many tests, as an online judge does: compiled once, each test run in a "
     "fresh sandbox and checked (exact, lines, tokens, float tolerance, a custom checker, or an interactor). "
     "Returns the verdict (accepted, wrong_answer, timeout, ...), passed/total, and each test's verdict, time "
     "and memory.",
     "list_languages": "The languages run_code accepts, with their versions and aliases.",
-    "create_session": "Create a session: a sandbox box kept for you, whose files persist between run_code calls "
+    "create_session": "Create a session: a workdir kept for you, whose files persist between run_code calls "
     "until end_session or expiry.",
     "end_session": "End a session and wipe its files.",
     "write_file": "Write a file into a session's workdir (text, or base64 for binary content).",

@@ -65,7 +65,7 @@ log = logging.getLogger("sandlot.mcp")
 
 MCP_PATH = "/mcp"
 STDIO_TENANT = "local"
-STDIO_POOL_SIZE = 2  # one person's tool calls; a session pins a box, so leave one for plain runs
+STDIO_POOL_SIZE = 2  # one person's tool calls (sessions pin no box)
 _MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSON-RPC message on stdin (write_file content travels inline)
 _PRINCIPAL_SCOPE_KEY = "sandlot.principal"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -22,7 +22,7 @@ successful tool call that reports it; ``isError`` is kept for what is not the
 program's doing: bad arguments, quotas, a sandbox failure. A call abandoned by
 the client (cancelled, or its connection gone) cancels its task.
 
-The session tools pin a box to the caller's tenant (``create_session``), move
+The session tools give the caller's tenant a workdir (``create_session``), move
 files in and out of its workdir with the link-safe ``Sessions.files``, and
 ``run_code(session_id=...)`` runs there, seeing the files.
 """
