@@ -138,10 +138,19 @@ class ServerSettings:
     default_isolation: str = "jail"  # a request's level when it names none (an API key may raise it)
     gvisor_pool_size: int = 2  # warm gVisor sandboxes; 0 turns the level off
     allowed_origins: str = ""  # comma-separated browser origins besides our own that may POST; "*": any
+    # Stateful sessions (an interpreter kept in a pinned box). 0: derived, the jail pool's size - 1 (at least 1),
+    # so plain runs always keep a box; a negative number turns them off.
+    max_stateful_sessions: int = 0
 
     @property
     def effective_pool_size(self) -> int:
         return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
+
+    @property
+    def effective_max_stateful_sessions(self) -> int:
+        if self.max_stateful_sessions:
+            return max(self.max_stateful_sessions, 0)
+        return max(1, self.effective_pool_size - 1)
 
 
 SERVER_DEFAULTS = ServerSettings()  # for what is built without a ServerSettings (the pool's, the brokers' defaults)

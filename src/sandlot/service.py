@@ -33,6 +33,7 @@ from sandlot.errors import (
     EnvironmentNotFound,
     IsolationUnavailable,
     NoWorker,
+    RejectedError,
 )
 from sandlot.languages import LanguageRegistry
 from sandlot.metrics import Metrics
@@ -40,6 +41,7 @@ from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sessions import SessionInfo, Sessions
+from sandlot.stateful import StatefulSessions
 from sandlot.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,7 @@ class Service:
     pools: dict[str, BoxPool] = field(default_factory=dict)  # by isolation level; "jail" is ``pool``
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
+    stateful: StatefulSessions | None = None  # stateful sessions (None: a Service built without them)
 
     @classmethod
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
@@ -173,6 +176,16 @@ class Service:
             pool_available=lambda: float(pool.available),
             sessions=lambda: float(sum(p.session_count for p in pools.values())),
         )
+        stateful = StatefulSessions(
+            pools,
+            engine,
+            settings,
+            max_sessions=server.effective_max_stateful_sessions,
+            ttl_s=server.session_ttl_s,
+            idle_s=server.session_idle_s,
+            distributed=isinstance(the_broker, Distributed) or not server.start_worker,
+        )
+        metrics.watch_stateful(lambda: float(stateful.count))
         worker = None
         if server.start_worker:
             concurrency = sum(p.size for p in pools.values())
@@ -183,6 +196,7 @@ class Service:
                 concurrency=concurrency,
                 metrics=metrics,
                 default_isolation=server.default_isolation,
+                stateful=stateful,
             )
             worker.start()
             await worker.present()  # API nodes count this worker before it is reported ready
@@ -194,7 +208,20 @@ class Service:
             session_idle_s=server.session_idle_s,
             problems=problems,
         )
-        service = cls(settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools)
+        service = cls(
+            settings,
+            server,
+            languages,
+            sandbox,
+            pool,
+            the_broker,
+            engine,
+            metrics,
+            worker,
+            sessions,
+            pools,
+            stateful=stateful,
+        )
         service._versions = await languages.probe_versions()
         return service
 
@@ -244,15 +271,23 @@ class Service:
         weaker than the key's minimum is refused (403); one this server cannot run
         is a 503 naming the level (IsolationUnavailable), never a run at a weaker level.
         """
+        if self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None:
+            spec = self.stateful.settle(spec)  # a cell: the session's language and level
+        elif not spec.language:
+            raise RejectedError("language: required", field="language")
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
         self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
-        if not self.sessions.distributed:
+        if not self.sessions.distributed and not self._is_cell(spec):
             # Distributed, the workers' pools decide which levels run, and a session's
             # level is in the broker: ``enqueue`` settles it.
             self.sessions.pool_for_run(spec.isolation, spec.tenant, spec.session_id)
         return spec
+
+    def _is_cell(self, spec: TaskSpec) -> bool:
+        """Is this a cell of a stateful session (whose box is not the pool's to find)?"""
+        return self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None
 
     def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
         """The level a request runs at (see ``validate``)."""
@@ -290,7 +325,7 @@ class Service:
         """
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
-        if spec.session_id is not None:
+        if spec.session_id is not None and not self._is_cell(spec):
             level = await self.sessions.level_for_run(spec.tenant, spec.session_id, spec.isolation)
             if level != spec.isolation:
                 spec = dataclasses.replace(spec, isolation=level)
@@ -301,6 +336,8 @@ class Service:
         self.accepting = False
         if self.worker is not None:
             await self.worker.drain(self.server.drain_deadline_s)
+        if self.stateful is not None:
+            await self.stateful.close()  # their boxes go back to the pools before those close
         await self.broker.close()
         for pool in reversed(list(self.pools.values())):
             await pool.close()

@@ -71,6 +71,9 @@ class TaskResult(Result):
 
     stages: list[StageResult]
     files: list[FetchedFile]
+    value: str | None = Field(
+        default=None, description="a stateful session's cell: the repr of its last expression (capped); else null"
+    )
 
 
 class RunAnswer(TaskResult):

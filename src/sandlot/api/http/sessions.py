@@ -19,9 +19,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from sandlot.api.common.parsing import parse_json
-from sandlot.api.http.door import CallerDep
+from sandlot.api.http.door import Caller, CallerDep
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import AUTH, FileEntry, FileList, SessionCreated, answers, json_body
+from sandlot.config import LimitRequest
 from sandlot.errors import RejectedError
 from sandlot.sessions import NO_SPACE_ERRNOS
 
@@ -34,7 +35,13 @@ _SESSION_BODY = json_body(
     {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"}},
+        "properties": {
+            "isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"},
+            "stateful": {"type": "boolean", "description": "an interpreter that keeps its variables between runs"},
+            "language": {"type": "string", "description": "stateful: the interpreter (python)"},
+            "environment": {"type": "string", "description": "stateful: the environment to run in"},
+            "limits": {"type": "object", "description": "stateful: memory for the session's life, cells' defaults"},
+        },
     },
     required=False,
 )
@@ -59,6 +66,12 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
+    if data.get("stateful") is not None and not isinstance(data["stateful"], bool):
+        raise RejectedError("stateful: must be true or false", field="stateful")
+    if data.get("stateful"):
+        return await _create_stateful(caller, data, isolation)
+    for key in sorted(data.keys() & {"language", "environment", "limits"}):
+        raise RejectedError(f'{key}: only for a stateful session ("stateful": true)', field=key)
     session = await caller.service.create_session(
         caller.tenant, isolation, min_isolation=caller.principal.min_isolation
     )
@@ -80,8 +93,45 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     summary="End a session and wipe its box",
 )
 async def end_session(session_id: str, caller: CallerDep) -> Response:
-    await caller.service.sessions.end(caller.tenant, session_id)
+    stateful = caller.service.stateful
+    if stateful is not None and stateful.find(caller.tenant, session_id) is not None:
+        await stateful.end(caller.tenant, session_id)
+    else:
+        await caller.service.sessions.end(caller.tenant, session_id)
     return Response(status_code=204)
+
+
+async def _create_stateful(caller: Caller, data: dict[str, Any], isolation: str) -> JSONResponse:
+    """A stateful session: an interpreter kept in a pinned box (see sandlot.stateful)."""
+    unknown = data.keys() - {"isolation", "stateful", "language", "environment", "limits"}
+    if unknown:
+        first = min(unknown)
+        raise RejectedError(f"{first}: unknown field", field=first)
+    language, environment, limits = data.get("language") or "python", data.get("environment") or "", data.get("limits")
+    for key, value in (("language", language), ("environment", environment)):
+        if not isinstance(value, str):
+            raise RejectedError(f"{key}: must be a string", field=key)
+    if limits is not None and not isinstance(limits, dict):
+        raise RejectedError("limits: must be an object", field="limits")
+    stateful = caller.service.stateful
+    if stateful is None:
+        raise RejectedError("this server has no stateful sessions", field="stateful")
+    level = caller.service.isolation_for(isolation, caller.principal.min_isolation)
+    session = await stateful.create(
+        caller.tenant,
+        language=caller.service.engine.languages.get(language).name,
+        isolation=level,
+        limits=LimitRequest.from_mapping(limits, where="limits") if limits else None,
+        environment=environment,
+    )
+    body = {
+        "session_id": session.id,
+        "expires_in_s": session.expires_in_s,
+        "isolation": session.isolation,
+        "stateful": True,
+        "language": session.language,
+    }
+    return JSONResponse(body, status_code=201)
 
 
 @router.get(

@@ -1,0 +1,419 @@
+"""A stateful session: one interpreter kept alive in one pinned box, its cells run one at a time.
+
+Theory of operation
+-------------------
+``StatefulSession.start`` creates the session's owner task (``_own``), which holds a box
+through one long ``pool.lease`` for the session's whole life. In that box it runs the
+REPL driver (``driver_python.py``) as an ordinary ``Box.run``: stdin is a queue of
+framed cells, the output is consumed as events only (``keep_output=False``), and the
+box's cgroup carries the session's memory limit for its whole life. When the
+interpreter ends (killed after a cell would not stop, the memory limit, a protocol
+failure, the program exiting for good), the owner starts a new one and the next cell
+says so first with a ``session_reset`` notice. ``close`` ends the interpreter; leaving
+the lease gives the box back to the pool, which resets it as after any run.
+
+A cell (``run_cell``, one at a time under ``_lock``) is sent as one frame; its output
+comes back through ``_Cell.events`` as it is produced; its end is the driver's marker
+on both streams (``protocol.py``): each pipe is in order, so the Nth marker pair ends
+the Nth cell sent. Per-cell limits: the wall deadline and the CPU budget (the
+cgroup's CPU counter since the cell began, re-armed as ``sandbox.monitor`` does) and
+the output cap send SIGINT (KeyboardInterrupt in the cell); a cell still running
+``INTERRUPT_GRACE_S`` later has its interpreter killed and restarted. A caller that
+leaves mid-cell interrupts it the same way, so the next cell never gets its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import signal
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sandlot.models import (
+    NOTICE_SESSION_RESET,
+    ExitEvent,
+    Limits,
+    NoticeEvent,
+    OutputEvent,
+    Result,
+    Status,
+    StreamName,
+)
+from sandlot.pool import BoxPool
+from sandlot.sandbox import Box
+from sandlot.sandbox.policy import Bind
+from sandlot.stateful.protocol import CellReport, MarkerSplitter, ProtocolError, cell_frame, new_marker
+
+log = logging.getLogger("sandlot.stateful")
+
+INTERRUPT_GRACE_S = 2.0  # after SIGINT, how long a cell has to stop before its interpreter is killed
+_MIN_CPU_CHECK_S = 0.002
+_DRIVER_SOURCE = (Path(__file__).parent / "driver_python.py").read_text()
+
+
+@dataclass
+class _Cell:
+    limits: Limits
+    output_left: int
+    events: asyncio.Queue[OutputEvent | None] = field(default_factory=asyncio.Queue)
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    report: CellReport | None = None
+    stderr_ended: bool = False
+    died: Result | None = None  # the interpreter ended during the cell
+    stopped_for: str = ""  # wall | cpu | output | cancelled: why the host interrupted it
+    truncated: bool = False
+    finished: bool = False
+
+    def output(self, stream: StreamName, data: bytes) -> bool:
+        """Take the cell's output up to its cap; False once the cap is passed (the rest is dropped)."""
+        if len(data) > self.output_left:
+            data = data[: self.output_left]
+            self.truncated = True
+        self.output_left -= len(data)
+        if data:
+            (self.stdout if stream == "stdout" else self.stderr).extend(data)
+            self.events.put_nowait(OutputEvent(stream=stream, data=data))
+        return not self.truncated
+
+    def end(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.events.put_nowait(None)
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """How to start the session's interpreter in its box (from the engine's view of the language)."""
+
+    language: str
+    python: str  # the interpreter's path in the box's root
+    env: dict[str, str]
+    rootfs: Path | None
+    binds: tuple[Bind, ...] = ()
+
+
+class StatefulSession:
+    """One tenant's interpreter in one pinned box (see the module's docstring)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        tenant: str,
+        pool: BoxPool,
+        interpreter: Interpreter,
+        limits: Limits,
+        *,
+        lifetime_s: float,
+        cpu_rate: float,
+    ) -> None:
+        self.id = session_id
+        self.tenant = tenant
+        self.interpreter = interpreter
+        self.isolation = pool.isolation
+        self.limits = limits  # the session's: memory and processes for its life; cells default to the rest
+        self._pool = pool
+        self._lifetime_s = lifetime_s
+        self._cpu_rate = max(cpu_rate, 0.01)
+        self._lock = asyncio.Lock()
+        self._box: Box | None = None
+        self._stdin: asyncio.Queue[bytes | None] | None = None
+        self._cell: _Cell | None = None
+        self._closing = False
+        self._reset_reason = ""  # said with the next cell's session_reset notice
+        self._owner: asyncio.Task[None] | None = None
+        self.last_used = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    async def start(self) -> None:
+        """Take a box (waiting in the pool's queue like any run) and start the interpreter."""
+        leased: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._owner = asyncio.create_task(self._own(leased), name=f"sandlot-stateful-{self.id}")
+        await leased
+
+    async def close(self) -> None:
+        """End the interpreter and give the box back; waits for both."""
+        self._closing = True
+        if self._box is not None:
+            self._box.cancel_run()
+        if self._stdin is not None:
+            self._stdin.put_nowait(None)
+        if self._owner is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(self._owner)
+
+    # ------------------------------------------------------------- owner
+
+    async def _own(self, leased: asyncio.Future[None]) -> None:
+        try:
+            async with self._pool.lease(self.tenant) as box:
+                self._box = box
+                leased.set_result(None)
+                while not self._closing:
+                    await self._interpret(box)
+        except BaseException as exc:
+            if not leased.done():
+                leased.set_exception(exc)
+            elif not isinstance(exc, asyncio.CancelledError):
+                log.exception("stateful session %s failed", self.id)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._closing = True
+            self._box = None
+            if self._cell is not None and not self._cell.finished:
+                self._cell.died = self._cell.died or Result(Status.INTERNAL_ERROR, message="the session ended")
+                self._cell.end()
+
+    async def _interpret(self, box: Box) -> None:
+        """One interpreter's life: start it, route its output to the running cell, notice its end."""
+        it = self.interpreter
+        marker = new_marker()
+        splitters = {
+            "stdout": MarkerSplitter(marker, with_report=True),
+            "stderr": MarkerSplitter(marker, with_report=False),
+        }
+        stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._stdin = stdin
+        box.clear_cancel()  # a kill of the previous interpreter must not end this one
+        command = [it.python, "-u", "-B", "-c", _DRIVER_SOURCE, marker.decode()]
+        ended = Result(Status.INTERNAL_ERROR, message="the interpreter ended without a result")
+        async with contextlib.aclosing(
+            box.run(
+                command,
+                limits=self._run_limits(),
+                stdin=_queued(stdin),
+                env=it.env,
+                binds=it.binds,
+                rootfs=it.rootfs,
+                keep_output=False,
+            )
+        ) as events:
+            async for item in events:
+                if isinstance(item, Result):
+                    ended = item
+                    continue
+                try:
+                    parts = splitters[item.stream].feed(item.data)
+                except ProtocolError as exc:
+                    log.warning("stateful session %s: %s; restarting its interpreter", self.id, exc)
+                    box.cancel_run()
+                    continue
+                for part in parts:
+                    self._deliver(item.stream, part)
+        self._stdin = None
+        cell = self._cell
+        if cell is not None and not cell.finished:
+            cell.died = ended
+            cell.end()
+        if not self._closing:
+            self._reset_reason = _why_reset(ended, cell)
+
+    def _run_limits(self) -> Limits:
+        """The interpreter's run: the session's memory and processes; its own time bounded by the lifetime."""
+        lifetime = self._lifetime_s + 60.0
+        return replace(self.limits, time_limit_s=lifetime * 64, wall_time_limit_s=lifetime, max_output_bytes=1 << 62)
+
+    def _deliver(self, stream: str, part: bytes | CellReport | None) -> None:
+        cell = self._cell
+        if cell is None or cell.finished:
+            return  # a background thread's output between cells: nobody's
+        if isinstance(part, bytes):
+            if part and not cell.output("stdout" if stream == "stdout" else "stderr", part):
+                self._interrupt(cell, "output")
+            return
+        if isinstance(part, CellReport):
+            cell.report = part
+        else:
+            cell.stderr_ended = True
+        if cell.report is not None and cell.stderr_ended:
+            cell.end()
+
+    # ------------------------------------------------------------- cells
+
+    async def run_cell(
+        self, code: str, stdin: bytes, limits: Limits
+    ) -> AsyncGenerator[OutputEvent | NoticeEvent | ExitEvent, None]:
+        """Run one cell: a session_reset notice first if the interpreter was restarted, its output, its exit."""
+        seq = itertools.count(1)
+
+        def stamped(event: OutputEvent | NoticeEvent | ExitEvent) -> OutputEvent | NoticeEvent | ExitEvent:
+            return replace(event, seq=next(seq), time=time.time())
+
+        async with self._lock:
+            if self._closing:
+                yield stamped(ExitEvent(Result(Status.INTERNAL_ERROR, message="the session has ended")))
+                return
+            if self._reset_reason:
+                yield stamped(NoticeEvent(NOTICE_SESSION_RESET, self._reset_reason))
+            reset_reason, self._reset_reason = self._reset_reason, ""
+            cell = _Cell(limits, output_left=limits.max_output_bytes)
+            self._cell = cell
+            try:
+                async with self._limits(cell) as measured:
+                    assert self._stdin is not None
+                    self._stdin.put_nowait(cell_frame(code, stdin.decode("utf-8", "replace")))
+                    while (event := await cell.events.get()) is not None:
+                        yield stamped(event)
+                result, value = _result(cell, measured(), reset_reason)
+                yield stamped(ExitEvent(replace(result, language=self.interpreter.language), value=value))
+            finally:
+                if not cell.finished:  # the caller left mid-cell: stop it before the next one may start
+                    await asyncio.shield(self._abandon(cell))
+                self._cell = None
+                self.last_used = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def _limits(self, cell: _Cell) -> AsyncIterator[_Measure]:
+        loop = asyncio.get_running_loop()
+        box = self._box
+        if box is None:
+            raise RuntimeError("the session has no box")
+        before = box.run_stats()
+        measure = _Measure(box, time.monotonic(), before.cpu_time_s if before else 0.0)
+        timers = [loop.call_later(cell.limits.wall_time_limit_s, self._interrupt, cell, "wall")]
+
+        def check_cpu() -> None:
+            if cell.finished:
+                return
+            left = cell.limits.time_limit_s - measure.cpu_time_s()
+            if left <= 0:
+                self._interrupt(cell, "cpu")
+            else:
+                timers.append(loop.call_later(max(left / self._cpu_rate, _MIN_CPU_CHECK_S), check_cpu))
+
+        timers.append(loop.call_later(cell.limits.time_limit_s / self._cpu_rate, check_cpu))
+        try:
+            yield measure
+        finally:
+            for timer in timers:
+                timer.cancel()
+
+    def cancel_cell(self) -> None:
+        """Stop the running cell (a client's cancel): interrupted, then its interpreter killed past the grace."""
+        if self._cell is not None:
+            self._interrupt(self._cell, "cancelled")
+
+    def signal_cell(self, sig: int) -> None:
+        """An interactive door's signal (Ctrl-C: SIGINT is a KeyboardInterrupt in the cell)."""
+        if self._cell is not None and not self._cell.finished and self._box is not None:
+            self._box.send_signal(sig)
+
+    def _interrupt(self, cell: _Cell, why: str) -> None:
+        """SIGINT for the cell (KeyboardInterrupt); past the grace, the interpreter is killed."""
+        if cell.finished or cell.stopped_for or self._box is None:
+            return
+        cell.stopped_for = why
+        self._box.send_signal(signal.SIGINT)
+        asyncio.get_running_loop().call_later(INTERRUPT_GRACE_S, self._kill_if_running, cell)
+
+    def _kill_if_running(self, cell: _Cell) -> None:
+        if not cell.finished and self._box is not None:
+            self._box.cancel_run()  # the owner sees the interpreter end and starts a new one
+
+    async def _abandon(self, cell: _Cell) -> None:
+        self._interrupt(cell, "cancelled")
+        while await cell.events.get() is not None:
+            pass
+
+
+@dataclass
+class _Measure:
+    box: Box
+    started: float
+    cpu_before: float
+    wall_s: float = 0.0
+
+    def cpu_time_s(self) -> float:
+        stats = self.box.run_stats()
+        if stats is None:
+            return 0.0
+        # A restarted interpreter's counter starts again from 0.
+        return stats.cpu_time_s - self.cpu_before if stats.cpu_time_s >= self.cpu_before else stats.cpu_time_s
+
+    def __call__(self) -> tuple[float, float, int]:
+        stats = self.box.run_stats()
+        peak = stats.memory_peak_bytes if stats is not None else 0
+        return time.monotonic() - self.started, self.cpu_time_s(), peak
+
+
+async def _queued(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes | None]:
+    while True:
+        chunk = await queue.get()
+        yield chunk
+        if chunk is None:
+            return
+
+
+def _why_reset(ended: Result, cell: _Cell | None) -> str:
+    if cell is not None and cell.stopped_for in ("wall", "cpu", "cancelled"):
+        detail = f"a cell did not stop within {INTERRUPT_GRACE_S:g} s of its interrupt"
+    elif ended.status is Status.MEMORY_LIMIT:
+        detail = "the session's memory limit was reached"
+    else:
+        detail = f"the interpreter ended ({ended.status.value}{': ' + ended.message if ended.message else ''})"
+    return f"{detail}; the interpreter was restarted: earlier variables and imports are gone"
+
+
+def _result(cell: _Cell, measured: tuple[float, float, int], reset_reason: str) -> tuple[Result, str | None]:
+    """The cell's Result and value, from its report or from how its interpreter ended."""
+    wall, cpu, peak = measured
+    base = Result(
+        Status.OK,
+        exit_code=0,
+        stdout=bytes(cell.stdout),
+        stderr=bytes(cell.stderr),
+        wall_time=wall,
+        cpu_time=cpu,
+        memory_peak=peak,
+        truncated=cell.truncated,
+        message=reset_reason and f"{NOTICE_SESSION_RESET}: {reset_reason}",
+    )
+    limits = cell.limits
+    stopped = {
+        "wall": (Status.TIMEOUT, f"wall-clock time limit exceeded ({limits.wall_time_limit_s:g} s)"),
+        "cpu": (Status.TIMEOUT, f"CPU time limit exceeded ({limits.time_limit_s:g} s)"),
+        "output": (Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.max_output_bytes} bytes)"),
+        "cancelled": (Status.SIGNALED, "cancelled by request"),
+    }.get(cell.stopped_for)
+    report = cell.report
+    if cell.died is not None:
+        died = cell.died
+        if stopped is not None:
+            status, message = stopped
+            message += f"; the cell did not stop within {INTERRUPT_GRACE_S:g} s, so the interpreter was restarted"
+        elif died.status is Status.MEMORY_LIMIT:
+            status = Status.MEMORY_LIMIT
+            message = f"the session's memory limit was exceeded ({limits.memory_limit_bytes // (1024 * 1024)} MB)"
+        else:
+            status, message = died.status, died.message or "the interpreter ended"
+        if status is Status.OK:
+            status = Status.RUNTIME_ERROR
+        return replace(base, status=status, exit_code=None, signal=died.signal, message=message), None
+    if stopped is not None:
+        status, message = stopped
+        return replace(base, status=status, exit_code=None, signal=signal.SIGINT, message=message), None
+    assert report is not None
+    if report.outcome == "error":
+        return replace(base, status=Status.RUNTIME_ERROR, exit_code=1, message=f"the cell raised {report.error}"), None
+    if report.outcome == "interrupted":
+        return replace(
+            base, status=Status.RUNTIME_ERROR, exit_code=1, message="the cell raised KeyboardInterrupt"
+        ), None
+    if report.outcome == "exit":
+        code = int(report.error) if report.error.lstrip("-").isdigit() else 1
+        if code:
+            return replace(base, status=Status.RUNTIME_ERROR, exit_code=code, message=f"exited with code {code}"), None
+        return base, None
+    value = report.value
+    if value is not None and report.value_chars > len(value):
+        value += f"... [the value's repr is {report.value_chars} characters; cut at {len(value)}]"
+    return base, value

@@ -1,0 +1,109 @@
+"""Stateful sessions through the HTTP door: a real Service, real boxes, at both isolation levels.
+
+Each test opens a session with ``POST /api/v1/sessions {"stateful": true}`` and sends
+cells with ``POST /api/v1/run {"session_id", "code"}``, as a client would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sandlot.api.http.app import create_app
+from sandlot.models import NOTICE_SESSION_RESET
+from sandlot.service import Service
+from tests.api.http.test_http import asgi_client, running_service
+
+BOTH_LEVELS = True  # the isolation fixture runs each test at jail and gvisor
+pytestmark = pytest.mark.root
+
+
+@contextlib.asynccontextmanager
+async def stateful(isolation: str, **server: Any) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    levels = {"gvisor_pool_size": 2 if isolation == "gvisor" else 0, **server}
+    async with running_service(**levels) as service, asgi_client(create_app(service)) as client:
+        yield service, client
+
+
+async def open_session(client: httpx.AsyncClient, isolation: str, **extra: Any) -> str:
+    reply = await client.post(
+        "/api/v1/sessions", json={"stateful": True, "language": "python", "isolation": isolation, **extra}
+    )
+    assert reply.status_code == 201, reply.text
+    body = reply.json()
+    assert (body["stateful"], body["language"], body["isolation"]) == (True, "python", isolation)
+    assert body["expires_in_s"] > 0
+    return str(body["session_id"])
+
+
+async def cell(client: httpx.AsyncClient, session_id: str, code: str, **extra: Any) -> dict[str, Any]:
+    reply = await client.post("/api/v1/run", json={"session_id": session_id, "code": code, **extra})
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+async def test_variables_and_imports_survive_and_the_last_expression_is_the_value(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        first = await cell(client, sid, "import json\nx = 20\nprint('set', x)")
+        assert (first["status"], first["stdout"], first["value"]) == ("ok", "set 20\n", None)
+        second = await cell(client, sid, "y = x + 22\njson.dumps({'y': y})")
+        assert (second["status"], second["value"]) == ("ok", repr('{"y": 42}'))
+        error = await cell(client, sid, "print('before')\nundefined_name")
+        assert (error["status"], error["stdout"]) == ("runtime_error", "before\n")
+        assert "NameError: name 'undefined_name' is not defined" in error["stderr"]
+        assert 'File "<cell>", line 2' in error["stderr"]
+        after = await cell(client, sid, "x * 2", language="python")
+        assert (after["status"], after["value"]) == ("ok", "40")  # the session lived on
+        wrong = await client.post("/api/v1/run", json={"session_id": sid, "code": "1", "language": "bash"})
+        assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "language"
+        ended = await client.delete(f"/api/v1/sessions/{sid}")
+        assert ended.status_code == 204
+        gone = await client.post("/api/v1/run", json={"session_id": sid, "code": "x"})
+        assert gone.status_code in (400, 404), gone.text
+
+
+async def test_an_infinite_loop_is_interrupted_and_the_session_lives_on(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        await cell(client, sid, "kept = 'still here'")
+        looped = await cell(client, sid, "while True:\n    pass", limits={"wall_time_limit": 1, "time_limit": 5})
+        assert looped["status"] == "timeout", looped
+        assert "wall-clock time limit exceeded (1 s)" in looped["message"]
+        assert "KeyboardInterrupt" not in looped["stderr"]
+        after = await cell(client, sid, "kept")
+        assert (after["status"], after["value"]) == ("ok", "'still here'")
+
+
+async def test_a_cell_that_ignores_the_interrupt_restarts_the_interpreter_with_a_notice(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        await cell(client, sid, "kept = 1")
+        stubborn = "import time\nwhile True:\n    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n"
+        stubborn += "        pass\n"
+        # (A sleep, not ``while True: pass``: CPython 3.11 does not catch an interrupt of that loop in its try.)
+        looped = await cell(client, sid, stubborn, limits={"wall_time_limit": 1, "time_limit": 30})
+        assert looped["status"] == "timeout", looped
+        assert "interpreter was restarted" in looped["message"]
+        after = await cell(client, sid, "'kept' in globals()")
+        assert after["status"] == "ok" and after["value"] == "False"
+        assert after["message"].startswith(NOTICE_SESSION_RESET)
+
+
+async def test_two_sessions_never_share_state_and_the_boxes_bound_them(isolation: str) -> None:
+    async with stateful(isolation, pool_size=3) as (service, client):
+        a = await open_session(client, isolation)
+        b = await open_session(client, isolation)
+        third = await client.post("/api/v1/sessions", json={"stateful": True, "isolation": isolation})
+        assert third.status_code == 429, third.text  # jail: the setting (pool - 1); gvisor: both boxes are held
+        assert service.stateful is not None and service.stateful.count == 2
+        metrics = await client.get("/metrics")
+        assert "sandlot_stateful_sessions_active 2.0" in metrics.text
+        await cell(client, a, "secret = 'a'\nopen('/box/mine', 'w').write('a')")
+        in_b = await cell(client, b, "import os\n('secret' in globals(), os.path.exists('/box/mine'))")
+        assert in_b["value"] == "(False, False)"
