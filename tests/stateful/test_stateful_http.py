@@ -16,7 +16,7 @@ import pytest
 from sandlot.api.http.app import create_app
 from sandlot.models import NOTICE_SESSION_RESET
 from sandlot.service import Service
-from tests.api.http.test_http import asgi_client, running_service
+from tests.api.http.test_http import asgi_client, running_service, wait_until
 
 BOTH_LEVELS = True  # the isolation fixture runs each test at jail and gvisor
 pytestmark = pytest.mark.root
@@ -107,3 +107,45 @@ async def test_two_sessions_never_share_state_and_the_boxes_bound_them(isolation
         await cell(client, a, "secret = 'a'\nopen('/box/mine', 'w').write('a')")
         in_b = await cell(client, b, "import os\n('secret' in globals(), os.path.exists('/box/mine'))")
         assert in_b["value"] == "(False, False)"
+
+
+async def test_the_memory_limit_covers_the_sessions_life(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation, limits={"memory_limit": 96})
+        first = await cell(client, sid, "a = bytearray(40 * 1024 * 1024)\nlen(a)")
+        assert (first["status"], first["value"]) == ("ok", str(40 * 1024 * 1024))
+        # Each cell alone fits; together they do not: the limit is the session's, not the cell's.
+        second = await cell(client, sid, "b = bytearray(70 * 1024 * 1024)\nlen(b)")
+        assert second["status"] == "memory_limit", second
+        after = await cell(client, sid, "'a' in globals()")
+        assert (after["status"], after["value"]) == ("ok", "False")
+        assert after["message"].startswith(f"{NOTICE_SESSION_RESET}: the session's memory limit was reached")
+
+
+async def test_a_cell_sees_only_its_box(isolation: str) -> None:
+    probe = (
+        "import os, socket\n"
+        "def refused():\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', 8080), timeout=2)\n"
+        "    except OSError:\n"
+        "        return True\n"
+        "    return False\n"
+        "(os.getuid() != 0, refused(), os.path.exists('/var/lib/sandlot-test'), os.path.exists('/work'),"
+        " sorted(p for p in os.listdir('/proc') if p.isdigit()) == ['1', str(os.getpid())])"
+    )
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        seen = await cell(client, sid, probe)
+        assert (seen["status"], seen["value"]) == ("ok", "(True, True, False, False, True)"), seen
+
+
+async def test_an_idle_session_expires_and_gives_its_box_back(isolation: str) -> None:
+    async with stateful(isolation, session_idle_s=0.5) as (service, client):
+        sid = await open_session(client, isolation)
+        pool = service.pools[isolation]
+        assert pool.available == pool.size - 1
+        await wait_until(lambda: service.stateful is not None and service.stateful.count == 0)
+        await wait_until(lambda: pool.available == pool.size)
+        gone = await client.post("/api/v1/run", json={"session_id": sid, "code": "1"})
+        assert gone.status_code in (400, 404), gone.text

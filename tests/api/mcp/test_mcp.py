@@ -184,6 +184,8 @@ async def test_stdio_conversation() -> None:
         assert set(tools) == {
             "run_code",
             "list_languages",
+            "open_session",
+            "close_session",
             "create_session",
             "end_session",
             "write_file",

@@ -1,0 +1,88 @@
+"""Stateful sessions through the other doors: MCP (streamable HTTP), gRPC sandlot.v1, the WebSocket.
+
+One session is opened per test (MCP's own tool, else ``POST /api/v1/sessions``)
+and cells go through the door under test; real Service, real boxes (jail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
+from sandlot.api.http.app import create_app
+from sandlot.config import ServerSettings
+from tests.api.grpc.test_grpc import grpc_serving
+from tests.api.http.test_http import live_server, running_service
+from tests.api.mcp.test_mcp import _error, _http_client, _mcp_app, _structured
+
+pytestmark = pytest.mark.root
+_BOUND_S = 60.0  # only turns a hang into a failure
+
+
+async def test_mcp_open_session_then_run_code_keeps_state() -> None:
+    async with running_service() as service, _mcp_app(service) as url, _http_client(url) as client:
+        opened = _structured(await client.call_tool("open_session", {"memory_limit": 128}))
+        assert (opened["language"], opened["isolation"]) == ("python", "jail")
+        in_session = {"session_id": opened["session_id"], "language": "python"}
+        first = _structured(await client.call_tool("run_code", {**in_session, "code": "import math\nr = 2"}))
+        assert (first["status"], first["value"]) == ("ok", None)
+        second = await client.call_tool("run_code", {**in_session, "code": "math.pi * r ** 2"})
+        assert _structured(second)["value"] == repr(3.141592653589793 * 4)
+        assert "value: 12.566" in "\n".join(getattr(block, "text", "") for block in second.content)
+        plain = _structured(await client.call_tool("run_code", {"language": "python", "code": "print(1)"}))
+        assert plain["value"] is None  # a run outside the session: no value, no state
+        closed = _structured(await client.call_tool("close_session", {"session_id": opened["session_id"]}))
+        assert closed["ended"] is True
+        assert "not found or expired" in await _error(client, "run_code", {**in_session, "code": "r"})
+
+
+async def test_grpc_execute_runs_a_cell_and_returns_its_value() -> None:
+    async with grpc_serving(ServerSettings(gvisor_pool_size=0, pool_size=2)) as env:
+        assert env.service.stateful is not None
+        session = await env.service.stateful.create("public", language="python", isolation="jail", limits=None)
+
+        async def execute(code: str, language: str = "") -> list[pb.Event]:
+            request = pb.ExecuteRequest(language=language, code=code, session_id=session.id)
+            async with asyncio.timeout(_BOUND_S):
+                return [event async for event in env.sandlot.Execute(request)]
+
+        await execute("total = 40")
+        events = await execute("print('adding')\ntotal + 2", language="python")
+        exit_ = events[-1].exit
+        assert (exit_.result.stdout, exit_.value) == (b"adding\n", "42")
+        statement = (await execute("total += 1"))[-1].exit
+        assert not statement.HasField("value")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await execute("1", language="bash")
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_websocket_cell_streams_and_sigint_interrupts_only_the_cell() -> None:
+    async with running_service() as service, live_server(create_app(service)) as base:
+        async with httpx.AsyncClient(base_url=f"http://{base}", timeout=30) as http:
+            created = await http.post("/api/v1/sessions", json={"stateful": True})
+            assert created.status_code == 201, created.text
+            session_id = created.json()["session_id"]
+
+        async def ws_cell(code: str, *, interrupt: bool = False) -> dict[str, Any]:
+            async with asyncio.timeout(_BOUND_S), connect(f"ws://{base}/api/v1/ws") as ws:
+                await ws.send(json.dumps({"type": "run", "session_id": session_id, "code": code}))
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "stdout" and interrupt:
+                        await ws.send(json.dumps({"type": "signal", "signal": "SIGINT"}))
+                    if message["type"] == "exit":
+                        result: dict[str, Any] = message["result"]
+                        return result
+
+        waiting = await ws_cell("import time\nn = 7\nprint('waiting', flush=True)\ntime.sleep(60)", interrupt=True)
+        assert waiting["status"] == "runtime_error" and "KeyboardInterrupt" in waiting["message"], waiting
+        after = await ws_cell("n * 6")
+        assert (after["status"], after["value"]) == ("ok", "42")
