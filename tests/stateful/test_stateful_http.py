@@ -16,7 +16,7 @@ import pytest
 from sandlot.api.http.app import create_app
 from sandlot.models import NOTICE_SESSION_RESET
 from sandlot.service import Service
-from tests.api.http.test_http import asgi_client, running_service, wait_until
+from tests.api.http.test_http import asgi_client, running_service, wait_done, wait_running, wait_until
 
 BOTH_LEVELS = True  # the isolation fixture runs each test at jail and gvisor
 pytestmark = pytest.mark.root
@@ -149,3 +149,17 @@ async def test_an_idle_session_expires_and_gives_its_box_back(isolation: str) ->
         await wait_until(lambda: pool.available == pool.size)
         gone = await client.post("/api/v1/run", json={"session_id": sid, "code": "1"})
         assert gone.status_code in (400, 404), gone.text
+
+
+async def test_a_cancelled_cell_stops_and_the_next_cell_gets_none_of_its_output(isolation: str) -> None:
+    async with stateful(isolation) as (service, client):
+        sid = await open_session(client, isolation)
+        code = "import time\nprint('first', flush=True)\ntime.sleep(60)\nprint('late', flush=True)"
+        queued = await client.post("/api/v1/execute", json={"session_id": sid, "code": code})
+        task_id = queued.json()["task_id"]
+        assert await wait_running(service, "public", task_id) == b"first\n"
+        assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
+        result = (await wait_done(service, "public", task_id)).result
+        assert (result.status.value, result.message) == ("signaled", "cancelled by request")
+        after = await cell(client, sid, "print('next')\n21 * 2")
+        assert (after["status"], after["stdout"], after["value"]) == ("ok", "next\n", "42")
