@@ -163,3 +163,22 @@ async def test_a_cancelled_cell_stops_and_the_next_cell_gets_none_of_its_output(
         assert (result.status.value, result.message) == ("signaled", "cancelled by request")
         after = await cell(client, sid, "print('next')\n21 * 2")
         assert (after["status"], after["stdout"], after["value"]) == ("ok", "next\n", "42")
+
+
+async def test_a_node_session_keeps_its_declarations(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        reply = await client.post("/api/v1/sessions", json={"stateful": True, "language": "js", "isolation": isolation})
+        assert reply.status_code == 201, reply.text
+        assert reply.json()["language"] == "javascript"
+        sid = reply.json()["session_id"]
+        first = await cell(client, sid, "const os = require('os');\nlet n = 40;\nconsole.log('set', n)")
+        assert (first["status"], first["stdout"], first["value"]) == ("ok", "set 40\n", None)
+        second = await cell(client, sid, "n + 2")
+        assert (second["status"], second["value"]) == ("ok", "42")
+        error = await cell(client, sid, "nothing.here")
+        assert error["status"] == "runtime_error" and "ReferenceError: nothing is not defined" in error["stderr"]
+        assert "at <cell>:1:1" in error["stderr"] and "driver" not in error["stderr"]
+        looped = await cell(client, sid, "while (true) {}", limits={"wall_time_limit": 1, "time_limit": 5})
+        assert looped["status"] == "timeout", looped
+        after = await cell(client, sid, "[n, typeof os.cpus]")
+        assert (after["status"], after["value"]) == ("ok", "[ 40, 'function' ]")

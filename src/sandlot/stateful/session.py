@@ -53,7 +53,6 @@ log = logging.getLogger("sandlot.stateful")
 
 INTERRUPT_GRACE_S = 2.0  # after SIGINT, how long a cell has to stop before its interpreter is killed
 _MIN_CPU_CHECK_S = 0.002
-_DRIVER_SOURCE = (Path(__file__).parent / "driver_python.py").read_text()
 
 
 @dataclass
@@ -92,7 +91,7 @@ class Interpreter:
     """How to start the session's interpreter in its box (from the engine's view of the language)."""
 
     language: str
-    python: str  # the interpreter's path in the box's root
+    argv: tuple[str, ...]  # the interpreter with its driver; the session's marker is appended
     env: dict[str, str]
     rootfs: Path | None
     binds: tuple[Bind, ...] = ()
@@ -184,7 +183,7 @@ class StatefulSession:
         stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._stdin = stdin
         box.clear_cancel()  # a kill of the previous interpreter must not end this one
-        command = [it.python, "-u", "-B", "-c", _DRIVER_SOURCE, marker.decode()]
+        command = [*it.argv, marker.decode()]
         ended = Result(Status.INTERNAL_ERROR, message="the interpreter ended without a result")
         async with contextlib.aclosing(
             box.run(

@@ -24,6 +24,7 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from sandlot.broker import TaskSpec
 from sandlot.config import LimitRequest, Settings
@@ -33,7 +34,13 @@ from sandlot.models import Job, SourceFile
 from sandlot.pool import BoxPool, check_level
 from sandlot.stateful.session import Interpreter, StatefulSession
 
-LANGUAGES = ("python",)  # the languages with a REPL driver
+_HERE = Path(__file__).parent
+# The languages with a REPL driver: the arguments after the interpreter's path (the driver's source inline).
+_DRIVERS = {
+    "python": ("-u", "-B", "-c", (_HERE / "driver_python.py").read_text()),
+    "javascript": ("-e", (_HERE / "driver_node.js").read_text()),
+}
+LANGUAGES = tuple(_DRIVERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +93,7 @@ class StatefulSessions:
                 "its interpreter); run a sandlot serve without redis_url for them",
                 field="stateful",
             )
-        if language not in LANGUAGES:
+        if language not in _DRIVERS:
             raise RejectedError(f"stateful sessions run {', '.join(LANGUAGES)}; not {language!r}", field="language")
         pool = self._pools.get(isolation)
         if pool is None:
@@ -109,7 +116,9 @@ class StatefulSessions:
             )
         session_id = "st-" + secrets.token_urlsafe(16)
         lang = prepared.language
-        interpreter = Interpreter(language=lang.name, python=lang.run[0], env=dict(lang.env), rootfs=prepared.rootfs)
+        interpreter = Interpreter(
+            language=lang.name, argv=(lang.run[0], *_DRIVERS[lang.name]), env=dict(lang.env), rootfs=prepared.rootfs
+        )
         session = StatefulSession(
             session_id,
             tenant,
