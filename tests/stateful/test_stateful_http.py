@@ -182,3 +182,19 @@ async def test_a_node_session_keeps_its_declarations(isolation: str) -> None:
         assert looped["status"] == "timeout", looped
         after = await cell(client, sid, "[n, typeof os.cpus]")
         assert (after["status"], after["value"]) == ("ok", "[ 40, 'function' ]")
+
+
+async def test_cpu_output_and_value_caps_end_only_the_cell(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        await cell(client, sid, "kept = 5")
+        spin = await cell(client, sid, "while True:\n    kept += 0", limits={"time_limit": 1, "wall_time_limit": 60})
+        assert (spin["status"], spin["message"]) == ("timeout", "CPU time limit exceeded (1 s)"), spin
+        flood = await cell(client, sid, "for _ in range(10**6):\n    print('x' * 99)", limits={"max_output": 64})
+        assert (flood["status"], flood["truncated"]) == ("output_limit", True), flood["message"]
+        assert len(flood["stdout"]) == 64 * 1024
+        big = await cell(client, sid, "'y' * 100_000")
+        assert big["value"].startswith("'" + "y" * 1000)
+        assert big["value"].endswith("... [the value's repr is 100002 characters; cut at 65536]")
+        after = await cell(client, sid, "kept")
+        assert (after["status"], after["value"], after["message"]) == ("ok", "5", "")
