@@ -198,3 +198,12 @@ async def test_cpu_output_and_value_caps_end_only_the_cell(isolation: str) -> No
         assert big["value"].endswith("... [the value's repr is 100002 characters; cut at 65536]")
         after = await cell(client, sid, "kept")
         assert (after["status"], after["value"], after["message"]) == ("ok", "5", "")
+
+
+async def test_a_cells_memory_peak_is_its_own(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        big = await cell(client, sid, "b = bytearray(64 * 1024 * 1024)\ndel b")
+        small = await cell(client, sid, "1")
+        assert big["memory_peak"] >= 64 * 1024 * 1024
+        assert small["memory_peak"] < 48 * 1024 * 1024, small  # the earlier cell's 64 MiB are not counted

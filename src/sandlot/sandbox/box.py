@@ -191,13 +191,20 @@ class Box:
         if self._current is not None:
             self._current.kill("cancelled")
 
-    def run_stats(self) -> CgroupStats | None:
-        """The running command's cgroup counters (CPU since its jail started); None when nothing runs."""
+    def run_stats(self, *, reset_peak: bool = False) -> CgroupStats | None:
+        """The running command's cgroup counters (CPU since its jail started); None when nothing runs.
+
+        ``reset_peak``: then start the memory peak again from the current usage (where the
+        cgroup version can), so that a later call reports the peak of what ran in between.
+        """
         current = self._current
         if current is None:
             return None
         try:
-            return current.cgroup.stats()
+            stats = current.cgroup.stats()
+            if reset_peak:
+                current.cgroup.reset_peak()
+            return stats
         except SandboxError:
             return None
 

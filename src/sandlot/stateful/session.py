@@ -276,7 +276,7 @@ class StatefulSession:
         box = self._box
         if box is None:
             raise RuntimeError("the session has no box")
-        before = box.run_stats()
+        before = box.run_stats(reset_peak=True)  # the cell's memory_peak is its own, not an earlier cell's
         measure = _Measure(box, time.monotonic(), before.cpu_time_s if before else 0.0)
         timers = [loop.call_later(cell.limits.wall_time_limit_s, self._interrupt, cell, "wall")]
 

@@ -137,6 +137,8 @@ class SessionCreated(_Closed):
     session_id: str
     expires_in_s: float
     isolation: str
+    stateful: bool | None = Field(default=None, description="a stateful session: true (absent otherwise)")
+    language: str | None = Field(default=None, description="a stateful session's interpreter")
 
 
 class FileEntry(_Closed):
