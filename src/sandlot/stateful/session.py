@@ -13,7 +13,7 @@ says so first with a ``session_reset`` notice. ``close`` ends the interpreter; l
 the lease gives the box back to the pool, which resets it as after any run.
 
 A cell (``run_cell``, one at a time under ``_lock``) is sent as one frame; its output
-comes back through ``_Cell.events`` as it is produced; its end is the driver's marker
+comes back through ``Cell.events`` as it is produced; its end is the driver's marker
 on both streams (``protocol.py``): each pipe is in order, so the Nth marker pair ends
 the Nth cell sent. Per-cell limits: the wall deadline and the CPU budget (the
 cgroup's CPU counter since the cell began, re-armed as ``sandbox.monitor`` does) and
@@ -31,7 +31,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sandlot.models import (
@@ -42,48 +42,16 @@ from sandlot.models import (
     OutputEvent,
     Result,
     Status,
-    StreamName,
 )
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Box
 from sandlot.sandbox.policy import Bind
+from sandlot.stateful.cell import INTERRUPT_GRACE_S, Cell, cell_result, reset_reason
 from sandlot.stateful.protocol import CellReport, MarkerSplitter, ProtocolError, cell_frame, new_marker
 
 log = logging.getLogger("sandlot.stateful")
 
-INTERRUPT_GRACE_S = 2.0  # after SIGINT, how long a cell has to stop before its interpreter is killed
 _MIN_CPU_CHECK_S = 0.002
-
-
-@dataclass
-class _Cell:
-    limits: Limits
-    output_left: int
-    events: asyncio.Queue[OutputEvent | None] = field(default_factory=asyncio.Queue)
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    report: CellReport | None = None
-    stderr_ended: bool = False
-    died: Result | None = None  # the interpreter ended during the cell
-    stopped_for: str = ""  # wall | cpu | output | cancelled: why the host interrupted it
-    truncated: bool = False
-    finished: bool = False
-
-    def output(self, stream: StreamName, data: bytes) -> bool:
-        """Take the cell's output up to its cap; False once the cap is passed (the rest is dropped)."""
-        if len(data) > self.output_left:
-            data = data[: self.output_left]
-            self.truncated = True
-        self.output_left -= len(data)
-        if data:
-            (self.stdout if stream == "stdout" else self.stderr).extend(data)
-            self.events.put_nowait(OutputEvent(stream=stream, data=data))
-        return not self.truncated
-
-    def end(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self.events.put_nowait(None)
 
 
 @dataclass(frozen=True)
@@ -122,7 +90,7 @@ class StatefulSession:
         self._lock = asyncio.Lock()
         self._box: Box | None = None
         self._stdin: asyncio.Queue[bytes | None] | None = None
-        self._cell: _Cell | None = None
+        self._cell: Cell | None = None
         self._closing = False
         self._reset_reason = ""  # said with the next cell's session_reset notice
         self._owner: asyncio.Task[None] | None = None
@@ -214,7 +182,7 @@ class StatefulSession:
             cell.died = ended
             cell.end()
         if not self._closing:
-            self._reset_reason = _why_reset(ended, cell)
+            self._reset_reason = reset_reason(ended, cell)
 
     def _run_limits(self) -> Limits:
         """The interpreter's run: the session's memory and processes; its own time bounded by the lifetime."""
@@ -253,8 +221,8 @@ class StatefulSession:
                 return
             if self._reset_reason:
                 yield stamped(NoticeEvent(NOTICE_SESSION_RESET, self._reset_reason))
-            reset_reason, self._reset_reason = self._reset_reason, ""
-            cell = _Cell(limits, output_left=limits.max_output_bytes)
+            said_reset, self._reset_reason = self._reset_reason, ""
+            cell = Cell(limits, output_left=limits.max_output_bytes)
             self._cell = cell
             try:
                 async with self._limits(cell) as measured:
@@ -262,7 +230,7 @@ class StatefulSession:
                     self._stdin.put_nowait(cell_frame(code, stdin.decode("utf-8", "replace")))
                     while (event := await cell.events.get()) is not None:
                         yield stamped(event)
-                result, value = _result(cell, measured(), reset_reason)
+                result, value = cell_result(cell, measured(), said_reset)
                 yield stamped(ExitEvent(replace(result, language=self.interpreter.language), value=value))
             finally:
                 if not cell.finished:  # the caller left mid-cell: stop it before the next one may start
@@ -271,7 +239,7 @@ class StatefulSession:
                 self.last_used = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def _limits(self, cell: _Cell) -> AsyncIterator[_Measure]:
+    async def _limits(self, cell: Cell) -> AsyncIterator[_Measure]:
         loop = asyncio.get_running_loop()
         box = self._box
         if box is None:
@@ -306,7 +274,7 @@ class StatefulSession:
         if self._cell is not None and not self._cell.finished and self._box is not None:
             self._box.send_signal(sig)
 
-    def _interrupt(self, cell: _Cell, why: str) -> None:
+    def _interrupt(self, cell: Cell, why: str) -> None:
         """SIGINT for the cell (KeyboardInterrupt); past the grace, the interpreter is killed."""
         if cell.finished or cell.stopped_for or self._box is None:
             return
@@ -314,11 +282,11 @@ class StatefulSession:
         self._box.send_signal(signal.SIGINT)
         asyncio.get_running_loop().call_later(INTERRUPT_GRACE_S, self._kill_if_running, cell)
 
-    def _kill_if_running(self, cell: _Cell) -> None:
+    def _kill_if_running(self, cell: Cell) -> None:
         if not cell.finished and self._box is not None:
             self._box.cancel_run()  # the owner sees the interpreter end and starts a new one
 
-    async def _abandon(self, cell: _Cell) -> None:
+    async def _abandon(self, cell: Cell) -> None:
         self._interrupt(cell, "cancelled")
         while await cell.events.get() is not None:
             pass
@@ -350,69 +318,3 @@ async def _queued(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes | N
         yield chunk
         if chunk is None:
             return
-
-
-def _why_reset(ended: Result, cell: _Cell | None) -> str:
-    if cell is not None and cell.stopped_for in ("wall", "cpu", "cancelled"):
-        detail = f"a cell did not stop within {INTERRUPT_GRACE_S:g} s of its interrupt"
-    elif ended.status is Status.MEMORY_LIMIT:
-        detail = "the session's memory limit was reached"
-    else:
-        detail = f"the interpreter ended ({ended.status.value}{': ' + ended.message if ended.message else ''})"
-    return f"{detail}; the interpreter was restarted: earlier variables and imports are gone"
-
-
-def _result(cell: _Cell, measured: tuple[float, float, int], reset_reason: str) -> tuple[Result, str | None]:
-    """The cell's Result and value, from its report or from how its interpreter ended."""
-    wall, cpu, peak = measured
-    base = Result(
-        Status.OK,
-        exit_code=0,
-        stdout=bytes(cell.stdout),
-        stderr=bytes(cell.stderr),
-        wall_time=wall,
-        cpu_time=cpu,
-        memory_peak=peak,
-        truncated=cell.truncated,
-        message=reset_reason and f"{NOTICE_SESSION_RESET}: {reset_reason}",
-    )
-    limits = cell.limits
-    stopped = {
-        "wall": (Status.TIMEOUT, f"wall-clock time limit exceeded ({limits.wall_time_limit_s:g} s)"),
-        "cpu": (Status.TIMEOUT, f"CPU time limit exceeded ({limits.time_limit_s:g} s)"),
-        "output": (Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.max_output_bytes} bytes)"),
-        "cancelled": (Status.SIGNALED, "cancelled by request"),
-    }.get(cell.stopped_for)
-    report = cell.report
-    if cell.died is not None:
-        died = cell.died
-        if stopped is not None:
-            status, message = stopped
-            message += f"; the cell did not stop within {INTERRUPT_GRACE_S:g} s, so the interpreter was restarted"
-        elif died.status is Status.MEMORY_LIMIT:
-            status = Status.MEMORY_LIMIT
-            message = f"the session's memory limit was exceeded ({limits.memory_limit_bytes // (1024 * 1024)} MB)"
-        else:
-            status, message = died.status, died.message or "the interpreter ended"
-        if status is Status.OK:
-            status = Status.RUNTIME_ERROR
-        return replace(base, status=status, exit_code=None, signal=died.signal, message=message), None
-    if stopped is not None:
-        status, message = stopped
-        return replace(base, status=status, exit_code=None, signal=signal.SIGINT, message=message), None
-    assert report is not None
-    if report.outcome == "error":
-        return replace(base, status=Status.RUNTIME_ERROR, exit_code=1, message=f"the cell raised {report.error}"), None
-    if report.outcome == "interrupted":
-        return replace(
-            base, status=Status.RUNTIME_ERROR, exit_code=1, message="the cell raised KeyboardInterrupt"
-        ), None
-    if report.outcome == "exit":
-        code = int(report.error) if report.error.lstrip("-").isdigit() else 1
-        if code:
-            return replace(base, status=Status.RUNTIME_ERROR, exit_code=code, message=f"exited with code {code}"), None
-        return base, None
-    value = report.value
-    if value is not None and report.value_chars > len(value):
-        value += f"... [the value's repr is {report.value_chars} characters; cut at {len(value)}]"
-    return base, value

@@ -9,6 +9,9 @@ we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated`
 They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
 In distributed mode the box is on a worker, not here: creating and ending work
 on any API node, the file routes answer 400 (``Sessions.local``).
+
+``{"stateful": true}`` creates a stateful session instead (``sandlot.stateful``: an
+interpreter kept in a pinned box, runs are its cells); DELETE ends either kind.
 """
 
 from __future__ import annotations
