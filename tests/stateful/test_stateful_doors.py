@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -19,7 +18,7 @@ from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
 from sandlot.config import ServerSettings
 from tests.api.grpc.test_grpc import grpc_serving
-from tests.api.http.test_http import live_server, running_service
+from tests.api.http.test_http import asgi_client, live_server, running_service
 from tests.api.mcp.test_mcp import _error, _http_client, _mcp_app, _structured
 
 pytestmark = pytest.mark.root
@@ -66,7 +65,7 @@ async def test_grpc_execute_runs_a_cell_and_returns_its_value() -> None:
 
 async def test_websocket_cell_streams_and_sigint_interrupts_only_the_cell() -> None:
     async with running_service() as service, live_server(create_app(service)) as base:
-        async with httpx.AsyncClient(base_url=f"http://{base}", timeout=30) as http:
+        async with asgi_client(create_app(service)) as http:
             created = await http.post("/api/v1/sessions", json={"stateful": True})
             assert created.status_code == 201, created.text
             session_id = created.json()["session_id"]
@@ -86,3 +85,46 @@ async def test_websocket_cell_streams_and_sigint_interrupts_only_the_cell() -> N
         assert waiting["status"] == "runtime_error" and "KeyboardInterrupt" in waiting["message"], waiting
         after = await ws_cell("n * 6")
         assert (after["status"], after["value"]) == ("ok", "42")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"stateful": "yes"}, 400, "stateful"),
+        ({"stateful": True, "language": "bash"}, 400, "language"),
+        ({"stateful": True, "language": "cobol"}, 400, "language"),
+        ({"stateful": True, "colour": "red"}, 400, "colour"),
+        ({"stateful": True, "limits": {"memory_limit": 10**6}}, 400, "limits.memory_limit"),
+        ({"stateful": True, "limits": 5}, 400, "limits"),
+        ({"stateful": True, "environment": "no-such-env"}, 404, None),
+        ({"language": "python"}, 400, "language"),  # a file session takes no language
+    ],
+)
+async def test_bad_session_requests_are_refused_naming_the_field(
+    body: dict[str, Any], status: int, field: str | None
+) -> None:
+    async with running_service() as service, asgi_client(create_app(service)) as http:
+        reply = await http.post("/api/v1/sessions", json=body)
+        assert reply.status_code == status, reply.text
+        if field is not None:
+            assert reply.json()["error"]["field"] == field
+        assert service.stateful is not None and service.stateful.count == 0
+
+
+async def test_a_cell_takes_code_only() -> None:
+    async with running_service() as service, asgi_client(create_app(service)) as http:
+        session_id = (await http.post("/api/v1/sessions", json={"stateful": True})).json()["session_id"]
+        for extra, field in (
+            ({"commands": ["ls"]}, "commands"),
+            ({"fetch_files": ["a"]}, "fetch_files"),
+            ({"args": ["x"]}, "args"),
+        ):
+            reply = await http.post("/api/v1/run", json={"session_id": session_id, "code": "1", **extra})
+            assert reply.status_code == 400 and reply.json()["error"]["field"] == field, reply.text
+        files = [{"name": "a.py", "content": "1"}, {"name": "b.py", "content": "2"}]
+        two = await http.post("/api/v1/run", json={"session_id": session_id, "files": files})
+        assert two.status_code == 400 and two.json()["error"]["field"] == "files", two.text
+        no_language = await http.post("/api/v1/run", json={"code": "1"})
+        assert no_language.status_code == 400 and no_language.json()["error"]["field"] == "language"
+        fine = await http.post("/api/v1/run", json={"session_id": session_id, "code": "6 * 7"})
+        assert fine.json()["value"] == "42"
