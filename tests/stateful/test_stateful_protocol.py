@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sandlot.api.http.app import create_app
+from sandlot.broker import event_from_wire, event_to_wire
 from sandlot.config import DEFAULT_RUN_LIMITS
-from sandlot.models import OutputEvent, Result
+from sandlot.models import ExitEvent, OutputEvent, Result, Status
 from sandlot.sandbox import Box
 from sandlot.stateful.protocol import CellReport, MarkerSplitter, ProtocolError
 from tests.api.http.test_http import asgi_client, running_service
@@ -40,6 +43,14 @@ def test_a_forged_report_is_a_protocol_error() -> None:
         splitter.feed(MARKER + b" {not json}\n")
     with pytest.raises(ProtocolError):
         MarkerSplitter(MARKER, with_report=False).feed(MARKER + b"tail\n")
+
+
+def test_the_value_crosses_the_redis_codec_and_is_absent_for_other_runs() -> None:
+    cell = ExitEvent(Result(Status.OK), value="'x' * 3", seq=4)
+    assert event_from_wire(json.loads(json.dumps(event_to_wire(cell)))) == cell
+    plain = ExitEvent(Result(Status.OK), seq=2)
+    assert "value" not in event_to_wire(plain)
+    assert event_from_wire(event_to_wire(plain)) == plain
 
 
 @pytest.mark.root
