@@ -208,3 +208,17 @@ async def test_a_cells_memory_peak_is_its_own(isolation: str) -> None:
         small = await cell(client, sid, "1")
         assert big["memory_peak"] >= 64 * 1024 * 1024
         assert small["memory_peak"] < 48 * 1024 * 1024, small  # the earlier cell's 64 MiB are not counted
+
+
+async def test_an_interpreter_that_exits_is_started_again_for_the_next_cell(isolation: str) -> None:
+    async with stateful(isolation) as (_, client):
+        sid = await open_session(client, isolation)
+        await cell(client, sid, "kept = 1")
+        gone = await cell(client, sid, "import os\nprint('bye', flush=True)\nos._exit(3)")
+        assert (gone["status"], gone["exit_code"], gone["stdout"]) == ("runtime_error", None, "bye\n"), gone
+        again = await cell(client, sid, "'kept' in globals()")
+        assert (again["status"], again["value"]) == ("ok", "False")
+        assert again["message"].startswith(f"{NOTICE_SESSION_RESET}: the interpreter ended")
+        exited = await cell(client, sid, "raise SystemExit(4)")  # exit() ends the cell, not the session
+        assert (exited["status"], exited["exit_code"]) == ("runtime_error", 4)
+        assert (await cell(client, sid, "'kept' in globals()"))["message"] == ""

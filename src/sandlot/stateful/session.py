@@ -34,6 +34,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sandlot.errors import SandlotError
 from sandlot.models import (
     NOTICE_SESSION_RESET,
     ExitEvent,
@@ -89,7 +90,9 @@ class StatefulSession:
         self._cpu_rate = max(cpu_rate, 0.01)
         self._lock = asyncio.Lock()
         self._box: Box | None = None
-        self._stdin: asyncio.Queue[bytes | None] | None = None
+        # The interpreters' stdin, one queue for all of them: a frame sent while none runs waits for the next.
+        self._stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._wanted = asyncio.Event()  # a cell was sent: an interpreter that ended is started again
         self._cell: Cell | None = None
         self._closing = False
         self._reset_reason = ""  # said with the next cell's session_reset notice
@@ -111,8 +114,8 @@ class StatefulSession:
         self._closing = True
         if self._box is not None:
             self._box.cancel_run()
-        if self._stdin is not None:
-            self._stdin.put_nowait(None)
+        self._stdin.put_nowait(None)
+        self._wanted.set()
         if self._owner is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.shield(self._owner)
@@ -126,6 +129,9 @@ class StatefulSession:
                 leased.set_result(None)
                 while not self._closing:
                     await self._interpret(box)
+                    # Started again only for a cell: one that cannot start (or dies at once) is tried once
+                    # per cell, never in a loop.
+                    await self._wanted.wait()
         except BaseException as exc:
             if not leased.done():
                 leased.set_exception(exc)
@@ -148,35 +154,36 @@ class StatefulSession:
             "stdout": MarkerSplitter(marker, with_report=True),
             "stderr": MarkerSplitter(marker, with_report=False),
         }
-        stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._stdin = stdin
+        self._wanted.clear()
         box.clear_cancel()  # a kill of the previous interpreter must not end this one
         command = [*it.argv, marker.decode()]
         ended = Result(Status.INTERNAL_ERROR, message="the interpreter ended without a result")
-        async with contextlib.aclosing(
-            box.run(
-                command,
-                limits=self._run_limits(),
-                stdin=_queued(stdin),
-                env=it.env,
-                binds=it.binds,
-                rootfs=it.rootfs,
-                keep_output=False,
-            )
-        ) as events:
-            async for item in events:
-                if isinstance(item, Result):
-                    ended = item
-                    continue
-                try:
-                    parts = splitters[item.stream].feed(item.data)
-                except ProtocolError as exc:
-                    log.warning("stateful session %s: %s; restarting its interpreter", self.id, exc)
-                    box.cancel_run()
-                    continue
-                for part in parts:
-                    self._deliver(item.stream, part)
-        self._stdin = None
+        run = box.run(
+            command,
+            limits=self._run_limits(),
+            stdin=_queued(self._stdin),
+            env=it.env,
+            binds=it.binds,
+            rootfs=it.rootfs,
+            keep_output=False,
+        )
+        try:
+            async with contextlib.aclosing(run) as events:
+                async for item in events:
+                    if isinstance(item, Result):
+                        ended = item
+                        continue
+                    try:
+                        parts = splitters[item.stream].feed(item.data)
+                    except ProtocolError as exc:
+                        log.warning("stateful session %s: %s; restarting its interpreter", self.id, exc)
+                        box.cancel_run()
+                        continue
+                    for part in parts:
+                        self._deliver(item.stream, part)
+        except SandlotError as exc:  # the box could not start it: the cell says so, the session stays
+            log.warning("stateful session %s: the interpreter did not start: %s", self.id, exc)
+            ended = Result(Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}")
         cell = self._cell
         if cell is not None and not cell.finished:
             cell.died = ended
@@ -226,7 +233,7 @@ class StatefulSession:
             self._cell = cell
             try:
                 async with self._limits(cell) as measured:
-                    assert self._stdin is not None
+                    self._wanted.set()
                     self._stdin.put_nowait(cell_frame(code, stdin.decode("utf-8", "replace")))
                     while (event := await cell.events.get()) is not None:
                         yield stamped(event)
@@ -297,7 +304,6 @@ class _Measure:
     box: Box
     started: float
     cpu_before: float
-    wall_s: float = 0.0
 
     def cpu_time_s(self) -> float:
         stats = self.box.run_stats()
