@@ -103,6 +103,11 @@ class StatefulSession:
     def busy(self) -> bool:
         return self._lock.locked()
 
+    @property
+    def ended(self) -> bool:
+        """Its box is given back (closed, or its owner failed): no cell runs here any more."""
+        return self._owner is not None and self._owner.done()
+
     async def start(self) -> None:
         """Take a box (waiting in the pool's queue like any run) and start the interpreter."""
         leased: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -81,7 +81,7 @@ class StatefulSessions:
 
     @property
     def count(self) -> int:
-        return len(self._sessions)
+        return sum(1 for session in self._sessions.values() if not session.ended)
 
     async def create(
         self, tenant: str, *, language: str, isolation: str, limits: LimitRequest | None, environment: str = ""
@@ -101,14 +101,15 @@ class StatefulSessions:
         prepared = self._engine.prepare(
             Job(language, (SourceFile("main", b"pass"),), environment=environment), limits, None, qualify_fields=True
         )
-        if len(self._sessions) + self._starting >= self.max_sessions:
+        if self.count + self._starting >= self.max_sessions:
             raise AtCapacity(
                 "pool",
                 f"the stateful session limit ({self.max_sessions}) is reached: end one (DELETE "
                 "/api/v1/sessions/{id}) or wait for one to expire",
                 retry_after_s=5.0,
             )
-        at_level = sum(1 for s in self._sessions.values() if s.isolation == isolation) + self._starting_at[isolation]
+        live = [session for session in self._sessions.values() if not session.ended]
+        at_level = sum(1 for session in live if session.isolation == isolation) + self._starting_at[isolation]
         if at_level >= pool.size:
             # Every box of the level is some session's: the wait for one could last a session's lifetime.
             raise AtCapacity(
@@ -142,9 +143,14 @@ class StatefulSessions:
         return StatefulInfo(session_id, self._ttl_s, session.isolation, lang.name)
 
     def find(self, tenant: str, session_id: str | None) -> StatefulSession | None:
+        """The tenant's live session of that id; one whose box was given back is forgotten here."""
         if session_id is None:
             return None
-        return self._sessions.get((tenant, session_id))
+        session = self._sessions.get((tenant, session_id))
+        if session is not None and session.ended:
+            self._forget((tenant, session_id))
+            return None
+        return session
 
     def settle(self, spec: TaskSpec) -> TaskSpec:
         """A cell's spec as it runs: the session's language and level (a mismatch is a 400)."""
@@ -165,15 +171,18 @@ class StatefulSessions:
         return dataclasses.replace(spec, language=language, isolation=session.isolation)
 
     async def end(self, tenant: str, session_id: str) -> None:
-        key = (tenant, session_id)
-        session = self._sessions.pop(key, None)
+        session = self._forget((tenant, session_id))
         if session is None:
             raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+        await session.close()
+
+    def _forget(self, key: tuple[str, str]) -> StatefulSession | None:
+        session = self._sessions.pop(key, None)
         self._created.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        await session.close()
+        return session
 
     async def close(self) -> None:
         """End every session (at shutdown)."""
