@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
 from sandlot.config import ServerSettings
+from sandlot.stateful.session import SESSION_ENDED_MID_CELL
 from tests.api.grpc.test_grpc import grpc_serving
 from tests.api.http.test_http import asgi_client, live_server, running_service
 from tests.api.mcp.test_mcp import _error, _http_client, _mcp_app, _structured
@@ -128,3 +129,17 @@ async def test_a_cell_takes_code_only() -> None:
         assert no_language.status_code == 400 and no_language.json()["error"]["field"] == "language"
         fine = await http.post("/api/v1/run", json={"session_id": session_id, "code": "6 * 7"})
         assert fine.json()["value"] == "42"
+
+
+async def test_the_absolute_expiry_ends_a_session_in_use() -> None:
+    async with running_service(session_ttl_s=2.0) as service, asgi_client(create_app(service)) as http:
+        created = await http.post("/api/v1/sessions", json={"stateful": True})
+        assert created.json()["expires_in_s"] == 2.0
+        session_id = created.json()["session_id"]
+        # Busy past its lifetime: the session ends under the cell, which says so.
+        cell = {"session_id": session_id, "code": "import time\ntime.sleep(30)", "limits": {"wall_time_limit": 60}}
+        ended = (await http.post("/api/v1/run", json=cell)).json()
+        assert (ended["status"], ended["message"]) == ("signaled", SESSION_ENDED_MID_CELL), ended
+        assert service.stateful is not None and service.stateful.count == 0
+        gone = await http.post("/api/v1/run", json={"session_id": session_id, "code": "1"})
+        assert gone.status_code in (400, 404), gone.text

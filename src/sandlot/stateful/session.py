@@ -53,6 +53,7 @@ from sandlot.stateful.protocol import CellReport, MarkerSplitter, ProtocolError,
 log = logging.getLogger("sandlot.stateful")
 
 _MIN_CPU_CHECK_S = 0.002
+SESSION_ENDED_MID_CELL = "the session ended during the cell (it expired or was deleted)"
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ class StatefulSession:
             ended = Result(Status.INTERNAL_ERROR, message=f"sandbox failure: {exc}")
         cell = self._cell
         if cell is not None and not cell.finished:
+            if self._closing:  # ended under the cell: its expiry, or a DELETE
+                ended = Result(Status.SIGNALED, signal=signal.SIGKILL, message=SESSION_ENDED_MID_CELL)
             cell.died = ended
             cell.end()
         if not self._closing:
