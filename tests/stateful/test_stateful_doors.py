@@ -143,3 +143,17 @@ async def test_the_absolute_expiry_ends_a_session_in_use() -> None:
         assert service.stateful is not None and service.stateful.count == 0
         gone = await http.post("/api/v1/run", json={"session_id": session_id, "code": "1"})
         assert gone.status_code in (400, 404), gone.text
+
+
+async def test_sessions_never_wait_for_a_box_that_sessions_hold() -> None:
+    async with (
+        running_service(pool_size=2, max_stateful_sessions=5) as service,
+        asgi_client(create_app(service)) as http,
+    ):
+        for _ in range(2):
+            assert (await http.post("/api/v1/sessions", json={"stateful": True})).status_code == 201
+        async with asyncio.timeout(_BOUND_S):  # a wait here would last a session's lifetime
+            third = await http.post("/api/v1/sessions", json={"stateful": True})
+        assert third.status_code == 429, third.text
+        assert "every jail box (2) is held by a stateful session" in third.json()["error"]["message"]
+        assert third.headers["retry-after"] == "5"

@@ -113,13 +113,19 @@ class StatefulSession:
         """Take a box (waiting in the pool's queue like any run) and start the interpreter."""
         leased: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._owner = asyncio.create_task(self._own(leased), name=f"sandlot-stateful-{self.id}")
-        await leased
+        try:
+            await leased
+        except BaseException:
+            await self.close()  # the creation was abandoned (its request cancelled): keep no box for nobody
+            raise
 
     async def close(self) -> None:
         """End the interpreter and give the box back; waits for both."""
         self._closing = True
         if self._box is not None:
             self._box.cancel_run()
+        elif self._owner is not None:
+            self._owner.cancel()  # still waiting for its box: stop waiting
         self._stdin.put_nowait(None)
         self._wanted.set()
         if self._owner is not None:
@@ -132,7 +138,8 @@ class StatefulSession:
         try:
             async with self._pool.lease(self.tenant) as box:
                 self._box = box
-                leased.set_result(None)
+                if not leased.done():
+                    leased.set_result(None)
                 while not self._closing:
                     await self._interpret(box)
                     # Started again only for a cell: one that cannot start (or dies at once) is tried once
