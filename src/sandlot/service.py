@@ -274,6 +274,9 @@ class Service:
         if self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None:
             spec = self.stateful.settle(spec)  # a cell: the session's language and level
         elif not spec.language:
+            if spec.session_id is not None and not self.sessions.distributed:
+                # A cell of a session that is not there (ended, another tenant's): that, not the language.
+                self.sessions.pool_for_run(spec.isolation, spec.tenant, spec.session_id)
             raise RejectedError("language: required", field="language")
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from sandlot.api.grpc.gen.sandlot.v1 import sandlot_pb2 as pb
 from sandlot.api.http.app import create_app
-from sandlot.config import ServerSettings
+from sandlot.config import ApiKey, ServerSettings
 from sandlot.stateful.session import SESSION_ENDED_MID_CELL
 from tests.api.grpc.test_grpc import grpc_serving
 from tests.api.http.test_http import asgi_client, live_server, running_service
@@ -142,7 +142,7 @@ async def test_the_absolute_expiry_ends_a_session_in_use() -> None:
         assert (ended["status"], ended["message"]) == ("signaled", SESSION_ENDED_MID_CELL), ended
         assert service.stateful is not None and service.stateful.count == 0
         gone = await http.post("/api/v1/run", json={"session_id": session_id, "code": "1"})
-        assert gone.status_code in (400, 404), gone.text
+        assert gone.status_code == 404, gone.text
 
 
 async def test_sessions_never_wait_for_a_box_that_sessions_hold() -> None:
@@ -157,3 +157,22 @@ async def test_sessions_never_wait_for_a_box_that_sessions_hold() -> None:
         assert third.status_code == 429, third.text
         assert "every jail box (2) is held by a stateful session" in third.json()["error"]["message"]
         assert third.headers["retry-after"] == "5"
+
+
+async def test_another_tenants_session_is_not_found() -> None:
+    keys = (ApiKey("key-a", "a"), ApiKey("key-b", "b"))
+    async with running_service(api_keys=keys) as service:
+        app = create_app(service)
+        async with (
+            asgi_client(app, authorization="Bearer key-a") as a,
+            asgi_client(app, authorization="Bearer key-b") as b,
+        ):
+            session_id = (await a.post("/api/v1/sessions", json={"stateful": True})).json()["session_id"]
+            assert (await a.post("/api/v1/run", json={"session_id": session_id, "code": "x = 1"})).status_code == 200
+            for attempt in (
+                await b.post("/api/v1/run", json={"session_id": session_id, "code": "x"}),
+                await b.delete(f"/api/v1/sessions/{session_id}"),
+            ):
+                assert attempt.status_code == 404, attempt.text
+            mine = await a.post("/api/v1/run", json={"session_id": session_id, "code": "x"})
+            assert mine.json()["value"] == "1"
