@@ -37,8 +37,8 @@ export async function fetchLanguages() {
 }
 
 /** A new session: {session_id, expires_in_s}. */
-export function createSession() {
-  return request("POST", "/api/v1/sessions");
+export function createSession(body) {
+  return request("POST", "/api/v1/sessions", body);
 }
 
 export function endSession(sessionId) {
