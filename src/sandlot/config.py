@@ -151,10 +151,19 @@ class ServerSettings:
     # Environments in the distributed mode (issue 15): the base URL workers fetch this API node's
     # environments from; "": http://HOST:HTTP_PORT (this host's name when HOST is a wildcard address).
     internal_url: str = ""
+    # Stateful sessions (an interpreter kept in a pinned box). 0: derived, the jail pool's size - 1 (at least 1),
+    # so plain runs always keep a box; a negative number turns them off.
+    max_stateful_sessions: int = 0
 
     @property
     def effective_pool_size(self) -> int:
         return self.pool_size or max(2, (os.cpu_count() or 1) * 2)
+
+    @property
+    def effective_max_stateful_sessions(self) -> int:
+        if self.max_stateful_sessions:
+            return max(self.max_stateful_sessions, 0)
+        return max(1, self.effective_pool_size - 1)
 
 
 def effective_max_sessions(server: ServerSettings) -> int:

@@ -84,6 +84,12 @@ class Metrics:
             )
         )
 
+    def watch_stateful(self, sessions: Callable[[], float]) -> None:
+        """Register the gauge of live stateful sessions (each pins a box)."""
+        self.registry.register(
+            _LiveState({"sandlot_stateful_sessions_active": ("Live stateful sessions", lambda: [({}, sessions())])})
+        )
+
     def record(self, result: Result) -> None:
         """Count one finished execution (called in the worker's finally)."""
         language = result.language or "unknown"

@@ -178,6 +178,7 @@ class ExitEvent:
     seq: int = 0
     time: float = field(default_factory=time.time)
     kind: Literal["exit"] = "exit"
+    value: str | None = None  # a stateful session's cell: the repr of its last expression (capped), else None
 
 
 @dataclass(frozen=True)

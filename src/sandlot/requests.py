@@ -125,7 +125,8 @@ def parse_execution(
         first = min(unknown)
         raise RejectedError(f"{first}: unknown field", field=first)
     language = _str(data, "language", default_language)
-    if not language:
+    if not language and data.get("session_id") is None:
+        # A cell of a stateful session may leave it out (the session's); ``Service.validate`` checks.
         raise RejectedError("language: required", field="language")
     code = _str(data, "code")
     if code is not None and data.get("files") is not None:
@@ -154,7 +155,7 @@ def parse_execution(
     return TaskSpec(
         id=new_task_id(),
         tenant=tenant,
-        language=language,
+        language=language or "",
         files=files,
         stdin=stdin_bytes,
         args=_str_list(data, "args"),

@@ -37,6 +37,7 @@ from sandlot.errors import (
     EnvironmentNotFound,
     IsolationUnavailable,
     NoWorker,
+    RejectedError,
     SandlotError,
 )
 from sandlot.judge.validate import prepare_judge
@@ -46,6 +47,7 @@ from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sessions import SessionInfo, Sessions
+from sandlot.stateful import StatefulSessions
 from sandlot.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class Service:
     accepting: bool = True
     _versions: dict[str, str] = field(default_factory=dict)
     _store_watch: asyncio.Task[None] | None = None  # an API node's registration of what its store gains
+    stateful: StatefulSessions | None = None  # stateful sessions (None: a Service built without them)
 
     @classmethod
     async def start(cls, settings: Settings, server: ServerSettings, *, broker: Broker | None = None) -> Service:
@@ -198,6 +201,16 @@ class Service:
             pool_available=lambda: float(pool.available),
             sessions=lambda: float(sum(p.session_count for p in pools.values())),
         )
+        stateful = StatefulSessions(
+            pools,
+            engine,
+            settings,
+            max_sessions=server.effective_max_stateful_sessions,
+            ttl_s=server.session_ttl_s,
+            idle_s=server.session_idle_s,
+            distributed=isinstance(the_broker, Distributed) or not server.start_worker,
+        )
+        metrics.watch_stateful(lambda: float(stateful.count))
         worker = None
         if server.start_worker:
             concurrency = sum(p.size for p in pools.values())
@@ -209,6 +222,7 @@ class Service:
                 metrics=metrics,
                 default_isolation=server.default_isolation,
                 environments=shared,
+                stateful=stateful,
             )
             worker.start()
             await worker.present()  # API nodes count this worker before it is reported ready
@@ -221,7 +235,19 @@ class Service:
             problems=problems,
         )
         service = cls(
-            settings, server, languages, sandbox, pool, the_broker, engine, metrics, worker, sessions, pools, shared
+            settings,
+            server,
+            languages,
+            sandbox,
+            pool,
+            the_broker,
+            engine,
+            metrics,
+            worker,
+            sessions,
+            pools,
+            shared,
+            stateful=stateful,
         )
         service._versions = await languages.probe_versions()
         return service
@@ -301,6 +327,13 @@ class Service:
         weaker than the key's minimum is refused (403); one this server cannot run
         is a 503 naming the level (IsolationUnavailable), never a run at a weaker level.
         """
+        if self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None:
+            spec = self.stateful.settle(spec)  # a cell: the session's language and level
+        elif not spec.language:
+            if spec.session_id is not None and not self.sessions.distributed:
+                # A cell of a session that is not there (ended, another tenant's): that, not the language.
+                self.sessions.pool_for_run(spec.isolation, spec.tenant, spec.session_id)
+            raise RejectedError("language: required", field="language")
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
@@ -315,11 +348,15 @@ class Service:
             self.engine.prepare(
                 spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there
             )
-        if not self.sessions.distributed:
+        if not self.sessions.distributed and not self._is_cell(spec):
             # Distributed, the workers' pools decide which levels run, and a session's
             # level is in the broker: ``enqueue`` settles it.
             self.sessions.pool_for_run(spec.isolation, spec.tenant, spec.session_id)
         return spec
+
+    def _is_cell(self, spec: TaskSpec) -> bool:
+        """Is this a cell of a stateful session (whose box is not the pool's to find)?"""
+        return self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None
 
     def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
         """The level a request runs at (see ``validate``)."""
@@ -365,7 +402,7 @@ class Service:
         """
         if not self.accepting:
             raise BrokerUnavailable("the server is shutting down")
-        if spec.session_id is not None:
+        if spec.session_id is not None and not self._is_cell(spec):
             level = await self.sessions.level_for_run(spec.tenant, spec.session_id, spec.isolation)
             if level != spec.isolation:
                 spec = dataclasses.replace(spec, isolation=level)
@@ -380,6 +417,8 @@ class Service:
                 await self._store_watch
         if self.worker is not None:
             await self.worker.drain(self.server.drain_deadline_s)
+        if self.stateful is not None:
+            await self.stateful.close()  # their boxes go back to the pools before those close
         await self.broker.close()
         for pool in reversed(list(self.pools.values())):
             await pool.close()

@@ -64,6 +64,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.engine import Engine, check_isolation
@@ -85,6 +86,9 @@ from sandlot.models import (
 from sandlot.pool import BoxPool, pool_for_run
 from sandlot.sandbox import Box
 from sandlot.worker_sessions import SessionBoxes, SessionKey
+
+if TYPE_CHECKING:
+    from sandlot.stateful import StatefulSession, StatefulSessions
 
 log = logging.getLogger("sandlot.worker")
 _CLAIM_RETRY_S = 1.0
@@ -125,9 +129,11 @@ class Worker:
         metrics: Metrics | None = None,
         default_isolation: str = "jail",
         environments: SharedEnvironments | None = None,
+        stateful: StatefulSessions | None = None,
     ) -> None:
         self.broker = broker
         self.environments = environments  # distributed mode: fetches what a job asks for and this node lacks
+        self.stateful = stateful  # a stateful session's cell runs in its interpreter, not on the engine
         self.engine = engine
         self.judge = Judge(engine)
         self.compile_once = CompileOnce(engine)
@@ -271,6 +277,10 @@ class Worker:
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
+            session = self.stateful.find(spec.tenant, spec.session_id) if self.stateful is not None else None
+            if session is not None:
+                await self._run_cell(run, session, output)
+                return
             if isinstance(self.broker, Distributed) and not self._can_start(spec):
                 # Claimed on an idle session box's account, but it needs a free one: another worker starts
                 # it now (front of the queue, not counted), rather than it waiting here behind the runs.
@@ -514,6 +524,35 @@ class Worker:
                     await task
             if self.metrics is not None:
                 self.metrics.active_workers.dec()
+
+    async def _run_cell(self, run: _Run, session: StatefulSession, output: dict[str, bytearray]) -> None:
+        """A stateful session's cell: run in the session's interpreter; events and exit as any run's."""
+        spec = run.spec
+        limits = self.engine.settings.resolve_limits(spec.limits, where="limits")
+        await self.broker.mark_running(spec.id)
+        run.started = True
+        follower = asyncio.create_task(self._follow_cell_controls(spec.id, session))
+        code = spec.files[0].content.decode("utf-8", "replace")
+        try:
+            async with contextlib.aclosing(session.run_cell(code, spec.stdin, limits)) as events:
+                async for event in events:
+                    if isinstance(event, ExitEvent):
+                        await self._publish_exit(spec, event, run.published)
+                        continue
+                    if isinstance(event, OutputEvent):
+                        output[event.stream] += event.data
+                    await self.broker.publish(spec.id, event)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+
+    async def _follow_cell_controls(self, task_id: str, session: StatefulSession) -> None:
+        async for message in self.broker.controls(task_id):
+            if message.kind == "cancel":
+                session.cancel_cell()
+            elif message.kind == "signal":
+                session.signal_cell(message.signal)
 
     async def _heartbeat(self, broker: Heartbeating, run: _Run) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""

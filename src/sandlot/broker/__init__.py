@@ -359,6 +359,8 @@ def event_to_wire(event: Event) -> dict[str, Any]:
             stages=[[name, _result_to_wire(r)] for name, r in event.stages],
             files=[[name, base64.b64encode(content).decode()] for name, content in event.files],
         )
+        if event.value is not None:
+            base["value"] = event.value
     return base
 
 
@@ -391,5 +393,6 @@ def event_from_wire(data: dict[str, Any]) -> Event:
             files=tuple((str(n), base64.b64decode(c)) for n, c in data.get("files", [])),
             seq=seq,
             time=at,
+            value=None if data.get("value") is None else str(data["value"]),
         )
     raise ValueError(f"unknown event kind {kind!r}")

@@ -217,6 +217,23 @@ class Box:
         if self._current is not None:
             self._current.kill("cancelled")
 
+    def run_stats(self, *, reset_peak: bool = False) -> CgroupStats | None:
+        """The running command's cgroup counters (CPU since its jail started); None when nothing runs.
+
+        ``reset_peak``: then start the memory peak again from the current usage (where the
+        cgroup version can), so that a later call reports the peak of what ran in between.
+        """
+        current = self._current
+        if current is None:
+            return None
+        try:
+            stats = current.cgroup.stats()
+            if reset_peak:
+                current.cgroup.reset_peak()
+            return stats
+        except SandboxError:
+            return None
+
     def clear_cancel(self) -> None:
         """Forget a cancel request (a new lease of this box begins)."""
         self._cancel_requested = False
@@ -347,10 +364,13 @@ class Box:
         binds: Sequence[policy.Bind] = (),
         stage: str = "run",
         rootfs: Path | None = None,
+        keep_output: bool = True,
     ) -> AsyncGenerator[OutputEvent | Result, None]:
         """Run command in the box: yields OutputEvents as produced, then exactly one Result.
 
         ``rootfs``: an environment's root the command runs in instead of the host's.
+        ``keep_output``: False leaves the Result's stdout and stderr empty (a long-lived
+        program whose output is only wanted as events: a stateful session's interpreter).
         """
         if self._closed:  # its slot (uid, cgroup) may already belong to another box
             raise SandboxError(f"box {self.slot.index} is closed")
@@ -390,6 +410,7 @@ class Box:
             stage=stage,
             cpu_rate=self.sandbox.settings.cpu_cores_per_box,
             baseline=baseline,
+            keep_output=keep_output,
         )
         self._current = monitor
         try:

@@ -57,6 +57,7 @@ class RunMonitor:
         cpu_rate: float,
         baseline: CgroupStats | None = None,
         started: float | None = None,
+        keep_output: bool = True,
     ) -> None:
         self.launched = launched
         self.cgroup = cgroup
@@ -68,6 +69,9 @@ class RunMonitor:
         self.started = time.monotonic() if started is None else started
         self.state = _RunState(output_left=limits.max_output_bytes)
         self.state.status_lines += launched.status_seen
+        # False for a long-lived program whose output is consumed as events (a stateful session's
+        # interpreter): the Result's stdout/stderr stay empty instead of growing for the program's life.
+        self.keep_output = keep_output
 
     @property
     def pid(self) -> int:
@@ -119,7 +123,8 @@ class RunMonitor:
                 data = data[: state.output_left]
                 state.truncated = True
             state.output_left -= len(data)
-            (state.stdout if name == "stdout" else state.stderr).extend(data)
+            if self.keep_output:
+                (state.stdout if name == "stdout" else state.stderr).extend(data)
             stream: StreamName = "stdout" if name == "stdout" else "stderr"
             queue.put_nowait(OutputEvent(stream=stream, data=data, stage=self.stage))
             if state.truncated:

@@ -403,3 +403,26 @@ async def test_a_megabyte_of_output_arrives_whole(visit: Visit) -> None:
     expected = "".join(f"{i:06d}" + "y" * 93 + "\n" for i in range(10_000))
     await page.wait_for_function("n => document.getElementById('output').textContent.length >= n", arg=len(expected))
     assert await page.locator("#output").evaluate("el => el.textContent") == expected
+
+
+async def test_notebook_mode_keeps_variables_and_shows_the_value(visit: Visit, served: Served) -> None:
+    page = visit.page
+    toggle = page.get_by_label("Notebook (keep variables)")
+    await toggle.check()
+    info = page.locator("#session-info")
+    await expect(info).to_have_attribute("data-session-id", re.compile(r"\w+"))
+    session_id = await info.get_attribute("data-session-id")
+    assert served.service.stateful is not None and served.service.stateful.find("public", session_id) is not None
+
+    await visit.code("x = 41\nprint('set')\n")
+    await visit.run()
+    await visit.finished("ok")
+    await visit.code("x + 1\n")
+    await visit.run()
+    await visit.finished("ok")
+    await expect(page.locator("#output .out-value")).to_have_text("⇒ 42\n")
+
+    await page.get_by_label("Keep files (session)").check()  # one session at a time: the notebook ends
+    await expect(toggle).not_to_be_checked()
+    await expect(info).to_contain_text("Files are kept")
+    assert served.service.stateful.count == 0

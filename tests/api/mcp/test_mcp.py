@@ -185,6 +185,8 @@ async def test_stdio_conversation() -> None:
             "run_code",
             "judge",
             "list_languages",
+            "open_session",
+            "close_session",
             "create_session",
             "end_session",
             "write_file",

@@ -42,6 +42,7 @@ def exit_body(exit_event: ExitEvent, output_encoding: str = "utf8") -> dict[str,
         **_result_dict(exit_event.result, output_encoding),
         "stages": [{"name": name, **_result_dict(result, output_encoding)} for name, result in exit_event.stages],
         "files": [{"name": name, "content": base64.b64encode(content).decode()} for name, content in exit_event.files],
+        "value": exit_event.value,  # a stateful session's cell: its last expression's repr; else null
     }
 
 

@@ -261,5 +261,6 @@ def _event(event: Event) -> pb.Event:
         result=_result(event.result),
         stages=[pb.StageResult(stage=name, result=_result(r)) for name, r in event.stages],
         files=[pb.File(name=name, content=content) for name, content in event.files],
+        value=event.value,  # None (a stateful session's statement cell, any other run) leaves it unset
     )
     return pb.Event(seq=event.seq, time=event.time, exit=exit_)

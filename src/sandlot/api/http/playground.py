@@ -4,7 +4,7 @@ The page is static (HTML, CSS and plain JavaScript modules in ``static/``,
 nothing fetched from another host) and talks only to this server's
 public API: ``GET /api/v1/languages``, ``GET /api/v1/environments`` for the environment
 picker (shown when there are any; each lists the languages it offers), ``/api/v1/sessions`` for the "keep files"
-toggle, and the interactive WebSocket ``/api/v1/ws`` for runs. So this module
+and "notebook" toggles, and the interactive WebSocket ``/api/v1/ws`` for runs. So this module
 owns no logic of its own: it serves the files.
 
 The code editor is CodeMirror 6, from npm: ``scripts/setup.sh`` bundles

@@ -71,6 +71,9 @@ class TaskResult(Result):
 
     stages: list[StageResult]
     files: list[FetchedFile]
+    value: str | None = Field(
+        default=None, description="a stateful session's cell: the repr of its last expression (capped); else null"
+    )
 
 
 class RunAnswer(TaskResult):
@@ -134,6 +137,8 @@ class SessionCreated(_Closed):
     session_id: str
     expires_in_s: float
     isolation: str
+    stateful: bool | None = Field(default=None, description="a stateful session: true (absent otherwise)")
+    language: str | None = Field(default=None, description="a stateful session's interpreter")
 
 
 class SessionStateModel(_Closed):

@@ -9,6 +9,9 @@ we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated`
 They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
 In distributed mode the workdir is on a worker, not here: creating and ending work
 on any API node, the file routes answer 400 (``Sessions.local``).
+
+``{"stateful": true}`` creates a stateful session instead (``sandlot.stateful``: an
+interpreter kept in a pinned box, runs are its cells); DELETE ends either kind.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from sandlot.api.common.parsing import parse_json
-from sandlot.api.http.door import CallerDep
+from sandlot.api.http.door import Caller, CallerDep
 from sandlot.api.http.errors import ApiError
 from sandlot.api.http.schemas import (
     AUTH,
@@ -31,6 +34,7 @@ from sandlot.api.http.schemas import (
     answers,
     json_body,
 )
+from sandlot.config import LimitRequest
 from sandlot.errors import RejectedError
 from sandlot.sessions import NO_SPACE_ERRNOS
 
@@ -45,7 +49,10 @@ _SESSION_BODY = json_body(
         "additionalProperties": False,
         "properties": {
             "isolation": {"enum": ["jail", "gvisor"], "description": "default: the server's"},
+            "stateful": {"type": "boolean", "description": "an interpreter that keeps its variables between runs"},
+            "language": {"type": "string", "description": "stateful: the interpreter (python)"},
             "environment": {"type": "string", "description": "the session's runs go there; default: the host's"},
+            "limits": {"type": "object", "description": "stateful: memory for the session's life, cells' defaults"},
         },
     },
     required=False,
@@ -75,10 +82,16 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     isolation = data.get("isolation") or ""
     if not isinstance(isolation, str):
         raise RejectedError("isolation: must be a string", field="isolation")
+    if data.get("stateful") is not None and not isinstance(data["stateful"], bool):
+        raise RejectedError("stateful: must be true or false", field="stateful")
     environment = data.get("environment") or ""
     if not isinstance(environment, str):
         raise RejectedError("environment: must be a string", field="environment")
     caller.principal.check_environment(environment)  # another tenant's environment: as unknown, 404
+    if data.get("stateful"):
+        return await _create_stateful(caller, data, isolation)
+    for key in sorted(data.keys() & {"language", "limits"}):
+        raise RejectedError(f'{key}: only for a stateful session ("stateful": true)', field=key)
     session = await caller.service.create_session(
         caller.tenant, isolation, min_isolation=caller.principal.min_isolation, environment=environment
     )
@@ -100,8 +113,45 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     summary="End a session and free its workdir",
 )
 async def end_session(session_id: str, caller: CallerDep) -> Response:
-    await caller.service.sessions.end(caller.tenant, session_id)
+    stateful = caller.service.stateful
+    if stateful is not None and stateful.find(caller.tenant, session_id) is not None:
+        await stateful.end(caller.tenant, session_id)
+    else:
+        await caller.service.sessions.end(caller.tenant, session_id)
     return Response(status_code=204)
+
+
+async def _create_stateful(caller: Caller, data: dict[str, Any], isolation: str) -> JSONResponse:
+    """A stateful session: an interpreter kept in a pinned box (see sandlot.stateful)."""
+    unknown = data.keys() - {"isolation", "stateful", "language", "environment", "limits"}
+    if unknown:
+        first = min(unknown)
+        raise RejectedError(f"{first}: unknown field", field=first)
+    language, environment, limits = data.get("language") or "python", data.get("environment") or "", data.get("limits")
+    for key, value in (("language", language), ("environment", environment)):
+        if not isinstance(value, str):
+            raise RejectedError(f"{key}: must be a string", field=key)
+    if limits is not None and not isinstance(limits, dict):
+        raise RejectedError("limits: must be an object", field="limits")
+    stateful = caller.service.stateful
+    if stateful is None:
+        raise RejectedError("this server has no stateful sessions", field="stateful")
+    level = caller.service.isolation_for(isolation, caller.principal.min_isolation)
+    session = await stateful.create(
+        caller.tenant,
+        language=caller.service.engine.languages.get(language).name,
+        isolation=level,
+        limits=LimitRequest.from_mapping(limits, where="limits") if limits else None,
+        environment=environment,
+    )
+    body = {
+        "session_id": session.id,
+        "expires_in_s": session.expires_in_s,
+        "isolation": session.isolation,
+        "stateful": True,
+        "language": session.language,
+    }
+    return JSONResponse(body, status_code=201)
 
 
 @router.get(

@@ -84,6 +84,18 @@ def _input_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
             ("language", "code", "tests"),
         ),
         "list_languages": _object({}),
+        "open_session": _object(
+            {
+                "language": {"type": "string", "default": "python", "description": "The interpreter: python."},
+                "memory_limit": {
+                    "type": "integer",
+                    "exclusiveMinimum": 0,
+                    "description": f"Memory limit in MB for the session's whole life (default "
+                    f"{defaults.memory_limit_bytes // _MIB}, at most {maxima.memory_limit_bytes // _MIB}).",
+                },
+            }
+        ),
+        "close_session": _object({"session_id": _SESSION_ID}, ("session_id",)),
         "create_session": _object({}),
         "end_session": _object({"session_id": _SESSION_ID}, ("session_id",)),
         "write_file": _object(
@@ -116,8 +128,22 @@ _RESULT_SCHEMA = {
         "truncated": {"type": "boolean"},
         "language": _STRING,
         "message": _STRING,
+        "value": {
+            "type": ["string", "null"],
+            "description": "in a stateful session: the repr of the code's last expression (capped)",
+        },
     },
     "required": [field.name for field in dataclasses.fields(Result)],  # every one, as Result.to_dict gives
+}
+_OPENED = {
+    "type": "object",
+    "properties": {
+        "session_id": _STRING,
+        "expires_in_s": {"type": "number"},
+        "language": _STRING,
+        "isolation": _STRING,
+    },
+    "required": ["session_id", "expires_in_s", "language", "isolation"],
 }
 _OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
     "run_code": _RESULT_SCHEMA,
@@ -164,6 +190,12 @@ _OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
             }
         },
         "required": ["languages"],
+    },
+    "open_session": _OPENED,
+    "close_session": {
+        "type": "object",
+        "properties": {"session_id": _STRING, "ended": {"type": "boolean"}},
+        "required": ["session_id", "ended"],
     },
     "create_session": {
         "type": "object",
@@ -216,6 +248,10 @@ _DESCRIPTIONS = {
     "Returns the verdict (accepted, wrong_answer, timeout, ...), passed/total, and each test's verdict, time "
     "and memory.",
     "list_languages": "The languages run_code accepts, with their versions and aliases.",
+    "open_session": "Open a stateful session: a Python interpreter kept for you. Pass its session_id to run_code "
+    "and each call runs as a notebook cell: variables and imports stay for the next call, and the result's value "
+    "is the repr of the code's last expression. A cell past its time limit is interrupted; the session lives on.",
+    "close_session": "Close a session (stateful or not): its interpreter and files are gone.",
     "create_session": "Create a session: a workdir kept for you, whose files persist between run_code calls "
     "until end_session or expiry.",
     "end_session": "End a session and wipe its files.",
@@ -236,7 +272,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
             output_schema=_OUTPUT_SCHEMAS[name],
             annotations=types.ToolAnnotations(
                 read_only_hint=name in _READ_ONLY,
-                destructive_hint=name == "end_session",
+                destructive_hint=name in ("end_session", "close_session"),
                 open_world_hint=False,
             ),
         )

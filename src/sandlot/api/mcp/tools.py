@@ -43,6 +43,7 @@ from sandlot.api.common.core import Core
 from sandlot.api.common.errors import Kind, classify
 from sandlot.api.common.render import OutputDecoder
 from sandlot.api.mcp.schemas import tool_definitions
+from sandlot.config import LimitRequest
 from sandlot.errors import RejectedError
 from sandlot.judge.model import render_test_result, summarize, summary_dict, summary_message
 from sandlot.judge.parse import parse_judge
@@ -73,6 +74,8 @@ class Tools:
             "run_code": self._run_code,
             "judge": self._judge,
             "list_languages": self._list_languages,
+            "open_session": self._open_session,
+            "close_session": self._end_session,
             "create_session": self._create_session,
             "end_session": self._end_session,
             "write_file": self._write_file,
@@ -125,10 +128,14 @@ class Tools:
             spec = await self.core.submit(principal, spec, waits=True)
         except RejectedError as exc:
             raise _unqualified(exc) from exc
-        result = (await self._follow(spec.tenant, spec.id, progress)).result
+        exit_event = await self._follow(spec.tenant, spec.id, progress)
+        result = exit_event.result
+        text = _result_text(result)
+        if exit_event.value is not None:  # a stateful session's cell
+            text += f"\nvalue: {exit_event.value}"
         return types.CallToolResult(
-            content=[types.TextContent(text=_result_text(result))],
-            structured_content=result.to_dict(),
+            content=[types.TextContent(text=text)],
+            structured_content={**result.to_dict(), "value": exit_event.value},
             # The program's own failures are answers; only what is not its doing is a tool error.
             is_error=result.status in (Status.REJECTED, Status.INTERNAL_ERROR),
         )
@@ -208,11 +215,43 @@ class Tools:
             f"{self.service.server.session_idle_s:g} s unused. Pass session_id to run_code and the file tools.",
         )
 
+    async def _open_session(
+        self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
+    ) -> types.CallToolResult:
+        stateful = self.service.stateful
+        if stateful is None:
+            raise RejectedError("this server has no stateful sessions")
+        memory = arguments.get("memory_limit")
+        language = arguments.get("language") or "python"
+        if not isinstance(language, str):
+            raise RejectedError("language: must be a string", field="language")
+        session = await stateful.create(
+            principal.tenant,
+            language=self.service.engine.languages.get(language).name,
+            isolation=self.service.isolation_for("", principal.min_isolation),
+            limits=LimitRequest.from_mapping({"memory_limit": memory}) if memory is not None else None,
+        )
+        return _answer(
+            {
+                "session_id": session.id,
+                "expires_in_s": session.expires_in_s,
+                "language": session.language,
+                "isolation": session.isolation,
+            },
+            f"stateful {session.language} session {session.id} opened; pass session_id to run_code: variables "
+            f"and imports stay between calls. It expires in {session.expires_in_s:g} s, or after "
+            f"{self.service.server.session_idle_s:g} s unused.",
+        )
+
     async def _end_session(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
         session_id = _string(arguments, "session_id")
-        await self.service.sessions.end(principal.tenant, session_id)
+        stateful = self.service.stateful
+        if stateful is not None and stateful.find(principal.tenant, session_id) is not None:
+            await stateful.end(principal.tenant, session_id)
+        else:
+            await self.service.sessions.end(principal.tenant, session_id)
         return _answer({"session_id": session_id, "ended": True}, f"session {session_id} ended; its files are gone")
 
     async def _write_file(

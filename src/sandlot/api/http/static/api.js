@@ -42,8 +42,8 @@ export async function fetchEnvironments() {
 }
 
 /** A new session: {session_id, expires_in_s}. */
-export function createSession() {
-  return request("POST", "/api/v1/sessions");
+export function createSession(body) {
+  return request("POST", "/api/v1/sessions", body);
 }
 
 export function endSession(sessionId) {

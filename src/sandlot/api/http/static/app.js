@@ -33,6 +33,7 @@ const ui = {
   run: $("run"),
   stop: $("stop"),
   keepFiles: $("keep-files"),
+  notebook: $("notebook"),
   sessionInfo: $("session-info"),
   share: $("share"),
   shareBox: $("share-box"),
@@ -57,7 +58,7 @@ const hostLanguages = []; // the host's, in the server's order
 const environments = new Map(); // name -> {name, languages: [names]}
 let loadedSample = ""; // the sample last put in the editor: code equal to it is not the user's
 let run = null; // {handle, interrupted, cancelled, failed, inputOpen} while a run lasts
-let session = null; // {id} once created; {pending: Promise} while being created
+let session = null; // {id, notebook, language} once created; {pending: Promise, notebook} while being created
 
 // ------------------------------------------------------------------ the editor
 
@@ -161,7 +162,17 @@ function selectLanguage(name, { keepCode = false } = {}) {
   loadedSample = lang.sample || "";
 }
 
-ui.language.addEventListener("change", () => selectLanguage(ui.language.value));
+ui.language.addEventListener("change", () => {
+  selectLanguage(ui.language.value);
+  // A notebook keeps one interpreter: another language cannot run in it.
+  const ran = session?.language;
+  if (ui.notebook.checked && ran && ran !== ui.language.value) {
+    ui.notebook.checked = false;
+    stopSession().then(() => {
+      ui.sessionInfo.textContent = `Notebook ended: it ran ${ran}; turn it on again for this language.`;
+    });
+  }
+});
 // Back to the language's sample, edited code or not (in CodeMirror, Ctrl+Z brings the code back).
 $("sample").addEventListener("click", () => {
   const lang = languages.get(ui.language.value);
@@ -214,36 +225,53 @@ ui.share.addEventListener("click", async () => {
 
 // ------------------------------------------------------------------ sessions
 
-ui.keepFiles.addEventListener("change", () => {
-  if (ui.keepFiles.checked) startSession();
-  else stopSession();
-});
+ui.keepFiles.addEventListener("change", () => toggleSession(ui.keepFiles, ui.notebook, false));
+ui.notebook.addEventListener("change", () => toggleSession(ui.notebook, ui.keepFiles, true));
 
-function startSession() {
+/** One session at a time: turning one toggle on ends the other's session first. */
+async function toggleSession(toggle, other, notebook) {
+  if (!toggle.checked) {
+    await stopSession();
+    return;
+  }
+  if (other.checked) {
+    other.checked = false;
+    await stopSession();
+  }
+  startSession(notebook);
+}
+
+function startSession(notebook) {
   ui.sessionInfo.textContent = "Creating a session…";
-  const pending = createSession().then(
+  const language = ui.language.value;
+  const body = notebook ? { stateful: true, language } : undefined;
+  const pending = createSession(body).then(
     (data) => {
       if (session?.pending !== pending) {
         endSession(data.session_id).catch(() => {}); // toggled off meanwhile
         return;
       }
-      session = { id: data.session_id };
+      session = { id: data.session_id, notebook, language: data.language };
       const minutes = Math.round(data.expires_in_s / 60);
-      ui.sessionInfo.textContent = `Files are kept between runs (session ${data.session_id.slice(0, 8)}…, up to ${minutes} min).`;
+      const short = data.session_id.slice(0, 8);
+      ui.sessionInfo.textContent = notebook
+        ? `Notebook: variables stay between runs (session ${short}…, up to ${minutes} min).`
+        : `Files are kept between runs (session ${short}…, up to ${minutes} min).`;
       ui.sessionInfo.dataset.sessionId = data.session_id;
     },
     (err) => {
       if (session?.pending !== pending) return;
       session = null;
-      ui.keepFiles.checked = false;
+      (notebook ? ui.notebook : ui.keepFiles).checked = false;
       ui.sessionInfo.textContent = `No session: ${err.message}`;
     },
   );
-  session = { pending };
+  session = { pending, notebook };
 }
 
 async function stopSession() {
   const id = session?.id;
+  const notebook = session?.notebook;
   session = null;
   delete ui.sessionInfo.dataset.sessionId;
   if (!id) {
@@ -252,7 +280,7 @@ async function stopSession() {
   }
   try {
     await endSession(id);
-    ui.sessionInfo.textContent = "Session ended; its files are gone.";
+    ui.sessionInfo.textContent = notebook ? "Notebook ended; its variables are gone." : "Session ended; its files are gone.";
   } catch (err) {
     ui.sessionInfo.textContent = err.status === 404 ? "The session had expired." : `Could not end the session: ${err.message}`;
   }
@@ -298,7 +326,7 @@ async function startRunning() {
   status.show("connecting", "Starting…");
   $("output").scrollIntoView({ block: "nearest" }); // on a phone the output is below the fold
   const sessionId = await sessionForRun();
-  if (ui.keepFiles.checked && !sessionId) {
+  if ((ui.keepFiles.checked || ui.notebook.checked) && !sessionId) {
     finishRun();
     status.show("error", "Not run", ["the session could not be created"]);
     return;
@@ -331,6 +359,7 @@ function showExit(result) {
   // Compile output normally streams in; a result replayed without its events still shows it.
   if (result.compile_output && !output.has("out-compile")) output.append(result.compile_output, "out-compile");
   if (result.truncated) output.note("[output truncated here: the run reached its output limit]", "out-truncated");
+  if (result.value !== null && result.value !== undefined) output.note(`⇒ ${result.value}`, "out-value"); // a notebook cell
   status.showResult(result);
   markErrors(result);
 }
@@ -351,6 +380,7 @@ function showError(error) {
   if ((error.field === "session_id" || error.code === "not_found") && session?.id) {
     session = null; // expired or ended elsewhere: say so, and let the user turn it on again
     ui.keepFiles.checked = false;
+    ui.notebook.checked = false;
     delete ui.sessionInfo.dataset.sessionId;
     ui.sessionInfo.textContent = "The session is gone (expired?); turn Keep files on again for a new one.";
   }

@@ -514,6 +514,11 @@ class Exit(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """A stateful session's cell: the repr of its last expression (capped); unset
+    when the cell ends in a statement, and for every other run.
+    """
     @_builtins.property
     def result(self) -> Global___Result: ...
     @_builtins.property
@@ -530,12 +535,15 @@ class Exit(_message.Message):
         result: Global___Result | None = ...,
         stages: _abc.Iterable[Global___StageResult] | None = ...,
         files: _abc.Iterable[Global___File] | None = ...,
+        value: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "result", b"result", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "result", b"result", "stages", b"stages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "files", b"files", "result", b"result", "stages", b"stages", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
 
 Global___Exit: _TypeAlias = Exit  # noqa: Y015
 
