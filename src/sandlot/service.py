@@ -46,7 +46,7 @@ from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
-from sandlot.sessions import SessionInfo, Sessions
+from sandlot.sessions import SessionFiles, SessionInfo, Sessions
 from sandlot.stateful import StatefulSessions
 from sandlot.worker import Worker
 
@@ -337,7 +337,8 @@ class Service:
         level = self.isolation_for(spec.isolation, min_isolation)
         if level != spec.isolation:
             spec = dataclasses.replace(spec, isolation=level)
-        if spec.session_id is not None and not spec.environment and not self.sessions.distributed:
+        cell = self._is_cell(spec)
+        if spec.session_id is not None and not spec.environment and not self.sessions.distributed and not cell:
             # A session created in an environment runs there unless the request names another.
             environment = self.sessions.environment_of(spec.tenant, spec.session_id)
             if environment:
@@ -348,7 +349,7 @@ class Service:
             self.engine.prepare(
                 spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there
             )
-        if not self.sessions.distributed and not self._is_cell(spec):
+        if not self.sessions.distributed and not cell:
             # Distributed, the workers' pools decide which levels run, and a session's
             # level is in the broker: ``enqueue`` settles it.
             self.sessions.pool_for_run(spec.isolation, spec.tenant, spec.session_id)
@@ -371,6 +372,13 @@ class Service:
             return asked
         default = self.server.default_isolation
         return max(default, min_isolation, key=ISOLATION_LEVELS.index)
+
+    def session_files(self, tenant: str, session_id: str) -> SessionFiles:
+        """The files of a session, file session or stateful (its interpreter's box's workdir)."""
+        found = self.stateful.find(tenant, session_id) if self.stateful is not None else None
+        if found is not None:
+            return SessionFiles(found)
+        return self.sessions.files(tenant, session_id)
 
     async def create_session(
         self, tenant: str, isolation: str = "", *, min_isolation: str = "jail", environment: str = ""

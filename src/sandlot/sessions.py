@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sandlot.broker import SessionDirectory
 from sandlot.errors import RejectedError, SessionFilesUnavailable, SessionNotFound
@@ -186,17 +186,46 @@ class Sessions:
 
     def files(self, tenant: str, session_id: str) -> SessionFiles:
         """The session's workdir, to move files in and out: embedded mode only."""
-        return SessionFiles(self.local(tenant, session_id))
+        return SessionFiles(_WorkdirRoot(self.local(tenant, session_id)))
+
+
+class FileRoot(Protocol):
+    """Where a session's files are: a file session's workdir, or a stateful session's box's."""
+
+    def open_root(self) -> int:
+        """A new fd on the workdir, which the caller closes; SessionNotFound once the session ended."""
+        ...
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        """The host uid and gid its runs' files have."""
+        ...
+
+
+@dataclass(frozen=True)
+class _WorkdirRoot:
+    """A file session's own workdir (a detached tmpfs held by an fd)."""
+
+    session: Session
+
+    def open_root(self) -> int:
+        if self.session.workdir.closed:  # ended since the route found it (it read the body meanwhile)
+            raise SessionNotFound(f"session {self.session.id!r} not found or expired", field="session_id")
+        return self.session.workdir.dup()
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return self.session.owner  # root before its first run
 
 
 @dataclass(frozen=True)
 class SessionFiles:
     """The workdir of a session held in this process; each operation runs off the event loop."""
 
-    _session: Session
+    _root: FileRoot
 
     async def write(self, path: str, data: bytes) -> None:
-        uid, gid = self._session.owner  # the uid its runs' files have (root before its first run)
+        uid, gid = self._root.owner  # the uid its runs' files have
         await self._off_loop(hostfs.write_file, path, data, uid=uid, gid=gid)
 
     async def read(self, path: str, max_bytes: int) -> bytes:
@@ -209,9 +238,7 @@ class SessionFiles:
 
     async def _off_loop(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``operation(root_fd, ...)`` in a thread, on an fd of its own that the thread closes."""
-        if self._session.workdir.closed:  # ended since the route found it (it read the body meanwhile)
-            raise SessionNotFound(f"session {self._session.id!r} not found or expired", field="session_id")
-        fd = self._session.workdir.dup()
+        fd = self._root.open_root()
 
         def run() -> _T:
             try:

@@ -74,6 +74,28 @@ async def test_http_lists_and_runs_only_the_keys_environments(two_envs: tuple[st
         assert other.json()["stdout"] == "only-in-the-image\n", other.text
 
 
+async def test_a_session_in_an_environment_the_key_does_not_allow_is_refused_as_unknown(
+    two_envs: tuple[str, str],
+) -> None:
+    """A session's runs go in its environment without naming it: the key is checked when the session is made."""
+    mine, theirs = two_envs
+    a = {"Authorization": "Bearer key-a"}
+    async with running_service(api_keys=_keys(mine)) as service, asgi_client(create_app(service)) as client:
+        for stateful in (False, True):
+            body = {"environment": theirs, **({"stateful": True, "language": "python"} if stateful else {})}
+            refused = await client.post("/api/v1/sessions", headers=a, json=body)
+            assert refused.status_code == 404, refused.text
+            assert refused.json()["error"]["message"] == f"no environment named {theirs!r} (see: sandlot env list)"
+        made = await client.post("/api/v1/sessions", headers=a, json={"environment": mine})
+        assert made.status_code == 201, made.text
+        session_id = made.json()["session_id"]
+        ran = await client.post(
+            "/api/v1/run", headers=a, json={"language": "python", "code": CODE, "session_id": session_id}
+        )
+        assert ran.json()["stdout"] == "only-in-the-image\n", ran.text
+        assert (await client.delete(f"/api/v1/sessions/{session_id}", headers=a)).status_code == 204
+
+
 async def test_mcp_refuses_an_environment_the_key_does_not_allow(two_envs: tuple[str, str]) -> None:
     from tests.api.mcp.test_mcp import _error, _http_client, _mcp_app, _structured
 

@@ -28,13 +28,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sandlot.errors import SandlotError
+from sandlot.errors import SandlotError, SessionNotFound
 from sandlot.models import (
     NOTICE_SESSION_RESET,
     ExitEvent,
@@ -109,6 +110,19 @@ class StatefulSession:
         """Its box is given back (closed, or its owner failed): no cell runs here any more."""
         return self._owner is not None and self._owner.done()
 
+    def open_root(self) -> int:
+        """A new fd on its box's workdir, for the session file routes (``sessions.FileRoot``); the caller
+        closes it. SessionNotFound once the session has ended."""
+        box = self._box
+        if box is None or self._closing:
+            raise SessionNotFound(f"session {self.id!r} not found or expired", field="session_id")
+        return os.open(box.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        box = self._box
+        return (box.slot.uid, box.slot.gid) if box is not None else (0, 0)
+
     async def start(self) -> None:
         """Take a box (waiting in the pool's queue like any run) and start the interpreter."""
         leased: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -136,7 +150,7 @@ class StatefulSession:
 
     async def _own(self, leased: asyncio.Future[None]) -> None:
         try:
-            async with self._pool.lease(self.tenant) as box:
+            async with self._pool.lease(self.tenant, rootfs=self.interpreter.rootfs) as box:
                 self._box = box
                 if not leased.done():
                     leased.set_result(None)

@@ -173,7 +173,7 @@ async def get_session(session_id: str, caller: CallerDep) -> dict[str, Any]:
     summary="The regular files of the session's workdir",
 )
 async def list_files(session_id: str, caller: CallerDep) -> dict[str, Any]:
-    listing = await caller.service.sessions.files(caller.tenant, session_id).listing()
+    listing = await caller.service.session_files(caller.tenant, session_id).listing()
     return {"files": [{"path": f.path, "size": f.size} for f in listing.files], "truncated": listing.truncated}
 
 
@@ -186,7 +186,7 @@ async def list_files(session_id: str, caller: CallerDep) -> dict[str, Any]:
     summary="Upload a file",
 )
 async def put_file(session_id: str, path: str, request: Request, caller: CallerDep) -> Response:
-    files = caller.service.sessions.files(caller.tenant, session_id)
+    files = caller.service.session_files(caller.tenant, session_id)
     data = await request.body()
     try:
         await files.write(path, data)
@@ -206,7 +206,7 @@ async def put_file(session_id: str, path: str, request: Request, caller: CallerD
     summary="Download a file",
 )
 async def get_file(session_id: str, path: str, caller: CallerDep) -> Response:
-    files = caller.service.sessions.files(caller.tenant, session_id)
+    files = caller.service.session_files(caller.tenant, session_id)
     try:
         data = await files.read(path, MAX_DOWNLOAD_BYTES)
     except RejectedError as exc:  # a link, fifo or other refusal; FileMissing: a 404

@@ -257,7 +257,7 @@ class Tools:
     async def _write_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        files = self.service.sessions.files(principal.tenant, _string(arguments, "session_id"))
+        files = self.service.session_files(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         content = _string(arguments, "content", empty_ok=True)
         data = decode_content(content, arguments.get("encoding", "utf8"))
@@ -276,7 +276,7 @@ class Tools:
     async def _read_file(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        files = self.service.sessions.files(principal.tenant, _string(arguments, "session_id"))
+        files = self.service.session_files(principal.tenant, _string(arguments, "session_id"))
         path = _string(arguments, "path")
         try:
             data = await files.read(path, MAX_READ_BYTES)
@@ -292,7 +292,7 @@ class Tools:
     async def _list_files(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        listing = await self.service.sessions.files(principal.tenant, _string(arguments, "session_id")).listing()
+        listing = await self.service.session_files(principal.tenant, _string(arguments, "session_id")).listing()
         rows = [{"path": f.path, "size": f.size} for f in listing.files]
         text = "\n".join(f"{f.path} ({f.size} bytes)" for f in listing.files) or "the workdir is empty"
         if listing.truncated:
