@@ -288,6 +288,21 @@ class Service:
             listed.append({"name": env.name, "digest": env.digest, "kind": env.kind, "languages": languages})
         return listed
 
+    async def list_environments(self, allowed: Callable[[str], bool] = lambda _name: True) -> list[dict[str, object]]:
+        """``environments``, and in the distributed mode every environment registered on any node (a run may
+        name those too: a worker fetches what it lacks); this node's own entry wins for a name it has."""
+        listed = await asyncio.to_thread(self.environments, allowed)  # reads metadata, probes toolchains
+        if self.shared is None:
+            return listed
+        try:
+            registered = await self.shared.listing()
+        except SandlotError as exc:  # Redis away: this node's own are still true
+            log.warning("listing the registered environments: %s", exc)
+            return listed
+        here = {entry["name"] for entry in listed}
+        listed += [entry for entry in registered if entry["name"] not in here and allowed(str(entry["name"]))]
+        return sorted(listed, key=lambda entry: str(entry["name"]))
+
     def language_in(self, name: str, environment: str) -> Language:
         """The language ``name`` as environment ``environment`` offers it (its own tables applied);
         ``EnvironmentNotFound`` or a RejectedError naming the language when it does not."""

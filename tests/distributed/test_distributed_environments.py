@@ -176,9 +176,12 @@ def test_names_resolve_at_submit_on_any_api_node(
         assert response.status_code == 400, response.text
         assert f"not available in environment {NAME!r}" in response.text
         ran = _run(client)
+        # Listed by this node too (from the registry), with the languages the registering node found.
+        listed = {e["name"]: e for e in client.get("/api/v1/environments").json()["environments"]}
     assert ran.status_code == 200, ran.text
     assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
     assert _stored(OTHER_API) == []  # the API node resolved it without fetching it
+    assert NAME in listed and "bash" in listed[NAME]["languages"] and "python" not in listed[NAME]["languages"]
 
     # Imported on the first API node while it runs: it registers it by itself (its store watch), and the
     # other API node then takes jobs for it too.

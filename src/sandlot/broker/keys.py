@@ -184,6 +184,10 @@ class Keys:
     def deadletter(self) -> str:
         return f"{self.prefix}:deadletter"
 
+    def environment_names(self) -> str:
+        """The set of every environment name registered (for listings: no SCAN over the keyspace)."""
+        return f"{self.prefix}:env:names"
+
     def environment_name(self, name: str) -> str:
         return f"{self.prefix}:env:name:{_part(name)}"
 

@@ -79,6 +79,7 @@ class RedisEnvironments:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(k.environment(record.digest), record.to_json(), nx=holder is None)  # a holder's wins
             pipe.set(k.environment_name(name), record.digest, nx=not claim_name)
+            pipe.sadd(k.environment_names(), name)
             if holder is not None:
                 pipe.hset(
                     k.environment_holders(record.digest),
@@ -86,6 +87,33 @@ class RedisEnvironments:
                     json.dumps({"url": holder.url, "token": holder.token, "content_digest": holder.content_digest}),
                 )
             await pipe.execute()
+
+    async def named(self) -> list[tuple[str, EnvironmentRecord]]:
+        """Every registered name with the record it points to (without holders), sorted by name."""
+        k = self._keys
+        async with self._reachable():
+            names = sorted(to_str(n) for n in await self._redis.smembers(k.environment_names()))
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.get(k.environment_name(name))
+            digests = [None if d is None else to_str(d) for d in await pipe.execute()] if names else []
+            pipe = self._redis.pipeline(transaction=False)
+            for digest in digests:
+                pipe.get(k.environment(digest or "-"))
+            raws = await pipe.execute() if names else []
+        listed: list[tuple[str, EnvironmentRecord]] = []
+        for name, digest, raw in zip(names, digests, raws, strict=True):
+            if digest is None or raw is None:
+                continue  # named but not (or no longer) recorded
+            data = json.loads(raw)
+            record = EnvironmentRecord(
+                digest=str(data["digest"]),
+                content_digest=str(data["content_digest"]),
+                meta=dict(data["meta"]),
+                languages=tuple(data.get("languages", ())),
+            )
+            listed.append((name, record))
+        return listed
 
     async def digest_of(self, name: str) -> str | None:
         async with self._reachable():

@@ -105,7 +105,7 @@ class SharedEnvironments:
 
     def _record_of(self, env: Environment) -> EnvironmentRecord:
         meta = {key: value for key, value in env.to_json().items() if key != "name"}
-        offered = sorted(lang.name for lang in self.languages.offered_in(self.store.rootfs_of(env)))
+        offered = sorted(lang.name for lang in self.languages.offered_in(self.store.rootfs_of(env), env.languages))
         return EnvironmentRecord(env.digest, content_digest(self.store, env), meta, tuple(offered))
 
     async def resolve(self, spec: TaskSpec) -> tuple[TaskSpec, tuple[str, ...] | None]:
@@ -127,6 +127,13 @@ class SharedEnvironments:
         if record is None:
             raise EnvironmentNotFound(name)
         return spec, record.languages
+
+    async def listing(self) -> list[dict[str, object]]:
+        """Every environment the deployment has registered, as ``GET /api/v1/environments`` lists them."""
+        return [
+            {"name": name, "digest": record.digest, "kind": record.kind, "languages": sorted(record.languages)}
+            for name, record in await self.registry.named()
+        ]
 
     def serves(self, digest: str, token: str) -> Environment | None:
         """The stored environment a holder's route sends for ``digest``, if ``token`` is this node's."""

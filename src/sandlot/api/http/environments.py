@@ -26,8 +26,7 @@ router = APIRouter(tags=["service"])
     summary="The environments runs may name (`environment`), with their languages",
 )
 async def environments(caller: CallerDep) -> dict[str, Any]:
-    # Off the loop: it reads each environment's metadata and probes its toolchains on disk.
-    return {"environments": await asyncio.to_thread(caller.service.environments, caller.principal.may_use)}
+    return {"environments": await caller.service.list_environments(caller.principal.may_use)}
 
 
 @router.get(INTERNAL_PATH + "{digest}", include_in_schema=False)
