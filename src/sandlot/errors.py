@@ -188,6 +188,11 @@ class Superseded(SandlotError):
     stops the run and forgets the task."""
 
 
+class JudgeFailure(SandlotError):
+    """Judge mode cannot decide a test (a checker that does not compile, a program too large to copy): the
+    flow reports it as that test's ``judge_error``; one that escapes the flow is an internal error."""
+
+
 # ------------------------------------------------------------------ environments
 
 

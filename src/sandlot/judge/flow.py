@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from sandlot.broker import TaskSpec
 from sandlot.engine import Engine, PreparedJob, compile_failure
-from sandlot.errors import RejectedError, SandlotError
+from sandlot.errors import JudgeFailure, RejectedError, SandlotError
 from sandlot.judge import interact
 from sandlot.judge.checkers import Checked, check_builtin, verdict_of_exit, verdict_of_run
 from sandlot.judge.model import JudgeSpec, JudgeTest, Verdict, summarize, summary_message
@@ -61,10 +61,6 @@ from sandlot.workdir import WorkdirFiles, read_workdir, write_workdir
 
 TEST_OUTPUT_BYTES = 16 * 1024  # of each test's stdout and stderr kept in its event (512 tests: at most 16 MiB)
 CHECKER_FILES = ("input.txt", "output.txt", "answer.txt")  # testlib's order: the test, the program's, the answer
-
-
-class JudgeFailure(SandlotError):
-    """The judge cannot decide (a checker that does not compile, a program too large to copy): judge_error."""
 
 
 @dataclass(frozen=True)
