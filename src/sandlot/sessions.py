@@ -32,13 +32,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sandlot.broker import SessionDirectory
+from sandlot.broker.redis_session_files import RedisSessionFiles
 from sandlot.errors import RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
 from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
+from sandlot.sessions_remote import RemoteSessionFiles
 
 __all__ = [
     "NO_SPACE_ERRNOS",
+    "FileAccess",
     "Listing",
     "SessionFiles",
     "SessionInfo",
@@ -86,7 +89,11 @@ class Sessions:
         session_ttl_s: float,
         session_idle_s: float,
         problems: Mapping[str, str] | None = None,
+        remote: RedisSessionFiles | None = None,
+        remote_timeout_s: float = 6.0,
     ) -> None:
+        self._remote = remote  # distributed: file requests go to the worker holding the session
+        self._remote_timeout_s = remote_timeout_s
         self._pools = pools  # by isolation level
         self._directory = directory
         self._ttl_s = session_ttl_s
@@ -184,9 +191,26 @@ class Sessions:
             )
         return find_session(self._pools, tenant, session_id)
 
-    def files(self, tenant: str, session_id: str) -> SessionFiles:
-        """The session's workdir, to move files in and out: embedded mode only."""
-        return SessionFiles(_WorkdirRoot(self.local(tenant, session_id)))
+    def files(self, tenant: str, session_id: str) -> FileAccess:
+        """The session's workdir, to move files in and out; distributed, through the worker holding it."""
+        if self._remote is not None:
+            return RemoteSessionFiles(self._remote, tenant, session_id, self._remote_timeout_s)
+        return workdir_files(self.local(tenant, session_id))
+
+
+def workdir_files(session: Session) -> SessionFiles:
+    """The files of a file session held in this process (embedded, or a worker's own)."""
+    return SessionFiles(_WorkdirRoot(session))
+
+
+class FileAccess(Protocol):
+    """A session's files, wherever they are: ``SessionFiles`` here, ``RemoteSessionFiles`` on a worker."""
+
+    async def write(self, path: str, data: bytes) -> None: ...
+
+    async def read(self, path: str, max_bytes: int) -> bytes: ...
+
+    async def listing(self) -> Listing: ...
 
 
 class FileRoot(Protocol):
