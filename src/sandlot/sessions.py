@@ -6,13 +6,13 @@ runs its runs). Distributed mode: a session is named in the broker's session
 directory (``SessionDirectory``, Redis) and its workdir is opened by the worker
 that takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
-session; none holds its workdir, so moving files in and out of it (``files``)
-works in embedded mode only: in distributed mode a run puts files in with
-``files`` and takes them out with ``fetch_files``. The file operations are
-``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop;
-the doors only ever see their results and the errors named here
-(``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
-``NO_SPACE_ERRNOS`` when the workdir is full).
+session; none holds its workdir, so ``files`` there sends each file operation
+to the worker holding it (``sandlot.sessions_remote``). The file operations are
+``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop
+(here, or on that worker); the doors only ever see their results and the
+errors named here (``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is
+in ``NO_SPACE_ERRNOS`` when the workdir is full), and in distributed mode
+``SessionWorkerGone`` (503) when the worker holding it is gone.
 
 A session runs at one isolation level, chosen when it is created: embedded, its
 workdir is in that level's pool; distributed, the level is recorded with the
@@ -182,12 +182,10 @@ class Sessions:
         )
 
     def local(self, tenant: str, session_id: str) -> Session:
-        """The session with its box, for file operations: embedded mode only."""
+        """The session with its workdir in this process: embedded mode only (``files`` works in both)."""
         if self._directory is not None:
             raise SessionFilesUnavailable(
-                "session files cannot be read or written through the API in distributed mode: the session's "
-                "box is on a worker; send files with a run (files) and get them back with fetch_files",
-                field="session_id",
+                "the session's workdir is on a worker in distributed mode, not in this process", field="session_id"
             )
         return find_session(self._pools, tenant, session_id)
 

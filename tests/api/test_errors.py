@@ -40,6 +40,7 @@ from sandlot.errors import (
     SandlotError,
     SessionFilesUnavailable,
     SessionNotFound,
+    SessionWorkerGone,
     SpecRejected,
     Superseded,
     UidInUse,
@@ -101,6 +102,15 @@ CASES: list[tuple[BaseException, Failure]] = [
     (
         BrokerUnavailable("redis is unreachable"),
         Failure(Kind.UNAVAILABLE, "unavailable", "redis is unreachable", retry_after_s=UNAVAILABLE_RETRY_AFTER_S),
+    ),
+    (
+        SessionWorkerGone("the worker holding session 'x' did not answer"),
+        Failure(
+            Kind.UNAVAILABLE,
+            "unavailable",
+            "the worker holding session 'x' did not answer",
+            retry_after_s=UNAVAILABLE_RETRY_AFTER_S,
+        ),
     ),
     (
         NoWorker("gvisor"),

@@ -9,6 +9,7 @@ session goes on with an empty workdir.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ import pytest
 import redis
 
 from sandlot.broker.keys import Keys
+from tests.api.mcp.test_mcp import _http_client, _structured
 from tests.nodes import Cluster, NodeLayout, RedisServer
 from tests.test_serve_process import execution
 
@@ -60,6 +62,18 @@ def _listing(client: httpx.Client, session_id: str) -> dict[str, int]:
     response = client.get(f"/api/v1/sessions/{session_id}/files", headers=A)
     assert response.status_code == 200, response.text
     return {entry["path"]: entry["size"] for entry in response.json()["files"]}
+
+
+async def _through_mcp(url: str, session_id: str) -> tuple[dict[str, Any], str, set[str]]:
+    """write_file, read_file and list_files in the session, over MCP: (written, read back, paths listed)."""
+    async with _http_client(url, Authorization=A["Authorization"]) as client:
+        in_session = {"session_id": session_id}
+        written = _structured(
+            await client.call_tool("write_file", {**in_session, "path": "mcp.txt", "content": "via\n"})
+        )
+        read = _structured(await client.call_tool("read_file", {**in_session, "path": "mcp.txt"}))
+        listed = _structured(await client.call_tool("list_files", in_session))
+    return written, read["content"], {row["path"] for row in listed["files"]}
 
 
 @pytest.mark.timeout(240)
@@ -112,6 +126,15 @@ def test_session_files_through_any_api_node_reach_the_worker_holding_them(
                 assert client.get(f"{files}/out.txt", headers=B).status_code == 404
                 assert client.put(f"{files}/x.txt", content=b"x", headers=B).status_code == 404
             assert _listing(two, sid) == listed | {"link": 1}
+
+            # The MCP file tools go the same way.
+            mcp = asyncio.run(_through_mcp(apis[1].url + "/mcp", sid))
+            assert mcp == (
+                {"path": "mcp.txt", "size": 4},
+                "via\n",
+                {"in/data.txt", "out.txt", "main.py", "link", "mcp.txt"},
+            )
+            assert one.get(f"{files}/mcp.txt", headers=A).content == b"via\n"
 
             # The holding worker killed: its files are gone. Requests say so (503, bounded by the presence
             # TTL), and once it is taken for dead the session goes on in an empty workdir on the other worker.
