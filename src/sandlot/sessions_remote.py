@@ -81,12 +81,12 @@ class RemoteSessionFiles:
                 )
             header, payload = answer
             if header.get("error") != "elsewhere":  # elsewhere: another node's request placed it meanwhile
-                _raise_error(header)
+                raise_error(header)
                 return header, payload
         raise SessionWorkerGone(f"session {self.session_id!r} kept moving between workers; retry shortly")
 
 
-def _raise_error(header: dict[str, Any]) -> None:
+def raise_error(header: dict[str, Any]) -> None:
     """Raise what the worker's answer says went wrong, as the class it was there; nothing if it went well."""
     error, message = header.get("error"), str(header.get("message", ""))
     if error is None:

@@ -81,20 +81,8 @@ async def _answer(
 ) -> None:
     try:
         header, data = await _perform(broker, boxes, pools, request)
-    except RejectedError as exc:
-        name = type(exc).__name__ if type(exc).__name__ in REFUSALS else "RejectedError"
-        header, data = {"error": name, "message": str(exc), "field": exc.field, "reason": exc.reason}, b""
-    except AtCapacity as exc:
-        header, data = {"error": "full", "message": str(exc)}, b""
-    except OSError as exc:
-        if exc.errno not in NO_SPACE_ERRNOS:
-            log.exception("session file request failed")
-            header, data = {"error": "internal", "message": "the worker failed to touch the session's files"}, b""
-        else:
-            header, data = {"error": "no_space", "errno": exc.errno}, b""
-    except Exception:  # answered, never left to time out: the API node would take the worker for gone
-        log.exception("session file request failed")
-        header, data = {"error": "internal", "message": "the worker failed this request"}, b""
+    except Exception as exc:  # answered, never left to time out: the API node would take the worker for gone
+        header, data = error_header(exc), b""
     with contextlib.suppress(BrokerUnavailable):  # the caller times out: it says the worker did not answer
         await files.reply(request, header, data)
 
@@ -122,3 +110,16 @@ async def _perform(
         await session_files.write(path, request.data)
         return {}, b""
     raise RejectedError(f"unknown session file operation {operation!r}", field="op")
+
+
+def error_header(exc: Exception) -> dict[str, Any]:
+    """The answer saying what went wrong, which ``sessions_remote`` raises again as the same class."""
+    if isinstance(exc, RejectedError):
+        name = type(exc).__name__ if type(exc).__name__ in REFUSALS else "RejectedError"
+        return {"error": name, "message": str(exc), "field": exc.field, "reason": exc.reason}
+    if isinstance(exc, AtCapacity):
+        return {"error": "full", "message": str(exc)}
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        return {"error": "no_space", "errno": exc.errno}
+    log.error("session file request failed", exc_info=exc)
+    return {"error": "internal", "message": "the worker failed to handle the session's files"}

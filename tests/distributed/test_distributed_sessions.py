@@ -34,6 +34,7 @@ LAYOUT = NodeLayout(
     settings={"api_keys": "key-a:team-a,key-b:team-b"},
 )
 A, B = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+SESSION_DISK_BYTES = 1024 * 1024  # the workers' session workdirs: a 2 MiB upload (the body cap) overfills one
 RESET_TIMEOUT_S = 60.0  # a killed worker's presence expires (6 s at the default TTL), then its sessions move
 
 # Reads what was uploaded, writes a file, and plants links to a host file and a host directory.
@@ -81,7 +82,10 @@ def test_session_files_through_any_api_node_reach_the_worker_holding_them(
     cluster: Cluster, redis_server: RedisServer
 ) -> None:
     apis = [cluster.api(1), cluster.api(2)]
-    workers = {f"node-{n}": cluster.worker(n, pool_size=1, worker_name=f"node-{n}") for n in (3, 4)}
+    workers = {
+        f"node-{n}": cluster.worker(n, pool_size=1, worker_name=f"node-{n}", session_disk_bytes=SESSION_DISK_BYTES)
+        for n in (3, 4)
+    }
     cluster.start(*apis, *workers.values())
     rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
     try:
@@ -119,6 +123,9 @@ def test_session_files_through_any_api_node_reach_the_worker_holding_them(
             assert two.get(f"{files}/link", headers=A).content == b"x"
             missing = one.get(f"{files}/nothing.txt", headers=A)
             assert missing.status_code == 404, missing.text
+            full = two.put(f"{files}/big.bin", content=bytes(SESSION_DISK_BYTES + 4096), headers=A)
+            assert (full.status_code, full.json()["error"]["code"]) == (507, "workspace_full"), full.text
+            assert one.get(f"{files}/big.bin", headers=A).status_code == 404  # nothing half-written left
 
             # Another tenant's id finds nothing, on either node.
             for client in (one, two):
@@ -146,6 +153,9 @@ def test_session_files_through_any_api_node_reach_the_worker_holding_them(
                 assert time.monotonic() < deadline, [a.text for a in answers]
                 answers.append(one.get(files, headers=A))  # each bounded: never a hang
             *gone, back = answers
+            for answer in gone:  # the holder did not answer in time, or (taken for dead) its files were lost
+                message = answer.json()["error"]["message"]
+                assert "did not answer within 6 s" in message or "lost with the worker" in message, message
             assert back.status_code == 200 and back.json()["files"] == [], back.text
             assert any("lost with the worker" in a.json()["error"]["message"] for a in gone), [a.text for a in gone]
             (survivor,) = set(workers) - {owner}
