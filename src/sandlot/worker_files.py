@@ -56,9 +56,10 @@ async def serve(
                 log.warning("session file requests: %s", exc)
                 await asyncio.sleep(_RETRY_S)
                 continue
-            except ValueError:  # a malformed request: nobody of ours sent it
+            except Exception:  # a malformed request (nobody of ours sent it), a bug: never stop answering
                 slots.release()
                 log.exception("session file request dropped")
+                await asyncio.sleep(_RETRY_S)
                 continue
             if request is None or request.expired:  # expired: its caller has given up already
                 slots.release()
@@ -99,7 +100,11 @@ async def _perform(
         return {"error": "elsewhere"}, b""
     if verdict == "reset":
         return {"error": "reset", "message": _RESET_MESSAGE}, b""
-    session_files = workdir_files(find_session(pools, tenant, session_id))
+    session = find_session(pools, tenant, session_id)
+    # The directory's idle period restarted with the binding: this worker's own copy of it restarts too, or
+    # a session used only through its files would expire here while Redis still names it.
+    pools[session.isolation].sessions.touch(session)
+    session_files = workdir_files(session)
     operation, path = request.header.get("op"), str(request.header.get("path", ""))
     if operation == "list":
         listing = await session_files.listing()
