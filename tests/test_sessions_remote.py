@@ -7,6 +7,7 @@ and that every error a worker sends back is raised again as the class it was the
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -100,3 +101,35 @@ def test_a_full_workdir_a_full_worker_and_a_failure_keep_their_meaning() -> None
     with pytest.raises(SessionWorkerGone, match="failed"):
         raise_error(error_header(ValueError("a bug")))  # never shown as it is
     raise_error({})  # a success raises nothing
+
+
+async def test_placing_a_session_moves_on_from_a_worker_at_its_session_limit(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file request of a session asks a live worker; one that answers "full" is skipped."""
+    api = RedisBroker(redis_server.url, max_queued=4)
+    full, roomy = (RedisBroker(redis_server.url, max_queued=4, consumer_name=name) for name in ("a-full", "b-roomy"))
+    try:
+        for worker in (full, roomy):
+            await worker.presence([], ["jail"])
+        # The full worker is picked first (the pick is random), so the request must move on to be answered.
+        monkeypatch.setattr("sandlot.sessions_remote.random.choice", lambda inboxes: sorted(inboxes)[0])
+        session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+        asked: list[str] = []
+
+        async def answer(worker: RedisBroker, header: dict[str, object]) -> None:
+            request = await worker.session_files.next_request(5.0)
+            assert request is not None
+            asked.append(worker.consumer_name)
+            await worker.session_files.reply(request, header)
+
+        answers = asyncio.gather(
+            answer(full, error_header(AtCapacity("pool", "this worker's session limit (1) is reached"))),
+            answer(roomy, {"files": [["a.txt", 1]], "truncated": False}),
+        )
+        listing = await RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=5.0).listing()
+        await answers
+        assert (asked, [(f.path, f.size) for f in listing.files]) == (["a-full", "b-roomy"], [("a.txt", 1)])
+    finally:
+        for broker in (api, full, roomy):
+            await broker.close()

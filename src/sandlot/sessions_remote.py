@@ -65,13 +65,16 @@ class RemoteSessionFiles:
 
     async def _ask(self, operation: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
         request = {"tenant": self.tenant, "session": self.session_id, **operation}
-        for _ in range(_MAX_HOPS):
+        full: set[str] = set()  # workers that said they hold as many sessions as they may: try the others
+        hops = 0
+        while hops < _MAX_HOPS:
             target = await self.transport.target(self.tenant, self.session_id)
             if target.verdict == "gone":
                 raise SessionNotFound(f"session {self.session_id!r} not found or expired", field="session_id")
             if target.verdict == "none":
                 raise NoWorker(target.inboxes[0] if target.inboxes else "")
-            inbox = target.inboxes[0] if target.verdict == "owner" else random.choice(target.inboxes)  # noqa: S311 (spreading load, not secrecy)
+            candidates = [inbox for inbox in target.inboxes if inbox not in full] or target.inboxes
+            inbox = candidates[0] if target.verdict == "owner" else random.choice(candidates)  # noqa: S311 (load)
             answer = await self.transport.call(inbox, request, data, timeout_s=self.timeout_s)
             if answer is None:
                 raise SessionWorkerGone(
@@ -80,9 +83,14 @@ class RemoteSessionFiles:
                     "workdir once the worker is taken for dead: retry shortly"
                 )
             header, payload = answer
-            if header.get("error") != "elsewhere":  # elsewhere: another node's request placed it meanwhile
+            error = header.get("error")
+            if error == "full" and target.verdict == "pick" and len(candidates) > 1:
+                full.add(inbox)  # placing the session: another live worker may have room (not a hop)
+                continue
+            if error != "elsewhere":  # elsewhere: another node's request placed it meanwhile
                 raise_error(header)
                 return header, payload
+            hops += 1
         raise SessionWorkerGone(f"session {self.session_id!r} kept moving between workers; retry shortly")
 
 
