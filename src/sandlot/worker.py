@@ -44,6 +44,8 @@ With a broker many worker processes share (``Distributed``), the worker also:
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
   handed over to the live worker that holds the box;
+- answers the session file requests API nodes send it (``worker_files``: list,
+  read, write in the workdir of a session it holds, or places there);
 - gets the environment a job carries (its digest) before the job takes a box,
   when this node's store lacks it: fetched from an API node, verified, or built
   from its spec (``environments.shared``), one fetch per digest at a time;
