@@ -25,6 +25,7 @@ error class is a new row here (and in ``classify`` if it is a new kind).
       BrokerUnavailable      unavailable   Redis unreachable, or the server shutting down   503 UNAVAILABLE         -
       NoWorker               unavailable   no live worker serves the level (distributed)    503 UNAVAILABLE         -
       IsolationUnavailable   unavailable   the level cannot run here: names level, reason   503 UNAVAILABLE         2
+      SessionWorkerGone      unavailable   the worker holding a session's files is gone      503 UNAVAILABLE         -
     SandboxError             internal      the sandbox failed (status internal_error)       500 INTERNAL            2
       UidInUse               internal      a slot's host uid is another instance's          500 INTERNAL            -
       EnvironmentBuildFailed internal      mmdebstrap, pip or npm failed building a spec     500 INTERNAL            1
@@ -165,6 +166,10 @@ class IsolationUnavailable(Unavailable):
         super().__init__(f"isolation {level!r} is unavailable here: {reason}")
         self.level = level
         self.reason = reason
+
+
+class SessionWorkerGone(Unavailable):
+    """A session's files are on a worker that did not answer in time, or were lost with it (distributed)."""
 
 
 # ------------------------------------------------------------------ our failures

@@ -46,7 +46,7 @@ from sandlot.metrics import Metrics
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
-from sandlot.sessions import SessionFiles, SessionInfo, Sessions
+from sandlot.sessions import FileAccess, SessionFiles, SessionInfo, Sessions
 from sandlot.stateful import StatefulSessions
 from sandlot.worker import Worker
 
@@ -233,6 +233,8 @@ class Service:
             session_ttl_s=server.session_ttl_s,
             session_idle_s=server.session_idle_s,
             problems=problems,
+            remote=the_broker.session_files if isinstance(the_broker, RedisBroker) else None,
+            remote_timeout_s=server.presence_ttl_s,  # a worker silent that long is dead: stop waiting for it
         )
         service = cls(
             settings,
@@ -388,7 +390,7 @@ class Service:
         default = self.server.default_isolation
         return max(default, min_isolation, key=ISOLATION_LEVELS.index)
 
-    def session_files(self, tenant: str, session_id: str) -> SessionFiles:
+    def session_files(self, tenant: str, session_id: str) -> FileAccess:
         """The files of a session, file session or stateful (its interpreter's box's workdir)."""
         found = self.stateful.find(tenant, session_id) if self.stateful is not None else None
         if found is not None:

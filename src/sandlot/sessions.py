@@ -6,13 +6,13 @@ runs its runs). Distributed mode: a session is named in the broker's session
 directory (``SessionDirectory``, Redis) and its workdir is opened by the worker
 that takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
-session; none holds its workdir, so moving files in and out of it (``files``)
-works in embedded mode only: in distributed mode a run puts files in with
-``files`` and takes them out with ``fetch_files``. The file operations are
-``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop;
-the doors only ever see their results and the errors named here
-(``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is in
-``NO_SPACE_ERRNOS`` when the workdir is full).
+session; none holds its workdir, so ``files`` there sends each file operation
+to the worker holding it (``sandlot.sessions_remote``). The file operations are
+``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop
+(here, or on that worker); the doors only ever see their results and the
+errors named here (``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is
+in ``NO_SPACE_ERRNOS`` when the workdir is full), and in distributed mode
+``SessionWorkerGone`` (503) when the worker holding it is gone.
 
 A session runs at one isolation level, chosen when it is created: embedded, its
 workdir is in that level's pool; distributed, the level is recorded with the
@@ -32,13 +32,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sandlot.broker import SessionDirectory
+from sandlot.broker.redis_session_files import RedisSessionFiles
 from sandlot.errors import RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
 from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
+from sandlot.sessions_remote import RemoteSessionFiles
 
 __all__ = [
     "NO_SPACE_ERRNOS",
+    "FileAccess",
     "Listing",
     "SessionFiles",
     "SessionInfo",
@@ -86,7 +89,11 @@ class Sessions:
         session_ttl_s: float,
         session_idle_s: float,
         problems: Mapping[str, str] | None = None,
+        remote: RedisSessionFiles | None = None,
+        remote_timeout_s: float = 6.0,
     ) -> None:
+        self._remote = remote  # distributed: file requests go to the worker holding the session
+        self._remote_timeout_s = remote_timeout_s
         self._pools = pools  # by isolation level
         self._directory = directory
         self._ttl_s = session_ttl_s
@@ -175,18 +182,33 @@ class Sessions:
         )
 
     def local(self, tenant: str, session_id: str) -> Session:
-        """The session with its box, for file operations: embedded mode only."""
+        """The session with its workdir in this process: embedded mode only (``files`` works in both)."""
         if self._directory is not None:
             raise SessionFilesUnavailable(
-                "session files cannot be read or written through the API in distributed mode: the session's "
-                "box is on a worker; send files with a run (files) and get them back with fetch_files",
-                field="session_id",
+                "the session's workdir is on a worker in distributed mode, not in this process", field="session_id"
             )
         return find_session(self._pools, tenant, session_id)
 
-    def files(self, tenant: str, session_id: str) -> SessionFiles:
-        """The session's workdir, to move files in and out: embedded mode only."""
-        return SessionFiles(_WorkdirRoot(self.local(tenant, session_id)))
+    def files(self, tenant: str, session_id: str) -> FileAccess:
+        """The session's workdir, to move files in and out; distributed, through the worker holding it."""
+        if self._remote is not None:
+            return RemoteSessionFiles(self._remote, tenant, session_id, self._remote_timeout_s)
+        return workdir_files(self.local(tenant, session_id))
+
+
+def workdir_files(session: Session) -> SessionFiles:
+    """The files of a file session held in this process (embedded, or a worker's own)."""
+    return SessionFiles(_WorkdirRoot(session))
+
+
+class FileAccess(Protocol):
+    """A session's files, wherever they are: ``SessionFiles`` here, ``RemoteSessionFiles`` on a worker."""
+
+    async def write(self, path: str, data: bytes) -> None: ...
+
+    async def read(self, path: str, max_bytes: int) -> bytes: ...
+
+    async def listing(self) -> Listing: ...
 
 
 class FileRoot(Protocol):

@@ -44,6 +44,8 @@ With a broker many worker processes share (``Distributed``), the worker also:
   here in the session's box, or in a fresh box when the box was lost with
   another worker (the run's first event is a ``session_reset`` notice), or is
   handed over to the live worker that holds the box;
+- answers the session file requests API nodes send it (``worker_files``: list,
+  read, write in the workdir of a session it holds, or places there);
 - gets the environment a job carries (its digest) before the job takes a box,
   when this node's store lacks it: fetched from an API node, verified, or built
   from its spec (``environments.shared``), one fetch per digest at a time;
@@ -66,7 +68,9 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sandlot import worker_files
 from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
+from sandlot.broker.redis_session_files import RedisSessionFiles
 from sandlot.engine import Engine, check_isolation
 from sandlot.environments.shared import SharedEnvironments
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
@@ -146,6 +150,7 @@ class Worker:
         self._stopping = False
         self._present = asyncio.Event()  # the first presence was said (or tried): claiming may start
         self._presence_task: asyncio.Task[None] | None = None
+        self._files_task: asyncio.Task[None] | None = None
         self._sessions = SessionBoxes(self.pools, default_isolation)
         self._claiming = 0  # loops past the claim gate, waiting for a job
         self._freed = asyncio.Event()  # the gate's inputs changed: a box freed, a claim or a run ended
@@ -156,6 +161,10 @@ class Worker:
     def start(self) -> None:
         if isinstance(self.broker, Distributed):
             self._presence_task = asyncio.create_task(self._presence(self.broker), name="sandlot-worker-presence")
+            files = getattr(self.broker, "session_files", None)
+            if isinstance(files, RedisSessionFiles):  # API nodes send it the file requests of its sessions
+                serving = worker_files.serve(files, self.broker, self._sessions, self.pools)
+                self._files_task = asyncio.create_task(serving, name="sandlot-worker-session-files")
         else:
             self._present.set()
         self._loops = [asyncio.create_task(self._loop(), name=f"sandlot-worker-{i}") for i in range(self.concurrency)]
@@ -185,10 +194,11 @@ class Worker:
             if pending:
                 await asyncio.wait(pending, timeout=_CANCEL_GRACE_S)
         # Presence is said until here: a worker killed while it drains is taken over like any dead one.
-        if self._presence_task is not None:
-            self._presence_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._presence_task
+        for chore in (self._presence_task, self._files_task):
+            if chore is not None:
+                chore.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore
         if distributed is not None:
             await _quietly("retire", distributed.retire())
 

@@ -54,9 +54,15 @@ class SessionBoxes:
 
         "reset": the box was lost with another worker and is opened afresh here; the run must say so first.
         """
-        key = (spec.tenant, session_id)
         # The API node set the job's level to the session's own (Sessions.level_for_run).
-        pool = pool_for_run(self._pools, spec.isolation or self._default_isolation, spec.tenant, None)
+        return await self.bind_at(broker, spec.tenant, session_id, spec.isolation)
+
+    async def bind_at(
+        self, broker: Distributed, tenant: str, session_id: str, level: str
+    ) -> Literal["here", "reset", "elsewhere"]:
+        """``bind`` for a request at ``level`` (a job's, or a file request's: the session's own)."""
+        key = (tenant, session_id)
+        pool = pool_for_run(self._pools, level or self._default_isolation, tenant, None)
         async with self._lock(key):
             have_box = pool.has_session(*key)
             # A stale copy of the box would be replaced, so it leaves room too.

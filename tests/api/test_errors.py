@@ -41,6 +41,7 @@ from sandlot.errors import (
     SandlotError,
     SessionFilesUnavailable,
     SessionNotFound,
+    SessionWorkerGone,
     SpecRejected,
     Superseded,
     UidInUse,
@@ -102,6 +103,15 @@ CASES: list[tuple[BaseException, Failure]] = [
     (
         BrokerUnavailable("redis is unreachable"),
         Failure(Kind.UNAVAILABLE, "unavailable", "redis is unreachable", retry_after_s=UNAVAILABLE_RETRY_AFTER_S),
+    ),
+    (
+        SessionWorkerGone("the worker holding session 'x' did not answer"),
+        Failure(
+            Kind.UNAVAILABLE,
+            "unavailable",
+            "the worker holding session 'x' did not answer",
+            retry_after_s=UNAVAILABLE_RETRY_AFTER_S,
+        ),
     ),
     (
         NoWorker("gvisor"),

@@ -7,8 +7,8 @@ planted (links, fifos) and refuse paths leaving the workdir: a RejectedError
 here is a 400, a missing file a 404, a file the running program recreated while
 we wrote it a 409. A listing stops at ``MAX_LIST_ENTRIES`` and says ``truncated``.
 They do not wait for a running execution of the session; a program sees a file appear or change as it would on any disk.
-In distributed mode the workdir is on a worker, not here: creating and ending work
-on any API node, the file routes answer 400 (``Sessions.local``).
+In distributed mode the workdir is on a worker, not here: any API node forwards the
+file operations to it (``sandlot.sessions_remote``); a worker gone is a 503.
 
 ``{"stateful": true}`` creates a stateful session instead (``sandlot.stateful``: an
 interpreter kept in a pinned box, runs are its cells); DELETE ends either kind.
@@ -57,8 +57,8 @@ _SESSION_BODY = json_body(
     },
     required=False,
 )
-# The file routes answer 400 in distributed mode, where the session's workdir is on a worker.
-_FILE_ERRORS = (400, *AUTH, 404)
+# 503: distributed mode, the worker holding the session's workdir is gone (or no worker serves its level).
+_FILE_ERRORS = (400, *AUTH, 404, 503)
 
 
 @router.post(

@@ -1,0 +1,170 @@
+"""Session files in the distributed mode: 2 API nodes and 2 workers, real Redis and real boxes.
+
+The file routes of any API node reach the worker holding the session's
+workdir (``sandlot.sessions_remote`` -> ``sandlot.worker_files``), whatever
+node the session was made on and wherever its runs went. Killed, that worker
+takes the files with it: the requests say so (503, never a hang) and the
+session goes on with an empty workdir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from sandlot.broker.keys import Keys
+from tests.api.mcp.test_mcp import _http_client, _structured
+from tests.nodes import Cluster, NodeLayout, RedisServer
+from tests.test_serve_process import execution
+
+LAYOUT = NodeLayout(
+    name="sess",
+    uid_base=1_020_000_000,
+    nodes=range(1, 5),
+    max_boxes=16,
+    drain_deadline_s=10.0,
+    settings={"api_keys": "key-a:team-a,key-b:team-b"},
+)
+A, B = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+SESSION_DISK_BYTES = 1024 * 1024  # the workers' session workdirs: a 2 MiB upload (the body cap) overfills one
+RESET_TIMEOUT_S = 60.0  # a killed worker's presence expires (6 s at the default TTL), then its sessions move
+
+# Reads what was uploaded, writes a file, and plants links to a host file and a host directory.
+STEP = """import os
+print(open('in/data.txt').read().upper(), end='')
+open('out.txt', 'w').write('from the run\\n')
+os.symlink('/etc/passwd', 'link')
+os.symlink('/etc', 'up')
+"""
+
+
+def _run(client: httpx.Client, session_id: str, code: str) -> dict[str, Any]:
+    response = client.post("/api/v1/run", json=execution(code) | {"session_id": session_id}, headers=A)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _owner(rdb: redis.Redis, session_id: str) -> str:
+    owner = rdb.hget(Keys().session("team-a", session_id), "owner")
+    assert isinstance(owner, bytes), owner
+    return owner.decode().rsplit(":", 1)[1]
+
+
+def _listing(client: httpx.Client, session_id: str) -> dict[str, int]:
+    response = client.get(f"/api/v1/sessions/{session_id}/files", headers=A)
+    assert response.status_code == 200, response.text
+    return {entry["path"]: entry["size"] for entry in response.json()["files"]}
+
+
+async def _through_mcp(url: str, session_id: str) -> tuple[dict[str, Any], str, set[str]]:
+    """write_file, read_file and list_files in the session, over MCP: (written, read back, paths listed)."""
+    async with _http_client(url, Authorization=A["Authorization"]) as client:
+        in_session = {"session_id": session_id}
+        written = _structured(
+            await client.call_tool("write_file", {**in_session, "path": "mcp.txt", "content": "via\n"})
+        )
+        read = _structured(await client.call_tool("read_file", {**in_session, "path": "mcp.txt"}))
+        listed = _structured(await client.call_tool("list_files", in_session))
+    return written, read["content"], {row["path"] for row in listed["files"]}
+
+
+@pytest.mark.timeout(240)
+def test_session_files_through_any_api_node_reach_the_worker_holding_them(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    apis = [cluster.api(1), cluster.api(2)]
+    workers = {
+        f"node-{n}": cluster.worker(n, pool_size=1, worker_name=f"node-{n}", session_disk_bytes=SESSION_DISK_BYTES)
+        for n in (3, 4)
+    }
+    cluster.start(*apis, *workers.values())
+    rdb = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        with httpx.Client(base_url=apis[0].url, timeout=60.0) as one, httpx.Client(base_url=apis[1].url) as two:
+            made = one.post("/api/v1/sessions", headers=A)
+            assert made.status_code == 201, made.text
+            sid = made.json()["session_id"]
+            files = f"/api/v1/sessions/{sid}/files"
+
+            # Before any run: the upload picks a worker, as a first run would, and the session stays there.
+            put = one.put(f"{files}/in/data.txt", content=b"uploaded through node 1\n", headers=A)
+            assert (put.status_code, put.json()) == (201, {"path": "in/data.txt", "size": 24}), put.text
+            owner = _owner(rdb, sid)
+            result = _run(two, sid, STEP)
+            assert (result["status"], result["stdout"]) == ("ok", "UPLOADED THROUGH NODE 1\n"), result
+            assert _owner(rdb, sid) == owner
+
+            got = two.get(f"{files}/out.txt", headers=A)
+            assert (got.status_code, got.content) == (200, b"from the run\n"), got.text
+            listed = _listing(one, sid)  # the link is no regular file; main.py is the run's source
+            assert listed.keys() == {"in/data.txt", "out.txt", "main.py"}, listed
+            assert (listed["in/data.txt"], listed["out.txt"]) == (24, 13), listed
+
+            # The worker's answers keep their meaning: a planted link refused, a missing file 404.
+            link = two.get(f"{files}/link", headers=A)
+            assert (link.status_code, link.json()["error"]["field"]) == (400, "path"), link.text
+            assert "link" in link.json()["error"]["message"], link.text
+            through = one.put(f"{files}/up/planted.txt", content=b"x", headers=A)
+            assert (through.status_code, through.json()["error"]["field"]) == (400, "path"), through.text
+            assert not os.path.lexists("/etc/planted.txt")
+            passwd = Path("/etc/passwd").read_bytes()
+            replaced = one.put(f"{files}/link", content=b"x", headers=A)  # the link replaced, never followed
+            assert replaced.status_code == 201, replaced.text
+            assert Path("/etc/passwd").read_bytes() == passwd
+            assert two.get(f"{files}/link", headers=A).content == b"x"
+            missing = one.get(f"{files}/nothing.txt", headers=A)
+            assert missing.status_code == 404, missing.text
+            full = two.put(f"{files}/big.bin", content=bytes(SESSION_DISK_BYTES + 4096), headers=A)
+            assert (full.status_code, full.json()["error"]["code"]) == (507, "workspace_full"), full.text
+            assert one.get(f"{files}/big.bin", headers=A).status_code == 404  # nothing half-written left
+
+            # Another tenant's id finds nothing, on either node.
+            for client in (one, two):
+                assert client.get(files, headers=B).status_code == 404
+                assert client.get(f"{files}/out.txt", headers=B).status_code == 404
+                assert client.put(f"{files}/x.txt", content=b"x", headers=B).status_code == 404
+            assert _listing(two, sid) == listed | {"link": 1}
+
+            # The MCP file tools go the same way.
+            mcp = asyncio.run(_through_mcp(apis[1].url + "/mcp", sid))
+            assert mcp == (
+                {"path": "mcp.txt", "size": 4},
+                "via\n",
+                {"in/data.txt", "out.txt", "main.py", "link", "mcp.txt"},
+            )
+            assert one.get(f"{files}/mcp.txt", headers=A).content == b"via\n"
+
+            # The holding worker killed: its files are gone. Requests say so (503, bounded by the presence
+            # TTL), and once it is taken for dead the session goes on in an empty workdir on the other worker.
+            workers[owner].proc.kill()
+            assert workers[owner].proc.wait(10.0) == -signal.SIGKILL
+            answers: list[httpx.Response] = []
+            deadline = time.monotonic() + RESET_TIMEOUT_S
+            while not answers or answers[-1].status_code == 503:
+                assert time.monotonic() < deadline, [a.text for a in answers]
+                answers.append(one.get(files, headers=A))  # each bounded: never a hang
+            *gone, back = answers
+            for answer in gone:  # the holder did not answer in time, or (taken for dead) its files were lost
+                message = answer.json()["error"]["message"]
+                assert "did not answer within 6 s" in message or "lost with the worker" in message, message
+            assert back.status_code == 200 and back.json()["files"] == [], back.text
+            assert any("lost with the worker" in a.json()["error"]["message"] for a in gone), [a.text for a in gone]
+            (survivor,) = set(workers) - {owner}
+            assert _owner(rdb, sid) == survivor
+            after = _run(two, sid, "import os\nprint(sorted(set(os.listdir('.')) - {'main.py'}))\n")
+            assert (after["status"], after["stdout"], after["message"]) == ("ok", "[]\n", ""), after
+    finally:
+        rdb.close()
+    for node in cluster.nodes:
+        node.stop()
+    LAYOUT.sweep()  # the killed worker could not release its boxes
+    assert LAYOUT.leftovers() == []

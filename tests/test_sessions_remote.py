@@ -1,0 +1,135 @@
+"""Session file requests of the distributed mode, the API node's side, against a real ``redis-server``.
+
+The end-to-end path (real workers, real workdirs) is tests/distributed/test_distributed_sessions.py;
+here: what a request answers when no worker can take it or the one holding the session stays silent,
+and that every error a worker sends back is raised again as the class it was there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandlot.broker.redis import RedisBroker
+from sandlot.errors import (
+    AtCapacity,
+    FileBusy,
+    FileMissing,
+    NoWorker,
+    RejectedError,
+    SessionNotFound,
+    SessionWorkerGone,
+)
+from sandlot.sessions_remote import RemoteSessionFiles, raise_error
+from sandlot.worker_files import error_header
+from tests.nodes import RedisServer, running_redis
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path / "redis", append_only=False) as server:
+        yield server
+
+
+@pytest.fixture
+async def brokers(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBroker, RedisBroker]]:
+    """An API node's broker and a worker's (which says its presence but never answers file requests)."""
+    api = RedisBroker(redis_server.url, max_queued=4)
+    worker = RedisBroker(redis_server.url, max_queued=4, consumer_name="silent")
+    yield api, worker
+    await api.close()
+    await worker.close()
+
+
+async def test_a_session_no_live_worker_can_take_is_no_worker(brokers: tuple[RedisBroker, RedisBroker]) -> None:
+    api, _ = brokers
+    session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+    with pytest.raises(NoWorker, match="no live worker serves isolation 'jail'"):
+        await RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=5.0).listing()
+
+
+async def test_another_tenants_or_an_ended_session_is_not_found(brokers: tuple[RedisBroker, RedisBroker]) -> None:
+    api, _ = brokers
+    session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+    with pytest.raises(SessionNotFound):
+        await RemoteSessionFiles(api.session_files, "b", session_id, timeout_s=5.0).read("x", 10)
+    await api.sessions.end("a", session_id)
+    with pytest.raises(SessionNotFound):
+        await RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=5.0).write("x", b"1")
+
+
+async def test_a_silent_worker_is_503_after_the_timeout_never_a_hang(brokers: tuple[RedisBroker, RedisBroker]) -> None:
+    api, worker = brokers
+    await worker.presence([], ["jail"])  # live, serving jail: the request goes to it, which never reads it
+    session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+    files = RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=0.5)
+    with pytest.raises(SessionWorkerGone, match=r"did not answer within 0\.5 s"):
+        await files.write("data.txt", b"x")
+    request = await worker.session_files.next_request(1.0)  # it was sent there, and nothing answered
+    assert request is not None and request.header["op"] == "write" and request.data == b"x"
+    assert request.expired  # a worker that reads it this late drops it
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileMissing.at("files.name", "'a.txt' does not exist"),
+        FileBusy.at("files.name", "'a' was recreated by the running program; retry"),
+        RejectedError.at("files.name", "'link' is a symbolic link; refused"),
+        SessionNotFound("session 'x' not found or expired", field="session_id"),
+    ],
+)
+def test_a_refusal_is_raised_again_as_its_class_and_renamed_like_a_local_one(error: RejectedError) -> None:
+    with pytest.raises(type(error)) as raised:
+        raise_error(error_header(error))
+    assert type(raised.value) is type(error)
+    assert (str(raised.value), raised.value.field) == (str(error), error.field)
+    renamed = raised.value.for_field("path")  # what the doors do with a local refusal
+    assert (str(renamed), renamed.field) == (str(error.for_field("path")), error.for_field("path").field)
+
+
+def test_a_full_workdir_a_full_worker_and_a_failure_keep_their_meaning() -> None:
+    with pytest.raises(OSError) as full:
+        raise_error(error_header(OSError(errno.EDQUOT, "quota")))
+    assert full.value.errno == errno.EDQUOT  # the doors' NO_SPACE_ERRNOS: 507 / a tool error
+    with pytest.raises(AtCapacity, match="session limit"):
+        raise_error(error_header(AtCapacity("pool", "this worker's session limit (2) is reached")))
+    with pytest.raises(SessionWorkerGone, match="failed"):
+        raise_error(error_header(ValueError("a bug")))  # never shown as it is
+    raise_error({})  # a success raises nothing
+
+
+async def test_placing_a_session_moves_on_from_a_worker_at_its_session_limit(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file request of a session asks a live worker; one that answers "full" is skipped."""
+    api = RedisBroker(redis_server.url, max_queued=4)
+    full, roomy = (RedisBroker(redis_server.url, max_queued=4, consumer_name=name) for name in ("a-full", "b-roomy"))
+    try:
+        for worker in (full, roomy):
+            await worker.presence([], ["jail"])
+        # The full worker is picked first (the pick is random), so the request must move on to be answered.
+        monkeypatch.setattr("sandlot.sessions_remote.random.choice", lambda inboxes: sorted(inboxes)[0])
+        session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+        asked: list[str] = []
+
+        async def answer(worker: RedisBroker, header: dict[str, object]) -> None:
+            request = await worker.session_files.next_request(5.0)
+            assert request is not None
+            asked.append(worker.consumer_name)
+            await worker.session_files.reply(request, header)
+
+        answers = asyncio.gather(
+            answer(full, error_header(AtCapacity("pool", "this worker's session limit (1) is reached"))),
+            answer(roomy, {"files": [["a.txt", 1]], "truncated": False}),
+        )
+        listing = await RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=5.0).listing()
+        await answers
+        assert (asked, [(f.path, f.size) for f in listing.files]) == (["a-full", "b-roomy"], [("a.txt", 1)])
+    finally:
+        for broker in (api, full, roomy):
+            await broker.close()
