@@ -144,6 +144,19 @@ async def test_a_box_comes_back_reset(sandbox: Sandbox, settings: Settings) -> N
             assert await _sh(again, "ls -A /box", settings) == b""
 
 
+async def test_a_cancel_of_one_lease_does_not_reach_the_next(sandbox: Sandbox, settings: Settings) -> None:
+    """A cancel kills the run and any the same lease starts later; the box's next lease (a judge test, a
+    stateful session's interpreter, a run) starts clean, whoever takes it."""
+    async with _started_pool(sandbox, 1) as pool:
+        async with pool.lease("a") as box:
+            box.cancel_run()  # a door's cancel, after the run has ended: the flag stays with this lease
+            cancelled = await run_in(box, ["/bin/sh", "-c", "echo late"], settings.run_defaults)
+            assert cancelled.cancelled, cancelled
+        async with pool.lease("b") as again:
+            assert again is box
+            assert await _sh(again, "echo fresh", settings) == b"fresh\n"
+
+
 async def test_waiters_are_served_fifo_per_tenant_and_in_rotation_across_tenants(sandbox: Sandbox) -> None:
     granted: list[str] = []
     async with _started_pool(sandbox, 1) as pool:

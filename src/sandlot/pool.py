@@ -215,6 +215,7 @@ class BoxPool:
     @contextlib.asynccontextmanager
     async def _leased(self, tenant: str, rootfs: Path | None) -> AsyncIterator[Box]:
         box = await self._take(tenant, rootfs)
+        box.clear_cancel()  # a cancel is of one lease: never of the next one's runs (a judge's tests...)
         self._busy += 1
         try:
             yield box
