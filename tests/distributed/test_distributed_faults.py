@@ -26,8 +26,9 @@ import pytest
 import redis
 
 from sandlot.broker.keys import WORKERS_GROUP, Keys
+from sandlot.config import SERVER_DEFAULTS
 from tests.nodes import Cluster, NodeLayout, RedisServer
-from tests.test_serve_process import sse_frames
+from tests.test_serve_process import sse_frames, wait_until
 
 MAX_QUEUED = 10_000  # the whole burst fits: no 429 in these tests
 DRAIN_DEADLINE_S = 10.0
@@ -48,6 +49,9 @@ CHAOS_CLIENTS = 4
 CHAOS_INTERVAL_S = (1.0, 3.0)  # between two kills
 CHAOS_DONE_TIMEOUT_S = 240.0  # after the last submit, for the queue and the stragglers (takeovers included)
 TINY_LIMITS = {"wall_time_limit": 5, "time_limit": 2}
+# A dead worker's presence lapses after presence_ttl_s (6 s by default) and the next sweep takes its entries
+# over: three TTLs bound that with room for a loaded host, far below the idle backstop (claim_idle_ms).
+PRESENCE_SETTLE_S = 3 * SERVER_DEFAULTS.presence_ttl_s
 
 
 # ------------------------------------------------------------------ client
@@ -185,7 +189,12 @@ def test_random_worker_kills_lose_no_job_and_each_ends_once(cluster: Cluster, rd
     assert len(kills) >= 1
     assert len(lost) <= len(kills) * 2  # a lost job needs max_deliveries runs on workers killed under it
 
-    assert _pending(rdb) == 0
+    # A worker killed after it took a job's entry and before it acknowledged it leaves that entry pending
+    # until its presence lapses; then (not after the idle backstop's minutes) it goes back and is acknowledged.
+    # The chaos goes on until the last result is in, so the last kill may fall just before this check.
+    settled_from = time.monotonic()
+    wait_until(lambda: _pending(rdb) == 0, PRESENCE_SETTLE_S, "every delivered entry acknowledged")
+    print(f"chaos: XPENDING 0 after {time.monotonic() - settled_from:.1f}s")
     # Every task left the queued count exactly once, even those whose worker died between
     # taking the job and counting it out (before the idempotent dequeue, 1-4 per run leaked).
     queued = _queued(rdb)
