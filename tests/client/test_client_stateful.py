@@ -1,12 +1,8 @@
-"""Stateful sessions through the client: cells keep their variables, the last expression's value.
-
-The server side is another part of issue 16; these tests run once the server offers stateful
-sessions (the probe: a 201 to ``{"stateful": true}`` whose body says ``"stateful"``).
-"""
+"""Stateful sessions through the client: cells keep their variables, the last expression's value; and a
+server whose operator turned them off (``max_stateful_sessions < 0``) is a clear ``Rejected``."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterator
 
@@ -14,31 +10,22 @@ import httpx
 import pytest
 
 from sandlot_client import AsyncSandlot, Rejected, Sandlot, Status
+from tests.cli.test_cli_client import _ServerThread
 
 pytestmark = pytest.mark.root
-
-# The static half of the probe: without the package, no server of this checkout offers them.
-NO_STATEFUL_PACKAGE = importlib.util.find_spec("sandlot.stateful") is None
-
-
-def _offers_stateful(url: str) -> bool:
-    answer = httpx.post(f"{url}/api/v1/sessions", json={"stateful": True, "language": "python"}, timeout=60)
-    if answer.status_code == 400:  # a server that knows the field but has stateful sessions turned off
-        return False
-    assert answer.status_code == 201, answer.text
-    body = answer.json()
-    httpx.delete(f"{url}/api/v1/sessions/{body['session_id']}", timeout=60)
-    return "stateful" in body
 
 
 @pytest.fixture
 def stateful_server(server: str) -> Iterator[str]:
-    if not _offers_stateful(server):
-        pytest.skip("the server does not offer stateful sessions (its 201 has no 'stateful')")
     yield server
 
 
-@pytest.mark.skipif(NO_STATEFUL_PACKAGE, reason="this sandlot does not offer stateful sessions (no sandlot.stateful)")
+@pytest.fixture(scope="module")
+def stateless_server() -> Iterator[str]:
+    with _ServerThread(max_stateful_sessions=-1) as url:
+        yield url
+
+
 def test_cells_keep_their_state_and_return_the_last_value(stateful_server: str) -> None:
     with Sandlot(stateful_server) as client:
         with client.session(stateful=True, language="python") as session:
@@ -56,7 +43,6 @@ def test_cells_keep_their_state_and_return_the_last_value(stateful_server: str) 
             assert other.run("'x' in globals()").value == "False"  # two sessions never share state
 
 
-@pytest.mark.skipif(NO_STATEFUL_PACKAGE, reason="this sandlot does not offer stateful sessions (no sandlot.stateful)")
 def test_the_files_of_a_stateful_session(stateful_server: str) -> None:
     """Issue 16's example: ``s.files.write("data.csv", ...)`` in a stateful session, then a cell reads it."""
     with Sandlot(stateful_server) as client, client.session(stateful=True) as session:
@@ -67,19 +53,17 @@ def test_the_files_of_a_stateful_session(stateful_server: str) -> None:
         assert {"data.csv", "out.txt"} <= {f.path for f in session.files.list()}
 
 
-@pytest.mark.skipif(NO_STATEFUL_PACKAGE, reason="this sandlot does not offer stateful sessions (no sandlot.stateful)")
 async def test_cells_async(stateful_server: str) -> None:
     async with AsyncSandlot(stateful_server) as client, client.session(stateful=True) as session:
         await session.run("y = [1, 2]")
         assert (await session.run("y * 2")).value == "[1, 2, 1, 2]"
 
 
-def test_a_server_without_stateful_sessions_is_a_clear_error(server: str) -> None:
-    if _offers_stateful(server):
-        pytest.skip("the server offers stateful sessions; this checks the client against one that does not")
+def test_a_server_without_stateful_sessions_is_a_clear_error(stateless_server: str) -> None:
+    server = stateless_server
     with Sandlot(server) as client, pytest.raises(Rejected) as refused:
         client.session(stateful=True)
-    assert refused.value.field == "stateful"
+    assert refused.value.field == "stateful" and "turned off on this server" in str(refused.value)
     made = re.search(r"made session (\S+) without state", str(refused.value))
     if made:  # a server that ignores the field made a plain session: it was ended, not left to expire
         assert httpx.get(f"{server}/api/v1/sessions/{made[1]}/files", timeout=60).status_code == 404

@@ -93,6 +93,10 @@ class StatefulSessions:
                 "its interpreter); run a sandlot serve without redis_url for them",
                 field="stateful",
             )
+        if self.max_sessions <= 0:  # max_stateful_sessions < 0: the operator turned them off (not "busy")
+            raise RejectedError(
+                "stateful sessions are turned off on this server (max_stateful_sessions)", field="stateful"
+            )
         if language not in _DRIVERS:
             raise RejectedError(f"stateful sessions run {', '.join(LANGUAGES)}; not {language!r}", field="language")
         pool = self._pools.get(isolation)
