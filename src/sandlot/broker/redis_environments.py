@@ -16,6 +16,7 @@ tries the next holder once its connection fails.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -49,6 +50,17 @@ class EnvironmentRecord:
     @property
     def kind(self) -> str:
         return str(self.meta.get("kind", ""))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> EnvironmentRecord:
+        """The record ``to_json`` wrote (without holders: they are kept apart, a hash per environment)."""
+        data = json.loads(raw)
+        return cls(
+            digest=str(data["digest"]),
+            content_digest=str(data["content_digest"]),
+            meta=dict(data["meta"]),
+            languages=tuple(data.get("languages", ())),
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -93,27 +105,15 @@ class RedisEnvironments:
         k = self._keys
         async with self._reachable():
             names = sorted(to_str(n) for n in await self._redis.smembers(k.environment_names()))
-            pipe = self._redis.pipeline(transaction=False)
-            for name in names:
-                pipe.get(k.environment_name(name))
-            digests = [None if d is None else to_str(d) for d in await pipe.execute()] if names else []
-            pipe = self._redis.pipeline(transaction=False)
-            for digest in digests:
-                pipe.get(k.environment(digest or "-"))
-            raws = await pipe.execute() if names else []
-        listed: list[tuple[str, EnvironmentRecord]] = []
-        for name, digest, raw in zip(names, digests, raws, strict=True):
-            if digest is None or raw is None:
-                continue  # named but not (or no longer) recorded
-            data = json.loads(raw)
-            record = EnvironmentRecord(
-                digest=str(data["digest"]),
-                content_digest=str(data["content_digest"]),
-                meta=dict(data["meta"]),
-                languages=tuple(data.get("languages", ())),
-            )
-            listed.append((name, record))
-        return listed
+            digests = await self._redis.mget([k.environment_name(name) for name in names]) if names else []
+            named = [(name, to_str(d)) for name, d in zip(names, digests, strict=True) if d is not None]
+            raws = await self._redis.mget([k.environment(digest) for _, digest in named]) if named else []
+        # A name whose record is gone (or not yet written) is left out.
+        return [
+            (name, EnvironmentRecord.from_json(raw))
+            for (name, _), raw in zip(named, raws, strict=True)
+            if raw is not None
+        ]
 
     async def digest_of(self, name: str) -> str | None:
         async with self._reachable():
@@ -130,16 +130,10 @@ class RedisEnvironments:
             raw, holders = await pipe.execute()
         if raw is None:
             return None
-        data = json.loads(raw)
+        record = EnvironmentRecord.from_json(raw)
         found = []
         for node, value in sorted(holders.items()):
             where = json.loads(value)
-            content = str(where.get("content_digest") or data["content_digest"])
+            content = str(where.get("content_digest") or record.content_digest)
             found.append(Holder(to_str(node), str(where["url"]), str(where["token"]), content))
-        return EnvironmentRecord(
-            digest=str(data["digest"]),
-            content_digest=str(data["content_digest"]),
-            meta=dict(data["meta"]),
-            languages=tuple(data.get("languages", ())),
-            holders=tuple(found),
-        )
+        return dataclasses.replace(record, holders=tuple(found))
