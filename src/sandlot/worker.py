@@ -458,7 +458,6 @@ class Worker:
             raise SandlotError(str(exc)) from exc
         if self.metrics is not None:
             self.metrics.box_wait.observe(time.monotonic() - waited_from)
-        box.clear_cancel()
         stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         follower = asyncio.create_task(self._follow_controls(spec.id, box, stdin_queue))
         if self.metrics is not None:
