@@ -210,7 +210,7 @@ class Engine:
             self._write_sources(box, source.file, job.files)
         else:
             write_workdir(box, precompiled.files)
-        binds = self._binds(lang, box) if prepared.rootfs is None else []
+        binds = self.job_binds(prepared, box)
         rootfs = prepared.rootfs
         env = _stage_env(prepared)
         stages: list[tuple[str, Result]] = []
