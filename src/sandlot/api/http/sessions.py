@@ -89,7 +89,7 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
         raise RejectedError("environment: must be a string", field="environment")
     caller.principal.check_environment(environment)  # another tenant's environment: as unknown, 404
     if data.get("stateful"):
-        return await _create_stateful(caller, data, isolation)
+        return await _create_stateful(caller, data, isolation, environment)
     for key in sorted(data.keys() & {"language", "limits"}):
         raise RejectedError(f'{key}: only for a stateful session ("stateful": true)', field=key)
     session = await caller.service.create_session(
@@ -121,16 +121,16 @@ async def end_session(session_id: str, caller: CallerDep) -> Response:
     return Response(status_code=204)
 
 
-async def _create_stateful(caller: Caller, data: dict[str, Any], isolation: str) -> JSONResponse:
-    """A stateful session: an interpreter kept in a pinned box (see sandlot.stateful)."""
+async def _create_stateful(caller: Caller, data: dict[str, Any], isolation: str, environment: str) -> JSONResponse:
+    """A stateful session: an interpreter kept in a pinned box (see sandlot.stateful); ``isolation`` and
+    ``environment`` were checked by the route, as for any session."""
     unknown = data.keys() - {"isolation", "stateful", "language", "environment", "limits"}
     if unknown:
         first = min(unknown)
         raise RejectedError(f"{first}: unknown field", field=first)
-    language, environment, limits = data.get("language") or "python", data.get("environment") or "", data.get("limits")
-    for key, value in (("language", language), ("environment", environment)):
-        if not isinstance(value, str):
-            raise RejectedError(f"{key}: must be a string", field=key)
+    language, limits = data.get("language") or "python", data.get("limits")
+    if not isinstance(language, str):
+        raise RejectedError("language: must be a string", field="language")
     if limits is not None and not isinstance(limits, dict):
         raise RejectedError("limits: must be an object", field="limits")
     stateful = caller.service.stateful
