@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sandlot.broker import SessionBinding
+from sandlot.broker import SessionBinding, SessionRecord
 from sandlot.errors import IsolationUnavailable, RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
@@ -25,14 +25,21 @@ class _Directory:
     def __init__(self) -> None:
         self.sessions: dict[tuple[str, str], tuple[float, float, str]] = {}
 
-    async def create(self, tenant: str, *, ttl_s: float, idle_s: float, isolation: str) -> str:
+    async def create(self, tenant: str, record: SessionRecord, *, ttl_s: float, idle_s: float) -> str:
         session_id = f"s{len(self.sessions)}"
-        self.sessions[(tenant, session_id)] = (ttl_s, idle_s, isolation)
+        self.sessions[(tenant, session_id)] = (ttl_s, idle_s, record.isolation)
         return session_id
 
     async def isolation(self, tenant: str, session_id: str) -> str | None:
         found = self.sessions.get((tenant, session_id))
         return None if found is None else found[2]
+
+    async def record(self, tenant: str, session_id: str) -> SessionRecord | None:
+        found = self.sessions.get((tenant, session_id))
+        return None if found is None else SessionRecord(found[2])
+
+    async def room(self, level: str, *, stateful: bool) -> tuple[int, int]:
+        return (0, 0)  # no live worker: a session waits for one
 
     async def end(self, tenant: str, session_id: str) -> bool:
         return self.sessions.pop((tenant, session_id), None) is not None
@@ -40,7 +47,9 @@ class _Directory:
     async def exists(self, tenant: str, session_id: str) -> bool:
         return (tenant, session_id) in self.sessions
 
-    async def bind(self, tenant: str, session_id: str, *, have_box: bool, room: bool) -> SessionBinding:
+    async def bind(
+        self, tenant: str, session_id: str, *, have_box: bool, room: bool, stateful: bool = False
+    ) -> SessionBinding:
         raise AssertionError("doors never bind: workers do")
 
 

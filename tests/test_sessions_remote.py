@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sandlot.broker import SessionRecord
 from sandlot.broker.redis import RedisBroker
 from sandlot.errors import (
     AtCapacity,
@@ -47,14 +48,14 @@ async def brokers(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBroker,
 
 async def test_a_session_no_live_worker_can_take_is_no_worker(brokers: tuple[RedisBroker, RedisBroker]) -> None:
     api, _ = brokers
-    session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+    session_id = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60.0, idle_s=60.0)
     with pytest.raises(NoWorker, match="no live worker serves isolation 'jail'"):
         await RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=5.0).listing()
 
 
 async def test_another_tenants_or_an_ended_session_is_not_found(brokers: tuple[RedisBroker, RedisBroker]) -> None:
     api, _ = brokers
-    session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+    session_id = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60.0, idle_s=60.0)
     with pytest.raises(SessionNotFound):
         await RemoteSessionFiles(api.session_files, "b", session_id, timeout_s=5.0).read("x", 10)
     await api.sessions.end("a", session_id)
@@ -65,7 +66,7 @@ async def test_another_tenants_or_an_ended_session_is_not_found(brokers: tuple[R
 async def test_a_silent_worker_is_503_after_the_timeout_never_a_hang(brokers: tuple[RedisBroker, RedisBroker]) -> None:
     api, worker = brokers
     await worker.presence([], ["jail"])  # live, serving jail: the request goes to it, which never reads it
-    session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+    session_id = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60.0, idle_s=60.0)
     files = RemoteSessionFiles(api.session_files, "a", session_id, timeout_s=0.5)
     with pytest.raises(SessionWorkerGone, match=r"did not answer within 0\.5 s"):
         await files.write("data.txt", b"x")
@@ -114,7 +115,7 @@ async def test_placing_a_session_moves_on_from_a_worker_at_its_session_limit(
             await worker.presence([], ["jail"])
         # The full worker is picked first (the pick is random), so the request must move on to be answered.
         monkeypatch.setattr("sandlot.sessions_remote.random.choice", lambda inboxes: sorted(inboxes)[0])
-        session_id = await api.sessions.create("a", ttl_s=60.0, idle_s=60.0, isolation="jail")
+        session_id = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60.0, idle_s=60.0)
         asked: list[str] = []
 
         async def answer(worker: RedisBroker, header: dict[str, object]) -> None:

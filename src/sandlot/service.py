@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandlot.broker import Broker, Distributed, TaskSpec
+from sandlot.broker import Broker, Distributed, SessionRecord, TaskSpec, limits_text
 from sandlot.broker.memory import MemoryBroker
 from sandlot.broker.redis import RedisBroker
-from sandlot.config import ServerSettings, Settings
+from sandlot.config import LimitRequest, ServerSettings, Settings
 from sandlot.engine import Engine, check_isolation
 from sandlot.environments.shared import SharedEnvironments
 from sandlot.environments.store import EnvironmentStore
@@ -43,11 +43,13 @@ from sandlot.errors import (
 from sandlot.judge.validate import prepare_judge
 from sandlot.languages import Language, LanguageRegistry
 from sandlot.metrics import Metrics
+from sandlot.models import SourceFile
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sessions import FileAccess, SessionFiles, SessionInfo, Sessions
-from sandlot.stateful import StatefulSessions
+from sandlot.stateful import StatefulInfo, StatefulSessions
+from sandlot.stateful.sessions import check_language, settle_cell
 from sandlot.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -208,7 +210,6 @@ class Service:
             max_sessions=server.effective_max_stateful_sessions,
             ttl_s=server.session_ttl_s,
             idle_s=server.session_idle_s,
-            distributed=isinstance(the_broker, Distributed) or not server.start_worker,
         )
         metrics.watch_stateful(lambda: float(stateful.count))
         worker = None
@@ -326,10 +327,31 @@ class Service:
             self._store_watch = asyncio.create_task(self.shared.watch(), name="sandlot-environments-watch")
 
     async def resolve_environment(self, spec: TaskSpec) -> tuple[TaskSpec, tuple[str, ...] | None]:
-        """Distributed mode: the digest the job's environment stands for (``SharedEnvironments.resolve``)."""
-        if self.shared is None or not spec.environment:
-            return spec, None
+        """Distributed mode: what the job's session says of it (``resolve_session``), and the digest its
+        environment stands for (``SharedEnvironments.resolve``)."""
+        spec = await self.resolve_session(spec)
+        if self.shared is None or not spec.environment or spec.stateful:
+            return spec, None  # a cell runs where its session's interpreter is, recorded at its creation
         return await self.shared.resolve(spec)
+
+    async def resolve_session(self, spec: TaskSpec) -> TaskSpec:
+        """Distributed mode: a run in a session as the session's record settles it (SessionNotFound if it is
+        gone): a stateful session's cell, marked as one; a file session's run in the session's environment
+        unless it names another. Embedded mode, ``validate`` does this from the sessions held here."""
+        if spec.session_id is None or not self.sessions.distributed:
+            return spec
+        record = await self.sessions.recorded(spec.tenant, spec.session_id)
+        if record.stateful:
+            spec = settle_cell(spec, self.languages, record.language, record.isolation)
+            return dataclasses.replace(
+                spec,
+                stateful=True,
+                environment=record.environment,
+                environment_digest=record.environment_digest,
+            )
+        if record.environment and not spec.environment:
+            return dataclasses.replace(spec, environment=record.environment)
+        return spec
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
@@ -344,8 +366,8 @@ class Service:
         weaker than the key's minimum is refused (403); one this server cannot run
         is a 503 naming the level (IsolationUnavailable), never a run at a weaker level.
         """
-        if self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None:
-            spec = self.stateful.settle(spec)  # a cell: the session's language and level
+        if self._local_cell(spec):
+            spec = self.stateful.settle(spec) if self.stateful is not None else spec  # its language and level
         elif not spec.language:
             if spec.session_id is not None and not self.sessions.distributed:
                 # A cell of a session that is not there (ended, another tenant's): that, not the language.
@@ -360,7 +382,9 @@ class Service:
             environment = self.sessions.environment_of(spec.tenant, spec.session_id)
             if environment:
                 spec = dataclasses.replace(spec, environment=environment)
-        if spec.judge:
+        if cell:  # the session's interpreter was checked when it started: only the cell's own limits here
+            self.engine.settings.resolve_limits(spec.limits, where="limits")
+        elif spec.judge:
             prepare_judge(self.engine, spec)  # the solution, checker, interactor and every test
         else:
             self.engine.prepare(
@@ -374,7 +398,13 @@ class Service:
 
     def _is_cell(self, spec: TaskSpec) -> bool:
         """Is this a cell of a stateful session (whose box is not the pool's to find)?"""
-        return self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id) is not None
+        return spec.stateful or self._local_cell(spec)
+
+    def _local_cell(self, spec: TaskSpec) -> bool:
+        """Embedded mode: is this a cell of a stateful session held in this process?"""
+        if self.stateful is None or self.sessions.distributed:
+            return False
+        return self.stateful.find(spec.tenant, spec.session_id) is not None
 
     def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
         """The level a request runs at (see ``validate``)."""
@@ -391,8 +421,11 @@ class Service:
         return max(default, min_isolation, key=ISOLATION_LEVELS.index)
 
     def session_files(self, tenant: str, session_id: str) -> FileAccess:
-        """The files of a session, file session or stateful (its interpreter's box's workdir)."""
-        found = self.stateful.find(tenant, session_id) if self.stateful is not None else None
+        """The files of a session, file session or stateful (its interpreter's box's workdir); distributed,
+        through the worker holding either kind."""
+        found = None
+        if self.stateful is not None and not self.sessions.distributed:
+            found = self.stateful.find(tenant, session_id)
         if found is not None:
             return SessionFiles(found)
         return self.sessions.files(tenant, session_id)
@@ -401,12 +434,55 @@ class Service:
         self, tenant: str, isolation: str = "", *, min_isolation: str = "jail", environment: str = ""
     ) -> SessionInfo:
         """A session at the settled level (see ``validate``), its runs in ``environment`` (404 if unknown)."""
-        if environment:
+        if environment and self.shared is not None:  # distributed: any node's (a worker fetches it)
+            await self.shared.resolve(TaskSpec(id="", tenant=tenant, language="", files=(), environment=environment))
+        elif environment:
             store = self.engine.environments
             if store is None:
                 raise EnvironmentNotFound(environment)
             await asyncio.to_thread(store.rootfs, environment)  # EnvironmentNotFound names it
         return await self.sessions.create(tenant, self.isolation_for(isolation, min_isolation), environment)
+
+    async def create_stateful(
+        self,
+        tenant: str,
+        language: str,
+        *,
+        isolation: str = "",
+        min_isolation: str = "jail",
+        limits: LimitRequest | None = None,
+        environment: str = "",
+    ) -> StatefulInfo:
+        """A stateful session (``sandlot.stateful``): embedded, its interpreter started here; distributed,
+        recorded for the worker that takes its first cell, once the language, limits and environment are
+        checked here as a run's would be."""
+        stateful = self.stateful
+        if stateful is None:
+            raise RejectedError("this server has no stateful sessions", field="stateful")
+        level = self.isolation_for(isolation, min_isolation)
+        if not self.sessions.distributed:
+            return await stateful.create(
+                tenant, language=language, isolation=level, limits=limits, environment=environment
+            )
+        stateful.check_enabled()
+        probe = TaskSpec(
+            id="", tenant=tenant, language=language, files=(SourceFile("main", b"pass"),), environment=environment
+        )
+        probe, offered_there = await self.resolve_environment(probe)
+        job = probe.to_job()
+        prepared = self.engine.prepare(job, limits, None, qualify_fields=True, offered_there=offered_there)
+        name = prepared.language.name
+        check_language(name)
+        record = SessionRecord(level, environment, probe.environment_digest, name, limits_text(limits))
+        info = await self.sessions.record(tenant, record)
+        return StatefulInfo(info.id, info.expires_in_s, level, name)
+
+    async def end_session(self, tenant: str, session_id: str) -> None:
+        """End a session of either kind (distributed: its worker lets go of it at its next presence)."""
+        if self.stateful is not None and not self.sessions.distributed and self.stateful.find(tenant, session_id):
+            await self.stateful.end(tenant, session_id)
+        else:
+            await self.sessions.end(tenant, session_id)
 
     async def submit(
         self, spec: TaskSpec, *, idempotency_key: str | None = None, min_isolation: str = "jail", waits: bool = False

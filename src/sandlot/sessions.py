@@ -18,7 +18,9 @@ A session runs at one isolation level, chosen when it is created: embedded, its
 workdir is in that level's pool; distributed, the level is recorded with the
 session and each of its jobs is queued at it (``level_for_run``), so the worker
 opens the workdir in its pool of that level. A session created in an
-environment (embedded mode) runs there unless a run names another.
+environment runs there unless a run names another (distributed: the name is
+recorded with the session, and each run resolves it as a run naming it would).
+A stateful session's record adds its language and limits (``SessionRecord``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sandlot.broker import SessionDirectory
+from sandlot.broker import SessionDirectory, SessionRecord
 from sandlot.broker.redis_session_files import RedisSessionFiles
-from sandlot.errors import RejectedError, SessionFilesUnavailable, SessionNotFound
+from sandlot.errors import AtCapacity, RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_run
 from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
@@ -113,12 +115,23 @@ class Sessions:
         if self._directory is None:
             session = await self.pool_for_run(isolation, tenant, None).create_session(tenant, environment=environment)
             return SessionInfo(session.id, round(session.expires_at - session.created, 3), session.isolation)
-        if environment:
-            raise RejectedError(
-                "a session in an environment is not available in distributed mode yet", field="environment"
+        return await self.record(tenant, SessionRecord(isolation, environment))
+
+    async def record(self, tenant: str, record: SessionRecord) -> SessionInfo:
+        """Distributed mode: a new session in the directory (a file session, or a stateful one's record)."""
+        if self._directory is None:
+            raise RejectedError("sessions are recorded in the broker only in distributed mode", field="session_id")
+        level, stateful = record.isolation, record.stateful
+        serving, room = await self._directory.room(level, stateful=stateful)
+        if serving and not room:  # no live worker: the session waits for one, as its first run would
+            kind = "stateful sessions (max_stateful_sessions)" if stateful else "sessions (max_sessions)"
+            raise AtCapacity(
+                "pool",
+                f"every {level} worker holds as many {kind} as it may: end one, or retry once one expires",
+                retry_after_s=5.0,
             )
-        session_id = await self._directory.create(tenant, ttl_s=self._ttl_s, idle_s=self._idle_s, isolation=isolation)
-        return SessionInfo(session_id, self._ttl_s, isolation)
+        session_id = await self._directory.create(tenant, record, ttl_s=self._ttl_s, idle_s=self._idle_s)
+        return SessionInfo(session_id, self._ttl_s, level)
 
     def pool_for_run(self, level: str, tenant: str, session_id: str | None) -> BoxPool:
         """Embedded: the pool a run goes to, its session's or its level's (``pool.pool_for_run``).
@@ -156,6 +169,13 @@ class Sessions:
     def environment_of(self, tenant: str, session_id: str) -> str:
         """Embedded: the environment the session was created in ("" for the host's)."""
         return find_session(self._pools, tenant, session_id).environment
+
+    async def recorded(self, tenant: str, session_id: str) -> SessionRecord:
+        """Distributed: what the session was created with (SessionNotFound once it ended or expired)."""
+        found = await self._directory.record(tenant, session_id) if self._directory is not None else None
+        if found is None:
+            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+        return found
 
     async def describe(self, tenant: str, session_id: str) -> SessionState:
         """The session's state; distributed, only what the directory knows (its files are on a worker)."""

@@ -73,7 +73,7 @@ from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
 from sandlot.broker.redis_session_files import RedisSessionFiles
 from sandlot.engine import Engine, check_isolation
 from sandlot.environments.shared import SharedEnvironments
-from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, Superseded
+from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, SessionNotFound, Superseded
 from sandlot.judge.compile_once import CompileOnce
 from sandlot.judge.flow import Judge
 from sandlot.metrics import Metrics
@@ -89,6 +89,7 @@ from sandlot.models import (
 )
 from sandlot.pool import BoxPool, pool_for_run
 from sandlot.sandbox import Box
+from sandlot.worker_cells import run_cell
 from sandlot.worker_sessions import SessionBoxes, SessionKey
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class Worker:
         self._present = asyncio.Event()  # the first presence was said (or tried): claiming may start
         self._presence_task: asyncio.Task[None] | None = None
         self._files_task: asyncio.Task[None] | None = None
-        self._sessions = SessionBoxes(self.pools, default_isolation)
+        self._sessions = SessionBoxes(self.pools, default_isolation, stateful, environments)
         self._claiming = 0  # loops past the claim gate, waiting for a job
         self._freed = asyncio.Event()  # the gate's inputs changed: a box freed, a claim or a run ended
         self._boxless = False  # a job went back for want of a box: only routed jobs until a box is freed
@@ -287,23 +288,30 @@ class Worker:
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
         try:
-            session = self.stateful.find(spec.tenant, spec.session_id) if self.stateful is not None else None
-            if session is not None:
+            distributed = self.broker if isinstance(self.broker, Distributed) else None
+            session = self._cell_session(spec)
+            if session is not None:  # embedded: the doors found the cell's session in this process
                 await self._run_cell(run, session, output)
                 return
-            if isinstance(self.broker, Distributed) and not self._can_start(spec):
+            if distributed is not None and not self._can_start(spec):
                 # Claimed on an idle session box's account, but it needs a free one: another worker starts
                 # it now (front of the queue, not counted), rather than it waiting here behind the runs.
                 self._boxless = True
-                await self._hand_back(self.broker, run, "")
+                await self._hand_back(distributed, run, "")
                 return
             # Inside the try: a broker outage here (Redis) must end in a result too, not end the claim loop.
             if (
                 spec.session_id is not None
-                and isinstance(self.broker, Distributed)
-                and not await self._bind_session(self.broker, run, spec.session_id)
+                and distributed is not None
+                and not await self._bind_session(distributed, run, spec.session_id)
             ):
                 return  # handed over to the worker holding the session's box
+            if spec.stateful and self.stateful is not None:  # bound: its interpreter is here now
+                session = self.stateful.find(spec.tenant, spec.session_id)
+                if session is None:
+                    raise SessionNotFound(f"session {spec.session_id!r} not found or expired", field="session_id")
+                await self._run_cell(run, session, output)
+                return
             await self._execute(run, output)
         except Superseded as exc:
             log.warning("%s; stopping its run here", exc)
@@ -383,10 +391,19 @@ class Worker:
                     log.warning("hand back %s: %s; it stays pending, to be reclaimed", spec.id, exc)
                     return
 
+    def _cell_session(self, spec: TaskSpec) -> StatefulSession | None:
+        """Embedded mode: the stateful session whose cell this is (distributed, the cell binds it first)."""
+        if self.stateful is None or isinstance(self.broker, Distributed):
+            return None
+        return self.stateful.find(spec.tenant, spec.session_id)
+
     async def _bind_session(self, broker: Distributed, run: _Run, session_id: str) -> bool:
         """Make sure the session's box is here; False if the job went to the worker holding it."""
-        verdict = await self._sessions.bind(broker, run.spec, session_id)
-        if verdict == "reset":
+        try:
+            verdict = await self._sessions.bind(broker, run.spec, session_id)
+        except AtCapacity as exc:  # no worker has room for the session: a refusal to retry, no sandbox failure
+            raise RejectedError(str(exc), field="session_id") from exc
+        if verdict == "reset" and not run.spec.stateful:  # a cell's interpreter says so itself, with the cell
             await self.broker.publish(run.spec.id, NoticeEvent(NOTICE_SESSION_RESET, _SESSION_RESET_MESSAGE))
         if verdict != "elsewhere":
             return True
@@ -399,6 +416,8 @@ class Worker:
         pool = pool_for_run(self.pools, spec.isolation or self.default_isolation, spec.tenant, None)
         if spec.session_id is not None and pool.has_session(spec.tenant, spec.session_id):
             return True
+        if spec.stateful and self.stateful is not None and self.stateful.find(spec.tenant, spec.session_id):
+            return True  # its cell runs in the session's own box
         return pool.available > 0
 
     async def _presence(self, broker: Distributed) -> None:
@@ -417,7 +436,7 @@ class Worker:
             held = self._sessions.held()
             owned: set[SessionKey] | None = None
             try:
-                presence = await broker.presence(list(held), levels)
+                presence = await broker.presence(list(held), levels, self._sessions.room())
                 owned, said_at = presence.owned, time.monotonic()
                 if presence.lost and not first:
                     log.warning("this worker was taken for dead (silent too long); its jobs went to other workers")
@@ -536,32 +555,12 @@ class Worker:
 
     async def _run_cell(self, run: _Run, session: StatefulSession, output: dict[str, bytearray]) -> None:
         """A stateful session's cell: run in the session's interpreter; events and exit as any run's."""
-        spec = run.spec
-        limits = self.engine.settings.resolve_limits(spec.limits, where="limits")
-        await self.broker.mark_running(spec.id)
+        await self.broker.mark_running(run.spec.id)
         run.started = True
-        follower = asyncio.create_task(self._follow_cell_controls(spec.id, session))
-        code = spec.files[0].content.decode("utf-8", "replace")
-        try:
-            async with contextlib.aclosing(session.run_cell(code, spec.stdin, limits)) as events:
-                async for event in events:
-                    if isinstance(event, ExitEvent):
-                        await self._publish_exit(spec, event, run.published)
-                        continue
-                    if isinstance(event, OutputEvent):
-                        output[event.stream] += event.data
-                    await self.broker.publish(spec.id, event)
-        finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
-
-    async def _follow_cell_controls(self, task_id: str, session: StatefulSession) -> None:
-        async for message in self.broker.controls(task_id):
-            if message.kind == "cancel":
-                session.cancel_cell()
-            elif message.kind == "signal":
-                session.signal_cell(message.signal)
+        limits = self.engine.settings.resolve_limits(run.spec.limits, where="limits")
+        exit_event = await run_cell(self.broker, run.spec, session, limits, output)
+        if exit_event is not None:
+            await self._publish_exit(run.spec, exit_event, run.published)
 
     async def _heartbeat(self, broker: Heartbeating, run: _Run) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``serve`` pops the requests sent to this worker (``broker.redis_session_files``)
 and answers each in a task of its own, a few at a time. A request first binds
-the session here (``SessionBoxes.bind_at``, as a session's job does): a session
+the session here (``SessionBoxes.bind_at``, or ``bind_stateful`` for a stateful
+session, whose files are its interpreter's box's workdir, as a session's job does): a session
 no worker held yet gets its workdir here; one another live worker holds
 answers ``elsewhere`` (the API node looks again); one whose workdir was lost
 with a dead worker is opened afresh here and answers ``reset`` (nothing done:
@@ -25,7 +26,7 @@ from sandlot.broker import Distributed
 from sandlot.broker.redis_session_files import FileRequest, RedisSessionFiles
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SessionNotFound
 from sandlot.pool import BoxPool, find_session
-from sandlot.sessions import NO_SPACE_ERRNOS, workdir_files
+from sandlot.sessions import NO_SPACE_ERRNOS, SessionFiles, workdir_files
 from sandlot.sessions_remote import REFUSALS
 from sandlot.worker_sessions import SessionBoxes
 
@@ -92,19 +93,18 @@ async def _perform(
     broker: Distributed, boxes: SessionBoxes, pools: Mapping[str, BoxPool], request: FileRequest
 ) -> tuple[dict[str, Any], bytes]:
     tenant, session_id = str(request.header["tenant"]), str(request.header["session"])
-    level = await broker.sessions.isolation(tenant, session_id)
-    if level is None:
+    record = await broker.sessions.record(tenant, session_id)
+    if record is None:
         raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
-    verdict = await boxes.bind_at(broker, tenant, session_id, level)
+    if record.stateful:  # its files are its interpreter's box's workdir (started here if it is nowhere yet)
+        verdict = await boxes.bind_stateful(broker, tenant, session_id)
+    else:
+        verdict = await boxes.bind_at(broker, tenant, session_id, record.isolation)
     if verdict == "elsewhere":
         return {"error": "elsewhere"}, b""
     if verdict == "reset":
         return {"error": "reset", "message": _RESET_MESSAGE}, b""
-    session = find_session(pools, tenant, session_id)
-    # The directory's idle period restarted with the binding: this worker's own copy of it restarts too, or
-    # a session used only through its files would expire here while Redis still names it.
-    pools[session.isolation].sessions.touch(session)
-    session_files = workdir_files(session)
+    session_files = _files_here(boxes, pools, tenant, session_id, stateful=record.stateful)
     operation, path = request.header.get("op"), str(request.header.get("path", ""))
     if operation == "list":
         listing = await session_files.listing()
@@ -115,6 +115,22 @@ async def _perform(
         await session_files.write(path, request.data)
         return {}, b""
     raise RejectedError(f"unknown session file operation {operation!r}", field="op")
+
+
+def _files_here(
+    boxes: SessionBoxes, pools: Mapping[str, BoxPool], tenant: str, session_id: str, *, stateful: bool
+) -> SessionFiles:
+    """The files of a session bound here."""
+    if stateful:
+        found = boxes.stateful_session(tenant, session_id)
+        if found is None:  # ended since it was bound (expired here, or deleted)
+            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+        return SessionFiles(found)
+    session = find_session(pools, tenant, session_id)
+    # The directory's idle period restarted with the binding: this worker's own copy of it restarts too, or
+    # a session used only through its files would expire here while Redis still names it.
+    pools[session.isolation].sessions.touch(session)
+    return workdir_files(session)
 
 
 def error_header(exc: Exception) -> dict[str, Any]:

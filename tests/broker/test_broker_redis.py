@@ -26,6 +26,7 @@ from sandlot.broker import (
     Control,
     Distributed,
     Heartbeating,
+    SessionRecord,
     TaskSpec,
 )
 from sandlot.broker.keys import WORKERS_GROUP, Keys
@@ -641,12 +642,12 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     with pytest.raises(SessionNotFound):
         await api.submit(_spec(session_id="nope"))
     assert await api.queued() == 0
-    session = await api.sessions.create("a", ttl_s=60, idle_s=60, isolation="jail")
+    session = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60, idle_s=60)
     assert await api.sessions.exists("a", session)
     assert not await api.sessions.exists("b", session)  # another tenant's id finds nothing
     assert await api.sessions.isolation("a", session) == "jail"  # recorded: every run of it goes at this level
     assert await api.sessions.isolation("b", session) is None
-    strong = await api.sessions.create("a", ttl_s=60, idle_s=60, isolation="gvisor")
+    strong = await api.sessions.create("a", SessionRecord("gvisor"), ttl_s=60, idle_s=60)
     assert await api.sessions.isolation("a", strong) == "gvisor"
     await first.presence([])
     await second.presence([])
@@ -696,7 +697,7 @@ async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: 
     api = make_redis()
     leaving = make_redis(consumer_name="leaving", claim_idle_ms=600_000)
     other = make_redis(consumer_name="other", claim_idle_ms=600_000)
-    session = await api.sessions.create("a", ttl_s=60, idle_s=60, isolation="jail")
+    session = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60, idle_s=60)
     await leaving.presence([])
     assert (await leaving.sessions.bind("a", session, have_box=False, room=True)).verdict == "new"
     queued = _spec(session_id=session)

@@ -219,3 +219,26 @@ def _serving(body: bytes) -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.mark.timeout(300)
+def test_a_session_created_in_an_environment_runs_there_on_a_worker_that_lacks_it(cluster: Cluster, image: str) -> None:
+    api, worker = cluster.api(API), cluster.worker(WORKER_A)
+    cluster.start(api, worker)
+    with httpx.Client(base_url=api.url, timeout=RUN_TIMEOUT_S) as client:
+        made = client.post("/api/v1/sessions", json={"environment": NAME})
+        assert made.status_code == 201, made.text
+        sid = made.json()["session_id"]
+        # The runs name no environment: the session's own is recorded with it, and the worker fetches it.
+        ran = _run(client, session_id=sid, environment="", code="/bin/busybox cat /etc/marker > kept.txt\n")
+        assert (ran.status_code, ran.json()["status"]) == (200, "ok"), ran.text
+        again = _run(client, session_id=sid, environment="", code="/bin/busybox cat kept.txt\n")
+        assert (again.json()["status"], again.json()["stdout"]) == ("ok", MARKER), again.json()
+        assert _store(WORKER_A).inspect(NAME).digest == image
+
+        unknown = client.post("/api/v1/sessions", json={"environment": "no-such-environment"})
+        assert unknown.status_code == 404, unknown.text
+        # A stateful session is checked against what the environment offers (a busybox root: no python).
+        stateful = client.post("/api/v1/sessions", json={"stateful": True, "language": "python", "environment": NAME})
+        assert (stateful.status_code, stateful.json()["error"]["field"]) == (400, "language"), stateful.text
+        assert f"not available in environment {NAME!r}" in stateful.json()["error"]["message"], stateful.text

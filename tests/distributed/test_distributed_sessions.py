@@ -1,10 +1,13 @@
-"""Session files in the distributed mode: 2 API nodes and 2 workers, real Redis and real boxes.
+"""Sessions in the distributed mode: 2 API nodes and 2 workers, real Redis and real boxes.
 
 The file routes of any API node reach the worker holding the session's
 workdir (``sandlot.sessions_remote`` -> ``sandlot.worker_files``), whatever
 node the session was made on and wherever its runs went. Killed, that worker
 takes the files with it: the requests say so (503, never a hang) and the
-session goes on with an empty workdir.
+session goes on with an empty workdir. A stateful session's cells reach the
+worker holding its interpreter the same way, and start a fresh one elsewhere
+when that worker dies. A worker at its session limit gives a new session to
+one with room; with room nowhere, creation is a 429 and a run is refused.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import pytest
 import redis
 
 from sandlot.broker.keys import Keys
+from sandlot.models import NOTICE_SESSION_RESET
 from tests.api.mcp.test_mcp import _http_client, _structured
 from tests.nodes import Cluster, NodeLayout, RedisServer
-from tests.test_serve_process import execution
+from tests.test_serve_process import execution, wait_until
 
 LAYOUT = NodeLayout(
     name="sess",
@@ -56,7 +60,7 @@ def _run(client: httpx.Client, session_id: str, code: str) -> dict[str, Any]:
 def _owner(rdb: redis.Redis, session_id: str) -> str:
     owner = rdb.hget(Keys().session("team-a", session_id), "owner")
     assert isinstance(owner, bytes), owner
-    return owner.decode().rsplit(":", 1)[1]
+    return owner.decode().rsplit(":", 1)[-1]  # "" while no worker holds it
 
 
 def _listing(client: httpx.Client, session_id: str) -> dict[str, int]:
@@ -168,3 +172,146 @@ def test_session_files_through_any_api_node_reach_the_worker_holding_them(
         node.stop()
     LAYOUT.sweep()  # the killed worker could not release its boxes
     assert LAYOUT.leftovers() == []
+
+
+def _cell(client: httpx.Client, session_id: str, code: str, headers: dict[str, str] = A) -> dict[str, Any]:
+    response = client.post("/api/v1/run", json={"session_id": session_id, "code": code}, headers=headers)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _stateful(client: httpx.Client) -> str:
+    made = client.post("/api/v1/sessions", json={"stateful": True, "language": "python"}, headers=A)
+    assert made.status_code == 201, made.text
+    assert (made.json()["stateful"], made.json()["language"]) == (True, "python"), made.text
+    return str(made.json()["session_id"])
+
+
+@pytest.mark.timeout(240)
+def test_stateful_cells_reach_their_interpreter_through_any_api_node_and_start_afresh_when_its_worker_dies(
+    cluster: Cluster, rdb: redis.Redis
+) -> None:
+    apis = [cluster.api(1), cluster.api(2)]
+    # A pool of 3: room for 2 stateful sessions each (a box is kept for plain runs), so the survivor takes one more.
+    workers = {f"node-{n}": cluster.worker(n, pool_size=3, worker_name=f"node-{n}") for n in (3, 4)}
+    cluster.start(*apis, *workers.values())
+    with (
+        httpx.Client(base_url=apis[0].url, timeout=90.0) as one,
+        httpx.Client(base_url=apis[1].url, timeout=90.0) as two,
+    ):
+        sid, other = _stateful(one), _stateful(two)
+        assert (first := _cell(one, sid, "import math\nx = 41"))["status"] == "ok", first
+        owner = _owner(rdb, sid)
+        for client in (two, one, two):  # each cell routed to the worker holding the interpreter
+            got = _cell(client, sid, "x = x + 1\nx, math.floor(2.5)")
+            assert got["status"] == "ok", got
+        assert got["value"] == "(44, 2)", got
+        assert _owner(rdb, sid) == owner
+        fresh = _cell(one, other, "'x' in globals()")  # two sessions never share state
+        assert (fresh["status"], fresh["value"]) == ("ok", "False"), fresh
+        foreign = two.post("/api/v1/run", json={"session_id": sid, "code": "x"}, headers=B)
+        assert foreign.status_code == 404, foreign.text  # another tenant's id finds nothing
+
+        # The session's files are its interpreter's box's workdir, through either node.
+        files = f"/api/v1/sessions/{sid}/files"
+        assert two.put(f"{files}/data.txt", content=b"uploaded\n", headers=A).status_code == 201
+        read = _cell(one, sid, "open('data.txt').read()")
+        assert read["value"] == repr("uploaded\n"), read
+        _cell(two, sid, "open('made.txt', 'w').write('by a cell')")
+        assert one.get(f"{files}/made.txt", headers=A).content == b"by a cell"
+
+        # Its worker killed: the next cell waits for it to be taken for dead, then starts a fresh interpreter
+        # on the other worker, and says so.
+        workers[owner].proc.kill()
+        assert workers[owner].proc.wait(10.0) == -signal.SIGKILL
+        after = _cell(two, sid, "'x' in globals()")
+        assert (after["status"], after["value"]) == ("ok", "False"), after
+        assert after["message"].startswith(NOTICE_SESSION_RESET), after
+        assert "interpreter was lost with its worker" in after["message"], after
+        (survivor,) = set(workers) - {owner}
+        assert _owner(rdb, sid) == survivor
+        kept = _cell(one, sid, "y = 7\ny * 6")
+        assert (kept["value"], kept["message"]) == ("42", ""), kept
+
+        assert one.delete(f"/api/v1/sessions/{sid}", headers=A).status_code == 204
+        gone = two.post("/api/v1/run", json={"session_id": sid, "code": "y"}, headers=A)
+        assert gone.status_code == 404, gone.text
+    for node in cluster.nodes:
+        node.stop()
+    LAYOUT.sweep()  # the killed worker could not release its boxes
+    assert LAYOUT.leftovers() == []
+
+
+def _room(rdb: redis.Redis, worker: str) -> str:
+    """What the worker's last presence said of its room (``level:files:stateful``: files first)."""
+    room = rdb.hget(f"{Keys().workers}:names", f"{Keys().inbox(worker)}|room")
+    return room.decode() if isinstance(room, bytes) else ""
+
+
+def _session(client: httpx.Client) -> str:
+    made = client.post("/api/v1/sessions", headers=A)
+    assert made.status_code == 201, made.text
+    return str(made.json()["session_id"])
+
+
+def _start_run(client: httpx.Client, session_id: str, code: str) -> str:
+    response = client.post("/api/v1/execute", json=execution(code) | {"session_id": session_id}, headers=A)
+    assert response.status_code == 202, response.text
+    return str(response.json()["task_id"])
+
+
+def _result(client: httpx.Client, task_id: str) -> dict[str, Any]:
+    states: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        response = client.get(f"/api/v1/tasks/{task_id}", headers=A)
+        assert response.status_code == 200, response.text
+        states.append(response.json())
+        return states[-1]["status"] == "done"
+
+    wait_until(done, 90.0, f"task {task_id} is done")
+    result: dict[str, Any] = states[-1]["result"]
+    return result
+
+
+@pytest.mark.timeout(240)
+def test_a_session_moves_on_from_a_worker_at_its_session_limit_and_is_refused_when_none_has_room(
+    cluster: Cluster, rdb: redis.Redis
+) -> None:
+    api = cluster.api(1)
+    small = cluster.worker(3, pool_size=1, worker_name="node-3", max_sessions=1)
+    cluster.start(api, small)
+    with httpx.Client(base_url=api.url, timeout=90.0) as client:
+        held = _session(client)
+        assert _run(client, held, "print(1)")["status"] == "ok"  # node-3 holds its one session now
+        wait_until(lambda: _room(rdb, "node-3").startswith("jail:0:"), 30.0, "node-3 says it has no room")
+        refused = client.post("/api/v1/sessions", headers=A)  # the only worker is full: said at once
+        assert refused.status_code == 429, refused.text
+        assert "holds as many sessions (max_sessions)" in refused.json()["error"]["message"], refused.text
+
+        big = cluster.worker(4, pool_size=1, worker_name="node-4", max_sessions=2)
+        cluster.start(big)
+        late = _session(client)  # created while node-4 has room; run once nobody has
+        busy = _session(client)
+        blocker = _start_run(client, busy, "import time\ntime.sleep(120)")
+        wait_until(
+            lambda: rdb.hget(Keys().session("team-a", busy), "boxed") == Keys().inbox("node-4").encode(),
+            60.0,
+            "the blocking run's session is on node-4",
+        )
+        # node-4's one box runs the blocker, so only node-3 takes the next run: its session cannot open there
+        # (node-3 is at its limit) and moves to node-4, whose room its presence said.
+        moved = _session(client)
+        task = _start_run(client, moved, "print('ran on the worker with room')")
+        wait_until(lambda: _owner(rdb, moved) == "node-4", 60.0, "node-3 gave the session to node-4")
+        assert client.delete(f"/api/v1/tasks/{blocker}", headers=A).status_code == 200
+        result = _result(client, task)
+        assert (result["status"], result["stdout"]) == ("ok", "ran on the worker with room\n"), result
+
+        # Both at their limits now: a run of a session no worker holds is refused, saying why.
+        wait_until(lambda: _room(rdb, "node-4").startswith("jail:0:"), 30.0, "node-4 says it has no room")
+        nowhere = _run(client, late, "print('never')")
+        assert nowhere["status"] == "rejected", nowhere
+        assert "no worker has room for another session" in nowhere["message"], nowhere
+        assert client.post("/api/v1/sessions", headers=A).status_code == 429

@@ -67,10 +67,24 @@ async def test_keep_output_false_streams_events_and_keeps_no_copy(box: Box) -> N
 
 
 @pytest.mark.root
-async def test_distributed_mode_refuses_stateful_sessions_with_a_400(fresh_redis: RedisServer) -> None:
+async def test_distributed_mode_runs_stateful_sessions_through_redis(fresh_redis: RedisServer) -> None:
+    """One node with Redis: the session is recorded in the directory, its first cell binds it to the worker,
+    which starts the interpreter; later cells and the session's files reach it; DELETE ends it."""
     async with running_service(redis_url=fresh_redis.url) as service, asgi_client(create_app(service)) as client:
         reply = await client.post("/api/v1/sessions", json={"stateful": True})
-        assert reply.status_code == 400, reply.text
-        assert "not available in distributed mode" in reply.json()["error"]["message"]
+        assert reply.status_code == 201, reply.text
+        sid = reply.json()["session_id"]
+        assert service.stateful is not None and service.stateful.find("default", sid) is None  # not started yet
+        first = await client.post("/api/v1/run", json={"session_id": sid, "code": "x = 41"})
+        assert (first.status_code, first.json()["status"]) == (200, "ok"), first.text
+        put = await client.put(f"/api/v1/sessions/{sid}/files/data.txt", content=b"from a file\n")
+        assert put.status_code == 201, put.text
+        second = await client.post("/api/v1/run", json={"session_id": sid, "code": "x + 1, open('data.txt').read()"})
+        assert second.json()["value"] == repr((42, "from a file\n")), second.text
+        shell = await client.post("/api/v1/run", json={"session_id": sid, "code": "1", "commands": ["ls"]})
+        assert (shell.status_code, shell.json()["error"]["field"]) == (400, "commands"), shell.text
+        assert (await client.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+        gone = await client.post("/api/v1/run", json={"session_id": sid, "code": "x"})
+        assert gone.status_code == 404, gone.text
         plain = await client.post("/api/v1/sessions", json={})
         assert plain.status_code == 201, plain.text  # file sessions are as before

@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -83,6 +83,9 @@ class TaskSpec:
     judge: str = ""
     # Same program as other tasks of its batch: a worker compiles it once for all (sandlot.judge.compile_once).
     compile_once: bool = False
+    # A cell of a stateful session (distributed mode: the API node found the session to be one; the worker
+    # runs it in the session's interpreter, starting one where none is yet).
+    stateful: bool = False
     created: float = field(default_factory=time.time)
 
     def to_job(self) -> Job:
@@ -122,6 +125,7 @@ class TaskSpec:
                 "door_data": self.door_data,
                 "judge": self.judge,
                 "compile_once": self.compile_once,
+                "stateful": self.stateful,
                 "created": self.created,
             }
         )
@@ -149,6 +153,7 @@ class TaskSpec:
             door_data=str(data.get("door_data", "")),
             judge=str(data.get("judge", "")),
             compile_once=bool(data.get("compile_once", False)),
+            stateful=bool(data.get("stateful", False)),
             created=float(data.get("created", time.time())),
         )
 
@@ -213,7 +218,7 @@ class Heartbeating(Protocol):
     async def heartbeat(self, task_id: str) -> bool: ...
 
 
-SessionVerdict = Literal["ready", "new", "reset", "elsewhere", "full", "gone"]
+SessionVerdict = Literal["ready", "new", "reset", "elsewhere", "moved", "full", "gone"]
 
 
 @dataclass(frozen=True)
@@ -223,18 +228,58 @@ class SessionBinding:
     ``ready``: this worker holds the session's box. ``new``: no box yet, this worker
     opens one. ``reset``: the box was lost (its worker died or left), this worker opens
     a fresh one and the run says so. ``elsewhere``: another live worker holds the box,
-    the job goes to it. ``full``: this worker would have to open a box and has no room
-    for another session (nothing was recorded). ``gone``: the session ended or expired.
+    the job goes to it. ``moved``: this worker would have to open a box and has no room
+    for another session, so the session was given to the live worker with the most room
+    (as its last presence said): the job goes there. ``full``: no live worker has room
+    (nothing was recorded). ``gone``: the session ended or expired.
     """
 
     verdict: SessionVerdict
     expires_in_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class SessionRecord:
+    """What the distributed mode's directory keeps of a session besides where it lives.
+
+    ``language`` is set for a stateful session only (its interpreter's language); its
+    ``limits`` are the session's (JSON of a ``LimitRequest``, "" for the defaults), its
+    ``environment_digest`` what its environment's name stood for at creation. A file
+    session's runs go in ``environment`` unless a run names another.
+    """
+
+    isolation: str
+    environment: str = ""
+    environment_digest: str = ""
+    language: str = ""
+    limits: str = ""
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.language)
+
+    def limit_request(self) -> LimitRequest | None:
+        return LimitRequest(**json.loads(self.limits)) if self.limits else None
+
+
+def limits_text(limits: LimitRequest | None) -> str:
+    """A ``SessionRecord``'s ``limits``: the JSON of the request, "" for none."""
+    fields = _limits_json(limits)
+    return json.dumps(fields, separators=(",", ":")) if fields else ""
+
+
 class SessionDirectory(Protocol):
     """Sessions of the distributed mode: named in the broker, their boxes held by one worker each."""
 
-    async def create(self, tenant: str, *, ttl_s: float, idle_s: float, isolation: str) -> str: ...
+    async def create(self, tenant: str, record: SessionRecord, *, ttl_s: float, idle_s: float) -> str: ...
+
+    async def record(self, tenant: str, session_id: str) -> SessionRecord | None:
+        """What the session was created with; None if it ended or expired."""
+        ...
+
+    async def room(self, level: str, *, stateful: bool) -> tuple[int, int]:
+        """How many live workers serve ``level``, and how many more sessions of the kind they could open."""
+        ...
 
     async def isolation(self, tenant: str, session_id: str) -> str | None:
         """The session's isolation level; None if it ended or expired."""
@@ -244,7 +289,9 @@ class SessionDirectory(Protocol):
 
     async def exists(self, tenant: str, session_id: str) -> bool: ...
 
-    async def bind(self, tenant: str, session_id: str, *, have_box: bool, room: bool) -> SessionBinding: ...
+    async def bind(
+        self, tenant: str, session_id: str, *, have_box: bool, room: bool, stateful: bool = False
+    ) -> SessionBinding: ...
 
 
 @dataclass(frozen=True)
@@ -285,7 +332,11 @@ class Distributed(Heartbeating, Protocol):
         """How long a worker's presence lasts: silent longer, it is taken for dead."""
         ...
 
-    async def presence(self, sessions: Sequence[tuple[str, str]], levels: Sequence[str]) -> Presence: ...
+    async def presence(
+        self, sessions: Sequence[tuple[str, str]], levels: Sequence[str], room: Mapping[str, tuple[int, int]]
+    ) -> Presence:
+        """``room``: by level, how many more file sessions and stateful sessions this worker could open."""
+        ...
 
     async def serving(self, level: str) -> int:
         """How many live workers serve the isolation level (their presence has not expired)."""

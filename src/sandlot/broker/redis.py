@@ -90,7 +90,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -502,8 +502,13 @@ class RedisBroker:
         """How often a worker says it is alive: a third of ``presence_ttl_s``."""
         return self.presence_ttl_s / _PRESENCE_BEATS
 
-    async def presence(self, sessions: Sequence[tuple[str, str]], levels: Sequence[str] = ("jail",)) -> Presence:
-        """Say this worker is alive (serving ``levels``) for ``presence_ttl_s`` more.
+    async def presence(
+        self,
+        sessions: Sequence[tuple[str, str]],
+        levels: Sequence[str] = ("jail",),
+        room: Mapping[str, tuple[int, int]] | None = None,
+    ) -> Presence:
+        """Say this worker is alive (serving ``levels``, with ``room`` for more sessions) for ``presence_ttl_s``.
 
         Also declares the workers whose presence expired dead and, in the same
         script, sends every job they held (started or not) back to the front of
@@ -515,7 +520,8 @@ class RedisBroker:
         ttl_ms = max(1, int(self.presence_ttl_s * 1000))
         async with self._reachable():
             reply = await self._presence(
-                keys=[*self._queue, self._inbox, *session_keys], args=[ttl_ms, self.consumer_name, " ".join(levels)]
+                keys=[*self._queue, self._inbox, *session_keys],
+                args=[ttl_ms, self.consumer_name, " ".join(levels), room_text(room or {})],
             )
         lost, *owned = reply
         return Presence({pair for pair, flag in zip(sessions, owned, strict=False) if int(flag)}, bool(int(lost)))
@@ -792,3 +798,8 @@ def _pairs(flat: Any) -> dict[bytes, bytes]:
     """A script's entry fields (a flat list, or nil for a deleted entry) as a dict."""
     items = list(flat or ())
     return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def room_text(room: Mapping[str, tuple[int, int]]) -> str:
+    """A presence's room as the BIND script reads it: ``level:files:stateful`` words."""
+    return " ".join(f"{level}:{max(files, 0)}:{max(cells, 0)}" for level, (files, cells) in sorted(room.items()))

@@ -268,7 +268,7 @@ end
 -- A worker gone for good: its presence, names and (once empty) its inbox and tokens.
 local function forget(inbox)
   redis.call('ZREM', Q.workers, inbox)
-  redis.call('HDEL', Q.workers .. ':names', inbox, inbox .. '|levels', inbox .. '|leaving')
+  redis.call('HDEL', Q.workers .. ':names', inbox, inbox .. '|levels', inbox .. '|leaving', inbox .. '|room')
   if redis.call('XLEN', inbox) == 0 then
     redis.call('DEL', inbox, inbox .. ':wake')
     redis.call('SREM', Q.streams, inbox)
@@ -419,9 +419,10 @@ ack(KEYS[8], ARGV[3], ARGV[5] == '1')
 )
 
 # KEYS: Q, this worker's inbox, then the sessions it holds a box for. ARGV: presence ttl ms, consumer, the
-# isolation levels it serves (space-separated). -> {1 if this worker had been declared dead since its last
-# presence (the jobs it held went to others: it must drop them), then for each session 1 if its jobs still
-# come here, else 0 (ended, expired, or moved to another worker)}.
+# isolation levels it serves (space-separated), its room for more sessions ("level:files:stateful ...", read
+# by BIND when a worker without room gives a session to another). -> {1 if this worker had been declared dead
+# since its last presence (the jobs it held went to others: it must drop them), then for each session 1 if
+# its jobs still come here, else 0 (ended, expired, or moved to another worker)}.
 # Every live worker's presence also declares the dead (presence expired) and takes their jobs over (sweep).
 PRESENCE = (
     _QUEUE
@@ -430,7 +431,7 @@ local now = now_ms()
 local names = Q.workers .. ':names'
 local lost = (redis.call('HGET', names, KEYS[6]) == false) and 1 or 0
 redis.call('ZADD', Q.workers, now + tonumber(ARGV[1]), KEYS[6])
-redis.call('HSET', names, KEYS[6], ARGV[2], KEYS[6] .. '|levels', ARGV[3])
+redis.call('HSET', names, KEYS[6], ARGV[2], KEYS[6] .. '|levels', ARGV[3], KEYS[6] .. '|room', ARGV[4] or '')
 open_stream(KEYS[6])
 for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '-inf', '(' .. now)) do
   sweep(inbox, ARGV[2])
@@ -458,6 +459,26 @@ return n
 """
 )
 
+# KEYS: Q. ARGV: isolation level, session kind ('file' or 'stateful'). -> {how many live workers serve the
+# level, how many more sessions of the kind they could open together (as their last presences said)}.
+SESSION_ROOM = (
+    _QUEUE
+    + """
+local now, serving, room = now_ms(), 0, 0
+local names = Q.workers .. ':names'
+for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
+  local levels = redis.call('HGET', names, inbox .. '|levels') or ''
+  if alive(inbox, now) and string.find(' ' .. levels .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then
+    serving = serving + 1
+    local text = ' ' .. (redis.call('HGET', names, inbox .. '|room') or '') .. ' '
+    local files, cells = string.match(text, ' ' .. ARGV[1] .. ':(%d+):(%d+) ')
+    room = room + tonumber((ARGV[2] == 'stateful' and cells or files) or '0')
+  end
+end
+return {serving, room}
+"""
+)
+
 # KEYS: Q, this worker's inbox. ARGV: consumer, 1 if it is gone for good (retired). The worker stops being
 # routed to and counted as serving (it is leaving); what waits in its inbox unread goes to `returned`. While
 # it drains it keeps saying its presence, so if it dies then, its jobs are taken over as any dead worker's.
@@ -471,10 +492,12 @@ if ARGV[2] == '1' then forget(KEYS[6]) end
 )
 
 # KEYS: Q, session, this worker's inbox. ARGV: 1 if this worker still has the session's box, 1 if it has room
-# for another session's box. -> {verdict, ms until the session's absolute expiry}: 'gone' (no such session),
-# 'elsewhere' (another live worker owns it: hand the job over), 'full' (it would need a box here and there is
-# no room: nothing is recorded), else it is this worker's from now on: 'ready' (its box is here), 'new' (no box
-# yet), 'reset' (its box was lost with a worker: a fresh one).
+# for another session's box, the session's kind ('file' or 'stateful'). -> {verdict, ms until the session's
+# absolute expiry}: 'gone' (no such session), 'elsewhere' (another live worker owns it: hand the job over),
+# 'moved' (it would need a box here and there is no room: it is given to the live worker with the most room
+# for its kind, as their last presences said, and the job goes there), 'full' (no live worker has room, or the
+# session moved more often than there are workers: nothing is recorded), else it is this worker's from now on:
+# 'ready' (its box is here), 'new' (no box yet), 'reset' (its box was lost with a worker: a fresh one).
 BIND = (
     _QUEUE
     + """
@@ -488,8 +511,27 @@ if left <= 0 then return {'gone', 0} end
 local boxed = redis.call('HGET', session, 'boxed') or ''
 local verdict = 'ready'
 if boxed == '' then verdict = 'new' elseif boxed ~= me or ARGV[1] ~= '1' then verdict = 'reset' end
-if verdict ~= 'ready' and ARGV[2] ~= '1' then return {'full', 0} end
-redis.call('HSET', session, 'owner', me, 'boxed', me)
+if verdict ~= 'ready' and ARGV[2] ~= '1' then
+  local level = redis.call('HGET', session, 'isolation') or ''
+  local names = Q.workers .. ':names'
+  local best, most, live = nil, 0, 0
+  for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
+    if inbox ~= me and alive(inbox, now) then
+      live = live + 1
+      local room = ' ' .. (redis.call('HGET', names, inbox .. '|room') or '') .. ' '
+      local files, cells = string.match(room, ' ' .. level .. ':(%d+):(%d+) ')
+      local n = tonumber((ARGV[3] == 'stateful' and cells or files) or '0')
+      if n > most then best, most = inbox, n end
+    end
+  end
+  if best and redis.call('HINCRBY', session, 'moves', 1) <= live + 1 then
+    redis.call('HSET', session, 'owner', best)
+    return {'moved', 0}
+  end
+  redis.call('HSET', session, 'moves', 0)
+  return {'full', 0}
+end
+redis.call('HSET', session, 'owner', me, 'boxed', me, 'moves', 0)
 return {verdict, tonumber(redis.call('HGET', session, 'expires_at')) - now}
 """
 )
@@ -500,11 +542,13 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then return redis.call('DECR', KEYS
 return tonumber(redis.call('GET', KEYS[1]) or '0')
 """
 
-# KEYS: session. ARGV: ttl ms, idle ms, isolation level. A new session: no owner until its first run binds one.
+# KEYS: session. ARGV: ttl ms, idle ms, isolation level, environment, its digest, language (stateful only),
+# limits JSON. A new session: no owner until its first run (or file request) binds one.
 CREATE_SESSION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'created', now, 'expires_at', now + tonumber(ARGV[1]), 'idle_ms', ARGV[2],
-  'owner', '', 'boxed', '', 'isolation', ARGV[3])
+  'owner', '', 'boxed', '', 'isolation', ARGV[3], 'environment', ARGV[4], 'digest', ARGV[5],
+  'language', ARGV[6], 'limits', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), tonumber(ARGV[2])))
 """

@@ -1,11 +1,15 @@
 """The distributed mode's session directory: sessions named in Redis, each bound to the worker holding its box.
 
 A session is a hash on the ``{jobs}`` slot (``keys.session``): created by any
-API node, with no owner until its first job is taken. The worker that takes it
+API node with what it was created with (``SessionRecord``: level, environment,
+and for a stateful session its language and limits), with no owner until its
+first job is taken. The worker that takes it
 ``bind``s it: from then on the session's jobs are routed to that worker's
 inbox (``redis_scripts.route``), and the worker keeps the box between runs.
 When that worker dies or leaves, the next worker to take one of its jobs binds
-the session to itself and opens a fresh box (verdict ``reset``). The hash
+the session to itself and opens a fresh box (verdict ``reset``). A worker with
+no room for another session gives it to the live worker with the most room, as
+the workers' presences say (verdict ``moved``; ``full`` when none has any). The hash
 expires with the session (absolute TTL, or idle time since its last job), and
 ``end`` deletes it; the worker holding the box learns either at its next
 ``presence`` and releases the box.
@@ -20,12 +24,14 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from sandlot.broker import SessionBinding, SessionVerdict
+from sandlot.broker import SessionBinding, SessionRecord, SessionVerdict
 from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis_wire import to_str
 
 SESSION_ID_BYTES = 24  # as the pool's own session ids
+# The hash fields of a ``SessionRecord``, in its fields' order (isolation first: it is never empty).
+_RECORD_FIELDS = ["isolation", "environment", "digest", "language", "limits"]
 
 
 class RedisSessions:
@@ -46,18 +52,33 @@ class RedisSessions:
         self._reachable = reachable
         self._create = client.register_script(lua.CREATE_SESSION)
         self._bind = client.register_script(lua.BIND)
+        self._room = client.register_script(lua.SESSION_ROOM)
 
-    async def create(self, tenant: str, *, ttl_s: float, idle_s: float, isolation: str) -> str:
-        """A new session's id; its box is opened by the worker that takes its first job, at ``isolation``."""
+    async def create(self, tenant: str, record: SessionRecord, *, ttl_s: float, idle_s: float) -> str:
+        """A new session's id; its box is opened by the worker that takes its first job, at its level."""
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        details = [record.isolation, record.environment, record.environment_digest, record.language, record.limits]
         async with self._reachable():
-            await self._create(keys=[self._keys.session(tenant, session_id)], args=[_ms(ttl_s), _ms(idle_s), isolation])
+            await self._create(keys=[self._keys.session(tenant, session_id)], args=[_ms(ttl_s), _ms(idle_s), *details])
         return session_id
+
+    async def room(self, level: str, *, stateful: bool) -> tuple[int, int]:
+        """How many live workers serve ``level``, and how many more sessions of the kind they could open."""
+        async with self._reachable():
+            serving, room = await self._room(keys=self._queue, args=[level, "stateful" if stateful else "file"])
+        return int(serving), int(room)
 
     async def isolation(self, tenant: str, session_id: str) -> str | None:
         async with self._reachable():
             level = await self._redis.hget(self._keys.session(tenant, session_id), "isolation")
         return None if level is None else to_str(level)
+
+    async def record(self, tenant: str, session_id: str) -> SessionRecord | None:
+        async with self._reachable():
+            values = await self._redis.hmget(self._keys.session(tenant, session_id), _RECORD_FIELDS)
+        if values[0] is None:
+            return None
+        return SessionRecord(*(to_str(value) if value is not None else "" for value in values))
 
     async def end(self, tenant: str, session_id: str) -> bool:
         async with self._reachable():
@@ -67,15 +88,18 @@ class RedisSessions:
         async with self._reachable():
             return bool(await self._redis.exists(self._keys.session(tenant, session_id)))
 
-    async def bind(self, tenant: str, session_id: str, *, have_box: bool, room: bool) -> SessionBinding:
+    async def bind(
+        self, tenant: str, session_id: str, *, have_box: bool, room: bool, stateful: bool = False
+    ) -> SessionBinding:
         """Where a job of the session runs; this worker becomes its owner unless another live one is.
 
-        ``room``: whether this worker could open a box for it (else ``full``, and nothing is recorded).
+        ``room``: whether this worker could open a box for it (else ``moved`` to a worker with room for a
+        session of its kind, ``stateful`` or not, or ``full``, and nothing is recorded).
         """
         async with self._reachable():
             verdict, left_ms = await self._bind(
                 keys=[*self._queue, self._keys.session(tenant, session_id), self._inbox],
-                args=[int(have_box), int(room)],
+                args=[int(have_box), int(room), "stateful" if stateful else "file"],
             )
         return SessionBinding(cast(SessionVerdict, verdict.decode()), int(left_ms) / 1000)
 

@@ -97,7 +97,7 @@ class StatefulSession:
         self._wanted = asyncio.Event()  # a cell was sent: an interpreter that ended is started again
         self._cell: Cell | None = None
         self._closing = False
-        self._reset_reason = ""  # said with the next cell's session_reset notice
+        self.reset_reason = ""  # said with the next cell's session_reset notice (and its result's message)
         self._owner: asyncio.Task[None] | None = None
         self.last_used = time.monotonic()
 
@@ -218,7 +218,7 @@ class StatefulSession:
             cell.died = ended
             cell.end()
         if not self._closing:
-            self._reset_reason = reset_reason(ended, cell)
+            self.reset_reason = reset_reason(ended, cell)
 
     def _run_limits(self) -> Limits:
         """The interpreter's run: the session's memory and processes; its own time bounded by the lifetime."""
@@ -255,9 +255,9 @@ class StatefulSession:
             if self._closing:
                 yield stamped(ExitEvent(Result(Status.INTERNAL_ERROR, message="the session has ended")))
                 return
-            if self._reset_reason:
-                yield stamped(NoticeEvent(NOTICE_SESSION_RESET, self._reset_reason))
-            said_reset, self._reset_reason = self._reset_reason, ""
+            if self.reset_reason:
+                yield stamped(NoticeEvent(NOTICE_SESSION_RESET, self.reset_reason))
+            said_reset, self.reset_reason = self.reset_reason, ""
             cell = Cell(limits, output_left=limits.max_output_bytes)
             self._cell = cell
             try:

@@ -10,9 +10,14 @@ per session fires then and ends it, or re-arms when a cell runs or ran since.
 
 The doors reach a session through ``Service`` (create, end, a cell's spec settled by
 ``settle``); a cell travels as any task through the broker, and the worker that
-claims it asks ``find`` and runs it with ``StatefulSession.run_cell``. Distributed
-mode is refused at creation (a 400): a cell must reach the one process holding its
-interpreter, and this version routes only within a process.
+claims it asks ``find`` and runs it with ``StatefulSession.run_cell``.
+
+Distributed mode: an API node records the session in the broker's directory (no
+interpreter there); the worker that takes its first cell binds it and starts the
+interpreter (``adopt``), and its later cells are routed to that worker, as a file
+session's runs are (``sandlot.worker_sessions``). ``room`` says how many more this
+process could start at a level, which the worker's presence publishes so that a
+worker without room can give a session to one with room.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from sandlot.broker import TaskSpec
+from sandlot.broker import SessionRecord, TaskSpec
 from sandlot.config import LimitRequest, Settings
-from sandlot.engine import Engine
+from sandlot.engine import Engine, PreparedJob
 from sandlot.errors import AtCapacity, IsolationUnavailable, RejectedError, SessionNotFound
+from sandlot.languages import LanguageRegistry
 from sandlot.models import Job, SourceFile
 from sandlot.pool import BoxPool, check_level
 from sandlot.stateful.session import Interpreter, StatefulSession
@@ -63,7 +69,6 @@ class StatefulSessions:
         max_sessions: int,
         ttl_s: float,
         idle_s: float,
-        distributed: bool,
     ) -> None:
         self._pools = pools
         self._engine = engine
@@ -71,9 +76,8 @@ class StatefulSessions:
         self.max_sessions = max_sessions
         self._ttl_s = ttl_s
         self._idle_s = idle_s
-        self._distributed = distributed
         self._sessions: dict[tuple[str, str], StatefulSession] = {}
-        self._created: dict[tuple[str, str], float] = {}
+        self._expires_at: dict[tuple[str, str], float] = {}  # monotonic: the absolute expiry
         self._starting = 0
         self._starting_at: collections.Counter[str] = collections.Counter()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -87,24 +91,13 @@ class StatefulSessions:
         self, tenant: str, *, language: str, isolation: str, limits: LimitRequest | None, environment: str = ""
     ) -> StatefulInfo:
         """Start a session's interpreter in a box of its level (waiting for one like any run)."""
-        if self._distributed:
-            raise RejectedError(
-                "stateful sessions are not available in distributed mode (a cell must reach the process holding "
-                "its interpreter); run a sandlot serve without redis_url for them",
-                field="stateful",
-            )
-        if self.max_sessions <= 0:  # max_stateful_sessions < 0: the operator turned them off (not "busy")
-            raise RejectedError(
-                "stateful sessions are turned off on this server (max_stateful_sessions)", field="stateful"
-            )
-        if language not in _DRIVERS:
-            raise RejectedError(f"stateful sessions run {', '.join(LANGUAGES)}; not {language!r}", field="language")
+        self.check_enabled()
         pool = self._pools.get(isolation)
         if pool is None:
             raise IsolationUnavailable(isolation, "this server has no pool of that level")
-        prepared = self._engine.prepare(
-            Job(language, (SourceFile("main", b"pass"),), environment=environment), limits, None, qualify_fields=True
-        )
+        job = Job(language, (SourceFile("main", b"pass"),), environment=environment)
+        prepared = self._engine.prepare(job, limits, None, qualify_fields=True)
+        check_language(prepared.language.name)
         if self.count + self._starting >= self.max_sessions:
             raise AtCapacity(
                 "pool",
@@ -112,14 +105,58 @@ class StatefulSessions:
                 "/api/v1/sessions/{id}) or wait for one to expire",
                 retry_after_s=5.0,
             )
-        live = [session for session in self._sessions.values() if not session.ended]
-        at_level = sum(1 for session in live if session.isolation == isolation) + self._starting_at[isolation]
-        if at_level >= pool.size:
+        if self._at_level(isolation) >= pool.size:
             # Every box of the level is some session's: the wait for one could last a session's lifetime.
             raise AtCapacity(
                 "pool", f"every {isolation} box ({pool.size}) is held by a stateful session", retry_after_s=5.0
             )
-        session_id = "st-" + secrets.token_urlsafe(16)
+        session = await self._start(tenant, "st-" + secrets.token_urlsafe(16), pool, prepared, self._ttl_s)
+        return StatefulInfo(session.id, self._ttl_s, session.isolation, session.interpreter.language)
+
+    async def adopt(
+        self, tenant: str, session_id: str, record: SessionRecord, *, expires_in_s: float, reset_reason: str = ""
+    ) -> None:
+        """Distributed mode: start the interpreter of a session the directory names (this worker bound it),
+        under its id, ending here ``expires_in_s`` from now at the latest; ``reset_reason``: its first cell
+        says it starts afresh (its interpreter was lost with another worker)."""
+        pool = self._pools.get(record.isolation)
+        if pool is None:
+            raise IsolationUnavailable(record.isolation, "this worker has no pool of that level")
+        job = Job(
+            record.language,
+            (SourceFile("main", b"pass"),),
+            environment=record.environment,
+            environment_digest=record.environment_digest,
+        )
+        prepared = self._engine.prepare(job, record.limit_request(), None, qualify_fields=True)
+        check_language(prepared.language.name)
+        session = await self._start(tenant, session_id, pool, prepared, expires_in_s)
+        session.reset_reason = reset_reason
+
+    def room(self, isolation: str) -> int:
+        """How many more sessions this process could start at the level now (0 when turned off)."""
+        pool = self._pools.get(isolation)
+        if pool is None or self.max_sessions <= 0:
+            return 0
+        return max(0, min(self.max_sessions - self.count - self._starting, pool.size - self._at_level(isolation)))
+
+    def check_enabled(self) -> None:
+        if self.max_sessions <= 0:  # max_stateful_sessions < 0: the operator turned them off (not "busy")
+            raise RejectedError(
+                "stateful sessions are turned off on this server (max_stateful_sessions)", field="stateful"
+            )
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(tenant, session id) of every live session here."""
+        return [key for key, session in self._sessions.items() if not session.ended]
+
+    def _at_level(self, isolation: str) -> int:
+        live = [session for session in self._sessions.values() if not session.ended]
+        return sum(1 for session in live if session.isolation == isolation) + self._starting_at[isolation]
+
+    async def _start(
+        self, tenant: str, session_id: str, pool: BoxPool, prepared: PreparedJob, lifetime_s: float
+    ) -> StatefulSession:
         lang = prepared.language
         interpreter = Interpreter(
             language=lang.name, argv=(lang.run[0], *_DRIVERS[lang.name]), env=dict(lang.env), rootfs=prepared.rootfs
@@ -130,9 +167,10 @@ class StatefulSessions:
             pool,
             interpreter,
             prepared.limits,
-            lifetime_s=self._ttl_s,
+            lifetime_s=lifetime_s,
             cpu_rate=self._settings.cpu_cores_per_box,
         )
+        isolation = pool.isolation
         self._starting += 1
         self._starting_at[isolation] += 1
         try:
@@ -142,9 +180,9 @@ class StatefulSessions:
             self._starting_at[isolation] -= 1
         key = (tenant, session_id)
         self._sessions[key] = session
-        self._created[key] = time.monotonic()
+        self._expires_at[key] = time.monotonic() + lifetime_s
         self._arm(key)
-        return StatefulInfo(session_id, self._ttl_s, session.isolation, lang.name)
+        return session
 
     def find(self, tenant: str, session_id: str | None) -> StatefulSession | None:
         """The tenant's live session of that id; one whose box was given back is forgotten here."""
@@ -161,18 +199,7 @@ class StatefulSessions:
         session = self.find(spec.tenant, spec.session_id)
         if session is None:
             return spec
-        language = session.interpreter.language
-        if spec.language and self._engine.languages.get(spec.language).name != language:
-            raise RejectedError(
-                f"session {session.id!r} runs {language}; this cell asks for {spec.language!r}", field="language"
-            )
-        check_level(session.id, session.isolation, spec.isolation)
-        for name, value in (("commands", spec.commands), ("fetch_files", spec.fetch_files), ("args", spec.args)):
-            if value:
-                raise RejectedError(f"{name}: not taken by a stateful session's cell", field=name)
-        if len(spec.files) != 1:
-            raise RejectedError("a stateful session's cell is code, not files", field="files")
-        return dataclasses.replace(spec, language=language, isolation=session.isolation)
+        return settle_cell(spec, self._engine.languages, session.interpreter.language, session.isolation)
 
     async def end(self, tenant: str, session_id: str) -> None:
         session = self._forget((tenant, session_id))
@@ -182,7 +209,7 @@ class StatefulSessions:
 
     def _forget(self, key: tuple[str, str]) -> StatefulSession | None:
         session = self._sessions.pop(key, None)
-        self._created.pop(key, None)
+        self._expires_at.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -199,7 +226,7 @@ class StatefulSessions:
 
     def _deadline(self, key: tuple[str, str]) -> float:
         session = self._sessions[key]
-        return min(self._created[key] + self._ttl_s, session.last_used + self._idle_s)
+        return min(self._expires_at[key], session.last_used + self._idle_s)
 
     def _arm(self, key: tuple[str, str]) -> None:
         loop = asyncio.get_running_loop()
@@ -210,7 +237,7 @@ class StatefulSessions:
         session = self._sessions.get(key)
         if session is None:
             return
-        absolute = self._created[key] + self._ttl_s
+        absolute = self._expires_at[key]
         now = time.monotonic()
         if now < absolute and (session.busy or now < self._deadline(key)):
             self._arm(key)  # a cell ran since, or runs now: idle time counts from its end
@@ -218,3 +245,25 @@ class StatefulSessions:
         task = asyncio.get_running_loop().create_task(self.end(*key))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+
+
+def check_language(language: str) -> None:
+    """Refuse a language with no REPL driver (400)."""
+    if language not in _DRIVERS:
+        raise RejectedError(f"stateful sessions run {', '.join(LANGUAGES)}; not {language!r}", field="language")
+
+
+def settle_cell(spec: TaskSpec, languages: LanguageRegistry, language: str, isolation: str) -> TaskSpec:
+    """A cell's spec as it runs in a session of ``language`` at ``isolation`` (a mismatch is a 400)."""
+    session_id = spec.session_id or ""
+    if spec.language and languages.get(spec.language).name != language:
+        raise RejectedError(
+            f"session {session_id!r} runs {language}; this cell asks for {spec.language!r}", field="language"
+        )
+    check_level(session_id, isolation, spec.isolation)
+    for name, value in (("commands", spec.commands), ("fetch_files", spec.fetch_files), ("args", spec.args)):
+        if value:
+            raise RejectedError(f"{name}: not taken by a stateful session's cell", field=name)
+    if len(spec.files) != 1:
+        raise RejectedError("a stateful session's cell is code, not files", field="files")
+    return dataclasses.replace(spec, language=language, isolation=isolation)

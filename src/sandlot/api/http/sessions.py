@@ -113,11 +113,7 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     summary="End a session and free its workdir",
 )
 async def end_session(session_id: str, caller: CallerDep) -> Response:
-    stateful = caller.service.stateful
-    if stateful is not None and stateful.find(caller.tenant, session_id) is not None:
-        await stateful.end(caller.tenant, session_id)
-    else:
-        await caller.service.sessions.end(caller.tenant, session_id)
+    await caller.service.end_session(caller.tenant, session_id)
     return Response(status_code=204)
 
 
@@ -133,14 +129,11 @@ async def _create_stateful(caller: Caller, data: dict[str, Any], isolation: str,
         raise RejectedError("language: must be a string", field="language")
     if limits is not None and not isinstance(limits, dict):
         raise RejectedError("limits: must be an object", field="limits")
-    stateful = caller.service.stateful
-    if stateful is None:
-        raise RejectedError("this server has no stateful sessions", field="stateful")
-    level = caller.service.isolation_for(isolation, caller.principal.min_isolation)
-    session = await stateful.create(
+    session = await caller.service.create_stateful(
         caller.tenant,
-        language=caller.service.engine.languages.get(language).name,
-        isolation=level,
+        language,
+        isolation=isolation,
+        min_isolation=caller.principal.min_isolation,
         limits=LimitRequest.from_mapping(limits, where="limits") if limits else None,
         environment=environment,
     )

@@ -218,17 +218,14 @@ class Tools:
     async def _open_session(
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
-        stateful = self.service.stateful
-        if stateful is None:
-            raise RejectedError("this server has no stateful sessions")
         memory = arguments.get("memory_limit")
         language = arguments.get("language") or "python"
         if not isinstance(language, str):
             raise RejectedError("language: must be a string", field="language")
-        session = await stateful.create(
+        session = await self.service.create_stateful(
             principal.tenant,
-            language=self.service.engine.languages.get(language).name,
-            isolation=self.service.isolation_for("", principal.min_isolation),
+            language,
+            min_isolation=principal.min_isolation,
             limits=LimitRequest.from_mapping({"memory_limit": memory}) if memory is not None else None,
         )
         return _answer(
@@ -247,11 +244,7 @@ class Tools:
         self, principal: Principal, arguments: Mapping[str, Any], progress: Progress
     ) -> types.CallToolResult:
         session_id = _string(arguments, "session_id")
-        stateful = self.service.stateful
-        if stateful is not None and stateful.find(principal.tenant, session_id) is not None:
-            await stateful.end(principal.tenant, session_id)
-        else:
-            await self.service.sessions.end(principal.tenant, session_id)
+        await self.service.end_session(principal.tenant, session_id)
         return _answer({"session_id": session_id, "ended": True}, f"session {session_id} ended; its files are gone")
 
     async def _write_file(
