@@ -13,13 +13,15 @@ import errno
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
 
+from sandlot.broker import Distributed
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis import RedisBroker
-from sandlot.broker.redis_session_files import Target
+from sandlot.broker.redis_session_files import FileRequest, Target
 from sandlot.errors import (
     AtCapacity,
     FileBusy,
@@ -31,7 +33,8 @@ from sandlot.errors import (
 )
 from sandlot.sessions import Sessions
 from sandlot.sessions_remote import RemoteSessionFiles, raise_error
-from sandlot.worker_files import error_header
+from sandlot.worker_files import _perform, error_header
+from sandlot.worker_sessions import SessionBoxes
 from tests.nodes import RedisServer, running_redis
 
 
@@ -216,3 +219,17 @@ async def test_describing_another_tenants_or_an_ended_session_is_not_found(
     await api.sessions.end("a", session_id)
     with pytest.raises(SessionNotFound):
         await _sessions(api).describe("a", session_id)
+
+
+class _Untouchable:
+    """A broker or SessionBoxes that fails the test if anything of it is used."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"a stat used {name!r}: it must bind nothing")
+
+
+async def test_a_workers_stat_binds_nothing_and_says_when_it_holds_no_workdir() -> None:
+    request = FileRequest({"tenant": "a", "session": "s", "op": "stat", "reply": "r"}, b"")
+    untouchable = _Untouchable()
+    answer = await _perform(cast(Distributed, untouchable), cast(SessionBoxes, untouchable), {}, request)
+    assert answer == ({"held": False}, b"")
