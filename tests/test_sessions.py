@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sandlot.broker import SessionBinding, SessionRecord
+from sandlot.broker import SessionBinding, SessionRecord, SessionSummary
 from sandlot.errors import IsolationUnavailable, RejectedError, SessionFilesUnavailable, SessionNotFound
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
@@ -40,6 +40,10 @@ class _Directory:
 
     async def room(self, level: str, *, stateful: bool) -> tuple[int, int]:
         return (0, 0)  # no live worker: a session waits for one
+
+    async def summary(self, tenant: str, session_id: str) -> SessionSummary | None:
+        found = self.sessions.get((tenant, session_id))
+        return None if found is None else SessionSummary(found[2], "", 0.0, found[0], placed=False)
 
     async def end(self, tenant: str, session_id: str) -> bool:
         return self.sessions.pop((tenant, session_id), None) is not None

@@ -7,7 +7,8 @@ directory (``SessionDirectory``, Redis) and its workdir is opened by the worker
 that takes its first job; later jobs are routed to that worker (see
 ``sandlot.broker.redis_sessions``). Any API node can create, check or end any
 session; none holds its workdir, so ``files`` there sends each file operation
-to the worker holding it (``sandlot.sessions_remote``). The file operations are
+to the worker holding it (``sandlot.sessions_remote``), and ``describe`` asks
+it for the workdir's figures (the times are in Redis). The file operations are
 ``hostfs``'s link-safe ones on an fd of the workdir, run off the event loop
 (here, or on that worker); the doors only ever see their results and the
 errors named here (``FileMissing``, ``FileBusy``, an ``OSError`` whose errno is
@@ -40,6 +41,7 @@ from sandlot.pool import BoxPool, Session, check_level, find_session, pool_for_r
 from sandlot.sandbox import hostfs
 from sandlot.sandbox.hostfs import Listing
 from sandlot.sessions_remote import RemoteSessionFiles
+from sandlot.sessions_store import WorkdirFigures
 
 __all__ = [
     "NO_SPACE_ERRNOS",
@@ -66,13 +68,13 @@ class SessionInfo:
 
 @dataclass(frozen=True)
 class SessionState:
-    """What ``GET /api/v1/sessions/{id}`` answers; None where this process cannot know (distributed)."""
+    """What ``GET /api/v1/sessions/{id}`` answers; a worker's figures are None while no live worker answers them."""
 
     id: str
     isolation: str
     environment: str
-    created_at: float | None  # Unix time
-    expires_at: float | None  # Unix time: the idle deadline or the absolute one, whichever is first
+    created_at: float  # Unix time
+    expires_at: float  # Unix time: the idle deadline or the absolute one, whichever is first
     busy: bool | None  # a run of it is under way or waiting for a box
     bytes_used: int | None
     files_used: int | None
@@ -178,27 +180,38 @@ class Sessions:
         return found
 
     async def describe(self, tenant: str, session_id: str) -> SessionState:
-        """The session's state; distributed, only what the directory knows (its files are on a worker)."""
+        """The session's state; distributed, Redis's record and the figures of the worker holding it."""
         if self._directory is not None:
-            isolation = await self._directory.isolation(tenant, session_id)
-            if isolation is None:
-                raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
-            return SessionState(session_id, isolation, "", None, None, None, None, None, None, None)
+            return await self._describe_remote(self._directory, tenant, session_id)
         session = find_session(self._pools, tenant, session_id)
         store = self._pools[session.isolation].sessions
-        usage = session.usage()  # one fstatvfs
         wall = time.time() - store.clock()  # the store's clock is monotonic: shift it to Unix time
-        return SessionState(
-            id=session.id,
-            isolation=session.isolation,
-            environment=session.environment,
-            created_at=round(session.created + wall, 3),
-            expires_at=round(session.deadline(store.idle_s) + wall, 3),
-            busy=session.active_runs > 0,
-            bytes_used=usage.bytes_used,
-            files_used=usage.files_used,
-            disk_limit_bytes=store.workdirs.size_bytes,
-            files_limit=store.workdirs.inodes,
+        return _state(
+            session.id,
+            session.isolation,
+            session.environment,
+            created_at=session.created + wall,
+            expires_at=session.deadline(store.idle_s) + wall,
+            figures=store.figures(session),
+        )
+
+    async def _describe_remote(self, directory: SessionDirectory, tenant: str, session_id: str) -> SessionState:
+        record = await directory.summary(tenant, session_id)  # one round trip
+        if record is None:
+            raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
+        figures: WorkdirFigures | None = _NEVER_PLACED
+        if record.placed:  # a read never places a session that no worker holds: that is a first use's job
+            figures = None
+            if self._remote is not None:
+                remote = RemoteSessionFiles(self._remote, tenant, session_id, self._remote_timeout_s)
+                figures = await remote.figures()
+        return _state(
+            session_id,
+            record.isolation,
+            record.environment,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            figures=figures,
         )
 
     def local(self, tenant: str, session_id: str) -> Session:
@@ -214,6 +227,34 @@ class Sessions:
         if self._remote is not None:
             return RemoteSessionFiles(self._remote, tenant, session_id, self._remote_timeout_s)
         return workdir_files(self.local(tenant, session_id))
+
+
+# A session no worker has placed yet: no workdir, so nothing used, and no quota until a worker opens one.
+_NEVER_PLACED = WorkdirFigures(busy=False, bytes_used=0, files_used=0, disk_limit_bytes=None, files_limit=None)
+
+
+def _state(
+    session_id: str,
+    isolation: str,
+    environment: str,
+    *,
+    created_at: float,
+    expires_at: float,
+    figures: WorkdirFigures | None,
+) -> SessionState:
+    """``figures`` None: the worker holding the workdir is gone or silent, so those figures are unknown."""
+    return SessionState(
+        id=session_id,
+        isolation=isolation,
+        environment=environment,
+        created_at=round(created_at, 3),
+        expires_at=round(expires_at, 3),
+        busy=None if figures is None else figures.busy,
+        bytes_used=None if figures is None else figures.bytes_used,
+        files_used=None if figures is None else figures.files_used,
+        disk_limit_bytes=None if figures is None else figures.disk_limit_bytes,
+        files_limit=None if figures is None else figures.files_limit,
+    )
 
 
 def workdir_files(session: Session) -> SessionFiles:

@@ -14,6 +14,11 @@ be; when its files were lost with a dead worker the request answers 503
 (``SessionWorkerGone``) and the session goes on with an empty workdir. A worker
 that does not answer within ``timeout_s`` (the presence TTL: silent that long,
 a worker is taken for dead) is 503 too, never a hang.
+
+``figures`` (``GET /api/v1/sessions/{id}``) only reads: it asks the session's
+live owner for its workdir's figures and never places a session; with no live
+owner, or none answering in time, it answers None (the caller shows what Redis
+knows) rather than a 503.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from sandlot.errors import (
     SessionWorkerGone,
 )
 from sandlot.sandbox.hostfs import FileInfo, Listing
+from sandlot.sessions_store import WorkdirFigures
 
 # The refusals a worker sends back by class name; any other RejectedError is sent as this base.
 REFUSALS: dict[str, type[RejectedError]] = {
@@ -62,6 +68,29 @@ class RemoteSessionFiles:
         header, _ = await self._ask({"op": "list"})
         files = [FileInfo(str(path), int(size)) for path, size in header["files"]]
         return Listing(files, bool(header["truncated"]))
+
+    async def figures(self) -> WorkdirFigures | None:
+        """The workdir's figures from the live worker holding it; None if none does or it did not answer."""
+        target = await self.transport.target(self.tenant, self.session_id)
+        if target.verdict == "gone":
+            raise SessionNotFound(f"session {self.session_id!r} not found or expired", field="session_id")
+        if target.verdict != "owner":  # its worker is gone (taken for dead): so are its files
+            return None
+        request = {"tenant": self.tenant, "session": self.session_id, "op": "stat"}
+        answer = await self.transport.call(target.inboxes[0], request, b"", timeout_s=self.timeout_s)
+        if answer is None:
+            return None
+        header, _ = answer
+        raise_error(header)
+        if not header.get("held"):  # the owner has no workdir of it (lost, or being opened): nothing to count
+            return None
+        return WorkdirFigures(
+            busy=bool(header["busy"]),
+            bytes_used=int(header["bytes_used"]),
+            files_used=int(header["files_used"]),
+            disk_limit_bytes=int(header["disk_limit_bytes"]),
+            files_limit=int(header["files_limit"]),
+        )
 
     async def _ask(self, operation: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
         request = {"tenant": self.tenant, "session": self.session_id, **operation}

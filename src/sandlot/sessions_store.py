@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from sandlot.errors import AtCapacity, SessionNotFound
 from sandlot.sandbox.workdirs import Usage, Workdir, Workdirs
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["Session", "SessionStore", "WorkdirFigures"]
 
 
 @dataclass
@@ -51,6 +51,17 @@ class Session:
 
     def usage(self) -> Usage:
         return self.workdir.usage()
+
+
+@dataclass(frozen=True)
+class WorkdirFigures:
+    """What a session's workdir holds and may hold, where it is (this process, or the worker answering)."""
+
+    busy: bool  # a run of it is under way or waiting for a box
+    bytes_used: int
+    files_used: int  # files, directories and links, the workdir itself included
+    disk_limit_bytes: int | None  # None: no workdir yet, so no quota yet (distributed, never used)
+    files_limit: int | None
 
 
 def _not_found(session_id: str) -> SessionNotFound:
@@ -144,6 +155,17 @@ class SessionStore:
         if session is None:
             raise _not_found(session_id)
         return session
+
+    def figures(self, session: Session) -> WorkdirFigures:
+        """The session's usage against this store's quotas (one fstatvfs): ``GET /api/v1/sessions/{id}``."""
+        usage = session.usage()
+        return WorkdirFigures(
+            busy=session.active_runs > 0,
+            bytes_used=usage.bytes_used,
+            files_used=usage.files_used,
+            disk_limit_bytes=self.workdirs.size_bytes,
+            files_limit=self.workdirs.inodes,
+        )
 
     def touch(self, session: Session) -> None:
         """A run of the session ended: its idle period starts again."""

@@ -12,12 +12,16 @@ with a dead worker is opened afresh here and answers ``reset`` (nothing done:
 the client learns its files are gone). Then the same ``SessionFiles`` operation
 as the embedded mode's runs on the workdir's fd, link-safe and off the event
 loop; its refusals travel back by class name (``sessions_remote.REFUSALS``).
+A ``stat`` (the figures of ``GET /api/v1/sessions/{id}``) only reads: it binds
+nothing and restarts no idle period, and answers ``held: false`` when this
+worker has no workdir of the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -93,6 +97,8 @@ async def _perform(
     broker: Distributed, boxes: SessionBoxes, pools: Mapping[str, BoxPool], request: FileRequest
 ) -> tuple[dict[str, Any], bytes]:
     tenant, session_id = str(request.header["tenant"]), str(request.header["session"])
+    if request.header.get("op") == "stat":
+        return _stat(pools, tenant, session_id), b""
     record = await broker.sessions.record(tenant, session_id)
     if record is None:
         raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
@@ -131,6 +137,15 @@ def _files_here(
     # a session used only through its files would expire here while Redis still names it.
     pools[session.isolation].sessions.touch(session)
     return workdir_files(session)
+
+
+def _stat(pools: Mapping[str, BoxPool], tenant: str, session_id: str) -> dict[str, Any]:
+    """The figures the embedded mode's ``Sessions.describe`` gives, of the workdir held here."""
+    try:
+        session = find_session(pools, tenant, session_id)
+    except SessionNotFound:
+        return {"held": False}
+    return {"held": True, **dataclasses.asdict(pools[session.isolation].sessions.figures(session))}
 
 
 def error_header(exc: Exception) -> dict[str, Any]:

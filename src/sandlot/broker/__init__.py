@@ -268,6 +268,17 @@ def limits_text(limits: LimitRequest | None) -> str:
     return json.dumps(fields, separators=(",", ":")) if fields else ""
 
 
+@dataclass(frozen=True)
+class SessionSummary:
+    """What the session directory knows of a session's state (``GET /api/v1/sessions/{id}`` in distributed mode)."""
+
+    isolation: str
+    environment: str  # "" for the host's
+    created_at: float  # Unix time (the broker's clock)
+    expires_at: float  # Unix time: the idle deadline or the absolute one, whichever is first
+    placed: bool  # a worker opened a workdir for it once (false: never used, no worker holds anything)
+
+
 class SessionDirectory(Protocol):
     """Sessions of the distributed mode: named in the broker, their boxes held by one worker each."""
 
@@ -283,6 +294,10 @@ class SessionDirectory(Protocol):
 
     async def isolation(self, tenant: str, session_id: str) -> str | None:
         """The session's isolation level; None if it ended or expired."""
+        ...
+
+    async def summary(self, tenant: str, session_id: str) -> SessionSummary | None:
+        """The session's times, level and whether it was ever placed; None if it ended or expired."""
         ...
 
     async def end(self, tenant: str, session_id: str) -> bool: ...

@@ -24,7 +24,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from sandlot.broker import SessionBinding, SessionRecord, SessionVerdict
+from sandlot.broker import SessionBinding, SessionRecord, SessionSummary, SessionVerdict
 from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis_wire import to_str
@@ -32,6 +32,19 @@ from sandlot.broker.redis_wire import to_str
 SESSION_ID_BYTES = 24  # as the pool's own session ids
 # The hash fields of a ``SessionRecord``, in its fields' order (isolation first: it is never empty).
 _RECORD_FIELDS = ["isolation", "environment", "digest", "language", "limits"]
+
+# KEYS: session. -> false (no session) or {isolation, environment, created ms, expires ms, boxed}: all read at
+# once, on Redis's clock. The idle deadline is the key's PTTL (each use re-arms it), the absolute one a field.
+_SUMMARY = """
+local f = redis.call('HMGET', KEYS[1], 'isolation', 'environment', 'created', 'expires_at', 'boxed')
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -2 or f[1] == false then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires = tonumber(f[4])
+if pttl >= 0 then expires = math.min(expires, now + pttl) end
+return {f[1], f[2] or '', f[3], tostring(expires), f[5] or ''}
+"""
 
 
 class RedisSessions:
@@ -53,6 +66,7 @@ class RedisSessions:
         self._create = client.register_script(lua.CREATE_SESSION)
         self._bind = client.register_script(lua.BIND)
         self._room = client.register_script(lua.SESSION_ROOM)
+        self._summary = client.register_script(_SUMMARY)
 
     async def create(self, tenant: str, record: SessionRecord, *, ttl_s: float, idle_s: float) -> str:
         """A new session's id; its box is opened by the worker that takes its first job, at its level."""
@@ -79,6 +93,20 @@ class RedisSessions:
         if values[0] is None:
             return None
         return SessionRecord(*(to_str(value) if value is not None else "" for value in values))
+
+    async def summary(self, tenant: str, session_id: str) -> SessionSummary | None:
+        async with self._reachable():
+            reply = await self._summary(keys=[self._keys.session(tenant, session_id)])
+        if reply is None:
+            return None
+        isolation, environment, created_ms, expires_ms, boxed = (to_str(part) for part in reply)
+        return SessionSummary(
+            isolation=isolation,
+            environment=environment,
+            created_at=int(created_ms) / 1000,
+            expires_at=int(expires_ms) / 1000,
+            placed=boxed != "",
+        )
 
     async def end(self, tenant: str, session_id: str) -> bool:
         async with self._reachable():

@@ -142,15 +142,17 @@ class SessionCreated(_Closed):
 
 
 class SessionStateModel(_Closed):
+    """In distributed mode busy, bytes_used ... files_limit are null while the worker holding it is gone or silent."""
+
     session_id: str
     isolation: str
     environment: str = Field(description='"" for the host\'s')
-    created_at: float | None = Field(description="Unix time; null in distributed mode")
-    expires_at: float | None = Field(description="Unix time: idle or absolute expiry, whichever is first")
-    busy: bool | None = Field(description="a run of the session is under way or waiting")
+    created_at: float = Field(description="Unix time")
+    expires_at: float = Field(description="Unix time: idle or absolute expiry, whichever is first")
+    busy: bool | None = Field(description="a run of the session is under way or waiting; null: see below")
     bytes_used: int | None
     files_used: int | None = Field(description="files, directories and links, the workdir itself included")
-    disk_limit_bytes: int | None
+    disk_limit_bytes: int | None = Field(description="null in distributed mode before a worker holds the session")
     files_limit: int | None
 
 
