@@ -341,6 +341,8 @@ class Service:
         if spec.session_id is None or not self.sessions.distributed:
             return spec
         record = await self.sessions.recorded(spec.tenant, spec.session_id)
+        if not record.held:  # its run places it: refused now (429) if no live worker has room for it
+            await self.sessions.check_room(record.isolation, stateful=record.stateful)
         if record.stateful:
             spec = settle_cell(spec, self.languages, record.language, record.isolation)
             return dataclasses.replace(

@@ -123,17 +123,23 @@ class Sessions:
         """Distributed mode: a new session in the directory (a file session, or a stateful one's record)."""
         if self._directory is None:
             raise RejectedError("sessions are recorded in the broker only in distributed mode", field="session_id")
-        level, stateful = record.isolation, record.stateful
+        await self.check_room(record.isolation, stateful=record.stateful)
+        session_id = await self._directory.create(tenant, record, ttl_s=self._ttl_s, idle_s=self._idle_s)
+        return SessionInfo(session_id, self._ttl_s, record.isolation)
+
+    async def check_room(self, level: str, *, stateful: bool) -> None:
+        """Distributed: AtCapacity (429) when the live workers serving ``level`` have no room for another
+        session of the kind (as their presences said); none live: the session waits for one, as a run would."""
+        if self._directory is None:
+            return
         serving, room = await self._directory.room(level, stateful=stateful)
-        if serving and not room:  # no live worker: the session waits for one, as its first run would
+        if serving and not room:
             kind = "stateful sessions (max_stateful_sessions)" if stateful else "sessions (max_sessions)"
             raise AtCapacity(
                 "pool",
                 f"every {level} worker holds as many {kind} as it may: end one, or retry once one expires",
                 retry_after_s=5.0,
             )
-        session_id = await self._directory.create(tenant, record, ttl_s=self._ttl_s, idle_s=self._idle_s)
-        return SessionInfo(session_id, self._ttl_s, level)
 
     def pool_for_run(self, level: str, tenant: str, session_id: str | None) -> BoxPool:
         """Embedded: the pool a run goes to, its session's or its level's (``pool.pool_for_run``).

@@ -693,6 +693,54 @@ async def test_sessions_are_bound_to_a_worker_and_reset_when_it_is_gone(
     assert await api.queued() == 0
 
 
+async def test_a_worker_without_room_gives_the_session_to_the_live_worker_with_most_room(
+    make_redis: MakeRedis, raw: aioredis.Redis
+) -> None:
+    api = make_redis()
+    full, roomy, roomier = (make_redis(consumer_name=name) for name in ("full", "roomy", "roomier"))
+    await full.presence([], ["jail"], {"jail": (0, 0)})
+    await roomy.presence([], ["jail"], {"jail": (1, 0)})
+    await roomier.presence([], ["jail"], {"jail": (3, 1)})
+    assert await api.sessions.room("jail", stateful=False) == (3, 4)  # what creation checks (429 at 0)
+    assert await api.sessions.room("jail", stateful=True) == (3, 1)
+    assert await api.sessions.room("gvisor", stateful=False) == (0, 0)
+    session = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60, idle_s=60)
+    record = await api.sessions.record("a", session)
+    assert record is not None and not record.held
+
+    run = _spec(session_id=session)
+    await api.submit(run)
+    assert (await _claim(full)).id == run.id
+    assert (await full.sessions.bind("a", session, have_box=False, room=False)).verdict == "moved"
+    assert await raw.hget(_KEYS.session("a", session), "owner") == _KEYS.inbox("roomier").encode()
+    assert await full.hand_back(run.id)
+    assert (await _claim(roomier)).id == run.id  # routed to the worker it was given to
+    assert (await roomier.sessions.bind("a", session, have_box=False, room=True)).verdict == "new"
+    record = await api.sessions.record("a", session)
+    assert record is not None and record.held
+    await roomier.finish(run.id, _ok())
+
+    # A stateful session counts stateful room only; its record keeps what its interpreter starts with.
+    cells = await api.sessions.create(
+        "a", SessionRecord("jail", "env", "sha256:x", "python", "{}"), ttl_s=60, idle_s=60
+    )
+    assert await api.sessions.record("a", cells) == SessionRecord("jail", "env", "sha256:x", "python", "{}")
+    assert (await roomy.sessions.bind("a", cells, have_box=False, room=False, stateful=True)).verdict == "moved"
+    assert await raw.hget(_KEYS.session("a", cells), "owner") == _KEYS.inbox("roomier").encode()
+    await roomier.presence([], ["jail"], {"jail": (3, 0)})
+    assert (await roomier.sessions.bind("a", cells, have_box=False, room=False, stateful=True)).verdict == "full"
+
+    # Moves are bounded: workers whose presences overstate their room pass a session on at most one more
+    # time than there are other live workers, then the run is refused (and the count starts again).
+    passed = await api.sessions.create("a", SessionRecord("jail"), ttl_s=60, idle_s=60)
+    verdicts = [
+        (await w.sessions.bind("a", passed, have_box=False, room=False)).verdict for w in (full, roomier, roomy)
+    ]
+    assert verdicts == ["moved", "moved", "moved"]  # to roomier, roomy, roomier: each gives it to the other
+    assert (await roomier.sessions.bind("a", passed, have_box=False, room=False)).verdict == "full"
+    assert (await roomier.sessions.bind("a", passed, have_box=False, room=True)).verdict == "new"
+
+
 async def test_leave_moves_a_workers_unread_session_jobs_to_another(make_redis: MakeRedis, raw: aioredis.Redis) -> None:
     api = make_redis()
     leaving = make_redis(consumer_name="leaving", claim_idle_ms=600_000)

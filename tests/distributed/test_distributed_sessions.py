@@ -309,9 +309,15 @@ def test_a_session_moves_on_from_a_worker_at_its_session_limit_and_is_refused_wh
         result = _result(client, task)
         assert (result["status"], result["stdout"]) == ("ok", "ran on the worker with room\n"), result
 
-        # Both at their limits now: a run of a session no worker holds is refused, saying why.
+        # Both at their limits now: a run of a session no worker holds is refused at the API node, saying why
+        # (a 429 with Retry-After, as creating one is), and nothing is queued.
         wait_until(lambda: _room(rdb, "node-4").startswith("jail:0:"), 30.0, "node-4 says it has no room")
-        nowhere = _run(client, late, "print('never')")
-        assert nowhere["status"] == "rejected", nowhere
-        assert "no worker has room for another session" in nowhere["message"], nowhere
+        nowhere = client.post("/api/v1/run", json=execution("print('never')") | {"session_id": late}, headers=A)
+        assert nowhere.status_code == 429, nowhere.text
+        assert "holds as many sessions (max_sessions)" in nowhere.json()["error"]["message"], nowhere.text
+        assert int(nowhere.headers["retry-after"]) > 0
+        assert _owner(rdb, late) == ""
         assert client.post("/api/v1/sessions", headers=A).status_code == 429
+        # The sessions held go on as before.
+        assert _run(client, held, "print(2)")["stdout"] == "2\n"
+        assert _run(client, moved, "print(3)")["stdout"] == "3\n"

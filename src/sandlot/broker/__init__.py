@@ -245,7 +245,8 @@ class SessionRecord:
     ``language`` is set for a stateful session only (its interpreter's language); its
     ``limits`` are the session's (JSON of a ``LimitRequest``, "" for the defaults), its
     ``environment_digest`` what its environment's name stood for at creation. A file
-    session's runs go in ``environment`` unless a run names another.
+    session's runs go in ``environment`` unless a run names another. ``held``, as read:
+    a live worker holds it (else its next run or file request places it).
     """
 
     isolation: str
@@ -253,6 +254,7 @@ class SessionRecord:
     environment_digest: str = ""
     language: str = ""
     limits: str = ""
+    held: bool = field(default=False, compare=False)
 
     @property
     def stateful(self) -> bool:

@@ -459,6 +459,19 @@ return n
 """
 )
 
+# KEYS: Q, session. -> false (no session) or {isolation, environment, digest, language, limits, 1 if a live
+# worker holds it (its owner's presence has not expired) else 0}.
+SESSION_RECORD = (
+    _QUEUE
+    + """
+local f = redis.call('HMGET', KEYS[6], 'isolation', 'environment', 'digest', 'language', 'limits', 'owner')
+if f[1] == false then return false end
+local owner = f[6] or ''
+local held = (owner ~= '' and alive(owner, now_ms())) and 1 or 0
+return {f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', held}
+"""
+)
+
 # KEYS: Q. ARGV: isolation level, session kind ('file' or 'stateful'). -> {how many live workers serve the
 # level, how many more sessions of the kind they could open together (as their last presences said)}.
 SESSION_ROOM = (

@@ -30,8 +30,6 @@ from sandlot.broker.keys import Keys
 from sandlot.broker.redis_wire import to_str
 
 SESSION_ID_BYTES = 24  # as the pool's own session ids
-# The hash fields of a ``SessionRecord``, in its fields' order (isolation first: it is never empty).
-_RECORD_FIELDS = ["isolation", "environment", "digest", "language", "limits"]
 
 # KEYS: session. -> false (no session) or {isolation, environment, created ms, expires ms, boxed}: all read at
 # once, on Redis's clock. The idle deadline is the key's PTTL (each use re-arms it), the absolute one a field.
@@ -66,6 +64,7 @@ class RedisSessions:
         self._create = client.register_script(lua.CREATE_SESSION)
         self._bind = client.register_script(lua.BIND)
         self._room = client.register_script(lua.SESSION_ROOM)
+        self._record = client.register_script(lua.SESSION_RECORD)
         self._summary = client.register_script(_SUMMARY)
 
     async def create(self, tenant: str, record: SessionRecord, *, ttl_s: float, idle_s: float) -> str:
@@ -89,10 +88,11 @@ class RedisSessions:
 
     async def record(self, tenant: str, session_id: str) -> SessionRecord | None:
         async with self._reachable():
-            values = await self._redis.hmget(self._keys.session(tenant, session_id), _RECORD_FIELDS)
-        if values[0] is None:
+            reply = await self._record(keys=[*self._queue, self._keys.session(tenant, session_id)])
+        if reply is None:
             return None
-        return SessionRecord(*(to_str(value) if value is not None else "" for value in values))
+        isolation, environment, digest, language, limits = (to_str(value) for value in reply[:5])
+        return SessionRecord(isolation, environment, digest, language, limits, held=bool(int(reply[5])))
 
     async def summary(self, tenant: str, session_id: str) -> SessionSummary | None:
         async with self._reachable():
