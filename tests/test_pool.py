@@ -275,6 +275,41 @@ async def test_a_sessions_files_survive_between_runs_in_different_boxes(sandbox:
         assert pool.get_session("a", session.id) is session
 
 
+async def test_a_sessions_next_run_does_not_wait_for_the_last_boxs_reset(
+    sandbox: Sandbox, settings: Settings, monkeypatch: Any
+) -> None:
+    """The session is let go once its workdir is off the box; the box's reset (held here) follows apart."""
+    async with _started_pool(sandbox, 2, prelaunch_binds=_no_binds) as pool:
+        session = await pool.create_session("a")
+        resetting, go_on = threading.Event(), threading.Event()
+        real_reset = Box.reset
+
+        def slow_reset(box: Box) -> None:
+            resetting.set()
+            go_on.wait(_WAIT_S)  # the first box's reset does not end until the session's next run ran
+            real_reset(box)
+
+        monkeypatch.setattr(Box, "reset", slow_reset)
+        boxes: list[Box] = []
+
+        async def first_run() -> None:
+            async with pool.lease("a", session.id) as first:
+                boxes.append(first)
+                await _sh(first, "echo kept > kept.txt", settings)
+
+        first = asyncio.create_task(first_run())  # it ends once its box is reset: after the next run here
+        try:
+            assert await asyncio.to_thread(resetting.wait, _WAIT_S)  # the first box is being reset now...
+            assert session.active_runs == 0 and not session.lock.locked()  # ...and the session is free
+            monkeypatch.setattr(Box, "reset", real_reset)
+            async with asyncio.timeout(_WAIT_S), pool.lease("a", session.id) as second:
+                assert second is not boxes[0]
+                assert await _sh(second, "cat kept.txt", settings) == b"kept\n"
+        finally:
+            go_on.set()
+            await first
+
+
 async def test_a_session_run_takes_the_jail_launched_ahead(sandbox: Sandbox, settings: Settings) -> None:
     """The session's workdir reaches a jail launched before the run (mount propagation + the init's chdir)."""
     async with _started_pool(sandbox, 1, prelaunch_binds=_no_binds) as pool:

@@ -189,16 +189,33 @@ class BoxPool:
         if session_id is not None:
             session = self.sessions.get(tenant, session_id)
             session.active_runs += 1
+            state = {"locked": False, "counted": True}
+
+            def let_go() -> None:  # once: the session's next run may go on, in any free box
+                if state["locked"]:
+                    state["locked"] = False
+                    session.lock.release()
+                if state["counted"]:
+                    state["counted"] = False
+                    session.active_runs -= 1
+                    self.sessions.touch(session)
+
             try:
-                async with session.lock, self._leased(tenant, rootfs) as box:
-                    await self._attach(session, box)
+                await session.lock.acquire()
+                state["locked"] = True
+                async with self._leased(tenant, rootfs) as box:
                     try:
-                        yield box
+                        await self._attach(session, box)
+                        try:
+                            yield box
+                        finally:
+                            box.detach_workdir()
                     finally:
-                        box.detach_workdir()
+                        # The workdir is off this box (nothing of the run is left running): the session's next
+                        # run need not wait for this box's reset, which follows in a thread.
+                        let_go()
             finally:
-                session.active_runs -= 1
-                self.sessions.touch(session)
+                let_go()
             return
         async with self._leased(tenant, rootfs) as box:
             yield box
