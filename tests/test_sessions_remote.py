@@ -222,7 +222,10 @@ async def test_describing_another_tenants_or_an_ended_session_is_not_found(
 
 
 class _Untouchable:
-    """A broker or SessionBoxes that fails the test if anything of it is used."""
+    """A broker or SessionBoxes that fails the test if anything of it is used but a lookup of what is held."""
+
+    def stateful_session(self, tenant: str, session_id: str) -> None:
+        return None  # no stateful session here either (a lookup: it binds nothing)
 
     def __getattr__(self, name: str) -> object:
         raise AssertionError(f"a stat used {name!r}: it must bind nothing")

@@ -47,7 +47,7 @@ from sandlot.models import SourceFile
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Sandbox
 from sandlot.sandbox.box import ISOLATION_LEVELS
-from sandlot.sessions import FileAccess, SessionFiles, SessionInfo, Sessions
+from sandlot.sessions import FileAccess, SessionFiles, SessionInfo, Sessions, SessionState, state_of
 from sandlot.stateful import StatefulInfo, StatefulSessions
 from sandlot.stateful.sessions import check_language, settle_cell
 from sandlot.worker import Worker
@@ -478,6 +478,24 @@ class Service:
         record = SessionRecord(level, environment, probe.environment_digest, name, limits_text(limits))
         info = await self.sessions.record(tenant, record)
         return StatefulInfo(info.id, info.expires_in_s, level, name)
+
+    async def describe_session(self, tenant: str, session_id: str) -> SessionState:
+        """``GET /api/v1/sessions/{id}``: a session of either kind (distributed: as the directory and the worker
+        holding it say)."""
+        found = None
+        if self.stateful is not None and not self.sessions.distributed:
+            found = self.stateful.find(tenant, session_id)
+        if found is None:
+            return await self.sessions.describe(tenant, session_id)
+        state = state_of(
+            found.id,
+            found.isolation,
+            found.environment,
+            created_at=found.created,
+            expires_at=self.stateful.expires_at(found) if self.stateful is not None else found.created,
+            figures=await asyncio.to_thread(found.figures),
+        )
+        return dataclasses.replace(state, stateful=True, language=found.interpreter.language)
 
     async def end_session(self, tenant: str, session_id: str) -> None:
         """End a session of either kind (distributed: its worker lets go of it at its next presence)."""

@@ -27,6 +27,7 @@ A stateful session's record adds its language and limits (``SessionRecord``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import time
@@ -80,6 +81,8 @@ class SessionState:
     files_used: int | None
     disk_limit_bytes: int | None
     files_limit: int | None
+    stateful: bool = False  # a stateful session (its files are its interpreter's box's workdir)
+    language: str = ""  # a stateful session's interpreter
 
 
 class Sessions:
@@ -192,7 +195,7 @@ class Sessions:
         session = find_session(self._pools, tenant, session_id)
         store = self._pools[session.isolation].sessions
         wall = time.time() - store.clock()  # the store's clock is monotonic: shift it to Unix time
-        return _state(
+        return state_of(
             session.id,
             session.isolation,
             session.environment,
@@ -211,7 +214,7 @@ class Sessions:
             if self._remote is not None:
                 remote = RemoteSessionFiles(self._remote, tenant, session_id, self._remote_timeout_s)
                 figures = await remote.figures()
-        return _state(
+        state = state_of(
             session_id,
             record.isolation,
             record.environment,
@@ -219,6 +222,7 @@ class Sessions:
             expires_at=record.expires_at,
             figures=figures,
         )
+        return dataclasses.replace(state, stateful=bool(record.language), language=record.language)
 
     def local(self, tenant: str, session_id: str) -> Session:
         """The session with its workdir in this process: embedded mode only (``files`` works in both)."""
@@ -239,7 +243,7 @@ class Sessions:
 _NEVER_PLACED = WorkdirFigures(busy=False, bytes_used=0, files_used=0, disk_limit_bytes=None, files_limit=None)
 
 
-def _state(
+def state_of(
     session_id: str,
     isolation: str,
     environment: str,

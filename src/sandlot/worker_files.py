@@ -98,7 +98,7 @@ async def _perform(
 ) -> tuple[dict[str, Any], bytes]:
     tenant, session_id = str(request.header["tenant"]), str(request.header["session"])
     if request.header.get("op") == "stat":
-        return _stat(pools, tenant, session_id), b""
+        return _stat(boxes, pools, tenant, session_id), b""
     record = await broker.sessions.record(tenant, session_id)
     if record is None:
         raise SessionNotFound(f"session {session_id!r} not found or expired", field="session_id")
@@ -139,8 +139,11 @@ def _files_here(
     return workdir_files(session)
 
 
-def _stat(pools: Mapping[str, BoxPool], tenant: str, session_id: str) -> dict[str, Any]:
+def _stat(boxes: SessionBoxes, pools: Mapping[str, BoxPool], tenant: str, session_id: str) -> dict[str, Any]:
     """The figures the embedded mode's ``Sessions.describe`` gives, of the workdir held here."""
+    stateful = boxes.stateful_session(tenant, session_id)
+    if stateful is not None:
+        return {"held": True, **dataclasses.asdict(stateful.figures())}
     try:
         session = find_session(pools, tenant, session_id)
     except SessionNotFound:

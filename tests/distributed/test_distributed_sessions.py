@@ -220,6 +220,9 @@ def test_stateful_cells_reach_their_interpreter_through_any_api_node_and_start_a
         assert read["value"] == repr("uploaded\n"), read
         _cell(two, sid, "open('made.txt', 'w').write('by a cell')")
         assert one.get(f"{files}/made.txt", headers=A).content == b"by a cell"
+        state = two.get(f"/api/v1/sessions/{sid}", headers=A).json()  # the holding worker's figures
+        assert (state["stateful"], state["language"], state["busy"]) == (True, "python", False), state
+        assert 0 < state["bytes_used"] <= state["disk_limit_bytes"], state
 
         # Its worker killed: the next cell waits for it to be taken for dead, then starts a fresh interpreter
         # on the other worker, and says so.

@@ -60,6 +60,13 @@ async def test_variables_and_imports_survive_and_the_last_expression_is_the_valu
         assert 'File "<cell>", line 2' in error["stderr"]
         after = await cell(client, sid, "x * 2", language="python")
         assert (after["status"], after["value"]) == ("ok", "40")  # the session lived on
+        state = await client.get(f"/api/v1/sessions/{sid}")
+        assert state.status_code == 200, state.text
+        described = state.json()
+        assert (described["stateful"], described["language"], described["isolation"]) == (True, "python", isolation)
+        assert described["busy"] is False and described["files_used"] >= 1, described
+        assert 0 < described["bytes_used"] <= described["disk_limit_bytes"], described
+        assert described["created_at"] < described["expires_at"], described
         wrong = await client.post("/api/v1/run", json={"session_id": sid, "code": "1", "language": "bash"})
         assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "language"
         ended = await client.delete(f"/api/v1/sessions/{sid}")

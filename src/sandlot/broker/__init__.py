@@ -279,6 +279,7 @@ class SessionSummary:
     created_at: float  # Unix time (the broker's clock)
     expires_at: float  # Unix time: the idle deadline or the absolute one, whichever is first
     placed: bool  # a worker opened a workdir for it once (false: never used, no worker holds anything)
+    language: str = ""  # a stateful session's interpreter; "" for a file session
 
 
 class SessionDirectory(Protocol):

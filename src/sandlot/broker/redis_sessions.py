@@ -31,17 +31,17 @@ from sandlot.broker.redis_wire import to_str
 
 SESSION_ID_BYTES = 24  # as the pool's own session ids
 
-# KEYS: session. -> false (no session) or {isolation, environment, created ms, expires ms, boxed}: all read at
+# KEYS: session. -> false (no session) or {isolation, environment, created ms, expires ms, boxed, language}: all read at
 # once, on Redis's clock. The idle deadline is the key's PTTL (each use re-arms it), the absolute one a field.
 _SUMMARY = """
-local f = redis.call('HMGET', KEYS[1], 'isolation', 'environment', 'created', 'expires_at', 'boxed')
+local f = redis.call('HMGET', KEYS[1], 'isolation', 'environment', 'created', 'expires_at', 'boxed', 'language')
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 or f[1] == false then return false end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires = tonumber(f[4])
 if pttl >= 0 then expires = math.min(expires, now + pttl) end
-return {f[1], f[2] or '', f[3], tostring(expires), f[5] or ''}
+return {f[1], f[2] or '', f[3], tostring(expires), f[5] or '', f[6] or ''}
 """
 
 
@@ -99,13 +99,14 @@ class RedisSessions:
             reply = await self._summary(keys=[self._keys.session(tenant, session_id)])
         if reply is None:
             return None
-        isolation, environment, created_ms, expires_ms, boxed = (to_str(part) for part in reply)
+        isolation, environment, created_ms, expires_ms, boxed, language = (to_str(part) for part in reply)
         return SessionSummary(
             isolation=isolation,
             environment=environment,
             created_at=int(created_ms) / 1000,
             expires_at=int(expires_ms) / 1000,
             placed=boxed != "",
+            language=language,
         )
 
     async def end(self, tenant: str, session_id: str) -> bool:

@@ -48,6 +48,7 @@ from sandlot.models import (
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Box
 from sandlot.sandbox.policy import Bind
+from sandlot.sessions_store import WorkdirFigures
 from sandlot.stateful.cell import INTERRUPT_GRACE_S, Cell, cell_result, reset_reason
 from sandlot.stateful.protocol import CellReport, MarkerSplitter, ProtocolError, cell_frame, new_marker
 
@@ -100,6 +101,8 @@ class StatefulSession:
         self.reset_reason = ""  # said with the next cell's session_reset notice (and its result's message)
         self._owner: asyncio.Task[None] | None = None
         self.last_used = time.monotonic()
+        self.created = time.time()
+        self.environment = ""  # the environment's name it was started in ("" for the host's)
 
     @property
     def busy(self) -> bool:
@@ -117,6 +120,21 @@ class StatefulSession:
         if box is None or self._closing:
             raise SessionNotFound(f"session {self.id!r} not found or expired", field="session_id")
         return os.open(box.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def figures(self) -> WorkdirFigures:
+        """Its box's workdir against that tmpfs's own size (``GET /api/v1/sessions/{id}``)."""
+        fd = self.open_root()
+        try:
+            st = os.fstatvfs(fd)
+        finally:
+            os.close(fd)
+        return WorkdirFigures(
+            busy=self.busy,
+            bytes_used=(st.f_blocks - st.f_bfree) * st.f_frsize,
+            files_used=st.f_files - st.f_ffree,
+            disk_limit_bytes=st.f_blocks * st.f_frsize,
+            files_limit=st.f_files,
+        )
 
     @property
     def owner(self) -> tuple[int, int]:

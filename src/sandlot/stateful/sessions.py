@@ -111,6 +111,7 @@ class StatefulSessions:
                 "pool", f"every {isolation} box ({pool.size}) is held by a stateful session", retry_after_s=5.0
             )
         session = await self._start(tenant, "st-" + secrets.token_urlsafe(16), pool, prepared, self._ttl_s)
+        session.environment = environment
         return StatefulInfo(session.id, self._ttl_s, session.isolation, session.interpreter.language)
 
     async def adopt(
@@ -132,6 +133,7 @@ class StatefulSessions:
         check_language(prepared.language.name)
         session = await self._start(tenant, session_id, pool, prepared, expires_in_s)
         session.reset_reason = reset_reason
+        session.environment = record.environment
 
     def room(self, isolation: str) -> int:
         """How many more sessions this process could start at the level now (0 when turned off)."""
@@ -145,6 +147,10 @@ class StatefulSessions:
             raise RejectedError(
                 "stateful sessions are turned off on this server (max_stateful_sessions)", field="stateful"
             )
+
+    def expires_at(self, session: StatefulSession) -> float:
+        """Unix time the session ends at unless a cell runs first (the idle deadline or the absolute one)."""
+        return self._deadline((session.tenant, session.id)) - time.monotonic() + time.time()
 
     def keys(self) -> list[tuple[str, str]]:
         """(tenant, session id) of every live session here."""

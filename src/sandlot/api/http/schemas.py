@@ -154,6 +154,8 @@ class SessionStateModel(_Closed):
     files_used: int | None = Field(description="files, directories and links, the workdir itself included")
     disk_limit_bytes: int | None = Field(description="null in distributed mode before a worker holds the session")
     files_limit: int | None
+    stateful: bool = Field(description="a stateful session: its files are its interpreter's box's workdir")
+    language: str = Field(description='a stateful session\'s interpreter; "" for a file session')
 
 
 class FileEntry(_Closed):

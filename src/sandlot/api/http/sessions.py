@@ -154,7 +154,7 @@ async def _create_stateful(caller: Caller, data: dict[str, Any], isolation: str,
     summary="A session's state: level, environment, expiry, busy, files and bytes used",
 )
 async def get_session(session_id: str, caller: CallerDep) -> dict[str, Any]:
-    state = await caller.service.sessions.describe(caller.tenant, session_id)
+    state = await caller.service.describe_session(caller.tenant, session_id)
     fields = dataclasses.asdict(state)
     return {"session_id": fields.pop("id"), **fields}
 
