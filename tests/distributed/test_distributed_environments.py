@@ -43,6 +43,10 @@ NAME = "envdist-busybox"
 LATE = "envdist-late"  # the same image, imported under another name while the nodes run
 MARKER = "sandlot-env-marker\n"  # busybox_base's /etc/marker
 SHELL = b'#!/bin/sh\nexec /bin/busybox sh "$@"\n'  # "bash" for the languages' probe: busybox's sh runs main.sh
+# A language the host's table lacks, added by the image's own tables: busybox's sh runs the source.
+ADDED = {
+    "envf-ash": {"source_file": "main.sh", "run": ["/bin/busybox", "sh", "{source}"], "requires": ["/bin/busybox"]}
+}
 RUN_TIMEOUT_S = 120.0  # a fetch, then a cold jail in the environment, on a loaded machine
 
 
@@ -191,6 +195,34 @@ def test_names_resolve_at_submit_on_any_api_node(
     with httpx.Client(base_url=other_api.url) as client:
         ran = _run(client, environment=LATE)
     assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+
+
+@pytest.mark.timeout(300)
+def test_a_language_the_environment_adds_is_taken_by_an_api_node_without_it(
+    cluster: Cluster, image: str, tmp_path: Path
+) -> None:
+    """The API node lacking the environment checks the language with the environment's own tables (from the
+    registry's record), not only its names: a language they add is one this node's table does not know."""
+    _store(API).import_image(NAME, tmp_path / "image", languages=ADDED)  # as `sandlot env import --languages`
+    api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    with httpx.Client(base_url=other_api.url) as client:
+        ran = _run(client, language="envf-ash")
+        judged = client.post(
+            "/api/v1/judge",
+            json={
+                "language": "envf-ash",
+                "code": "/bin/busybox cat /etc/marker\n",
+                "environment": NAME,
+                "tests": [{"expected_output": MARKER}],
+            },
+            timeout=RUN_TIMEOUT_S,
+        )
+    assert ran.status_code == 200, ran.text
+    assert (ran.json()["status"], ran.json()["stdout"], ran.json()["language"]) == ("ok", MARKER, "envf-ash")
+    assert judged.status_code == 200, judged.text
+    assert [t["verdict"] for t in judged.json()["tests"]] == ["accepted"], judged.json()
+    assert _stored(OTHER_API) == []  # known from the record, not from a copy
 
 
 @contextlib.contextmanager

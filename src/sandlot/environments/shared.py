@@ -12,7 +12,7 @@ At submit it ``resolve``s the job's environment name: its own store's environmen
 it is not yet, then the registry's digest for the name is what the job carries (the name alone
 means nothing on another node: it may point elsewhere there, or nowhere). A name the registry lacks is a
 404 at the door, as in the embedded mode; the language is checked against the languages the registering
-node found in that environment.
+node found in that environment, with the environment's own language tables (from its record) applied.
 
 On a worker ``ensure`` makes sure the job's digest is in the local store before the engine runs it
 there by digest, never by name. One fetch per digest per worker: later jobs for that digest wait for
@@ -36,6 +36,7 @@ from sandlot.environments.spec import Spec
 from sandlot.environments.store import Environment, EnvironmentStore
 from sandlot.environments.transfer import INTERNAL_PATH, content_digest, fetch
 from sandlot.errors import EnvironmentFetchFailed, EnvironmentNotFound, SandlotError
+from sandlot.languages import OfferedThere
 
 if TYPE_CHECKING:
     from sandlot.broker import TaskSpec
@@ -108,9 +109,11 @@ class SharedEnvironments:
         offered = sorted(lang.name for lang in self.languages.offered_in(self.store.rootfs_of(env), env.languages))
         return EnvironmentRecord(env.digest, content_digest(self.store, env), meta, tuple(offered))
 
-    async def resolve(self, spec: TaskSpec) -> tuple[TaskSpec, tuple[str, ...] | None]:
+    async def resolve(self, spec: TaskSpec) -> tuple[TaskSpec, OfferedThere | None]:
         """The spec with the digest its environment name stands for; and, when this node's store lacks
-        that environment, the languages it offers (for ``Engine.prepare``). 404 for a name nobody has."""
+        that environment, what the registering node found in it (for ``Engine.prepare``): the languages
+        it offers and its own language tables, without which a language it adds would be unknown here.
+        404 for a name nobody has."""
         if not spec.environment:
             return spec, None
         name = spec.environment
@@ -126,7 +129,8 @@ class SharedEnvironments:
         record = await self.registry.record(digest)
         if record is None:
             raise EnvironmentNotFound(name)
-        return spec, record.languages
+        tables = record.meta.get("languages")
+        return spec, OfferedThere(record.languages, tables if isinstance(tables, dict) else {})
 
     async def listing(self) -> list[dict[str, object]]:
         """Every environment the deployment has registered, as ``GET /api/v1/environments`` lists them."""
