@@ -15,7 +15,7 @@ import http.server
 import os
 import tarfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +32,9 @@ from sandlot.environments.store import EnvironmentStore
 from sandlot.environments.transfer import content_digest, fetch, pack
 from sandlot.environments.unpack import UnpackLimits
 from sandlot.errors import EnvironmentFetchFailed, EnvironmentNotFound, RejectedError
-from sandlot.languages import LanguageRegistry
+from sandlot.languages import LanguageRegistry, OfferedThere
 from sandlot.models import Job, SourceFile
-from tests.nodes import RedisServer, free_ports
+from tests.nodes import free_ports
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.root import require_root
 
@@ -150,15 +150,6 @@ def test_a_holder_that_fails_is_a_clear_error(tmp_path: Path) -> None:
     assert _stored(target) == []
 
 
-@pytest.fixture
-async def broker(fresh_redis: RedisServer) -> AsyncIterator[RedisBroker]:
-    made = RedisBroker(fresh_redis.url, max_queued=10)
-    try:
-        yield made
-    finally:
-        await made.close()
-
-
 async def test_one_fetch_per_digest_and_other_environments_are_not_held_up(
     tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry
 ) -> None:
@@ -260,9 +251,9 @@ def test_a_job_runs_in_the_digest_it_carries_whatever_its_name_points_to_now(
         engine.prepare(dataclasses.replace(job, environment_digest="sha256:" + "3" * 64))
     # An API node lacking it checks the language against the registered record's languages.
     elsewhere = dataclasses.replace(job, environment_digest="sha256:" + "3" * 64)
-    assert engine.prepare(elsewhere, offered_there=("bash",)).rootfs is None
+    assert engine.prepare(elsewhere, offered_there=OfferedThere(("bash",))).rootfs is None
     with pytest.raises(RejectedError, match="not available in environment 'env'"):
-        engine.prepare(dataclasses.replace(elsewhere, language="python"), offered_there=("bash",))
+        engine.prepare(dataclasses.replace(elsewhere, language="python"), offered_there=OfferedThere(("bash",)))
 
 
 async def test_a_name_points_to_the_newest_environment_an_api_node_registered(
