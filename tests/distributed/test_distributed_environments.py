@@ -26,6 +26,7 @@ import redis
 from sandlot.broker.keys import Keys
 from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import EnvironmentNotFound
+from tests.environments.test_environments_shared import ASH
 from tests.nodes import Cluster, NodeLayout, free_ports
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.test_serve_process import wait_until
@@ -43,10 +44,6 @@ NAME = "envdist-busybox"
 LATE = "envdist-late"  # the same image, imported under another name while the nodes run
 MARKER = "sandlot-env-marker\n"  # busybox_base's /etc/marker
 SHELL = b'#!/bin/sh\nexec /bin/busybox sh "$@"\n'  # "bash" for the languages' probe: busybox's sh runs main.sh
-# A language the host's table lacks, added by the image's own tables: busybox's sh runs the source.
-ADDED = {
-    "envf-ash": {"source_file": "main.sh", "run": ["/bin/busybox", "sh", "{source}"], "requires": ["/bin/busybox"]}
-}
 RUN_TIMEOUT_S = 120.0  # a fetch, then a cold jail in the environment, on a loaded machine
 
 
@@ -203,7 +200,7 @@ def test_a_language_the_environment_adds_is_taken_by_an_api_node_without_it(
 ) -> None:
     """The API node lacking the environment checks the language with the environment's own tables (from the
     registry's record), not only its names: a language they add is one this node's table does not know."""
-    _store(API).import_image(NAME, tmp_path / "image", languages=ADDED)  # as `sandlot env import --languages`
+    _store(API).import_image(NAME, tmp_path / "image", languages=ASH)  # as `sandlot env import --languages`
     api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
     cluster.start(api, other_api, worker)
     with httpx.Client(base_url=other_api.url) as client:

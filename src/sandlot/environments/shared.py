@@ -28,7 +28,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandlot.broker.redis_environments import EnvironmentRecord, Holder, RedisEnvironments
 from sandlot.environments.build import Builder
@@ -129,8 +129,7 @@ class SharedEnvironments:
         record = await self.registry.record(digest)
         if record is None:
             raise EnvironmentNotFound(name)
-        tables = record.meta.get("languages")
-        return spec, OfferedThere(record.languages, tables if isinstance(tables, dict) else {})
+        return spec, OfferedThere(record.languages, _tables(record.meta.get("languages")))
 
     async def listing(self) -> list[dict[str, object]]:
         """Every environment the deployment has registered, as ``GET /api/v1/environments`` lists them."""
@@ -196,6 +195,7 @@ class SharedEnvironments:
             apt=tuple(str(p) for p in _list(canonical.get("apt"))),
             pip=tuple(str(p) for p in _list(canonical.get("pip"))),
             npm=tuple(str(p) for p in _list(canonical.get("npm"))),
+            languages=_tables(canonical.get("languages")),  # part of what it is, and of its digest
         )
         if spec.digest() != digest:  # a build recipe of another sandlot version: it would not be this one
             raise EnvironmentFetchFailed(f"its spec hashes to {spec.digest()} here (another sandlot version)")
@@ -204,3 +204,10 @@ class SharedEnvironments:
 
 def _list(value: object) -> list[object]:
     return list(value) if isinstance(value, list | tuple) else []
+
+
+def _tables(value: object) -> dict[str, dict[str, Any]]:
+    """An environment's language tables as its record carries them ({} for anything else)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(name): dict(table) for name, table in value.items() if isinstance(table, dict)}
