@@ -222,6 +222,32 @@ def test_a_language_the_environment_adds_is_taken_by_an_api_node_without_it(
     assert _stored(OTHER_API) == []  # known from the record, not from a copy
 
 
+@pytest.mark.timeout(300)
+def test_language_tables_replaced_while_the_nodes_run_reach_every_node(
+    cluster: Cluster, image: str, rdb: redis.Redis, tmp_path: Path
+) -> None:
+    """`sandlot env import NAME IMAGE --languages FILE` again on a running API node keeps the digest and
+    replaces the tables: its store watch registers them, and a worker that holds a copy takes them."""
+    api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    with httpx.Client(base_url=other_api.url) as client:
+        before = _run(client)  # the worker fetches it, as it is now: without tables
+        assert (before.json()["status"], before.json()["stdout"]) == ("ok", MARKER), before.json()
+        assert _run(client, language="envf-ash").status_code == 400
+    assert _store(WORKER_A).by_digest(image) is not None
+
+    assert _store(API).import_image(NAME, tmp_path / "image", languages=ASH).cached
+    key = Keys().environment(image)
+    wait_until(lambda: "envf-ash" in json.loads(rdb.get(key) or b"{}")["languages"], 60.0, "the new tables registered")
+    with httpx.Client(base_url=other_api.url) as client:
+        ran = _run(client, language="envf-ash")
+    assert ran.status_code == 200, ran.text  # the worker checks it as the door did
+    assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+    followed = _store(WORKER_A).by_digest(image)
+    assert followed is not None and followed.languages == ASH
+    assert worker.output().count("fetching environment") == 1  # the copy it had, with the new tables
+
+
 @contextlib.contextmanager
 def _serving(body: bytes) -> Iterator[tuple[str, list[str]]]:
     """An HTTP server on loopback answering every GET with ``body``; yields its base URL and the paths asked."""

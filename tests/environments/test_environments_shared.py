@@ -133,3 +133,30 @@ async def test_a_submit_sees_what_was_imported_or_removed_since_the_one_before(
     with pytest.raises(EnvironmentNotFound):
         await api.resolve(_spec("gone"))
     assert await broker.environments.digest_of("gone") is None
+
+
+async def test_tables_replaced_on_an_api_node_are_registered_at_the_next_submit_and_taken_by_workers(
+    tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry, settings: Settings
+) -> None:
+    """``env import NAME IMAGE --languages FILE`` again on a running API node: same digest, new tables."""
+    require_root("the store is root-owned")
+    store = EnvironmentStore(tmp_path / "a")
+    cli = EnvironmentStore(tmp_path / "a")  # `sandlot env import` in another process
+    env = cli.import_image("env", _image(tmp_path, b"1")).environment
+    api = SharedEnvironments(store, broker.environments, languages)
+    await api.announce("http://api-1")
+    worker_store = EnvironmentStore(tmp_path / "w")
+    worker_store.import_image("env", _image(tmp_path, b"1"))  # a copy, as a fetch before the change left it
+    worker = SharedEnvironments(worker_store, broker.environments, languages)
+
+    assert cli.import_image("env", _image(tmp_path, b"1"), languages=ASH).cached
+    spec, there = await api.resolve(_spec("env", "envf-ash"))
+    assert (spec.environment_digest, there) == (env.digest, None)
+    record = await broker.environments.record(env.digest)
+    assert record is not None and "envf-ash" in record.languages and record.meta["languages"] == ASH
+
+    await worker.ensure("env", env.digest)
+    followed = worker_store.by_digest(env.digest)
+    assert followed is not None and followed.languages == ASH
+    prepared = Engine(settings, languages, environments=worker_store).prepare(spec.to_job())
+    assert (prepared.language.name, prepared.rootfs) == ("envf-ash", worker_store.rootfs_of(env))

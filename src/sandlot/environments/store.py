@@ -212,11 +212,11 @@ class EnvironmentStore:
 
             outcome = self.materialise(name, image.digest, produce)
         if outcome.cached and languages is not None and outcome.environment.languages != languages:
-            self._set_languages(image.digest, languages)
+            self.set_languages(image.digest, languages)
             outcome = Outcome(self.inspect(name), cached=True)
         return outcome
 
-    def _set_languages(self, digest: str, languages: dict[str, dict[str, Any]]) -> None:
+    def set_languages(self, digest: str, languages: dict[str, dict[str, Any]]) -> None:
         """Replace a stored environment's language tables (meta.json rewritten whole, then renamed)."""
         hexd = digest.removeprefix("sha256:")
         with self._lock(hexd):
