@@ -211,14 +211,16 @@ def test_a_language_the_environment_adds_is_taken_by_an_api_node_without_it(
                 "language": "envf-ash",
                 "code": "/bin/busybox cat /etc/marker\n",
                 "environment": NAME,
-                "tests": [{"expected_output": MARKER}],
+                "tests": [{"expected_output": MARKER}, {"expected_output": "another\n"}],
+                # A checker of the environment's own language: checked there too, then run in its digest.
+                "checker": {"language": "envf-ash", "code": "/bin/busybox cmp output.txt answer.txt\n"},
             },
             timeout=RUN_TIMEOUT_S,
         )
     assert ran.status_code == 200, ran.text
     assert (ran.json()["status"], ran.json()["stdout"], ran.json()["language"]) == ("ok", MARKER, "envf-ash")
     assert judged.status_code == 200, judged.text
-    assert [t["verdict"] for t in judged.json()["tests"]] == ["accepted"], judged.json()
+    assert [t["verdict"] for t in judged.json()["tests"]] == ["accepted", "wrong_answer"], judged.json()
     assert _stored(OTHER_API) == []  # known from the record, not from a copy
 
 
