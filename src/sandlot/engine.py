@@ -21,14 +21,14 @@ import dataclasses
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandlot.config import CLI_FLAGS, LimitRequest, Settings
 from sandlot.errors import EnvironmentNotFound, RejectedError
-from sandlot.languages import Language, LanguageRegistry, warm_cache
+from sandlot.languages import Language, LanguageRegistry, OfferedThere, warm_cache
 from sandlot.languages.naming import SourceName
 from sandlot.models import (
     Event,
@@ -104,12 +104,13 @@ class Engine:
         *,
         qualify_fields: bool = False,
         cli_flags: bool = False,
-        offered_there: Collection[str] | None = None,
+        offered_there: OfferedThere | None = None,
     ) -> PreparedJob:
         """Validate everything a door accepted; raises RejectedError naming the field.
 
-        ``offered_there``: the languages of the job's environment (``environment_digest``) as the node
-        that registered it probed them, for a node whose own store lacks it (the distributed mode).
+        ``offered_there``: the job's environment (``environment_digest``) as the node that registered it
+        probed it (its languages and its own language tables), for a node whose store lacks it (the
+        distributed mode).
 
         With ``qualify_fields`` limit errors name ``limits.x`` / ``compile_limits.x``
         (request doors); with ``cli_flags``, the CLI's flag (``--time-limit``); else just ``x``.
@@ -128,7 +129,8 @@ class Engine:
             else:
                 environment = self.environments.inspect(job.environment)
             if environment is None:
-                language = self.languages.get_among(job.language, offered_there or (), job.environment)
+                there = offered_there or OfferedThere(())
+                language = self.languages.get_among(job.language, there.names, job.environment, there.tables)
             else:
                 rootfs = self.environments.rootfs_of(environment)
                 image_env = tuple(environment.box_env().items())

@@ -41,7 +41,7 @@ from sandlot.errors import (
     SandlotError,
 )
 from sandlot.judge.validate import prepare_judge
-from sandlot.languages import Language, LanguageRegistry
+from sandlot.languages import Language, LanguageRegistry, OfferedThere
 from sandlot.metrics import Metrics
 from sandlot.models import SourceFile
 from sandlot.pool import BoxPool
@@ -326,7 +326,7 @@ class Service:
         if base_url is not None and self._store_watch is None:
             self._store_watch = asyncio.create_task(self.shared.watch(), name="sandlot-environments-watch")
 
-    async def resolve_environment(self, spec: TaskSpec) -> tuple[TaskSpec, tuple[str, ...] | None]:
+    async def resolve_environment(self, spec: TaskSpec) -> tuple[TaskSpec, OfferedThere | None]:
         """Distributed mode: what the job's session says of it (``resolve_session``), and the digest its
         environment stands for (``SharedEnvironments.resolve``)."""
         spec = await self.resolve_session(spec)
@@ -359,7 +359,7 @@ class Service:
         return dict(self._versions)
 
     def validate(
-        self, spec: TaskSpec, *, min_isolation: str = "jail", offered_there: tuple[str, ...] | None = None
+        self, spec: TaskSpec, *, min_isolation: str = "jail", offered_there: OfferedThere | None = None
     ) -> TaskSpec:
         """Everything the engine would reject, checked up front: a 4xx naming the field, not a failed task.
 
@@ -387,7 +387,7 @@ class Service:
         if cell:  # the session's interpreter was checked when it started: only the cell's own limits here
             self.engine.settings.resolve_limits(spec.limits, where="limits")
         elif spec.judge:
-            prepare_judge(self.engine, spec)  # the solution, checker, interactor and every test
+            prepare_judge(self.engine, spec, offered_there)  # the solution, checker, interactor and every test
         else:
             self.engine.prepare(
                 spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there

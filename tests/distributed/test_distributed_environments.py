@@ -26,6 +26,7 @@ import redis
 from sandlot.broker.keys import Keys
 from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import EnvironmentNotFound
+from tests.environments.test_environments_shared import ASH
 from tests.nodes import Cluster, NodeLayout, free_ports
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.test_serve_process import wait_until
@@ -191,6 +192,62 @@ def test_names_resolve_at_submit_on_any_api_node(
     with httpx.Client(base_url=other_api.url) as client:
         ran = _run(client, environment=LATE)
     assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+
+
+@pytest.mark.timeout(300)
+def test_a_language_the_environment_adds_is_taken_by_an_api_node_without_it(
+    cluster: Cluster, image: str, tmp_path: Path
+) -> None:
+    """The API node lacking the environment checks the language with the environment's own tables (from the
+    registry's record), not only its names: a language they add is one this node's table does not know."""
+    _store(API).import_image(NAME, tmp_path / "image", languages=ASH)  # as `sandlot env import --languages`
+    api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    with httpx.Client(base_url=other_api.url) as client:
+        ran = _run(client, language="envf-ash")
+        judged = client.post(
+            "/api/v1/judge",
+            json={
+                "language": "envf-ash",
+                "code": "/bin/busybox cat /etc/marker\n",
+                "environment": NAME,
+                "tests": [{"expected_output": MARKER}, {"expected_output": "another\n"}],
+                # A checker of the environment's own language: checked there too, then run in its digest.
+                "checker": {"language": "envf-ash", "code": "/bin/busybox cmp output.txt answer.txt\n"},
+            },
+            timeout=RUN_TIMEOUT_S,
+        )
+    assert ran.status_code == 200, ran.text
+    assert (ran.json()["status"], ran.json()["stdout"], ran.json()["language"]) == ("ok", MARKER, "envf-ash")
+    assert judged.status_code == 200, judged.text
+    assert [t["verdict"] for t in judged.json()["tests"]] == ["accepted", "wrong_answer"], judged.json()
+    assert _stored(OTHER_API) == []  # known from the record, not from a copy
+
+
+@pytest.mark.timeout(300)
+def test_language_tables_replaced_while_the_nodes_run_reach_every_node(
+    cluster: Cluster, image: str, rdb: redis.Redis, tmp_path: Path
+) -> None:
+    """`sandlot env import NAME IMAGE --languages FILE` again on a running API node keeps the digest and
+    replaces the tables: its store watch registers them, and a worker that holds a copy takes them."""
+    api, other_api, worker = cluster.api(API), cluster.api(OTHER_API), cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    with httpx.Client(base_url=other_api.url) as client:
+        before = _run(client)  # the worker fetches it, as it is now: without tables
+        assert (before.json()["status"], before.json()["stdout"]) == ("ok", MARKER), before.json()
+        assert _run(client, language="envf-ash").status_code == 400
+    assert _store(WORKER_A).by_digest(image) is not None
+
+    assert _store(API).import_image(NAME, tmp_path / "image", languages=ASH).cached
+    key = Keys().environment(image)
+    wait_until(lambda: "envf-ash" in json.loads(rdb.get(key) or b"{}")["languages"], 60.0, "the new tables registered")
+    with httpx.Client(base_url=other_api.url) as client:
+        ran = _run(client, language="envf-ash")
+    assert ran.status_code == 200, ran.text  # the worker checks it as the door did
+    assert (ran.json()["status"], ran.json()["stdout"]) == ("ok", MARKER), ran.json()
+    followed = _store(WORKER_A).by_digest(image)
+    assert followed is not None and followed.languages == ASH
+    assert worker.output().count("fetching environment") == 1  # the copy it had, with the new tables
 
 
 @contextlib.contextmanager

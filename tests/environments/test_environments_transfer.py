@@ -15,9 +15,10 @@ import http.server
 import os
 import tarfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,9 +33,10 @@ from sandlot.environments.store import EnvironmentStore
 from sandlot.environments.transfer import content_digest, fetch, pack
 from sandlot.environments.unpack import UnpackLimits
 from sandlot.errors import EnvironmentFetchFailed, EnvironmentNotFound, RejectedError
-from sandlot.languages import LanguageRegistry
+from sandlot.languages import LanguageRegistry, OfferedThere
 from sandlot.models import Job, SourceFile
-from tests.nodes import RedisServer, free_ports
+from tests.environments.test_environments_shared import ASH
+from tests.nodes import free_ports
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.root import require_root
 
@@ -150,15 +152,6 @@ def test_a_holder_that_fails_is_a_clear_error(tmp_path: Path) -> None:
     assert _stored(target) == []
 
 
-@pytest.fixture
-async def broker(fresh_redis: RedisServer) -> AsyncIterator[RedisBroker]:
-    made = RedisBroker(fresh_redis.url, max_queued=10)
-    try:
-        yield made
-    finally:
-        await made.close()
-
-
 async def test_one_fetch_per_digest_and_other_environments_are_not_held_up(
     tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry
 ) -> None:
@@ -196,8 +189,13 @@ def _built_record(spec: Spec, *, digest: str | None = None) -> EnvironmentRecord
     return EnvironmentRecord(digest, "sha256:" + "0" * 64, meta, ("python",))
 
 
+@pytest.mark.parametrize("tables", [{}, ASH], ids=["plain", "with-language-tables"])
 async def test_a_declared_environment_no_holder_sends_is_built_from_its_recorded_spec(
-    tmp_path: Path, broker: RedisBroker, languages: LanguageRegistry, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    broker: RedisBroker,
+    languages: LanguageRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tables: dict[str, dict[str, Any]],
 ) -> None:
     """The build tool (mmdebstrap + pip + npm, minutes from the registries) is the collaborator stood in for:
     what is checked is that a worker whose holders all fail builds the very spec the registry recorded."""
@@ -211,16 +209,17 @@ async def test_a_declared_environment_no_holder_sends_is_built_from_its_recorded
         return {"apt": {"python3-numpy": "1:1.24.2-1"}}
 
     monkeypatch.setattr(Builder, "_run", build_tool)
-    spec = Spec(name="datasci", apt=("python3-numpy",), pip=("tabulate==0.9.0",))
+    # Its [languages.X] tables are part of its spec's digest: built without them, it would be another one.
+    spec = Spec(name="datasci", apt=("python3-numpy",), pip=("tabulate==0.9.0",), languages=tables)
     (port,) = free_ports(1)  # reserved, and nothing listens there: the holder is gone
     gone = Holder("http://127.0.0.1", f"http://127.0.0.1:{port}/x", "t", "sha256:" + "0" * 64)
     await broker.environments.register("datasci", _built_record(spec), gone, claim_name=True)
     target = EnvironmentStore(tmp_path / "b")
     worker = SharedEnvironments(target, broker.environments, languages)
     await worker.ensure("datasci", spec.digest())
-    assert [(s.apt, s.pip, s.suite) for s in built] == [(spec.apt, spec.pip, spec.suite)]
+    assert [(s.apt, s.pip, s.suite, s.languages) for s in built] == [(spec.apt, spec.pip, spec.suite, tables)]
     made = target.inspect("datasci")
-    assert (made.digest, made.kind, made.spec) == (spec.digest(), "built", spec.canonical())
+    assert (made.digest, made.kind, made.spec, made.languages) == (spec.digest(), "built", spec.canonical(), tables)
     assert (target.rootfs_of(made) / "etc" / "built").read_text() == "yes\n"
 
 
@@ -260,9 +259,9 @@ def test_a_job_runs_in_the_digest_it_carries_whatever_its_name_points_to_now(
         engine.prepare(dataclasses.replace(job, environment_digest="sha256:" + "3" * 64))
     # An API node lacking it checks the language against the registered record's languages.
     elsewhere = dataclasses.replace(job, environment_digest="sha256:" + "3" * 64)
-    assert engine.prepare(elsewhere, offered_there=("bash",)).rootfs is None
+    assert engine.prepare(elsewhere, offered_there=OfferedThere(("bash",))).rootfs is None
     with pytest.raises(RejectedError, match="not available in environment 'env'"):
-        engine.prepare(dataclasses.replace(elsewhere, language="python"), offered_there=("bash",))
+        engine.prepare(dataclasses.replace(elsewhere, language="python"), offered_there=OfferedThere(("bash",)))
 
 
 async def test_a_name_points_to_the_newest_environment_an_api_node_registered(

@@ -3,7 +3,8 @@
 Layout::
 
     environments/
-      names.json            name -> digest hex (written whole, then renamed into place)
+      names.json            name -> digest hex (written whole, then renamed into place; never in place,
+                            which is what lets ``names_file`` re-read it only after a change)
       <hex>/meta.json       what the environment is (kind, source, size, Env/WorkingDir/User, versions)
       <hex>/rootfs/         the root a box binds read-only (root-owned, dirs 0555, files 0444/0555)
       .locks/<hex>.lock     held while <hex> is made or removed; .locks/names.lock guards names.json
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sandlot.environments.names_file import NamesFile
 from sandlot.environments.oci import ImageSource
 from sandlot.environments.unpack import UnpackLimits, seal, unpack
 from sandlot.errors import EnvironmentLimitExceeded, EnvironmentNotFound, RejectedError, SandboxError
@@ -132,6 +134,7 @@ class EnvironmentStore:
         self.root = root or state_dir / STORE_SUBDIR
         self.limits = limits or UnpackLimits()
         self.disk_cap_bytes = disk_cap_bytes
+        self._names = NamesFile(self.root / _NAMES)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnvironmentStore:
@@ -209,11 +212,11 @@ class EnvironmentStore:
 
             outcome = self.materialise(name, image.digest, produce)
         if outcome.cached and languages is not None and outcome.environment.languages != languages:
-            self._set_languages(image.digest, languages)
+            self.set_languages(image.digest, languages)
             outcome = Outcome(self.inspect(name), cached=True)
         return outcome
 
-    def _set_languages(self, digest: str, languages: dict[str, dict[str, Any]]) -> None:
+    def set_languages(self, digest: str, languages: dict[str, dict[str, Any]]) -> None:
         """Replace a stored environment's language tables (meta.json rewritten whole, then renamed)."""
         hexd = digest.removeprefix("sha256:")
         with self._lock(hexd):
@@ -277,14 +280,8 @@ class EnvironmentStore:
             raise
 
     def names(self) -> dict[str, str]:
-        """Every name and the digest hex it points to."""
-        try:
-            data = json.loads((self.root / _NAMES).read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise SandboxError(f"{self.root / _NAMES}: unreadable: {exc}") from exc
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        """Every name and the digest hex it points to (the file parsed again only after a change)."""
+        return self._names.read()
 
     def inspect(self, name: str) -> Environment:
         hexd = self.names().get(name)

@@ -14,13 +14,17 @@ from sandlot.engine import Engine, PreparedJob
 from sandlot.errors import RejectedError
 from sandlot.judge.checkers import parse_builtin
 from sandlot.judge.model import JudgeSpec, JudgeTest, Program
+from sandlot.languages import OfferedThere
 from sandlot.models import Job, Limits, SourceFile
 
 
 def prepare_judge(
-    engine: Engine, spec: TaskSpec
+    engine: Engine, spec: TaskSpec, offered_there: OfferedThere | None = None
 ) -> tuple[JudgeSpec, PreparedJob, PreparedJob | None, PreparedJob | None]:
-    """(the judge request, the solution, the custom checker, the interactor), or RejectedError naming the field."""
+    """(the judge request, the solution, the custom checker, the interactor), or RejectedError naming the field.
+
+    ``offered_there``: as ``Engine.prepare``'s, for an API node whose store lacks the environment.
+    """
     settings = engine.settings
     judge = JudgeSpec.from_json(spec.judge)
     if spec.session_id is not None:
@@ -29,7 +33,9 @@ def prepare_judge(
         )
     if spec.commands:
         raise RejectedError("commands: not with judge mode", field="commands")
-    main = engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
+    main = engine.prepare(
+        spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True, offered_there=offered_there
+    )
     if not judge.tests:
         raise RejectedError("tests: at least one test is needed", field="tests")
     if len(judge.tests) > settings.judge_max_tests:
@@ -40,10 +46,10 @@ def prepare_judge(
     if isinstance(judge.checker, str):
         parse_builtin(judge.checker)
     else:
-        checker = _helper(engine, judge.checker, spec.environment, "checker")
+        checker = _helper(engine, judge.checker, main.job, offered_there, "checker")
     interactor = None
     if judge.interactor is not None:
-        interactor = _helper(engine, judge.interactor, spec.environment, "interactor")
+        interactor = _helper(engine, judge.interactor, main.job, offered_there, "interactor")
     needs_answer = judge.interactor is None and isinstance(judge.checker, str)
     for i, test in enumerate(judge.tests):
         where = f"tests[{i}]"
@@ -72,9 +78,18 @@ def test_limits(settings: Settings, base: LimitRequest | None, test: JudgeTest, 
 test_limits.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite its name
 
 
-def _helper(engine: Engine, program: Program, environment: str, who: str) -> PreparedJob:
-    job = Job(program.language, (SourceFile("main", program.code.encode()),), environment=environment)
+def _helper(
+    engine: Engine, program: Program, solution: Job, offered_there: OfferedThere | None, who: str
+) -> PreparedJob:
+    """A checker or interactor, in the solution's environment: the very digest the solution runs in (its
+    name may point to another here), checked as the solution is."""
+    job = Job(
+        program.language,
+        (SourceFile("main", program.code.encode()),),
+        environment=solution.environment,
+        environment_digest=solution.environment_digest,
+    )
     try:
-        return engine.prepare(job)
+        return engine.prepare(job, offered_there=offered_there)
     except RejectedError as exc:
         raise RejectedError(f"{who}: {exc}", field=who) from exc

@@ -206,6 +206,16 @@ def _parse(name: str, data: Mapping[str, Any]) -> Language:
 LanguageTables = Mapping[str, Mapping[str, Any]]  # languages.toml's form: name -> its table
 
 
+@dataclass(frozen=True)
+class OfferedThere:
+    """An environment another node probed (the distributed mode, on a node whose store lacks it): the names
+    of the languages it offers there, and the environment's own ``tables``, which may add a language this
+    node's table lacks (a name alone would be "unknown" here) or change a declared one."""
+
+    names: tuple[str, ...]
+    tables: LanguageTables = field(default_factory=dict)
+
+
 class LanguageRegistry:
     """The declared languages and which of them this host offers.
 
