@@ -429,6 +429,29 @@ async def test_an_idle_session_expires_by_itself_and_frees_its_disk(sandbox: San
             pool.get_session("a", session.id)
 
 
+async def test_a_runs_end_does_not_make_the_expiry_task_look_over_every_session(sandbox: Sandbox) -> None:
+    """A run only pushes its session's deadline later: with many idle sessions, no look over all per run."""
+    clock = _FakeClock()
+    async with _started_pool(sandbox, 1, session_ttl_s=30.0, session_idle_s=10.0, clock=clock) as pool:
+        sessions = [await pool.create_session("a") for _ in range(5)]
+        for _ in range(5):
+            await asyncio.sleep(0)  # the looks the creations asked for
+        looks = pool.sessions.looks
+        clock.at(1.0)
+        for _ in range(3):
+            async with pool.lease("a", sessions[-1].id):
+                pass
+            await asyncio.sleep(0)
+        assert pool.sessions.looks == looks
+        # A run that ends past its session's absolute expiry still wakes it: the session goes at once.
+        for other in sessions[1:]:
+            await pool.end_session("a", other.id)
+        async with pool.lease("a", sessions[0].id):
+            await _expiry_pass(pool)  # as its timer would: it finds only a running session, nothing to sleep to
+            clock.at(31.0)
+        await _eventually(lambda: pool.session_count == 0)
+
+
 async def test_idle_expiry_is_pushed_back_by_use(sandbox: Sandbox) -> None:
     clock = _FakeClock()
     async with _started_pool(sandbox, 1, session_ttl_s=30.0, session_idle_s=0.2, clock=clock) as pool:

@@ -12,7 +12,11 @@ bounded by memory (``max_sessions``), not by the pool's size.
 Sessions end by ``end``, by their absolute TTL, or after an idle period; one
 background task sleeps until the next such deadline (re-armed when sessions
 change) and frees expired workdirs. A session whose run is under way is never
-expired under it: the run's end re-arms the task. Ids are random and looked up
+expired under it: the run's end re-arms the task. The task is woken only by a
+deadline earlier than the one it sleeps towards (a new session, a run that ended
+past its session's expiry): a run's end only pushes its session's deadline later,
+so it costs no look over every session (with thousands idle, that look was most of
+what a session run added to a plain one). Ids are random and looked up
 together with the tenant, so another tenant's id finds nothing. In distributed
 mode sessions are named by the broker's directory and ``adopt``ed here when
 their first job arrives.
@@ -89,6 +93,8 @@ class SessionStore:
         self.clock = clock
         self._sessions: dict[tuple[str, str], Session] = {}
         self._wakeup = asyncio.Event()
+        self._sleeping_until: float | None = None  # the deadline the expiry task sleeps towards (None: none)
+        self.looks = 0  # how often the expiry task looked over every session
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -141,7 +147,7 @@ class SessionStore:
         self._sessions[(tenant, session_id)] = session
         if stale is not None:
             await self._retire(stale)
-        self._wakeup.set()
+        self._wake_for(session)
         return session
 
     def find(self, tenant: str, session_id: str) -> Session | None:
@@ -170,7 +176,12 @@ class SessionStore:
     def touch(self, session: Session) -> None:
         """A run of the session ended: its idle period starts again."""
         session.last_used = self.clock()
-        self._wakeup.set()
+        self._wake_for(session)
+
+    def _wake_for(self, session: Session) -> None:
+        """Wake the expiry task if the session's deadline comes before the one it sleeps towards."""
+        if self._sleeping_until is None or session.deadline(self.idle_s) < self._sleeping_until:
+            self._wakeup.set()
 
     async def end(self, tenant: str, session_id: str) -> None:
         session = self._sessions.pop((tenant, session_id), None)
@@ -185,6 +196,7 @@ class SessionStore:
     async def _expire(self) -> None:
         while True:
             self._wakeup.clear()
+            self.looks += 1
             now = self.clock()
             expired = [k for k, s in self._sessions.items() if s.active_runs == 0 and s.deadline(self.idle_s) <= now]
             for key in expired:
@@ -192,7 +204,8 @@ class SessionStore:
             # A session still running past its deadline is not a deadline to sleep towards:
             # the end of its run sets the wake-up event, and it expires then.
             deadlines = [s.deadline(self.idle_s) for s in self._sessions.values() if s.active_runs == 0]
-            timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
+            self._sleeping_until = min(deadlines) if deadlines else None
+            timeout = max(0.0, self._sleeping_until - self.clock()) if self._sleeping_until is not None else None
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
             # arrives as the event is set, and this task would never stop.
             with contextlib.suppress(TimeoutError):
