@@ -188,13 +188,26 @@ def _stateful(client: httpx.Client) -> str:
     return str(made.json()["session_id"])
 
 
+async def _notebook_through_mcp(first_url: str, second_url: str) -> tuple[str, str, bool]:
+    """open_session on one API node, cells through run_code on both, close_session: (values..., ended)."""
+    auth = {"Authorization": A["Authorization"]}
+    async with _http_client(first_url, **auth) as one, _http_client(second_url, **auth) as two:
+        opened = _structured(await one.call_tool("open_session", {"language": "python"}))
+        cell = {"language": "python", "session_id": opened["session_id"]}
+        set_z = _structured(await one.call_tool("run_code", {**cell, "code": "z = 5\nz"}))
+        doubled = _structured(await two.call_tool("run_code", {**cell, "code": "z * 2"}))
+        closed = _structured(await two.call_tool("close_session", {"session_id": opened["session_id"]}))
+    return set_z["value"], doubled["value"], closed["ended"]
+
+
 @pytest.mark.timeout(240)
 def test_stateful_cells_reach_their_interpreter_through_any_api_node_and_start_afresh_when_its_worker_dies(
     cluster: Cluster, rdb: redis.Redis
 ) -> None:
     apis = [cluster.api(1), cluster.api(2)]
-    # A pool of 3: room for 2 stateful sessions each (a box is kept for plain runs), so the survivor takes one more.
-    workers = {f"node-{n}": cluster.worker(n, pool_size=3, worker_name=f"node-{n}") for n in (3, 4)}
+    # A pool of 4: room for 3 stateful sessions each (a box is kept for plain runs): the survivor takes the one
+    # whose worker dies whatever it holds then.
+    workers = {f"node-{n}": cluster.worker(n, pool_size=4, worker_name=f"node-{n}") for n in (3, 4)}
     cluster.start(*apis, *workers.values())
     with (
         httpx.Client(base_url=apis[0].url, timeout=90.0) as one,
@@ -220,6 +233,8 @@ def test_stateful_cells_reach_their_interpreter_through_any_api_node_and_start_a
         assert read["value"] == repr("uploaded\n"), read
         _cell(two, sid, "open('made.txt', 'w').write('by a cell')")
         assert one.get(f"{files}/made.txt", headers=A).content == b"by a cell"
+        # MCP's notebook tools go the same way, through either node.
+        assert asyncio.run(_notebook_through_mcp(apis[0].url + "/mcp", apis[1].url + "/mcp")) == ("5", "10", True)
         state = two.get(f"/api/v1/sessions/{sid}", headers=A).json()  # the holding worker's figures
         assert (state["stateful"], state["language"], state["busy"]) == (True, "python", False), state
         assert 0 < state["bytes_used"] <= state["disk_limit_bytes"], state
