@@ -305,14 +305,35 @@ class Service(SessionOperations):
         listed += [entry for entry in registered if entry["name"] not in here and allowed(str(entry["name"]))]
         return sorted(listed, key=lambda entry: str(entry["name"]))
 
-    def language_in(self, name: str, environment: str) -> Language:
+    async def language_in(self, name: str, environment: str) -> Language:
         """The language ``name`` as environment ``environment`` offers it (its own tables applied);
-        ``EnvironmentNotFound`` or a RejectedError naming the language when it does not."""
+        ``EnvironmentNotFound`` or a RejectedError naming the language when it does not. Distributed, an
+        environment only other nodes hold is as the registry records it (what its node found offered)."""
         store = self.engine.environments
-        if store is None:
+
+        def stored_here() -> Language | None:  # reads the store and probes the root: off the loop
+            if store is None or environment not in store.names():
+                return None
+            env = store.inspect(environment)
+            return self.languages.get_in(name, store.rootfs_of(env), environment, env.languages)
+
+        here = await asyncio.to_thread(stored_here)
+        if here is not None:
+            return here
+        if self.shared is None:
             raise EnvironmentNotFound(environment)
-        env = store.inspect(environment)
-        return self.languages.get_in(name, store.rootfs_of(env), environment, env.languages)
+        probe = TaskSpec(id="", tenant="", language=name, files=(), environment=environment)
+        resolved, offered = await self.shared.resolve(probe)  # EnvironmentNotFound when no node has it
+        if offered is not None:
+            return self.languages.get_among(name, offered.names, environment, offered.tables)
+
+        def by_digest() -> Language:  # this store has what the name stands for (under another name)
+            env = store.by_digest(resolved.environment_digest) if store is not None else None
+            if store is None or env is None:
+                raise EnvironmentNotFound(environment)
+            return self.languages.get_in(name, store.rootfs_of(env), environment, env.languages)
+
+        return await asyncio.to_thread(by_digest)
 
     async def announce_environments(self, base_url: str | None) -> None:
         """Distributed mode: register this node's environments (``base_url``: it serves them over HTTP)."""

@@ -299,3 +299,26 @@ def test_a_session_created_in_an_environment_runs_there_on_a_worker_that_lacks_i
         stateful = client.post("/api/v1/sessions", json={"stateful": True, "language": "python", "environment": NAME})
         assert (stateful.status_code, stateful.json()["error"]["field"]) == (400, "language"), stateful.text
         assert f"not available in environment {NAME!r}" in stateful.json()["error"]["message"], stateful.text
+
+
+@pytest.mark.timeout(300)
+def test_a_judge0_language_id_of_an_environment_works_on_an_api_node_without_it(
+    cluster: Cluster, image: str, tmp_path: Path
+) -> None:
+    """``[judge0.languages]`` ids name an environment: an API node lacking it lists and takes them too."""
+    config = tmp_path / "judge0.toml"
+    config.write_text(
+        f'[judge0.languages]\n1001 = {{ name = "Bash (busybox)", language = "bash", environment = "{NAME}" }}\n'
+    )
+    api, other_api = cluster.api(API), cluster.api(OTHER_API, config=config)
+    worker = cluster.worker(WORKER_A)
+    cluster.start(api, other_api, worker)
+    assert _stored(OTHER_API) == []
+    with httpx.Client(base_url=other_api.url + "/judge0", timeout=RUN_TIMEOUT_S) as client:
+        listed = {entry["id"]: entry["name"] for entry in client.get("/languages").json()}
+        assert listed.get(1001) == "Bash (busybox)", listed
+        body = {"language_id": 1001, "source_code": "/bin/busybox cat /etc/marker\n"}
+        done = client.post("/submissions", params={"wait": "true"}, json=body)
+        assert done.status_code == 201, done.text
+        assert (done.json()["status"]["description"], done.json()["stdout"]) == ("Accepted", MARKER), done.json()
+    assert _stored(OTHER_API) == []  # resolved from the registry, never fetched by the API node

@@ -92,21 +92,21 @@ class Judge0State:
         offers the language now (looked at on each call: environments come and go while serving)."""
         if not self._extras:
             return self.languages
-        return self.languages | await asyncio.to_thread(self._offered_extras, principal)
+        return self.languages | await self._offered_extras(principal)
 
-    def _offered_extras(self, principal: Principal) -> dict[int, Judge0Language]:
+    async def _offered_extras(self, principal: Principal) -> dict[int, Judge0Language]:
         offered: dict[int, Judge0Language] = {}
         for extra in sorted(self._extras.values(), key=lambda e: e.id):
             if principal.may_use(extra.environment):
                 try:
-                    offered[extra.id] = self._resolve(extra.id)
+                    offered[extra.id] = await self._resolve(extra.id)
                 except RejectedError:
                     continue  # not there (now): not listed
         return offered
 
-    def _resolve(self, language_id: int) -> Judge0Language:
+    async def _resolve(self, language_id: int) -> Judge0Language:
         extra = self._extras[language_id]
-        language = self.service.language_in(extra.language, extra.environment)
+        language = await self.service.language_in(extra.language, extra.environment)
         found = self._resolved[extra.id] = Judge0Language(extra.id, extra.name, language, extra.environment)
         return found
 
@@ -126,7 +126,7 @@ class Judge0State:
         )
         try:
             if submission.environment:  # an extra id: its name is rendered from here on
-                await asyncio.to_thread(self._resolve, submission.language_id)
+                await self._resolve(submission.language_id)
             await self.core.submit(principal, spec, waits=waits)
         except RejectedError as exc:
             raise Judge0Invalid({_FIELD_NAMES.get(exc.field or "", "base"): [str(exc)]}) from exc
