@@ -339,3 +339,23 @@ def test_a_session_moves_on_from_a_worker_at_its_session_limit_and_is_refused_wh
         # The sessions held go on as before.
         assert _run(client, held, "print(2)")["stdout"] == "2\n"
         assert _run(client, moved, "print(3)")["stdout"] == "3\n"
+
+
+@pytest.mark.timeout(240)
+def test_a_stateful_session_at_the_gvisor_level_runs_in_a_gvisor_box_of_a_worker(cluster: Cluster) -> None:
+    api, worker = cluster.api(1), cluster.worker(3, pool_size=2, gvisor_pool_size=1, worker_name="node-3")
+    cluster.start(api, worker)
+    with httpx.Client(base_url=api.url, timeout=90.0) as client:
+        body = {"stateful": True, "language": "python", "isolation": "gvisor"}
+        made = client.post("/api/v1/sessions", json=body, headers=A)
+        assert made.status_code == 201, made.text
+        sid = made.json()["session_id"]
+        assert _cell(client, sid, "import os\nx = 20")["status"] == "ok"
+        # gVisor's own kernel answers uname: the interpreter is in a gVisor box, and keeps its state there.
+        got = _cell(client, sid, "x * 2, os.uname().release")
+        assert got["status"] == "ok", got
+        assert got["value"].startswith("(40, '4.4.0"), got  # runsc reports Linux 4.4.0
+        weaker = client.post("/api/v1/run", json={"session_id": sid, "code": "1", "isolation": "jail"}, headers=A)
+        assert weaker.status_code == 200 and weaker.json()["status"] == "ok", weaker.text  # stronger than asked
+        state = client.get(f"/api/v1/sessions/{sid}", headers=A).json()
+        assert (state["isolation"], state["stateful"]) == ("gvisor", True), state
