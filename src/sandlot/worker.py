@@ -3,12 +3,10 @@
 Theory of operation
 -------------------
 ``concurrency`` loops each claim one task at a time (the broker serves tenants
-in rotation), lease a box from the pool (the session's own, or a fresh one),
-run the job on the engine and publish every event as it happens; the exit
-event is stored with ``finish`` in a ``finally`` so that every claimed task
-reaches exactly one terminal result, whatever failed. While a task runs, a
-companion task follows the doors' control messages: stdin chunks feed the
-program, a signal reaches its process group, cancel kills the box.
+in rotation) and run it (``worker_runs.JobRunner``: a pool box, the engine,
+every event published as it happens, the doors' control messages followed);
+the exit event is stored with ``finish`` in a ``finally`` so that every claimed
+task reaches exactly one terminal result, whatever failed.
 
 ``drain`` stops claiming, lets running tasks finish until a deadline, then
 cancels the rest (their boxes are killed and their exit events say so).
@@ -62,34 +60,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING
 
 from sandlot import worker_files
-from sandlot.broker import Broker, Control, Distributed, Heartbeating, TaskSpec
+from sandlot.broker import Broker, Distributed, Heartbeating, TaskSpec
 from sandlot.broker.redis_session_files import RedisSessionFiles
-from sandlot.engine import Engine, check_isolation
+from sandlot.engine import Engine
 from sandlot.environments.shared import SharedEnvironments
 from sandlot.errors import AtCapacity, BrokerUnavailable, RejectedError, SandlotError, SessionNotFound, Superseded
-from sandlot.judge.compile_once import CompileOnce
-from sandlot.judge.flow import Judge
 from sandlot.metrics import Metrics
 from sandlot.models import (
-    CANCELLED,
     NOTICE_REQUEUED,
     NOTICE_SESSION_RESET,
     ExitEvent,
     NoticeEvent,
-    OutputEvent,
     Status,
     terminal_event,
 )
 from sandlot.pool import BoxPool, pool_for_run
-from sandlot.sandbox import Box
-from sandlot.worker_cells import run_cell
+from sandlot.worker_runs import JobRunner, Run
 from sandlot.worker_sessions import SessionBoxes, SessionKey
 
 if TYPE_CHECKING:
@@ -100,27 +91,6 @@ _CLAIM_RETRY_S = 1.0
 _HAND_BACK_PATIENCE_S = 60.0  # how long a job caught in a Redis outage waits to be handed back, not reclaimed
 _SESSION_RESET_MESSAGE = "the session's box was lost with its worker; this run starts in a fresh, empty box"
 _CANCEL_GRACE_S = 5.0  # after the drain deadline, for cancelled runs to release their boxes and hand back
-
-
-@dataclass
-class _Run:
-    """One claimed task on its way to one terminal result (or back to the queue)."""
-
-    spec: TaskSpec
-    published: list[ExitEvent] = field(default_factory=list)  # the exit, once stored
-    started: bool = False  # the box is leased, the task marked running, and the engine runs
-    handed_back: bool = False  # the job went back to the queue (or over to another worker)
-    superseded: bool = False  # the job moved on to another worker: this run ends without a result
-    cut_off: str = ""  # why the run was stopped while Redis was unreachable (it is handed back when it answers)
-
-    @property
-    def settled(self) -> bool:
-        return bool(self.published) or self.handed_back or self.superseded
-
-    @property
-    def interrupted(self) -> bool:
-        """Stopped by this worker, not by a drain: its claim loop carries on."""
-        return self.superseded or bool(self.cut_off)
 
 
 class Worker:
@@ -140,14 +110,12 @@ class Worker:
         self.environments = environments  # distributed mode: fetches what a job asks for and this node lacks
         self.stateful = stateful  # a stateful session's cell runs in its interpreter, not on the engine
         self.engine = engine
-        self.judge = Judge(engine)
-        self.compile_once = CompileOnce(engine)
         self.default_isolation = default_isolation
         self.pools = {pools.isolation: pools} if isinstance(pools, BoxPool) else dict(pools)  # by isolation level
         self.concurrency = concurrency
         self.metrics = metrics
         self._loops: list[asyncio.Task[None]] = []
-        self._runs: dict[asyncio.Task[None], _Run] = {}  # loop -> the run it is on
+        self._runs: dict[asyncio.Task[None], Run] = {}  # loop -> the run it is on
         self._stopping = False
         self._present = asyncio.Event()  # the first presence was said (or tried): claiming may start
         self._presence_task: asyncio.Task[None] | None = None
@@ -158,6 +126,16 @@ class Worker:
         self._boxless = False  # a job went back for want of a box: only routed jobs until a box is freed
         for pool in self.pools.values():
             pool.on_free = self._box_freed
+        self._runner = JobRunner(
+            broker,
+            engine,
+            self.pools,
+            default_isolation=default_isolation,
+            metrics=metrics,
+            environments=environments,
+            publish_exit=self._publish_exit,
+            on_started=self._freed.set,
+        )
 
     def start(self) -> None:
         if isinstance(self.broker, Distributed):
@@ -218,7 +196,7 @@ class Worker:
                 continue
             if spec is None:
                 continue
-            run = self._runs[current] = _Run(spec)
+            run = self._runs[current] = Run(spec)
             try:
                 await self.run_task(spec, run)
             except asyncio.CancelledError:
@@ -260,7 +238,7 @@ class Worker:
         self._boxless = False
         self._freed.set()
 
-    def _interrupt(self, run: _Run, *, superseded: bool = False, cut_off: str = "") -> None:
+    def _interrupt(self, run: Run, *, superseded: bool = False, cut_off: str = "") -> None:
         """Stop a run this worker can no longer finish: its job moved on, or Redis is out of reach."""
         if run.settled or run.interrupted:
             return
@@ -269,9 +247,9 @@ class Worker:
             if held is run:
                 loop_task.cancel()
 
-    async def run_task(self, spec: TaskSpec, run: _Run | None = None) -> None:
+    async def run_task(self, spec: TaskSpec, run: Run | None = None) -> None:
         """Run one claimed task to exactly one terminal result (or, when stopping, back to the queue)."""
-        run = run or _Run(spec)
+        run = run or Run(spec)
         heart = None
         if isinstance(self.broker, Heartbeating):
             heart = asyncio.create_task(self._heartbeat(self.broker, run), name=f"heartbeat-{spec.id}")
@@ -283,7 +261,7 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await heart
 
-    async def _run_claimed(self, run: _Run) -> None:
+    async def _run_claimed(self, run: Run) -> None:
         spec = run.spec
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         failure: ExitEvent | None = None
@@ -291,7 +269,7 @@ class Worker:
             distributed = self.broker if isinstance(self.broker, Distributed) else None
             session = self._cell_session(spec)
             if session is not None:  # embedded: the doors found the cell's session in this process
-                await self._run_cell(run, session, output)
+                await self._runner.cell(run, session, output)
                 return
             if distributed is not None and not self._can_start(spec):
                 # Claimed on an idle session box's account, but it needs a free one: another worker starts
@@ -310,9 +288,9 @@ class Worker:
                 session = self.stateful.find(spec.tenant, spec.session_id)
                 if session is None:
                     raise SessionNotFound(f"session {spec.session_id!r} not found or expired", field="session_id")
-                await self._run_cell(run, session, output)
+                await self._runner.cell(run, session, output)
                 return
-            await self._execute(run, output)
+            await self._runner.execute(run, output)
         except Superseded as exc:
             log.warning("%s; stopping its run here", exc)
             run.superseded = True
@@ -360,7 +338,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.record(exit_event.result)
 
-    async def _hand_back(self, broker: Distributed, run: _Run, why: str, *, patience_s: float = 0.0) -> None:
+    async def _hand_back(self, broker: Distributed, run: Run, why: str, *, patience_s: float = 0.0) -> None:
         """Give the job back to the queue instead of failing it (shielded, like storing a result).
 
         A run that had started says ``why`` in a ``requeued`` notice first. While
@@ -397,7 +375,7 @@ class Worker:
             return None
         return self.stateful.find(spec.tenant, spec.session_id)
 
-    async def _bind_session(self, broker: Distributed, run: _Run, session_id: str) -> bool:
+    async def _bind_session(self, broker: Distributed, run: Run, session_id: str) -> bool:
         """Make sure the session's box is here; False if the job went to the worker holding it."""
         try:
             verdict = await self._sessions.bind(broker, run.spec, session_id)
@@ -457,112 +435,7 @@ class Worker:
                 self._sessions.release(held, owned)
             await asyncio.sleep(broker.presence_interval_s)
 
-    async def _execute(self, run: _Run, output: dict[str, bytearray]) -> None:
-        spec = run.spec
-        level = spec.isolation or self.default_isolation
-        check_isolation(level)
-        if spec.environment_digest and self.environments is not None:
-            # Before the box: a fetch keeps this job unstarted (it counts against claims), boxes stay free.
-            await self.environments.ensure(spec.environment, spec.environment_digest)
-        if spec.judge:
-            await self._judge_task(run, level)
-            return
-        prepared = self.engine.prepare(spec.to_job(), spec.limits, spec.compile_limits, qualify_fields=True)
-        waited_from = time.monotonic()
-        try:
-            pool = pool_for_run(self.pools, level, spec.tenant, spec.session_id)
-            lease = pool.lease(spec.tenant, spec.session_id, rootfs=prepared.rootfs)  # a box launched for it first
-            box = await lease.__aenter__()
-        except AtCapacity as exc:
-            raise SandlotError(str(exc)) from exc
-        if self.metrics is not None:
-            self.metrics.box_wait.observe(time.monotonic() - waited_from)
-        stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        follower = asyncio.create_task(self._follow_controls(spec.id, box, stdin_queue))
-        if self.metrics is not None:
-            self.metrics.active_workers.inc()
-        try:
-            # "running" once it has its box: a job claimed and still waiting (for its session's previous
-            # run) is still "queued", and starts afresh without a notice if its worker is lost.
-            await self.broker.mark_running(spec.id)
-            run.started = True
-            self._freed.set()  # one claimed job fewer waits: the claim gate may open
-            stdin = _drain_queue(stdin_queue) if spec.interactive else None
-            precompiled = await self.compile_once.compiled(prepared, box) if spec.compile_once else None
-            run_events = self.engine.execute(prepared, box, stdin=stdin, precompiled=precompiled)
-            async with contextlib.aclosing(run_events) as events:
-                async for event in events:
-                    if isinstance(event, ExitEvent):
-                        # Publish at once; the box's teardown and reset follow, off the client's path.
-                        await self._publish_exit(spec, event, run.published)
-                        continue
-                    if isinstance(event, OutputEvent) and event.stage != "compile":
-                        output[event.stream] += event.data
-                    await self.broker.publish(spec.id, event)
-        finally:
-            if self.metrics is not None:
-                self.metrics.active_workers.dec()
-            follower.cancel()
-            # Whatever ended the follower, the lease below must still be released.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
-            await lease.__aexit__(None, None, None)
-
-    async def _judge_task(self, run: _Run, level: str) -> None:
-        """Judge mode: the judge flow leases its own boxes (one per compile, per test), fairly, from the pool."""
-        spec = run.spec
-        pool = pool_for_run(self.pools, level, spec.tenant, None)
-        await self.broker.mark_running(spec.id)
-        run.started = True
-        self._freed.set()
-        if self.metrics is not None:
-            self.metrics.active_workers.inc()
-
-        async def judging() -> None:
-            async with contextlib.aclosing(self.judge.run(spec, pool)) as events:
-                async for event in events:
-                    if isinstance(event, ExitEvent):
-                        await self._publish_exit(spec, event, run.published)
-                    else:
-                        await self.broker.publish(spec.id, event)
-
-        async def cancelled() -> None:  # a door's cancel (its client left): the tests' boxes are killed
-            async for message in self.broker.controls(spec.id):
-                if message.kind == "cancel":
-                    return
-
-        judge = asyncio.create_task(judging(), name=f"judge-{spec.id}")
-        follower = asyncio.create_task(cancelled())
-        try:
-            await asyncio.wait({judge, follower}, return_when=asyncio.FIRST_COMPLETED)
-            if not judge.done():
-                judge.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await judge
-                if not run.published:
-                    why = f"{CANCELLED} by request"
-                    ended = terminal_event(Status.SIGNALED, why, language=spec.language, signal=signal.SIGKILL)
-                    await self._publish_exit(spec, ended, run.published)
-            else:
-                judge.result()  # what failed in the flow fails the task as any run's failure does
-        finally:
-            for task in (judge, follower):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if self.metrics is not None:
-                self.metrics.active_workers.dec()
-
-    async def _run_cell(self, run: _Run, session: StatefulSession, output: dict[str, bytearray]) -> None:
-        """A stateful session's cell: run in the session's interpreter; events and exit as any run's."""
-        await self.broker.mark_running(run.spec.id)
-        run.started = True
-        limits = self.engine.settings.resolve_limits(run.spec.limits, where="limits")
-        exit_event = await run_cell(self.broker, run.spec, session, limits, output)
-        if exit_event is not None:
-            await self._publish_exit(run.spec, exit_event, run.published)
-
-    async def _heartbeat(self, broker: Heartbeating, run: _Run) -> None:
+    async def _heartbeat(self, broker: Heartbeating, run: Run) -> None:
         """Keep the claimed job ours until its exit is stored; an outage only skips a beat."""
         while True:
             await asyncio.sleep(broker.heartbeat_interval_s)
@@ -577,10 +450,6 @@ class Worker:
                     self._interrupt(run, superseded=True)
                 return
 
-    async def _follow_controls(self, task_id: str, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
-        async for message in self.broker.controls(task_id):
-            _apply(message, box, stdin)
-
 
 async def _quietly(what: str, awaitable: Awaitable[object]) -> None:
     """Await a best-effort step of a shutdown: a failure is logged, never raised."""
@@ -588,23 +457,3 @@ async def _quietly(what: str, awaitable: Awaitable[object]) -> None:
         await awaitable
     except Exception as exc:
         log.warning("%s: %s", what, exc)
-
-
-def _apply(message: Control, box: Box, stdin: asyncio.Queue[bytes | None]) -> None:
-    if message.kind == "stdin":
-        stdin.put_nowait(message.data)
-    elif message.kind == "close_stdin":
-        stdin.put_nowait(None)
-    elif message.kind == "signal":
-        box.send_signal(message.signal)
-    elif message.kind == "cancel":
-        box.cancel_run()
-        stdin.put_nowait(None)
-
-
-async def _drain_queue(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes | None]:
-    while True:
-        chunk = await queue.get()
-        yield chunk
-        if chunk is None:
-            return
