@@ -83,6 +83,17 @@ async def test_distributed_mode_runs_stateful_sessions_through_redis(fresh_redis
         assert second.json()["value"] == repr((42, "from a file\n")), second.text
         shell = await client.post("/api/v1/run", json={"session_id": sid, "code": "1", "commands": ["ls"]})
         assert (shell.status_code, shell.json()["error"]["field"]) == (400, "commands"), shell.text
+        stronger = await client.post("/api/v1/run", json={"session_id": sid, "code": "1", "isolation": "gvisor"})
+        assert stronger.status_code == 400 and "weaker" in stronger.text, stronger.text  # a jail session
+        # What creation checks on an API node, as for a run: the language has a REPL, the limits are valid.
+        for body, field in (
+            ({"stateful": True, "language": "bash"}, "language"),
+            ({"stateful": True, "language": "cobol"}, "language"),
+            ({"stateful": True, "limits": {"memory_limit": -1}}, "limits.memory_limit"),
+            ({"stateful": True, "colour": "red"}, "colour"),
+        ):
+            refused = await client.post("/api/v1/sessions", json=body)
+            assert (refused.status_code, refused.json()["error"]["field"]) == (400, field), (body, refused.text)
         assert (await client.delete(f"/api/v1/sessions/{sid}")).status_code == 204
         gone = await client.post("/api/v1/run", json={"session_id": sid, "code": "x"})
         assert gone.status_code == 404, gone.text
