@@ -168,6 +168,19 @@ local function alive(inbox, now)
   return redis.call('HGET', Q.workers .. ':names', inbox .. '|leaving') ~= '1'
 end
 
+-- What a worker's last presence said: whether it serves the isolation level; its room there for one more
+-- session of the kind ('file' or 'stateful'), from its "level:files:stateful ..." words.
+local function serves(inbox, level)
+  local levels = redis.call('HGET', Q.workers .. ':names', inbox .. '|levels') or ''
+  return string.find(' ' .. levels .. ' ', ' ' .. level .. ' ', 1, true) ~= nil
+end
+
+local function room_for(inbox, level, kind)
+  local words = ' ' .. (redis.call('HGET', Q.workers .. ':names', inbox .. '|room') or '') .. ' '
+  local files, cells = string.match(words, ' ' .. level .. ':(%d+):(%d+) ')
+  return tonumber((kind == 'stateful' and cells or files) or '0')
+end
+
 -- Keep a session for its idle time from now, never past its absolute expiry. -> ms left (<= 0: it ended)
 local function touch(session, now)
   local expires_at = tonumber(redis.call('HGET', session, 'expires_at') or '0')
@@ -449,11 +462,8 @@ SERVING = (
     _QUEUE
     + """
 local now, n = now_ms(), 0
-local names = Q.workers .. ':names'
 for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
-  local levels = redis.call('HGET', names, inbox .. '|levels') or ''
-  local leaving = redis.call('HGET', names, inbox .. '|leaving') == '1'
-  if not leaving and string.find(' ' .. levels .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then n = n + 1 end
+  if alive(inbox, now) and serves(inbox, ARGV[1]) then n = n + 1 end
 end
 return n
 """
@@ -478,14 +488,10 @@ SESSION_ROOM = (
     _QUEUE
     + """
 local now, serving, room = now_ms(), 0, 0
-local names = Q.workers .. ':names'
 for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
-  local levels = redis.call('HGET', names, inbox .. '|levels') or ''
-  if alive(inbox, now) and string.find(' ' .. levels .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then
+  if alive(inbox, now) and serves(inbox, ARGV[1]) then
     serving = serving + 1
-    local text = ' ' .. (redis.call('HGET', names, inbox .. '|room') or '') .. ' '
-    local files, cells = string.match(text, ' ' .. ARGV[1] .. ':(%d+):(%d+) ')
-    room = room + tonumber((ARGV[2] == 'stateful' and cells or files) or '0')
+    room = room + room_for(inbox, ARGV[1], ARGV[2])
   end
 end
 return {serving, room}
@@ -526,14 +532,11 @@ local verdict = 'ready'
 if boxed == '' then verdict = 'new' elseif boxed ~= me or ARGV[1] ~= '1' then verdict = 'reset' end
 if verdict ~= 'ready' and ARGV[2] ~= '1' then
   local level = redis.call('HGET', session, 'isolation') or ''
-  local names = Q.workers .. ':names'
   local best, most, live = nil, 0, 0
   for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
     if inbox ~= me and alive(inbox, now) then
       live = live + 1
-      local room = ' ' .. (redis.call('HGET', names, inbox .. '|room') or '') .. ' '
-      local files, cells = string.match(room, ' ' .. level .. ':(%d+):(%d+) ')
-      local n = tonumber((ARGV[3] == 'stateful' and cells or files) or '0')
+      local n = room_for(inbox, level, ARGV[3])
       if n > most then best, most = inbox, n end
     end
   end
