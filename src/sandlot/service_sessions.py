@@ -33,7 +33,7 @@ from sandlot.languages import LanguageRegistry, OfferedThere
 from sandlot.models import SourceFile
 from sandlot.sandbox.box import ISOLATION_LEVELS
 from sandlot.sessions import FileAccess, SessionFiles, SessionInfo, Sessions, SessionState, state_of
-from sandlot.stateful import StatefulInfo, StatefulSessions
+from sandlot.stateful import StatefulInfo, StatefulSession, StatefulSessions
 from sandlot.stateful.sessions import check_language, settle_cell
 
 if TYPE_CHECKING:
@@ -86,9 +86,14 @@ class SessionOperations:
 
     def _local_cell(self, spec: TaskSpec) -> bool:
         """Embedded mode: is this a cell of a stateful session held in this process?"""
+        return spec.session_id is not None and self._local_stateful(spec.tenant, spec.session_id) is not None
+
+    def _local_stateful(self, tenant: str, session_id: str) -> StatefulSession | None:
+        """Embedded mode: the stateful session of that id held in this process (distributed: never here,
+        its worker holds it)."""
         if self.stateful is None or self.sessions.distributed:
-            return False
-        return self.stateful.find(spec.tenant, spec.session_id) is not None
+            return None
+        return self.stateful.find(tenant, session_id)
 
     def isolation_for(self, asked: str, min_isolation: str = "jail") -> str:
         """The level a request runs at (see ``validate``)."""
@@ -107,9 +112,7 @@ class SessionOperations:
     def session_files(self, tenant: str, session_id: str) -> FileAccess:
         """The files of a session, file session or stateful (its interpreter's box's workdir); distributed,
         through the worker holding either kind."""
-        found = None
-        if self.stateful is not None and not self.sessions.distributed:
-            found = self.stateful.find(tenant, session_id)
+        found = self._local_stateful(tenant, session_id)
         if found is not None:
             return SessionFiles(found)
         return self.sessions.files(tenant, session_id)
@@ -164,24 +167,22 @@ class SessionOperations:
     async def describe_session(self, tenant: str, session_id: str) -> SessionState:
         """``GET /api/v1/sessions/{id}``: a session of either kind (distributed: as the directory and the worker
         holding it say)."""
-        found = None
-        if self.stateful is not None and not self.sessions.distributed:
-            found = self.stateful.find(tenant, session_id)
-        if found is None:
+        found = self._local_stateful(tenant, session_id)
+        if found is None or self.stateful is None:
             return await self.sessions.describe(tenant, session_id)
-        state = state_of(
+        return state_of(
             found.id,
             found.isolation,
             found.environment,
             created_at=found.created,
-            expires_at=self.stateful.expires_at(found) if self.stateful is not None else found.created,
+            expires_at=self.stateful.expires_at(found),
             figures=await asyncio.to_thread(found.figures),
+            language=found.interpreter.language,
         )
-        return dataclasses.replace(state, stateful=True, language=found.interpreter.language)
 
     async def end_session(self, tenant: str, session_id: str) -> None:
         """End a session of either kind (distributed: its worker lets go of it at its next presence)."""
-        if self.stateful is not None and not self.sessions.distributed and self.stateful.find(tenant, session_id):
+        if self.stateful is not None and self._local_stateful(tenant, session_id) is not None:
             await self.stateful.end(tenant, session_id)
         else:
             await self.sessions.end(tenant, session_id)

@@ -27,7 +27,6 @@ A stateful session's record adds its language and limits (``SessionRecord``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import os
 import time
@@ -214,15 +213,15 @@ class Sessions:
             if self._remote is not None:
                 remote = RemoteSessionFiles(self._remote, tenant, session_id, self._remote_timeout_s)
                 figures = await remote.figures()
-        state = state_of(
+        return state_of(
             session_id,
             record.isolation,
             record.environment,
             created_at=record.created_at,
             expires_at=record.expires_at,
             figures=figures,
+            language=record.language,
         )
-        return dataclasses.replace(state, stateful=bool(record.language), language=record.language)
 
     def local(self, tenant: str, session_id: str) -> Session:
         """The session with its workdir in this process: embedded mode only (``files`` works in both)."""
@@ -251,8 +250,10 @@ def state_of(
     created_at: float,
     expires_at: float,
     figures: WorkdirFigures | None,
+    language: str = "",
 ) -> SessionState:
-    """``figures`` None: the worker holding the workdir is gone or silent, so those figures are unknown."""
+    """``figures`` None: the worker holding the workdir is gone or silent, so those figures are unknown;
+    ``language``: a stateful session's interpreter ("" for a file session)."""
     return SessionState(
         id=session_id,
         isolation=isolation,
@@ -264,6 +265,8 @@ def state_of(
         files_used=None if figures is None else figures.files_used,
         disk_limit_bytes=None if figures is None else figures.disk_limit_bytes,
         files_limit=None if figures is None else figures.files_limit,
+        stateful=bool(language),
+        language=language,
     )
 
 

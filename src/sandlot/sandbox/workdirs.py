@@ -62,6 +62,19 @@ def _syscall(what: str, number: int, *args: object) -> int:
 class Usage:
     bytes_used: int
     files_used: int  # inodes: files, directories and links (the root counts as one)
+    size_bytes: int  # what the file system holds at most (a tmpfs: its size=)
+    inodes: int  # and its inode count (nr_inodes=)
+
+
+def usage_of(fd: int) -> Usage:
+    """The usage of the file system ``fd`` is on (one fstatvfs)."""
+    st = os.statvfs(fd)
+    return Usage(
+        bytes_used=(st.f_blocks - st.f_bfree) * st.f_frsize,
+        files_used=st.f_files - st.f_ffree,
+        size_bytes=st.f_blocks * st.f_frsize,
+        inodes=st.f_files,
+    )
 
 
 @dataclass(eq=False)
@@ -82,8 +95,7 @@ class Workdir:
         return os.dup(self.fd)
 
     def usage(self) -> Usage:
-        st = os.statvfs(self.fd)
-        return Usage(bytes_used=(st.f_blocks - st.f_bfree) * st.f_frsize, files_used=st.f_files - st.f_ffree)
+        return usage_of(self.fd)
 
 
 class Workdirs:

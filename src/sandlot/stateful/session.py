@@ -48,6 +48,7 @@ from sandlot.models import (
 from sandlot.pool import BoxPool
 from sandlot.sandbox import Box
 from sandlot.sandbox.policy import Bind
+from sandlot.sandbox.workdirs import usage_of
 from sandlot.sessions_store import WorkdirFigures
 from sandlot.stateful.cell import INTERRUPT_GRACE_S, Cell, cell_result, reset_reason
 from sandlot.stateful.protocol import CellReport, MarkerSplitter, ProtocolError, cell_frame, new_marker
@@ -82,6 +83,7 @@ class StatefulSession:
         *,
         lifetime_s: float,
         cpu_rate: float,
+        environment: str = "",
     ) -> None:
         self.id = session_id
         self.tenant = tenant
@@ -102,7 +104,7 @@ class StatefulSession:
         self._owner: asyncio.Task[None] | None = None
         self.last_used = time.monotonic()
         self.created = time.time()
-        self.environment = ""  # the environment's name it was started in ("" for the host's)
+        self.environment = environment  # the environment's name it was started in ("" for the host's)
 
     @property
     def busy(self) -> bool:
@@ -125,15 +127,15 @@ class StatefulSession:
         """Its box's workdir against that tmpfs's own size (``GET /api/v1/sessions/{id}``)."""
         fd = self.open_root()
         try:
-            st = os.fstatvfs(fd)
+            usage = usage_of(fd)
         finally:
             os.close(fd)
         return WorkdirFigures(
             busy=self.busy,
-            bytes_used=(st.f_blocks - st.f_bfree) * st.f_frsize,
-            files_used=st.f_files - st.f_ffree,
-            disk_limit_bytes=st.f_blocks * st.f_frsize,
-            files_limit=st.f_files,
+            bytes_used=usage.bytes_used,
+            files_used=usage.files_used,
+            disk_limit_bytes=usage.size_bytes,
+            files_limit=usage.inodes,
         )
 
     @property

@@ -110,8 +110,8 @@ class StatefulSessions:
             raise AtCapacity(
                 "pool", f"every {isolation} box ({pool.size}) is held by a stateful session", retry_after_s=5.0
             )
-        session = await self._start(tenant, "st-" + secrets.token_urlsafe(16), pool, prepared, self._ttl_s)
-        session.environment = environment
+        session_id = "st-" + secrets.token_urlsafe(16)
+        session = await self._start(tenant, session_id, pool, prepared, self._ttl_s, environment)
         return StatefulInfo(session.id, self._ttl_s, session.isolation, session.interpreter.language)
 
     async def adopt(
@@ -131,9 +131,8 @@ class StatefulSessions:
         )
         prepared = self._engine.prepare(job, record.limit_request(), None, qualify_fields=True)
         check_language(prepared.language.name)
-        session = await self._start(tenant, session_id, pool, prepared, expires_in_s)
+        session = await self._start(tenant, session_id, pool, prepared, expires_in_s, record.environment)
         session.reset_reason = reset_reason
-        session.environment = record.environment
 
     def room(self, isolation: str) -> int:
         """How many more sessions this process could start at the level now (0 when turned off)."""
@@ -161,7 +160,7 @@ class StatefulSessions:
         return sum(1 for session in live if session.isolation == isolation) + self._starting_at[isolation]
 
     async def _start(
-        self, tenant: str, session_id: str, pool: BoxPool, prepared: PreparedJob, lifetime_s: float
+        self, tenant: str, session_id: str, pool: BoxPool, prepared: PreparedJob, lifetime_s: float, environment: str
     ) -> StatefulSession:
         lang = prepared.language
         interpreter = Interpreter(
@@ -175,6 +174,7 @@ class StatefulSessions:
             prepared.limits,
             lifetime_s=lifetime_s,
             cpu_rate=self._settings.cpu_cores_per_box,
+            environment=environment,
         )
         isolation = pool.isolation
         self._starting += 1
