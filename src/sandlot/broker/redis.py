@@ -212,7 +212,7 @@ class RedisBroker:
         self._inbox = k.inbox(self.consumer_name)
         self.sessions = RedisSessions(self._redis, k, self._queue, self._inbox, self._reachable)
         self.environments = RedisEnvironments(self._redis, k, self._reachable)  # the environment registry
-        self.session_files = RedisSessionFiles(self._redis, k, self._inbox, self._reachable)
+        self.session_files = RedisSessionFiles(self._redis, k, self._queue, self._inbox, self._reachable)
         self._held: dict[str, _Held] = {}  # the tasks this consumer runs
         # Takes run one at a time in this process: a sweep for orphaned takes (after an outage) must never
         # see a take of ours that Redis ran but whose reply is not read yet.

@@ -482,6 +482,27 @@ return {f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', held}
 """
 )
 
+# KEYS: Q, session. -> where a session file request goes: {'gone'} (no session), {'owner', inbox} (its live
+# owner), {'pick', inbox...} (no live owner: the live workers serving its level, one of which places it), or
+# {'none', level} (no live worker serves its level).
+SESSION_TARGET = (
+    _QUEUE
+    + """
+local session = KEYS[6]
+if redis.call('EXISTS', session) == 0 then return {'gone'} end
+local now = now_ms()
+local owner = redis.call('HGET', session, 'owner') or ''
+if owner ~= '' and alive(owner, now) then return {'owner', owner} end
+local level = redis.call('HGET', session, 'isolation') or ''
+local reply = {'pick'}
+for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', Q.workers, '(' .. now, '+inf')) do
+  if alive(inbox, now) and serves(inbox, level) then reply[#reply + 1] = inbox end
+end
+if #reply == 1 then return {'none', level} end
+return reply
+"""
+)
+
 # KEYS: Q. ARGV: isolation level, session kind ('file' or 'stateful'). -> {how many live workers serve the
 # level, how many more sessions of the kind they could open together (as their last presences said)}.
 SESSION_ROOM = (

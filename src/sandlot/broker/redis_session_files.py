@@ -30,35 +30,9 @@ from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 
+from sandlot.broker import redis_scripts as lua
 from sandlot.broker.keys import Keys
 from sandlot.broker.redis_wire import to_str
-
-# KEYS: session, workers (sorted set), workers:names (hash). -> {verdict, inbox...}:
-# gone (no session), owner (its live owner), pick (no live owner: the live workers serving its level),
-# none (no such worker; then its level).
-_TARGET = """
-local session, workers, names = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('EXISTS', session) == 0 then return {'gone'} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function alive(inbox)
-  local deadline = redis.call('ZSCORE', workers, inbox)
-  if deadline == false or tonumber(deadline) <= now then return false end
-  return redis.call('HGET', names, inbox .. '|leaving') ~= '1'
-end
-local owner = redis.call('HGET', session, 'owner') or ''
-if owner ~= '' and alive(owner) then return {'owner', owner} end
-local level = redis.call('HGET', session, 'isolation') or ''
-local reply = {'pick'}
-for _, inbox in ipairs(redis.call('ZRANGEBYSCORE', workers, '(' .. now, '+inf')) do
-  local levels = redis.call('HGET', names, inbox .. '|levels') or ''
-  if alive(inbox) and string.find(' ' .. levels .. ' ', ' ' .. level .. ' ', 1, true) then
-    reply[#reply + 1] = inbox
-  end
-end
-if #reply == 1 then return {'none', level} end
-return reply
-"""
 
 _REPLY_KEY_BYTES = 16
 _BLOCK_STEP_S = 4.0  # longest single blocking read: under the broker client's socket timeout
@@ -96,19 +70,20 @@ class RedisSessionFiles:
         self,
         client: aioredis.Redis,
         keys: Keys,
+        queue: list[str],
         inbox: str,
         reachable: Callable[[], AbstractAsyncContextManager[None]],
     ) -> None:
         self._redis = client
         self._keys = keys
+        self._queue = queue
         self._requests = _requests_key(inbox)  # this process's own, when it is a worker
         self._reachable = reachable
-        self._target = client.register_script(_TARGET)
+        self._target = client.register_script(lua.SESSION_TARGET)
 
     async def target(self, tenant: str, session_id: str) -> Target:
-        workers = self._keys.workers
         async with self._reachable():
-            reply = await self._target(keys=[self._keys.session(tenant, session_id), workers, f"{workers}:names"])
+            reply = await self._target(keys=[*self._queue, self._keys.session(tenant, session_id)])
         verdict, *inboxes = (to_str(part) for part in reply)
         return Target(cast(TargetVerdict, verdict), inboxes)
 
