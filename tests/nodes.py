@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +52,21 @@ GRACE_S = 15.0  # a node's listeners' grace after its drain, before SIGKILL
 _PORT_RANGE = range(20_000, 30_000)
 _PORT_LOCK_DIR = Path("/run/sandlot-test-ports")
 _port_locks: list[int] = []  # the flocked files' fds: the reservations last as long as this process
+
+
+@contextlib.contextmanager
+def loopback_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[http.server.ThreadingHTTPServer]:
+    """An HTTP server on 127.0.0.1 (a port of its own) answering with ``handler`` in a thread; shut down,
+    closed and its thread joined after. Its URL: ``http://127.0.0.1:{server.server_address[1]}``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10.0)
 
 
 def free_ports(count: int) -> list[int]:

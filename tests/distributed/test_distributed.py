@@ -20,7 +20,6 @@ import http.server
 import json
 import queue
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +29,7 @@ import pytest
 import redis
 
 from sandlot.broker.keys import Keys
-from tests.nodes import GRACE_S, Cluster, NodeLayout, RedisServer
+from tests.nodes import GRACE_S, Cluster, NodeLayout, RedisServer, loopback_http
 from tests.test_serve_process import HELLO, SLEEP_3S, execution, read_until_output, sse_frames, submit, wait_until
 
 CLAIM_IDLE_MS = 2000
@@ -411,16 +410,9 @@ class _Callbacks(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def callbacks() -> Iterator[tuple[str, queue.Queue[tuple[str, dict[str, Any]]]]]:
     """A loopback HTTP receiver for Judge0 callbacks: (its URL, the callbacks received)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Callbacks)
-    server.received = queue.Queue()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, name="judge0-callbacks", daemon=True)
-    thread.start()
-    try:
+    with loopback_http(_Callbacks) as server:
+        server.received = queue.Queue()  # type: ignore[attr-defined]
         yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.received  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10.0)
 
 
 @pytest.mark.timeout(120)

@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from sandlot.broker.keys import Keys
 from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import EnvironmentNotFound
 from tests.environments.test_environments_shared import ASH
-from tests.nodes import Cluster, NodeLayout, free_ports
+from tests.nodes import Cluster, NodeLayout, loopback_http
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.test_serve_process import wait_until
 
@@ -266,16 +265,8 @@ def _serving(body: bytes) -> Iterator[tuple[str, list[str]]]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    (port,) = free_ports(1)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_http(Handler) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
 
 
 @pytest.mark.timeout(300)

@@ -36,7 +36,7 @@ from sandlot.errors import EnvironmentFetchFailed, EnvironmentNotFound, Rejected
 from sandlot.languages import LanguageRegistry, OfferedThere
 from sandlot.models import Job, SourceFile
 from tests.environments.test_environments_shared import ASH
-from tests.nodes import free_ports
+from tests.nodes import free_ports, loopback_http
 from tests.oci_images import Entry, busybox_base, layer, write_oci_layout
 from tests.root import require_root
 
@@ -74,18 +74,12 @@ def _serving(source: _Source) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    (port,) = free_ports(1)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for gate in source.held.values():
-            gate.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_http(Handler) as server:
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            for gate in source.held.values():  # a held request's thread ends before the server does
+                gate.set()
 
 
 def _image(tmp_path: Path, marker: bytes) -> Path:
