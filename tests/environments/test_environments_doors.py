@@ -5,8 +5,7 @@ language ids (``[judge0.languages]``) to a language in an environment. Both resp
 from __future__ import annotations
 
 import contextlib
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,30 +13,14 @@ import pytest
 
 from sandlot.api.http.app import create_app
 from sandlot.config import ApiKey, Judge0EnvironmentLanguage, Judge0Settings, ServerSettings, load_settings
-from sandlot.environments.store import EnvironmentStore
 from sandlot.errors import ConfigError
 from sandlot.service import Service
 from tests.api.http.test_http import asgi_client, live_server, running_service
 from tests.api.piston.test_piston import pyston_client
-from tests.conftest import TEST_STATE_DIR, make_settings
-from tests.environments.test_environments_run import _python_layer
-from tests.oci_images import write_oci_layout
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.root
 PROBE = "import os\nprint(os.path.exists('/etc/marker'))"
-
-
-@pytest.fixture(scope="module")
-def py_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"test-doors-{secrets.token_hex(6)}"
-    store = EnvironmentStore(TEST_STATE_DIR)
-    layout = tmp_path_factory.mktemp("image") / "layout"
-    write_oci_layout(layout, [_python_layer()], compression=["none"])
-    store.import_image(name, layout)
-    try:
-        yield name
-    finally:
-        store.remove(name)
 
 
 def _piston(language: str, version: str = "*") -> dict[str, object]:

@@ -3,35 +3,15 @@ image: the picker lists the environments, choosing one offers its languages and 
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
-
 import pytest
 from playwright.async_api import Browser, expect
 
-from sandlot.environments.store import EnvironmentStore
 from tests.api.http.test_playground import PHONE, Served, browser_fixture, close_page, open_page, served_fixture
-from tests.conftest import TEST_STATE_DIR
-from tests.environments.test_environments_run import _python_layer
-from tests.oci_images import write_oci_layout
 
 __all__ = ["browser_fixture", "served_fixture"]  # fixtures, used by name
 pytestmark = [pytest.mark.root, pytest.mark.asyncio(loop_scope="module")]
 PROBE = "import os\nprint('marker', os.path.exists('/etc/marker'))\n"
 OPTIONS = "options => options.map(o => o.value)"
-
-
-@pytest.fixture(scope="module")
-def py_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"test-picker-{secrets.token_hex(6)}"
-    store = EnvironmentStore(TEST_STATE_DIR)
-    layout = tmp_path_factory.mktemp("image") / "layout"
-    write_oci_layout(layout, [_python_layer()], compression=["none"])
-    store.import_image(name, layout)
-    try:
-        yield name
-    finally:
-        store.remove(name)
 
 
 async def test_the_picker_offers_an_environments_languages_and_runs_there(

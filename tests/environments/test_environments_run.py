@@ -118,20 +118,6 @@ def _python_layer(*, etc_link: bool = False) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def py_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The python image imported under a name of its own in the shared test store (boxes must reach it)."""
-    name = f"test-py-{secrets.token_hex(6)}"
-    store = EnvironmentStore(TEST_STATE_DIR)
-    layout = tmp_path_factory.mktemp("image") / "layout"
-    write_oci_layout(layout, [_python_layer()], compression=["none"])
-    store.import_image(name, layout)
-    try:
-        yield name
-    finally:
-        store.remove(name)
-
-
 def _check_probe(out: dict[str, Any], *, gvisor_uid: int | None = None) -> None:
     """``gvisor_uid``: under gVisor the box runs as the slot uid itself (tests/sandbox/test_gvisor.py)."""
     assert out["marker"] == MARKER and out["usr_marker"] == MARKER  # the image's files
