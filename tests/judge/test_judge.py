@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -40,20 +40,6 @@ async def service_fixture() -> AsyncIterator[Service]:
 async def client_fixture(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_client(create_app(service)) as client:
         yield client
-
-
-@pytest.fixture(name="stages")
-def stages_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The stage of every command any box of this process runs, in order (the real run goes on)."""
-    seen: list[str] = []
-    original = Box.run
-
-    def spy(self: Box, command: Any, **options: Any) -> Any:
-        seen.append(options.get("stage", "run"))
-        return original(self, command, **options)
-
-    monkeypatch.setattr(Box, "run", spy)
-    yield seen
 
 
 def _sum_tests(count: int) -> list[dict[str, Any]]:

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sandlot.sandbox.box import Box
 from tests.api.judge0.test_judge0 import ACCEPTED, COMPILE_ERROR, WRONG_ANSWER, Live, live_fixture
 from tests.judge import programs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 live = live_fixture  # the Judge0 tests' live server (module-scoped here too)
 CPP = 54  # Judge0's C++ (GCC 9.2.0) id
-
-
-@pytest.fixture(name="stages")
-def stages_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The stage of every command any box of this process runs (the real run goes on)."""
-    seen: list[str] = []
-    original = Box.run
-
-    def spy(self: Box, command: Any, **options: Any) -> Any:
-        seen.append(options.get("stage", "run"))
-        return original(self, command, **options)
-
-    monkeypatch.setattr(Box, "run", spy)
-    yield seen
 
 
 async def _batch(live: Live, code: str, count: int) -> list[dict[str, Any]]:
