@@ -16,7 +16,8 @@ import pytest
 from sandlot.api.http.app import create_app
 from sandlot.config import MIB
 from tests.api.http.test_http import live_server, running_service, wait_until
-from tests.environments.test_environments_run import MARKER, py_env
+from tests.environments.conftest import py_env
+from tests.environments.test_environments_run import MARKER
 
 __all__ = ["py_env"]  # a fixture, used by name
 
